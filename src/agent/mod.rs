@@ -1,0 +1,274 @@
+//! THE PLUG-IN SEAM. An agent executes one work item: it receives an [`AgentRequest`]
+//! (the envelope of DESIGN §4) and answers JSON output or a classified [`AgentError`].
+//! The runner (`worker::runner`) calls agents; agents know nothing of the database.
+//!
+//! A Rust user adds a kind by implementing [`Executor`] and registering a factory with
+//! [`Registry::register`]; `[agents.NAME] kind = "..."` then selects it. Nothing else changes.
+
+mod builtin;
+mod command;
+mod http;
+
+use crate::config::{AgentSettings, ConfigError, LimitSettings, Settings};
+use crate::model::ErrorCode;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+pub use command::CommandAgent;
+pub use http::HttpAgent;
+
+/// A boxed future, so executors can live behind `dyn Executor`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Executes work items. Dropping the returned future must stop the work: the runner drops
+/// it on timeout, lost lease or shutdown.
+pub trait Executor: Send + Sync + 'static {
+    fn execute<'a>(&'a self, request: &'a AgentRequest)
+    -> BoxFuture<'a, Result<Value, AgentError>>;
+}
+
+/// The envelope sent to every agent: `{work_item, work_order, attempt, context}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentRequest {
+    pub work_item: WorkItemView,
+    pub work_order: WorkOrderView,
+    pub attempt: AttemptView,
+    pub context: ContextView,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkItemView {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub item_type: String,
+    /// The item's content: parsed JSON, or the raw text for steps with `content = "text"`.
+    pub content: Value,
+    pub priority: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkOrderView {
+    pub id: Uuid,
+    pub workflow_id: String,
+    pub tenant_id: Uuid,
+    pub created_by: Uuid,
+    pub priority: String,
+    pub metadata: Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptView {
+    pub id: Uuid,
+    pub number: i32,
+    pub max_attempts: i32,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ContextView {
+    pub mem_docs: Vec<MemDocView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MemDocView {
+    #[serde(rename = "type")]
+    pub doc_type: String,
+    pub content: String,
+    pub metadata: Value,
+}
+
+impl AgentRequest {
+    /// The idempotency key agents can use to recognise a repeated execution.
+    pub fn idempotency_key(&self) -> String {
+        self.work_item.id.to_string()
+    }
+}
+
+/// A failed execution, classified once: the variant decides retry or dead letter.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AgentError {
+    /// May succeed later; `retry_after` is the agent's own hint (clamped by the runner).
+    #[error("{message}")]
+    Retryable {
+        code: ErrorCode,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// Cannot succeed by retrying.
+    #[error("{message}")]
+    Permanent { code: ErrorCode, message: String },
+}
+
+impl AgentError {
+    pub fn retryable(code: ErrorCode, message: impl Into<String>) -> Self {
+        AgentError::Retryable {
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+    pub fn permanent(code: ErrorCode, message: impl Into<String>) -> Self {
+        AgentError::Permanent {
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            AgentError::Retryable { code, .. } | AgentError::Permanent { code, .. } => *code,
+        }
+    }
+    pub fn message(&self) -> &str {
+        match self {
+            AgentError::Retryable { message, .. } | AgentError::Permanent { message, .. } => {
+                message
+            }
+        }
+    }
+}
+
+/// What a factory receives to build one configured agent.
+pub struct AgentSpec<'a> {
+    pub name: &'a str,
+    pub settings: &'a AgentSettings,
+    pub limits: &'a LimitSettings,
+}
+
+impl AgentSpec<'_> {
+    /// Deserializes the kind's options strictly; errors name `agents.NAME.key`.
+    pub fn options<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        serde_json::from_value(Value::Object(self.settings.options.clone()))
+            .map_err(|e| ConfigError::invalid(format!("agents.{}", self.name), e.to_string()))
+    }
+
+    /// Parses an optional duration option, e.g. `timeout = "30s"`.
+    pub fn duration(
+        &self,
+        key: &str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(text) => {
+                crate::config::parse_duration(&format!("agents.{}.{key}", self.name), text)
+            }
+        }
+    }
+}
+
+/// Builds an executor from its configuration.
+pub type Factory = fn(&AgentSpec<'_>) -> Result<Agent, ConfigError>;
+
+/// A configured agent: the executor plus what the runner needs to drive it.
+#[derive(Clone)]
+pub struct Agent {
+    pub executor: Arc<dyn Executor>,
+    /// Run-time limit; the runner drops the execution when it passes.
+    pub timeout: Duration,
+}
+
+/// The default timeout of agents that do not set one.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Agent kinds by name. [`Registry::builtin`] has `echo`, `fail`, `http` and `command`.
+#[derive(Clone)]
+pub struct Registry {
+    kinds: BTreeMap<String, Factory>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::builtin()
+    }
+}
+
+impl Registry {
+    pub fn builtin() -> Self {
+        let mut registry = Registry {
+            kinds: BTreeMap::new(),
+        };
+        registry.register("echo", builtin::echo_factory);
+        registry.register("fail", builtin::fail_factory);
+        registry.register("http", http::factory);
+        registry.register("command", command::factory);
+        registry
+    }
+
+    /// Adds (or replaces) a kind.
+    pub fn register(&mut self, kind: &str, factory: Factory) -> &mut Self {
+        self.kinds.insert(kind.to_owned(), factory);
+        self
+    }
+
+    pub fn kinds(&self) -> impl Iterator<Item = &str> {
+        self.kinds.keys().map(String::as_str)
+    }
+
+    /// Builds every `[agents.NAME]` of the settings.
+    pub fn build(&self, settings: &Settings) -> Result<Agents, ConfigError> {
+        let mut agents = HashMap::new();
+        for (name, agent_settings) in &settings.agents {
+            let factory = self.kinds.get(&agent_settings.kind).ok_or_else(|| {
+                ConfigError::invalid(
+                    format!("agents.{name}.kind"),
+                    format!(
+                        "unknown kind `{}` (known: {})",
+                        agent_settings.kind,
+                        self.kinds().collect::<Vec<_>>().join(", ")
+                    ),
+                )
+            })?;
+            let spec = AgentSpec {
+                name,
+                settings: agent_settings,
+                limits: &settings.limits,
+            };
+            agents.insert(name.clone(), factory(&spec)?);
+        }
+        Ok(Agents {
+            by_name: Arc::new(agents),
+        })
+    }
+}
+
+/// The configured agents of this process, by name.
+#[derive(Clone, Default)]
+pub struct Agents {
+    by_name: Arc<HashMap<String, Agent>>,
+}
+
+impl Agents {
+    pub fn get(&self, name: &str) -> Option<&Agent> {
+        self.by_name.get(name)
+    }
+}
+
+/// Reads at most `limit` bytes from a stream of chunks; more is `OUTPUT_TOO_LARGE`.
+pub(crate) fn check_output_size(len: usize, limit: usize) -> Result<(), AgentError> {
+    if len > limit {
+        Err(AgentError::permanent(
+            ErrorCode::OutputTooLarge,
+            format!("agent output exceeds limits.max_output_bytes ({limit} bytes)"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Parses an agent's output; anything but JSON is `AGENT_BAD_OUTPUT` (permanent).
+pub(crate) fn parse_output(bytes: &[u8]) -> Result<Value, AgentError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let preview: String = String::from_utf8_lossy(&bytes[..bytes.len().min(120)]).into_owned();
+        AgentError::permanent(
+            ErrorCode::AgentBadOutput,
+            format!("agent answered non-JSON output ({e}): {preview:?}"),
+        )
+    })
+}

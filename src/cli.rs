@@ -1,0 +1,111 @@
+//! Command-line definitions (clap). `main.rs` dispatches them.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use uuid::Uuid;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "orderly",
+    version,
+    about = "A durable work-order daemon on PostgreSQL"
+)]
+pub struct Cli {
+    /// A TOML file layered over config/default.toml.
+    #[arg(long, global = true, env = "ORDERLY_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the database if missing and apply pending migrations (idempotent).
+    Migrate,
+    /// Run the engine until SIGTERM/SIGINT.
+    Run,
+    /// Run a self-contained demonstration against a scratch database.
+    Demo(DemoArgs),
+    /// Enqueue a work order with one or more items.
+    Enqueue(EnqueueArgs),
+    /// Show queue counts, the oldest queued item, and what is in flight.
+    Status {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect, replay and discard dead letters.
+    #[command(subcommand, name = "dead-letters")]
+    DeadLetters(DeadLetterCommand),
+    /// Validate the configuration and print it with secrets redacted.
+    CheckConfig,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Work orders to enqueue.
+    #[arg(long, default_value_t = 120)]
+    pub orders: usize,
+    /// Keep the scratch database afterwards (for inspection with psql).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// A JSON file: {"workflow_id", "tenant_id", "created_by", "priority"?, "metadata"?,
+    /// "items": [{"type", "content"}]}. Replaces the flags below.
+    #[arg(long, conflicts_with_all = ["item", "workflow"])]
+    pub file: Option<PathBuf>,
+    /// The order's workflow_id (selects a workflow template).
+    #[arg(long, default_value = "default")]
+    pub workflow: String,
+    #[arg(long)]
+    pub tenant: Option<Uuid>,
+    #[arg(long)]
+    pub created_by: Option<Uuid>,
+    /// LOW, MEDIUM, HIGH or URGENT.
+    #[arg(long, default_value = "MEDIUM")]
+    pub priority: String,
+    /// An item as TYPE=CONTENT (repeatable), e.g. --item 'TICKET={"subject":"help"}'.
+    #[arg(long = "item", value_name = "TYPE=CONTENT")]
+    pub item: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterCommand {
+    /// List open dead letters, newest first.
+    List {
+        /// Include replayed and discarded ones.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a dead letter: the item, its attempts with errors, eval results, payload.
+    Show {
+        id: Uuid,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-queue the item with a fresh attempt budget.
+    Replay {
+        id: Uuid,
+        /// Replace the item's content with this file's before replaying.
+        #[arg(long)]
+        content: Option<PathBuf>,
+        /// Who does it (audit log); defaults to $USER.
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// Close the dead letter without replaying; the item stays FAILED.
+    Discard {
+        id: Uuid,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        actor: Option<String>,
+    },
+}

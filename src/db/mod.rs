@@ -1,0 +1,77 @@
+//! Every SQL statement orderly runs, one named function each. Nothing outside `db` touches
+//! SQL. Enum columns are bound as text and cast in SQL, so `model` stays free of sqlx.
+
+pub mod catalog;
+pub mod ops;
+pub mod queue;
+
+use crate::config::DatabaseSettings;
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+use std::str::FromStr;
+
+pub use sqlx::Error as DbError;
+
+/// The channel the NOTIFY trigger on `work_items` signals (migrations/0002).
+pub const WORK_CHANNEL: &str = "orderly_work";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Opens the pool described by the settings.
+pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
+    let options = PgConnectOptions::from_str(&settings.url)?.application_name("orderly");
+    PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+        .connect_with(options)
+        .await
+}
+
+/// Creates the database named in `url` if it does not exist.
+pub async fn ensure_database(url: &str) -> Result<bool, DbError> {
+    if Postgres::database_exists(url).await? {
+        return Ok(false);
+    }
+    match Postgres::create_database(url).await {
+        Ok(()) => Ok(true),
+        // Another replica created it between the check and the create.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Drops the database named in `url` (demo and bench scratch databases).
+pub async fn drop_database(url: &str) -> Result<(), DbError> {
+    if Postgres::database_exists(url).await? {
+        Postgres::force_drop_database(url).await?;
+    }
+    Ok(())
+}
+
+/// Applies pending migrations (idempotent; serialized across replicas by an advisory lock).
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// The database clock: every time decision uses it, never the host's.
+pub async fn now(pool: &PgPool) -> Result<chrono::DateTime<chrono::Utc>, DbError> {
+    sqlx::query_scalar("SELECT now()").fetch_one(pool).await
+}
+
+/// True when the error means the database is unreachable (as opposed to a bad statement).
+pub fn is_connection_error(e: &DbError) -> bool {
+    matches!(
+        e,
+        DbError::Io(_)
+            | DbError::PoolTimedOut
+            | DbError::PoolClosed
+            | DbError::Tls(_)
+            | DbError::Protocol(_)
+    ) || matches!(e, DbError::Database(d) if d.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+}
+
+/// Serialization failures and deadlocks: the transaction can simply be run again.
+pub fn is_retryable_conflict(e: &DbError) -> bool {
+    matches!(e, DbError::Database(d) if matches!(d.code().as_deref(), Some("40001") | Some("40P01")))
+}

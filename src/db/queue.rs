@@ -1,0 +1,444 @@
+//! The hot path's statements: claim, lease renewal and the batched, fenced completion.
+
+use crate::model::{Completion, NextState};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgPool, Row};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// A claimed item, as the claim statement returns it.
+#[derive(Debug, Clone)]
+pub struct ClaimedItem {
+    pub id: Uuid,
+    pub work_order_id: Uuid,
+    pub item_type: String,
+    pub priority: String,
+    /// The attempt this claim started: the fencing token of every later write.
+    pub attempt: i32,
+    pub attempt_base: i32,
+    pub max_attempts: Option<i32>,
+    pub rescues: i32,
+    pub created_at: DateTime<Utc>,
+    pub content_bytes: i32,
+    /// None when the content is larger than the limit (it is then not loaded at all).
+    pub content: Option<String>,
+    pub workflow_id: String,
+    pub tenant_id: Uuid,
+    pub created_by: Uuid,
+    pub order_priority: String,
+    pub order_metadata: Value,
+    /// Database time of the claim: the attempt's `started_at`.
+    pub claimed_at: DateTime<Utc>,
+}
+
+/// Claims up to `limit` runnable items for `worker_id`, priority first then oldest run
+/// time, and marks their orders PROCESSING, in one statement.
+///
+/// Locking: `FOR UPDATE SKIP LOCKED` on the partial index `idx_work_items_ready`, so
+/// concurrent claimers never wait on each other. The update finds its rows through
+/// `id = ANY(ARRAY(...))` (primary-key lookups) rather than a join the planner may turn
+/// into a scan (DESIGN §7). Orders are taken with SKIP LOCKED too: an order that another
+/// transaction holds is already being moved out of PENDING or rolled up.
+pub async fn claim(
+    pool: &PgPool,
+    worker_id: &str,
+    limit: i64,
+    lease: Duration,
+    max_content_bytes: i32,
+) -> Result<Vec<ClaimedItem>, sqlx::Error> {
+    let rows = sqlx::query(
+        r#"
+WITH next AS (
+    SELECT id FROM work_items
+    WHERE status = 'QUEUED' AND run_at <= now()
+    ORDER BY priority DESC, run_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE work_items w
+    SET status = 'PROCESSING',
+        attempt = w.attempt + 1,
+        lease_expires_at = now() + $2 * interval '1 millisecond',
+        locked_by = $3
+    WHERE w.id = ANY (ARRAY (SELECT id FROM next))
+    RETURNING w.id, w.work_order_id, w.type, w.priority, w.attempt, w.attempt_base,
+              w.max_attempts, w.rescues, w.created_at,
+              octet_length(w.content) AS content_bytes,
+              CASE WHEN octet_length(w.content) <= $4 THEN w.content END AS content
+), started AS (
+    UPDATE work_orders o SET status = 'PROCESSING', updated_at = now()
+    WHERE o.id IN (SELECT s.id FROM work_orders s
+                   WHERE s.id IN (SELECT work_order_id FROM claimed) AND s.status <> 'PROCESSING'
+                   FOR UPDATE SKIP LOCKED)
+)
+SELECT c.id, c.work_order_id, c.type::text AS item_type, c.priority::text AS priority,
+       c.attempt, c.attempt_base, c.max_attempts, c.rescues, c.created_at, c.content_bytes,
+       c.content, o.workflow_id, o.tenant_id, o.created_by, o.priority::text AS order_priority,
+       o.metadata, now() AS claimed_at
+FROM claimed c JOIN work_orders o ON o.id = c.work_order_id
+"#,
+    )
+    .bind(limit)
+    .bind(lease.as_millis() as f64)
+    .bind(worker_id)
+    .bind(max_content_bytes)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ClaimedItem {
+                id: r.try_get("id")?,
+                work_order_id: r.try_get("work_order_id")?,
+                item_type: r.try_get("item_type")?,
+                priority: r.try_get("priority")?,
+                attempt: r.try_get("attempt")?,
+                attempt_base: r.try_get("attempt_base")?,
+                max_attempts: r.try_get("max_attempts")?,
+                rescues: r.try_get("rescues")?,
+                created_at: r.try_get("created_at")?,
+                content_bytes: r.try_get("content_bytes")?,
+                content: r.try_get("content")?,
+                workflow_id: r.try_get("workflow_id")?,
+                tenant_id: r.try_get("tenant_id")?,
+                created_by: r.try_get("created_by")?,
+                order_priority: r.try_get("order_priority")?,
+                order_metadata: r.try_get("metadata")?,
+                claimed_at: r.try_get("claimed_at")?,
+            })
+        })
+        .collect()
+}
+
+/// A memory document attached to an item, for the envelope's context.
+#[derive(Debug, Clone)]
+pub struct MemDoc {
+    pub work_item_id: Uuid,
+    pub doc_type: String,
+    pub content: String,
+    pub metadata: Value,
+}
+
+/// The memory documents of a batch of claimed items (one statement per claim batch).
+pub async fn mem_docs(pool: &PgPool, item_ids: &[Uuid]) -> Result<Vec<MemDoc>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT work_item_id, type::text AS doc_type, content, metadata FROM mem_docs
+         WHERE work_item_id = ANY($1) ORDER BY created_at",
+    )
+    .bind(item_ids)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(MemDoc {
+                work_item_id: r.try_get("work_item_id")?,
+                doc_type: r.try_get("doc_type")?,
+                content: r.try_get("content")?,
+                metadata: r.try_get("metadata")?,
+            })
+        })
+        .collect()
+}
+
+/// Extends the leases of items this worker still holds at the given attempts. Returns the
+/// ids renewed; an id missing from the answer has lost its lease.
+pub async fn renew_leases(
+    pool: &PgPool,
+    ids: &[Uuid],
+    attempts: &[i32],
+    lease: Duration,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE work_items w SET lease_expires_at = now() + $3 * interval '1 millisecond'
+         FROM unnest($1::uuid[], $2::int[]) AS u(id, attempt)
+         WHERE w.id = u.id AND w.attempt = u.attempt AND w.status = 'PROCESSING'
+         RETURNING w.id",
+    )
+    .bind(ids)
+    .bind(attempts)
+    .bind(lease.as_millis() as f64)
+    .fetch_all(pool)
+    .await
+}
+
+/// What a completion batch did.
+#[derive(Debug, Default, Clone)]
+pub struct CompleteReport {
+    /// Items whose results were written.
+    pub written: Vec<Uuid>,
+    /// Items whose attempt was no longer current: nothing of theirs was written.
+    pub stale: Vec<Uuid>,
+}
+
+/// Writes a batch of finished executions in one transaction: the fenced item updates, one
+/// attempt row each, eval results, approval events, dead letters, then the order roll-ups.
+/// Every write of an item is conditional on `(id, attempt)` still being current and the
+/// item still PROCESSING; stale items are reported, not written.
+pub async fn complete_batch(
+    pool: &PgPool,
+    batch: &[Completion],
+) -> Result<CompleteReport, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let done: Vec<(Uuid, Uuid)> = write_completions(&mut tx, batch).await?;
+    let mut orders: Vec<Uuid> = done.iter().map(|(_, order)| *order).collect();
+    orders.sort_unstable();
+    orders.dedup();
+    roll_up_orders(&mut tx, &orders).await?;
+    tx.commit().await?;
+    let written: Vec<Uuid> = done.iter().map(|(id, _)| *id).collect();
+    let stale = batch
+        .iter()
+        .map(|c| c.item_id)
+        .filter(|id| !written.contains(id))
+        .collect();
+    Ok(CompleteReport { written, stale })
+}
+
+/// Column arrays of a completion batch, bound as `unnest` parameters.
+#[derive(Default)]
+struct Columns {
+    id: Vec<Uuid>,
+    attempt: Vec<i32>,
+    status: Vec<&'static str>,
+    output: Vec<Option<Value>>,
+    delay_ms: Vec<i64>,
+    released: Vec<bool>,
+    error: Vec<Option<String>>,
+    error_code: Vec<Option<&'static str>>,
+    attempt_id: Vec<Uuid>,
+    agent: Vec<String>,
+    attempt_status: Vec<&'static str>,
+    input: Vec<Value>,
+    worker: Vec<String>,
+    usage: Vec<Option<Value>>,
+    started_at: Vec<DateTime<Utc>>,
+    duration_ms: Vec<i32>,
+    ev_item: Vec<Uuid>,
+    ev_attempt: Vec<Uuid>,
+    ev_type: Vec<String>,
+    ev_score: Vec<f64>,
+    ev_metrics: Vec<Value>,
+    ev_passed: Vec<bool>,
+    ap_item: Vec<Uuid>,
+    ap_attempt: Vec<Uuid>,
+    ap_approver: Vec<String>,
+    ap_decision: Vec<&'static str>,
+    ap_reason: Vec<Option<String>>,
+    ap_policy: Vec<String>,
+    dl_item: Vec<Uuid>,
+    dl_source: Vec<String>,
+    dl_type: Vec<String>,
+    dl_error: Vec<String>,
+    dl_code: Vec<Option<&'static str>>,
+    dl_reason: Vec<&'static str>,
+    dl_retries: Vec<i32>,
+}
+
+impl Columns {
+    fn from_batch(batch: &[Completion]) -> Columns {
+        let mut c = Columns::default();
+        for done in batch {
+            c.id.push(done.item_id);
+            c.attempt.push(done.attempt);
+            c.status.push(done.next.item_status().as_str());
+            c.output.push(done.output.clone());
+            c.delay_ms.push(match done.next {
+                NextState::Retry { delay_ms } => delay_ms,
+                _ => 0,
+            });
+            c.released.push(matches!(done.next, NextState::Released));
+            c.error.push(done.error.as_ref().map(|e| e.message.clone()));
+            c.error_code
+                .push(done.error.as_ref().map(|e| e.code.as_str()));
+            c.attempt_id.push(done.attempt_id);
+            c.agent.push(done.agent.clone());
+            c.attempt_status.push(done.attempt_status.as_str());
+            c.input.push(done.input.clone());
+            c.worker.push(done.worker_id.clone());
+            c.usage.push(done.usage.clone());
+            c.started_at.push(done.started_at);
+            c.duration_ms.push(done.duration_ms);
+            for eval in &done.evals {
+                c.ev_item.push(done.item_id);
+                c.ev_attempt.push(done.attempt_id);
+                c.ev_type.push(eval.evaluation_type.clone());
+                c.ev_score.push(eval.score.clamp(0.0, 1.0));
+                c.ev_metrics.push(eval.metrics.clone());
+                c.ev_passed.push(eval.passed);
+            }
+            if let Some(approval) = &done.approval {
+                c.ap_item.push(done.item_id);
+                c.ap_attempt.push(done.attempt_id);
+                c.ap_approver.push(approval.approver_id.clone());
+                c.ap_decision.push(approval.decision.as_str());
+                c.ap_reason.push(approval.reason.clone());
+                c.ap_policy.push(approval.policy_version.clone());
+            }
+            if let NextState::DeadLetter { reason } = done.next {
+                c.dl_item.push(done.item_id);
+                c.dl_source.push(done.agent.clone());
+                c.dl_type.push(done.item_type.clone());
+                c.dl_error.push(
+                    done.error
+                        .as_ref()
+                        .map(|e| e.message.clone())
+                        .unwrap_or_default(),
+                );
+                c.dl_code.push(done.error.as_ref().map(|e| e.code.as_str()));
+                c.dl_reason.push(reason.as_str());
+                c.dl_retries.push(done.attempts_used);
+            }
+        }
+        c
+    }
+}
+
+async fn write_completions(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    batch: &[Completion],
+) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
+    let c = Columns::from_batch(batch);
+    // One statement: the fenced UPDATE decides which items are current (`done`); every
+    // side record is inserted only for those. The dead-letter payload carries what a replay
+    // needs (the item id; content stays in work_items) plus what an operator reads first.
+    let rows = sqlx::query(
+        r#"
+WITH done AS (
+    UPDATE work_items w SET
+        status = u.status::work_item_status,
+        result = CASE WHEN u.status IN ('COMPLETED', 'AWAITING_APPROVAL') THEN u.output ELSE w.result END,
+        processed_at = CASE WHEN u.status IN ('COMPLETED', 'FAILED') THEN now() ELSE NULL END,
+        run_at = CASE WHEN u.status = 'QUEUED' THEN now() + u.delay_ms * interval '1 millisecond'
+                      ELSE w.run_at END,
+        attempt_base = w.attempt_base + CASE WHEN u.released THEN 1 ELSE 0 END,
+        lease_expires_at = NULL,
+        locked_by = NULL,
+        last_error = u.error,
+        last_error_code = u.error_code
+    FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::bigint[], $6::bool[],
+                $7::text[], $8::text[])
+         AS u(id, attempt, status, output, delay_ms, released, error, error_code)
+    WHERE w.id = u.id AND w.attempt = u.attempt AND w.status = 'PROCESSING'
+    RETURNING w.id, w.work_order_id, w.attempt
+), attempts_written AS (
+    INSERT INTO attempts (id, work_item_id, attempt_number, agent_id, status, input, output,
+                          error, error_code, worker_id, usage, started_at, completed_at, duration_ms)
+    SELECT a.attempt_id, a.id, a.attempt, a.agent, a.status::attempt_status, a.input, a.output,
+           a.error, a.error_code, a.worker, a.usage, a.started_at, now(), a.duration_ms
+    FROM unnest($1::uuid[], $2::int[], $9::uuid[], $10::text[], $11::text[], $12::jsonb[],
+                $4::jsonb[], $7::text[], $8::text[], $13::text[], $14::jsonb[],
+                $15::timestamptz[], $16::int[])
+         AS a(id, attempt, attempt_id, agent, status, input, output, error, error_code, worker,
+              usage, started_at, duration_ms)
+    WHERE a.id IN (SELECT id FROM done)
+), evals_written AS (
+    INSERT INTO eval_results (work_item_id, attempt_id, evaluation_type, score, metrics, passed)
+    SELECT e.item_id, e.attempt_id, e.kind, round(e.score::numeric, 2), e.metrics, e.passed
+    FROM unnest($17::uuid[], $18::uuid[], $19::text[], $20::float8[], $21::jsonb[], $22::bool[])
+         AS e(item_id, attempt_id, kind, score, metrics, passed)
+    WHERE e.item_id IN (SELECT id FROM done)
+), approvals_written AS (
+    INSERT INTO approval_events (work_item_id, attempt_id, approver_id, decision, reason,
+                                 policy_version, source)
+    SELECT p.item_id, p.attempt_id, p.approver, p.decision::approval_decision, p.reason,
+           p.policy, 'POLICY'
+    FROM unnest($23::uuid[], $24::uuid[], $25::text[], $26::text[], $27::text[], $28::text[])
+         AS p(item_id, attempt_id, approver, decision, reason, policy)
+    WHERE p.item_id IN (SELECT id FROM done)
+), dead_written AS (
+    INSERT INTO dead_letters (work_item_id, source, event_type, payload, error, error_code,
+                              reason, retry_count)
+    SELECT d.item_id, d.source, d.event_type,
+           jsonb_build_object('work_item_id', d.item_id, 'work_order_id', done.work_order_id,
+                              'type', d.event_type, 'attempt', done.attempt,
+                              'error_code', d.error_code, 'agent', d.source),
+           d.error, d.error_code, d.reason::dead_letter_reason, d.retries
+    FROM unnest($29::uuid[], $30::text[], $31::text[], $32::text[], $33::text[], $34::text[],
+                $35::int[])
+         AS d(item_id, source, event_type, error, error_code, reason, retries)
+    JOIN done ON done.id = d.item_id
+)
+SELECT id, work_order_id FROM done
+"#,
+    )
+    .bind(&c.id)
+    .bind(&c.attempt)
+    .bind(&c.status)
+    .bind(&c.output)
+    .bind(&c.delay_ms)
+    .bind(&c.released)
+    .bind(&c.error)
+    .bind(&c.error_code)
+    .bind(&c.attempt_id)
+    .bind(&c.agent)
+    .bind(&c.attempt_status)
+    .bind(&c.input)
+    .bind(&c.worker)
+    .bind(&c.usage)
+    .bind(&c.started_at)
+    .bind(&c.duration_ms)
+    .bind(&c.ev_item)
+    .bind(&c.ev_attempt)
+    .bind(&c.ev_type)
+    .bind(&c.ev_score)
+    .bind(&c.ev_metrics)
+    .bind(&c.ev_passed)
+    .bind(&c.ap_item)
+    .bind(&c.ap_attempt)
+    .bind(&c.ap_approver)
+    .bind(&c.ap_decision)
+    .bind(&c.ap_reason)
+    .bind(&c.ap_policy)
+    .bind(&c.dl_item)
+    .bind(&c.dl_source)
+    .bind(&c.dl_type)
+    .bind(&c.dl_error)
+    .bind(&c.dl_code)
+    .bind(&c.dl_reason)
+    .bind(&c.dl_retries)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("id")?, r.try_get("work_order_id")?)))
+        .collect()
+}
+
+/// Recomputes the status of the given orders from their items (DESIGN §2), inside the
+/// caller's transaction, after its item updates.
+///
+/// The orders are locked first, in id order (no deadlock between completers); the roll-up
+/// is a separate statement so that, under READ COMMITTED, its snapshot is taken after the
+/// lock was granted and sees every item update committed by the previous lock holder. That
+/// closes the race where two completers finish an order's last two items at once.
+pub async fn roll_up_orders(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    orders: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    if orders.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SELECT id FROM work_orders WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(orders)
+        .fetch_all(&mut **tx)
+        .await?;
+    sqlx::query(
+        r#"
+UPDATE work_orders o SET status = r.status, updated_at = now()
+FROM (
+    SELECT i.work_order_id AS id,
+           CASE WHEN bool_or(i.status IN ('QUEUED', 'PROCESSING', 'AWAITING_APPROVAL'))
+                     THEN 'PROCESSING'
+                WHEN bool_or(i.status = 'FAILED') THEN 'FAILED'
+                ELSE 'COMPLETED' END::work_order_status AS status
+    FROM work_items i
+    WHERE i.work_order_id = ANY($1)
+    GROUP BY i.work_order_id
+) r
+WHERE o.id = r.id AND o.status <> r.status
+"#,
+    )
+    .bind(orders)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

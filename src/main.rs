@@ -1,0 +1,35 @@
+//! The `orderly` binary: parse the command line, load the configuration, start logging,
+//! run the subcommand. Everything else lives in the library.
+
+use clap::Parser;
+use orderly::agent::Registry;
+use orderly::cli::Cli;
+use orderly::config::Settings;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    orderly::telemetry::init(&settings.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the runtime");
+    match runtime.block_on(orderly::run_command(
+        cli.command,
+        settings,
+        Registry::builtin(),
+    )) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The vocabulary shared by every layer: statuses, error codes and the records that flow
+//! from the runner to the completer. Types only, no I/O; everything else depends on this.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt;
+use std::str::FromStr;
+use uuid::Uuid;
+
+/// Declares a closed set of database enum labels with their exact spelling.
+macro_rules! labels {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub enum $name { $(#[serde(rename = $text)] $variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        }
+        impl FromStr for $name {
+            type Err = UnknownLabel;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(UnknownLabel { kind: stringify!($name), label: other.to_owned() }),
+                }
+            }
+        }
+    };
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown {kind} `{label}`")]
+pub struct UnknownLabel {
+    pub kind: &'static str,
+    pub label: String,
+}
+
+labels!(
+    /// `priority`: claim order is URGENT, HIGH, MEDIUM, LOW.
+    Priority { Low = "LOW", Medium = "MEDIUM", High = "HIGH", Urgent = "URGENT" }
+);
+labels!(
+    /// `work_items.status` (DESIGN §2).
+    ItemStatus {
+        Queued = "QUEUED",
+        Processing = "PROCESSING",
+        Completed = "COMPLETED",
+        Failed = "FAILED",
+        AwaitingApproval = "AWAITING_APPROVAL",
+        Cancelled = "CANCELLED",
+    }
+);
+labels!(
+    /// `work_orders.status`, rolled up from the order's items.
+    OrderStatus { Pending = "PENDING", Processing = "PROCESSING", Completed = "COMPLETED", Failed = "FAILED" }
+);
+labels!(
+    /// `attempts.status`. LOST: the worker vanished and the rescuer closed the attempt.
+    /// INTERRUPTED: released by a clean shutdown; not counted against max_attempts.
+    AttemptStatus {
+        Started = "STARTED",
+        Completed = "COMPLETED",
+        Failed = "FAILED",
+        Timeout = "TIMEOUT",
+        Lost = "LOST",
+        Interrupted = "INTERRUPTED",
+    }
+);
+labels!(
+    /// `approval_events.decision`.
+    Decision { Approved = "APPROVED", Rejected = "REJECTED", Escalated = "ESCALATED" }
+);
+labels!(
+    /// Why an item was dead-lettered.
+    DeadLetterReason {
+        Permanent = "PERMANENT",
+        RetriesExhausted = "RETRIES_EXHAUSTED",
+        CrashLoop = "CRASH_LOOP",
+    }
+);
+labels!(
+    /// Stable error codes written to `attempts.error_code`, `work_items.last_error_code` and
+    /// `dead_letters.error_code`. Scripts and dashboards match on these; never rename one.
+    ErrorCode {
+        NoRoute = "NO_ROUTE",
+        UnknownAgent = "UNKNOWN_AGENT",
+        WorkflowInvalid = "WORKFLOW_INVALID",
+        ContentEmpty = "CONTENT_EMPTY",
+        ContentTooLarge = "CONTENT_TOO_LARGE",
+        ContentInvalidJson = "CONTENT_INVALID_JSON",
+        AgentTimeout = "AGENT_TIMEOUT",
+        AgentUnavailable = "AGENT_UNAVAILABLE",
+        AgentRateLimited = "AGENT_RATE_LIMITED",
+        AgentConnection = "AGENT_CONNECTION",
+        AgentRejected = "AGENT_REJECTED",
+        AgentRedirect = "AGENT_REDIRECT_REFUSED",
+        AgentAddressRefused = "AGENT_ADDRESS_REFUSED",
+        AgentBadOutput = "AGENT_BAD_OUTPUT",
+        AgentError = "AGENT_ERROR",
+        OutputTooLarge = "OUTPUT_TOO_LARGE",
+        CommandSpawnFailed = "COMMAND_SPAWN_FAILED",
+        CommandRetryable = "COMMAND_RETRYABLE",
+        CommandKilled = "COMMAND_KILLED",
+        CommandFailed = "COMMAND_FAILED",
+        ApprovalRejected = "APPROVAL_REJECTED",
+        WorkerLost = "WORKER_LOST",
+        Interrupted = "INTERRUPTED",
+    }
+);
+
+/// An error as recorded on an attempt: a stable code and a human message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// One row of `eval_results`, produced by an evaluator for one attempt.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvalRecord {
+    pub evaluation_type: String,
+    /// 0..=1, stored as DECIMAL(3,2).
+    pub score: f64,
+    pub passed: bool,
+    pub metrics: Value,
+}
+
+/// One row of `approval_events`, produced by the approval policy for one attempt.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApprovalRecord {
+    pub approver_id: String,
+    pub decision: Decision,
+    pub reason: Option<String>,
+    pub policy_version: String,
+}
+
+/// What happens to the item after an attempt (decided by `worker::decision`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum NextState {
+    /// Approved output: the item is COMPLETED with this result.
+    Completed,
+    /// Output held for a human: AWAITING_APPROVAL.
+    AwaitingApproval,
+    /// Back to QUEUED, runnable after `delay_ms` (database clock).
+    Retry { delay_ms: i64 },
+    /// Back to QUEUED at once, the attempt not counted (clean shutdown).
+    Released,
+    /// FAILED with a dead letter.
+    DeadLetter { reason: DeadLetterReason },
+}
+
+/// Everything the completer writes for one finished execution, in one transaction with the
+/// rest of its batch. Guarded by (`item_id`, `attempt`): if that is no longer the item's
+/// current attempt, nothing of this is written.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub item_id: Uuid,
+    pub order_id: Uuid,
+    pub item_type: String,
+    pub attempt: i32,
+    pub attempt_id: Uuid,
+    /// Attempts used in the current budget, this one included (`dead_letters.retry_count`).
+    pub attempts_used: i32,
+    pub agent: String,
+    pub worker_id: String,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: i32,
+    pub input: Value,
+    pub attempt_status: AttemptStatus,
+    pub output: Option<Value>,
+    pub usage: Option<Value>,
+    pub error: Option<ErrorInfo>,
+    pub evals: Vec<EvalRecord>,
+    pub approval: Option<ApprovalRecord>,
+    pub next: NextState,
+}
+
+impl NextState {
+    /// The item status this transition writes.
+    pub fn item_status(&self) -> ItemStatus {
+        match self {
+            NextState::Completed => ItemStatus::Completed,
+            NextState::AwaitingApproval => ItemStatus::AwaitingApproval,
+            NextState::Retry { .. } | NextState::Released => ItemStatus::Queued,
+            NextState::DeadLetter { .. } => ItemStatus::Failed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_round_trip_through_their_database_spelling() {
+        for code in ErrorCode::ALL {
+            assert_eq!(code.as_str().parse::<ErrorCode>().unwrap(), *code);
+        }
+        for status in ItemStatus::ALL {
+            assert_eq!(status.as_str().parse::<ItemStatus>().unwrap(), *status);
+        }
+        assert!("queued".parse::<ItemStatus>().is_err());
+    }
+
+    #[test]
+    fn priorities_order_like_the_database_enum() {
+        assert!(Priority::Urgent > Priority::High && Priority::High > Priority::Medium);
+        assert!(Priority::Medium > Priority::Low);
+    }
+}

@@ -1,0 +1,265 @@
+//! Routing and evaluation configuration, read through the db layer and cached briefly:
+//! workflow template steps (per order `workflow_id` and item type) over config routes, and
+//! compiled JSON Schemas per document type. Edits in the database apply within `TTL`.
+
+use crate::config::{PolicyKind, Settings};
+use crate::db;
+use crate::model::ErrorCode;
+use serde::Deserialize;
+use serde_json::Value;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a template or schema read from the database is reused.
+pub const TTL: Duration = Duration::from_secs(5);
+
+/// How an item's content is handed to the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ContentFormat {
+    /// The content must be JSON; anything else is CONTENT_INVALID_JSON.
+    #[default]
+    Json,
+    /// The content is passed as a JSON string, whatever it holds.
+    Text,
+}
+
+/// The resolved step for one item: which agent, with which overrides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub agent: String,
+    pub timeout: Option<Duration>,
+    pub max_attempts: Option<i32>,
+    pub evaluators: Vec<String>,
+    pub approval: PolicyKind,
+    pub content: ContentFormat,
+}
+
+/// The JSON shape of one step in `workflow_definition.steps.<TYPE>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepDefinition {
+    agent: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+    max_attempts: Option<i32>,
+    evaluators: Option<Vec<String>>,
+    approval: Option<PolicyKind>,
+    content: Option<ContentFormat>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct WorkflowDefinition {
+    #[serde(default)]
+    steps: HashMap<String, StepDefinition>,
+}
+
+/// The evaluator every step runs unless it lists its own.
+pub const JSON_SCHEMA: &str = "json_schema";
+
+/// A routing failure: always permanent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// A compiled schema and its identity (for eval metrics).
+pub struct CompiledSchema {
+    pub name: String,
+    pub version: String,
+    pub validator: jsonschema::Validator,
+}
+
+type Cached<T> = (Instant, T);
+
+pub struct Catalog {
+    pool: PgPool,
+    settings: Arc<Settings>,
+    workflows: Mutex<HashMap<String, Cached<Option<Value>>>>,
+    schemas: Mutex<HashMap<String, Cached<Option<Arc<CompiledSchema>>>>>,
+}
+
+impl Catalog {
+    pub fn new(pool: PgPool, settings: Arc<Settings>) -> Self {
+        Catalog {
+            pool,
+            settings,
+            workflows: Mutex::default(),
+            schemas: Mutex::default(),
+        }
+    }
+
+    /// The step for an item: the workflow template's step for its type, else the config
+    /// route. No route is a permanent error naming the type.
+    pub async fn resolve(&self, workflow_id: &str, item_type: &str) -> Result<Step, RouteError> {
+        let definition = self.workflow(workflow_id).await.map_err(|e| RouteError {
+            code: ErrorCode::AgentError,
+            message: format!("reading workflow template `{workflow_id}`: {e}"),
+        })?;
+        resolve_step(definition.as_ref(), workflow_id, item_type, &self.settings)
+    }
+
+    async fn workflow(&self, workflow_id: &str) -> Result<Option<Value>, sqlx::Error> {
+        if let Some((at, value)) = self.workflows.lock().unwrap().get(workflow_id)
+            && at.elapsed() < TTL
+        {
+            return Ok(value.clone());
+        }
+        let value = db::catalog::workflow_definition(&self.pool, workflow_id).await?;
+        self.workflows
+            .lock()
+            .unwrap()
+            .insert(workflow_id.to_owned(), (Instant::now(), value.clone()));
+        Ok(value)
+    }
+
+    /// The active schema for a document type, compiled. A schema that does not compile is
+    /// reported as an error (the evaluator then fails, visibly).
+    pub async fn schema(&self, document_type: &str) -> Result<Option<Arc<CompiledSchema>>, String> {
+        if let Some((at, value)) = self.schemas.lock().unwrap().get(document_type)
+            && at.elapsed() < TTL
+        {
+            return Ok(value.clone());
+        }
+        let row = db::catalog::active_schema(&self.pool, document_type)
+            .await
+            .map_err(|e| e.to_string())?;
+        let compiled = match row {
+            None => None,
+            Some(row) => {
+                let validator = jsonschema::validator_for(&row.definition).map_err(|e| {
+                    format!("schema {} {} does not compile: {e}", row.name, row.version)
+                })?;
+                Some(Arc::new(CompiledSchema {
+                    name: row.name,
+                    version: row.version,
+                    validator,
+                }))
+            }
+        };
+        self.schemas
+            .lock()
+            .unwrap()
+            .insert(document_type.to_owned(), (Instant::now(), compiled.clone()));
+        Ok(compiled)
+    }
+}
+
+/// Pure step resolution: template step first, config route second.
+pub fn resolve_step(
+    definition: Option<&Value>,
+    workflow_id: &str,
+    item_type: &str,
+    settings: &Settings,
+) -> Result<Step, RouteError> {
+    let step: Option<StepDefinition> = match definition {
+        None => None,
+        Some(value) => {
+            let workflow: WorkflowDefinition =
+                serde_json::from_value(value.clone()).map_err(|e| RouteError {
+                    code: ErrorCode::WorkflowInvalid,
+                    message: format!("workflow template `{workflow_id}` is invalid: {e}"),
+                })?;
+            workflow.steps.get(item_type).cloned()
+        }
+    };
+    let step = step.unwrap_or(StepDefinition {
+        agent: None,
+        timeout: None,
+        max_attempts: None,
+        evaluators: None,
+        approval: None,
+        content: None,
+    });
+    let agent = step.agent.clone().or_else(|| settings.routes.get(item_type).cloned()).ok_or_else(|| RouteError {
+        code: ErrorCode::NoRoute,
+        message: format!(
+            "no route for item type {item_type}: add `{item_type} = \"AGENT\"` under [routes] or a step in workflow template `{workflow_id}`"
+        ),
+    })?;
+    if !settings.agents.contains_key(&agent) {
+        return Err(RouteError {
+            code: ErrorCode::UnknownAgent,
+            message: format!(
+                "item type {item_type} is routed to agent `{agent}`, which is not configured"
+            ),
+        });
+    }
+    if let Some(max) = step.max_attempts
+        && max < 1
+    {
+        return Err(RouteError {
+            code: ErrorCode::WorkflowInvalid,
+            message: format!(
+                "workflow template `{workflow_id}` step {item_type}: max_attempts must be at least 1"
+            ),
+        });
+    }
+    Ok(Step {
+        agent,
+        timeout: step.timeout,
+        max_attempts: step.max_attempts,
+        evaluators: step
+            .evaluators
+            .unwrap_or_else(|| vec![JSON_SCHEMA.to_owned()]),
+        approval: step.approval.unwrap_or(settings.approval.policy),
+        content: step.content.unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn settings() -> Settings {
+        Settings::from_toml_over_defaults(
+            "[agents.triage]\nkind = \"echo\"\n[routes]\nTICKET = \"triage\"\n",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn config_route_is_the_fallback() {
+        let step = resolve_step(None, "default", "TICKET", &settings()).unwrap();
+        assert_eq!(step.agent, "triage");
+        assert_eq!(step.evaluators, vec![JSON_SCHEMA]);
+        assert_eq!(step.approval, PolicyKind::ApproveAll);
+    }
+
+    #[test]
+    fn template_steps_override_routes() {
+        let definition = json!({"steps": {"TICKET": {"agent": "echo", "timeout": "2s", "max_attempts": 2,
+                                                     "approval": "escalate_on_failure", "evaluators": []}}});
+        let step = resolve_step(Some(&definition), "wf", "TICKET", &settings()).unwrap();
+        assert_eq!(step.agent, "echo");
+        assert_eq!(step.timeout, Some(Duration::from_secs(2)));
+        assert_eq!(step.max_attempts, Some(2));
+        assert_eq!(step.approval, PolicyKind::EscalateOnFailure);
+        assert!(step.evaluators.is_empty());
+    }
+
+    #[test]
+    fn missing_routes_and_bad_templates_are_permanent_errors() {
+        let err = resolve_step(None, "default", "INVOICE", &settings()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::NoRoute);
+        assert!(err.message.contains("INVOICE"));
+        let bad = json!({"steps": {"TICKET": {"agnet": "x"}}});
+        assert_eq!(
+            resolve_step(Some(&bad), "wf", "TICKET", &settings())
+                .unwrap_err()
+                .code,
+            ErrorCode::WorkflowInvalid
+        );
+        let ghost = json!({"steps": {"TICKET": {"agent": "ghost"}}});
+        assert_eq!(
+            resolve_step(Some(&ghost), "wf", "TICKET", &settings())
+                .unwrap_err()
+                .code,
+            ErrorCode::UnknownAgent
+        );
+    }
+}

@@ -1,0 +1,141 @@
+//! Claims runnable items, never more than the free slots, and starts a runner for each.
+//! Wakes on NOTIFY (through the listener), on a freed slot when full, and polls as a fallback.
+
+use super::runner::{self, RunContext, Stop};
+use super::{InFlight, Lease, Metrics};
+use crate::db;
+use crate::model::Completion;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub struct Dispatcher {
+    pub pool: PgPool,
+    pub ctx: Arc<RunContext>,
+    pub slots: Arc<Semaphore>,
+    pub wake: Arc<Notify>,
+    pub in_flight: InFlight,
+    pub metrics: Arc<Metrics>,
+    pub completions: mpsc::Sender<Completion>,
+    pub tasks: TaskTracker,
+    /// Stop claiming (first phase of shutdown).
+    pub stop: CancellationToken,
+}
+
+impl Dispatcher {
+    pub async fn run(self) {
+        let settings = self.ctx.settings.clone();
+        let mut error_delay = Duration::from_millis(50);
+        loop {
+            if self.stop.is_cancelled() {
+                break;
+            }
+            let free = self.slots.available_permits();
+            if free == 0 {
+                // Full: wait for a runner to finish, then claim at once.
+                tokio::select! {
+                    _ = self.stop.cancelled() => break,
+                    permit = self.slots.acquire() => drop(permit),
+                }
+                continue;
+            }
+            let want = free.min(settings.worker.claim_batch);
+            match self.claim_and_start(want).await {
+                Ok(got) => {
+                    error_delay = Duration::from_millis(50);
+                    if got == want {
+                        continue; // there may be more ready
+                    }
+                }
+                Err(e) => {
+                    crate::telemetry::warn_limited("claim", &format!("claim failed: {e}"));
+                    tokio::select! {
+                        _ = self.stop.cancelled() => break,
+                        _ = tokio::time::sleep(error_delay) => {}
+                    }
+                    error_delay = (error_delay * 2)
+                        .min(settings.worker.poll_interval.max(Duration::from_secs(1)));
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(settings.worker.poll_interval) => {}
+            }
+        }
+        tracing::debug!("dispatcher stopped claiming");
+    }
+
+    async fn claim_and_start(&self, want: usize) -> Result<usize, sqlx::Error> {
+        let settings = &self.ctx.settings;
+        let items = db::queue::claim(
+            &self.pool,
+            &self.ctx.worker_id,
+            want as i64,
+            settings.worker.lease,
+            settings.limits.max_content_bytes as i32,
+        )
+        .await?;
+        if items.is_empty() {
+            return Ok(0);
+        }
+        Metrics::add(&self.metrics.claimed, items.len() as u64);
+        Metrics::add(&self.metrics.claim_batches, 1);
+        let ids: Vec<_> = items.iter().map(|i| i.id).collect();
+        // A failure here must not strand claimed items: run them without context instead.
+        let mut docs: HashMap<_, Vec<_>> = HashMap::new();
+        match db::queue::mem_docs(&self.pool, &ids).await {
+            Ok(rows) => {
+                for doc in rows {
+                    docs.entry(doc.work_item_id).or_default().push(doc);
+                }
+            }
+            Err(e) => {
+                crate::telemetry::warn_limited("mem_docs", &format!("cannot read mem_docs: {e}"))
+            }
+        }
+        let got = items.len();
+        for item in items {
+            let permit = self
+                .slots
+                .clone()
+                .try_acquire_owned()
+                .expect("claimed no more than the free slots");
+            let stop = Stop::default();
+            self.in_flight.insert(
+                item.id,
+                Lease {
+                    attempt: item.attempt,
+                    confirmed_at: Instant::now(),
+                    stop: stop.clone(),
+                },
+            );
+            let ctx = self.ctx.clone();
+            let completions = self.completions.clone();
+            let in_flight = self.in_flight.clone();
+            let metrics = self.metrics.clone();
+            let item_docs = docs.remove(&item.id).unwrap_or_default();
+            self.tasks.spawn(async move {
+                let id = item.id;
+                match runner::run(&ctx, item, item_docs, stop).await {
+                    Some(done) => {
+                        // The slot frees once the result is handed over; the lease stays
+                        // in flight (and renewed) until the completer has written it.
+                        let _ = completions.send(done).await;
+                    }
+                    None => {
+                        Metrics::add(&metrics.leases_lost, 1);
+                        in_flight.remove(&id);
+                    }
+                }
+                drop(permit);
+            });
+        }
+        Ok(got)
+    }
+}

@@ -1,0 +1,113 @@
+//! The hot path. The dispatcher claims items (never more than free slots), a runner task
+//! executes each one, review evaluates and approves, decision picks the next state, and the
+//! completer, the only writer after a run, records results in batched, fenced transactions.
+//! The heartbeat renews leases of what is in flight; the listener turns NOTIFY into wake-ups.
+
+pub mod catalog;
+pub mod completer;
+pub mod decision;
+pub mod dispatcher;
+pub mod heartbeat;
+pub mod listener;
+pub mod review;
+pub mod runner;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use uuid::Uuid;
+
+/// Counters the daemon, tests and the bench read. Monotonic since start.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub claimed: AtomicU64,
+    pub completed: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub awaiting_approval: AtomicU64,
+    pub released: AtomicU64,
+    /// Results rejected by the fence: the attempt was no longer the item's current one.
+    pub stale_writes: AtomicU64,
+    /// Executions abandoned because the lease could not be renewed.
+    pub leases_lost: AtomicU64,
+    pub completer_batches: AtomicU64,
+    pub claim_batches: AtomicU64,
+}
+
+impl Metrics {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Results written, whatever the outcome.
+    pub fn recorded(&self) -> u64 {
+        Self::get(&self.completed)
+            + Self::get(&self.retried)
+            + Self::get(&self.dead_lettered)
+            + Self::get(&self.awaiting_approval)
+            + Self::get(&self.released)
+    }
+}
+
+/// One execution in flight in this process.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub attempt: i32,
+    /// When the lease was last confirmed by the database (local monotonic clock: only used
+    /// to decide that *we* can no longer vouch for it).
+    pub confirmed_at: Instant,
+    pub stop: runner::Stop,
+}
+
+/// The executions this process holds leases for. Entries are added by the dispatcher and
+/// removed once the completer has written the result (or the lease was lost).
+#[derive(Debug, Default, Clone)]
+pub struct InFlight {
+    inner: Arc<Mutex<HashMap<Uuid, Lease>>>,
+}
+
+impl std::fmt::Debug for runner::Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stop")
+    }
+}
+
+impl InFlight {
+    pub fn insert(&self, id: Uuid, lease: Lease) {
+        self.inner.lock().unwrap().insert(id, lease);
+    }
+    pub fn remove(&self, id: &Uuid) {
+        self.inner.lock().unwrap().remove(id);
+    }
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap().len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn snapshot(&self) -> Vec<(Uuid, Lease)> {
+        self.inner
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect()
+    }
+    pub fn confirm(&self, ids: &[Uuid], at: Instant) {
+        let mut inner = self.inner.lock().unwrap();
+        for id in ids {
+            if let Some(lease) = inner.get_mut(id) {
+                lease.confirmed_at = at;
+            }
+        }
+    }
+    /// Interrupts every execution (shutdown past its grace period).
+    pub fn interrupt_all(&self) {
+        for lease in self.inner.lock().unwrap().values() {
+            lease.stop.interrupt.cancel();
+        }
+    }
+}
