@@ -152,7 +152,15 @@ impl Settings {
 
     /// Parses settings from TOML text layered over the defaults (tests, demo, bench).
     pub fn from_toml_over_defaults(toml: &str) -> Result<Settings, ConfigError> {
-        Self::from_figment(Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(toml)))
+        Self::from_toml_layers(&[toml])
+    }
+
+    /// Parses settings from several TOML texts, each layered over the previous ones.
+    pub fn from_toml_layers(layers: &[&str]) -> Result<Settings, ConfigError> {
+        let figment = layers
+            .iter()
+            .fold(Figment::from(Toml::string(DEFAULT_TOML)), |f, layer| f.merge(Toml::string(layer)));
+        Self::from_figment(figment)
     }
 
     fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {

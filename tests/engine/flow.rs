@@ -1,0 +1,209 @@
+//! The upstream contract, the claim order, wake-ups, concurrency and roll-ups.
+
+use crate::common::*;
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::Duration;
+
+#[tokio::test]
+async fn upstream_insert_in_plain_sql_is_processed() {
+    let db = TestDb::new().await;
+    // Exactly the two statements of the README, nothing else set.
+    let order = insert_order(&db.pool, "HIGH").await;
+    let item = insert_item(&db.pool, order, "TICKET", r#"{"subject":"printer on fire"}"#).await;
+    let priority: String = sqlx::query_scalar("SELECT priority::text FROM work_items WHERE id = $1")
+        .bind(item)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(priority, "HIGH", "priority is copied from the order");
+    assert_eq!(order_status(&db.pool, order).await, "PENDING");
+
+    let engine = db.engine("[routes]\nTICKET = \"echo\"\n").await;
+    wait_for_status(&db.pool, item, "COMPLETED").await;
+    stop(engine).await;
+
+    let result: serde_json::Value =
+        sqlx::query_scalar("SELECT result FROM work_items WHERE id = $1").bind(item).fetch_one(&db.pool).await.unwrap();
+    assert_eq!(result, json!({"echo": {"subject": "printer on fire"}}));
+    assert_eq!(attempts(&db.pool, item).await, vec![(1, "COMPLETED".into(), None)]);
+    assert_eq!(order_status(&db.pool, order).await, "COMPLETED");
+    let processed: bool = sqlx::query_scalar("SELECT processed_at IS NOT NULL FROM work_items WHERE id = $1")
+        .bind(item)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(processed);
+    let (decision, approver, version): (String, String, String) =
+        sqlx::query_as("SELECT decision::text, approver_id, policy_version FROM approval_events WHERE work_item_id = $1")
+            .bind(item)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((decision.as_str(), approver.as_str(), version.as_str()), ("APPROVED", "policy:approve_all", "approve_all/1"));
+}
+
+#[tokio::test]
+async fn operators_add_item_types_without_recompiling() {
+    let db = TestDb::new().await;
+    sqlx::raw_sql("ALTER TYPE work_item_type ADD VALUE 'CONTRACT'").execute(&db.pool).await.unwrap();
+    let order = insert_order(&db.pool, "LOW").await;
+    let item = insert_item(&db.pool, order, "CONTRACT", r#"{"party":"ACME"}"#).await;
+    let engine = db.engine("[routes]\nCONTRACT = \"echo\"\n").await;
+    wait_for_status(&db.pool, item, "COMPLETED").await;
+    stop(engine).await;
+}
+
+#[tokio::test]
+async fn claims_follow_priority_then_age() {
+    let db = TestDb::new().await;
+    let mut expected = Vec::new();
+    // Interleaved inserts; each priority gets three items, oldest first within it.
+    let mut by_priority: HashMap<&str, Vec<uuid::Uuid>> = HashMap::new();
+    for round in 0..3 {
+        for priority in ["LOW", "URGENT", "MEDIUM", "HIGH"] {
+            let order = insert_order(&db.pool, priority).await;
+            let item = insert_item(&db.pool, order, "TICKET", &format!(r#"{{"round":{round}}}"#)).await;
+            by_priority.entry(priority).or_default().push(item);
+        }
+    }
+    for priority in ["URGENT", "HIGH", "MEDIUM", "LOW"] {
+        expected.extend(by_priority[priority].iter().copied());
+    }
+    let engine = db.engine("[worker]\nconcurrency = 1\nclaim_batch = 1\n[routes]\nTICKET = \"echo\"\n").await;
+    wait_quiet(&db.pool).await;
+    stop(engine).await;
+    let order: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT work_item_id FROM attempts ORDER BY started_at, completed_at")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(order, expected);
+}
+
+#[tokio::test]
+async fn an_insert_wakes_an_idle_engine_through_notify() {
+    let db = TestDb::new().await;
+    // A minute-long poll: only the NOTIFY can explain a pickup within the deadline below.
+    let engine = db.engine("[worker]\npoll_interval = \"60s\"\n[routes]\nTICKET = \"echo\"\n").await;
+    wait_until("the engine to LISTEN", Duration::from_secs(10), || async {
+        count(&db.pool, "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'LISTEN%'").await > 0
+    })
+    .await;
+    // Let the dispatcher settle into its wait after the start-up claim.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    let item = insert_item(&db.pool, order, "TICKET", "{}").await;
+    wait_until("the new item to complete without a poll", Duration::from_secs(10), || async {
+        item_status(&db.pool, item).await == "COMPLETED"
+    })
+    .await;
+    stop(engine).await;
+}
+
+#[tokio::test]
+async fn two_engines_never_execute_the_same_item() {
+    let db = TestDb::new().await;
+    let agent = TestAgent::start(|_| ok_json(json!({"ok": true}))).await;
+    let config = format!("{}[worker]\nconcurrency = 8\nclaim_batch = 4\n[routes]\nTICKET = \"worker\"\n", agent.config("worker", "5s"));
+    let mut items = Vec::new();
+    for _ in 0..20 {
+        let order = insert_order(&db.pool, "MEDIUM").await;
+        for n in 0..15 {
+            items.push(insert_item(&db.pool, order, "TICKET", &format!(r#"{{"n":{n}}}"#)).await);
+        }
+    }
+    let (a, b) = tokio::join!(db.engine(&config), db.engine(&config));
+    wait_quiet(&db.pool).await;
+    let (claimed_a, claimed_b) = (orderly::worker::Metrics::get(&a.metrics.claimed), orderly::worker::Metrics::get(&b.metrics.claimed));
+    tokio::join!(stop(a), stop(b));
+    assert_eq!(claimed_a + claimed_b, items.len() as u64);
+    for item in &items {
+        assert_eq!(agent.executions_of(*item), 1, "item {item} executed once");
+    }
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM attempts").await, items.len() as i64);
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM work_items WHERE status = 'COMPLETED' AND attempt = 1").await, items.len() as i64);
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM work_orders WHERE status = 'COMPLETED'").await, 20);
+}
+
+#[tokio::test]
+async fn orders_roll_up_from_their_items() {
+    let db = TestDb::new().await;
+    let all_good = insert_order(&db.pool, "MEDIUM").await;
+    for _ in 0..3 {
+        insert_item(&db.pool, all_good, "TICKET", "{}").await;
+    }
+    let one_bad = insert_order(&db.pool, "MEDIUM").await;
+    insert_item(&db.pool, one_bad, "TICKET", "{}").await;
+    let bad = insert_item(&db.pool, one_bad, "INVOICE", "{}").await; // no route
+    insert_item(&db.pool, one_bad, "TICKET", "{}").await;
+    assert_eq!(order_status(&db.pool, all_good).await, "PENDING");
+
+    let engine = db.engine("[routes]\nTICKET = \"echo\"\n").await;
+    wait_quiet(&db.pool).await;
+    stop(engine).await;
+    assert_eq!(order_status(&db.pool, all_good).await, "COMPLETED");
+    assert_eq!(order_status(&db.pool, one_bad).await, "FAILED");
+    assert_eq!(dead_letter(&db.pool, bad).await.unwrap().0, "NO_ROUTE");
+}
+
+#[tokio::test]
+async fn an_order_with_a_live_item_stays_processing() {
+    let db = TestDb::new().await;
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    let done = insert_item(&db.pool, order, "TICKET", "{}").await;
+    let later: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO work_items (work_order_id, type, content, run_at) VALUES ($1, 'TICKET', '{}', now() + interval '1 hour') RETURNING id",
+    )
+    .bind(order)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let engine = db.engine("[routes]\nTICKET = \"echo\"\n").await;
+    wait_for_status(&db.pool, done, "COMPLETED").await;
+    stop(engine).await;
+    assert_eq!(item_status(&db.pool, later).await, "QUEUED");
+    assert_eq!(order_status(&db.pool, order).await, "PROCESSING");
+}
+
+#[tokio::test]
+async fn clean_shutdown_leaves_nothing_in_flight() {
+    let db = TestDb::new().await;
+    let agent = TestAgent::start(|_| ((200, vec![], "{}".into()), Duration::from_millis(50))).await;
+    let config = format!("{}[worker]\nconcurrency = 4\n[routes]\nTICKET = \"slow\"\n", agent.config("slow", "5s"));
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    for _ in 0..40 {
+        insert_item(&db.pool, order, "TICKET", "{}").await;
+    }
+    let engine = db.engine(&config).await;
+    wait_until("some progress", Duration::from_secs(10), || async {
+        count(&db.pool, "SELECT count(*) FROM attempts").await >= 4
+    })
+    .await;
+    stop(engine).await;
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM work_items WHERE status = 'PROCESSING'").await, 0);
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM attempts WHERE status = 'STARTED'").await, 0);
+}
+
+#[tokio::test]
+async fn shutdown_past_grace_releases_items_without_spending_attempts() {
+    let db = TestDb::new().await;
+    let agent = TestAgent::start(|_| ((200, vec![], "{}".into()), Duration::from_secs(30))).await;
+    let config = format!(
+        "{}[worker]\nshutdown_grace = \"200ms\"\n[retry]\nmax_attempts = 1\n[routes]\nTICKET = \"stuck\"\n",
+        agent.config("stuck", "60s")
+    );
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    let item = insert_item(&db.pool, order, "TICKET", "{}").await;
+    let engine = db.engine(&config).await;
+    wait_until("the agent to be called", Duration::from_secs(10), || async { agent.executions_of(item) == 1 }).await;
+    stop(engine).await;
+    assert_eq!(item_status(&db.pool, item).await, "QUEUED");
+    assert_eq!(attempts(&db.pool, item).await, vec![(1, "INTERRUPTED".into(), Some("INTERRUPTED".into()))]);
+    // The interrupted attempt did not count: with max_attempts = 1 the item may run again.
+    let (attempt, base): (i32, i32) = sqlx::query_as("SELECT attempt, attempt_base FROM work_items WHERE id = $1")
+        .bind(item)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempt - base, 0);
+}

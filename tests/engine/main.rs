@@ -1,0 +1,12 @@
+//! Integration tests of the engine against the real PostgreSQL: each test creates its own
+//! database, so they run in parallel. Fault-injection tests (restarting PostgreSQL, killing
+//! processes) live in their own binary and run serially.
+
+mod common;
+
+mod agents;
+mod cli;
+mod dead_letters;
+mod flow;
+mod input;
+mod review;

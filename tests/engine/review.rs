@@ -1,0 +1,134 @@
+//! Evaluation and approval in the pipeline: eval_results per evaluator and attempt, one
+//! policy decision per attempt, and what each decision does to the item.
+
+use crate::common::*;
+use serde_json::json;
+
+async fn add_ticket_schema(db: &TestDb) {
+    let schema = json!({
+        "type": "object",
+        "required": ["echo"],
+        "properties": {"echo": {"type": "object", "required": ["subject"],
+                                "properties": {"subject": {"type": "string"}}}}
+    });
+    sqlx::query("INSERT INTO schemas (name, version, document_type, schema_definition) VALUES ('ticket-output', '1', 'TICKET', $1)")
+        .bind(schema)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+async fn add_template(db: &TestDb, name: &str, policy: &str) {
+    sqlx::query("INSERT INTO workflow_templates (name, document_type, workflow_definition) VALUES ($1, 'TICKET', $2)")
+        .bind(name)
+        .bind(json!({"steps": {"TICKET": {"agent": "echo", "approval": policy}}}))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn schema_evaluation_is_recorded_and_the_default_policy_approves() {
+    let db = TestDb::new().await;
+    add_ticket_schema(&db).await;
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    let valid = insert_item(&db.pool, order, "TICKET", r#"{"subject":"printer"}"#).await;
+    let invalid = insert_item(&db.pool, order, "TICKET", r#"{"subject":42}"#).await;
+    let engine = db.engine("[routes]\nTICKET = \"echo\"\n").await;
+    wait_quiet(&db.pool).await;
+    stop(engine).await;
+    for (item, passed) in [(valid, true), (invalid, false)] {
+        assert_eq!(item_status(&db.pool, item).await, "COMPLETED", "approve_all completes even failed evals");
+        let (kind, score, ok, metrics): (String, f64, bool, serde_json::Value) = sqlx::query_as(
+            "SELECT evaluation_type, score::float8, passed, metrics FROM eval_results WHERE work_item_id = $1",
+        )
+        .bind(item)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(kind, "json_schema");
+        assert_eq!(ok, passed);
+        assert_eq!(score, if passed { 1.0 } else { 0.0 });
+        assert_eq!(metrics["schema"], "ticket-output");
+        assert_eq!(metrics["error_count"], if passed { 0 } else { 1 });
+    }
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM approval_events WHERE decision = 'APPROVED'").await, 2);
+}
+
+#[tokio::test]
+async fn rejection_fails_the_attempt_and_dead_letters_after_retries() {
+    let db = TestDb::new().await;
+    add_ticket_schema(&db).await;
+    add_template(&db, "strict", "require_passing_evals").await;
+    let order = insert_order_with_workflow(&db.pool, "strict").await;
+    let good = insert_item(&db.pool, order, "TICKET", r#"{"subject":"ok"}"#).await;
+    let bad = insert_item(&db.pool, order, "TICKET", r#"{"subject":false}"#).await;
+    let engine = db.engine("[retry]\nmax_attempts = 2\n").await;
+    wait_quiet(&db.pool).await;
+    stop(engine).await;
+    assert_eq!(item_status(&db.pool, good).await, "COMPLETED");
+    assert_eq!(dead_letter(&db.pool, bad).await, Some(("APPROVAL_REJECTED".into(), "RETRIES_EXHAUSTED".into(), 2)));
+    // One eval and one decision per attempt, each attempt FAILED with the rejection.
+    assert_eq!(
+        attempts(&db.pool, bad).await,
+        vec![(1, "FAILED".into(), Some("APPROVAL_REJECTED".into())), (2, "FAILED".into(), Some("APPROVAL_REJECTED".into()))]
+    );
+    let per_attempt: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM eval_results e WHERE e.attempt_id = a.id),
+                (SELECT count(*) FROM approval_events p WHERE p.attempt_id = a.id AND p.decision = 'REJECTED')
+         FROM attempts a WHERE a.work_item_id = $1",
+    )
+    .bind(bad)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(per_attempt, vec![(1, 1), (1, 1)]);
+}
+
+#[tokio::test]
+async fn escalation_holds_the_item_for_a_human() {
+    let db = TestDb::new().await;
+    add_ticket_schema(&db).await;
+    add_template(&db, "careful", "escalate_on_failure").await;
+    let order = insert_order_with_workflow(&db.pool, "careful").await;
+    let item = insert_item(&db.pool, order, "TICKET", r#"{"no_subject":true}"#).await;
+    let engine = db.engine("").await;
+    wait_for_status(&db.pool, item, "AWAITING_APPROVAL").await;
+    stop(engine).await;
+    assert_eq!(attempts(&db.pool, item).await, vec![(1, "COMPLETED".into(), None)]);
+    let decision: String = sqlx::query_scalar("SELECT decision::text FROM approval_events WHERE work_item_id = $1")
+        .bind(item)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(decision, "ESCALATED");
+    assert_eq!(order_status(&db.pool, order).await, "PROCESSING", "a held item keeps its order open");
+    let held: serde_json::Value =
+        sqlx::query_scalar("SELECT result FROM work_items WHERE id = $1").bind(item).fetch_one(&db.pool).await.unwrap();
+    assert_eq!(held["echo"]["no_subject"], true, "the output waits with the item");
+}
+
+#[tokio::test]
+async fn side_records_are_unique_per_attempt() {
+    let db = TestDb::new().await;
+    add_ticket_schema(&db).await;
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    let item = insert_item(&db.pool, order, "TICKET", r#"{"subject":"x"}"#).await;
+    let engine = db.engine("[routes]\nTICKET = \"echo\"\n").await;
+    wait_for_status(&db.pool, item, "COMPLETED").await;
+    stop(engine).await;
+    let duplicate_eval = sqlx::query(
+        "INSERT INTO eval_results (work_item_id, attempt_id, evaluation_type, score, metrics, passed)
+         SELECT work_item_id, attempt_id, evaluation_type, score, metrics, passed FROM eval_results",
+    )
+    .execute(&db.pool)
+    .await;
+    assert!(duplicate_eval.is_err(), "one eval per evaluator and attempt");
+    let duplicate_decision = sqlx::query(
+        "INSERT INTO approval_events (work_item_id, attempt_id, approver_id, decision, policy_version)
+         SELECT work_item_id, attempt_id, approver_id, decision, policy_version FROM approval_events",
+    )
+    .execute(&db.pool)
+    .await;
+    assert!(duplicate_decision.is_err(), "one policy decision per attempt");
+}
