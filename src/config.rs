@@ -159,7 +159,9 @@ impl Settings {
     pub fn from_toml_layers(layers: &[&str]) -> Result<Settings, ConfigError> {
         let figment = layers
             .iter()
-            .fold(Figment::from(Toml::string(DEFAULT_TOML)), |f, layer| f.merge(Toml::string(layer)));
+            .fold(Figment::from(Toml::string(DEFAULT_TOML)), |f, layer| {
+                f.merge(Toml::string(layer))
+            });
         Self::from_figment(figment)
     }
 
