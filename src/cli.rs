@@ -44,7 +44,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Work orders to enqueue.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = 250)]
     pub orders: usize,
     /// Keep the scratch database afterwards (for inspection with psql).
     #[arg(long)]

@@ -3,19 +3,23 @@
 
 use clap::Parser;
 use orderly::agent::Registry;
-use orderly::cli::Cli;
+use orderly::cli::{Cli, Command};
 use orderly::config::Settings;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::load(cli.config.as_deref()) {
+    let mut settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
+    if matches!(cli.command, Command::Demo(_)) {
+        // The demo talks to its reader through progress and a summary, not logs.
+        settings.log.level = "warn,sqlx=error".into();
+    }
     orderly::telemetry::init(&settings.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
