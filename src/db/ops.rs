@@ -409,7 +409,12 @@ async fn audit(
 }
 
 /// The demo's catalog: a JSON Schema for INVOICE outputs and two workflow templates.
-pub async fn seed_demo_catalog(pool: &PgPool, invoice_schema: Value, invoice_review: Value, legacy_reports: Value) -> Result<(), sqlx::Error> {
+pub async fn seed_demo_catalog(
+    pool: &PgPool,
+    invoice_schema: Value,
+    invoice_review: Value,
+    legacy_reports: Value,
+) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("INSERT INTO schemas (name, version, document_type, schema_definition) VALUES ('invoice-extraction', '1', 'INVOICE', $1)")
         .bind(invoice_schema)
@@ -428,7 +433,12 @@ pub async fn seed_demo_catalog(pool: &PgPool, invoice_schema: Value, invoice_rev
 }
 
 /// Inserts an order and its items exactly as an upstream would (two plain INSERTs).
-pub async fn insert_order_sql(pool: &PgPool, workflow: &str, priority: &str, items: &[(&str, String)]) -> Result<Uuid, sqlx::Error> {
+pub async fn insert_order_sql(
+    pool: &PgPool,
+    workflow: &str,
+    priority: &str,
+    items: &[(&str, String)],
+) -> Result<Uuid, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let order: Uuid = sqlx::query_scalar(
         "INSERT INTO work_orders (workflow_id, tenant_id, created_by, priority)
