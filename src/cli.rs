@@ -5,11 +5,7 @@ use std::path::PathBuf;
 use uuid::Uuid;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "orderly",
-    version,
-    about = "A durable work-order daemon on PostgreSQL"
-)]
+#[command(name = "orderly", version, about = "A durable work-order daemon on PostgreSQL")]
 pub struct Cli {
     /// A TOML file layered over config/default.toml.
     #[arg(long, global = true, env = "ORDERLY_CONFIG")]

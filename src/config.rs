@@ -23,10 +23,7 @@ pub enum ConfigError {
 
 impl ConfigError {
     pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError::Invalid {
-            key: key.into(),
-            message: message.into(),
-        }
+        ConfigError::Invalid { key: key.into(), message: message.into() }
     }
 }
 
@@ -68,6 +65,12 @@ pub struct WorkerSettings {
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     pub completer_batch: usize,
+    /// Times an item may be taken back from a vanished worker before it is dead-lettered
+    /// as a crash loop.
+    pub max_rescues: i32,
+    /// How often the leader looks for expired leases.
+    #[serde(with = "humantime_serde")]
+    pub rescue_interval: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,19 +136,12 @@ impl Settings {
         let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
         if let Some(path) = file {
             if !path.exists() {
-                return Err(ConfigError::Load(format!(
-                    "file {} does not exist",
-                    path.display()
-                )));
+                return Err(ConfigError::Load(format!("file {} does not exist", path.display())));
             }
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment
-            .merge(
-                Env::raw()
-                    .only(&["DATABASE_URL"])
-                    .map(|_| "database.url".into()),
-            )
+            .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database.url".into()))
             .merge(Env::prefixed("ORDERLY__").split("__"));
         Self::from_figment(figment)
     }
@@ -157,11 +153,8 @@ impl Settings {
 
     /// Parses settings from several TOML texts, each layered over the previous ones.
     pub fn from_toml_layers(layers: &[&str]) -> Result<Settings, ConfigError> {
-        let figment = layers
-            .iter()
-            .fold(Figment::from(Toml::string(DEFAULT_TOML)), |f, layer| {
-                f.merge(Toml::string(layer))
-            });
+        let figment =
+            layers.iter().fold(Figment::from(Toml::string(DEFAULT_TOML)), |f, layer| f.merge(Toml::string(layer)));
         Self::from_figment(figment)
     }
 
@@ -171,79 +164,53 @@ impl Settings {
             ConfigError::Load(messages.join("; "))
         })?;
         // Environment keys arrive lower-cased; item types are upper case.
-        settings.routes = std::mem::take(&mut settings.routes)
-            .into_iter()
-            .map(|(k, v)| (k.to_ascii_uppercase(), v))
-            .collect();
+        settings.routes =
+            std::mem::take(&mut settings.routes).into_iter().map(|(k, v)| (k.to_ascii_uppercase(), v)).collect();
         settings.validate()?;
         Ok(settings)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         let positive = |key: &str, d: Duration| {
-            if d.is_zero() {
-                Err(ConfigError::invalid(key, "must be greater than zero"))
-            } else {
-                Ok(())
-            }
+            if d.is_zero() { Err(ConfigError::invalid(key, "must be greater than zero")) } else { Ok(()) }
         };
         if self.database.url.trim().is_empty() {
             return Err(ConfigError::invalid("database.url", "must not be empty"));
         }
         if self.database.max_connections < 2 {
-            return Err(ConfigError::invalid(
-                "database.max_connections",
-                "must be at least 2",
-            ));
+            return Err(ConfigError::invalid("database.max_connections", "must be at least 2"));
         }
         positive("database.acquire_timeout", self.database.acquire_timeout)?;
         if self.worker.concurrency == 0 {
-            return Err(ConfigError::invalid(
-                "worker.concurrency",
-                "must be at least 1",
-            ));
+            return Err(ConfigError::invalid("worker.concurrency", "must be at least 1"));
         }
         if self.worker.claim_batch == 0 {
-            return Err(ConfigError::invalid(
-                "worker.claim_batch",
-                "must be at least 1",
-            ));
+            return Err(ConfigError::invalid("worker.claim_batch", "must be at least 1"));
         }
         if self.worker.completer_batch == 0 {
-            return Err(ConfigError::invalid(
-                "worker.completer_batch",
-                "must be at least 1",
-            ));
+            return Err(ConfigError::invalid("worker.completer_batch", "must be at least 1"));
         }
         positive("worker.poll_interval", self.worker.poll_interval)?;
+        positive("worker.rescue_interval", self.worker.rescue_interval)?;
+        if self.worker.max_rescues < 1 {
+            return Err(ConfigError::invalid("worker.max_rescues", "must be at least 1"));
+        }
         positive("worker.lease", self.worker.lease)?;
         if self.worker.lease < Duration::from_secs(1) {
             return Err(ConfigError::invalid("worker.lease", "must be at least 1s"));
         }
         if self.retry.max_attempts < 1 {
-            return Err(ConfigError::invalid(
-                "retry.max_attempts",
-                "must be at least 1",
-            ));
+            return Err(ConfigError::invalid("retry.max_attempts", "must be at least 1"));
         }
         positive("retry.backoff_base", self.retry.backoff_base)?;
         if self.retry.backoff_max < self.retry.backoff_base {
-            return Err(ConfigError::invalid(
-                "retry.backoff_max",
-                "must be at least retry.backoff_base",
-            ));
+            return Err(ConfigError::invalid("retry.backoff_max", "must be at least retry.backoff_base"));
         }
         if self.limits.max_content_bytes == 0 || self.limits.max_output_bytes == 0 {
-            return Err(ConfigError::invalid(
-                "limits",
-                "sizes must be greater than zero",
-            ));
+            return Err(ConfigError::invalid("limits", "sizes must be greater than zero"));
         }
         if self.limits.max_content_bytes > i32::MAX as usize {
-            return Err(ConfigError::invalid(
-                "limits.max_content_bytes",
-                "must be below 2 GiB",
-            ));
+            return Err(ConfigError::invalid("limits.max_content_bytes", "must be below 2 GiB"));
         }
         for (item_type, agent) in &self.routes {
             if !self.agents.contains_key(agent) {
@@ -290,17 +257,12 @@ pub fn redact_url(url: &str) -> String {
 fn describe_figment_error(e: figment::error::Error) -> String {
     let key = e.path.join(".");
     let kind = e.kind.to_string();
-    if key.is_empty() {
-        kind
-    } else {
-        format!("`{key}`: {kind}")
-    }
+    if key.is_empty() { kind } else { format!("`{key}`: {kind}") }
 }
 
 /// Parses a duration option of an agent (`"30s"`), naming the key on error.
 pub fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(value)
-        .map_err(|e| ConfigError::invalid(key, format!("`{value}`: {e}")))
+    humantime::parse_duration(value).map_err(|e| ConfigError::invalid(key, format!("`{value}`: {e}")))
 }
 
 #[cfg(test)]
@@ -325,8 +287,7 @@ mod tests {
 
     #[test]
     fn invalid_values_name_the_key() {
-        let err =
-            Settings::from_toml_over_defaults("[worker]\npoll_interval = \"soon\"\n").unwrap_err();
+        let err = Settings::from_toml_over_defaults("[worker]\npoll_interval = \"soon\"\n").unwrap_err();
         assert!(err.to_string().contains("worker.poll_interval"), "{err}");
         let err = Settings::from_toml_over_defaults("[worker]\nconcurrency = 0\n").unwrap_err();
         assert!(err.to_string().contains("worker.concurrency"), "{err}");
@@ -341,10 +302,7 @@ mod tests {
         )
         .unwrap();
         let shown = s.redacted_toml();
-        assert!(
-            !shown.contains("hunter2") && !shown.contains("s3cret"),
-            "{shown}"
-        );
+        assert!(!shown.contains("hunter2") && !shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("<redacted>"));
     }
 }

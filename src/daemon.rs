@@ -5,6 +5,7 @@
 use crate::agent::Registry;
 use crate::config::Settings;
 use crate::db;
+use crate::maintenance::{leader, rescuer::Rescuer};
 use crate::worker::catalog::Catalog;
 use crate::worker::completer::Completer;
 use crate::worker::dispatcher::Dispatcher;
@@ -14,13 +15,15 @@ use anyhow::Context;
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// A running engine.
 pub struct Engine {
+    /// Whether this process is the elected leader (runs the rescuer).
+    pub leading: watch::Receiver<bool>,
     pub metrics: Arc<Metrics>,
     pub worker_id: String,
     pub pool: PgPool,
@@ -37,44 +40,27 @@ pub struct Engine {
 impl Engine {
     /// Connects (or uses `pool`), migrates when configured, builds the agents and starts
     /// every loop.
-    pub async fn start(
-        settings: Settings,
-        registry: &Registry,
-        pool: Option<PgPool>,
-    ) -> anyhow::Result<Engine> {
+    pub async fn start(settings: Settings, registry: &Registry, pool: Option<PgPool>) -> anyhow::Result<Engine> {
         let agents = registry.build(&settings)?;
         let pool = match pool {
             Some(pool) => pool,
-            None => db::connect(&settings.database).await.with_context(|| {
-                format!(
-                    "connecting to {}",
-                    crate::config::redact_url(&settings.database.url)
-                )
-            })?,
+            None => db::connect(&settings.database)
+                .await
+                .with_context(|| format!("connecting to {}", crate::config::redact_url(&settings.database.url)))?,
         };
         if settings.database.migrate_on_start {
             db::migrate(&pool).await.context("applying migrations")?;
         }
         let settings = Arc::new(settings);
-        let worker_id = format!(
-            "{}-{}-{}",
-            hostname(),
-            std::process::id(),
-            &uuid::Uuid::new_v4().simple().to_string()[..6]
-        );
+        let worker_id =
+            format!("{}-{}-{}", hostname(), std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..6]);
         let metrics = Arc::new(Metrics::default());
         let in_flight = InFlight::default();
         let wake = Arc::new(Notify::new());
         let stop_claiming = CancellationToken::new();
         let stop_background = CancellationToken::new();
         let runners = TaskTracker::new();
-        let (tx, rx) = mpsc::channel(
-            settings
-                .worker
-                .concurrency
-                .max(settings.worker.completer_batch)
-                * 2,
-        );
+        let (tx, rx) = mpsc::channel(settings.worker.concurrency.max(settings.worker.completer_batch) * 2);
 
         let completer = tokio::spawn(
             Completer {
@@ -85,18 +71,18 @@ impl Engine {
             }
             .run(rx),
         );
+        let (leading_tx, leading) = watch::channel(false);
+        let rescuer = Rescuer { pool: pool.clone(), settings: settings.clone(), worker_id: worker_id.clone() };
         let background = vec![
-            tokio::spawn(listener::run(
-                pool.clone(),
-                wake.clone(),
-                stop_claiming.clone(),
-            )),
+            tokio::spawn(listener::run(pool.clone(), wake.clone(), stop_claiming.clone())),
             tokio::spawn(heartbeat::run(
                 pool.clone(),
                 in_flight.clone(),
                 settings.worker.lease,
                 stop_background.clone(),
             )),
+            tokio::spawn(leader::run(settings.database.url.clone(), leading_tx, stop_background.clone())),
+            tokio::spawn(rescuer.run(leading.clone(), stop_background.clone())),
         ];
         let ctx = Arc::new(RunContext {
             agents,
@@ -120,6 +106,7 @@ impl Engine {
         );
         tracing::info!(worker = %worker_id, concurrency = settings.worker.concurrency, "engine started");
         Ok(Engine {
+            leading,
             metrics,
             worker_id,
             pool,
@@ -132,6 +119,11 @@ impl Engine {
             background,
             shutdown_grace: settings.worker.shutdown_grace,
         })
+    }
+
+    /// Ready: the last claim reached the database (used by health checks and systemd).
+    pub fn ready(&self) -> bool {
+        self.metrics.ready.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Items this process is executing or about to record.

@@ -21,16 +21,9 @@ const DEMO_DB: &str = "orderly_demo";
 
 pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     let url = scratch_url(&settings.database.url)?;
-    println!(
-        "orderly demo: scratch database {}",
-        crate::config::redact_url(&url)
-    );
-    db::drop_database(&url)
-        .await
-        .map_err(|e| unreachable_hint(&url, e))?;
-    db::ensure_database(&url)
-        .await
-        .map_err(|e| unreachable_hint(&url, e))?;
+    println!("orderly demo: scratch database {}", crate::config::redact_url(&url));
+    db::drop_database(&url).await.map_err(|e| unreachable_hint(&url, e))?;
+    db::ensure_database(&url).await.map_err(|e| unreachable_hint(&url, e))?;
 
     let agents = DemoAgents::start().await?;
     let mut demo_settings = Settings::from_toml_over_defaults(&agents.config())?;
@@ -42,10 +35,7 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let total = enqueue_orders(&pool, args.orders).await?;
-    println!(
-        "enqueued {total} work items in {} work orders (INVOICE, TICKET, STATUS_REPORT)\n",
-        args.orders
-    );
+    println!("enqueued {total} work items in {} work orders (INVOICE, TICKET, STATUS_REPORT)\n", args.orders);
     show_progress(&pool, total).await?;
     let elapsed = started.elapsed();
     engine.shutdown(CancellationToken::new()).await;
@@ -58,9 +48,7 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     } else {
         pool.close().await;
         db::drop_database(&url).await?;
-        println!(
-            "\n(scratch database dropped; run with --keep to inspect it with `orderly dead-letters list`)"
-        );
+        println!("\n(scratch database dropped; run with --keep to inspect it with `orderly dead-letters list`)");
     }
     Ok(())
 }
@@ -116,11 +104,7 @@ impl DemoAgents {
 type Reply = (StatusCode, [(&'static str, String); 1], String);
 
 fn reply(status: StatusCode, body: Value) -> Reply {
-    (
-        status,
-        [("content-type", "application/json".into())],
-        body.to_string(),
-    )
+    (status, [("content-type", "application/json".into())], body.to_string())
 }
 
 async fn work(min_ms: u64, max_ms: u64) {
@@ -131,8 +115,7 @@ async fn work(min_ms: u64, max_ms: u64) {
 async fn extract(axum::Json(envelope): axum::Json<Value>) -> Reply {
     work(5, 40).await;
     let content = &envelope["work_item"]["content"];
-    let mut output =
-        json!({"vendor": content["vendor"], "currency": "EUR", "lines": content["lines"]});
+    let mut output = json!({"vendor": content["vendor"], "currency": "EUR", "lines": content["lines"]});
     if fastrand::u8(0..8) != 0 {
         output["total"] = content["amount"].clone();
     }
@@ -144,24 +127,11 @@ async fn extract(axum::Json(envelope): axum::Json<Value>) -> Reply {
 async fn triage(axum::Json(envelope): axum::Json<Value>) -> Reply {
     work(5, 30).await;
     match fastrand::u8(0..8) {
-        0 => reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"error": "model overloaded"}),
-        ),
-        1 => reply(
-            StatusCode::TOO_MANY_REQUESTS,
-            json!({"error": "rate limited"}),
-        ),
+        0 => reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": "model overloaded"})),
+        1 => reply(StatusCode::TOO_MANY_REQUESTS, json!({"error": "rate limited"})),
         _ => {
-            let subject = envelope["work_item"]["content"]["subject"]
-                .as_str()
-                .unwrap_or("")
-                .to_owned();
-            let queue = if subject.contains("fire") {
-                "facilities-urgent"
-            } else {
-                "helpdesk"
-            };
+            let subject = envelope["work_item"]["content"]["subject"].as_str().unwrap_or("").to_owned();
+            let queue = if subject.contains("fire") { "facilities-urgent" } else { "helpdesk" };
             reply(StatusCode::OK, json!({"queue": queue, "summary": subject}))
         }
     }
@@ -174,19 +144,13 @@ async fn report(axum::Json(envelope): axum::Json<Value>) -> Reply {
     } else {
         work(10, 60).await;
     }
-    reply(
-        StatusCode::OK,
-        json!({"report": format!("week {} is on track", envelope["work_item"]["content"]["week"])}),
-    )
+    reply(StatusCode::OK, json!({"report": format!("week {} is on track", envelope["work_item"]["content"]["week"])}))
 }
 
 /// Answers garbage: an HTML error page with status 200.
 async fn legacy() -> (StatusCode, String) {
     work(5, 20).await;
-    (
-        StatusCode::OK,
-        "<html><body>Internal error</body></html>".into(),
-    )
+    (StatusCode::OK, "<html><body>Internal error</body></html>".into())
 }
 
 async fn seed_catalog(pool: &PgPool) -> anyhow::Result<()> {
@@ -207,13 +171,8 @@ async fn seed_catalog(pool: &PgPool) -> anyhow::Result<()> {
 
 async fn enqueue_orders(pool: &PgPool, orders: usize) -> anyhow::Result<i64> {
     let vendors = ["ACME GmbH", "Globex", "Initech", "Umbrella plc", "Hooli"];
-    let subjects = [
-        "printer on fire",
-        "VPN drops every hour",
-        "new laptop for Dana",
-        "password reset",
-        "coffee machine leaking",
-    ];
+    let subjects =
+        ["printer on fire", "VPN drops every hour", "new laptop for Dana", "password reset", "coffee machine leaking"];
     let mut total = 0;
     for n in 0..orders {
         let (workflow, priority) = match n % 10 {

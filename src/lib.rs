@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod demo;
+pub mod maintenance;
 pub mod model;
 pub mod ops;
 pub mod telemetry;

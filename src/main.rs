@@ -21,15 +21,8 @@ fn main() -> ExitCode {
         settings.log.level = "warn,sqlx=error".into();
     }
     orderly::telemetry::init(&settings.log);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("starting the runtime");
-    match runtime.block_on(orderly::run_command(
-        cli.command,
-        settings,
-        Registry::builtin(),
-    )) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting the runtime");
+    match runtime.block_on(orderly::run_command(cli.command, settings, Registry::builtin())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 use uuid::Uuid;
 
 /// Declares a closed set of database enum labels with their exact spelling.
@@ -191,6 +192,44 @@ impl NextState {
             NextState::AwaitingApproval => ItemStatus::AwaitingApproval,
             NextState::Retry { .. } | NextState::Released => ItemStatus::Queued,
             NextState::DeadLetter { .. } => ItemStatus::Failed,
+        }
+    }
+}
+
+/// The item's attempt budget: attempts used in the current budget (this one included) and
+/// the ceiling.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    pub used: i32,
+    pub max: i32,
+}
+
+impl Budget {
+    pub fn exhausted(self) -> bool {
+        self.used >= self.max
+    }
+}
+
+/// Retry timing: exponential from `base`, capped at `max`, with jitter in [50%, 100%].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// Delay before the next attempt after `used` attempts; `jitter` is uniform in [0, 1).
+    pub fn delay(self, used: i32, jitter: f64) -> Duration {
+        let exponent = used.saturating_sub(1).clamp(0, 30) as u32;
+        let raw = self.base.saturating_mul(1u32 << exponent).min(self.max);
+        raw.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+    }
+
+    /// An agent's Retry-After replaces the computed delay, clamped to `max`.
+    pub fn honour(self, used: i32, retry_after: Option<Duration>, jitter: f64) -> Duration {
+        match retry_after {
+            Some(hint) => hint.min(self.max),
+            None => self.delay(used, jitter),
         }
     }
 }

@@ -12,9 +12,7 @@ use uuid::Uuid;
 
 /// Connects, explaining how to fix an unreachable database.
 pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
-    db::connect(&settings.database)
-        .await
-        .map_err(|e| unreachable_hint(&settings.database.url, e))
+    db::connect(&settings.database).await.map_err(|e| unreachable_hint(&settings.database.url, e))
 }
 
 /// Turns a connection failure into a message that says what to do.
@@ -28,9 +26,8 @@ pub fn unreachable_hint(url: &str, e: sqlx::Error) -> anyhow::Error {
 }
 
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    let created = db::ensure_database(&settings.database.url)
-        .await
-        .map_err(|e| unreachable_hint(&settings.database.url, e))?;
+    let created =
+        db::ensure_database(&settings.database.url).await.map_err(|e| unreachable_hint(&settings.database.url, e))?;
     let pool = connect(settings).await?;
     db::migrate(&pool).await.context("applying migrations")?;
     println!(
@@ -50,10 +47,8 @@ pub fn check_config(settings: &Settings, registry: &Registry) -> anyhow::Result<
 pub async fn enqueue(settings: &Settings, args: EnqueueArgs) -> anyhow::Result<()> {
     let order = match &args.file {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            serde_json::from_str::<ops::NewOrder>(&text)
-                .with_context(|| format!("parsing {}", path.display()))?
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str::<ops::NewOrder>(&text).with_context(|| format!("parsing {}", path.display()))?
         }
         None => {
             if args.item.is_empty() {
@@ -63,9 +58,8 @@ pub async fn enqueue(settings: &Settings, args: EnqueueArgs) -> anyhow::Result<(
                 .item
                 .iter()
                 .map(|spec| {
-                    let (item_type, content) = spec
-                        .split_once('=')
-                        .with_context(|| format!("--item `{spec}` is not TYPE=CONTENT"))?;
+                    let (item_type, content) =
+                        spec.split_once('=').with_context(|| format!("--item `{spec}` is not TYPE=CONTENT"))?;
                     Ok(ops::NewItem {
                         item_type: item_type.trim().to_owned(),
                         content: serde_json::Value::String(content.to_owned()),
@@ -104,11 +98,7 @@ pub async fn status(settings: &Settings, json: bool) -> anyhow::Result<()> {
     let mut out = String::new();
     writeln!(out, "{:<18} {:<16} {:>10}", "STATUS", "TYPE", "ITEMS")?;
     for row in &status.counts {
-        writeln!(
-            out,
-            "{:<18} {:<16} {:>10}",
-            row.status, row.item_type, row.count
-        )?;
+        writeln!(out, "{:<18} {:<16} {:>10}", row.status, row.item_type, row.count)?;
     }
     if status.counts.is_empty() {
         writeln!(out, "(no work items)")?;
@@ -142,11 +132,7 @@ pub async fn status(settings: &Settings, json: bool) -> anyhow::Result<()> {
 
 pub async fn dead_letters(settings: &Settings, command: DeadLetterCommand) -> anyhow::Result<()> {
     let pool = connect(settings).await?;
-    let actor = |given: Option<String>| {
-        given
-            .or_else(|| std::env::var("USER").ok())
-            .unwrap_or_else(|| "cli".into())
-    };
+    let actor = |given: Option<String>| given.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "cli".into());
     match command {
         DeadLetterCommand::List { all, limit, json } => {
             let rows = ops::dead_letters(&pool, all, limit).await?;
@@ -166,9 +152,7 @@ pub async fn dead_letters(settings: &Settings, command: DeadLetterCommand) -> an
                     row.error_code.as_deref().unwrap_or("-"),
                     row.retry_count,
                     row.created_at.format("%Y-%m-%d %H:%M:%S"),
-                    row.resolution
-                        .map(|r| format!("  [{r}]"))
-                        .unwrap_or_default(),
+                    row.resolution.map(|r| format!("  [{r}]")).unwrap_or_default(),
                 );
             }
         }
@@ -180,10 +164,7 @@ pub async fn dead_letters(settings: &Settings, command: DeadLetterCommand) -> an
             }
             let d = &detail.dead_letter;
             println!("dead letter {}", d.id);
-            println!(
-                "  kind:        {}",
-                d.reason.as_deref().map(describe_reason).unwrap_or("?")
-            );
+            println!("  kind:        {}", d.reason.as_deref().map(describe_reason).unwrap_or("?"));
             println!("  error code:  {}", d.error_code.as_deref().unwrap_or("-"));
             println!("  error:       {}", d.error);
             println!("  attempts:    {}", d.retry_count);
@@ -227,31 +208,19 @@ pub async fn dead_letters(settings: &Settings, command: DeadLetterCommand) -> an
                     a["policy_version"].as_str().unwrap_or("?")
                 );
             }
-            println!(
-                "\npayload:\n{}",
-                serde_json::to_string_pretty(&detail.payload)?
-            );
+            println!("\npayload:\n{}", serde_json::to_string_pretty(&detail.payload)?);
         }
-        DeadLetterCommand::Replay {
-            id,
-            content,
-            actor: who,
-        } => {
+        DeadLetterCommand::Replay { id, content, actor: who } => {
             let content = match content {
-                Some(path) => Some(
-                    std::fs::read_to_string(&path)
-                        .with_context(|| format!("reading {}", path.display()))?,
-                ),
+                Some(path) => {
+                    Some(std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?)
+                }
                 None => None,
             };
             let item = ops::replay_dead_letter(&pool, id, content.as_deref(), &actor(who)).await?;
             println!("replayed: work item {item} is QUEUED with a fresh attempt budget");
         }
-        DeadLetterCommand::Discard {
-            id,
-            reason,
-            actor: who,
-        } => {
+        DeadLetterCommand::Discard { id, reason, actor: who } => {
             let item = ops::discard_dead_letter(&pool, id, &actor(who), reason.as_deref()).await?;
             println!("discarded: work item {item} stays FAILED");
         }

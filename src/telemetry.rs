@@ -8,11 +8,8 @@ use std::time::{Duration, Instant};
 use tracing_subscriber::EnvFilter;
 
 pub fn init(settings: &LogSettings) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match settings.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Pretty => builder.try_init(),
@@ -29,9 +26,7 @@ static LIMITED: Mutex<Option<HashMap<&'static str, (Instant, u64)>>> = Mutex::ne
 pub fn warn_limited(kind: &'static str, message: &str) {
     let mut guard = LIMITED.lock().unwrap();
     let seen = guard.get_or_insert_with(HashMap::new);
-    let entry = seen
-        .entry(kind)
-        .or_insert((Instant::now() - LIMIT_INTERVAL * 2, 0));
+    let entry = seen.entry(kind).or_insert((Instant::now() - LIMIT_INTERVAL * 2, 0));
     if entry.0.elapsed() >= LIMIT_INTERVAL {
         let suppressed = entry.1;
         *entry = (Instant::now(), 0);

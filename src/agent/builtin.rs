@@ -11,10 +11,7 @@ use std::sync::Arc;
 pub struct EchoAgent;
 
 impl Executor for EchoAgent {
-    fn execute<'a>(
-        &'a self,
-        request: &'a AgentRequest,
-    ) -> BoxFuture<'a, Result<Value, AgentError>> {
+    fn execute<'a>(&'a self, request: &'a AgentRequest) -> BoxFuture<'a, Result<Value, AgentError>> {
         Box::pin(async move { Ok(json!({ "echo": request.work_item.content })) })
     }
 }
@@ -40,10 +37,7 @@ pub struct FailAgent {
 }
 
 impl Executor for FailAgent {
-    fn execute<'a>(
-        &'a self,
-        _request: &'a AgentRequest,
-    ) -> BoxFuture<'a, Result<Value, AgentError>> {
+    fn execute<'a>(&'a self, _request: &'a AgentRequest) -> BoxFuture<'a, Result<Value, AgentError>> {
         Box::pin(async move {
             Err(if self.retryable {
                 AgentError::retryable(ErrorCode::AgentError, self.message.clone())
@@ -67,9 +61,7 @@ pub fn fail_factory(spec: &AgentSpec<'_>) -> Result<Agent, ConfigError> {
     let options: FailOptions = spec.options()?;
     Ok(Agent {
         executor: Arc::new(FailAgent {
-            message: options
-                .message
-                .unwrap_or_else(|| "the fail agent always fails".into()),
+            message: options.message.unwrap_or_else(|| "the fail agent always fails".into()),
             retryable: options.retryable,
         }),
         timeout: spec.duration("timeout", options.timeout.as_deref(), DEFAULT_TIMEOUT)?,

@@ -45,10 +45,7 @@ pub struct CommandAgent {
 pub fn factory(spec: &AgentSpec<'_>) -> Result<Agent, ConfigError> {
     let options: CommandOptions = spec.options()?;
     if options.program.trim().is_empty() {
-        return Err(ConfigError::invalid(
-            format!("agents.{}.program", spec.name),
-            "must not be empty",
-        ));
+        return Err(ConfigError::invalid(format!("agents.{}.program", spec.name), "must not be empty"));
     }
     Ok(Agent {
         timeout: spec.duration("timeout", options.timeout.as_deref(), DEFAULT_TIMEOUT)?,
@@ -62,10 +59,7 @@ pub fn factory(spec: &AgentSpec<'_>) -> Result<Agent, ConfigError> {
 }
 
 impl Executor for CommandAgent {
-    fn execute<'a>(
-        &'a self,
-        request: &'a AgentRequest,
-    ) -> BoxFuture<'a, Result<Value, AgentError>> {
+    fn execute<'a>(&'a self, request: &'a AgentRequest) -> BoxFuture<'a, Result<Value, AgentError>> {
         Box::pin(self.run(request))
     }
 }
@@ -84,20 +78,13 @@ impl Drop for GroupGuard {
 
 impl CommandAgent {
     async fn run(&self, request: &AgentRequest) -> Result<Value, AgentError> {
-        let input = serde_json::to_vec(request).map_err(|e| {
-            AgentError::permanent(
-                ErrorCode::AgentError,
-                format!("cannot encode envelope: {e}"),
-            )
-        })?;
+        let input = serde_json::to_vec(request)
+            .map_err(|e| AgentError::permanent(ErrorCode::AgentError, format!("cannot encode envelope: {e}")))?;
         let mut command = Command::new(&self.program);
         command
             .args(&self.args)
             .env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
-            )
+            .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
             .envs(&self.env)
             .env("ORDERLY_WORK_ITEM_ID", request.work_item.id.to_string())
             .env("ORDERLY_ATTEMPT", request.attempt.number.to_string())
@@ -107,10 +94,7 @@ impl CommandAgent {
             .process_group(0)
             .kill_on_drop(true);
         let mut child = command.spawn().map_err(|e| {
-            AgentError::permanent(
-                ErrorCode::CommandSpawnFailed,
-                format!("cannot start {}: {e}", self.program),
-            )
+            AgentError::permanent(ErrorCode::CommandSpawnFailed, format!("cannot start {}: {e}", self.program))
         })?;
         let _group = GroupGuard(child.id().map(|pid| Pid::from_raw(pid as i32)));
 
@@ -128,17 +112,11 @@ impl CommandAgent {
             read_limited(stderr, STDERR_KEEP),
             child.wait()
         );
-        let status = status.map_err(|e| {
-            AgentError::retryable(ErrorCode::CommandKilled, format!("waiting for child: {e}"))
-        })?;
-        let stderr_text = String::from_utf8_lossy(&err.unwrap_or_default().0)
-            .trim()
-            .to_owned();
+        let status =
+            status.map_err(|e| AgentError::retryable(ErrorCode::CommandKilled, format!("waiting for child: {e}")))?;
+        let stderr_text = String::from_utf8_lossy(&err.unwrap_or_default().0).trim().to_owned();
         let (out, out_truncated) = out.map_err(|e| {
-            AgentError::retryable(
-                ErrorCode::CommandKilled,
-                format!("reading stdout of {}: {e}", self.program),
-            )
+            AgentError::retryable(ErrorCode::CommandKilled, format!("reading stdout of {}: {e}", self.program))
         })?;
         match (status.code(), status.signal()) {
             (Some(0), _) => {
@@ -149,10 +127,7 @@ impl CommandAgent {
             }
             (Some(EXIT_RETRYABLE), _) => Err(AgentError::retryable(
                 ErrorCode::CommandRetryable,
-                format!(
-                    "{} exited with {EXIT_RETRYABLE} (retryable): {stderr_text}",
-                    self.program
-                ),
+                format!("{} exited with {EXIT_RETRYABLE} (retryable): {stderr_text}", self.program),
             )),
             (Some(code), _) => Err(AgentError::permanent(
                 ErrorCode::CommandFailed,
@@ -160,21 +135,14 @@ impl CommandAgent {
             )),
             (None, signal) => Err(AgentError::retryable(
                 ErrorCode::CommandKilled,
-                format!(
-                    "{} was killed by signal {}: {stderr_text}",
-                    self.program,
-                    signal.unwrap_or_default()
-                ),
+                format!("{} was killed by signal {}: {stderr_text}", self.program, signal.unwrap_or_default()),
             )),
         }
     }
 }
 
 /// Reads up to `limit` bytes; the flag says whether more was available.
-async fn read_limited(
-    reader: impl AsyncRead + Unpin,
-    limit: usize,
-) -> std::io::Result<(Vec<u8>, bool)> {
+async fn read_limited(reader: impl AsyncRead + Unpin, limit: usize) -> std::io::Result<(Vec<u8>, bool)> {
     let mut buf = Vec::new();
     let mut limited = reader.take(limit as u64 + 1);
     limited.read_to_end(&mut buf).await?;

@@ -39,30 +39,22 @@ pub struct HttpAgent {
 pub fn factory(spec: &AgentSpec<'_>) -> Result<Agent, ConfigError> {
     let options: HttpOptions = spec.options()?;
     let key = |k: &str| format!("agents.{}.{k}", spec.name);
-    let url =
-        Url::parse(&options.url).map_err(|e| ConfigError::invalid(key("url"), e.to_string()))?;
+    let url = Url::parse(&options.url).map_err(|e| ConfigError::invalid(key("url"), e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(ConfigError::invalid(
-            key("url"),
-            "must be an http:// or https:// URL",
-        ));
+        return Err(ConfigError::invalid(key("url"), "must be an http:// or https:// URL"));
     }
     let mut headers = HeaderMap::new();
     for (name, value) in &options.headers {
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|e| ConfigError::invalid(key("headers"), format!("`{name}`: {e}")))?;
-        let mut value = HeaderValue::from_str(value).map_err(|_| {
-            ConfigError::invalid(key("headers"), format!("`{name}` has an invalid value"))
-        })?;
+        let mut value = HeaderValue::from_str(value)
+            .map_err(|_| ConfigError::invalid(key("headers"), format!("`{name}` has an invalid value")))?;
         value.set_sensitive(true);
         headers.insert(name, value);
     }
     let timeout = spec.duration("timeout", options.timeout.as_deref(), DEFAULT_TIMEOUT)?;
-    let redirects = if options.allow_redirects {
-        reqwest::redirect::Policy::limited(5)
-    } else {
-        reqwest::redirect::Policy::none()
-    };
+    let redirects =
+        if options.allow_redirects { reqwest::redirect::Policy::limited(5) } else { reqwest::redirect::Policy::none() };
     let client = reqwest::Client::builder()
         .default_headers(headers)
         .redirect(redirects)
@@ -81,10 +73,7 @@ pub fn factory(spec: &AgentSpec<'_>) -> Result<Agent, ConfigError> {
 }
 
 impl Executor for HttpAgent {
-    fn execute<'a>(
-        &'a self,
-        request: &'a AgentRequest,
-    ) -> BoxFuture<'a, Result<Value, AgentError>> {
+    fn execute<'a>(&'a self, request: &'a AgentRequest) -> BoxFuture<'a, Result<Value, AgentError>> {
         Box::pin(self.post(request))
     }
 }
@@ -94,12 +83,8 @@ impl HttpAgent {
         if !self.allow_private {
             self.refuse_private_addresses().await?;
         }
-        let body = serde_json::to_vec(request).map_err(|e| {
-            AgentError::permanent(
-                ErrorCode::AgentError,
-                format!("cannot encode envelope: {e}"),
-            )
-        })?;
+        let body = serde_json::to_vec(request)
+            .map_err(|e| AgentError::permanent(ErrorCode::AgentError, format!("cannot encode envelope: {e}")))?;
         let response = self
             .client
             .post(self.url.clone())
@@ -110,10 +95,7 @@ impl HttpAgent {
             .send()
             .await
             .map_err(|e| {
-                AgentError::retryable(
-                    ErrorCode::AgentConnection,
-                    format!("request failed: {}", error_chain(&e)),
-                )
+                AgentError::retryable(ErrorCode::AgentConnection, format!("request failed: {}", error_chain(&e)))
             })?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
@@ -125,10 +107,7 @@ impl HttpAgent {
     async fn read_body(&self, mut response: reqwest::Response) -> Result<Vec<u8>, AgentError> {
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(|e| {
-            AgentError::retryable(
-                ErrorCode::AgentConnection,
-                format!("reading response: {}", error_chain(&e)),
-            )
+            AgentError::retryable(ErrorCode::AgentConnection, format!("reading response: {}", error_chain(&e)))
         })? {
             body.extend_from_slice(&chunk);
             super::check_output_size(body.len(), self.max_output_bytes)?;
@@ -137,42 +116,27 @@ impl HttpAgent {
     }
 
     async fn refuse_private_addresses(&self) -> Result<(), AgentError> {
-        let host = self
-            .url
-            .host_str()
-            .unwrap_or_default()
-            .trim_matches(['[', ']']);
+        let host = self.url.host_str().unwrap_or_default().trim_matches(['[', ']']);
         let port = self.url.port_or_known_default().unwrap_or(80);
         let addresses: Vec<IpAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![ip],
             Err(_) => tokio::net::lookup_host((host, port))
                 .await
-                .map_err(|e| {
-                    AgentError::retryable(
-                        ErrorCode::AgentConnection,
-                        format!("cannot resolve {host}: {e}"),
-                    )
-                })?
+                .map_err(|e| AgentError::retryable(ErrorCode::AgentConnection, format!("cannot resolve {host}: {e}")))?
                 .map(|a| a.ip())
                 .collect(),
         };
         if let Some(ip) = addresses.iter().find(|ip| is_private(ip)) {
             return Err(AgentError::permanent(
                 ErrorCode::AgentAddressRefused,
-                format!(
-                    "{host} resolves to private address {ip}; set allow_private = true to allow it"
-                ),
+                format!("{host} resolves to private address {ip}; set allow_private = true to allow it"),
             ));
         }
         Ok(())
     }
 }
 
-fn classify(
-    status: StatusCode,
-    retry_after: Option<Duration>,
-    body: &[u8],
-) -> Result<Value, AgentError> {
+fn classify(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> Result<Value, AgentError> {
     let preview = || String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
     match status.as_u16() {
         200..=299 => super::parse_output(body),
@@ -190,27 +154,18 @@ fn classify(
             message: format!("agent answered {status}: {}", preview()),
             retry_after,
         }),
-        _ => Err(AgentError::permanent(
-            ErrorCode::AgentRejected,
-            format!("agent answered {status}: {}", preview()),
-        )),
+        _ => Err(AgentError::permanent(ErrorCode::AgentRejected, format!("agent answered {status}: {}", preview()))),
     }
 }
 
 /// `Retry-After` as seconds or an HTTP date.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let text = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
+    let text = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(seconds) = text.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
     }
     let when = chrono::DateTime::parse_from_rfc2822(text).ok()?;
-    (when.with_timezone(&chrono::Utc) - chrono::Utc::now())
-        .to_std()
-        .ok()
+    (when.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().ok()
 }
 
 fn is_private(ip: &IpAddr) -> bool {
@@ -227,10 +182,7 @@ fn is_private(ip: &IpAddr) -> bool {
                 return is_private(&IpAddr::V4(v4));
             }
             let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
+            v6.is_loopback() || v6.is_unspecified() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
         }
     }
 }
@@ -269,11 +221,7 @@ mod tests {
         ] {
             let err = classify(StatusCode::from_u16(status).unwrap(), None, b"").unwrap_err();
             assert_eq!(err.code(), code, "{status}");
-            assert_eq!(
-                matches!(err, AgentError::Retryable { .. }),
-                retryable,
-                "{status}"
-            );
+            assert_eq!(matches!(err, AgentError::Retryable { .. }), retryable, "{status}");
         }
     }
 

@@ -29,8 +29,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Executes work items. Dropping the returned future must stop the work: the runner drops
 /// it on timeout, lost lease or shutdown.
 pub trait Executor: Send + Sync + 'static {
-    fn execute<'a>(&'a self, request: &'a AgentRequest)
-    -> BoxFuture<'a, Result<Value, AgentError>>;
+    fn execute<'a>(&'a self, request: &'a AgentRequest) -> BoxFuture<'a, Result<Value, AgentError>>;
 }
 
 /// The envelope sent to every agent: `{work_item, work_order, attempt, context}`.
@@ -95,11 +94,7 @@ impl AgentRequest {
 pub enum AgentError {
     /// May succeed later; `retry_after` is the agent's own hint (clamped by the runner).
     #[error("{message}")]
-    Retryable {
-        code: ErrorCode,
-        message: String,
-        retry_after: Option<Duration>,
-    },
+    Retryable { code: ErrorCode, message: String, retry_after: Option<Duration> },
     /// Cannot succeed by retrying.
     #[error("{message}")]
     Permanent { code: ErrorCode, message: String },
@@ -107,17 +102,10 @@ pub enum AgentError {
 
 impl AgentError {
     pub fn retryable(code: ErrorCode, message: impl Into<String>) -> Self {
-        AgentError::Retryable {
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
+        AgentError::Retryable { code, message: message.into(), retry_after: None }
     }
     pub fn permanent(code: ErrorCode, message: impl Into<String>) -> Self {
-        AgentError::Permanent {
-            code,
-            message: message.into(),
-        }
+        AgentError::Permanent { code, message: message.into() }
     }
     pub fn code(&self) -> ErrorCode {
         match self {
@@ -126,9 +114,7 @@ impl AgentError {
     }
     pub fn message(&self) -> &str {
         match self {
-            AgentError::Retryable { message, .. } | AgentError::Permanent { message, .. } => {
-                message
-            }
+            AgentError::Retryable { message, .. } | AgentError::Permanent { message, .. } => message,
         }
     }
 }
@@ -148,17 +134,10 @@ impl AgentSpec<'_> {
     }
 
     /// Parses an optional duration option, e.g. `timeout = "30s"`.
-    pub fn duration(
-        &self,
-        key: &str,
-        value: Option<&str>,
-        default: Duration,
-    ) -> Result<Duration, ConfigError> {
+    pub fn duration(&self, key: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
         match value {
             None => Ok(default),
-            Some(text) => {
-                crate::config::parse_duration(&format!("agents.{}.{key}", self.name), text)
-            }
+            Some(text) => crate::config::parse_duration(&format!("agents.{}.{key}", self.name), text),
         }
     }
 }
@@ -191,9 +170,7 @@ impl Default for Registry {
 
 impl Registry {
     pub fn builtin() -> Self {
-        let mut registry = Registry {
-            kinds: BTreeMap::new(),
-        };
+        let mut registry = Registry { kinds: BTreeMap::new() };
         registry.register("echo", builtin::echo_factory);
         registry.register("fail", builtin::fail_factory);
         registry.register("http", http::factory);
@@ -225,16 +202,10 @@ impl Registry {
                     ),
                 )
             })?;
-            let spec = AgentSpec {
-                name,
-                settings: agent_settings,
-                limits: &settings.limits,
-            };
+            let spec = AgentSpec { name, settings: agent_settings, limits: &settings.limits };
             agents.insert(name.clone(), factory(&spec)?);
         }
-        Ok(Agents {
-            by_name: Arc::new(agents),
-        })
+        Ok(Agents { by_name: Arc::new(agents) })
     }
 }
 
@@ -266,9 +237,6 @@ pub(crate) fn check_output_size(len: usize, limit: usize) -> Result<(), AgentErr
 pub(crate) fn parse_output(bytes: &[u8]) -> Result<Value, AgentError> {
     serde_json::from_slice(bytes).map_err(|e| {
         let preview: String = String::from_utf8_lossy(&bytes[..bytes.len().min(120)]).into_owned();
-        AgentError::permanent(
-            ErrorCode::AgentBadOutput,
-            format!("agent answered non-JSON output ({e}): {preview:?}"),
-        )
+        AgentError::permanent(ErrorCode::AgentBadOutput, format!("agent answered non-JSON output ({e}): {preview:?}"))
     })
 }

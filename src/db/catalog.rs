@@ -6,10 +6,7 @@ use uuid::Uuid;
 
 /// The active workflow definition matched by an order's `workflow_id` (template name, or
 /// template id as text); the newest wins.
-pub async fn workflow_definition(
-    pool: &PgPool,
-    workflow_id: &str,
-) -> Result<Option<Value>, sqlx::Error> {
+pub async fn workflow_definition(pool: &PgPool, workflow_id: &str) -> Result<Option<Value>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT workflow_definition FROM workflow_templates
          WHERE is_active AND (name = $1 OR id::text = $1)
@@ -30,10 +27,7 @@ pub struct SchemaRow {
 }
 
 /// The newest active schema for a document type (the item type).
-pub async fn active_schema(
-    pool: &PgPool,
-    document_type: &str,
-) -> Result<Option<SchemaRow>, sqlx::Error> {
+pub async fn active_schema(pool: &PgPool, document_type: &str) -> Result<Option<SchemaRow>, sqlx::Error> {
     let row = sqlx::query(
         "SELECT id, name, version, schema_definition FROM schemas
          WHERE document_type = $1 AND is_active

@@ -2,6 +2,7 @@
 //! SQL. Enum columns are bound as text and cast in SQL, so `model` stays free of sqlx.
 
 pub mod catalog;
+pub mod maintenance;
 pub mod ops;
 pub mod queue;
 
@@ -61,14 +62,8 @@ pub async fn now(pool: &PgPool) -> Result<chrono::DateTime<chrono::Utc>, DbError
 
 /// True when the error means the database is unreachable (as opposed to a bad statement).
 pub fn is_connection_error(e: &DbError) -> bool {
-    matches!(
-        e,
-        DbError::Io(_)
-            | DbError::PoolTimedOut
-            | DbError::PoolClosed
-            | DbError::Tls(_)
-            | DbError::Protocol(_)
-    ) || matches!(e, DbError::Database(d) if d.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+    matches!(e, DbError::Io(_) | DbError::PoolTimedOut | DbError::PoolClosed | DbError::Tls(_) | DbError::Protocol(_))
+        || matches!(e, DbError::Database(d) if d.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
 }
 
 /// Serialization failures and deadlocks: the transaction can simply be run again.

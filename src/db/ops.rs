@@ -115,11 +115,7 @@ pub async fn queue_status(pool: &PgPool, in_flight_limit: i64) -> Result<QueueSt
     .await?
     .iter()
     .map(|r| {
-        Ok(StatusCount {
-            status: r.try_get("status")?,
-            item_type: r.try_get("item_type")?,
-            count: r.try_get("n")?,
-        })
+        Ok(StatusCount { status: r.try_get("status")?, item_type: r.try_get("item_type")?, count: r.try_get("n")? })
     })
     .collect::<Result<Vec<_>, sqlx::Error>>()?;
     let row = sqlx::query(
@@ -191,8 +187,7 @@ fn summary(r: &sqlx::postgres::PgRow) -> Result<DeadLetterSummary, sqlx::Error> 
     })
 }
 
-const DEAD_LETTER_COLUMNS: &str =
-    "id, work_item_id, event_type, source, error_code, reason::text AS reason,
+const DEAD_LETTER_COLUMNS: &str = "id, work_item_id, event_type, source, error_code, reason::text AS reason,
     retry_count, error, created_at, processed_at, resolution";
 
 /// Open dead letters (or all with `include_processed`), newest first.
@@ -273,25 +268,13 @@ pub async fn dead_letter(pool: &PgPool, id: Uuid) -> Result<DeadLetterDetail, Op
     .bind(item_id)
     .fetch_all(pool)
     .await?;
-    Ok(DeadLetterDetail {
-        dead_letter,
-        payload,
-        item,
-        attempts,
-        eval_results,
-        approvals,
-    })
+    Ok(DeadLetterDetail { dead_letter, payload, item, attempts, eval_results, approvals })
 }
 
 /// Re-queues a dead-lettered item with a fresh attempt budget (optionally new content),
 /// marks the dead letter REPLAYED, reopens the order and writes the audit log; wakes the
 /// workers. All in one transaction.
-pub async fn replay_dead_letter(
-    pool: &PgPool,
-    id: Uuid,
-    content: Option<&str>,
-    actor: &str,
-) -> Result<Uuid, OpsError> {
+pub async fn replay_dead_letter(pool: &PgPool, id: Uuid, content: Option<&str>, actor: &str) -> Result<Uuid, OpsError> {
     let mut tx = pool.begin().await?;
     let item_id: Uuid = open_dead_letter(&mut tx, id).await?;
     let requeued = sqlx::query(
@@ -305,9 +288,7 @@ pub async fn replay_dead_letter(
     .execute(&mut *tx)
     .await?;
     if requeued.rows_affected() != 1 {
-        return Err(OpsError::Conflict(format!(
-            "work item {item_id} is not FAILED; nothing to replay"
-        )));
+        return Err(OpsError::Conflict(format!("work item {item_id} is not FAILED; nothing to replay")));
     }
     resolve(&mut tx, id, "REPLAYED").await?;
     sqlx::query(
@@ -325,51 +306,30 @@ pub async fn replay_dead_letter(
         json!({ "work_item_id": item_id, "content_replaced": content.is_some() }),
     )
     .await?;
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(super::WORK_CHANNEL)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query("SELECT pg_notify($1, '')").bind(super::WORK_CHANNEL).execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(item_id)
 }
 
 /// Marks a dead letter DISCARDED (the item stays FAILED) and writes the audit log.
-pub async fn discard_dead_letter(
-    pool: &PgPool,
-    id: Uuid,
-    actor: &str,
-    reason: Option<&str>,
-) -> Result<Uuid, OpsError> {
+pub async fn discard_dead_letter(pool: &PgPool, id: Uuid, actor: &str, reason: Option<&str>) -> Result<Uuid, OpsError> {
     let mut tx = pool.begin().await?;
     let item_id = open_dead_letter(&mut tx, id).await?;
     resolve(&mut tx, id, "DISCARDED").await?;
-    audit(
-        &mut tx,
-        actor,
-        "dead_letter.discard",
-        id,
-        json!({ "work_item_id": item_id, "reason": reason }),
-    )
-    .await?;
+    audit(&mut tx, actor, "dead_letter.discard", id, json!({ "work_item_id": item_id, "reason": reason })).await?;
     tx.commit().await?;
     Ok(item_id)
 }
 
-async fn open_dead_letter(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    id: Uuid,
-) -> Result<Uuid, OpsError> {
-    let row =
-        sqlx::query("SELECT work_item_id, processed_at FROM dead_letters WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_optional(&mut **tx)
-            .await?
-            .ok_or_else(|| OpsError::NotFound(format!("dead letter {id}")))?;
+async fn open_dead_letter(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, id: Uuid) -> Result<Uuid, OpsError> {
+    let row = sqlx::query("SELECT work_item_id, processed_at FROM dead_letters WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| OpsError::NotFound(format!("dead letter {id}")))?;
     let processed: Option<DateTime<Utc>> = row.try_get("processed_at")?;
     if processed.is_some() {
-        return Err(OpsError::Conflict(format!(
-            "dead letter {id} was already processed"
-        )));
+        return Err(OpsError::Conflict(format!("dead letter {id} was already processed")));
     }
     let item: Option<Uuid> = row.try_get("work_item_id")?;
     item.ok_or_else(|| OpsError::Conflict(format!("dead letter {id} names no work item")))

@@ -60,7 +60,8 @@ WITH next AS (
     SET status = 'PROCESSING',
         attempt = w.attempt + 1,
         lease_expires_at = now() + $2 * interval '1 millisecond',
-        locked_by = $3
+        locked_by = $3,
+        claimed_at = now()
     WHERE w.id = ANY (ARRAY (SELECT id FROM next))
     RETURNING w.id, w.work_order_id, w.type, w.priority, w.attempt, w.attempt_base,
               w.max_attempts, w.rescues, w.created_at,
@@ -174,24 +175,29 @@ pub struct CompleteReport {
 /// attempt row each, eval results, approval events, dead letters, then the order roll-ups.
 /// Every write of an item is conditional on `(id, attempt)` still being current and the
 /// item still PROCESSING; stale items are reported, not written.
-pub async fn complete_batch(
-    pool: &PgPool,
+pub async fn complete_batch(pool: &PgPool, batch: &[Completion]) -> Result<CompleteReport, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let report = complete_in(&mut tx, batch).await?;
+    tx.commit().await?;
+    Ok(report)
+}
+
+/// [`complete_batch`] inside the caller's transaction (the rescuer's).
+pub async fn complete_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     batch: &[Completion],
 ) -> Result<CompleteReport, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let done: Vec<(Uuid, Uuid)> = write_completions(&mut tx, batch).await?;
+    if batch.is_empty() {
+        return Ok(CompleteReport::default());
+    }
+    let done: Vec<(Uuid, Uuid)> = write_completions(tx, batch).await?;
     let mut orders: Vec<Uuid> = done.iter().map(|(_, order)| *order).collect();
     orders.sort_unstable();
     orders.dedup();
-    roll_up_orders(&mut tx, &orders).await?;
-    tx.commit().await?;
-    let written: Vec<Uuid> = done.iter().map(|(id, _)| *id).collect();
-    let stale = batch
-        .iter()
-        .map(|c| c.item_id)
-        .filter(|id| !written.contains(id))
-        .collect();
-    Ok(CompleteReport { written, stale })
+    roll_up_orders(tx, &orders).await?;
+    let written: std::collections::HashSet<Uuid> = done.iter().map(|(id, _)| *id).collect();
+    let stale = batch.iter().map(|c| c.item_id).filter(|id| !written.contains(id)).collect();
+    Ok(CompleteReport { written: written.into_iter().collect(), stale })
 }
 
 /// Column arrays of a completion batch, bound as `unnest` parameters.
@@ -248,8 +254,7 @@ impl Columns {
             });
             c.released.push(matches!(done.next, NextState::Released));
             c.error.push(done.error.as_ref().map(|e| e.message.clone()));
-            c.error_code
-                .push(done.error.as_ref().map(|e| e.code.as_str()));
+            c.error_code.push(done.error.as_ref().map(|e| e.code.as_str()));
             c.attempt_id.push(done.attempt_id);
             c.agent.push(done.agent.clone());
             c.attempt_status.push(done.attempt_status.as_str());
@@ -278,12 +283,7 @@ impl Columns {
                 c.dl_item.push(done.item_id);
                 c.dl_source.push(done.agent.clone());
                 c.dl_type.push(done.item_type.clone());
-                c.dl_error.push(
-                    done.error
-                        .as_ref()
-                        .map(|e| e.message.clone())
-                        .unwrap_or_default(),
-                );
+                c.dl_error.push(done.error.as_ref().map(|e| e.message.clone()).unwrap_or_default());
                 c.dl_code.push(done.error.as_ref().map(|e| e.code.as_str()));
                 c.dl_reason.push(reason.as_str());
                 c.dl_retries.push(done.attempts_used);
@@ -311,13 +311,14 @@ WITH done AS (
         run_at = CASE WHEN u.status = 'QUEUED' THEN now() + u.delay_ms * interval '1 millisecond'
                       ELSE w.run_at END,
         attempt_base = w.attempt_base + CASE WHEN u.released THEN 1 ELSE 0 END,
+        rescues = w.rescues + CASE WHEN u.attempt_status = 'LOST' THEN 1 ELSE 0 END,
         lease_expires_at = NULL,
         locked_by = NULL,
         last_error = u.error,
         last_error_code = u.error_code
     FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::bigint[], $6::bool[],
-                $7::text[], $8::text[])
-         AS u(id, attempt, status, output, delay_ms, released, error, error_code)
+                $7::text[], $8::text[], $11::text[])
+         AS u(id, attempt, status, output, delay_ms, released, error, error_code, attempt_status)
     WHERE w.id = u.id AND w.attempt = u.attempt AND w.status = 'PROCESSING'
     RETURNING w.id, w.work_order_id, w.attempt
 ), attempts_written AS (
@@ -398,9 +399,7 @@ SELECT id, work_order_id FROM done
     .bind(&c.dl_retries)
     .fetch_all(&mut **tx)
     .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get("id")?, r.try_get("work_order_id")?)))
-        .collect()
+    rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("work_order_id")?))).collect()
 }
 
 /// Recomputes the status of the given orders from their items (DESIGN §2), inside the

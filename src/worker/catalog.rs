@@ -84,12 +84,7 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn new(pool: PgPool, settings: Arc<Settings>) -> Self {
-        Catalog {
-            pool,
-            settings,
-            workflows: Mutex::default(),
-            schemas: Mutex::default(),
-        }
+        Catalog { pool, settings, workflows: Mutex::default(), schemas: Mutex::default() }
     }
 
     /// The step for an item: the workflow template's step for its type, else the config
@@ -109,10 +104,7 @@ impl Catalog {
             return Ok(value.clone());
         }
         let value = db::catalog::workflow_definition(&self.pool, workflow_id).await?;
-        self.workflows
-            .lock()
-            .unwrap()
-            .insert(workflow_id.to_owned(), (Instant::now(), value.clone()));
+        self.workflows.lock().unwrap().insert(workflow_id.to_owned(), (Instant::now(), value.clone()));
         Ok(value)
     }
 
@@ -124,26 +116,16 @@ impl Catalog {
         {
             return Ok(value.clone());
         }
-        let row = db::catalog::active_schema(&self.pool, document_type)
-            .await
-            .map_err(|e| e.to_string())?;
+        let row = db::catalog::active_schema(&self.pool, document_type).await.map_err(|e| e.to_string())?;
         let compiled = match row {
             None => None,
             Some(row) => {
-                let validator = jsonschema::validator_for(&row.definition).map_err(|e| {
-                    format!("schema {} {} does not compile: {e}", row.name, row.version)
-                })?;
-                Some(Arc::new(CompiledSchema {
-                    name: row.name,
-                    version: row.version,
-                    validator,
-                }))
+                let validator = jsonschema::validator_for(&row.definition)
+                    .map_err(|e| format!("schema {} {} does not compile: {e}", row.name, row.version))?;
+                Some(Arc::new(CompiledSchema { name: row.name, version: row.version, validator }))
             }
         };
-        self.schemas
-            .lock()
-            .unwrap()
-            .insert(document_type.to_owned(), (Instant::now(), compiled.clone()));
+        self.schemas.lock().unwrap().insert(document_type.to_owned(), (Instant::now(), compiled.clone()));
         Ok(compiled)
     }
 }
@@ -158,11 +140,10 @@ pub fn resolve_step(
     let step: Option<StepDefinition> = match definition {
         None => None,
         Some(value) => {
-            let workflow: WorkflowDefinition =
-                serde_json::from_value(value.clone()).map_err(|e| RouteError {
-                    code: ErrorCode::WorkflowInvalid,
-                    message: format!("workflow template `{workflow_id}` is invalid: {e}"),
-                })?;
+            let workflow: WorkflowDefinition = serde_json::from_value(value.clone()).map_err(|e| RouteError {
+                code: ErrorCode::WorkflowInvalid,
+                message: format!("workflow template `{workflow_id}` is invalid: {e}"),
+            })?;
             workflow.steps.get(item_type).cloned()
         }
     };
@@ -183,9 +164,7 @@ pub fn resolve_step(
     if !settings.agents.contains_key(&agent) {
         return Err(RouteError {
             code: ErrorCode::UnknownAgent,
-            message: format!(
-                "item type {item_type} is routed to agent `{agent}`, which is not configured"
-            ),
+            message: format!("item type {item_type} is routed to agent `{agent}`, which is not configured"),
         });
     }
     if let Some(max) = step.max_attempts
@@ -193,18 +172,14 @@ pub fn resolve_step(
     {
         return Err(RouteError {
             code: ErrorCode::WorkflowInvalid,
-            message: format!(
-                "workflow template `{workflow_id}` step {item_type}: max_attempts must be at least 1"
-            ),
+            message: format!("workflow template `{workflow_id}` step {item_type}: max_attempts must be at least 1"),
         });
     }
     Ok(Step {
         agent,
         timeout: step.timeout,
         max_attempts: step.max_attempts,
-        evaluators: step
-            .evaluators
-            .unwrap_or_else(|| vec![JSON_SCHEMA.to_owned()]),
+        evaluators: step.evaluators.unwrap_or_else(|| vec![JSON_SCHEMA.to_owned()]),
         approval: step.approval.unwrap_or(settings.approval.policy),
         content: step.content.unwrap_or_default(),
     })
@@ -216,10 +191,7 @@ mod tests {
     use serde_json::json;
 
     fn settings() -> Settings {
-        Settings::from_toml_over_defaults(
-            "[agents.triage]\nkind = \"echo\"\n[routes]\nTICKET = \"triage\"\n",
-        )
-        .unwrap()
+        Settings::from_toml_over_defaults("[agents.triage]\nkind = \"echo\"\n[routes]\nTICKET = \"triage\"\n").unwrap()
     }
 
     #[test]
@@ -248,18 +220,8 @@ mod tests {
         assert_eq!(err.code, ErrorCode::NoRoute);
         assert!(err.message.contains("INVOICE"));
         let bad = json!({"steps": {"TICKET": {"agnet": "x"}}});
-        assert_eq!(
-            resolve_step(Some(&bad), "wf", "TICKET", &settings())
-                .unwrap_err()
-                .code,
-            ErrorCode::WorkflowInvalid
-        );
+        assert_eq!(resolve_step(Some(&bad), "wf", "TICKET", &settings()).unwrap_err().code, ErrorCode::WorkflowInvalid);
         let ghost = json!({"steps": {"TICKET": {"agent": "ghost"}}});
-        assert_eq!(
-            resolve_step(Some(&ghost), "wf", "TICKET", &settings())
-                .unwrap_err()
-                .code,
-            ErrorCode::UnknownAgent
-        );
+        assert_eq!(resolve_step(Some(&ghost), "wf", "TICKET", &settings()).unwrap_err().code, ErrorCode::UnknownAgent);
     }
 }

@@ -1,6 +1,7 @@
 //! Pure state rules: what an execution's outcome means for the item. No I/O, table-tested.
 
 use crate::model::{AttemptStatus, DeadLetterReason, Decision, NextState};
+pub use crate::model::{Backoff, Budget};
 use std::time::Duration;
 
 /// How an execution ended, before the item's next state is decided.
@@ -9,91 +10,31 @@ pub enum Outcome {
     /// The agent answered and the approval policy decided.
     Succeeded(Decision),
     /// The agent failed; `retryable` says whether trying again can help.
-    Failed {
-        retryable: bool,
-        retry_after: Option<Duration>,
-    },
+    Failed { retryable: bool, retry_after: Option<Duration> },
     /// The run-time limit passed and the work was stopped.
     TimedOut,
     /// A clean shutdown interrupted the work; it is released, not counted.
     Interrupted,
 }
 
-/// The item's attempt budget: attempts used in the current budget (this one included) and
-/// the ceiling.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Budget {
-    pub used: i32,
-    pub max: i32,
-}
-
-impl Budget {
-    pub fn exhausted(self) -> bool {
-        self.used >= self.max
-    }
-}
-
-/// Retry timing: exponential from `base`, capped at `max`, with jitter in [50%, 100%].
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Backoff {
-    pub base: Duration,
-    pub max: Duration,
-}
-
-impl Backoff {
-    /// Delay before the next attempt after `used` attempts; `jitter` is uniform in [0, 1).
-    pub fn delay(self, used: i32, jitter: f64) -> Duration {
-        let exponent = used.saturating_sub(1).clamp(0, 30) as u32;
-        let raw = self.base.saturating_mul(1u32 << exponent).min(self.max);
-        raw.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
-    }
-
-    /// An agent's Retry-After replaces the computed delay, clamped to `max`.
-    pub fn honour(self, used: i32, retry_after: Option<Duration>, jitter: f64) -> Duration {
-        match retry_after {
-            Some(hint) => hint.min(self.max),
-            None => self.delay(used, jitter),
-        }
-    }
-}
-
 /// The attempt's recorded status and the item's next state.
-pub fn next_state(
-    outcome: &Outcome,
-    budget: Budget,
-    backoff: Backoff,
-    jitter: f64,
-) -> (AttemptStatus, NextState) {
+pub fn next_state(outcome: &Outcome, budget: Budget, backoff: Backoff, jitter: f64) -> (AttemptStatus, NextState) {
     let retry_or_dead = |retry_after: Option<Duration>| {
         if budget.exhausted() {
-            NextState::DeadLetter {
-                reason: DeadLetterReason::RetriesExhausted,
-            }
+            NextState::DeadLetter { reason: DeadLetterReason::RetriesExhausted }
         } else {
             let delay = backoff.honour(budget.used, retry_after, jitter);
-            NextState::Retry {
-                delay_ms: delay.as_millis() as i64,
-            }
+            NextState::Retry { delay_ms: delay.as_millis() as i64 }
         }
     };
     match outcome {
         Outcome::Succeeded(Decision::Approved) => (AttemptStatus::Completed, NextState::Completed),
-        Outcome::Succeeded(Decision::Escalated) => {
-            (AttemptStatus::Completed, NextState::AwaitingApproval)
-        }
+        Outcome::Succeeded(Decision::Escalated) => (AttemptStatus::Completed, NextState::AwaitingApproval),
         Outcome::Succeeded(Decision::Rejected) => (AttemptStatus::Failed, retry_or_dead(None)),
-        Outcome::Failed {
-            retryable: true,
-            retry_after,
-        } => (AttemptStatus::Failed, retry_or_dead(*retry_after)),
-        Outcome::Failed {
-            retryable: false, ..
-        } => (
-            AttemptStatus::Failed,
-            NextState::DeadLetter {
-                reason: DeadLetterReason::Permanent,
-            },
-        ),
+        Outcome::Failed { retryable: true, retry_after } => (AttemptStatus::Failed, retry_or_dead(*retry_after)),
+        Outcome::Failed { retryable: false, .. } => {
+            (AttemptStatus::Failed, NextState::DeadLetter { reason: DeadLetterReason::Permanent })
+        }
         Outcome::TimedOut => (AttemptStatus::Timeout, retry_or_dead(None)),
         Outcome::Interrupted => (AttemptStatus::Interrupted, NextState::Released),
     }
@@ -103,10 +44,7 @@ pub fn next_state(
 mod tests {
     use super::*;
 
-    const BACKOFF: Backoff = Backoff {
-        base: Duration::from_secs(1),
-        max: Duration::from_secs(60),
-    };
+    const BACKOFF: Backoff = Backoff { base: Duration::from_secs(1), max: Duration::from_secs(60) };
 
     #[test]
     fn backoff_doubles_caps_and_jitters() {
@@ -121,75 +59,34 @@ mod tests {
             (0, 1.0, 1_000),
         ];
         for (used, jitter, expected_ms) in cases {
-            assert_eq!(
-                BACKOFF.delay(used, jitter).as_millis(),
-                expected_ms,
-                "used={used} jitter={jitter}"
-            );
+            assert_eq!(BACKOFF.delay(used, jitter).as_millis(), expected_ms, "used={used} jitter={jitter}");
         }
     }
 
     #[test]
     fn retry_after_replaces_backoff_and_is_clamped() {
-        assert_eq!(
-            BACKOFF.honour(1, Some(Duration::from_secs(7)), 0.3),
-            Duration::from_secs(7)
-        );
-        assert_eq!(
-            BACKOFF.honour(1, Some(Duration::from_secs(3600)), 0.3),
-            Duration::from_secs(60)
-        );
+        assert_eq!(BACKOFF.honour(1, Some(Duration::from_secs(7)), 0.3), Duration::from_secs(7));
+        assert_eq!(BACKOFF.honour(1, Some(Duration::from_secs(3600)), 0.3), Duration::from_secs(60));
     }
 
     #[test]
     fn outcomes_map_to_states() {
         let fresh = Budget { used: 1, max: 3 };
         let last = Budget { used: 3, max: 3 };
-        let retryable = Outcome::Failed {
-            retryable: true,
-            retry_after: None,
-        };
-        let permanent = Outcome::Failed {
-            retryable: false,
-            retry_after: None,
-        };
+        let retryable = Outcome::Failed { retryable: true, retry_after: None };
+        let permanent = Outcome::Failed { retryable: false, retry_after: None };
         let table: Vec<(Outcome, Budget, AttemptStatus, &str)> = vec![
-            (
-                Outcome::Succeeded(Decision::Approved),
-                last,
-                AttemptStatus::Completed,
-                "completed",
-            ),
-            (
-                Outcome::Succeeded(Decision::Escalated),
-                fresh,
-                AttemptStatus::Completed,
-                "awaiting",
-            ),
-            (
-                Outcome::Succeeded(Decision::Rejected),
-                fresh,
-                AttemptStatus::Failed,
-                "retry",
-            ),
-            (
-                Outcome::Succeeded(Decision::Rejected),
-                last,
-                AttemptStatus::Failed,
-                "exhausted",
-            ),
+            (Outcome::Succeeded(Decision::Approved), last, AttemptStatus::Completed, "completed"),
+            (Outcome::Succeeded(Decision::Escalated), fresh, AttemptStatus::Completed, "awaiting"),
+            (Outcome::Succeeded(Decision::Rejected), fresh, AttemptStatus::Failed, "retry"),
+            (Outcome::Succeeded(Decision::Rejected), last, AttemptStatus::Failed, "exhausted"),
             (retryable.clone(), fresh, AttemptStatus::Failed, "retry"),
             (retryable, last, AttemptStatus::Failed, "exhausted"),
             (permanent.clone(), fresh, AttemptStatus::Failed, "permanent"),
             (permanent, last, AttemptStatus::Failed, "permanent"),
             (Outcome::TimedOut, fresh, AttemptStatus::Timeout, "retry"),
             (Outcome::TimedOut, last, AttemptStatus::Timeout, "exhausted"),
-            (
-                Outcome::Interrupted,
-                last,
-                AttemptStatus::Interrupted,
-                "released",
-            ),
+            (Outcome::Interrupted, last, AttemptStatus::Interrupted, "released"),
         ];
         for (outcome, budget, status, expected) in table {
             let (got_status, next) = next_state(&outcome, budget, BACKOFF, 0.5);
@@ -199,12 +96,8 @@ mod tests {
                 NextState::AwaitingApproval => "awaiting",
                 NextState::Retry { .. } => "retry",
                 NextState::Released => "released",
-                NextState::DeadLetter {
-                    reason: DeadLetterReason::RetriesExhausted,
-                } => "exhausted",
-                NextState::DeadLetter {
-                    reason: DeadLetterReason::Permanent,
-                } => "permanent",
+                NextState::DeadLetter { reason: DeadLetterReason::RetriesExhausted } => "exhausted",
+                NextState::DeadLetter { reason: DeadLetterReason::Permanent } => "permanent",
                 NextState::DeadLetter { .. } => "other",
             };
             assert_eq!(kind, expected, "{outcome:?} with {budget:?}");

@@ -46,19 +46,22 @@ impl Dispatcher {
             let want = free.min(settings.worker.claim_batch);
             match self.claim_and_start(want).await {
                 Ok(got) => {
+                    self.metrics.ready.store(true, std::sync::atomic::Ordering::Relaxed);
                     error_delay = Duration::from_millis(50);
                     if got == want {
                         continue; // there may be more ready
                     }
                 }
                 Err(e) => {
+                    if db::is_connection_error(&e) {
+                        self.metrics.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+                    }
                     crate::telemetry::warn_limited("claim", &format!("claim failed: {e}"));
                     tokio::select! {
                         _ = self.stop.cancelled() => break,
                         _ = tokio::time::sleep(error_delay) => {}
                     }
-                    error_delay = (error_delay * 2)
-                        .min(settings.worker.poll_interval.max(Duration::from_secs(1)));
+                    error_delay = (error_delay * 2).min(settings.worker.poll_interval.max(Duration::from_secs(1)));
                     continue;
                 }
             }
@@ -95,26 +98,14 @@ impl Dispatcher {
                     docs.entry(doc.work_item_id).or_default().push(doc);
                 }
             }
-            Err(e) => {
-                crate::telemetry::warn_limited("mem_docs", &format!("cannot read mem_docs: {e}"))
-            }
+            Err(e) => crate::telemetry::warn_limited("mem_docs", &format!("cannot read mem_docs: {e}")),
         }
         let got = items.len();
         for item in items {
-            let permit = self
-                .slots
-                .clone()
-                .try_acquire_owned()
-                .expect("claimed no more than the free slots");
+            let permit = self.slots.clone().try_acquire_owned().expect("claimed no more than the free slots");
             let stop = Stop::default();
-            self.in_flight.insert(
-                item.id,
-                Lease {
-                    attempt: item.attempt,
-                    confirmed_at: Instant::now(),
-                    stop: stop.clone(),
-                },
-            );
+            self.in_flight
+                .insert(item.id, Lease { attempt: item.attempt, confirmed_at: Instant::now(), stop: stop.clone() });
             let ctx = self.ctx.clone();
             let completions = self.completions.clone();
             let in_flight = self.in_flight.clone();

@@ -44,9 +44,7 @@ pub async fn run_once(pool: &PgPool, in_flight: &InFlight, lease: Duration) -> u
         Err(e) => {
             crate::telemetry::warn_limited("heartbeat", &format!("cannot renew leases: {e}"));
             for (id, held_lease) in &held {
-                if held_lease.confirmed_at.elapsed() >= lease
-                    && !held_lease.stop.lease_lost.is_cancelled()
-                {
+                if held_lease.confirmed_at.elapsed() >= lease && !held_lease.stop.lease_lost.is_cancelled() {
                     tracing::warn!(work_item.id = %id, "lease expired while the database was unreachable; stopping");
                     held_lease.stop.lease_lost.cancel();
                     stopped += 1;

@@ -13,7 +13,7 @@ pub mod review;
 pub mod runner;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use uuid::Uuid;
@@ -33,6 +33,8 @@ pub struct Metrics {
     pub leases_lost: AtomicU64,
     pub completer_batches: AtomicU64,
     pub claim_batches: AtomicU64,
+    /// The last claim reached the database.
+    pub ready: AtomicBool,
 }
 
 impl Metrics {
@@ -89,12 +91,7 @@ impl InFlight {
         self.len() == 0
     }
     pub fn snapshot(&self) -> Vec<(Uuid, Lease)> {
-        self.inner
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (*k, v.clone()))
-            .collect()
+        self.inner.lock().unwrap().iter().map(|(k, v)| (*k, v.clone())).collect()
     }
     pub fn confirm(&self, ids: &[Uuid], at: Instant) {
         let mut inner = self.inner.lock().unwrap();

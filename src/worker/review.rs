@@ -11,22 +11,12 @@ const MAX_REPORTED_ERRORS: usize = 10;
 
 /// Runs each named evaluator over the output. Unknown evaluator names produce a failed
 /// eval saying so, rather than silently passing.
-pub async fn evaluate(
-    catalog: &Catalog,
-    item_type: &str,
-    evaluators: &[String],
-    output: &Value,
-) -> Vec<EvalRecord> {
+pub async fn evaluate(catalog: &Catalog, item_type: &str, evaluators: &[String], output: &Value) -> Vec<EvalRecord> {
     let mut records = Vec::with_capacity(evaluators.len());
     for name in evaluators {
         let record = match name.as_str() {
             JSON_SCHEMA => match catalog.schema(item_type).await {
-                Ok(Some(schema)) => Some(schema_eval(
-                    &schema.name,
-                    &schema.version,
-                    &schema.validator,
-                    output,
-                )),
+                Ok(Some(schema)) => Some(schema_eval(&schema.name, &schema.version, &schema.validator, output)),
                 // No active schema for this document type: nothing to validate against.
                 Ok(None) => None,
                 Err(message) => Some(EvalRecord {
@@ -49,16 +39,8 @@ pub async fn evaluate(
 }
 
 /// JSON Schema validation: score 1 when valid, else 0; the errors go to the metrics.
-pub fn schema_eval(
-    name: &str,
-    version: &str,
-    validator: &jsonschema::Validator,
-    output: &Value,
-) -> EvalRecord {
-    let errors: Vec<String> = validator
-        .iter_errors(output)
-        .map(|e| format!("{}: {}", e.instance_path(), e))
-        .collect();
+pub fn schema_eval(name: &str, version: &str, validator: &jsonschema::Validator, output: &Value) -> EvalRecord {
+    let errors: Vec<String> = validator.iter_errors(output).map(|e| format!("{}: {}", e.instance_path(), e)).collect();
     let passed = errors.is_empty();
     EvalRecord {
         evaluation_type: JSON_SCHEMA.into(),
@@ -75,43 +57,23 @@ pub fn schema_eval(
 
 /// The approval policy: a pure function of the eval results, versioned.
 pub fn approve(policy: PolicyKind, evals: &[EvalRecord]) -> ApprovalRecord {
-    let failed: Vec<&str> = evals
-        .iter()
-        .filter(|e| !e.passed)
-        .map(|e| e.evaluation_type.as_str())
-        .collect();
+    let failed: Vec<&str> = evals.iter().filter(|e| !e.passed).map(|e| e.evaluation_type.as_str()).collect();
     let (name, decision, reason) = match policy {
-        PolicyKind::ApproveAll => (
-            "approve_all",
-            Decision::Approved,
-            Some("default policy approves every output".to_owned()),
-        ),
-        PolicyKind::RequirePassingEvals if failed.is_empty() => {
-            ("require_passing_evals", Decision::Approved, None)
+        PolicyKind::ApproveAll => {
+            ("approve_all", Decision::Approved, Some("default policy approves every output".to_owned()))
         }
-        PolicyKind::RequirePassingEvals => (
-            "require_passing_evals",
-            Decision::Rejected,
-            Some(format!("failed evaluators: {}", failed.join(", "))),
-        ),
-        PolicyKind::EscalateOnFailure if failed.is_empty() => {
-            ("escalate_on_failure", Decision::Approved, None)
+        PolicyKind::RequirePassingEvals if failed.is_empty() => ("require_passing_evals", Decision::Approved, None),
+        PolicyKind::RequirePassingEvals => {
+            ("require_passing_evals", Decision::Rejected, Some(format!("failed evaluators: {}", failed.join(", "))))
         }
+        PolicyKind::EscalateOnFailure if failed.is_empty() => ("escalate_on_failure", Decision::Approved, None),
         PolicyKind::EscalateOnFailure => (
             "escalate_on_failure",
             Decision::Escalated,
-            Some(format!(
-                "failed evaluators: {}; a human decides",
-                failed.join(", ")
-            )),
+            Some(format!("failed evaluators: {}; a human decides", failed.join(", "))),
         ),
     };
-    ApprovalRecord {
-        approver_id: format!("policy:{name}"),
-        decision,
-        reason,
-        policy_version: format!("{name}/1"),
-    }
+    ApprovalRecord { approver_id: format!("policy:{name}"), decision, reason, policy_version: format!("{name}/1") }
 }
 
 #[cfg(test)]
@@ -130,27 +92,11 @@ mod tests {
     #[test]
     fn policies_decide_from_evals() {
         let table = [
-            (
-                PolicyKind::ApproveAll,
-                vec![eval(false)],
-                Decision::Approved,
-            ),
+            (PolicyKind::ApproveAll, vec![eval(false)], Decision::Approved),
             (PolicyKind::ApproveAll, vec![], Decision::Approved),
-            (
-                PolicyKind::RequirePassingEvals,
-                vec![eval(true)],
-                Decision::Approved,
-            ),
-            (
-                PolicyKind::RequirePassingEvals,
-                vec![eval(true), eval(false)],
-                Decision::Rejected,
-            ),
-            (
-                PolicyKind::EscalateOnFailure,
-                vec![eval(false)],
-                Decision::Escalated,
-            ),
+            (PolicyKind::RequirePassingEvals, vec![eval(true)], Decision::Approved),
+            (PolicyKind::RequirePassingEvals, vec![eval(true), eval(false)], Decision::Rejected),
+            (PolicyKind::EscalateOnFailure, vec![eval(false)], Decision::Escalated),
             (PolicyKind::EscalateOnFailure, vec![], Decision::Approved),
         ];
         for (policy, evals, expected) in table {

@@ -6,8 +6,7 @@ use super::catalog::{Catalog, ContentFormat, RouteError};
 use super::decision::{self, Backoff, Budget, Outcome};
 use super::review;
 use crate::agent::{
-    AgentError, AgentRequest, Agents, AttemptView, ContextView, MemDocView, WorkItemView,
-    WorkOrderView,
+    AgentError, AgentRequest, Agents, AttemptView, ContextView, MemDocView, WorkItemView, WorkOrderView,
 };
 use crate::config::Settings;
 use crate::db::queue::{ClaimedItem, MemDoc};
@@ -39,32 +38,18 @@ pub struct Stop {
 }
 
 /// Runs one item to a [`Completion`], or `None` when its lease was lost mid-run.
-pub async fn run(
-    ctx: &RunContext,
-    item: ClaimedItem,
-    mem_docs: Vec<MemDoc>,
-    stop: Stop,
-) -> Option<Completion> {
+pub async fn run(ctx: &RunContext, item: ClaimedItem, mem_docs: Vec<MemDoc>, stop: Stop) -> Option<Completion> {
     let started = Instant::now();
     let attempt_id = Uuid::new_v4();
     let settings = &ctx.settings;
 
-    let step = ctx
-        .catalog
-        .resolve(&item.workflow_id, &item.item_type)
-        .await;
+    let step = ctx.catalog.resolve(&item.workflow_id, &item.item_type).await;
     let max_attempts = item
         .max_attempts
         .or_else(|| step.as_ref().ok().and_then(|s| s.max_attempts))
         .unwrap_or(settings.retry.max_attempts);
-    let budget = Budget {
-        used: item.attempt - item.attempt_base,
-        max: max_attempts,
-    };
-    let agent_name = step
-        .as_ref()
-        .map(|s| s.agent.clone())
-        .unwrap_or_else(|_| "router".to_owned());
+    let budget = Budget { used: item.attempt - item.attempt_base, max: max_attempts };
+    let agent_name = step.as_ref().map(|s| s.agent.clone()).unwrap_or_else(|_| "router".to_owned());
     let mut input = json!({ "agent": agent_name, "content_bytes": item.content_bytes, "mem_docs": mem_docs.len() });
 
     let result: Result<Value, AgentError>;
@@ -82,11 +67,7 @@ pub async fn run(
             if item.content_bytes as usize <= INPUT_COPY_LIMIT {
                 input["content"] = content.clone();
             }
-            let agent = ctx
-                .agents
-                .get(&step.agent)
-                .expect("routes are validated against agents")
-                .clone();
+            let agent = ctx.agents.get(&step.agent).expect("routes are validated against agents").clone();
             let timeout = step.timeout.unwrap_or(agent.timeout);
             let request = envelope(&item, content, mem_docs, attempt_id, max_attempts);
             tokio::select! {
@@ -111,8 +92,7 @@ pub async fn run(
                 }
             }
             if let Ok(output) = &result {
-                evals =
-                    review::evaluate(&ctx.catalog, &item.item_type, &step.evaluators, output).await;
+                evals = review::evaluate(&ctx.catalog, &item.item_type, &step.evaluators, output).await;
                 approval = Some(review::approve(step.approval, &evals));
             }
         }
@@ -123,39 +103,22 @@ pub async fn run(
             let decision = approval.as_ref().map_or(Decision::Approved, |a| a.decision);
             let error = (decision == Decision::Rejected).then(|| ErrorInfo {
                 code: ErrorCode::ApprovalRejected,
-                message: approval
-                    .as_ref()
-                    .and_then(|a| a.reason.clone())
-                    .unwrap_or_else(|| "rejected".into()),
+                message: approval.as_ref().and_then(|a| a.reason.clone()).unwrap_or_else(|| "rejected".into()),
             });
             (Outcome::Succeeded(decision), Some(output), error)
         }
         Err(e) => {
             let outcome = match &e {
                 _ if timed_out => Outcome::TimedOut,
-                AgentError::Retryable { retry_after, .. } => Outcome::Failed {
-                    retryable: true,
-                    retry_after: *retry_after,
-                },
-                AgentError::Permanent { .. } => Outcome::Failed {
-                    retryable: false,
-                    retry_after: None,
-                },
+                AgentError::Retryable { retry_after, .. } => {
+                    Outcome::Failed { retryable: true, retry_after: *retry_after }
+                }
+                AgentError::Permanent { .. } => Outcome::Failed { retryable: false, retry_after: None },
             };
-            (
-                outcome,
-                None,
-                Some(ErrorInfo {
-                    code: e.code(),
-                    message: e.message().to_owned(),
-                }),
-            )
+            (outcome, None, Some(ErrorInfo { code: e.code(), message: e.message().to_owned() }))
         }
     };
-    let backoff = Backoff {
-        base: settings.retry.backoff_base,
-        max: settings.retry.backoff_max,
-    };
+    let backoff = Backoff { base: settings.retry.backoff_base, max: settings.retry.backoff_max };
     let (attempt_status, next) = decision::next_state(&outcome, budget, backoff, fastrand::f64());
     Some(completion(
         ctx,
@@ -193,8 +156,7 @@ fn completion(
     let usage = output.as_ref().and_then(|o| {
         let usage = o.get("usage").cloned();
         let progress = o.get("progress").cloned();
-        (usage.is_some() || progress.is_some())
-            .then(|| json!({ "usage": usage, "progress": progress }))
+        (usage.is_some() || progress.is_some()).then(|| json!({ "usage": usage, "progress": progress }))
     });
     Completion {
         item_id: item.id,
@@ -223,33 +185,20 @@ fn route_error(e: RouteError) -> AgentError {
 }
 
 /// The content as the agent receives it, or the permanent error that makes it unusable.
-pub fn content_value(
-    item: &ClaimedItem,
-    format: ContentFormat,
-    limit: usize,
-) -> Result<Value, AgentError> {
+pub fn content_value(item: &ClaimedItem, format: ContentFormat, limit: usize) -> Result<Value, AgentError> {
     let Some(text) = item.content.as_deref() else {
         return Err(AgentError::permanent(
             ErrorCode::ContentTooLarge,
-            format!(
-                "content is {} bytes; limits.max_content_bytes is {limit}",
-                item.content_bytes
-            ),
+            format!("content is {} bytes; limits.max_content_bytes is {limit}", item.content_bytes),
         ));
     };
     if text.trim().is_empty() {
-        return Err(AgentError::permanent(
-            ErrorCode::ContentEmpty,
-            "content is empty",
-        ));
+        return Err(AgentError::permanent(ErrorCode::ContentEmpty, "content is empty"));
     }
     match format {
         ContentFormat::Text => Ok(Value::String(text.to_owned())),
         ContentFormat::Json => serde_json::from_str(text).map_err(|e| {
-            AgentError::permanent(
-                ErrorCode::ContentInvalidJson,
-                format!("content is not valid JSON: {e}"),
-            )
+            AgentError::permanent(ErrorCode::ContentInvalidJson, format!("content is not valid JSON: {e}"))
         }),
     }
 }
@@ -277,19 +226,11 @@ fn envelope(
             priority: item.order_priority.clone(),
             metadata: item.order_metadata.clone(),
         },
-        attempt: AttemptView {
-            id: attempt_id,
-            number: item.attempt,
-            max_attempts,
-        },
+        attempt: AttemptView { id: attempt_id, number: item.attempt, max_attempts },
         context: ContextView {
             mem_docs: mem_docs
                 .into_iter()
-                .map(|d| MemDocView {
-                    doc_type: d.doc_type,
-                    content: d.content,
-                    metadata: d.metadata,
-                })
+                .map(|d| MemDocView { doc_type: d.doc_type, content: d.content, metadata: d.metadata })
                 .collect(),
         },
     }

@@ -22,43 +22,24 @@ async fn retry_delay_seconds(db: &TestDb, item: uuid::Uuid) -> f64 {
 async fn http_status_classes_decide_retry_or_dead_letter() {
     let db = TestDb::new().await;
     let agent = TestAgent::start(|envelope| {
-        let mode = envelope["work_item"]["content"]["mode"]
-            .as_str()
-            .unwrap_or("ok")
-            .to_owned();
+        let mode = envelope["work_item"]["content"]["mode"].as_str().unwrap_or("ok").to_owned();
         let answer = match mode.as_str() {
             "400" => (400, vec![], "bad request".into()),
             "404" => (404, vec![], "nope".into()),
             "500" => (500, vec![], "boom".into()),
             "503" => (503, vec![], "later".into()),
             "garbage" => (200, vec![], "<html>not json</html>".into()),
-            "redirect" => (
-                302,
-                vec![("location", "http://127.0.0.1:1/".into())],
-                String::new(),
-            ),
+            "redirect" => (302, vec![("location", "http://127.0.0.1:1/".into())], String::new()),
             _ => (200, vec![], r#"{"fine":true}"#.into()),
         };
         (answer, Duration::ZERO)
     })
     .await;
-    let config = format!(
-        "{}[retry]\nmax_attempts = 2\n[routes]\nTICKET = \"remote\"\n",
-        agent.config("remote", "5s")
-    );
+    let config = format!("{}[retry]\nmax_attempts = 2\n[routes]\nTICKET = \"remote\"\n", agent.config("remote", "5s"));
     let order = insert_order(&db.pool, "MEDIUM").await;
     let mut items = Vec::new();
     for mode in ["ok", "400", "404", "500", "503", "garbage", "redirect"] {
-        items.push((
-            mode,
-            insert_item(
-                &db.pool,
-                order,
-                "TICKET",
-                &json!({ "mode": mode }).to_string(),
-            )
-            .await,
-        ));
+        items.push((mode, insert_item(&db.pool, order, "TICKET", &json!({ "mode": mode }).to_string()).await));
     }
     let engine = db.engine(&config).await;
     wait_quiet(&db.pool).await;
@@ -68,47 +49,25 @@ async fn http_status_classes_decide_retry_or_dead_letter() {
         let expected: (&str, Option<(&str, &str, i32)>) = match mode {
             "ok" => ("COMPLETED", None),
             "400" | "404" => ("FAILED", Some(("AGENT_REJECTED", "PERMANENT", 1))),
-            "500" | "503" => (
-                "FAILED",
-                Some(("AGENT_UNAVAILABLE", "RETRIES_EXHAUSTED", 2)),
-            ),
+            "500" | "503" => ("FAILED", Some(("AGENT_UNAVAILABLE", "RETRIES_EXHAUSTED", 2))),
             "garbage" => ("FAILED", Some(("AGENT_BAD_OUTPUT", "PERMANENT", 1))),
             "redirect" => ("FAILED", Some(("AGENT_REDIRECT_REFUSED", "PERMANENT", 1))),
             _ => unreachable!(),
         };
         assert_eq!(item_status(&db.pool, item).await, expected.0, "{mode}");
         let letter = dead_letter(&db.pool, item).await;
-        assert_eq!(
-            letter
-                .as_ref()
-                .map(|(c, r, n)| (c.as_str(), r.as_str(), *n)),
-            expected.1,
-            "{mode}"
-        );
+        assert_eq!(letter.as_ref().map(|(c, r, n)| (c.as_str(), r.as_str(), *n)), expected.1, "{mode}");
         let executions = expected.1.map_or(1, |(_, _, n)| n as usize);
         assert_eq!(agent.executions_of(item), executions, "{mode}");
         assert_eq!(attempts(&db.pool, item).await.len(), executions, "{mode}");
-        let mut numbers: Vec<i64> = agent
-            .received
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|r| r.item_id == item)
-            .map(|r| r.attempt)
-            .collect();
+        let mut numbers: Vec<i64> =
+            agent.received.lock().unwrap().iter().filter(|r| r.item_id == item).map(|r| r.attempt).collect();
         numbers.sort_unstable();
-        assert_eq!(
-            numbers,
-            (1..=executions as i64).collect::<Vec<_>>(),
-            "{mode}: attempt numbers in the envelope"
-        );
+        assert_eq!(numbers, (1..=executions as i64).collect::<Vec<_>>(), "{mode}: attempt numbers in the envelope");
     }
     // Every request carried the work item id as its idempotency key.
     for received in agent.received.lock().unwrap().iter() {
-        assert_eq!(
-            received.idempotency_key.as_deref(),
-            Some(received.item_id.to_string().as_str())
-        );
+        assert_eq!(received.idempotency_key.as_deref(), Some(received.item_id.to_string().as_str()));
         assert!(received.envelope["work_order"]["id"].is_string());
         assert!(received.envelope["context"]["mem_docs"].is_array());
     }
@@ -117,13 +76,8 @@ async fn http_status_classes_decide_retry_or_dead_letter() {
 #[tokio::test]
 async fn rate_limits_honour_retry_after_on_the_database_clock() {
     let db = TestDb::new().await;
-    let agent = TestAgent::start(|_| {
-        (
-            (429, vec![("retry-after", "7".into())], "slow down".into()),
-            Duration::ZERO,
-        )
-    })
-    .await;
+    let agent =
+        TestAgent::start(|_| ((429, vec![("retry-after", "7".into())], "slow down".into()), Duration::ZERO)).await;
     let config = format!(
         "{}[retry]\nmax_attempts = 3\nbackoff_base = \"50ms\"\nbackoff_max = \"1m\"\n[routes]\nTICKET = \"limited\"\n",
         agent.config("limited", "5s")
@@ -131,33 +85,19 @@ async fn rate_limits_honour_retry_after_on_the_database_clock() {
     let order = insert_order(&db.pool, "MEDIUM").await;
     let item = insert_item(&db.pool, order, "TICKET", "{}").await;
     let engine = db.engine(&config).await;
-    wait_until("the first attempt", Duration::from_secs(10), || async {
-        attempts(&db.pool, item).await.len() == 1
-    })
-    .await;
+    wait_until("the first attempt", Duration::from_secs(10), || async { attempts(&db.pool, item).await.len() == 1 })
+        .await;
     stop(engine).await;
     assert_eq!(item_status(&db.pool, item).await, "QUEUED");
-    assert_eq!(
-        attempts(&db.pool, item).await[0].2.as_deref(),
-        Some("AGENT_RATE_LIMITED")
-    );
+    assert_eq!(attempts(&db.pool, item).await[0].2.as_deref(), Some("AGENT_RATE_LIMITED"));
     let delay = retry_delay_seconds(&db, item).await;
-    assert!(
-        (6.9..=7.1).contains(&delay),
-        "Retry-After 7s honoured, got {delay}"
-    );
+    assert!((6.9..=7.1).contains(&delay), "Retry-After 7s honoured, got {delay}");
 }
 
 #[tokio::test]
 async fn retry_after_is_clamped_to_backoff_max() {
     let db = TestDb::new().await;
-    let agent = TestAgent::start(|_| {
-        (
-            (503, vec![("retry-after", "86400".into())], "".into()),
-            Duration::ZERO,
-        )
-    })
-    .await;
+    let agent = TestAgent::start(|_| ((503, vec![("retry-after", "86400".into())], "".into()), Duration::ZERO)).await;
     let config = format!(
         "{}[retry]\nmax_attempts = 3\nbackoff_max = \"30s\"\n[routes]\nTICKET = \"down\"\n",
         agent.config("down", "5s")
@@ -165,16 +105,11 @@ async fn retry_after_is_clamped_to_backoff_max() {
     let order = insert_order(&db.pool, "MEDIUM").await;
     let item = insert_item(&db.pool, order, "TICKET", "{}").await;
     let engine = db.engine(&config).await;
-    wait_until("the first attempt", Duration::from_secs(10), || async {
-        attempts(&db.pool, item).await.len() == 1
-    })
-    .await;
+    wait_until("the first attempt", Duration::from_secs(10), || async { attempts(&db.pool, item).await.len() == 1 })
+        .await;
     stop(engine).await;
     let delay = retry_delay_seconds(&db, item).await;
-    assert!(
-        (29.9..=30.1).contains(&delay),
-        "clamped to 30s, got {delay}"
-    );
+    assert!((29.9..=30.1).contains(&delay), "clamped to 30s, got {delay}");
 }
 
 #[tokio::test]
@@ -187,28 +122,16 @@ async fn retries_back_off_exponentially_then_dead_letter() {
     let engine = db.engine(config).await;
     // Attempt n waits 2s * 2^(n-1) with jitter in [50%, 100%]; fast-forward each wait.
     for (n, low, high) in [(1, 1.0, 2.0), (2, 2.0, 4.0)] {
-        wait_until("a failed attempt", Duration::from_secs(10), || async {
-            attempts(&db.pool, item).await.len() == n
-        })
-        .await;
+        wait_until("a failed attempt", Duration::from_secs(10), || async { attempts(&db.pool, item).await.len() == n })
+            .await;
         wait_for_status(&db.pool, item, "QUEUED").await;
         let delay = retry_delay_seconds(&db, item).await;
-        assert!(
-            (low - 0.01..=high + 0.01).contains(&delay),
-            "attempt {n}: delay {delay} outside [{low}, {high}]"
-        );
-        sqlx::query("UPDATE work_items SET run_at = now() WHERE id = $1")
-            .bind(item)
-            .execute(&db.pool)
-            .await
-            .unwrap();
+        assert!((low - 0.01..=high + 0.01).contains(&delay), "attempt {n}: delay {delay} outside [{low}, {high}]");
+        sqlx::query("UPDATE work_items SET run_at = now() WHERE id = $1").bind(item).execute(&db.pool).await.unwrap();
     }
     wait_for_status(&db.pool, item, "FAILED").await;
     stop(engine).await;
-    assert_eq!(
-        dead_letter(&db.pool, item).await,
-        Some(("AGENT_ERROR".into(), "RETRIES_EXHAUSTED".into(), 3))
-    );
+    assert_eq!(dead_letter(&db.pool, item).await, Some(("AGENT_ERROR".into(), "RETRIES_EXHAUSTED".into(), 3)));
     let numbers: Vec<i32> = attempts(&db.pool, item).await.iter().map(|a| a.0).collect();
     assert_eq!(numbers, vec![1, 2, 3]);
 }
@@ -217,10 +140,7 @@ async fn retries_back_off_exponentially_then_dead_letter() {
 async fn http_timeouts_drop_the_request_and_retry() {
     let db = TestDb::new().await;
     let agent = TestAgent::start(|_| ((200, vec![], "{}".into()), Duration::from_secs(30))).await;
-    let config = format!(
-        "{}[retry]\nmax_attempts = 2\n[routes]\nTICKET = \"slow\"\n",
-        agent.config("slow", "300ms")
-    );
+    let config = format!("{}[retry]\nmax_attempts = 2\n[routes]\nTICKET = \"slow\"\n", agent.config("slow", "300ms"));
     let order = insert_order(&db.pool, "MEDIUM").await;
     let item = insert_item(&db.pool, order, "TICKET", "{}").await;
     let engine = db.engine(&config).await;
@@ -228,26 +148,14 @@ async fn http_timeouts_drop_the_request_and_retry() {
     stop(engine).await;
     let tries = attempts(&db.pool, item).await;
     assert_eq!(tries.len(), 2);
-    assert!(
-        tries.iter().all(
-            |(_, status, code)| status == "TIMEOUT" && code.as_deref() == Some("AGENT_TIMEOUT")
-        )
-    );
-    assert_eq!(
-        dead_letter(&db.pool, item).await.unwrap().1,
-        "RETRIES_EXHAUSTED"
-    );
+    assert!(tries.iter().all(|(_, status, code)| status == "TIMEOUT" && code.as_deref() == Some("AGENT_TIMEOUT")));
+    assert_eq!(dead_letter(&db.pool, item).await.unwrap().1, "RETRIES_EXHAUSTED");
 }
 
 fn process_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // A zombie has stopped running; only its parent's bookkeeping is left.
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
         Err(_) => false,
     }
 }
@@ -273,28 +181,13 @@ async fn command_timeouts_kill_the_whole_process_group() {
     wait_for_status(&db.pool, item, "FAILED").await;
     stop(engine).await;
     assert_eq!(attempts(&db.pool, item).await[0].1, "TIMEOUT");
-    let recorded: Vec<i32> = std::fs::read_to_string(&pids)
-        .unwrap()
-        .lines()
-        .map(|l| l.trim().parse().unwrap())
-        .collect();
-    assert_eq!(
-        recorded.len(),
-        2,
-        "the script recorded its own pid and its child's"
-    );
-    wait_until(
-        "every process of the group to be gone",
-        Duration::from_secs(5),
-        || {
-            let alive: Vec<i32> = recorded
-                .iter()
-                .copied()
-                .filter(|pid| process_alive(*pid))
-                .collect();
-            async move { alive.is_empty() }
-        },
-    )
+    let recorded: Vec<i32> =
+        std::fs::read_to_string(&pids).unwrap().lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(recorded.len(), 2, "the script recorded its own pid and its child's");
+    wait_until("every process of the group to be gone", Duration::from_secs(5), || {
+        let alive: Vec<i32> = recorded.iter().copied().filter(|pid| process_alive(*pid)).collect();
+        async move { alive.is_empty() }
+    })
     .await;
     std::fs::remove_dir_all(dir).ok();
 }
@@ -322,54 +215,31 @@ TICKET = "script"
     wait_quiet(&db.pool).await;
     stop(engine).await;
     assert_eq!(item_status(&db.pool, ok).await, "COMPLETED");
-    let seen: serde_json::Value = sqlx::query_scalar("SELECT result FROM work_items WHERE id = $1")
-        .bind(ok)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert!(
-        seen["seen"].as_i64().unwrap() > 50,
-        "the envelope arrived on stdin: {seen}"
-    );
-    assert_eq!(
-        dead_letter(&db.pool, retry).await,
-        Some(("COMMAND_RETRYABLE".into(), "RETRIES_EXHAUSTED".into(), 2))
-    );
-    assert_eq!(
-        dead_letter(&db.pool, fatal).await,
-        Some(("COMMAND_FAILED".into(), "PERMANENT".into(), 1))
-    );
-    assert_eq!(
-        dead_letter(&db.pool, garbage).await,
-        Some(("AGENT_BAD_OUTPUT".into(), "PERMANENT".into(), 1))
-    );
+    let seen: serde_json::Value =
+        sqlx::query_scalar("SELECT result FROM work_items WHERE id = $1").bind(ok).fetch_one(&db.pool).await.unwrap();
+    assert!(seen["seen"].as_i64().unwrap() > 50, "the envelope arrived on stdin: {seen}");
+    assert_eq!(dead_letter(&db.pool, retry).await, Some(("COMMAND_RETRYABLE".into(), "RETRIES_EXHAUSTED".into(), 2)));
+    assert_eq!(dead_letter(&db.pool, fatal).await, Some(("COMMAND_FAILED".into(), "PERMANENT".into(), 1)));
+    assert_eq!(dead_letter(&db.pool, garbage).await, Some(("AGENT_BAD_OUTPUT".into(), "PERMANENT".into(), 1)));
     let error: String = sqlx::query_scalar("SELECT error FROM attempts WHERE work_item_id = $1")
         .bind(fatal)
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    assert!(
-        error.contains("broken"),
-        "stderr is kept in the error: {error}"
-    );
+    assert!(error.contains("broken"), "stderr is kept in the error: {error}");
 }
 
 #[tokio::test]
 async fn private_addresses_are_refused_unless_allowed() {
     let db = TestDb::new().await;
     let agent = TestAgent::start(|_| ok_json(json!({}))).await;
-    let config = format!(
-        "[agents.internal]\nkind = \"http\"\nurl = \"{}\"\n[routes]\nTICKET = \"internal\"\n",
-        agent.url
-    );
+    let config =
+        format!("[agents.internal]\nkind = \"http\"\nurl = \"{}\"\n[routes]\nTICKET = \"internal\"\n", agent.url);
     let order = insert_order(&db.pool, "MEDIUM").await;
     let item = insert_item(&db.pool, order, "TICKET", "{}").await;
     let engine = db.engine(&config).await;
     wait_for_status(&db.pool, item, "FAILED").await;
     stop(engine).await;
-    assert_eq!(
-        dead_letter(&db.pool, item).await.unwrap().0,
-        "AGENT_ADDRESS_REFUSED"
-    );
+    assert_eq!(dead_letter(&db.pool, item).await.unwrap().0, "AGENT_ADDRESS_REFUSED");
     assert_eq!(agent.executions_of(item), 0);
 }

@@ -14,11 +14,7 @@ fn orderly(db_url: &str, args: &[&str]) -> Output {
 }
 
 fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
 
 #[tokio::test]
@@ -26,10 +22,7 @@ async fn check_config_names_bad_keys_and_redacts_secrets() {
     let dir = tempdir();
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[worker]\nconcurency = 4\n").unwrap();
-    let out = orderly(
-        "postgres://u:pw@localhost/x",
-        &["--config", bad.to_str().unwrap(), "check-config"],
-    );
+    let out = orderly("postgres://u:pw@localhost/x", &["--config", bad.to_str().unwrap(), "check-config"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("concurency"), "{}", text(&out));
 
@@ -47,14 +40,8 @@ async fn check_config_names_bad_keys_and_redacts_secrets() {
         .unwrap();
     let shown = text(&out);
     assert!(out.status.success(), "{shown}");
-    assert!(
-        !shown.contains("hunter2") && !shown.contains("topsecret"),
-        "{shown}"
-    );
-    assert!(
-        shown.contains("concurrency = 7"),
-        "environment layers over the file: {shown}"
-    );
+    assert!(!shown.contains("hunter2") && !shown.contains("topsecret"), "{shown}");
+    assert!(shown.contains("concurrency = 7"), "environment layers over the file: {shown}");
     assert!(shown.contains("TICKET = \"triage\""), "{shown}");
 
     let out = Command::new(env!("CARGO_BIN_EXE_orderly"))
@@ -84,10 +71,7 @@ async fn an_unreachable_database_is_explained() {
     let out = orderly("postgres://postgres@127.0.0.1:1/orderly", &["status"]);
     assert!(!out.status.success());
     let shown = text(&out);
-    assert!(
-        shown.contains("cannot reach PostgreSQL at postgres://postgres@127.0.0.1:1/orderly"),
-        "{shown}"
-    );
+    assert!(shown.contains("cannot reach PostgreSQL at postgres://postgres@127.0.0.1:1/orderly"), "{shown}");
     assert!(shown.contains("DATABASE_URL"), "{shown}");
 }
 
@@ -96,11 +80,7 @@ async fn enqueue_run_status_and_dead_letters_from_the_command_line() {
     let db = TestDb::new().await;
     let dir = tempdir();
     let config = dir.join("orderly.toml");
-    std::fs::write(
-        &config,
-        "[worker]\npoll_interval = \"100ms\"\n[routes]\nTICKET = \"echo\"\n",
-    )
-    .unwrap();
+    std::fs::write(&config, "[worker]\npoll_interval = \"100ms\"\n[routes]\nTICKET = \"echo\"\n").unwrap();
     let cfg = config.to_str().unwrap();
 
     let out = orderly(
@@ -124,16 +104,7 @@ async fn enqueue_run_status_and_dead_letters_from_the_command_line() {
         r#"{"workflow_id":"default","tenant_id":"7f0c1c9e-6d1b-4f7e-9a51-0f2f3a4b5c6d","created_by":"7f0c1c9e-6d1b-4f7e-9a51-0f2f3a4b5c6e","items":[{"type":"TICKET","content":{"subject":"b"}}]}"#,
     )
     .unwrap();
-    let out = orderly(
-        &db.url,
-        &[
-            "--config",
-            cfg,
-            "enqueue",
-            "--file",
-            order_file.to_str().unwrap(),
-        ],
-    );
+    let out = orderly(&db.url, &["--config", cfg, "enqueue", "--file", order_file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let out = orderly(&db.url, &["status"]);
     assert!(text(&out).contains("QUEUED"), "{}", text(&out));
@@ -147,56 +118,23 @@ async fn enqueue_run_status_and_dead_letters_from_the_command_line() {
         .spawn()
         .unwrap();
     wait_quiet(&db.pool).await;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = tokio::task::spawn_blocking(move || daemon.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::task::spawn_blocking(move || daemon.wait()).await.unwrap().unwrap();
     assert!(status.success(), "SIGTERM exits 0, got {status}");
-    assert_eq!(
-        count(
-            &db.pool,
-            "SELECT count(*) FROM work_items WHERE status = 'COMPLETED'"
-        )
-        .await,
-        2
-    );
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM work_items WHERE status = 'COMPLETED'").await, 2);
 
     let out = orderly(&db.url, &["dead-letters", "list"]);
     let listed = text(&out);
-    assert!(
-        listed.contains("NO_ROUTE") && listed.contains("permanent error"),
-        "{listed}"
-    );
+    assert!(listed.contains("NO_ROUTE") && listed.contains("permanent error"), "{listed}");
     let id = listed.split_whitespace().next().unwrap().to_owned();
     let out = orderly(&db.url, &["dead-letters", "show", &id]);
     let shown = text(&out);
-    assert!(
-        shown.contains("no route for item type INVOICE") && shown.contains("attempts:"),
-        "{shown}"
-    );
-    let out = orderly(
-        &db.url,
-        &["dead-letters", "discard", &id, "--actor", "oncall"],
-    );
+    assert!(shown.contains("no route for item type INVOICE") && shown.contains("attempts:"), "{shown}");
+    let out = orderly(&db.url, &["dead-letters", "discard", &id, "--actor", "oncall"]);
     assert!(out.status.success(), "{}", text(&out));
     let out = orderly(&db.url, &["dead-letters", "replay", &id]);
-    assert!(
-        !out.status.success(),
-        "a discarded letter cannot be replayed"
-    );
-    assert_eq!(
-        count(
-            &db.pool,
-            "SELECT count(*) FROM audit_logs WHERE user_id = 'oncall'"
-        )
-        .await,
-        1
-    );
+    assert!(!out.status.success(), "a discarded letter cannot be replayed");
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM audit_logs WHERE user_id = 'oncall'").await, 1);
 }
 
 fn tempdir() -> std::path::PathBuf {

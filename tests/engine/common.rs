@@ -14,8 +14,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub fn base_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 fn with_database(url: &str, name: &str) -> String {
@@ -38,41 +37,28 @@ impl TestDb {
     }
 
     async fn create(name: &str) -> TestDb {
-        let mut admin = PgConnection::connect(&base_url()).await.expect(
-            "PostgreSQL must be reachable at DATABASE_URL or postgres://postgres@127.0.0.1:5432/postgres",
-        );
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
+        let mut admin = PgConnection::connect(&base_url())
             .await
-            .unwrap();
+            .expect("PostgreSQL must be reachable at DATABASE_URL or postgres://postgres@127.0.0.1:5432/postgres");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
         let url = with_database(&base_url(), name);
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .connect(&url)
-            .await
-            .unwrap();
+        let pool = PgPoolOptions::new().max_connections(8).connect(&url).await.unwrap();
         orderly::db::migrate(&pool).await.unwrap();
-        TestDb {
-            pool,
-            url,
-            name: name.to_owned(),
-        }
+        TestDb { pool, url, name: name.to_owned() }
     }
 
     /// Settings for an engine on this database: test-friendly defaults under `toml`.
     pub fn settings(&self, toml: &str) -> Settings {
-        let test_defaults = "[worker]\npoll_interval = \"200ms\"\n[retry]\nbackoff_base = \"50ms\"\nbackoff_max = \"200ms\"\n";
-        let mut settings =
-            Settings::from_toml_layers(&[test_defaults, toml]).expect("test settings are valid");
+        let test_defaults =
+            "[worker]\npoll_interval = \"200ms\"\n[retry]\nbackoff_base = \"50ms\"\nbackoff_max = \"200ms\"\n";
+        let mut settings = Settings::from_toml_layers(&[test_defaults, toml]).expect("test settings are valid");
         settings.database.url = self.url.clone();
         settings.database.migrate_on_start = false;
         settings
     }
 
     pub async fn engine(&self, toml: &str) -> Engine {
-        Engine::start(self.settings(toml), &Registry::builtin(), None)
-            .await
-            .expect("engine starts")
+        Engine::start(self.settings(toml), &Registry::builtin(), None).await.expect("engine starts")
     }
 }
 
@@ -82,17 +68,12 @@ impl Drop for TestDb {
         // is blocked in this drop. FORCE terminates them.
         let name = self.name.clone();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
                 if let Ok(mut admin) = PgConnection::connect(&base_url()).await {
-                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .execute(&mut admin)
-                    .await;
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                        .execute(&mut admin)
+                        .await;
                 }
             });
         })
@@ -129,29 +110,23 @@ pub async fn insert_order_with_workflow(pool: &PgPool, workflow: &str) -> Uuid {
 
 /// The upstream's second INSERT, in plain SQL.
 pub async fn insert_item(pool: &PgPool, order: Uuid, item_type: &str, content: &str) -> Uuid {
-    sqlx::query_scalar("INSERT INTO work_items (work_order_id, type, content) VALUES ($1, $2::work_item_type, $3) RETURNING id")
-        .bind(order)
-        .bind(item_type)
-        .bind(content)
-        .fetch_one(pool)
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "INSERT INTO work_items (work_order_id, type, content) VALUES ($1, $2::work_item_type, $3) RETURNING id",
+    )
+    .bind(order)
+    .bind(item_type)
+    .bind(content)
+    .fetch_one(pool)
+    .await
+    .unwrap()
 }
 
 pub async fn item_status(pool: &PgPool, id: Uuid) -> String {
-    sqlx::query_scalar("SELECT status::text FROM work_items WHERE id = $1")
-        .bind(id)
-        .fetch_one(pool)
-        .await
-        .unwrap()
+    sqlx::query_scalar("SELECT status::text FROM work_items WHERE id = $1").bind(id).fetch_one(pool).await.unwrap()
 }
 
 pub async fn order_status(pool: &PgPool, id: Uuid) -> String {
-    sqlx::query_scalar("SELECT status::text FROM work_orders WHERE id = $1")
-        .bind(id)
-        .fetch_one(pool)
-        .await
-        .unwrap()
+    sqlx::query_scalar("SELECT status::text FROM work_orders WHERE id = $1").bind(id).fetch_one(pool).await.unwrap()
 }
 
 pub async fn count(pool: &PgPool, sql: &'static str) -> i64 {
@@ -169,31 +144,20 @@ where
         if check().await {
             return;
         }
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for: {what}"
-        );
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 pub async fn wait_for_status(pool: &PgPool, id: Uuid, status: &str) {
     let what = format!("item {id} to be {status}");
-    wait_until(&what, Duration::from_secs(20), || async {
-        item_status(pool, id).await == status
-    })
-    .await;
+    wait_until(&what, Duration::from_secs(20), || async { item_status(pool, id).await == status }).await;
 }
 
 /// Waits until no item is QUEUED-and-runnable or PROCESSING.
 pub async fn wait_quiet(pool: &PgPool) {
     wait_until("queue to drain", Duration::from_secs(60), || async {
-        count(
-            pool,
-            "SELECT count(*) FROM work_items WHERE status IN ('QUEUED', 'PROCESSING')",
-        )
-        .await
-            == 0
+        count(pool, "SELECT count(*) FROM work_items WHERE status IN ('QUEUED', 'PROCESSING')").await == 0
     })
     .await;
 }
@@ -241,9 +205,7 @@ pub struct TestAgent {
 
 impl TestAgent {
     /// `behaviour` maps the envelope to an answer and a delay before answering.
-    pub async fn start(
-        behaviour: impl Fn(&Value) -> (Answer, Duration) + Send + Sync + 'static,
-    ) -> TestAgent {
+    pub async fn start(behaviour: impl Fn(&Value) -> (Answer, Duration) + Send + Sync + 'static) -> TestAgent {
         use axum::extract::State;
         use axum::http::{HeaderMap, StatusCode};
         use axum::response::IntoResponse;
@@ -255,15 +217,9 @@ impl TestAgent {
         ) -> impl IntoResponse {
             let envelope: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
             received.lock().unwrap().push(Received {
-                item_id: envelope["work_item"]["id"]
-                    .as_str()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or_default(),
+                item_id: envelope["work_item"]["id"].as_str().and_then(|s| s.parse().ok()).unwrap_or_default(),
                 attempt: envelope["attempt"]["number"].as_i64().unwrap_or(-1),
-                idempotency_key: headers
-                    .get("idempotency-key")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned),
+                idempotency_key: headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned),
                 envelope: envelope.clone(),
             });
             let ((status, extra, body), delay) = behaviour(&envelope);
@@ -276,9 +232,7 @@ impl TestAgent {
         }
         let received = Arc::new(Mutex::new(Vec::new()));
         let shared: Shared = (Arc::new(behaviour), received.clone());
-        let app = axum::Router::new()
-            .route("/", axum::routing::post(handle))
-            .with_state(shared);
+        let app = axum::Router::new().route("/", axum::routing::post(handle)).with_state(shared);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -294,12 +248,7 @@ impl TestAgent {
     }
 
     pub fn executions_of(&self, id: Uuid) -> usize {
-        self.received
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|r| r.item_id == id)
-            .count()
+        self.received.lock().unwrap().iter().filter(|r| r.item_id == id).count()
     }
 }
 

@@ -5,13 +5,11 @@ use orderly::db::ops;
 use uuid::Uuid;
 
 async fn open_letter_id(db: &TestDb, item: Uuid) -> Uuid {
-    sqlx::query_scalar(
-        "SELECT id FROM dead_letters WHERE work_item_id = $1 AND processed_at IS NULL",
-    )
-    .bind(item)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap()
+    sqlx::query_scalar("SELECT id FROM dead_letters WHERE work_item_id = $1 AND processed_at IS NULL")
+        .bind(item)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -25,33 +23,23 @@ async fn replay_with_fixed_content_completes_the_item_and_is_audited() {
     let letter = open_letter_id(&db, item).await;
 
     let detail = ops::dead_letter(&db.pool, letter).await.unwrap();
-    assert_eq!(
-        detail.dead_letter.error_code.as_deref(),
-        Some("CONTENT_INVALID_JSON")
-    );
+    assert_eq!(detail.dead_letter.error_code.as_deref(), Some("CONTENT_INVALID_JSON"));
     assert_eq!(detail.attempts.len(), 1);
     assert_eq!(detail.payload["work_item_id"], item.to_string());
 
-    ops::replay_dead_letter(&db.pool, letter, Some(r#"{"fixed":true}"#), "alice")
-        .await
-        .unwrap();
+    ops::replay_dead_letter(&db.pool, letter, Some(r#"{"fixed":true}"#), "alice").await.unwrap();
     wait_for_status(&db.pool, item, "COMPLETED").await;
     stop(engine).await;
 
     assert_eq!(order_status(&db.pool, order).await, "COMPLETED");
     let numbers: Vec<i32> = attempts(&db.pool, item).await.iter().map(|a| a.0).collect();
-    assert_eq!(
-        numbers,
-        vec![1, 2],
-        "attempt numbers continue across a replay"
-    );
-    let (resolution, processed): (String, bool) = sqlx::query_as(
-        "SELECT resolution, processed_at IS NOT NULL FROM dead_letters WHERE id = $1",
-    )
-    .bind(letter)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    assert_eq!(numbers, vec![1, 2], "attempt numbers continue across a replay");
+    let (resolution, processed): (String, bool) =
+        sqlx::query_as("SELECT resolution, processed_at IS NOT NULL FROM dead_letters WHERE id = $1")
+            .bind(letter)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!((resolution.as_str(), processed), ("REPLAYED", true));
     let (actor, action): (String, String) =
         sqlx::query_as("SELECT user_id, action FROM audit_logs WHERE resource_id = $1")
@@ -59,15 +47,9 @@ async fn replay_with_fixed_content_completes_the_item_and_is_audited() {
             .fetch_one(&db.pool)
             .await
             .unwrap();
-    assert_eq!(
-        (actor.as_str(), action.as_str()),
-        ("alice", "dead_letter.replay")
-    );
+    assert_eq!((actor.as_str(), action.as_str()), ("alice", "dead_letter.replay"));
     // A processed dead letter cannot be replayed twice.
-    assert!(matches!(
-        ops::replay_dead_letter(&db.pool, letter, None, "alice").await,
-        Err(ops::OpsError::Conflict(_))
-    ));
+    assert!(matches!(ops::replay_dead_letter(&db.pool, letter, None, "alice").await, Err(ops::OpsError::Conflict(_))));
 }
 
 #[tokio::test]
@@ -75,29 +57,19 @@ async fn replay_gives_a_fresh_attempt_budget() {
     let db = TestDb::new().await;
     let order = insert_order(&db.pool, "MEDIUM").await;
     let item = insert_item(&db.pool, order, "TICKET", "{}").await;
-    let config = "[agents.flaky]\nkind = \"fail\"\nretryable = true\n[retry]\nmax_attempts = 2\n[routes]\nTICKET = \"flaky\"\n";
+    let config =
+        "[agents.flaky]\nkind = \"fail\"\nretryable = true\n[retry]\nmax_attempts = 2\n[routes]\nTICKET = \"flaky\"\n";
     let engine = db.engine(config).await;
     wait_for_status(&db.pool, item, "FAILED").await;
     let letter = open_letter_id(&db, item).await;
-    ops::replay_dead_letter(&db.pool, letter, None, "bob")
-        .await
-        .unwrap();
-    wait_until(
-        "a second dead letter",
-        std::time::Duration::from_secs(20),
-        || async { count(&db.pool, "SELECT count(*) FROM dead_letters").await == 2 },
-    )
+    ops::replay_dead_letter(&db.pool, letter, None, "bob").await.unwrap();
+    wait_until("a second dead letter", std::time::Duration::from_secs(20), || async {
+        count(&db.pool, "SELECT count(*) FROM dead_letters").await == 2
+    })
     .await;
     stop(engine).await;
-    assert_eq!(
-        attempts(&db.pool, item).await.len(),
-        4,
-        "two attempts per budget"
-    );
-    assert_eq!(
-        dead_letter(&db.pool, item).await,
-        Some(("AGENT_ERROR".into(), "RETRIES_EXHAUSTED".into(), 2))
-    );
+    assert_eq!(attempts(&db.pool, item).await.len(), 4, "two attempts per budget");
+    assert_eq!(dead_letter(&db.pool, item).await, Some(("AGENT_ERROR".into(), "RETRIES_EXHAUSTED".into(), 2)));
 }
 
 #[tokio::test]
@@ -109,25 +81,14 @@ async fn discard_closes_the_letter_and_keeps_the_item_failed() {
     wait_for_status(&db.pool, item, "FAILED").await;
     stop(engine).await;
     let letter = open_letter_id(&db, item).await;
-    ops::discard_dead_letter(
-        &db.pool,
-        letter,
-        "carol",
-        Some("duplicate of another order"),
-    )
-    .await
-    .unwrap();
+    ops::discard_dead_letter(&db.pool, letter, "carol", Some("duplicate of another order")).await.unwrap();
     assert_eq!(item_status(&db.pool, item).await, "FAILED");
     assert!(dead_letter(&db.pool, item).await.is_none());
-    let details: serde_json::Value = sqlx::query_scalar(
-        "SELECT details FROM audit_logs WHERE action = 'dead_letter.discard' AND user_id = 'carol'",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let details: serde_json::Value =
+        sqlx::query_scalar("SELECT details FROM audit_logs WHERE action = 'dead_letter.discard' AND user_id = 'carol'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(details["reason"], "duplicate of another order");
-    assert!(matches!(
-        ops::dead_letter(&db.pool, Uuid::new_v4()).await,
-        Err(ops::OpsError::NotFound(_))
-    ));
+    assert!(matches!(ops::dead_letter(&db.pool, Uuid::new_v4()).await, Err(ops::OpsError::NotFound(_))));
 }

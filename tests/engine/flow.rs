@@ -10,19 +10,12 @@ async fn upstream_insert_in_plain_sql_is_processed() {
     let db = TestDb::new().await;
     // Exactly the two statements of the README, nothing else set.
     let order = insert_order(&db.pool, "HIGH").await;
-    let item = insert_item(
-        &db.pool,
-        order,
-        "TICKET",
-        r#"{"subject":"printer on fire"}"#,
-    )
-    .await;
-    let priority: String =
-        sqlx::query_scalar("SELECT priority::text FROM work_items WHERE id = $1")
-            .bind(item)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let item = insert_item(&db.pool, order, "TICKET", r#"{"subject":"printer on fire"}"#).await;
+    let priority: String = sqlx::query_scalar("SELECT priority::text FROM work_items WHERE id = $1")
+        .bind(item)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(priority, "HIGH", "priority is copied from the order");
     assert_eq!(order_status(&db.pool, order).await, "PENDING");
 
@@ -31,30 +24,23 @@ async fn upstream_insert_in_plain_sql_is_processed() {
     stop(engine).await;
 
     let result: serde_json::Value =
-        sqlx::query_scalar("SELECT result FROM work_items WHERE id = $1")
-            .bind(item)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+        sqlx::query_scalar("SELECT result FROM work_items WHERE id = $1").bind(item).fetch_one(&db.pool).await.unwrap();
     assert_eq!(result, json!({"echo": {"subject": "printer on fire"}}));
-    assert_eq!(
-        attempts(&db.pool, item).await,
-        vec![(1, "COMPLETED".into(), None)]
-    );
+    assert_eq!(attempts(&db.pool, item).await, vec![(1, "COMPLETED".into(), None)]);
     assert_eq!(order_status(&db.pool, order).await, "COMPLETED");
-    let processed: bool =
-        sqlx::query_scalar("SELECT processed_at IS NOT NULL FROM work_items WHERE id = $1")
-            .bind(item)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let processed: bool = sqlx::query_scalar("SELECT processed_at IS NOT NULL FROM work_items WHERE id = $1")
+        .bind(item)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert!(processed);
-    let (decision, approver, version): (String, String, String) =
-        sqlx::query_as("SELECT decision::text, approver_id, policy_version FROM approval_events WHERE work_item_id = $1")
-            .bind(item)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let (decision, approver, version): (String, String, String) = sqlx::query_as(
+        "SELECT decision::text, approver_id, policy_version FROM approval_events WHERE work_item_id = $1",
+    )
+    .bind(item)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(
         (decision.as_str(), approver.as_str(), version.as_str()),
         ("APPROVED", "policy:approve_all", "approve_all/1")
@@ -64,10 +50,7 @@ async fn upstream_insert_in_plain_sql_is_processed() {
 #[tokio::test]
 async fn operators_add_item_types_without_recompiling() {
     let db = TestDb::new().await;
-    sqlx::raw_sql("ALTER TYPE work_item_type ADD VALUE 'CONTRACT'")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    sqlx::raw_sql("ALTER TYPE work_item_type ADD VALUE 'CONTRACT'").execute(&db.pool).await.unwrap();
     let order = insert_order(&db.pool, "LOW").await;
     let item = insert_item(&db.pool, order, "CONTRACT", r#"{"party":"ACME"}"#).await;
     let engine = db.engine("[routes]\nCONTRACT = \"echo\"\n").await;
@@ -84,22 +67,14 @@ async fn claims_follow_priority_then_age() {
     for round in 0..3 {
         for priority in ["LOW", "URGENT", "MEDIUM", "HIGH"] {
             let order = insert_order(&db.pool, priority).await;
-            let item = insert_item(
-                &db.pool,
-                order,
-                "TICKET",
-                &format!(r#"{{"round":{round}}}"#),
-            )
-            .await;
+            let item = insert_item(&db.pool, order, "TICKET", &format!(r#"{{"round":{round}}}"#)).await;
             by_priority.entry(priority).or_default().push(item);
         }
     }
     for priority in ["URGENT", "HIGH", "MEDIUM", "LOW"] {
         expected.extend(by_priority[priority].iter().copied());
     }
-    let engine = db
-        .engine("[worker]\nconcurrency = 1\nclaim_batch = 1\n[routes]\nTICKET = \"echo\"\n")
-        .await;
+    let engine = db.engine("[worker]\nconcurrency = 1\nclaim_batch = 1\n[routes]\nTICKET = \"echo\"\n").await;
     wait_quiet(&db.pool).await;
     stop(engine).await;
     let order: Vec<uuid::Uuid> =
@@ -114,27 +89,18 @@ async fn claims_follow_priority_then_age() {
 async fn an_insert_wakes_an_idle_engine_through_notify() {
     let db = TestDb::new().await;
     // A minute-long poll: only the NOTIFY can explain a pickup within the deadline below.
-    let engine = db
-        .engine("[worker]\npoll_interval = \"60s\"\n[routes]\nTICKET = \"echo\"\n")
-        .await;
+    let engine = db.engine("[worker]\npoll_interval = \"60s\"\n[routes]\nTICKET = \"echo\"\n").await;
     wait_until("the engine to LISTEN", Duration::from_secs(10), || async {
-        count(
-            &db.pool,
-            "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'LISTEN%'",
-        )
-        .await
-            > 0
+        count(&db.pool, "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'LISTEN%'").await > 0
     })
     .await;
     // Let the dispatcher settle into its wait after the start-up claim.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let order = insert_order(&db.pool, "MEDIUM").await;
     let item = insert_item(&db.pool, order, "TICKET", "{}").await;
-    wait_until(
-        "the new item to complete without a poll",
-        Duration::from_secs(10),
-        || async { item_status(&db.pool, item).await == "COMPLETED" },
-    )
+    wait_until("the new item to complete without a poll", Duration::from_secs(10), || async {
+        item_status(&db.pool, item).await == "COMPLETED"
+    })
     .await;
     stop(engine).await;
 }
@@ -156,35 +122,19 @@ async fn two_engines_never_execute_the_same_item() {
     }
     let (a, b) = tokio::join!(db.engine(&config), db.engine(&config));
     wait_quiet(&db.pool).await;
-    let (claimed_a, claimed_b) = (
-        orderly::worker::Metrics::get(&a.metrics.claimed),
-        orderly::worker::Metrics::get(&b.metrics.claimed),
-    );
+    let (claimed_a, claimed_b) =
+        (orderly::worker::Metrics::get(&a.metrics.claimed), orderly::worker::Metrics::get(&b.metrics.claimed));
     tokio::join!(stop(a), stop(b));
     assert_eq!(claimed_a + claimed_b, items.len() as u64);
     for item in &items {
         assert_eq!(agent.executions_of(*item), 1, "item {item} executed once");
     }
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM attempts").await, items.len() as i64);
     assert_eq!(
-        count(&db.pool, "SELECT count(*) FROM attempts").await,
+        count(&db.pool, "SELECT count(*) FROM work_items WHERE status = 'COMPLETED' AND attempt = 1").await,
         items.len() as i64
     );
-    assert_eq!(
-        count(
-            &db.pool,
-            "SELECT count(*) FROM work_items WHERE status = 'COMPLETED' AND attempt = 1"
-        )
-        .await,
-        items.len() as i64
-    );
-    assert_eq!(
-        count(
-            &db.pool,
-            "SELECT count(*) FROM work_orders WHERE status = 'COMPLETED'"
-        )
-        .await,
-        20
-    );
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM work_orders WHERE status = 'COMPLETED'").await, 20);
 }
 
 #[tokio::test]
@@ -231,10 +181,7 @@ async fn an_order_with_a_live_item_stays_processing() {
 async fn clean_shutdown_leaves_nothing_in_flight() {
     let db = TestDb::new().await;
     let agent = TestAgent::start(|_| ((200, vec![], "{}".into()), Duration::from_millis(50))).await;
-    let config = format!(
-        "{}[worker]\nconcurrency = 4\n[routes]\nTICKET = \"slow\"\n",
-        agent.config("slow", "5s")
-    );
+    let config = format!("{}[worker]\nconcurrency = 4\n[routes]\nTICKET = \"slow\"\n", agent.config("slow", "5s"));
     let order = insert_order(&db.pool, "MEDIUM").await;
     for _ in 0..40 {
         insert_item(&db.pool, order, "TICKET", "{}").await;
@@ -245,22 +192,8 @@ async fn clean_shutdown_leaves_nothing_in_flight() {
     })
     .await;
     stop(engine).await;
-    assert_eq!(
-        count(
-            &db.pool,
-            "SELECT count(*) FROM work_items WHERE status = 'PROCESSING'"
-        )
-        .await,
-        0
-    );
-    assert_eq!(
-        count(
-            &db.pool,
-            "SELECT count(*) FROM attempts WHERE status = 'STARTED'"
-        )
-        .await,
-        0
-    );
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM work_items WHERE status = 'PROCESSING'").await, 0);
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM attempts WHERE status = 'STARTED'").await, 0);
 }
 
 #[tokio::test]
@@ -274,24 +207,15 @@ async fn shutdown_past_grace_releases_items_without_spending_attempts() {
     let order = insert_order(&db.pool, "MEDIUM").await;
     let item = insert_item(&db.pool, order, "TICKET", "{}").await;
     let engine = db.engine(&config).await;
-    wait_until(
-        "the agent to be called",
-        Duration::from_secs(10),
-        || async { agent.executions_of(item) == 1 },
-    )
-    .await;
+    wait_until("the agent to be called", Duration::from_secs(10), || async { agent.executions_of(item) == 1 }).await;
     stop(engine).await;
     assert_eq!(item_status(&db.pool, item).await, "QUEUED");
-    assert_eq!(
-        attempts(&db.pool, item).await,
-        vec![(1, "INTERRUPTED".into(), Some("INTERRUPTED".into()))]
-    );
+    assert_eq!(attempts(&db.pool, item).await, vec![(1, "INTERRUPTED".into(), Some("INTERRUPTED".into()))]);
     // The interrupted attempt did not count: with max_attempts = 1 the item may run again.
-    let (attempt, base): (i32, i32) =
-        sqlx::query_as("SELECT attempt, attempt_base FROM work_items WHERE id = $1")
-            .bind(item)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let (attempt, base): (i32, i32) = sqlx::query_as("SELECT attempt, attempt_base FROM work_items WHERE id = $1")
+        .bind(item)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(attempt - base, 0);
 }

@@ -7,64 +7,21 @@ use crate::common::*;
 async fn garbage_inserted_by_sql_becomes_stable_errors_and_the_queue_flows() {
     let db = TestDb::new().await;
     // An operator added a type but no route for it.
-    sqlx::raw_sql("ALTER TYPE work_item_type ADD VALUE 'CONTRACT'")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    sqlx::raw_sql("ALTER TYPE work_item_type ADD VALUE 'CONTRACT'").execute(&db.pool).await.unwrap();
     let order = insert_order(&db.pool, "MEDIUM").await;
     let five_mib = format!("{{\"blob\":\"{}\"}}", "x".repeat(5 * 1024 * 1024));
     let corpus: Vec<(&str, &str, String, Option<&str>)> = vec![
         ("empty", "TICKET", String::new(), Some("CONTENT_EMPTY")),
-        (
-            "whitespace",
-            "TICKET",
-            "  \n\t ".into(),
-            Some("CONTENT_EMPTY"),
-        ),
+        ("whitespace", "TICKET", "  \n\t ".into(), Some("CONTENT_EMPTY")),
         ("five MiB", "TICKET", five_mib, Some("CONTENT_TOO_LARGE")),
-        (
-            "invalid JSON",
-            "TICKET",
-            "{\"subject\": ".into(),
-            Some("CONTENT_INVALID_JSON"),
-        ),
-        (
-            "plain text",
-            "TICKET",
-            "printer on fire".into(),
-            Some("CONTENT_INVALID_JSON"),
-        ),
+        ("invalid JSON", "TICKET", "{\"subject\": ".into(), Some("CONTENT_INVALID_JSON")),
+        ("plain text", "TICKET", "printer on fire".into(), Some("CONTENT_INVALID_JSON")),
         ("unrouted type", "CONTRACT", "{}".into(), Some("NO_ROUTE")),
-        (
-            "SQL as text",
-            "TICKET",
-            "'); DROP TABLE work_items; --".into(),
-            Some("CONTENT_INVALID_JSON"),
-        ),
-        (
-            "SQL inside JSON",
-            "TICKET",
-            r#"{"subject":"'); DROP TABLE work_items; --"}"#.into(),
-            None,
-        ),
-        (
-            "control characters as text",
-            "TICKET",
-            "\u{1}\u{7}\u{1b}[31m".into(),
-            Some("CONTENT_INVALID_JSON"),
-        ),
-        (
-            "control characters in JSON",
-            "TICKET",
-            r#"{"s":"\u0001\u0007\u001b[31m"}"#.into(),
-            None,
-        ),
-        (
-            "nested 100 deep",
-            "TICKET",
-            format!("{}{}", "[".repeat(100), "]".repeat(100)),
-            None,
-        ),
+        ("SQL as text", "TICKET", "'); DROP TABLE work_items; --".into(), Some("CONTENT_INVALID_JSON")),
+        ("SQL inside JSON", "TICKET", r#"{"subject":"'); DROP TABLE work_items; --"}"#.into(), None),
+        ("control characters as text", "TICKET", "\u{1}\u{7}\u{1b}[31m".into(), Some("CONTENT_INVALID_JSON")),
+        ("control characters in JSON", "TICKET", r#"{"s":"\u0001\u0007\u001b[31m"}"#.into(), None),
+        ("nested 100 deep", "TICKET", format!("{}{}", "[".repeat(100), "]".repeat(100)), None),
         // Nesting beyond 128 levels is refused (it would risk the parser's stack).
         (
             "nested 10,000 deep",
@@ -75,23 +32,14 @@ async fn garbage_inserted_by_sql_becomes_stable_errors_and_the_queue_flows() {
     ];
     let mut items = Vec::new();
     for (label, item_type, content, code) in &corpus {
-        items.push((
-            *label,
-            insert_item(&db.pool, order, item_type, content).await,
-            *code,
-        ));
+        items.push((*label, insert_item(&db.pool, order, item_type, content).await, *code));
     }
     // A type the database does not know is refused at INSERT: nothing half-enqueued.
-    let refused = sqlx::query(
-        "INSERT INTO work_items (work_order_id, type, content) VALUES ($1, 'NOT_A_TYPE', '{}')",
-    )
-    .bind(order)
-    .execute(&db.pool)
-    .await;
-    assert!(
-        refused.is_err(),
-        "an unknown enum label is rejected by PostgreSQL"
-    );
+    let refused = sqlx::query("INSERT INTO work_items (work_order_id, type, content) VALUES ($1, 'NOT_A_TYPE', '{}')")
+        .bind(order)
+        .execute(&db.pool)
+        .await;
+    assert!(refused.is_err(), "an unknown enum label is rejected by PostgreSQL");
 
     let engine = db.engine("[routes]\nTICKET = \"echo\"\n").await;
     // Good work enqueued after the garbage still flows.
@@ -108,30 +56,17 @@ async fn garbage_inserted_by_sql_becomes_stable_errors_and_the_queue_flows() {
             None => assert_eq!(item_status(&db.pool, item).await, "COMPLETED", "{label}"),
             Some(code) => {
                 assert_eq!(item_status(&db.pool, item).await, "FAILED", "{label}");
-                let (got, reason, tries) = dead_letter(&db.pool, item)
-                    .await
-                    .unwrap_or_else(|| panic!("{label}: dead letter"));
-                assert_eq!(
-                    (got.as_str(), reason.as_str(), tries),
-                    (code, "PERMANENT", 1),
-                    "{label}"
-                );
-                assert_eq!(
-                    attempts(&db.pool, item).await.len(),
-                    1,
-                    "{label}: dead-lettered at once"
-                );
+                let (got, reason, tries) =
+                    dead_letter(&db.pool, item).await.unwrap_or_else(|| panic!("{label}: dead letter"));
+                assert_eq!((got.as_str(), reason.as_str(), tries), (code, "PERMANENT", 1), "{label}");
+                assert_eq!(attempts(&db.pool, item).await.len(), 1, "{label}: dead-lettered at once");
             }
         }
     }
     for item in good {
         assert_eq!(item_status(&db.pool, item).await, "COMPLETED");
     }
-    assert_eq!(
-        count(&db.pool, "SELECT count(*) FROM work_items").await,
-        corpus.len() as i64 + 25,
-        "nothing lost"
-    );
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM work_items").await, corpus.len() as i64 + 25, "nothing lost");
 }
 
 #[tokio::test]
@@ -150,11 +85,7 @@ async fn text_steps_pass_content_that_is_not_json() {
     wait_for_status(&db.pool, item, "COMPLETED").await;
     stop(engine).await;
     let result: serde_json::Value =
-        sqlx::query_scalar("SELECT result FROM work_items WHERE id = $1")
-            .bind(item)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+        sqlx::query_scalar("SELECT result FROM work_items WHERE id = $1").bind(item).fetch_one(&db.pool).await.unwrap();
     assert_eq!(result["echo"], "printer on fire");
 }
 
@@ -169,7 +100,8 @@ async fn workflow_templates_override_routes_timeouts_and_attempts() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let config = "[agents.broken]\nkind = \"fail\"\nretryable = true\n[retry]\nmax_attempts = 5\n[routes]\nTICKET = \"echo\"\n";
+    let config =
+        "[agents.broken]\nkind = \"fail\"\nretryable = true\n[retry]\nmax_attempts = 5\n[routes]\nTICKET = \"echo\"\n";
     let strict = insert_order_with_workflow(&db.pool, "strict").await;
     let via_template = insert_item(&db.pool, strict, "TICKET", "{}").await;
     let plain = insert_order(&db.pool, "MEDIUM").await;
@@ -180,14 +112,8 @@ async fn workflow_templates_override_routes_timeouts_and_attempts() {
     wait_quiet(&db.pool).await;
     stop(engine).await;
     assert_eq!(item_status(&db.pool, via_route).await, "COMPLETED");
-    assert_eq!(
-        dead_letter(&db.pool, via_template).await,
-        Some(("AGENT_ERROR".into(), "RETRIES_EXHAUSTED".into(), 2))
-    );
-    assert_eq!(
-        dead_letter(&db.pool, via_bad_template).await.unwrap().0,
-        "WORKFLOW_INVALID"
-    );
+    assert_eq!(dead_letter(&db.pool, via_template).await, Some(("AGENT_ERROR".into(), "RETRIES_EXHAUSTED".into(), 2)));
+    assert_eq!(dead_letter(&db.pool, via_bad_template).await.unwrap().0, "WORKFLOW_INVALID");
 }
 
 #[tokio::test]
@@ -206,11 +132,7 @@ async fn mem_docs_reach_the_agent_as_context() {
     wait_for_status(&db.pool, item, "COMPLETED").await;
     stop(engine).await;
     let result: serde_json::Value =
-        sqlx::query_scalar("SELECT result FROM work_items WHERE id = $1")
-            .bind(item)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+        sqlx::query_scalar("SELECT result FROM work_items WHERE id = $1").bind(item).fetch_one(&db.pool).await.unwrap();
     assert_eq!(result["mem_docs"][0]["content"], "printers burn");
     assert_eq!(result["mem_docs"][0]["type"], "KNOWLEDGE");
 }

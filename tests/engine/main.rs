@@ -7,6 +7,7 @@ mod common;
 mod agents;
 mod cli;
 mod dead_letters;
+mod durability;
 mod flow;
 mod input;
 mod review;

@@ -38,11 +38,7 @@ async fn schema_evaluation_is_recorded_and_the_default_policy_approves() {
     wait_quiet(&db.pool).await;
     stop(engine).await;
     for (item, passed) in [(valid, true), (invalid, false)] {
-        assert_eq!(
-            item_status(&db.pool, item).await,
-            "COMPLETED",
-            "approve_all completes even failed evals"
-        );
+        assert_eq!(item_status(&db.pool, item).await, "COMPLETED", "approve_all completes even failed evals");
         let (kind, score, ok, metrics): (String, f64, bool, serde_json::Value) = sqlx::query_as(
             "SELECT evaluation_type, score::float8, passed, metrics FROM eval_results WHERE work_item_id = $1",
         )
@@ -56,14 +52,7 @@ async fn schema_evaluation_is_recorded_and_the_default_policy_approves() {
         assert_eq!(metrics["schema"], "ticket-output");
         assert_eq!(metrics["error_count"], if passed { 0 } else { 1 });
     }
-    assert_eq!(
-        count(
-            &db.pool,
-            "SELECT count(*) FROM approval_events WHERE decision = 'APPROVED'"
-        )
-        .await,
-        2
-    );
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM approval_events WHERE decision = 'APPROVED'").await, 2);
 }
 
 #[tokio::test]
@@ -78,10 +67,7 @@ async fn rejection_fails_the_attempt_and_dead_letters_after_retries() {
     wait_quiet(&db.pool).await;
     stop(engine).await;
     assert_eq!(item_status(&db.pool, good).await, "COMPLETED");
-    assert_eq!(
-        dead_letter(&db.pool, bad).await,
-        Some(("APPROVAL_REJECTED".into(), "RETRIES_EXHAUSTED".into(), 2))
-    );
+    assert_eq!(dead_letter(&db.pool, bad).await, Some(("APPROVAL_REJECTED".into(), "RETRIES_EXHAUSTED".into(), 2)));
     // One eval and one decision per attempt, each attempt FAILED with the rejection.
     assert_eq!(
         attempts(&db.pool, bad).await,
@@ -112,31 +98,17 @@ async fn escalation_holds_the_item_for_a_human() {
     let engine = db.engine("").await;
     wait_for_status(&db.pool, item, "AWAITING_APPROVAL").await;
     stop(engine).await;
-    assert_eq!(
-        attempts(&db.pool, item).await,
-        vec![(1, "COMPLETED".into(), None)]
-    );
-    let decision: String =
-        sqlx::query_scalar("SELECT decision::text FROM approval_events WHERE work_item_id = $1")
-            .bind(item)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-    assert_eq!(decision, "ESCALATED");
-    assert_eq!(
-        order_status(&db.pool, order).await,
-        "PROCESSING",
-        "a held item keeps its order open"
-    );
-    let held: serde_json::Value = sqlx::query_scalar("SELECT result FROM work_items WHERE id = $1")
+    assert_eq!(attempts(&db.pool, item).await, vec![(1, "COMPLETED".into(), None)]);
+    let decision: String = sqlx::query_scalar("SELECT decision::text FROM approval_events WHERE work_item_id = $1")
         .bind(item)
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    assert_eq!(
-        held["echo"]["no_subject"], true,
-        "the output waits with the item"
-    );
+    assert_eq!(decision, "ESCALATED");
+    assert_eq!(order_status(&db.pool, order).await, "PROCESSING", "a held item keeps its order open");
+    let held: serde_json::Value =
+        sqlx::query_scalar("SELECT result FROM work_items WHERE id = $1").bind(item).fetch_one(&db.pool).await.unwrap();
+    assert_eq!(held["echo"]["no_subject"], true, "the output waits with the item");
 }
 
 #[tokio::test]
@@ -154,18 +126,12 @@ async fn side_records_are_unique_per_attempt() {
     )
     .execute(&db.pool)
     .await;
-    assert!(
-        duplicate_eval.is_err(),
-        "one eval per evaluator and attempt"
-    );
+    assert!(duplicate_eval.is_err(), "one eval per evaluator and attempt");
     let duplicate_decision = sqlx::query(
         "INSERT INTO approval_events (work_item_id, attempt_id, approver_id, decision, policy_version)
          SELECT work_item_id, attempt_id, approver_id, decision, policy_version FROM approval_events",
     )
     .execute(&db.pool)
     .await;
-    assert!(
-        duplicate_decision.is_err(),
-        "one policy decision per attempt"
-    );
+    assert!(duplicate_decision.is_err(), "one policy decision per attempt");
 }

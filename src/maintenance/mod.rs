@@ -1,0 +1,6 @@
+//! Leader-only services beside the hot path. One replica is elected through a PostgreSQL
+//! advisory lock; its rescuer returns expired leases to the queue. Each service has the same
+//! shape: `run(shutdown)` on a jittered interval, and `run_once()` that tests call.
+
+pub mod leader;
+pub mod rescuer;

@@ -1,0 +1,154 @@
+//! The rescuer (leader only): items whose lease expired go back to QUEUED with their attempt
+//! recorded as LOST, or, when the budget or `worker.max_rescues` is spent, to FAILED with a
+//! dead letter (RETRIES_EXHAUSTED or CRASH_LOOP).
+
+use crate::config::Settings;
+use crate::db;
+use crate::db::maintenance::ExpiredItem;
+use crate::model::{AttemptStatus, Backoff, Budget, Completion, DeadLetterReason, ErrorCode, ErrorInfo, NextState};
+use serde_json::json;
+use sqlx::PgPool;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Most items rescued per transaction.
+const BATCH: i64 = 500;
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct RescueReport {
+    pub requeued: usize,
+    pub dead_lettered: usize,
+}
+
+pub struct Rescuer {
+    pub pool: PgPool,
+    pub settings: Arc<Settings>,
+    pub worker_id: String,
+}
+
+impl Rescuer {
+    pub async fn run(self, leading: watch::Receiver<bool>, stop: CancellationToken) {
+        loop {
+            let interval = self.settings.worker.rescue_interval.mul_f64(0.8 + 0.4 * fastrand::f64());
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            if !*leading.borrow() {
+                continue;
+            }
+            match self.run_once().await {
+                Ok(report) if report != RescueReport::default() => {
+                    tracing::warn!(
+                        requeued = report.requeued,
+                        dead_lettered = report.dead_lettered,
+                        "rescued expired leases"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => crate::telemetry::warn_limited("rescue", &format!("rescue failed: {e}")),
+            }
+        }
+    }
+
+    /// One sweep: rescues every expired lease, in batches.
+    pub async fn run_once(&self) -> Result<RescueReport, sqlx::Error> {
+        let mut report = RescueReport::default();
+        loop {
+            let (done, written) =
+                db::maintenance::rescue_expired(&self.pool, BATCH, |expired| self.decide(expired)).await?;
+            for c in done.iter().filter(|c| !written.stale.contains(&c.item_id)) {
+                match c.next {
+                    NextState::DeadLetter { .. } => report.dead_lettered += 1,
+                    _ => report.requeued += 1,
+                }
+            }
+            if (done.len() as i64) < BATCH {
+                return Ok(report);
+            }
+        }
+    }
+
+    fn decide(&self, expired: &[ExpiredItem]) -> Vec<Completion> {
+        let retry = &self.settings.retry;
+        let backoff = Backoff { base: retry.backoff_base, max: retry.backoff_max };
+        expired
+            .iter()
+            .map(|item| {
+                let budget = Budget {
+                    used: item.attempt - item.attempt_base,
+                    max: item.max_attempts.unwrap_or(retry.max_attempts),
+                };
+                let next =
+                    rescue_next(budget, item.rescues + 1, self.settings.worker.max_rescues, backoff, fastrand::f64());
+                let started_at = item.claimed_at.unwrap_or(item.lease_expires_at);
+                Completion {
+                    item_id: item.id,
+                    order_id: item.work_order_id,
+                    item_type: item.item_type.clone(),
+                    attempt: item.attempt,
+                    attempt_id: Uuid::new_v4(),
+                    attempts_used: budget.used,
+                    agent: "rescuer".into(),
+                    worker_id: self.worker_id.clone(),
+                    started_at,
+                    duration_ms: (item.now - started_at).num_milliseconds().clamp(0, i32::MAX as i64) as i32,
+                    input: json!({ "rescued_from": item.locked_by, "lease_expired_at": item.lease_expires_at }),
+                    attempt_status: AttemptStatus::Lost,
+                    output: None,
+                    usage: None,
+                    error: Some(ErrorInfo {
+                        code: ErrorCode::WorkerLost,
+                        message: format!(
+                            "worker {} stopped renewing its lease (expired {}); rescue {} of {}",
+                            item.locked_by.as_deref().unwrap_or("?"),
+                            item.lease_expires_at,
+                            item.rescues + 1,
+                            self.settings.worker.max_rescues
+                        ),
+                    }),
+                    evals: vec![],
+                    approval: None,
+                    next,
+                }
+            })
+            .collect()
+    }
+}
+
+/// What a rescue does to an item: a crash loop (too many rescues) and an exhausted budget
+/// are dead-lettered; anything else is retried after the usual backoff.
+pub fn rescue_next(budget: Budget, rescues: i32, max_rescues: i32, backoff: Backoff, jitter: f64) -> NextState {
+    if rescues >= max_rescues {
+        NextState::DeadLetter { reason: DeadLetterReason::CrashLoop }
+    } else if budget.exhausted() {
+        NextState::DeadLetter { reason: DeadLetterReason::RetriesExhausted }
+    } else {
+        NextState::Retry { delay_ms: backoff.delay(budget.used, jitter).as_millis() as i64 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rescues_retry_until_a_crash_loop_or_an_exhausted_budget() {
+        let backoff = Backoff { base: Duration::from_millis(100), max: Duration::from_secs(1) };
+        let fresh = Budget { used: 1, max: 5 };
+        assert!(matches!(rescue_next(fresh, 1, 3, backoff, 0.5), NextState::Retry { .. }));
+        assert!(matches!(rescue_next(fresh, 2, 3, backoff, 0.5), NextState::Retry { .. }));
+        assert_eq!(
+            rescue_next(fresh, 3, 3, backoff, 0.5),
+            NextState::DeadLetter { reason: DeadLetterReason::CrashLoop }
+        );
+        let spent = Budget { used: 5, max: 5 };
+        assert_eq!(
+            rescue_next(spent, 1, 3, backoff, 0.5),
+            NextState::DeadLetter { reason: DeadLetterReason::RetriesExhausted }
+        );
+    }
+}

@@ -1,0 +1,162 @@
+//! Leases, fencing, rescue and leadership, driven directly (run_once) on a real database.
+
+use crate::common::*;
+use orderly::db;
+use orderly::maintenance::rescuer::{RescueReport, Rescuer};
+use orderly::model::{AttemptStatus, Completion, NextState};
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Claims like a worker that then vanishes, and lets its lease expire.
+async fn claim_and_vanish(db: &TestDb, worker: &str) -> db::queue::ClaimedItem {
+    let claimed = db::queue::claim(&db.pool, worker, 1, Duration::from_secs(30), 1 << 20).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    sqlx::query("UPDATE work_items SET lease_expires_at = now() - interval '1 second' WHERE id = $1")
+        .bind(claimed[0].id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    claimed.into_iter().next().unwrap()
+}
+
+fn rescuer(db: &TestDb, toml: &str) -> Rescuer {
+    Rescuer { pool: db.pool.clone(), settings: Arc::new(db.settings(toml)), worker_id: "test-leader".into() }
+}
+
+#[tokio::test]
+async fn expired_leases_are_rescued_with_a_lost_attempt() {
+    let db = TestDb::new().await;
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    let item = insert_item(&db.pool, order, "TICKET", "{}").await;
+    let gone = claim_and_vanish(&db, "crashed-worker").await;
+    assert_eq!(gone.id, item);
+    let report = rescuer(&db, "").run_once().await.unwrap();
+    assert_eq!(report, RescueReport { requeued: 1, dead_lettered: 0 });
+    assert_eq!(item_status(&db.pool, item).await, "QUEUED");
+    assert_eq!(attempts(&db.pool, item).await, vec![(1, "LOST".into(), Some("WORKER_LOST".into()))]);
+    let (rescues, lease): (i32, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("SELECT rescues, lease_expires_at FROM work_items WHERE id = $1")
+            .bind(item)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((rescues, lease), (1, None));
+    // A lease that has not expired is left alone.
+    sqlx::query("UPDATE work_items SET run_at = now() WHERE id = $1").bind(item).execute(&db.pool).await.unwrap();
+    let live = db::queue::claim(&db.pool, "live-worker", 1, Duration::from_secs(30), 1 << 20).await.unwrap();
+    assert_eq!(live.len(), 1);
+    let report = rescuer(&db, "").run_once().await.unwrap();
+    assert_eq!(report, RescueReport::default());
+}
+
+#[tokio::test]
+async fn an_item_that_keeps_killing_its_worker_is_dead_lettered_as_a_crash_loop() {
+    let db = TestDb::new().await;
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    let item = insert_item(&db.pool, order, "TICKET", "{}").await;
+    let rescuer = rescuer(&db, "[worker]\nmax_rescues = 3\n[retry]\nmax_attempts = 10\n");
+    for round in 1..=3 {
+        sqlx::query("UPDATE work_items SET run_at = now() WHERE id = $1").bind(item).execute(&db.pool).await.unwrap();
+        claim_and_vanish(&db, &format!("worker-{round}")).await;
+        rescuer.run_once().await.unwrap();
+    }
+    assert_eq!(item_status(&db.pool, item).await, "FAILED");
+    assert_eq!(dead_letter(&db.pool, item).await, Some(("WORKER_LOST".into(), "CRASH_LOOP".into(), 3)));
+    let statuses: Vec<String> = attempts(&db.pool, item).await.into_iter().map(|a| a.1).collect();
+    assert_eq!(statuses, vec!["LOST", "LOST", "LOST"]);
+    assert_eq!(order_status(&db.pool, order).await, "FAILED");
+}
+
+#[tokio::test]
+async fn stale_runner_cannot_complete_after_rescue() {
+    let db = TestDb::new().await;
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    let item = insert_item(&db.pool, order, "TICKET", "{}").await;
+    let gone = claim_and_vanish(&db, "paused-worker").await;
+    rescuer(&db, "").run_once().await.unwrap();
+    // Another worker claims attempt 2 and is running it.
+    sqlx::query("UPDATE work_items SET run_at = now() WHERE id = $1").bind(item).execute(&db.pool).await.unwrap();
+    let current = db::queue::claim(&db.pool, "new-worker", 1, Duration::from_secs(30), 1 << 20).await.unwrap();
+    assert_eq!(current[0].attempt, 2);
+
+    // The paused worker wakes up and reports success for attempt 1.
+    let late = Completion {
+        item_id: item,
+        order_id: order,
+        item_type: "TICKET".into(),
+        attempt: gone.attempt,
+        attempt_id: Uuid::new_v4(),
+        attempts_used: 1,
+        agent: "echo".into(),
+        worker_id: "paused-worker".into(),
+        started_at: gone.claimed_at,
+        duration_ms: 5,
+        input: serde_json::json!({}),
+        attempt_status: AttemptStatus::Completed,
+        output: Some(serde_json::json!({"late": true})),
+        usage: None,
+        error: None,
+        evals: vec![],
+        approval: None,
+        next: NextState::Completed,
+    };
+    let report = db::queue::complete_batch(&db.pool, &[late]).await.unwrap();
+    assert_eq!(report.stale, vec![item]);
+    assert!(report.written.is_empty());
+    assert_eq!(item_status(&db.pool, item).await, "PROCESSING", "the current attempt still owns the item");
+    assert_eq!(attempts(&db.pool, item).await.len(), 1, "only the LOST attempt is recorded");
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM approval_events").await, 0);
+}
+
+#[tokio::test]
+async fn one_leader_at_a_time_and_a_new_one_when_it_stops() {
+    let db = TestDb::new().await;
+    let a = db.engine("").await;
+    let b = db.engine("").await;
+    let leaders = |a: &orderly::daemon::Engine, b: &orderly::daemon::Engine| {
+        (*a.leading.borrow() as u8) + (*b.leading.borrow() as u8)
+    };
+    wait_until("a leader", Duration::from_secs(10), || {
+        let n = leaders(&a, &b);
+        async move { n == 1 }
+    })
+    .await;
+    for _ in 0..10 {
+        assert!(leaders(&a, &b) <= 1, "never two leaders");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (leader, follower) = if *a.leading.borrow() { (a, b) } else { (b, a) };
+    stop(leader).await;
+    wait_until("the follower to take over", Duration::from_secs(10), || {
+        let leading = *follower.leading.borrow();
+        async move { leading }
+    })
+    .await;
+    stop(follower).await;
+}
+
+#[tokio::test]
+async fn a_worker_whose_lease_is_taken_stops_the_work() {
+    let db = TestDb::new().await;
+    let agent = TestAgent::start(|_| ((200, vec![], "{}".into()), Duration::from_secs(30))).await;
+    let config = format!("{}[worker]\nlease = \"1s\"\n[routes]\nTICKET = \"slow\"\n", agent.config("slow", "60s"));
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    let item = insert_item(&db.pool, order, "TICKET", "{}").await;
+    let engine = db.engine(&config).await;
+    wait_until("the agent call", Duration::from_secs(10), || async { agent.executions_of(item) == 1 }).await;
+    // Someone else takes the item over (as a rescue would): the heartbeat must notice.
+    sqlx::query("UPDATE work_items SET attempt = attempt + 1, locked_by = 'other' WHERE id = $1")
+        .bind(item)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    wait_until("the execution to be abandoned", Duration::from_secs(10), || {
+        let lost = orderly::worker::Metrics::get(&engine.metrics.leases_lost);
+        async move { lost == 1 }
+    })
+    .await;
+    assert_eq!(engine.in_flight(), 0);
+    stop(engine).await;
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM attempts").await, 0, "nothing written by the worker that lost");
+}
