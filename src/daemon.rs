@@ -68,6 +68,7 @@ impl Engine {
                 in_flight: in_flight.clone(),
                 metrics: metrics.clone(),
                 batch_size: settings.worker.completer_batch,
+                wake: wake.clone(),
             }
             .run(rx),
         );

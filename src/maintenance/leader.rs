@@ -3,7 +3,9 @@
 //! replica takes over on its next try (every `RETRY`).
 
 use crate::db;
-use sqlx::{Connection, PgConnection};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, PgConnection};
+use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +32,8 @@ pub async fn run(url: String, leading: watch::Sender<bool>, stop: CancellationTo
             session = None;
         }
         if session.is_none() {
-            match PgConnection::connect(&url).await {
+            let options = PgConnectOptions::from_str(&url).map(|o| o.application_name("orderly"));
+            match async { options?.connect().await }.await {
                 Ok(conn) => session = Some(conn),
                 Err(e) => crate::telemetry::warn_limited("leader", &format!("leader election cannot connect: {e}")),
             }
@@ -46,7 +49,7 @@ pub async fn run(url: String, leading: watch::Sender<bool>, stop: CancellationTo
         }
     }
     if let Some(conn) = session {
-        let _ = conn.close().await;
+        let _ = sqlx::Connection::close(conn).await;
     }
     let _ = leading.send(false);
 }

@@ -16,6 +16,9 @@ pub struct Completer {
     pub in_flight: InFlight,
     pub metrics: Arc<Metrics>,
     pub batch_size: usize,
+    /// Wakes the dispatcher when a retry written here becomes runnable, so retries run on
+    /// time however long `worker.poll_interval` is (no NOTIFY fires for them).
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 impl Completer {
@@ -56,6 +59,22 @@ impl Completer {
             }
         };
         Metrics::add(&self.metrics.completer_batches, 1);
+        let next_retry = batch
+            .iter()
+            .filter(|c| !report.stale.contains(&c.item_id))
+            .filter_map(|c| match c.next {
+                NextState::Retry { delay_ms } => Some(delay_ms),
+                NextState::Released => Some(0),
+                _ => None,
+            })
+            .min();
+        if let Some(delay_ms) = next_retry {
+            let wake = self.wake.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(delay_ms.max(0) as u64)).await;
+                wake.notify_one();
+            });
+        }
         for done in batch {
             if report.stale.contains(&done.item_id) {
                 Metrics::add(&self.metrics.stale_writes, 1);

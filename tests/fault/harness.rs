@@ -1,0 +1,242 @@
+//! Daemons as child processes, a ledger agent, and the oracle.
+
+use crate::common::*;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::json;
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+pub fn long_mode() -> bool {
+    std::env::var("ORDERLY_FAULT_LONG").is_ok_and(|v| v == "1")
+}
+
+/// A ledger agent: every execution is recorded. Content decides speed and outcome.
+pub async fn ledger_agent() -> TestAgent {
+    TestAgent::start(|envelope| {
+        let content = &envelope["work_item"]["content"];
+        let delay = Duration::from_millis(content["ms"].as_u64().unwrap_or(0));
+        let answer = match content["outcome"].as_str().unwrap_or("ok") {
+            "retry" => (503, vec![], "busy".to_owned()),
+            "fatal" => (400, vec![], "unusable".to_owned()),
+            _ => (200, vec![], json!({"done": content["n"]}).to_string()),
+        };
+        (answer, delay)
+    })
+    .await
+}
+
+/// Inserts `n` items in orders of 20 with mixed speed (0–`max_ms`) and outcome
+/// (90% ok, 7% always-retryable, 3% permanent).
+pub async fn enqueue_mixed(db: &TestDb, n: usize, max_ms: u64) -> Vec<Uuid> {
+    let mut ids = Vec::with_capacity(n);
+    let mut order = Uuid::nil();
+    for i in 0..n {
+        if i % 20 == 0 {
+            order = insert_order(&db.pool, ["LOW", "MEDIUM", "HIGH", "URGENT"][i % 4]).await;
+        }
+        let outcome = match fastrand::u8(0..100) {
+            0..=89 => "ok",
+            90..=96 => "retry",
+            _ => "fatal",
+        };
+        let content = json!({"n": i, "ms": fastrand::u64(0..=max_ms), "outcome": outcome}).to_string();
+        ids.push(insert_item(&db.pool, order, "TICKET", &content).await);
+    }
+    ids
+}
+
+/// The daemons' configuration file: short leases so faults recover quickly.
+pub fn write_config(agent: &TestAgent, extra: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("orderly-fault-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("orderly.toml");
+    let text = format!(
+        "{}[database]\nmigrate_on_start = false\nmax_connections = 6\n\
+         [worker]\nconcurrency = 16\nlease = \"2s\"\nrescue_interval = \"500ms\"\npoll_interval = \"200ms\"\nmax_rescues = 10\nshutdown_grace = \"10s\"\n\
+         [retry]\nmax_attempts = 4\nbackoff_base = \"50ms\"\nbackoff_max = \"300ms\"\n\
+         [routes]\nTICKET = \"ledger\"\n[log]\nformat = \"json\"\nlevel = \"warn,sqlx=error\"\n{extra}",
+        agent.config("ledger", "5s")
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub struct Daemon {
+    pub child: Child,
+    pub log: std::path::PathBuf,
+}
+
+impl Daemon {
+    pub fn start(db: &TestDb, config: &std::path::Path) -> Daemon {
+        let log = config.with_file_name(format!("daemon-{}.log", Uuid::new_v4().simple()));
+        let child = Command::new(env!("CARGO_BIN_EXE_orderly"))
+            .args(["--config", config.to_str().unwrap(), "run"])
+            .env("DATABASE_URL", &db.url)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("orderly starts");
+        Daemon { child, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        let _ = kill(Pid::from_raw(self.pid()), signal);
+    }
+
+    pub fn kill9(mut self) {
+        self.signal(Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait; returns whether it exited 0.
+    pub async fn terminate(mut self) -> bool {
+        self.signal(Signal::SIGTERM);
+        tokio::task::spawn_blocking(move || self.child.wait().map(|s| s.success()).unwrap_or(false)).await.unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Items held by a given daemon process (its worker id contains `-<pid>-`).
+pub async fn held_by(db: &TestDb, pid: i32) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM work_items WHERE status = 'PROCESSING' AND locked_by LIKE $1")
+        .bind(format!("%-{pid}-%"))
+        .fetch_one(&db.pool)
+        .await
+        .unwrap_or(0)
+}
+
+/// Waits until every item is terminal or visibly waiting for a human.
+pub async fn quiesce(db: &TestDb, deadline: Duration) {
+    let start = Instant::now();
+    loop {
+        let live: i64 = sqlx::query_scalar("SELECT count(*) FROM work_items WHERE status IN ('QUEUED', 'PROCESSING')")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap_or(i64::MAX);
+        if live == 0 {
+            return;
+        }
+        assert!(start.elapsed() < deadline, "not quiet after {deadline:?}: {live} items still live");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What the oracle found.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub items: usize,
+    pub lost: i64,
+    pub stuck: i64,
+    pub misnumbered: i64,
+    pub open_attempts: i64,
+    pub completed_without_one_success: i64,
+    pub failed_without_one_letter: i64,
+    pub letters_without_failure: i64,
+    pub duplicates: i64,
+    pub concurrent_duplicates: usize,
+    pub lost_attempts: i64,
+}
+
+/// Checks DESIGN §3 over the database and the agent's ledger.
+pub async fn oracle(db: &TestDb, inserted: &[Uuid], agent: &TestAgent) -> Verdict {
+    let pool = &db.pool;
+    let scalar = |sql: &'static str| async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.unwrap() };
+    let present: i64 = sqlx::query_scalar("SELECT count(*) FROM work_items WHERE id = ANY($1)")
+        .bind(inserted)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let mut v = Verdict {
+        items: inserted.len(),
+        lost: inserted.len() as i64 - present,
+        stuck: scalar("SELECT count(*) FROM work_items WHERE status = 'PROCESSING' OR (status = 'QUEUED' AND run_at <= now() - interval '5 seconds')").await,
+        misnumbered: scalar(
+            "SELECT count(*) FROM work_items w
+             WHERE (SELECT count(*) FROM attempts a WHERE a.work_item_id = w.id) <> w.attempt
+                OR EXISTS (SELECT 1 FROM attempts a WHERE a.work_item_id = w.id AND (a.attempt_number < 1 OR a.attempt_number > w.attempt))",
+        )
+        .await,
+        open_attempts: scalar("SELECT count(*) FROM attempts WHERE status = 'STARTED'").await,
+        completed_without_one_success: scalar(
+            "SELECT count(*) FROM work_items w WHERE (w.status = 'COMPLETED') <>
+               ((SELECT count(*) FROM attempts a WHERE a.work_item_id = w.id AND a.status = 'COMPLETED') = 1)",
+        )
+        .await,
+        failed_without_one_letter: scalar(
+            "SELECT count(*) FROM work_items w WHERE w.status = 'FAILED' AND
+               (SELECT count(*) FROM dead_letters d WHERE d.work_item_id = w.id AND d.processed_at IS NULL) <> 1",
+        )
+        .await,
+        letters_without_failure: scalar(
+            "SELECT count(*) FROM dead_letters d JOIN work_items w ON w.id = d.work_item_id
+             WHERE d.processed_at IS NULL AND w.status <> 'FAILED'",
+        )
+        .await,
+        lost_attempts: scalar("SELECT count(*) FROM attempts WHERE status = 'LOST'").await,
+        ..Verdict::default()
+    };
+    // Executions whose result was recorded: every attempt that ran the agent to an end.
+    let recorded: HashMap<Uuid, i64> = sqlx::query_as::<_, (Uuid, i64)>(
+        "SELECT work_item_id, count(*) FROM attempts
+         WHERE status IN ('COMPLETED', 'FAILED', 'TIMEOUT', 'INTERRUPTED') AND agent_id = 'ledger'
+         GROUP BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    let received = agent.received.lock().unwrap().clone();
+    let mut executed: HashMap<Uuid, i64> = HashMap::new();
+    let mut per_attempt: HashMap<(Uuid, i64), usize> = HashMap::new();
+    for r in &received {
+        *executed.entry(r.item_id).or_default() += 1;
+        *per_attempt.entry((r.item_id, r.attempt)).or_default() += 1;
+    }
+    v.duplicates = executed.iter().map(|(id, n)| (n - recorded.get(id).copied().unwrap_or(0)).max(0)).sum();
+    // The same attempt executed twice would mean two workers held one claim.
+    v.concurrent_duplicates = per_attempt.values().filter(|n| **n > 1).count();
+    v
+}
+
+impl Verdict {
+    /// Asserts every guarantee; `max_duplicates` is what the injected faults can explain.
+    pub fn assert_holds(&self, scenario: &str, max_duplicates: i64) {
+        println!("{scenario} ({} items): {self:?}", self.items);
+        assert_eq!(self.lost, 0, "{scenario}: items lost");
+        assert_eq!(self.stuck, 0, "{scenario}: items stuck");
+        assert_eq!(self.misnumbered, 0, "{scenario}: attempts not numbered 1..n");
+        assert_eq!(self.open_attempts, 0, "{scenario}: attempts left open");
+        assert_eq!(
+            self.completed_without_one_success, 0,
+            "{scenario}: completed items without exactly one COMPLETED attempt"
+        );
+        assert_eq!(self.failed_without_one_letter, 0, "{scenario}: FAILED items without exactly one dead letter");
+        assert_eq!(self.letters_without_failure, 0, "{scenario}: open dead letters for items that are not FAILED");
+        assert_eq!(self.concurrent_duplicates, 0, "{scenario}: one attempt executed twice");
+        assert!(
+            self.duplicates <= max_duplicates,
+            "{scenario}: {} duplicate executions > {max_duplicates} explained by faults",
+            self.duplicates
+        );
+    }
+}
+
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
