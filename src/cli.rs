@@ -35,6 +35,32 @@ pub enum Command {
     DeadLetters(DeadLetterCommand),
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig,
+    /// Measure throughput and latency against a scratch database with `orderly run`.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Items to enqueue and process.
+    #[arg(long, default_value_t = 100_000)]
+    pub items: usize,
+    /// The daemon's worker.concurrency.
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    #[arg(long, default_value_t = 100)]
+    pub items_per_order: usize,
+    /// Pre-fill this many finished items (with attempts) to show cost stays flat.
+    #[arg(long, default_value_t = 0)]
+    pub history: usize,
+    /// Single inserts timed on an idle engine for the pickup latency.
+    #[arg(long, default_value_t = 300)]
+    pub pickup_samples: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep the scratch database afterwards.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 #[derive(Debug, Args)]

@@ -164,26 +164,41 @@ impl Engine {
 /// Runs the engine until SIGTERM/SIGINT (`orderly run`). A second signal interrupts
 /// in-flight work at once.
 pub async fn run(settings: Settings, registry: &Registry) -> anyhow::Result<()> {
+    // Handlers first: a signal that arrives while the engine starts is handled gracefully.
+    let mut signals = Signals::install();
     let engine = Engine::start(settings, registry, None).await?;
-    wait_for_signal().await;
+    signals.recv().await;
     tracing::info!("shutting down: no new claims; waiting for in-flight items");
     let interrupt = CancellationToken::new();
     let second = interrupt.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.recv().await;
         second.cancel();
     });
     engine.shutdown(interrupt).await;
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, installed once.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        Signals {
+            term: signal(SignalKind::terminate()).expect("installing SIGTERM handler"),
+            int: signal(SignalKind::interrupt()).expect("installing SIGINT handler"),
+        }
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! composes the pieces; `db` holds every SQL statement; `model` is the shared vocabulary.
 
 pub mod agent;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -40,5 +41,6 @@ pub async fn run_command(
         Command::Status { json } => ops::status(&settings, json).await,
         Command::DeadLetters(command) => ops::dead_letters(&settings, command).await,
         Command::CheckConfig => ops::check_config(&settings, &registry),
+        Command::Bench(args) => bench::run(settings, args).await,
     }
 }

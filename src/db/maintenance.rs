@@ -80,6 +80,10 @@ where
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
     let completions = decide(&expired);
     let report = complete_in(&mut tx, &completions).await?;
+    if !report.written.is_empty() {
+        // Rescued items are runnable at once: wake every replica (delivered at commit).
+        sqlx::query("SELECT pg_notify($1, '')").bind(super::WORK_CHANNEL).execute(&mut *tx).await?;
+    }
     tx.commit().await?;
     Ok((completions, report))
 }

@@ -1,6 +1,7 @@
 //! Every SQL statement orderly runs, one named function each. Nothing outside `db` touches
 //! SQL. Enum columns are bound as text and cast in SQL, so `model` stays free of sqlx.
 
+pub mod bench;
 pub mod catalog;
 pub mod maintenance;
 pub mod ops;

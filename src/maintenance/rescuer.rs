@@ -5,7 +5,7 @@
 use crate::config::Settings;
 use crate::db;
 use crate::db::maintenance::ExpiredItem;
-use crate::model::{AttemptStatus, Backoff, Budget, Completion, DeadLetterReason, ErrorCode, ErrorInfo, NextState};
+use crate::model::{AttemptStatus, Budget, Completion, DeadLetterReason, ErrorCode, ErrorInfo, NextState};
 use serde_json::json;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -73,7 +73,6 @@ impl Rescuer {
 
     fn decide(&self, expired: &[ExpiredItem]) -> Vec<Completion> {
         let retry = &self.settings.retry;
-        let backoff = Backoff { base: retry.backoff_base, max: retry.backoff_max };
         expired
             .iter()
             .map(|item| {
@@ -81,8 +80,7 @@ impl Rescuer {
                     used: item.attempt - item.attempt_base,
                     max: item.max_attempts.unwrap_or(retry.max_attempts),
                 };
-                let next =
-                    rescue_next(budget, item.rescues + 1, self.settings.worker.max_rescues, backoff, fastrand::f64());
+                let next = rescue_next(budget, item.rescues + 1, self.settings.worker.max_rescues);
                 let started_at = item.claimed_at.unwrap_or(item.lease_expires_at);
                 Completion {
                     item_id: item.id,
@@ -119,36 +117,29 @@ impl Rescuer {
 }
 
 /// What a rescue does to an item: a crash loop (too many rescues) and an exhausted budget
-/// are dead-lettered; anything else is retried after the usual backoff.
-pub fn rescue_next(budget: Budget, rescues: i32, max_rescues: i32, backoff: Backoff, jitter: f64) -> NextState {
+/// are dead-lettered; anything else is runnable again at once (the worker vanished; the
+/// item is not known to be at fault, and `max_rescues` bounds the case where it is).
+pub fn rescue_next(budget: Budget, rescues: i32, max_rescues: i32) -> NextState {
     if rescues >= max_rescues {
         NextState::DeadLetter { reason: DeadLetterReason::CrashLoop }
     } else if budget.exhausted() {
         NextState::DeadLetter { reason: DeadLetterReason::RetriesExhausted }
     } else {
-        NextState::Retry { delay_ms: backoff.delay(budget.used, jitter).as_millis() as i64 }
+        NextState::Retry { delay_ms: 0 }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn rescues_retry_until_a_crash_loop_or_an_exhausted_budget() {
-        let backoff = Backoff { base: Duration::from_millis(100), max: Duration::from_secs(1) };
         let fresh = Budget { used: 1, max: 5 };
-        assert!(matches!(rescue_next(fresh, 1, 3, backoff, 0.5), NextState::Retry { .. }));
-        assert!(matches!(rescue_next(fresh, 2, 3, backoff, 0.5), NextState::Retry { .. }));
-        assert_eq!(
-            rescue_next(fresh, 3, 3, backoff, 0.5),
-            NextState::DeadLetter { reason: DeadLetterReason::CrashLoop }
-        );
+        assert!(matches!(rescue_next(fresh, 1, 3), NextState::Retry { delay_ms: 0 }));
+        assert!(matches!(rescue_next(fresh, 2, 3), NextState::Retry { delay_ms: 0 }));
+        assert_eq!(rescue_next(fresh, 3, 3), NextState::DeadLetter { reason: DeadLetterReason::CrashLoop });
         let spent = Budget { used: 5, max: 5 };
-        assert_eq!(
-            rescue_next(spent, 1, 3, backoff, 0.5),
-            NextState::DeadLetter { reason: DeadLetterReason::RetriesExhausted }
-        );
+        assert_eq!(rescue_next(spent, 1, 3), NextState::DeadLetter { reason: DeadLetterReason::RetriesExhausted });
     }
 }

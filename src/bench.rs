@@ -1,0 +1,247 @@
+//! `orderly bench`: whole-process benchmark. Against a scratch database (created, then
+//! dropped), enqueue items the way an upstream does (plain batched INSERTs), run `orderly run`
+//! as a child process (the production code path: attempts, evals/approval with the default
+//! policy, roll-ups), and report throughput, latencies, the daemon's RSS and CPU, and the
+//! database's work per item. Reports figures; asserts nothing.
+
+use crate::cli::BenchArgs;
+use crate::config::Settings;
+use crate::db;
+use crate::ops::unreachable_hint;
+use anyhow::Context;
+use serde::Serialize;
+use sqlx::PgPool;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BENCH_DB: &str = "orderly_bench";
+
+#[derive(Debug, Default, Serialize)]
+pub struct BenchReport {
+    pub date: String,
+    pub items: usize,
+    pub items_per_order: usize,
+    pub concurrency: usize,
+    pub history: usize,
+    pub fsync: String,
+    pub synchronous_commit: String,
+    pub enqueue_items_per_s: f64,
+    pub processing_items_per_s: f64,
+    pub processing_seconds: f64,
+    pub pickup_ms: Percentiles,
+    pub end_to_end_ms: Percentiles,
+    pub end_to_end_offered_per_s: f64,
+    pub daemon_peak_rss_mib: f64,
+    pub daemon_cpu_seconds: f64,
+    pub daemon_cpu_us_per_item: f64,
+    pub db_transactions_per_item: f64,
+    pub db_rows_written_per_item: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Percentiles {
+    pub samples: usize,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    fn of(mut values: Vec<f64>) -> Percentiles {
+        values.sort_by(f64::total_cmp);
+        let at = |p: f64| {
+            if values.is_empty() { f64::NAN } else { values[((values.len() - 1) as f64 * p).round() as usize] }
+        };
+        Percentiles { samples: values.len(), p50: at(0.5), p90: at(0.9), p99: at(0.99), max: at(1.0) }
+    }
+}
+
+pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
+    let mut url = reqwest::Url::parse(&settings.database.url).context("database.url is not a URL")?;
+    url.set_path(&format!("/{BENCH_DB}"));
+    let url = url.to_string();
+    db::drop_database(&url).await.map_err(|e| unreachable_hint(&url, e))?;
+    db::ensure_database(&url).await.map_err(|e| unreachable_hint(&url, e))?;
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(8).connect(&url).await?;
+    db::migrate(&pool).await?;
+    let say = |text: String| {
+        if !args.json {
+            eprintln!("{text}");
+        }
+    };
+
+    let mut report = BenchReport {
+        date: chrono::Utc::now().format("%Y-%m-%d").to_string(),
+        items: args.items,
+        items_per_order: args.items_per_order,
+        concurrency: args.concurrency,
+        history: args.history,
+        ..BenchReport::default()
+    };
+    (report.fsync, report.synchronous_commit) = db::bench::durability_settings(&pool).await?;
+    if args.history > 0 {
+        say(format!("pre-filling {} finished items with their attempts…", args.history));
+        db::bench::prefill_history(&pool, args.history as i64).await?;
+    }
+
+    say(format!("enqueueing {} items ({} per order) with batched INSERTs…", args.items, args.items_per_order));
+    let started = Instant::now();
+    enqueue(&pool, args.items, args.items_per_order).await?;
+    report.enqueue_items_per_s = args.items as f64 / started.elapsed().as_secs_f64();
+
+    let config = std::env::temp_dir().join(format!("orderly-bench-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nmigrate_on_start = false\n[worker]\nconcurrency = {}\n[routes]\nTICKET = \"echo\"\n[log]\nlevel = \"warn,sqlx=error\"\n",
+            args.concurrency
+        ),
+    )?;
+    let before = db::bench::db_counters(&pool).await?;
+    say("processing with `orderly run`…".into());
+    let started = Instant::now();
+    let mut daemon = spawn_daemon(&config, &url)?;
+    wait_drained(&pool, Duration::from_secs(3600)).await?;
+    report.processing_seconds = started.elapsed().as_secs_f64();
+    report.processing_items_per_s = args.items as f64 / report.processing_seconds;
+    let after = db::bench::db_counters(&pool).await?;
+    let (cpu, _) = process_usage(daemon.id());
+    report.daemon_cpu_seconds = cpu;
+    report.daemon_cpu_us_per_item = cpu * 1e6 / args.items as f64;
+    report.db_transactions_per_item = (after.0 - before.0) as f64 / args.items as f64;
+    report.db_rows_written_per_item = (after.1 - before.1) as f64 / args.items as f64;
+
+    say("pickup latency on an idle engine…".into());
+    let mut pickups = Vec::new();
+    for _ in 0..args.pickup_samples {
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        pickups.push(db::bench::timed_single_insert(&pool).await?);
+    }
+    wait_drained(&pool, Duration::from_secs(60)).await?;
+    report.pickup_ms = Percentiles::of(db::bench::pickup_latencies(&pool, &pickups).await?);
+
+    let offered = (report.processing_items_per_s * 0.5).clamp(100.0, 20_000.0);
+    say(format!("end-to-end latency at {offered:.0} items/s offered for 3s…"));
+    let marker = db::bench::now(&pool).await?;
+    offer_load(&pool, offered, Duration::from_secs(3)).await?;
+    wait_drained(&pool, Duration::from_secs(120)).await?;
+    report.end_to_end_offered_per_s = offered;
+    report.end_to_end_ms = Percentiles::of(db::bench::end_to_end_since(&pool, marker).await?);
+
+    let (_, rss) = process_usage(daemon.id());
+    report.daemon_peak_rss_mib = rss;
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = daemon.wait();
+    let _ = std::fs::remove_file(&config);
+    pool.close().await;
+    if !args.keep {
+        db::drop_database(&url).await?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+fn spawn_daemon(config: &std::path::Path, url: &str) -> anyhow::Result<Child> {
+    Command::new(std::env::current_exe()?)
+        .args(["--config", config.to_str().unwrap_or_default(), "run"])
+        .env("DATABASE_URL", url)
+        .env_remove("ORDERLY_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting `orderly run`")
+}
+
+/// CPU seconds (user + system) and peak RSS (MiB) of a process, from /proc.
+fn process_usage(pid: u32) -> (f64, f64) {
+    let ticks = 100.0; // USER_HZ on Linux
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+            Some((fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / ticks)
+        })
+        .unwrap_or(f64::NAN);
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0);
+    (cpu, rss)
+}
+
+async fn enqueue(pool: &PgPool, items: usize, per_order: usize) -> anyhow::Result<()> {
+    let per_order = per_order.max(1);
+    let orders = items.div_ceil(per_order);
+    // Upstreams insert in their own transactions; a few run concurrently here.
+    let mut tasks = tokio::task::JoinSet::new();
+    let chunks = 4.min(orders.max(1));
+    for chunk in 0..chunks {
+        let pool = pool.clone();
+        tasks.spawn(async move {
+            let mut o = chunk;
+            while o < orders {
+                let n = per_order.min(items - o * per_order);
+                db::bench::insert_order_with_items(&pool, n).await?;
+                o += chunks;
+            }
+            Ok::<_, sqlx::Error>(())
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result??;
+    }
+    Ok(())
+}
+
+async fn wait_drained(pool: &PgPool, deadline: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while db::bench::live_items(pool).await? > 0 {
+        anyhow::ensure!(start.elapsed() < deadline, "items still live after {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+async fn offer_load(pool: &PgPool, per_second: f64, duration: Duration) -> anyhow::Result<()> {
+    let batch = ((per_second / 100.0).ceil() as usize).max(1);
+    let interval = Duration::from_secs_f64(batch as f64 / per_second);
+    let start = Instant::now();
+    let mut next = start;
+    while start.elapsed() < duration {
+        db::bench::insert_order_with_items(pool, batch).await?;
+        next += interval;
+        tokio::time::sleep_until(next.into()).await;
+    }
+    Ok(())
+}
+
+fn print_report(r: &BenchReport) {
+    println!(
+        "orderly bench {}: {} items, {} per order, concurrency {}, history {}",
+        r.date, r.items, r.items_per_order, r.concurrency, r.history
+    );
+    println!("  postgres          fsync={} synchronous_commit={}", r.fsync, r.synchronous_commit);
+    println!("  enqueue           {:>10.0} items/s (batched plain INSERTs)", r.enqueue_items_per_s);
+    println!(
+        "  processing        {:>10.0} items/s ({:.2}s from daemon start to the last item recorded)",
+        r.processing_items_per_s, r.processing_seconds
+    );
+    let p = |x: &Percentiles| {
+        format!("p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2} ms ({} samples)", x.p50, x.p90, x.p99, x.max, x.samples)
+    };
+    println!("  pickup latency    {}", p(&r.pickup_ms));
+    println!("  end-to-end        {} at {:.0} items/s offered", p(&r.end_to_end_ms), r.end_to_end_offered_per_s);
+    println!(
+        "  daemon            peak RSS {:.1} MiB, CPU {:.2}s ({:.0} µs/item)",
+        r.daemon_peak_rss_mib, r.daemon_cpu_seconds, r.daemon_cpu_us_per_item
+    );
+    println!(
+        "  database          {:.3} transactions/item, {:.2} rows written/item",
+        r.db_transactions_per_item, r.db_rows_written_per_item
+    );
+}

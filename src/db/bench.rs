@@ -1,0 +1,134 @@
+//! Statements used only by `orderly bench` to drive and observe a scratch database.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+pub async fn durability_settings(pool: &PgPool) -> Result<(String, String), sqlx::Error> {
+    let fsync: String = sqlx::query_scalar("SELECT current_setting('fsync')").fetch_one(pool).await?;
+    let sync: String = sqlx::query_scalar("SELECT current_setting('synchronous_commit')").fetch_one(pool).await?;
+    Ok((fsync, sync))
+}
+
+/// One order with `n` TICKET items, as an upstream inserts it (one multi-row INSERT).
+pub async fn insert_order_with_items(pool: &PgPool, n: usize) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let order: Uuid = sqlx::query_scalar(
+        "INSERT INTO work_orders (workflow_id, tenant_id, created_by) VALUES ('bench', gen_random_uuid(), gen_random_uuid()) RETURNING id",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO work_items (work_order_id, type, content)
+         SELECT $1, 'TICKET', '{\"n\":' || g || '}' FROM generate_series(1, $2) g",
+    )
+    .bind(order)
+    .bind(n as i32)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// Finished history: `n` COMPLETED items (100 per order) with one attempt and one approval each.
+pub async fn prefill_history(pool: &PgPool, n: i64) -> Result<(), sqlx::Error> {
+    let mut done = 0;
+    while done < n {
+        let chunk = (n - done).min(100_000);
+        sqlx::query(
+            "WITH o AS (
+                 INSERT INTO work_orders (workflow_id, tenant_id, created_by, status)
+                 SELECT 'history', gen_random_uuid(), gen_random_uuid(), 'COMPLETED'
+                 FROM generate_series(1, ceil($1 / 100.0)::int) RETURNING id
+             ), numbered AS (SELECT id, row_number() OVER () AS k FROM o),
+             i AS (
+                 INSERT INTO work_items (work_order_id, type, content, status, result, processed_at, attempt)
+                 SELECT numbered.id, 'TICKET', '{}', 'COMPLETED', '{\"echo\":{}}', now(), 1
+                 FROM generate_series(0, $1 - 1) g JOIN numbered ON numbered.k = g / 100 + 1
+                 RETURNING id
+             ), a AS (
+                 INSERT INTO attempts (work_item_id, attempt_number, agent_id, status, input, output, completed_at, duration_ms)
+                 SELECT id, 1, 'echo', 'COMPLETED', '{}', '{\"echo\":{}}', now(), 1 FROM i
+             )
+             INSERT INTO approval_events (work_item_id, approver_id, decision, policy_version)
+             SELECT id, 'policy:approve_all', 'APPROVED', 'approve_all/1' FROM i",
+        )
+        .bind(chunk)
+        .execute(pool)
+        .await?;
+        done += chunk;
+    }
+    sqlx::query("ANALYZE").execute(pool).await?;
+    Ok(())
+}
+
+/// Items not yet finished (QUEUED or PROCESSING), through the partial indexes.
+pub async fn live_items(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM work_items WHERE status = 'QUEUED')
+              + (SELECT count(*) FROM work_items WHERE status = 'PROCESSING')",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Committed transactions and rows written in this database so far.
+pub async fn db_counters(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted AS written
+         FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((row.try_get("xact_commit")?, row.try_get("written")?))
+}
+
+pub async fn now(pool: &PgPool) -> Result<DateTime<Utc>, sqlx::Error> {
+    super::now(pool).await
+}
+
+/// Inserts one item in its own transaction; returns the item and the database time just
+/// before COMMIT was sent.
+pub async fn timed_single_insert(pool: &PgPool) -> Result<(Uuid, DateTime<Utc>), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let order: Uuid = sqlx::query_scalar(
+        "INSERT INTO work_orders (workflow_id, tenant_id, created_by) VALUES ('pickup', gen_random_uuid(), gen_random_uuid()) RETURNING id",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let row = sqlx::query("INSERT INTO work_items (work_order_id, type, content) VALUES ($1, 'TICKET', '{}') RETURNING id, clock_timestamp() AS t")
+        .bind(order)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((row.try_get("id")?, row.try_get("t")?))
+}
+
+/// Milliseconds from each insert to its attempt's start (the claim, on the database clock).
+pub async fn pickup_latencies(pool: &PgPool, samples: &[(Uuid, DateTime<Utc>)]) -> Result<Vec<f64>, sqlx::Error> {
+    let ids: Vec<Uuid> = samples.iter().map(|s| s.0).collect();
+    let started: std::collections::HashMap<Uuid, DateTime<Utc>> =
+        sqlx::query_as("SELECT work_item_id, started_at FROM attempts WHERE work_item_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect();
+    Ok(samples
+        .iter()
+        .filter_map(|(id, inserted)| {
+            started.get(id).map(|s| (*s - *inserted).num_microseconds().unwrap_or(0) as f64 / 1000.0)
+        })
+        .collect())
+}
+
+/// Milliseconds from INSERT to recorded completion for items created since `since`.
+pub async fn end_to_end_since(pool: &PgPool, since: DateTime<Utc>) -> Result<Vec<f64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT (extract(epoch FROM a.completed_at - i.created_at) * 1000)::float8
+         FROM work_items i JOIN attempts a ON a.work_item_id = i.id
+         WHERE i.created_at >= $1 AND a.status = 'COMPLETED'",
+    )
+    .bind(since)
+    .fetch_all(pool)
+    .await
+}
