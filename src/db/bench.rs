@@ -61,14 +61,19 @@ pub async fn prefill_history(pool: &PgPool, n: i64) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Items not yet finished (QUEUED or PROCESSING), through the partial indexes.
-pub async fn live_items(pool: &PgPool) -> Result<i64, sqlx::Error> {
+/// Whether any item is unfinished (QUEUED or PROCESSING), through the partial indexes.
+pub async fn any_live(pool: &PgPool) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT (SELECT count(*) FROM work_items WHERE status = 'QUEUED')
-              + (SELECT count(*) FROM work_items WHERE status = 'PROCESSING')",
+        "SELECT EXISTS (SELECT 1 FROM work_items WHERE status = 'QUEUED')
+             OR EXISTS (SELECT 1 FROM work_items WHERE status = 'PROCESSING')",
     )
     .fetch_one(pool)
     .await
+}
+
+/// When the last attempt was recorded (database clock).
+pub async fn last_completion(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT max(completed_at) FROM attempts").fetch_one(pool).await
 }
 
 /// Committed transactions and rows written in this database so far.

@@ -7,6 +7,40 @@ use sqlx::{PgPool, Row};
 use std::time::Duration;
 use uuid::Uuid;
 
+/// The claim statement (see [`claim`]); public so the plan test can EXPLAIN it.
+/// Parameters: $1 limit, $2 lease (ms), $3 worker id, $4 content size limit.
+pub const CLAIM_SQL: &str = r#"
+WITH next AS (
+    SELECT id FROM work_items
+    WHERE status = 'QUEUED' AND run_at <= now()
+    ORDER BY priority DESC, run_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE work_items w
+    SET status = 'PROCESSING',
+        attempt = w.attempt + 1,
+        lease_expires_at = now() + $2 * interval '1 millisecond',
+        locked_by = $3,
+        claimed_at = now()
+    WHERE w.id = ANY (ARRAY (SELECT id FROM next))
+    RETURNING w.id, w.work_order_id, w.type, w.priority, w.attempt, w.attempt_base,
+              w.max_attempts, w.rescues, w.created_at,
+              octet_length(w.content) AS content_bytes,
+              CASE WHEN octet_length(w.content) <= $4 THEN w.content END AS content
+), started AS (
+    UPDATE work_orders o SET status = 'PROCESSING', updated_at = now()
+    WHERE o.id IN (SELECT s.id FROM work_orders s
+                   WHERE s.id IN (SELECT work_order_id FROM claimed) AND s.status <> 'PROCESSING'
+                   FOR UPDATE SKIP LOCKED)
+)
+SELECT c.id, c.work_order_id, c.type::text AS item_type, c.priority::text AS priority,
+       c.attempt, c.attempt_base, c.max_attempts, c.rescues, c.created_at, c.content_bytes,
+       c.content, o.workflow_id, o.tenant_id, o.created_by, o.priority::text AS order_priority,
+       o.metadata, now() AS claimed_at
+FROM claimed c JOIN work_orders o ON o.id = c.work_order_id
+"#;
+
 /// A claimed item, as the claim statement returns it.
 #[derive(Debug, Clone)]
 pub struct ClaimedItem {
@@ -47,45 +81,13 @@ pub async fn claim(
     lease: Duration,
     max_content_bytes: i32,
 ) -> Result<Vec<ClaimedItem>, sqlx::Error> {
-    let rows = sqlx::query(
-        r#"
-WITH next AS (
-    SELECT id FROM work_items
-    WHERE status = 'QUEUED' AND run_at <= now()
-    ORDER BY priority DESC, run_at
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-), claimed AS (
-    UPDATE work_items w
-    SET status = 'PROCESSING',
-        attempt = w.attempt + 1,
-        lease_expires_at = now() + $2 * interval '1 millisecond',
-        locked_by = $3,
-        claimed_at = now()
-    WHERE w.id = ANY (ARRAY (SELECT id FROM next))
-    RETURNING w.id, w.work_order_id, w.type, w.priority, w.attempt, w.attempt_base,
-              w.max_attempts, w.rescues, w.created_at,
-              octet_length(w.content) AS content_bytes,
-              CASE WHEN octet_length(w.content) <= $4 THEN w.content END AS content
-), started AS (
-    UPDATE work_orders o SET status = 'PROCESSING', updated_at = now()
-    WHERE o.id IN (SELECT s.id FROM work_orders s
-                   WHERE s.id IN (SELECT work_order_id FROM claimed) AND s.status <> 'PROCESSING'
-                   FOR UPDATE SKIP LOCKED)
-)
-SELECT c.id, c.work_order_id, c.type::text AS item_type, c.priority::text AS priority,
-       c.attempt, c.attempt_base, c.max_attempts, c.rescues, c.created_at, c.content_bytes,
-       c.content, o.workflow_id, o.tenant_id, o.created_by, o.priority::text AS order_priority,
-       o.metadata, now() AS claimed_at
-FROM claimed c JOIN work_orders o ON o.id = c.work_order_id
-"#,
-    )
-    .bind(limit)
-    .bind(lease.as_millis() as f64)
-    .bind(worker_id)
-    .bind(max_content_bytes)
-    .fetch_all(pool)
-    .await?;
+    let rows = sqlx::query(CLAIM_SQL)
+        .bind(limit)
+        .bind(lease.as_millis() as f64)
+        .bind(worker_id)
+        .bind(max_content_bytes)
+        .fetch_all(pool)
+        .await?;
     rows.iter()
         .map(|r| {
             Ok(ClaimedItem {
@@ -161,6 +163,71 @@ pub async fn renew_leases(
     .fetch_all(pool)
     .await
 }
+
+/// The batched, fenced completion statement (see [`complete_batch`]); public so the plan
+/// test can EXPLAIN it. Parameters: the 35 column arrays of `Columns`, in order.
+pub const COMPLETE_SQL: &str = r#"
+WITH done AS (
+    UPDATE work_items w SET
+        status = u.status::work_item_status,
+        result = CASE WHEN u.status IN ('COMPLETED', 'AWAITING_APPROVAL') THEN u.output ELSE w.result END,
+        processed_at = CASE WHEN u.status IN ('COMPLETED', 'FAILED') THEN now() ELSE NULL END,
+        run_at = CASE WHEN u.status = 'QUEUED' THEN now() + u.delay_ms * interval '1 millisecond'
+                      ELSE w.run_at END,
+        attempt_base = w.attempt_base + CASE WHEN u.released THEN 1 ELSE 0 END,
+        rescues = w.rescues + CASE WHEN u.attempt_status = 'LOST' THEN 1 ELSE 0 END,
+        lease_expires_at = NULL,
+        locked_by = NULL,
+        last_error = u.error,
+        last_error_code = u.error_code
+    FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::bigint[], $6::bool[],
+                $7::text[], $8::text[], $11::text[])
+         AS u(id, attempt, status, output, delay_ms, released, error, error_code, attempt_status)
+    WHERE w.id = u.id AND w.attempt = u.attempt AND w.status = 'PROCESSING'
+    RETURNING w.id, w.work_order_id, w.attempt
+), attempts_written AS (
+    INSERT INTO attempts (id, work_item_id, attempt_number, agent_id, status, input, output,
+                          error, error_code, worker_id, usage, started_at, completed_at, duration_ms)
+    SELECT a.attempt_id, a.id, a.attempt, a.agent, a.status::attempt_status, a.input, a.output,
+           a.error, a.error_code, a.worker, a.usage, a.started_at, now(), a.duration_ms
+    FROM unnest($1::uuid[], $2::int[], $9::uuid[], $10::text[], $11::text[], $12::jsonb[],
+                $4::jsonb[], $7::text[], $8::text[], $13::text[], $14::jsonb[],
+                $15::timestamptz[], $16::int[])
+         AS a(id, attempt, attempt_id, agent, status, input, output, error, error_code, worker,
+              usage, started_at, duration_ms)
+    WHERE a.id IN (SELECT id FROM done)
+), evals_written AS (
+    INSERT INTO eval_results (work_item_id, attempt_id, evaluation_type, score, metrics, passed)
+    SELECT e.item_id, e.attempt_id, e.kind, round(e.score::numeric, 2), e.metrics, e.passed
+    FROM unnest($17::uuid[], $18::uuid[], $19::text[], $20::float8[], $21::jsonb[], $22::bool[])
+         AS e(item_id, attempt_id, kind, score, metrics, passed)
+    WHERE e.item_id IN (SELECT id FROM done)
+), approvals_written AS (
+    INSERT INTO approval_events (work_item_id, attempt_id, approver_id, decision, reason,
+                                 policy_version, source)
+    SELECT p.item_id, p.attempt_id, p.approver, p.decision::approval_decision, p.reason,
+           p.policy, 'POLICY'
+    FROM unnest($23::uuid[], $24::uuid[], $25::text[], $26::text[], $27::text[], $28::text[])
+         AS p(item_id, attempt_id, approver, decision, reason, policy)
+    WHERE p.item_id IN (SELECT id FROM done)
+), dead_written AS (
+    INSERT INTO dead_letters (work_item_id, source, event_type, payload, error, error_code,
+                              reason, retry_count)
+    SELECT d.item_id, d.source, d.event_type,
+           jsonb_build_object('work_item_id', d.item_id, 'work_order_id', done.work_order_id,
+                              'type', d.event_type, 'attempt', done.attempt,
+                              'error_code', d.error_code, 'agent', d.source),
+           d.error, d.error_code, d.reason::dead_letter_reason, d.retries
+    FROM unnest($29::uuid[], $30::text[], $31::text[], $32::text[], $33::text[], $34::text[],
+                $35::int[])
+         AS d(item_id, source, event_type, error, error_code, reason, retries)
+    JOIN done ON done.id = d.item_id
+)
+SELECT id, work_order_id FROM done
+"#;
+
+/// Parameter types of [`COMPLETE_SQL`], for PREPARE.
+pub const COMPLETE_PARAM_TYPES: &str = "uuid[], int[], text[], jsonb[], bigint[], bool[], text[], text[], uuid[], text[], text[], jsonb[], text[], jsonb[], timestamptz[], int[], uuid[], uuid[], text[], float8[], jsonb[], bool[], uuid[], uuid[], text[], text[], text[], text[], uuid[], text[], text[], text[], text[], text[], int[]";
 
 /// What a completion batch did.
 #[derive(Debug, Default, Clone)]
@@ -301,104 +368,44 @@ async fn write_completions(
     // One statement: the fenced UPDATE decides which items are current (`done`); every
     // side record is inserted only for those. The dead-letter payload carries what a replay
     // needs (the item id; content stays in work_items) plus what an operator reads first.
-    let rows = sqlx::query(
-        r#"
-WITH done AS (
-    UPDATE work_items w SET
-        status = u.status::work_item_status,
-        result = CASE WHEN u.status IN ('COMPLETED', 'AWAITING_APPROVAL') THEN u.output ELSE w.result END,
-        processed_at = CASE WHEN u.status IN ('COMPLETED', 'FAILED') THEN now() ELSE NULL END,
-        run_at = CASE WHEN u.status = 'QUEUED' THEN now() + u.delay_ms * interval '1 millisecond'
-                      ELSE w.run_at END,
-        attempt_base = w.attempt_base + CASE WHEN u.released THEN 1 ELSE 0 END,
-        rescues = w.rescues + CASE WHEN u.attempt_status = 'LOST' THEN 1 ELSE 0 END,
-        lease_expires_at = NULL,
-        locked_by = NULL,
-        last_error = u.error,
-        last_error_code = u.error_code
-    FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::bigint[], $6::bool[],
-                $7::text[], $8::text[], $11::text[])
-         AS u(id, attempt, status, output, delay_ms, released, error, error_code, attempt_status)
-    WHERE w.id = u.id AND w.attempt = u.attempt AND w.status = 'PROCESSING'
-    RETURNING w.id, w.work_order_id, w.attempt
-), attempts_written AS (
-    INSERT INTO attempts (id, work_item_id, attempt_number, agent_id, status, input, output,
-                          error, error_code, worker_id, usage, started_at, completed_at, duration_ms)
-    SELECT a.attempt_id, a.id, a.attempt, a.agent, a.status::attempt_status, a.input, a.output,
-           a.error, a.error_code, a.worker, a.usage, a.started_at, now(), a.duration_ms
-    FROM unnest($1::uuid[], $2::int[], $9::uuid[], $10::text[], $11::text[], $12::jsonb[],
-                $4::jsonb[], $7::text[], $8::text[], $13::text[], $14::jsonb[],
-                $15::timestamptz[], $16::int[])
-         AS a(id, attempt, attempt_id, agent, status, input, output, error, error_code, worker,
-              usage, started_at, duration_ms)
-    WHERE a.id IN (SELECT id FROM done)
-), evals_written AS (
-    INSERT INTO eval_results (work_item_id, attempt_id, evaluation_type, score, metrics, passed)
-    SELECT e.item_id, e.attempt_id, e.kind, round(e.score::numeric, 2), e.metrics, e.passed
-    FROM unnest($17::uuid[], $18::uuid[], $19::text[], $20::float8[], $21::jsonb[], $22::bool[])
-         AS e(item_id, attempt_id, kind, score, metrics, passed)
-    WHERE e.item_id IN (SELECT id FROM done)
-), approvals_written AS (
-    INSERT INTO approval_events (work_item_id, attempt_id, approver_id, decision, reason,
-                                 policy_version, source)
-    SELECT p.item_id, p.attempt_id, p.approver, p.decision::approval_decision, p.reason,
-           p.policy, 'POLICY'
-    FROM unnest($23::uuid[], $24::uuid[], $25::text[], $26::text[], $27::text[], $28::text[])
-         AS p(item_id, attempt_id, approver, decision, reason, policy)
-    WHERE p.item_id IN (SELECT id FROM done)
-), dead_written AS (
-    INSERT INTO dead_letters (work_item_id, source, event_type, payload, error, error_code,
-                              reason, retry_count)
-    SELECT d.item_id, d.source, d.event_type,
-           jsonb_build_object('work_item_id', d.item_id, 'work_order_id', done.work_order_id,
-                              'type', d.event_type, 'attempt', done.attempt,
-                              'error_code', d.error_code, 'agent', d.source),
-           d.error, d.error_code, d.reason::dead_letter_reason, d.retries
-    FROM unnest($29::uuid[], $30::text[], $31::text[], $32::text[], $33::text[], $34::text[],
-                $35::int[])
-         AS d(item_id, source, event_type, error, error_code, reason, retries)
-    JOIN done ON done.id = d.item_id
-)
-SELECT id, work_order_id FROM done
-"#,
-    )
-    .bind(&c.id)
-    .bind(&c.attempt)
-    .bind(&c.status)
-    .bind(&c.output)
-    .bind(&c.delay_ms)
-    .bind(&c.released)
-    .bind(&c.error)
-    .bind(&c.error_code)
-    .bind(&c.attempt_id)
-    .bind(&c.agent)
-    .bind(&c.attempt_status)
-    .bind(&c.input)
-    .bind(&c.worker)
-    .bind(&c.usage)
-    .bind(&c.started_at)
-    .bind(&c.duration_ms)
-    .bind(&c.ev_item)
-    .bind(&c.ev_attempt)
-    .bind(&c.ev_type)
-    .bind(&c.ev_score)
-    .bind(&c.ev_metrics)
-    .bind(&c.ev_passed)
-    .bind(&c.ap_item)
-    .bind(&c.ap_attempt)
-    .bind(&c.ap_approver)
-    .bind(&c.ap_decision)
-    .bind(&c.ap_reason)
-    .bind(&c.ap_policy)
-    .bind(&c.dl_item)
-    .bind(&c.dl_source)
-    .bind(&c.dl_type)
-    .bind(&c.dl_error)
-    .bind(&c.dl_code)
-    .bind(&c.dl_reason)
-    .bind(&c.dl_retries)
-    .fetch_all(&mut **tx)
-    .await?;
+    let rows = sqlx::query(COMPLETE_SQL)
+        .bind(&c.id)
+        .bind(&c.attempt)
+        .bind(&c.status)
+        .bind(&c.output)
+        .bind(&c.delay_ms)
+        .bind(&c.released)
+        .bind(&c.error)
+        .bind(&c.error_code)
+        .bind(&c.attempt_id)
+        .bind(&c.agent)
+        .bind(&c.attempt_status)
+        .bind(&c.input)
+        .bind(&c.worker)
+        .bind(&c.usage)
+        .bind(&c.started_at)
+        .bind(&c.duration_ms)
+        .bind(&c.ev_item)
+        .bind(&c.ev_attempt)
+        .bind(&c.ev_type)
+        .bind(&c.ev_score)
+        .bind(&c.ev_metrics)
+        .bind(&c.ev_passed)
+        .bind(&c.ap_item)
+        .bind(&c.ap_attempt)
+        .bind(&c.ap_approver)
+        .bind(&c.ap_decision)
+        .bind(&c.ap_reason)
+        .bind(&c.ap_policy)
+        .bind(&c.dl_item)
+        .bind(&c.dl_source)
+        .bind(&c.dl_type)
+        .bind(&c.dl_error)
+        .bind(&c.dl_code)
+        .bind(&c.dl_reason)
+        .bind(&c.dl_retries)
+        .fetch_all(&mut **tx)
+        .await?;
     rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("work_order_id")?))).collect()
 }
 

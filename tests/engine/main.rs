@@ -10,4 +10,5 @@ mod dead_letters;
 mod durability;
 mod flow;
 mod input;
+mod plans;
 mod review;

@@ -1,0 +1,61 @@
+//! The hot statements keep their index plans as the table grows (DESIGN §7): a regression
+//! to a sequential scan of work_items makes each batch cost O(table) and fails here.
+
+use crate::common::*;
+use orderly::db::queue::{CLAIM_SQL, COMPLETE_PARAM_TYPES, COMPLETE_SQL};
+
+async fn explain(db: &TestDb, prepare: String, execute: String) -> String {
+    let mut conn = db.pool.acquire().await.unwrap();
+    // The worst case: the generic plan PostgreSQL switches to for a prepared statement.
+    sqlx::raw_sql("SET plan_cache_mode = force_generic_plan").execute(&mut *conn).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute(&mut *conn).await.unwrap();
+    let lines: Vec<String> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {execute}"))).fetch_all(&mut *conn).await.unwrap();
+    lines.join("\n")
+}
+
+#[tokio::test]
+async fn hot_statements_use_indexes_not_table_scans() {
+    let db = TestDb::new().await;
+    sqlx::raw_sql(
+        "INSERT INTO work_orders (workflow_id, tenant_id, created_by)
+           SELECT 'plan', gen_random_uuid(), gen_random_uuid() FROM generate_series(1, 400);
+         INSERT INTO work_items (work_order_id, type, content, status)
+           SELECT o.id, 'TICKET', '{}', CASE WHEN g % 2 = 0 THEN 'COMPLETED' ELSE 'QUEUED' END::work_item_status
+           FROM (SELECT id, row_number() OVER () AS k FROM work_orders) o
+           JOIN generate_series(1, 40000) g ON o.k = g % 400 + 1;
+         ANALYZE;",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let claim = explain(
+        &db,
+        format!("PREPARE claim(bigint, float8, text, int) AS {CLAIM_SQL}"),
+        "EXECUTE claim(128, 30000, 'plan-test', 1048576)".into(),
+    )
+    .await;
+    assert!(claim.contains("idx_work_items_ready"), "claim uses the ready index:\n{claim}");
+    assert!(!claim.contains("Seq Scan on work_items"), "claim scans work_items:\n{claim}");
+
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM work_items WHERE status = 'QUEUED' LIMIT 3")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    let id_array = format!("ARRAY['{}']::uuid[]", ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("','"));
+    let mut args = vec![id_array.clone(), "ARRAY[1,1,1]".into()];
+    args.extend(std::iter::repeat_n("'{}'".to_owned(), 33));
+    let complete = explain(
+        &db,
+        format!("PREPARE complete({COMPLETE_PARAM_TYPES}) AS {COMPLETE_SQL}"),
+        format!("EXECUTE complete({})", args.join(", ")),
+    )
+    .await;
+    assert!(!complete.contains("Seq Scan on work_items"), "completion scans work_items:\n{complete}");
+    // The primary key, or the partial index of leased rows (bounded by what is in flight).
+    assert!(
+        complete.contains("work_items_pkey") || complete.contains("idx_work_items_leased"),
+        "completion finds items through a bounded index:\n{complete}"
+    );
+}
