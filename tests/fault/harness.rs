@@ -213,8 +213,13 @@ pub async fn oracle(db: &TestDb, inserted: &[Uuid], agent: &TestAgent) -> Verdic
 
 impl Verdict {
     /// Asserts every guarantee; `max_duplicates` is what the injected faults can explain.
-    pub fn assert_holds(&self, scenario: &str, max_duplicates: i64) {
+    /// Prints one `FAULTS|` line per scenario (the README's Guarantees table).
+    pub fn assert_holds(&self, scenario: &str, faults: &str, max_duplicates: i64) {
         println!("{scenario} ({} items): {self:?}", self.items);
+        println!(
+            "FAULTS| {scenario} | {} | {faults} | {} | {} | {} (≤ {max_duplicates} explained) | {} |",
+            self.items, self.lost, self.stuck, self.duplicates, self.lost_attempts
+        );
         assert_eq!(self.lost, 0, "{scenario}: items lost");
         assert_eq!(self.stuck, 0, "{scenario}: items stuck");
         assert_eq!(self.misnumbered, 0, "{scenario}: attempts not numbered 1..n");
