@@ -13,6 +13,9 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// After a claim that found work but less than it asked for, the next look comes this soon.
+const QUICK_RECHECK: Duration = Duration::from_millis(5);
+
 pub struct Dispatcher {
     pub pool: PgPool,
     pub ctx: Arc<RunContext>,
@@ -44,8 +47,15 @@ impl Dispatcher {
                 continue;
             }
             let want = free.min(settings.worker.claim_batch);
+            let mut pause = settings.worker.poll_interval;
             match self.claim_and_start(want).await {
                 Ok(got) => {
+                    if got > 0 {
+                        // Work is arriving: look again soon, for an INSERT that committed
+                        // just after this claim's snapshot without a NOTIFY (the trigger
+                        // skips it when the queue is busy).
+                        pause = pause.min(QUICK_RECHECK);
+                    }
                     self.metrics.ready.store(true, std::sync::atomic::Ordering::Relaxed);
                     error_delay = Duration::from_millis(50);
                     if got == want {
@@ -68,7 +78,7 @@ impl Dispatcher {
             tokio::select! {
                 _ = self.stop.cancelled() => break,
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(settings.worker.poll_interval) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
         }
         tracing::debug!("dispatcher stopped claiming");
