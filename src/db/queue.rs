@@ -31,7 +31,7 @@ WITH next AS (
 ), started AS (
     UPDATE work_orders o SET status = 'PROCESSING', updated_at = now()
     WHERE o.id IN (SELECT s.id FROM work_orders s
-                   WHERE s.id IN (SELECT work_order_id FROM claimed) AND s.status <> 'PROCESSING'
+                   WHERE s.id = ANY (ARRAY (SELECT work_order_id FROM claimed)) AND s.status <> 'PROCESSING'
                    FOR UPDATE SKIP LOCKED)
 )
 SELECT c.id, c.work_order_id, c.type::text AS item_type, c.priority::text AS priority,
@@ -39,6 +39,8 @@ SELECT c.id, c.work_order_id, c.type::text AS item_type, c.priority::text AS pri
        c.content, o.workflow_id, o.tenant_id, o.created_by, o.priority::text AS order_priority,
        o.metadata, now() AS claimed_at
 FROM claimed c JOIN work_orders o ON o.id = c.work_order_id
+-- An explicit key condition: without it the planner may hash-join over a scan of all orders.
+WHERE o.id = ANY (ARRAY (SELECT work_order_id FROM claimed))
 "#;
 
 /// A claimed item, as the claim statement returns it.
@@ -143,25 +145,37 @@ pub async fn mem_docs(pool: &PgPool, item_ids: &[Uuid]) -> Result<Vec<MemDoc>, s
         .collect()
 }
 
+/// The lease renewal statement (see [`renew_leases`]); public so the plan test can EXPLAIN it.
+/// By primary key, never through the partial index of leased rows (see [`COMPLETE_SQL`]).
+pub const RENEW_SQL: &str = "UPDATE work_items w SET lease_expires_at = now() + $3 * interval '1 millisecond'
+         FROM unnest($1::uuid[], $2::int[]) AS u(id, attempt)
+         WHERE w.id = u.id AND w.attempt = u.attempt AND w.status::text = 'PROCESSING'
+           AND w.id IN (SELECT id FROM work_items WHERE id = ANY ($1::uuid[]) FOR UPDATE SKIP LOCKED)
+         RETURNING w.id";
+
+/// Of the given (id, attempt) pairs, those still current and PROCESSING (no lock taken).
+pub async fn still_current(pool: &PgPool, ids: &[Uuid], attempts: &[i32]) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT w.id FROM work_items w JOIN unnest($1::uuid[], $2::int[]) AS u(id, attempt) ON u.id = w.id
+         WHERE w.id = ANY ($1::uuid[]) AND w.attempt = u.attempt AND w.status::text = 'PROCESSING'",
+    )
+    .bind(ids)
+    .bind(attempts)
+    .fetch_all(pool)
+    .await
+}
+
 /// Extends the leases of items this worker still holds at the given attempts. Returns the
-/// ids renewed; an id missing from the answer has lost its lease.
+/// ids renewed. Rows locked by another transaction (the completer writing their result, or
+/// the rescuer taking them) are skipped rather than waited for: waiting would let a batch
+/// renewal and a batch completion lock rows in opposite orders and deadlock.
 pub async fn renew_leases(
     pool: &PgPool,
     ids: &[Uuid],
     attempts: &[i32],
     lease: Duration,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
-        "UPDATE work_items w SET lease_expires_at = now() + $3 * interval '1 millisecond'
-         FROM unnest($1::uuid[], $2::int[]) AS u(id, attempt)
-         WHERE w.id = u.id AND w.attempt = u.attempt AND w.status = 'PROCESSING'
-         RETURNING w.id",
-    )
-    .bind(ids)
-    .bind(attempts)
-    .bind(lease.as_millis() as f64)
-    .fetch_all(pool)
-    .await
+    sqlx::query_scalar(RENEW_SQL).bind(ids).bind(attempts).bind(lease.as_millis() as f64).fetch_all(pool).await
 }
 
 /// The batched, fenced completion statement (see [`complete_batch`]); public so the plan
@@ -183,7 +197,11 @@ WITH done AS (
     FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::bigint[], $6::bool[],
                 $7::text[], $8::text[], $11::text[])
          AS u(id, attempt, status, output, delay_ms, released, error, error_code, attempt_status)
-    WHERE w.id = u.id AND w.attempt = u.attempt AND w.status = 'PROCESSING'
+    -- Found by primary key (`w.id = ANY($1)`). The status test is written on `status::text`
+    -- so the planner cannot pick the partial index of leased rows instead: that index holds a
+    -- dead entry for every execution since the last vacuum, and walking it made each batch
+    -- cost O(recent history) (measured with `orderly bench --history`; DESIGN §7).
+    WHERE w.id = ANY ($1::uuid[]) AND w.id = u.id AND w.attempt = u.attempt AND w.status::text = 'PROCESSING'
     RETURNING w.id, w.work_order_id, w.attempt
 ), attempts_written AS (
     INSERT INTO attempts (id, work_item_id, attempt_number, agent_id, status, input, output,
@@ -409,6 +427,24 @@ async fn write_completions(
     rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("work_order_id")?))).collect()
 }
 
+/// The order roll-up (see [`roll_up_orders`]); public so the plan test can EXPLAIN it.
+/// Each order's status comes from a correlated aggregate over its items (the composite
+/// index), and the orders are found by primary key: the cost is the batch's orders, never
+/// the table's.
+pub const ROLL_UP_SQL: &str = r#"
+UPDATE work_orders o SET status = r.status, updated_at = now()
+FROM (
+    SELECT x.id,
+           (SELECT CASE WHEN bool_or(i.status IN ('QUEUED', 'PROCESSING', 'AWAITING_APPROVAL'))
+                             THEN 'PROCESSING'
+                        WHEN bool_or(i.status = 'FAILED') THEN 'FAILED'
+                        ELSE 'COMPLETED' END::work_order_status
+            FROM work_items i WHERE i.work_order_id = x.id) AS status
+    FROM unnest($1::uuid[]) AS x(id)
+) r
+WHERE o.id = ANY ($1) AND o.id = r.id AND r.status IS NOT NULL AND o.status <> r.status
+"#;
+
 /// Recomputes the status of the given orders from their items (DESIGN §2), inside the
 /// caller's transaction, after its item updates.
 ///
@@ -427,24 +463,6 @@ pub async fn roll_up_orders(
         .bind(orders)
         .fetch_all(&mut **tx)
         .await?;
-    sqlx::query(
-        r#"
-UPDATE work_orders o SET status = r.status, updated_at = now()
-FROM (
-    SELECT i.work_order_id AS id,
-           CASE WHEN bool_or(i.status IN ('QUEUED', 'PROCESSING', 'AWAITING_APPROVAL'))
-                     THEN 'PROCESSING'
-                WHEN bool_or(i.status = 'FAILED') THEN 'FAILED'
-                ELSE 'COMPLETED' END::work_order_status AS status
-    FROM work_items i
-    WHERE i.work_order_id = ANY($1)
-    GROUP BY i.work_order_id
-) r
-WHERE o.id = r.id AND o.status <> r.status
-"#,
-    )
-    .bind(orders)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(ROLL_UP_SQL).bind(orders).execute(&mut **tx).await?;
     Ok(())
 }

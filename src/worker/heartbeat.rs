@@ -7,6 +7,7 @@ use crate::db;
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 pub async fn run(pool: PgPool, in_flight: InFlight, lease: Duration, stop: CancellationToken) {
     let interval = lease / 3;
@@ -32,12 +33,19 @@ pub async fn run_once(pool: &PgPool, in_flight: &InFlight, lease: Duration) -> u
     match db::queue::renew_leases(pool, &ids, &attempts, lease).await {
         Ok(renewed) => {
             in_flight.confirm(&renewed, asked_at);
-            for (id, held_lease) in &held {
-                if !renewed.contains(id) && !held_lease.stop.lease_lost.is_cancelled() {
-                    // Either already written by the completer (then it left in_flight just
-                    // now) or taken back by the rescuer: stop work on it either way.
-                    held_lease.stop.lease_lost.cancel();
-                    stopped += 1;
+            let missing: Vec<(Uuid, i32)> =
+                held.iter().filter(|(id, _)| !renewed.contains(id)).map(|(id, l)| (*id, l.attempt)).collect();
+            if !missing.is_empty() {
+                // Not renewed: either locked right now (being completed or rescued) or no
+                // longer ours. Only the latter stops the work.
+                let (ids, attempts): (Vec<Uuid>, Vec<i32>) = missing.iter().copied().unzip();
+                if let Ok(current) = db::queue::still_current(pool, &ids, &attempts).await {
+                    for (id, held_lease) in &held {
+                        if ids.contains(id) && !current.contains(id) && !held_lease.stop.lease_lost.is_cancelled() {
+                            held_lease.stop.lease_lost.cancel();
+                            stopped += 1;
+                        }
+                    }
                 }
             }
         }
