@@ -31,7 +31,7 @@ WITH next AS (
 ), started AS (
     UPDATE work_orders o SET status = 'PROCESSING', updated_at = now()
     WHERE o.id IN (SELECT s.id FROM work_orders s
-                   WHERE s.id = ANY (ARRAY (SELECT work_order_id FROM claimed)) AND s.status <> 'PROCESSING'
+                   WHERE s.id IN (SELECT work_order_id FROM claimed) AND s.status <> 'PROCESSING'
                    FOR UPDATE SKIP LOCKED)
 )
 SELECT c.id, c.work_order_id, c.type::text AS item_type, c.priority::text AS priority,
@@ -39,8 +39,6 @@ SELECT c.id, c.work_order_id, c.type::text AS item_type, c.priority::text AS pri
        c.content, o.workflow_id, o.tenant_id, o.created_by, o.priority::text AS order_priority,
        o.metadata, now() AS claimed_at
 FROM claimed c JOIN work_orders o ON o.id = c.work_order_id
--- An explicit key condition: without it the planner may hash-join over a scan of all orders.
-WHERE o.id = ANY (ARRAY (SELECT work_order_id FROM claimed))
 "#;
 
 /// A claimed item, as the claim statement returns it.
@@ -197,11 +195,7 @@ WITH done AS (
     FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::bigint[], $6::bool[],
                 $7::text[], $8::text[], $11::text[])
          AS u(id, attempt, status, output, delay_ms, released, error, error_code, attempt_status)
-    -- Found by primary key (`w.id = ANY($1)`). The status test is written on `status::text`
-    -- so the planner cannot pick the partial index of leased rows instead: that index holds a
-    -- dead entry for every execution since the last vacuum, and walking it made each batch
-    -- cost O(recent history) (measured with `orderly bench --history`; DESIGN §7).
-    WHERE w.id = ANY ($1::uuid[]) AND w.id = u.id AND w.attempt = u.attempt AND w.status::text = 'PROCESSING'
+    WHERE w.id = u.id AND w.attempt = u.attempt AND w.status = 'PROCESSING'
     RETURNING w.id, w.work_order_id, w.attempt
 ), attempts_written AS (
     INSERT INTO attempts (id, work_item_id, attempt_number, agent_id, status, input, output,
