@@ -69,6 +69,16 @@ pub struct Daemon {
     pub log: std::path::PathBuf,
 }
 
+/// A daemon whose test failed half-way must not outlive it.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Daemon {
     pub fn start(db: &TestDb, config: &std::path::Path) -> Daemon {
         let log = config.with_file_name(format!("daemon-{}.log", Uuid::new_v4().simple()));
