@@ -73,21 +73,27 @@ async fn http_status_classes_decide_retry_or_dead_letter() {
     }
 }
 
-#[tokio::test]
-async fn rate_limits_honour_retry_after_on_the_database_clock() {
-    let db = TestDb::new().await;
+/// Runs one item against an agent that answers `status` with `Retry-After: retry_after`,
+/// until its first attempt is recorded; returns the item.
+async fn first_attempt_against(db: &TestDb, status: u16, retry_after: &'static str, retry: &str) -> uuid::Uuid {
     let agent =
-        TestAgent::start(|_| ((429, vec![("retry-after", "7".into())], "slow down".into()), Duration::ZERO)).await;
-    let config = format!(
-        "{}[retry]\nmax_attempts = 3\nbackoff_base = \"50ms\"\nbackoff_max = \"1m\"\n[routes]\nTICKET = \"limited\"\n",
-        agent.config("limited", "5s")
-    );
+        TestAgent::start(move |_| ((status, vec![("retry-after", retry_after.into())], "".into()), Duration::ZERO))
+            .await;
+    let config =
+        format!("{}[retry]\nmax_attempts = 3\n{retry}[routes]\nTICKET = \"remote\"\n", agent.config("remote", "5s"));
     let order = insert_order(&db.pool, "MEDIUM").await;
     let item = insert_item(&db.pool, order, "TICKET", "{}").await;
     let engine = db.engine(&config).await;
     wait_until("the first attempt", Duration::from_secs(10), || async { attempts(&db.pool, item).await.len() == 1 })
         .await;
     stop(engine).await;
+    item
+}
+
+#[tokio::test]
+async fn rate_limits_honour_retry_after_on_the_database_clock() {
+    let db = TestDb::new().await;
+    let item = first_attempt_against(&db, 429, "7", "backoff_base = \"50ms\"\nbackoff_max = \"1m\"\n").await;
     assert_eq!(item_status(&db.pool, item).await, "QUEUED");
     assert_eq!(attempts(&db.pool, item).await[0].2.as_deref(), Some("AGENT_RATE_LIMITED"));
     let delay = retry_delay_seconds(&db, item).await;
@@ -97,17 +103,7 @@ async fn rate_limits_honour_retry_after_on_the_database_clock() {
 #[tokio::test]
 async fn retry_after_is_clamped_to_backoff_max() {
     let db = TestDb::new().await;
-    let agent = TestAgent::start(|_| ((503, vec![("retry-after", "86400".into())], "".into()), Duration::ZERO)).await;
-    let config = format!(
-        "{}[retry]\nmax_attempts = 3\nbackoff_max = \"30s\"\n[routes]\nTICKET = \"down\"\n",
-        agent.config("down", "5s")
-    );
-    let order = insert_order(&db.pool, "MEDIUM").await;
-    let item = insert_item(&db.pool, order, "TICKET", "{}").await;
-    let engine = db.engine(&config).await;
-    wait_until("the first attempt", Duration::from_secs(10), || async { attempts(&db.pool, item).await.len() == 1 })
-        .await;
-    stop(engine).await;
+    let item = first_attempt_against(&db, 503, "86400", "backoff_max = \"30s\"\n").await;
     let delay = retry_delay_seconds(&db, item).await;
     assert!((29.9..=30.1).contains(&delay), "clamped to 30s, got {delay}");
 }
