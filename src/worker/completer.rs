@@ -59,20 +59,28 @@ impl Completer {
             }
         };
         Metrics::add(&self.metrics.completer_batches, 1);
-        let next_retry = batch
+        // One wake-up per distinct retry time (to 10ms) in this batch, in one task: a retry
+        // that is not the batch's earliest must not wait for the poll either.
+        let mut wake_at: Vec<u64> = batch
             .iter()
             .filter(|c| !report.stale.contains(&c.item_id))
             .filter_map(|c| match c.next {
-                NextState::Retry { delay_ms } => Some(delay_ms),
+                NextState::Retry { delay_ms } => Some(delay_ms.max(0) as u64),
                 NextState::Released => Some(0),
                 _ => None,
             })
-            .min();
-        if let Some(delay_ms) = next_retry {
+            .map(|ms| ms.div_ceil(10) * 10)
+            .collect();
+        wake_at.sort_unstable();
+        wake_at.dedup();
+        if !wake_at.is_empty() {
             let wake = self.wake.clone();
             tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(delay_ms.max(0) as u64)).await;
-                wake.notify_one();
+                let start = tokio::time::Instant::now();
+                for ms in wake_at {
+                    tokio::time::sleep_until(start + Duration::from_millis(ms)).await;
+                    wake.notify_one();
+                }
             });
         }
         for done in batch {
