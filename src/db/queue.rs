@@ -195,7 +195,7 @@ WITH done AS (
     FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::bigint[], $6::bool[],
                 $7::text[], $8::text[], $11::text[])
          AS u(id, attempt, status, output, delay_ms, released, error, error_code, attempt_status)
-    WHERE w.id = u.id AND w.attempt = u.attempt AND w.status = 'PROCESSING'
+    WHERE w.id = u.id AND w.attempt = u.attempt AND w.status::text = 'PROCESSING'
     RETURNING w.id, w.work_order_id, w.attempt
 ), attempts_written AS (
     INSERT INTO attempts (id, work_item_id, attempt_number, agent_id, status, input, output,
