@@ -87,7 +87,7 @@ impl Rescuer {
                     order_id: item.work_order_id,
                     item_type: item.item_type.clone(),
                     attempt: item.attempt,
-                    attempt_id: Uuid::new_v4(),
+                    attempt_id: Uuid::now_v7(),
                     attempts_used: budget.used,
                     agent: "rescuer".into(),
                     worker_id: self.worker_id.clone(),

@@ -40,7 +40,7 @@ pub struct Stop {
 /// Runs one item to a [`Completion`], or `None` when its lease was lost mid-run.
 pub async fn run(ctx: &RunContext, item: ClaimedItem, mem_docs: Vec<MemDoc>, stop: Stop) -> Option<Completion> {
     let started = Instant::now();
-    let attempt_id = Uuid::new_v4();
+    let attempt_id = Uuid::now_v7();
     let settings = &ctx.settings;
 
     let step = ctx.catalog.resolve(&item.workflow_id, &item.item_type).await;
