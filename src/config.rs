@@ -65,6 +65,8 @@ pub struct WorkerSettings {
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     pub completer_batch: usize,
+    /// Completer tasks writing results concurrently, each on its own connection.
+    pub completers: usize,
     /// Times an item may be taken back from a vanished worker before it is dead-lettered
     /// as a crash loop.
     pub max_rescues: i32,
@@ -186,6 +188,9 @@ impl Settings {
         }
         if self.worker.claim_batch == 0 {
             return Err(ConfigError::invalid("worker.claim_batch", "must be at least 1"));
+        }
+        if self.worker.completers == 0 {
+            return Err(ConfigError::invalid("worker.completers", "must be at least 1"));
         }
         if self.worker.completer_batch == 0 {
             return Err(ConfigError::invalid("worker.completer_batch", "must be at least 1"));

@@ -32,7 +32,7 @@ pub struct Engine {
     stop_background: CancellationToken,
     runners: TaskTracker,
     dispatcher: JoinHandle<()>,
-    completer: JoinHandle<()>,
+    completers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
     shutdown_grace: Duration,
 }
@@ -62,16 +62,21 @@ impl Engine {
         let runners = TaskTracker::new();
         let (tx, rx) = mpsc::channel(settings.worker.concurrency.max(settings.worker.completer_batch) * 2);
 
-        let completer = tokio::spawn(
-            Completer {
-                pool: pool.clone(),
-                in_flight: in_flight.clone(),
-                metrics: metrics.clone(),
-                batch_size: settings.worker.completer_batch,
-                wake: wake.clone(),
-            }
-            .run(rx),
-        );
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let completers = (0..settings.worker.completers)
+            .map(|_| {
+                tokio::spawn(
+                    Completer {
+                        pool: pool.clone(),
+                        in_flight: in_flight.clone(),
+                        metrics: metrics.clone(),
+                        batch_size: settings.worker.completer_batch,
+                        wake: wake.clone(),
+                    }
+                    .run(rx.clone()),
+                )
+            })
+            .collect();
         let (leading_tx, leading) = watch::channel(false);
         let rescuer = Rescuer { pool: pool.clone(), settings: settings.clone(), worker_id: worker_id.clone() };
         let background = vec![
@@ -116,7 +121,7 @@ impl Engine {
             stop_background,
             runners,
             dispatcher,
-            completer,
+            completers,
             background,
             shutdown_grace: settings.worker.shutdown_grace,
         })
@@ -152,7 +157,9 @@ impl Engine {
         }
         self.runners.wait().await;
         // Every runner has handed over its result; the dispatcher held the last sender.
-        let _ = self.completer.await;
+        for completer in self.completers {
+            let _ = completer.await;
+        }
         self.stop_background.cancel();
         for task in self.background {
             let _ = task.await;

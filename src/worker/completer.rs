@@ -1,6 +1,7 @@
-//! The single writer after a run. Receives finished executions, writes them in batches
-//! (one transaction each, fenced per item), retries on database errors without losing a
-//! result, counts stale writes, and releases the in-flight entries.
+//! The writer after a run. Receives finished executions, writes them in batches (one
+//! transaction each, fenced per item), retries on database errors without losing a result,
+//! counts stale writes, and releases the in-flight entries. `worker.completers` of them share
+//! the results channel; each item's result goes to exactly one of them.
 
 use super::{InFlight, Metrics};
 use crate::db;
@@ -9,7 +10,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{Mutex, mpsc};
 
 pub struct Completer {
     pub pool: PgPool,
@@ -22,10 +23,16 @@ pub struct Completer {
 }
 
 impl Completer {
-    /// Runs until every sender is gone and the queue is drained.
-    pub async fn run(self, mut rx: mpsc::Receiver<Completion>) {
+    /// Runs until every sender is gone and the queue is drained. Several completers share
+    /// one receiver: each takes what is waiting (up to a batch) and writes it while the next
+    /// completer gathers the following batch.
+    pub async fn run(self, rx: Arc<Mutex<mpsc::Receiver<Completion>>>) {
         let mut batch = Vec::with_capacity(self.batch_size);
-        while rx.recv_many(&mut batch, self.batch_size).await > 0 {
+        loop {
+            let got = rx.lock().await.recv_many(&mut batch, self.batch_size).await;
+            if got == 0 {
+                break;
+            }
             self.write(&batch).await;
             batch.clear();
         }
