@@ -42,6 +42,8 @@ async fn hot_statements_use_indexes_not_table_scans() {
     )
     .await;
     assert!(claim.contains("idx_work_items_ready"), "claim uses the ready index:\n{claim}");
+    assert!(claim.contains("Tid Scan on work_items"), "claim updates the rows it locked by ctid:\n{claim}");
+    eprintln!("{claim}");
     assert!(!claim.contains("Seq Scan on work_items"), "claim scans work_items:\n{claim}");
 
     let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM work_items WHERE status = 'PROCESSING' LIMIT 3")
