@@ -23,7 +23,7 @@ WITH next AS (
         lease_expires_at = now() + $2 * interval '1 millisecond',
         locked_by = $3,
         claimed_at = now()
-    WHERE w.ctid = ANY (ARRAY (SELECT ctid FROM next)) AND w.status = 'QUEUED'
+    WHERE w.ctid = ANY (ARRAY (SELECT ctid FROM next))
     RETURNING w.id, w.work_order_id, w.type, w.priority, w.attempt, w.attempt_base,
               w.max_attempts, w.rescues, w.created_at,
               octet_length(w.content) AS content_bytes,
@@ -72,7 +72,8 @@ pub struct ClaimedItem {
 /// Locking: `FOR UPDATE SKIP LOCKED` on the partial index `idx_work_items_ready`, so
 /// concurrent claimers never wait on each other. The update goes straight to the locked
 /// row versions by `ctid = ANY(ARRAY(...))` (a TID scan): a row this statement has locked
-/// cannot move before it updates it. Looking them up again by primary key was a tenth of
+/// cannot move before it updates it. No other condition: one on `status` would offer the
+/// planner the ready index again, which it takes when its statistics think it empty. Looking them up again by primary key was a tenth of
 /// the database's CPU (a bitmap scan re-reads every dead index entry of a key), and a join
 /// the planner may turn into a scan (DESIGN §7). Orders are taken with SKIP LOCKED too: an order that another
 /// transaction holds is already being moved out of PENDING or rolled up.

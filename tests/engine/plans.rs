@@ -21,13 +21,14 @@ async fn hot_statements_use_indexes_not_table_scans() {
         "INSERT INTO work_orders (workflow_id, tenant_id, created_by)
            SELECT 'plan', gen_random_uuid(), gen_random_uuid() FROM generate_series(1, 20000);
          INSERT INTO work_items (work_order_id, type, content, status)
-           SELECT o.id, 'TICKET', '{}',
-                  CASE WHEN g % 2 = 0 THEN 'COMPLETED' ELSE 'QUEUED' END::work_item_status
+           SELECT o.id, 'TICKET', '{}', 'COMPLETED'
            FROM (SELECT id, row_number() OVER () AS k FROM work_orders) o
            JOIN generate_series(1, 40000) g ON o.k = g % 20000 + 1;
          ANALYZE;
-         -- Statistics taken while nothing ran (a quiet night, a settled history) say the
-         -- leased index is empty; the completion must not trust that.
+         -- Statistics taken while nothing was queued or running (a quiet night, a settled
+         -- history) say both partial indexes are empty; no hot statement may trust that.
+         UPDATE work_items SET status = 'QUEUED' WHERE id IN (
+             SELECT id FROM work_items ORDER BY id LIMIT 20000);
          UPDATE work_items SET status = 'PROCESSING', attempt = 1 WHERE id IN (
              SELECT id FROM work_items WHERE status = 'QUEUED' LIMIT 1000);",
     )
@@ -42,8 +43,11 @@ async fn hot_statements_use_indexes_not_table_scans() {
     )
     .await;
     assert!(claim.contains("idx_work_items_ready"), "claim uses the ready index:\n{claim}");
-    assert!(claim.contains("Tid Scan on work_items"), "claim updates the rows it locked by ctid:\n{claim}");
-    eprintln!("{claim}");
+    // The update goes to the locked rows by ctid, never back through the ready index (with
+    // statistics that think it empty, the planner walked it filtering on ctid: 74,272 rows
+    // removed per 128 claimed over a million finished items).
+    assert!(claim.contains("Tid Scan on work_items w"), "claim updates the rows it locked by ctid:\n{claim}");
+    assert_eq!(claim.matches("idx_work_items_ready").count(), 1, "claim walks the ready index twice:\n{claim}");
     assert!(!claim.contains("Seq Scan on work_items"), "claim scans work_items:\n{claim}");
 
     let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM work_items WHERE status = 'PROCESSING' LIMIT 3")
