@@ -13,7 +13,8 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// After a claim that found work but less than it asked for, the next look comes this soon.
+/// After a claim that found work but less than it asked for, the next look comes this soon;
+/// each empty look after that doubles the wait, up to `worker.poll_interval`.
 const QUICK_RECHECK: Duration = Duration::from_millis(5);
 
 pub struct Dispatcher {
@@ -33,6 +34,7 @@ impl Dispatcher {
     pub async fn run(self) {
         let settings = self.ctx.settings.clone();
         let mut error_delay = Duration::from_millis(50);
+        let mut recheck = settings.worker.poll_interval;
         loop {
             if self.stop.is_cancelled() {
                 break;
@@ -47,15 +49,17 @@ impl Dispatcher {
                 continue;
             }
             let want = free.min(settings.worker.claim_batch);
-            let mut pause = settings.worker.poll_interval;
+            let pause;
             match self.claim_and_start(want).await {
                 Ok(got) => {
-                    if got > 0 {
-                        // Work is arriving: look again soon, for an INSERT that committed
-                        // just after this claim's snapshot without a NOTIFY (the trigger
-                        // skips it when the queue is busy).
-                        pause = pause.min(QUICK_RECHECK);
-                    }
+                    // Work is arriving: look again soon, and keep looking, less and less
+                    // often, after the queue seems empty. An INSERT whose trigger saw items
+                    // still queued sends no NOTIFY (the queue looked busy) and may commit
+                    // just after this claim's snapshot; without these looks it would wait
+                    // for the poll, and so would every INSERT after it (the queue is then
+                    // no longer empty, so they send no NOTIFY either).
+                    recheck = if got > 0 { QUICK_RECHECK } else { (recheck * 2).min(settings.worker.poll_interval) };
+                    pause = recheck.min(settings.worker.poll_interval);
                     self.metrics.ready.store(true, std::sync::atomic::Ordering::Relaxed);
                     error_delay = Duration::from_millis(50);
                     if got == want {

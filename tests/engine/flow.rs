@@ -106,6 +106,51 @@ async fn an_insert_wakes_an_idle_engine_through_notify() {
 }
 
 #[tokio::test]
+async fn a_steady_stream_is_picked_up_without_waiting_for_the_poll() {
+    let db = TestDb::new().await;
+    // A minute-long poll again. Under a steady stream most INSERTs send no NOTIFY (their
+    // trigger sees items still queued); one that commits just after a claim's snapshot must
+    // be found by the dispatcher's own re-checks, or it and every INSERT after it wait for
+    // the poll.
+    let engine = db.engine("[worker]\npoll_interval = \"60s\"\n[routes]\nTICKET = \"echo\"\n").await;
+    wait_until("the engine to LISTEN", Duration::from_secs(10), || async {
+        count(&db.pool, "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'LISTEN%'").await > 0
+    })
+    .await;
+    let upstreams: Vec<_> = (0..4)
+        .map(|_| {
+            let pool = db.pool.clone();
+            tokio::spawn(async move {
+                for n in 0..100u64 {
+                    // An upstream that does other work in its transaction after the INSERT:
+                    // the trigger decides about the NOTIFY well before the commit.
+                    let order = insert_order(&pool, "MEDIUM").await;
+                    let mut tx = pool.begin().await.unwrap();
+                    sqlx::query(
+                        "INSERT INTO work_items (work_order_id, type, content)
+                         SELECT $1, 'TICKET', '{}' FROM generate_series(1, 10)",
+                    )
+                    .bind(order)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                    tokio::time::sleep(Duration::from_millis(1 + n % 7)).await;
+                    tx.commit().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for upstream in upstreams {
+        upstream.await.unwrap();
+    }
+    wait_until("all 4,000 streamed items to complete well before the poll", Duration::from_secs(30), || async {
+        count(&db.pool, "SELECT count(*) FROM work_items WHERE status = 'COMPLETED'").await == 4000
+    })
+    .await;
+    stop(engine).await;
+}
+
+#[tokio::test]
 async fn two_engines_never_execute_the_same_item() {
     let db = TestDb::new().await;
     let agent = TestAgent::start(|_| ok_json(json!({"ok": true}))).await;
