@@ -2,7 +2,7 @@
 //!
 //! Data flows one way: a row inserted by an upstream → claimed (`worker::dispatcher`) →
 //! executed by an agent (`agent`, `worker::runner`) → evaluated and approved
-//! (`worker::review`) → recorded by the single writer (`worker::completer`). `daemon`
+//! (`worker::review`) → recorded by the only writer after a run (`worker::completer`). `daemon`
 //! composes the pieces; `db` holds every SQL statement; `model` is the shared vocabulary.
 
 pub mod agent;
