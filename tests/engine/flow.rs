@@ -2,8 +2,10 @@
 
 use crate::common::*;
 use serde_json::json;
+use sqlx::Row;
 use std::collections::HashMap;
 use std::time::Duration;
+use uuid::Uuid;
 
 #[tokio::test]
 async fn upstream_insert_in_plain_sql_is_processed() {
@@ -63,7 +65,7 @@ async fn claims_follow_priority_then_age() {
     let db = TestDb::new().await;
     let mut expected = Vec::new();
     // Interleaved inserts; each priority gets three items, oldest first within it.
-    let mut by_priority: HashMap<&str, Vec<uuid::Uuid>> = HashMap::new();
+    let mut by_priority: HashMap<&str, Vec<Uuid>> = HashMap::new();
     for round in 0..3 {
         for priority in ["LOW", "URGENT", "MEDIUM", "HIGH"] {
             let order = insert_order(&db.pool, priority).await;
@@ -77,11 +79,10 @@ async fn claims_follow_priority_then_age() {
     let engine = db.engine("[worker]\nconcurrency = 1\nclaim_batch = 1\n[routes]\nTICKET = \"echo\"\n").await;
     wait_quiet(&db.pool).await;
     stop(engine).await;
-    let order: Vec<uuid::Uuid> =
-        sqlx::query_scalar("SELECT work_item_id FROM attempts ORDER BY started_at, completed_at")
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
+    let order: Vec<Uuid> = sqlx::query_scalar("SELECT work_item_id FROM attempts ORDER BY started_at, completed_at")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(order, expected);
 }
 
@@ -208,7 +209,7 @@ async fn an_order_with_a_live_item_stays_processing() {
     let db = TestDb::new().await;
     let order = insert_order(&db.pool, "MEDIUM").await;
     let done = insert_item(&db.pool, order, "TICKET", "{}").await;
-    let later: uuid::Uuid = sqlx::query_scalar(
+    let later: Uuid = sqlx::query_scalar(
         "INSERT INTO work_items (work_order_id, type, content, run_at) VALUES ($1, 'TICKET', '{}', now() + interval '1 hour') RETURNING id",
     )
     .bind(order)
@@ -263,4 +264,46 @@ async fn shutdown_past_grace_releases_items_without_spending_attempts() {
         .await
         .unwrap();
     assert_eq!(attempt - base, 0);
+}
+
+#[tokio::test]
+async fn rows_orderly_writes_get_time_ordered_ids() {
+    let db = TestDb::new().await;
+    // The SQL default: version 7, RFC 9562 variant, the database clock's milliseconds first.
+    let row = sqlx::query(
+        "SELECT a, b, (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now_ms
+         FROM (SELECT orderly_uuid_v7() AS a) x, LATERAL (SELECT pg_sleep(0.002), orderly_uuid_v7() AS b) y",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let (a, b): (Uuid, Uuid) = (row.get("a"), row.get("b"));
+    let now_ms: i64 = row.get("now_ms");
+    for id in [a, b] {
+        assert_eq!(id.get_version_num(), 7, "{id}");
+        assert_eq!(id.get_variant(), uuid::Variant::RFC4122, "{id}");
+        let (secs, nanos) = id.get_timestamp().expect("v7 carries a timestamp").to_unix();
+        let ms = secs as i64 * 1000 + nanos as i64 / 1_000_000;
+        assert!((now_ms - ms).abs() < 5_000, "{id} is {ms} ms, the database clock {now_ms}");
+    }
+    assert!(a < b, "later ids sort after earlier ones: {a} then {b}");
+
+    // What the engine writes: attempt ids (made in the engine) and approval ids (the
+    // default), in the order they were written.
+    let engine = db.engine("[routes]\nTICKET = \"echo\"\n").await;
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    let first = insert_item(&db.pool, order, "TICKET", "{}").await;
+    wait_for_status(&db.pool, first, "COMPLETED").await;
+    let second = insert_item(&db.pool, order, "TICKET", "{}").await;
+    wait_for_status(&db.pool, second, "COMPLETED").await;
+    stop(engine).await;
+    for sql in [
+        "SELECT id FROM attempts WHERE work_item_id = ANY($1) ORDER BY completed_at",
+        "SELECT id FROM approval_events WHERE work_item_id = ANY($1) ORDER BY \"timestamp\"",
+    ] {
+        let ids: Vec<Uuid> = sqlx::query_scalar(sql).bind(vec![first, second]).fetch_all(&db.pool).await.unwrap();
+        assert_eq!(ids.len(), 2, "{sql}");
+        assert!(ids.iter().all(|id| id.get_version_num() == 7), "{sql}: {ids:?}");
+        assert!(ids[0] < ids[1], "{sql}: {ids:?}");
+    }
 }
