@@ -8,12 +8,19 @@
 -- backlog the workers are claiming in a loop and nobody is woken. NOTIFY stays a hint:
 -- workers re-claim shortly after a partial claim, and poll as a fallback.
 CREATE OR REPLACE FUNCTION orderly_work_item_defaults() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    order_priority priority;
+    idle boolean;
 BEGIN
-    IF NEW.priority IS NULL THEN
-        SELECT priority INTO NEW.priority FROM work_orders WHERE id = NEW.work_order_id;
-    END IF;
-    IF NEW.status = 'QUEUED' AND NEW.run_at <= now()
-       AND NOT EXISTS (SELECT 1 FROM work_items WHERE status = 'QUEUED' AND run_at <= now()) THEN
+    -- One query for both decisions (each query from a trigger is an executor run). No
+    -- order row: both stay NULL and the foreign key rejects the INSERT as before.
+    SELECT o.priority,
+           NEW.status = 'QUEUED' AND NEW.run_at <= now()
+           AND NOT EXISTS (SELECT 1 FROM work_items WHERE status = 'QUEUED' AND run_at <= now())
+      INTO order_priority, idle
+      FROM work_orders o WHERE o.id = NEW.work_order_id;
+    NEW.priority := coalesce(NEW.priority, order_priority);
+    IF idle THEN
         PERFORM pg_notify('orderly_work', '');
     END IF;
     RETURN NEW;
