@@ -72,11 +72,12 @@ pub struct ClaimedItem {
 /// Locking: `FOR UPDATE SKIP LOCKED` on the partial index `idx_work_items_ready`, so
 /// concurrent claimers never wait on each other. The update goes straight to the locked
 /// row versions by `ctid = ANY(ARRAY(...))` (a TID scan): a row this statement has locked
-/// cannot move before it updates it. No other condition: one on `status` would offer the
-/// planner the ready index again, which it takes when its statistics think it empty. Looking them up again by primary key was a tenth of
-/// the database's CPU (a bitmap scan re-reads every dead index entry of a key), and a join
-/// the planner may turn into a scan (DESIGN §7). Orders are taken with SKIP LOCKED too: an order that another
-/// transaction holds is already being moved out of PENDING or rolled up.
+/// cannot move before it updates it. Looking them up again by primary key cost a tenth of
+/// the database's CPU (a bitmap scan re-reads every dead index entry of a key). The update
+/// has no other condition: one on `status` would offer the planner the ready index again,
+/// which it takes when its statistics think the index empty (DESIGN §7). Orders are taken
+/// with SKIP LOCKED too: an order that another transaction holds is already being moved out
+/// of PENDING or rolled up.
 pub async fn claim(
     pool: &PgPool,
     worker_id: &str,
@@ -180,7 +181,9 @@ pub async fn renew_leases(
 }
 
 /// The batched, fenced completion statement (see [`complete_batch`]); public so the plan
-/// test can EXPLAIN it. Parameters: the 35 column arrays of `Columns`, in order.
+/// test can EXPLAIN it. Parameters: the 35 column arrays of `Columns`, in order. Rows are
+/// found by primary key only: `status::text` matches no partial index, so stale statistics
+/// cannot send the planner through the leased index instead.
 pub const COMPLETE_SQL: &str = r#"
 WITH done AS (
     UPDATE work_items w SET

@@ -49,7 +49,6 @@ impl Dispatcher {
                 continue;
             }
             let want = free.min(settings.worker.claim_batch);
-            let pause;
             match self.claim_and_start(want).await {
                 Ok(got) => {
                     // Work is arriving: look again soon, and keep looking, less and less
@@ -58,8 +57,8 @@ impl Dispatcher {
                     // just after this claim's snapshot; without these looks it would wait
                     // for the poll, and so would every INSERT after it (the queue is then
                     // no longer empty, so they send no NOTIFY either).
-                    recheck = if got > 0 { QUICK_RECHECK } else { (recheck * 2).min(settings.worker.poll_interval) };
-                    pause = recheck.min(settings.worker.poll_interval);
+                    let poll = settings.worker.poll_interval;
+                    recheck = if got > 0 { QUICK_RECHECK.min(poll) } else { (recheck * 2).min(poll) };
                     self.metrics.ready.store(true, std::sync::atomic::Ordering::Relaxed);
                     error_delay = Duration::from_millis(50);
                     if got == want {
@@ -82,7 +81,7 @@ impl Dispatcher {
             tokio::select! {
                 _ = self.stop.cancelled() => break,
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(pause) => {}
+                _ = tokio::time::sleep(recheck) => {}
             }
         }
         tracing::debug!("dispatcher stopped claiming");

@@ -149,6 +149,19 @@ where
     }
 }
 
+/// Waits until an engine on this database has its LISTEN connection up.
+pub async fn wait_listening(db: &TestDb) {
+    wait_until("the engine to LISTEN", Duration::from_secs(10), || async {
+        count(
+            &db.pool,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+        )
+        .await
+            > 0
+    })
+    .await;
+}
+
 pub async fn wait_for_status(pool: &PgPool, id: Uuid, status: &str) {
     let what = format!("item {id} to be {status}");
     wait_until(&what, Duration::from_secs(20), || async { item_status(pool, id).await == status }).await;

@@ -91,10 +91,7 @@ async fn an_insert_wakes_an_idle_engine_through_notify() {
     let db = TestDb::new().await;
     // A minute-long poll: only the NOTIFY can explain a pickup within the deadline below.
     let engine = db.engine("[worker]\npoll_interval = \"60s\"\n[routes]\nTICKET = \"echo\"\n").await;
-    wait_until("the engine to LISTEN", Duration::from_secs(10), || async {
-        count(&db.pool, "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'LISTEN%'").await > 0
-    })
-    .await;
+    wait_listening(&db).await;
     // Let the dispatcher settle into its wait after the start-up claim.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let order = insert_order(&db.pool, "MEDIUM").await;
@@ -114,10 +111,7 @@ async fn a_steady_stream_is_picked_up_without_waiting_for_the_poll() {
     // be found by the dispatcher's own re-checks, or it and every INSERT after it wait for
     // the poll.
     let engine = db.engine("[worker]\npoll_interval = \"60s\"\n[routes]\nTICKET = \"echo\"\n").await;
-    wait_until("the engine to LISTEN", Duration::from_secs(10), || async {
-        count(&db.pool, "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'LISTEN%'").await > 0
-    })
-    .await;
+    wait_listening(&db).await;
     let upstreams: Vec<_> = (0..4)
         .map(|_| {
             let pool = db.pool.clone();
