@@ -44,7 +44,7 @@ impl Engine {
         let agents = registry.build(&settings)?;
         let pool = match pool {
             Some(pool) => pool,
-            None => db::connect(&settings.database)
+            None => db::connect_engine(&settings.database)
                 .await
                 .with_context(|| format!("connecting to {}", crate::config::redact_url(&settings.database.url)))?,
         };

@@ -20,9 +20,29 @@ pub const WORK_CHANNEL: &str = "orderly_work";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Opens the pool described by the settings.
+/// Planner settings of the engine's connections (sent at connect, no extra round trip).
+///
+/// Every statement the engine runs finds its rows through a key or a partial index, by
+/// design (DESIGN §7). The planner does not know that: with statistics taken while the
+/// queue was empty (a quiet period; autovacuum behind, or off) it expects a handful of
+/// queued rows, and a claim with `LIMIT 256` then reads every queued row through a bitmap
+/// scan and sorts them, and the order lookups scan all of `work_orders`: each batch costs
+/// O(backlog). Turning these off only prices those plans out; a statement that has no
+/// index path still runs. Operators' commands keep the defaults.
+pub const ENGINE_PLANNER_SETTINGS: [(&str, &str); 2] = [("enable_seqscan", "off"), ("enable_bitmapscan", "off")];
+
+/// Opens the pool described by the settings (operators' commands).
 pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
-    let options = PgConnectOptions::from_str(&settings.url)?.application_name("orderly");
+    open(settings, PgConnectOptions::from_str(&settings.url)?).await
+}
+
+/// Opens the engine's pool: [`connect`] with [`ENGINE_PLANNER_SETTINGS`].
+pub async fn connect_engine(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
+    open(settings, PgConnectOptions::from_str(&settings.url)?.options(ENGINE_PLANNER_SETTINGS)).await
+}
+
+async fn open(settings: &DatabaseSettings, options: PgConnectOptions) -> Result<PgPool, DbError> {
+    let options = options.application_name("orderly");
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)

@@ -445,6 +445,9 @@ FROM (
 WHERE o.id = ANY ($1) AND o.id = r.id AND r.status IS NOT NULL AND o.status <> r.status
 "#;
 
+/// Locks the orders of a completion batch in id order (see [`roll_up_orders`]).
+pub const LOCK_ORDERS_SQL: &str = "SELECT id FROM work_orders WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+
 /// Recomputes the status of the given orders from their items (DESIGN §2), inside the
 /// caller's transaction, after its item updates.
 ///
@@ -459,10 +462,7 @@ pub async fn roll_up_orders(
     if orders.is_empty() {
         return Ok(());
     }
-    sqlx::query("SELECT id FROM work_orders WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-        .bind(orders)
-        .fetch_all(&mut **tx)
-        .await?;
+    sqlx::query(LOCK_ORDERS_SQL).bind(orders).fetch_all(&mut **tx).await?;
     sqlx::query(ROLL_UP_SQL).bind(orders).execute(&mut **tx).await?;
     Ok(())
 }

@@ -2,16 +2,88 @@
 //! to a sequential scan of work_items makes each batch cost O(table) and fails here.
 
 use crate::common::*;
-use orderly::db::queue::{CLAIM_SQL, COMPLETE_PARAM_TYPES, COMPLETE_SQL, RENEW_SQL, ROLL_UP_SQL};
+use orderly::db::ENGINE_PLANNER_SETTINGS;
+use orderly::db::queue::{CLAIM_SQL, COMPLETE_PARAM_TYPES, COMPLETE_SQL, LOCK_ORDERS_SQL, RENEW_SQL, ROLL_UP_SQL};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection};
+use std::str::FromStr;
 
 async fn explain(db: &TestDb, prepare: String, execute: String) -> String {
     let mut conn = db.pool.acquire().await.unwrap();
     // The worst case: the generic plan PostgreSQL switches to for a prepared statement.
-    sqlx::raw_sql("SET plan_cache_mode = force_generic_plan").execute(&mut *conn).await.unwrap();
+    explain_on(&mut conn, "force_generic_plan", prepare, execute).await
+}
+
+async fn explain_on(conn: &mut PgConnection, plan_cache_mode: &str, prepare: String, execute: String) -> String {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET plan_cache_mode = {plan_cache_mode}")))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute(&mut *conn).await.unwrap();
     let lines: Vec<String> =
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {execute}"))).fetch_all(&mut *conn).await.unwrap();
     lines.join("\n")
+}
+
+/// A connection as the engine opens it (`db::connect_engine`).
+async fn engine_connection(db: &TestDb) -> PgConnection {
+    let options = PgConnectOptions::from_str(&db.url).unwrap().options(ENGINE_PLANNER_SETTINGS);
+    PgConnection::connect_with(&options).await.unwrap()
+}
+
+fn uuid_array(ids: &[uuid::Uuid]) -> String {
+    format!("ARRAY['{}']::uuid[]", ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("','"))
+}
+
+/// A burst after a quiet period: statistics taken while the tables were empty, then a
+/// backlog of 40,000 items. With the planner's defaults the claim's custom plan (the one
+/// a statement gets for its first executions, with `LIMIT 256` known) reads every queued row
+/// through a bitmap scan and sorts them, and the order lookups scan all of work_orders, for
+/// every batch. The engine's connections must keep index plans in that state.
+#[tokio::test]
+async fn engine_plans_hold_on_statistics_of_an_empty_queue() {
+    let db = TestDb::new().await;
+    sqlx::raw_sql(
+        "ANALYZE work_items; ANALYZE work_orders;
+         INSERT INTO work_orders (workflow_id, tenant_id, created_by)
+           SELECT 'plan', gen_random_uuid(), gen_random_uuid() FROM generate_series(1, 400);
+         INSERT INTO work_items (work_order_id, type, content)
+           SELECT o.id, 'TICKET', '{}' FROM work_orders o, generate_series(1, 100);",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mut conn = engine_connection(&db).await;
+    let claim = explain_on(
+        &mut conn,
+        "force_custom_plan",
+        format!("PREPARE claim(bigint, float8, text, int) AS {CLAIM_SQL}"),
+        "EXECUTE claim(256, 30000, 'plan-test', 1048576)".into(),
+    )
+    .await;
+    assert!(claim.contains("Index Scan using idx_work_items_ready"), "claim walks the ready index:\n{claim}");
+    assert!(!claim.contains("Sort"), "claim sorts the backlog instead of reading it in index order:\n{claim}");
+    assert!(!claim.contains("Bitmap"), "claim reads the backlog through a bitmap:\n{claim}");
+    assert!(!claim.contains("Seq Scan"), "claim scans a table:\n{claim}");
+
+    let orders: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM work_orders LIMIT 3").fetch_all(&db.pool).await.unwrap();
+    let lock = explain_on(
+        &mut conn,
+        "force_custom_plan",
+        format!("PREPARE lock_orders(uuid[]) AS {LOCK_ORDERS_SQL}"),
+        format!("EXECUTE lock_orders({})", uuid_array(&orders)),
+    )
+    .await;
+    assert!(!lock.contains("Seq Scan"), "locking a batch's orders scans work_orders:\n{lock}");
+    let roll_up = explain_on(
+        &mut conn,
+        "force_custom_plan",
+        format!("PREPARE roll_up(uuid[]) AS {ROLL_UP_SQL}"),
+        format!("EXECUTE roll_up({})", uuid_array(&orders)),
+    )
+    .await;
+    assert!(!roll_up.contains("Seq Scan"), "the roll-up scans a table:\n{roll_up}");
 }
 
 #[tokio::test]
