@@ -135,3 +135,48 @@ async fn side_records_are_unique_per_attempt() {
     .await;
     assert!(duplicate_decision.is_err(), "one policy decision per attempt");
 }
+
+/// The seed's ON DELETE CASCADE from work items to their attempts, evals and decisions holds
+/// (migration 0008 keeps it with a statement trigger, not foreign keys): for items deleted
+/// directly and for items deleted through their order, and only for those.
+#[tokio::test]
+async fn deleting_items_or_orders_deletes_their_records() {
+    let db = TestDb::new().await;
+    add_ticket_schema(&db).await;
+    let orders = [insert_order(&db.pool, "MEDIUM").await, insert_order(&db.pool, "MEDIUM").await];
+    let mut items = Vec::new();
+    for order in orders {
+        for _ in 0..3 {
+            items.push(insert_item(&db.pool, order, "TICKET", r#"{"subject":"printer"}"#).await);
+        }
+    }
+    let engine = db.engine("[routes]\nTICKET = \"echo\"\n").await;
+    wait_quiet(&db.pool).await;
+    stop(engine).await;
+    let records = |ids: Vec<uuid::Uuid>| {
+        let pool = db.pool.clone();
+        async move {
+            let mut counts = Vec::new();
+            for table in ["attempts", "approval_events", "eval_results"] {
+                let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT count(*) FROM {table} WHERE work_item_id = ANY($1)"
+                )))
+                .bind(&ids)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                counts.push(n);
+            }
+            counts
+        }
+    };
+    assert_eq!(records(items.clone()).await, [6, 6, 6], "each item has one attempt, eval and decision");
+
+    // One item deleted by key, then the first order with its other items.
+    sqlx::query("DELETE FROM work_items WHERE id = $1").bind(items[5]).execute(&db.pool).await.unwrap();
+    assert_eq!(records(vec![items[5]]).await, [0, 0, 0]);
+    sqlx::query("DELETE FROM work_orders WHERE id = $1").bind(orders[0]).execute(&db.pool).await.unwrap();
+    assert_eq!(records(items[..3].to_vec()).await, [0, 0, 0]);
+    assert_eq!(records(items[3..5].to_vec()).await, [2, 2, 2], "other items keep their records");
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM attempts").await, 2, "nothing else is left");
+}
