@@ -287,88 +287,89 @@ pub async fn complete_in(
 
 /// Column arrays of a completion batch, bound as `unnest` parameters.
 #[derive(Default)]
-struct Columns {
+struct Columns<'a> {
     id: Vec<Uuid>,
     attempt: Vec<i32>,
     status: Vec<&'static str>,
-    output: Vec<Option<Value>>,
+    output: Vec<Option<&'a Value>>,
     delay_ms: Vec<i64>,
     released: Vec<bool>,
-    error: Vec<Option<String>>,
+    error: Vec<Option<&'a str>>,
     error_code: Vec<Option<&'static str>>,
     attempt_id: Vec<Uuid>,
-    agent: Vec<String>,
+    agent: Vec<&'a str>,
     attempt_status: Vec<&'static str>,
-    input: Vec<Value>,
-    worker: Vec<String>,
-    usage: Vec<Option<Value>>,
+    input: Vec<&'a Value>,
+    worker: Vec<&'a str>,
+    usage: Vec<Option<&'a Value>>,
     started_at: Vec<DateTime<Utc>>,
     duration_ms: Vec<i32>,
     ev_item: Vec<Uuid>,
     ev_attempt: Vec<Uuid>,
-    ev_type: Vec<String>,
+    ev_type: Vec<&'a str>,
     ev_score: Vec<f64>,
-    ev_metrics: Vec<Value>,
+    ev_metrics: Vec<&'a Value>,
     ev_passed: Vec<bool>,
     ap_item: Vec<Uuid>,
     ap_attempt: Vec<Uuid>,
-    ap_approver: Vec<String>,
+    ap_approver: Vec<&'a str>,
     ap_decision: Vec<&'static str>,
-    ap_reason: Vec<Option<String>>,
-    ap_policy: Vec<String>,
+    ap_reason: Vec<Option<&'a str>>,
+    ap_policy: Vec<&'a str>,
     dl_item: Vec<Uuid>,
-    dl_source: Vec<String>,
-    dl_type: Vec<String>,
-    dl_error: Vec<String>,
+    dl_source: Vec<&'a str>,
+    dl_type: Vec<&'a str>,
+    dl_error: Vec<&'a str>,
     dl_code: Vec<Option<&'static str>>,
     dl_reason: Vec<&'static str>,
     dl_retries: Vec<i32>,
 }
 
-impl Columns {
-    fn from_batch(batch: &[Completion]) -> Columns {
+impl<'a> Columns<'a> {
+    /// Borrows every value from the batch: nothing is copied before sqlx encodes it.
+    fn from_batch(batch: &'a [Completion]) -> Columns<'a> {
         let mut c = Columns::default();
         for done in batch {
             c.id.push(done.item_id);
             c.attempt.push(done.attempt);
             c.status.push(done.next.item_status().as_str());
-            c.output.push(done.output.clone());
+            c.output.push(done.output.as_ref());
             c.delay_ms.push(match done.next {
                 NextState::Retry { delay_ms } => delay_ms,
                 _ => 0,
             });
             c.released.push(matches!(done.next, NextState::Released));
-            c.error.push(done.error.as_ref().map(|e| e.message.clone()));
+            c.error.push(done.error.as_ref().map(|e| e.message.as_str()));
             c.error_code.push(done.error.as_ref().map(|e| e.code.as_str()));
             c.attempt_id.push(done.attempt_id);
-            c.agent.push(done.agent.clone());
+            c.agent.push(&done.agent);
             c.attempt_status.push(done.attempt_status.as_str());
-            c.input.push(done.input.clone());
-            c.worker.push(done.worker_id.clone());
-            c.usage.push(done.usage.clone());
+            c.input.push(&done.input);
+            c.worker.push(&done.worker_id);
+            c.usage.push(done.usage.as_ref());
             c.started_at.push(done.started_at);
             c.duration_ms.push(done.duration_ms);
             for eval in &done.evals {
                 c.ev_item.push(done.item_id);
                 c.ev_attempt.push(done.attempt_id);
-                c.ev_type.push(eval.evaluation_type.clone());
+                c.ev_type.push(&eval.evaluation_type);
                 c.ev_score.push(eval.score.clamp(0.0, 1.0));
-                c.ev_metrics.push(eval.metrics.clone());
+                c.ev_metrics.push(&eval.metrics);
                 c.ev_passed.push(eval.passed);
             }
             if let Some(approval) = &done.approval {
                 c.ap_item.push(done.item_id);
                 c.ap_attempt.push(done.attempt_id);
-                c.ap_approver.push(approval.approver_id.clone());
+                c.ap_approver.push(&approval.approver_id);
                 c.ap_decision.push(approval.decision.as_str());
-                c.ap_reason.push(approval.reason.clone());
-                c.ap_policy.push(approval.policy_version.clone());
+                c.ap_reason.push(approval.reason.as_deref());
+                c.ap_policy.push(&approval.policy_version);
             }
             if let NextState::DeadLetter { reason } = done.next {
                 c.dl_item.push(done.item_id);
-                c.dl_source.push(done.agent.clone());
-                c.dl_type.push(done.item_type.clone());
-                c.dl_error.push(done.error.as_ref().map(|e| e.message.clone()).unwrap_or_default());
+                c.dl_source.push(&done.agent);
+                c.dl_type.push(&done.item_type);
+                c.dl_error.push(done.error.as_ref().map_or("", |e| e.message.as_str()));
                 c.dl_code.push(done.error.as_ref().map(|e| e.code.as_str()));
                 c.dl_reason.push(reason.as_str());
                 c.dl_retries.push(done.attempts_used);
