@@ -78,7 +78,8 @@ type Cached<T> = (Instant, T);
 pub struct Catalog {
     pool: PgPool,
     settings: Arc<Settings>,
-    workflows: Mutex<HashMap<String, Cached<Option<Value>>>>,
+    /// Shared, not copied per item: a template can be large and every item reads it.
+    workflows: Mutex<HashMap<String, Cached<Option<Arc<Value>>>>>,
     schemas: Mutex<HashMap<String, Cached<Option<Arc<CompiledSchema>>>>>,
 }
 
@@ -94,16 +95,16 @@ impl Catalog {
             code: ErrorCode::AgentError,
             message: format!("reading workflow template `{workflow_id}`: {e}"),
         })?;
-        resolve_step(definition.as_ref(), workflow_id, item_type, &self.settings)
+        resolve_step(definition.as_deref(), workflow_id, item_type, &self.settings)
     }
 
-    async fn workflow(&self, workflow_id: &str) -> Result<Option<Value>, sqlx::Error> {
+    async fn workflow(&self, workflow_id: &str) -> Result<Option<Arc<Value>>, sqlx::Error> {
         if let Some((at, value)) = self.workflows.lock().unwrap().get(workflow_id)
             && at.elapsed() < TTL
         {
             return Ok(value.clone());
         }
-        let value = db::catalog::workflow_definition(&self.pool, workflow_id).await?;
+        let value = db::catalog::workflow_definition(&self.pool, workflow_id).await?.map(Arc::new);
         self.workflows.lock().unwrap().insert(workflow_id.to_owned(), (Instant::now(), value.clone()));
         Ok(value)
     }
