@@ -74,22 +74,17 @@ async fn engine_plans_hold_on_statistics_of_an_empty_queue() {
 
     let orders: Vec<uuid::Uuid> =
         sqlx::query_scalar("SELECT id FROM work_orders LIMIT 3").fetch_all(&db.pool).await.unwrap();
-    let lock = explain_on(
-        &mut conn,
-        "force_custom_plan",
-        format!("PREPARE lock_orders(uuid[]) AS {LOCK_ORDERS_SQL}"),
-        format!("EXECUTE lock_orders({})", uuid_array(&orders)),
-    )
-    .await;
-    assert!(!lock.contains("Seq Scan"), "locking a batch's orders scans work_orders:\n{lock}");
-    let roll_up = explain_on(
-        &mut conn,
-        "force_custom_plan",
-        format!("PREPARE roll_up(uuid[]) AS {ROLL_UP_SQL}"),
-        format!("EXECUTE roll_up({})", uuid_array(&orders)),
-    )
-    .await;
-    assert!(!roll_up.contains("Seq Scan"), "the roll-up scans a table:\n{roll_up}");
+    // Locking a batch's orders, then rolling them up: by key, never a scan of work_orders.
+    for (name, sql) in [("lock_orders", LOCK_ORDERS_SQL), ("roll_up", ROLL_UP_SQL)] {
+        let plan = explain_on(
+            &mut conn,
+            "force_custom_plan",
+            format!("PREPARE {name}(uuid[]) AS {sql}"),
+            format!("EXECUTE {name}({})", uuid_array(&orders)),
+        )
+        .await;
+        assert!(!plan.contains("Seq Scan"), "{name} scans a table:\n{plan}");
+    }
 }
 
 #[tokio::test]
@@ -132,7 +127,7 @@ async fn hot_statements_use_indexes_not_table_scans() {
         .fetch_all(&db.pool)
         .await
         .unwrap();
-    let id_array = format!("ARRAY['{}']::uuid[]", ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("','"));
+    let id_array = uuid_array(&ids);
     let mut args = vec![id_array.clone(), "ARRAY[1,1,1]".into()];
     args.extend(std::iter::repeat_n("'{}'".to_owned(), 33));
     let complete = explain(
@@ -152,8 +147,7 @@ async fn hot_statements_use_indexes_not_table_scans() {
     assert!(!renew.contains("idx_work_items_leased"), "lease renewal walks the leased index:\n{renew}");
     let orders: Vec<uuid::Uuid> =
         sqlx::query_scalar("SELECT id FROM work_orders LIMIT 3").fetch_all(&db.pool).await.unwrap();
-    let order_array =
-        format!("ARRAY['{}']::uuid[]", orders.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("','"));
+    let order_array = uuid_array(&orders);
     let roll_up =
         explain(&db, format!("PREPARE roll_up(uuid[]) AS {ROLL_UP_SQL}"), format!("EXECUTE roll_up({order_array})"))
             .await;

@@ -118,15 +118,7 @@ async fn terminated_backends_reconnect_and_listen_again() {
         .unwrap();
         assert!(killed > 0, "round {round}: the daemon had connections to kill");
         // Give the daemon a moment to notice and re-LISTEN, then measure a fresh pickup.
-        wait_until("the daemon to LISTEN again", Duration::from_secs(10), || async {
-            count(
-                &db.pool,
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
-            )
-            .await
-                > 0
-        })
-        .await;
+        wait_listening(&db).await;
         quiesce(&db, Duration::from_secs(60)).await;
         let order = insert_order(&db.pool, "URGENT").await;
         let item = insert_item(&db.pool, order, "TICKET", r#"{"n": -1, "ms": 0, "outcome": "ok"}"#).await;
