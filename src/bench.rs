@@ -36,6 +36,8 @@ pub struct BenchReport {
     pub daemon_cpu_us_per_item: f64,
     pub db_transactions_per_item: f64,
     pub db_rows_written_per_item: f64,
+    /// WAL written during processing, per item (cluster-wide LSN difference).
+    pub db_wal_bytes_per_item: f64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -112,8 +114,10 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
     let (cpu, _) = process_usage(daemon.id());
     report.daemon_cpu_seconds = cpu;
     report.daemon_cpu_us_per_item = cpu * 1e6 / args.items as f64;
-    report.db_transactions_per_item = (after.0 - before.0) as f64 / args.items as f64;
-    report.db_rows_written_per_item = (after.1 - before.1) as f64 / args.items as f64;
+    let per_item = |n: i64| n as f64 / args.items as f64;
+    report.db_transactions_per_item = per_item(after.transactions - before.transactions);
+    report.db_rows_written_per_item = per_item(after.rows_written - before.rows_written);
+    report.db_wal_bytes_per_item = per_item(after.wal_bytes - before.wal_bytes);
 
     say("pickup latency on an idle engine…".into());
     let mut pickups = Vec::new();
@@ -245,7 +249,7 @@ fn print_report(r: &BenchReport) {
         r.daemon_peak_rss_mib, r.daemon_cpu_seconds, r.daemon_cpu_us_per_item
     );
     println!(
-        "  database          {:.3} transactions/item, {:.2} rows written/item",
-        r.db_transactions_per_item, r.db_rows_written_per_item
+        "  database          {:.3} transactions/item, {:.2} rows written/item, {:.0} bytes of WAL/item",
+        r.db_transactions_per_item, r.db_rows_written_per_item, r.db_wal_bytes_per_item
     );
 }

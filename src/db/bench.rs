@@ -79,14 +79,30 @@ pub async fn last_completion(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sql
 }
 
 /// Committed transactions and rows written in this database so far.
-pub async fn db_counters(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
+/// Cumulative database counters, read before and after a phase.
+#[derive(Debug, Clone, Copy)]
+pub struct DbCounters {
+    /// Committed transactions in this database.
+    pub transactions: i64,
+    /// Rows inserted, updated and deleted in this database.
+    pub rows_written: i64,
+    /// Position in the write-ahead log (bytes). Cluster-wide: other databases' writes count.
+    pub wal_bytes: i64,
+}
+
+pub async fn db_counters(pool: &PgPool) -> Result<DbCounters, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted AS written
+        "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted AS written,
+                (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint AS wal
          FROM pg_stat_database WHERE datname = current_database()",
     )
     .fetch_one(pool)
     .await?;
-    Ok((row.try_get("xact_commit")?, row.try_get("written")?))
+    Ok(DbCounters {
+        transactions: row.try_get("xact_commit")?,
+        rows_written: row.try_get("written")?,
+        wal_bytes: row.try_get("wal")?,
+    })
 }
 
 pub async fn now(pool: &PgPool) -> Result<DateTime<Utc>, sqlx::Error> {

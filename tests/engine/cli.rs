@@ -142,3 +142,30 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// `orderly bench` at a small size: the daemon it starts processes every item, the report
+/// carries what was measured, and the scratch database is dropped afterwards.
+#[tokio::test]
+async fn bench_runs_the_daemon_and_reports_what_it_measured() {
+    let out = orderly(
+        &base_url(),
+        &["bench", "--items", "300", "--items-per-order", "30", "--pickup-samples", "5", "--json"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
+    assert_eq!(report["items"], 300);
+    assert_eq!(report["synchronous_commit"], "on", "the bench reports the durability it ran with");
+    assert!(report["processing_items_per_s"].as_f64().unwrap() > 0.0, "{report}");
+    assert_eq!(report["pickup_ms"]["samples"], 5);
+    assert!(report["end_to_end_ms"]["samples"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["daemon_peak_rss_mib"].as_f64().unwrap() > 0.0, "{report}");
+    // Two item updates, an attempt and an approval per item: a few hundred bytes at least.
+    assert!(report["db_wal_bytes_per_item"].as_f64().unwrap() > 200.0, "{report}");
+    let pool = sqlx::PgPool::connect(&base_url()).await.unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = 'orderly_bench'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the scratch database is dropped");
+}
