@@ -67,6 +67,7 @@ pub fn write_config(agent: &TestAgent, extra: &str) -> std::path::PathBuf {
 pub struct Daemon {
     pub child: Child,
     pub log: std::path::PathBuf,
+    started: Instant,
 }
 
 /// A daemon whose test failed half-way must not outlive it.
@@ -91,7 +92,7 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("orderly starts");
-        Daemon { child, log }
+        Daemon { child, log, started: Instant::now() }
     }
 
     pub fn pid(&self) -> i32 {
@@ -108,9 +109,20 @@ impl Daemon {
     }
 
     /// SIGTERM and wait; returns whether it exited 0.
+    /// SIGTERM, and whether the daemon then exited 0 (its log is printed if not). A daemon
+    /// started a moment ago is given time to install its handlers first: a signal that
+    /// arrives while the process is still loading takes the default action.
     pub async fn terminate(mut self) -> bool {
+        let settle = Duration::from_millis(500).saturating_sub(self.started.elapsed());
+        tokio::time::sleep(settle).await;
         self.signal(Signal::SIGTERM);
-        tokio::task::spawn_blocking(move || self.child.wait().map(|s| s.success()).unwrap_or(false)).await.unwrap()
+        let log = self.log.clone();
+        let status = tokio::task::spawn_blocking(move || self.child.wait()).await.unwrap();
+        let ok = status.as_ref().map(|s| s.success()).unwrap_or(false);
+        if !ok {
+            eprintln!("daemon exit {status:?}; its log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        ok
     }
 
     pub fn log_text(&self) -> String {
