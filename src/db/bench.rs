@@ -78,7 +78,6 @@ pub async fn last_completion(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sql
     sqlx::query_scalar("SELECT max(completed_at) FROM attempts").fetch_one(pool).await
 }
 
-/// Committed transactions and rows written in this database so far.
 /// Cumulative database counters, read before and after a phase.
 #[derive(Debug, Clone, Copy)]
 pub struct DbCounters {
@@ -90,6 +89,7 @@ pub struct DbCounters {
     pub wal_bytes: i64,
 }
 
+/// The counters now.
 pub async fn db_counters(pool: &PgPool) -> Result<DbCounters, sqlx::Error> {
     let row = sqlx::query(
         "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted AS written,

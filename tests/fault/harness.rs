@@ -108,7 +108,6 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM and wait; returns whether it exited 0.
     /// SIGTERM, and whether the daemon then exited 0 (its log is printed if not). A daemon
     /// started a moment ago is given time to install its handlers first: a signal that
     /// arrives while the process is still loading takes the default action.
@@ -116,11 +115,10 @@ impl Daemon {
         let settle = Duration::from_millis(500).saturating_sub(self.started.elapsed());
         tokio::time::sleep(settle).await;
         self.signal(Signal::SIGTERM);
-        let log = self.log.clone();
-        let status = tokio::task::spawn_blocking(move || self.child.wait()).await.unwrap();
+        let (status, log) = tokio::task::spawn_blocking(move || (self.child.wait(), self.log_text())).await.unwrap();
         let ok = status.as_ref().map(|s| s.success()).unwrap_or(false);
         if !ok {
-            eprintln!("daemon exit {status:?}; its log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            eprintln!("daemon exit {status:?}; its log:\n{log}");
         }
         ok
     }
