@@ -301,3 +301,57 @@ async fn rows_orderly_writes_get_time_ordered_ids() {
         assert!(ids[0] < ids[1], "{sql}: {ids:?}");
     }
 }
+
+#[tokio::test]
+async fn upstream_items_get_time_ordered_ids_unless_the_upstream_chose_one() {
+    let db = TestDb::new().await;
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    let now_ms: i64 = sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    // The README's INSERT, a multi-row INSERT, and an explicit DEFAULT: the database makes a
+    // v7 id, the database clock's millisecond first.
+    let single = insert_item(&db.pool, order, "TICKET", "{}").await;
+    let batch: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO work_items (work_order_id, type, content)
+         SELECT $1, 'TICKET', '{}' FROM generate_series(1, 50) RETURNING id",
+    )
+    .bind(order)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let explicit_default: Uuid = sqlx::query_scalar(
+        "INSERT INTO work_items (id, work_order_id, type, content) VALUES (DEFAULT, $1, 'TICKET', '{}') RETURNING id",
+    )
+    .bind(order)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let made: Vec<Uuid> = [single, explicit_default].into_iter().chain(batch.iter().copied()).collect();
+    for id in &made {
+        assert_eq!(id.get_version_num(), 7, "{id}");
+        let (secs, nanos) = id.get_timestamp().expect("v7 carries a timestamp").to_unix();
+        let ms = secs as i64 * 1000 + nanos as i64 / 1_000_000;
+        assert!((ms - now_ms).abs() < 5_000, "{id} is {ms} ms, the database clock {now_ms}");
+    }
+    assert!(single < explicit_default, "a later INSERT sorts after an earlier one: {single} then {explicit_default}");
+    assert_eq!(made.iter().collect::<std::collections::HashSet<_>>().len(), made.len(), "ids are unique");
+
+    // An upstream that picks its own id keeps it, and the item runs under it.
+    let chosen = Uuid::new_v4();
+    let kept: Uuid = sqlx::query_scalar(
+        "INSERT INTO work_items (id, work_order_id, type, content) VALUES ($1, $2, 'TICKET', '{}') RETURNING id",
+    )
+    .bind(chosen)
+    .bind(order)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(kept, chosen);
+    let engine = db.engine("[routes]\nTICKET = \"echo\"\n").await;
+    wait_for_status(&db.pool, chosen, "COMPLETED").await;
+    wait_for_status(&db.pool, single, "COMPLETED").await;
+    stop(engine).await;
+    assert_eq!(attempts(&db.pool, chosen).await, vec![(1, "COMPLETED".into(), None)]);
+}
