@@ -65,7 +65,9 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
     let url = url.to_string();
     db::drop_database(&url).await.map_err(|e| unreachable_hint(&url, e))?;
     db::ensure_database(&url).await.map_err(|e| unreachable_hint(&url, e))?;
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(8).connect(&url).await?;
+    // One connection observes (its own statistics are flushed on demand, see `settled_counters`);
+    // the upstream's inserts use a pool of their own, closed before processing starts.
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&url).await?;
     db::migrate(&pool).await?;
     let say = |text: String| {
         if !args.json {
@@ -88,9 +90,11 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
     }
 
     say(format!("enqueueing {} items ({} per order) with batched INSERTs…", args.items, args.items_per_order));
+    let upstream = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&url).await?;
     let started = Instant::now();
-    enqueue(&pool, args.items, args.items_per_order).await?;
+    enqueue(&upstream, args.items, args.items_per_order).await?;
     report.enqueue_items_per_s = args.items as f64 / started.elapsed().as_secs_f64();
+    upstream.close().await;
 
     let config = std::env::temp_dir().join(format!("orderly-bench-{}.toml", std::process::id()));
     std::fs::write(
@@ -100,18 +104,20 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
             args.concurrency
         ),
     )?;
-    let before = db::bench::db_counters(&pool).await?;
+    let before = settled_counters(&pool).await?;
     say("processing with `orderly run`…".into());
     let started = db::bench::now(&pool).await?;
-    let mut daemon = spawn_daemon(&config, &url)?;
+    let daemon = spawn_daemon(&config, &url)?;
     wait_drained(&pool, Duration::from_secs(3600)).await?;
     // The end is the last recorded attempt on the database clock, so the (deliberately
     // infrequent) drain poll does not blur the figure.
     let finished = db::bench::last_completion(&pool).await?.unwrap_or(started);
     report.processing_seconds = (finished - started).num_microseconds().unwrap_or(0) as f64 / 1e6;
     report.processing_items_per_s = args.items as f64 / report.processing_seconds;
-    let after = db::bench::db_counters(&pool).await?;
-    let (cpu, _) = process_usage(daemon.id());
+    let (cpu, processing_rss) = process_usage(daemon.id());
+    // The daemon's connections publish their statistics when they close.
+    stop_daemon(daemon);
+    let after = settled_counters(&pool).await?;
     report.daemon_cpu_seconds = cpu;
     report.daemon_cpu_us_per_item = cpu * 1e6 / args.items as f64;
     let per_item = |n: i64| n as f64 / args.items as f64;
@@ -119,6 +125,9 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
     report.db_rows_written_per_item = per_item(after.rows_written - before.rows_written);
     report.db_wal_bytes_per_item = per_item(after.wal_bytes - before.wal_bytes);
 
+    // A fresh daemon, idle once it listens, for the latency phases.
+    let daemon = spawn_daemon(&config, &url)?;
+    wait_listening(&pool, Duration::from_secs(30)).await?;
     say("pickup latency on an idle engine…".into());
     let mut pickups = Vec::new();
     for _ in 0..args.pickup_samples {
@@ -136,10 +145,9 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
     report.end_to_end_offered_per_s = offered;
     report.end_to_end_ms = Percentiles::of(db::bench::end_to_end_since(&pool, marker).await?);
 
-    let (_, rss) = process_usage(daemon.id());
-    report.daemon_peak_rss_mib = rss;
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::Signal::SIGTERM);
-    let _ = daemon.wait();
+    let (_, latency_rss) = process_usage(daemon.id());
+    report.daemon_peak_rss_mib = processing_rss.max(latency_rss);
+    stop_daemon(daemon);
     let _ = std::fs::remove_file(&config);
     pool.close().await;
     if !args.keep {
@@ -162,6 +170,33 @@ fn spawn_daemon(config: &std::path::Path, url: &str) -> anyhow::Result<Child> {
         .stdout(Stdio::null())
         .spawn()
         .context("starting `orderly run`")
+}
+
+/// SIGTERM, then waits for the daemon to exit.
+fn stop_daemon(mut daemon: Child) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = daemon.wait();
+}
+
+/// The database's counters once every other connection has closed. A backend publishes its
+/// transaction and row counts at most once a second, an idle one after up to 10 s, and
+/// always when it exits; the bench's own connection is told to publish first.
+async fn settled_counters(pool: &PgPool) -> anyhow::Result<db::bench::DbCounters> {
+    let start = Instant::now();
+    while db::bench::other_connections(pool).await? > 0 {
+        anyhow::ensure!(start.elapsed() < Duration::from_secs(30), "other connections still open after 30s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(db::bench::flushed_counters(pool).await?)
+}
+
+async fn wait_listening(pool: &PgPool, deadline: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !db::bench::anyone_listening(pool).await? {
+        anyhow::ensure!(start.elapsed() < deadline, "the daemon did not LISTEN within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 /// CPU seconds (user + system) and peak RSS (MiB) of a process, from /proc.

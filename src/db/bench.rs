@@ -89,20 +89,43 @@ pub struct DbCounters {
     pub wal_bytes: i64,
 }
 
-/// The counters now.
-pub async fn db_counters(pool: &PgPool) -> Result<DbCounters, sqlx::Error> {
+/// The counters, after this connection has published its own pending statistics (the
+/// caller waits for other connections to close: theirs are published then).
+pub async fn flushed_counters(pool: &PgPool) -> Result<DbCounters, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    // Takes effect at the end of this statement's transaction, before the next one reads.
+    sqlx::query("SELECT pg_stat_force_next_flush()").execute(&mut *conn).await?;
     let row = sqlx::query(
         "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted AS written,
                 (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint AS wal
          FROM pg_stat_database WHERE datname = current_database()",
     )
-    .fetch_one(pool)
+    .fetch_one(&mut *conn)
     .await?;
     Ok(DbCounters {
         transactions: row.try_get("xact_commit")?,
         rows_written: row.try_get("written")?,
         wal_bytes: row.try_get("wal")?,
     })
+}
+
+/// Client connections to this database other than the caller's.
+pub async fn other_connections(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Whether a connection to this database is listening (a daemon ready for NOTIFY).
+pub async fn anyone_listening(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%')",
+    )
+    .fetch_one(pool)
+    .await
 }
 
 pub async fn now(pool: &PgPool) -> Result<DateTime<Utc>, sqlx::Error> {

@@ -162,6 +162,10 @@ async fn bench_runs_the_daemon_and_reports_what_it_measured() {
     assert!(report["daemon_peak_rss_mib"].as_f64().unwrap() > 0.0, "{report}");
     // Two item updates, an attempt and an approval per item: a few hundred bytes at least.
     assert!(report["db_wal_bytes_per_item"].as_f64().unwrap() > 200.0, "{report}");
+    // The same four rows, plus two status changes for each of the 10 orders: 4.07 per item.
+    // Counters read while a connection still held unpublished statistics came out near 2.
+    let rows = report["db_rows_written_per_item"].as_f64().unwrap();
+    assert!((4.0..4.2).contains(&rows), "rows written per item: {rows}");
     let pool = sqlx::PgPool::connect(&base_url()).await.unwrap();
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = 'orderly_bench'")
         .fetch_one(&pool)
