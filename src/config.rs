@@ -35,6 +35,7 @@ pub struct Settings {
     pub retry: RetrySettings,
     pub limits: LimitSettings,
     pub approval: ApprovalSettings,
+    pub pruner: PrunerSettings,
     #[serde(default)]
     pub agents: BTreeMap<String, AgentSettings>,
     /// Item type (upper case) → agent name.
@@ -107,6 +108,42 @@ pub enum PolicyKind {
 #[serde(deny_unknown_fields)]
 pub struct ApprovalSettings {
     pub policy: PolicyKind,
+}
+
+/// The leader's pruner of finished work orders (DESIGN §5).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrunerSettings {
+    /// How long finished orders are kept after they finished; `None` ("off") keeps them.
+    #[serde(with = "off_or_duration")]
+    pub retention: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Most orders deleted per transaction.
+    pub batch: i64,
+}
+
+/// `"off"` or a duration such as `"30d"`.
+mod off_or_duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            None => s.serialize_str("off"),
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim() == "off" {
+            return Ok(None);
+        }
+        humantime::parse_duration(&text)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("`{text}`: {e} (a duration such as \"30d\", or \"off\")")))
+    }
 }
 
 /// One `[agents.NAME]` table: a kind plus the kind's own options, which the kind's factory
@@ -225,6 +262,13 @@ impl Settings {
                 ));
             }
         }
+        if let Some(retention) = self.pruner.retention {
+            positive("pruner.retention", retention)?;
+        }
+        positive("pruner.interval", self.pruner.interval)?;
+        if self.pruner.batch < 1 {
+            return Err(ConfigError::invalid("pruner.batch", "must be at least 1"));
+        }
         if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
             return Err(ConfigError::invalid("log.level", e.to_string()));
         }
@@ -280,6 +324,19 @@ mod tests {
         assert_eq!(s.worker.poll_interval, Duration::from_secs(1));
         assert!(s.database.migrate_on_start);
         assert_eq!(s.approval.policy, PolicyKind::ApproveAll);
+    }
+
+    #[test]
+    fn pruner_retention_is_off_by_default_and_takes_a_duration() {
+        let s = Settings::from_toml_over_defaults("").unwrap();
+        assert_eq!(s.pruner.retention, None);
+        let s = Settings::from_toml_over_defaults("[pruner]\nretention = \"30d\"\n").unwrap();
+        assert_eq!(s.pruner.retention, Some(Duration::from_secs(30 * 86_400)));
+        assert!(s.redacted_toml().contains("retention = \"30days\""), "{}", s.redacted_toml());
+        let err = Settings::from_toml_over_defaults("[pruner]\nretention = \"never\"\n").unwrap_err();
+        assert!(err.to_string().contains("pruner.retention"), "{err}");
+        let err = Settings::from_toml_over_defaults("[pruner]\nretention = \"0s\"\n").unwrap_err();
+        assert!(err.to_string().contains("pruner.retention"), "{err}");
     }
 
     #[test]

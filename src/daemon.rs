@@ -5,7 +5,7 @@
 use crate::agent::Registry;
 use crate::config::Settings;
 use crate::db;
-use crate::maintenance::{leader, rescuer::Rescuer};
+use crate::maintenance::{leader, pruner::Pruner, rescuer::Rescuer};
 use crate::worker::catalog::Catalog;
 use crate::worker::completer::Completer;
 use crate::worker::dispatcher::Dispatcher;
@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 /// A running engine.
 pub struct Engine {
-    /// Whether this process is the elected leader (runs the rescuer).
+    /// Whether this process is the elected leader (runs the rescuer and the pruner).
     pub leading: watch::Receiver<bool>,
     pub metrics: Arc<Metrics>,
     pub worker_id: String,
@@ -89,6 +89,9 @@ impl Engine {
             )),
             tokio::spawn(leader::run(settings.database.url.clone(), leading_tx, stop_background.clone())),
             tokio::spawn(rescuer.run(leading.clone(), stop_background.clone())),
+            tokio::spawn(
+                Pruner { pool: pool.clone(), settings: settings.clone() }.run(leading.clone(), stop_background.clone()),
+            ),
         ];
         let ctx = Arc::new(RunContext {
             agents,

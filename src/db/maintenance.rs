@@ -1,4 +1,4 @@
-//! Statements of the leader-only maintenance services: leader election and rescue.
+//! Statements of the leader-only maintenance services: leader election, rescue and pruning.
 
 use super::queue::{CompleteReport, complete_in};
 use crate::model::Completion;
@@ -86,4 +86,101 @@ where
     }
     tx.commit().await?;
     Ok((completions, report))
+}
+
+/// What one pruning batch deleted.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PruneBatch {
+    /// Orders locked as candidates.
+    pub candidates: usize,
+    pub orders: Vec<Uuid>,
+    pub items: usize,
+}
+
+/// The items of order `o` that keep it from being pruned: not finished, finished within the
+/// retention (`$1`, milliseconds), or with an open dead letter (waiting for replay or
+/// discard). An order may be pruned when this finds nothing.
+macro_rules! items_keeping_order {
+    () => {
+        "SELECT 1 FROM work_items i
+         WHERE i.work_order_id = o.id
+           AND (i.status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')
+                OR coalesce(i.processed_at, i.created_at) >= now() - $1 * interval '1 millisecond'
+                OR EXISTS (SELECT 1 FROM dead_letters d WHERE d.work_item_id = i.id AND d.processed_at IS NULL))"
+    };
+}
+
+/// Deletes up to `limit` finished work orders that finished more than `retention` ago, with
+/// everything they own (the foreign keys and the delete trigger of migration 0008 cascade),
+/// in one transaction, and records the batch in `audit_logs`.
+///
+/// Locking, so that nothing live is ever deleted: the candidate orders are locked first
+/// (`FOR UPDATE SKIP LOCKED`; an upstream adding an item to one holds a key-share lock and
+/// makes it skipped), then their items (`SKIP LOCKED` again: an item being written is not
+/// finished business). The DELETE is a later statement, so under READ COMMITTED it sees
+/// everything committed before those locks, and it checks again, requiring as well that
+/// every item of the order is one this transaction locked. Nothing can change a locked
+/// order's items until the commit.
+pub async fn prune_finished(
+    pool: &PgPool,
+    retention: std::time::Duration,
+    limit: i64,
+) -> Result<PruneBatch, sqlx::Error> {
+    let retention_ms = retention.as_millis() as f64;
+    let mut tx = pool.begin().await?;
+    let candidates: Vec<Uuid> = sqlx::query_scalar(concat!(
+        "SELECT o.id FROM work_orders o
+         WHERE o.status IN ('COMPLETED', 'FAILED') AND o.updated_at < now() - $1 * interval '1 millisecond'
+           AND NOT EXISTS (",
+        items_keeping_order!(),
+        ")
+         ORDER BY o.updated_at
+         LIMIT $2
+         FOR UPDATE OF o SKIP LOCKED"
+    ))
+    .bind(retention_ms)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    if candidates.is_empty() {
+        return Ok(PruneBatch::default());
+    }
+    let locked: Vec<(Uuid, Uuid)> =
+        sqlx::query_as("SELECT id, work_order_id FROM work_items WHERE work_order_id = ANY($1) FOR UPDATE SKIP LOCKED")
+            .bind(&candidates)
+            .fetch_all(&mut *tx)
+            .await?;
+    let locked_ids: Vec<Uuid> = locked.iter().map(|(id, _)| *id).collect();
+    let orders: Vec<Uuid> = sqlx::query_scalar(concat!(
+        "DELETE FROM work_orders o
+         WHERE o.id = ANY($2)
+           AND o.status IN ('COMPLETED', 'FAILED') AND o.updated_at < now() - $1 * interval '1 millisecond'
+           AND NOT EXISTS (SELECT 1 FROM work_items i WHERE i.work_order_id = o.id AND i.id <> ALL ($3))
+           AND NOT EXISTS (",
+        items_keeping_order!(),
+        ")
+         RETURNING o.id"
+    ))
+    .bind(retention_ms)
+    .bind(&candidates)
+    .bind(&locked_ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let items = locked.iter().filter(|(_, order)| orders.contains(order)).count();
+    if !orders.is_empty() {
+        sqlx::query(
+            "INSERT INTO audit_logs (user_id, action, resource_type, details)
+             VALUES ('orderly:pruner', 'pruner.delete', 'work_orders',
+                     jsonb_build_object('orders', $1::int, 'items', $2::int, 'retention_ms', $3::float8,
+                                        'work_order_ids', to_jsonb($4::uuid[])))",
+        )
+        .bind(orders.len() as i32)
+        .bind(items as i32)
+        .bind(retention_ms)
+        .bind(&orders)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(PruneBatch { candidates: candidates.len(), orders, items })
 }

@@ -11,4 +11,5 @@ mod durability;
 mod flow;
 mod input;
 mod plans;
+mod pruner;
 mod review;

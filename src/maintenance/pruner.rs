@@ -1,0 +1,64 @@
+//! The pruner (leader only): deletes finished work orders past `pruner.retention`, with
+//! everything they own, in batches. Off unless a retention is configured.
+
+use crate::config::Settings;
+use crate::db;
+use sqlx::PgPool;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PruneReport {
+    pub orders: usize,
+    pub items: usize,
+}
+
+pub struct Pruner {
+    pub pool: PgPool,
+    pub settings: Arc<Settings>,
+}
+
+impl Pruner {
+    pub async fn run(self, leading: watch::Receiver<bool>, stop: CancellationToken) {
+        if self.settings.pruner.retention.is_none() {
+            return;
+        }
+        loop {
+            let interval = self.settings.pruner.interval.mul_f64(0.8 + 0.4 * fastrand::f64());
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            if !*leading.borrow() {
+                continue;
+            }
+            match self.run_once().await {
+                Ok(report) if report != PruneReport::default() => {
+                    tracing::info!(orders = report.orders, items = report.items, "pruned finished work orders");
+                }
+                Ok(_) => {}
+                Err(e) => crate::telemetry::warn_limited("prune", &format!("pruning failed: {e}")),
+            }
+        }
+    }
+
+    /// One sweep: deletes every order past retention, a batch per transaction. Does nothing
+    /// when pruning is off.
+    pub async fn run_once(&self) -> Result<PruneReport, sqlx::Error> {
+        let mut report = PruneReport::default();
+        let Some(retention) = self.settings.pruner.retention else {
+            return Ok(report);
+        };
+        loop {
+            let batch = db::maintenance::prune_finished(&self.pool, retention, self.settings.pruner.batch).await?;
+            report.orders += batch.orders.len();
+            report.items += batch.items;
+            // A short batch was the last; a batch that deleted nothing (every candidate
+            // changed under it) is left for the next sweep.
+            if (batch.candidates as i64) < self.settings.pruner.batch || batch.orders.is_empty() {
+                return Ok(report);
+            }
+        }
+    }
+}
