@@ -110,6 +110,19 @@ macro_rules! items_keeping_order {
     };
 }
 
+/// The pruner's candidates (see [`prune_finished`]); public so the plan test can EXPLAIN it.
+/// Parameters: $1 retention (ms), $2 limit.
+pub const PRUNE_CANDIDATES_SQL: &str = concat!(
+    "SELECT o.id FROM work_orders o
+     WHERE o.status IN ('COMPLETED', 'FAILED') AND o.updated_at < now() - $1 * interval '1 millisecond'
+       AND NOT EXISTS (",
+    items_keeping_order!(),
+    ")
+     ORDER BY o.updated_at
+     LIMIT $2
+     FOR UPDATE OF o SKIP LOCKED"
+);
+
 /// Deletes up to `limit` finished work orders that finished more than `retention` ago, with
 /// everything they own (the foreign keys and the delete trigger of migration 0008 cascade),
 /// in one transaction, and records the batch in `audit_logs`.
@@ -128,20 +141,8 @@ pub async fn prune_finished(
 ) -> Result<PruneBatch, sqlx::Error> {
     let retention_ms = retention.as_millis() as f64;
     let mut tx = pool.begin().await?;
-    let candidates: Vec<Uuid> = sqlx::query_scalar(concat!(
-        "SELECT o.id FROM work_orders o
-         WHERE o.status IN ('COMPLETED', 'FAILED') AND o.updated_at < now() - $1 * interval '1 millisecond'
-           AND NOT EXISTS (",
-        items_keeping_order!(),
-        ")
-         ORDER BY o.updated_at
-         LIMIT $2
-         FOR UPDATE OF o SKIP LOCKED"
-    ))
-    .bind(retention_ms)
-    .bind(limit)
-    .fetch_all(&mut *tx)
-    .await?;
+    let candidates: Vec<Uuid> =
+        sqlx::query_scalar(PRUNE_CANDIDATES_SQL).bind(retention_ms).bind(limit).fetch_all(&mut *tx).await?;
     if candidates.is_empty() {
         return Ok(PruneBatch::default());
     }

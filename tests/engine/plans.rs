@@ -3,6 +3,7 @@
 
 use crate::common::*;
 use orderly::db::ENGINE_PLANNER_SETTINGS;
+use orderly::db::maintenance::PRUNE_CANDIDATES_SQL;
 use orderly::db::queue::{CLAIM_SQL, COMPLETE_PARAM_TYPES, COMPLETE_SQL, LOCK_ORDERS_SQL, RENEW_SQL, ROLL_UP_SQL};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
@@ -158,4 +159,37 @@ async fn hot_statements_use_indexes_not_table_scans() {
     // million finished items).
     assert!(complete.contains("work_items_pkey"), "completion finds items by primary key:\n{complete}");
     assert!(!complete.contains("idx_work_items_leased"), "completion walks the leased index:\n{complete}");
+}
+
+/// A sweep reads the orders it may delete, oldest first, through the partial index of
+/// finished orders, and checks each one's items and dead letters by index: never the
+/// history.
+#[tokio::test]
+async fn the_pruner_reads_finished_orders_through_their_index() {
+    let db = TestDb::new().await;
+    sqlx::raw_sql(
+        "INSERT INTO work_orders (workflow_id, tenant_id, created_by, status, updated_at)
+           SELECT 'plan', gen_random_uuid(), gen_random_uuid(), 'COMPLETED', now() - g * interval '1 minute'
+           FROM generate_series(1, 20000) g;
+         INSERT INTO work_items (work_order_id, type, content, status, processed_at)
+           SELECT o.id, 'TICKET', '{}', 'COMPLETED', o.updated_at FROM work_orders o, generate_series(1, 5);
+         ANALYZE;",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // On the engine's connections (the pruner runs on the engine's pool); with the
+    // planner's defaults the generic plan hashes every item of the table instead.
+    let mut conn = engine_connection(&db).await;
+    let plan = explain_on(
+        &mut conn,
+        "force_generic_plan",
+        format!("PREPARE candidates(float8, bigint) AS {PRUNE_CANDIDATES_SQL}"),
+        "EXECUTE candidates(86400000, 100)".into(),
+    )
+    .await;
+    assert!(plan.contains("idx_work_orders_finished"), "candidates come from the finished-orders index:\n{plan}");
+    assert!(plan.contains("idx_work_items_composite"), "each order's items are read by index:\n{plan}");
+    assert!(plan.contains("dead_letters_open_item"), "open letters are read from their index:\n{plan}");
+    assert!(!plan.contains("Seq Scan"), "the pruner scans a table:\n{plan}");
 }
