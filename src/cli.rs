@@ -33,6 +33,11 @@ pub enum Command {
     /// Inspect, replay and discard dead letters.
     #[command(subcommand, name = "dead-letters")]
     DeadLetters(DeadLetterCommand),
+    /// Approve the output of an item held in AWAITING_APPROVAL: the item is COMPLETED.
+    Approve(DecisionArgs),
+    /// Reject the output of an item held in AWAITING_APPROVAL: the attempt fails, and the
+    /// item is retried while its budget lasts, then dead-lettered.
+    Reject(DecisionArgs),
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig,
     /// Measure throughput and latency against a scratch database with `orderly run`.
@@ -92,6 +97,18 @@ pub struct EnqueueArgs {
     /// An item as TYPE=CONTENT (repeatable), e.g. --item 'TICKET={"subject":"help"}'.
     #[arg(long = "item", value_name = "TYPE=CONTENT")]
     pub item: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DecisionArgs {
+    /// The work item's id.
+    pub item: Uuid,
+    /// Why (kept with the approval event and the audit log).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Who decides (approval event and audit log); defaults to $USER.
+    #[arg(long)]
+    pub actor: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

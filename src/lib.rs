@@ -40,6 +40,8 @@ pub async fn run_command(
         Command::Enqueue(args) => ops::enqueue(&settings, args).await,
         Command::Status { json } => ops::status(&settings, json).await,
         Command::DeadLetters(command) => ops::dead_letters(&settings, command).await,
+        Command::Approve(args) => ops::decide(&settings, model::Decision::Approved, args).await,
+        Command::Reject(args) => ops::decide(&settings, model::Decision::Rejected, args).await,
         Command::CheckConfig => ops::check_config(&settings, &registry),
         Command::Bench(args) => bench::run(settings, args).await,
     }

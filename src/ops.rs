@@ -1,13 +1,18 @@
-//! Operators' commands: migrate, enqueue, status, dead letters, check-config. They print
+//! Operators' commands: migrate, enqueue, status, dead letters, approve and reject,
+//! check-config. They print
 //! for humans (or JSON with --json) and go through `db` like everything else.
 
 use crate::agent::Registry;
-use crate::cli::{DeadLetterCommand, EnqueueArgs};
+use crate::cli::{DeadLetterCommand, DecisionArgs, EnqueueArgs};
 use crate::config::{Settings, redact_url};
 use crate::db::{self, ops};
+use crate::model::{Decision, NextState};
+use crate::worker::catalog::Catalog;
+use crate::worker::decision::{Backoff, Budget, Outcome, next_state};
 use anyhow::{Context, bail};
 use sqlx::PgPool;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// Connects, explaining how to fix an unreachable database.
@@ -225,6 +230,46 @@ pub async fn dead_letters(settings: &Settings, command: DeadLetterCommand) -> an
             println!("discarded: work item {item} stays FAILED");
         }
     }
+    Ok(())
+}
+
+/// What a human decision on a held item does to it: approved, it is COMPLETED; rejected,
+/// the same rule as the policy's own rejection (a retry after the backoff while the budget
+/// lasts, else a dead letter). Writes it all (see `db::ops::record_human_decision`).
+pub async fn decide_held(
+    pool: &PgPool,
+    settings: &Arc<Settings>,
+    item_id: Uuid,
+    decision: Decision,
+    actor: &str,
+    reason: Option<&str>,
+) -> Result<NextState, ops::OpsError> {
+    let item = ops::held_item(pool, item_id).await?;
+    // The budget as the runner computes it: the item's own, the template step's, the config's.
+    let step = Catalog::new(pool.clone(), settings.clone()).resolve(&item.workflow_id, &item.item_type).await;
+    let max =
+        item.max_attempts.or_else(|| step.ok().and_then(|s| s.max_attempts)).unwrap_or(settings.retry.max_attempts);
+    let budget = Budget { used: item.attempt - item.attempt_base, max };
+    let backoff = Backoff { base: settings.retry.backoff_base, max: settings.retry.backoff_max };
+    let (_, next) = next_state(&Outcome::Succeeded(decision), budget, backoff, fastrand::f64());
+    let human = ops::HumanDecision { decision, next, actor, reason, attempts_used: budget.used };
+    ops::record_human_decision(pool, &item, &human).await?;
+    Ok(human.next)
+}
+
+pub async fn decide(settings: &Settings, decision: Decision, args: DecisionArgs) -> anyhow::Result<()> {
+    let pool = connect(settings).await?;
+    let actor = args.actor.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "cli".into());
+    let settings = Arc::new(settings.clone());
+    let next = decide_held(&pool, &settings, args.item, decision, &actor, args.reason.as_deref()).await?;
+    let verb = if decision == Decision::Approved { "approved" } else { "rejected" };
+    let outcome = match next {
+        NextState::Completed => "is COMPLETED".to_owned(),
+        NextState::Retry { delay_ms } => format!("is QUEUED for another attempt in {:.1}s", delay_ms as f64 / 1000.0),
+        NextState::DeadLetter { .. } => "is FAILED: its attempts are spent, see `orderly dead-letters list`".to_owned(),
+        other => format!("is {}", other.item_status().as_str()),
+    };
+    println!("{verb}: work item {} {outcome}", args.item);
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 use crate::common::*;
 use std::process::{Command, Output, Stdio};
 
-fn orderly(db_url: &str, args: &[&str]) -> Output {
+pub fn orderly(db_url: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_orderly"))
         .args(args)
         .env("DATABASE_URL", db_url)
@@ -13,7 +13,7 @@ fn orderly(db_url: &str, args: &[&str]) -> Output {
         .expect("orderly runs")
 }
 
-fn text(output: &Output) -> String {
+pub fn text(output: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
 

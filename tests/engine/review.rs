@@ -1,7 +1,11 @@
 //! Evaluation and approval in the pipeline: eval_results per evaluator and attempt, one
 //! policy decision per attempt, and what each decision does to the item.
 
+use crate::cli::{orderly, text};
 use crate::common::*;
+use orderly::db::ops::OpsError;
+use orderly::model::{Decision, NextState};
+use orderly::ops;
 use serde_json::json;
 
 async fn add_ticket_schema(db: &TestDb) {
@@ -179,4 +183,132 @@ async fn deleting_items_or_orders_deletes_their_records() {
     assert_eq!(records(items[..3].to_vec()).await, [0, 0, 0]);
     assert_eq!(records(items[3..5].to_vec()).await, [2, 2, 2], "other items keep their records");
     assert_eq!(count(&db.pool, "SELECT count(*) FROM attempts").await, 2, "nothing else is left");
+}
+
+async fn approvals(db: &TestDb, item: uuid::Uuid) -> Vec<(i32, String, String, String)> {
+    sqlx::query_as(
+        "SELECT a.attempt_number, p.decision::text, p.source::text, p.approver_id
+         FROM approval_events p JOIN attempts a ON a.id = p.attempt_id
+         WHERE p.work_item_id = $1 ORDER BY a.attempt_number, p.\"timestamp\"",
+    )
+    .bind(item)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_human_approves_a_held_item_once() {
+    let db = TestDb::new().await;
+    add_ticket_schema(&db).await;
+    add_template(&db, "careful", "escalate_on_failure").await;
+    let order = insert_order_with_workflow(&db.pool, "careful").await;
+    let item = insert_item(&db.pool, order, "TICKET", r#"{"no_subject":true}"#).await;
+    let engine = db.engine("").await;
+    wait_for_status(&db.pool, item, "AWAITING_APPROVAL").await;
+    stop(engine).await;
+
+    let settings = std::sync::Arc::new(db.settings(""));
+    let next =
+        ops::decide_held(&db.pool, &settings, item, Decision::Approved, "dana", Some("looks right")).await.unwrap();
+    assert_eq!(next, NextState::Completed);
+    assert_eq!(item_status(&db.pool, item).await, "COMPLETED");
+    assert_eq!(order_status(&db.pool, order).await, "COMPLETED", "the order rolls up");
+    assert_eq!(attempts(&db.pool, item).await, vec![(1, "COMPLETED".into(), None)]);
+    assert_eq!(
+        approvals(&db, item).await,
+        vec![
+            (1, "ESCALATED".into(), "POLICY".into(), "policy:escalate_on_failure".into()),
+            (1, "APPROVED".into(), "HUMAN".into(), "dana".into())
+        ]
+    );
+    let (version, reason): (String, String) = sqlx::query_as(
+        "SELECT policy_version, reason FROM approval_events WHERE work_item_id = $1 AND source = 'HUMAN'",
+    )
+    .bind(item)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((version.as_str(), reason.as_str()), ("escalate_on_failure/1", "looks right"));
+    let audited =
+        count(&db.pool, "SELECT count(*) FROM audit_logs WHERE action = 'approval.approve' AND user_id = 'dana'").await;
+    assert_eq!(audited, 1);
+
+    // A second decision, and a decision on something not held, are refused and change nothing.
+    let again = ops::decide_held(&db.pool, &settings, item, Decision::Rejected, "erin", None).await;
+    assert!(matches!(again, Err(OpsError::Conflict(_))), "{again:?}");
+    let unknown = ops::decide_held(&db.pool, &settings, uuid::Uuid::new_v4(), Decision::Approved, "erin", None).await;
+    assert!(matches!(unknown, Err(OpsError::NotFound(_))), "{unknown:?}");
+    assert_eq!(approvals(&db, item).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_human_rejection_retries_then_dead_letters() {
+    let db = TestDb::new().await;
+    add_ticket_schema(&db).await;
+    add_template(&db, "careful", "escalate_on_failure").await;
+    let order = insert_order_with_workflow(&db.pool, "careful").await;
+    let item = insert_item(&db.pool, order, "TICKET", r#"{"no_subject":true}"#).await;
+    let config = "[retry]\nmax_attempts = 2\n";
+    let settings = std::sync::Arc::new(db.settings(config));
+    let engine = db.engine(config).await;
+    wait_for_status(&db.pool, item, "AWAITING_APPROVAL").await;
+
+    // First rejection: the attempt fails, the item runs again after the backoff (and the
+    // same output is held again).
+    let next = ops::decide_held(&db.pool, &settings, item, Decision::Rejected, "dana", Some("wrong customer")).await;
+    assert!(matches!(next, Ok(NextState::Retry { .. })), "{next:?}");
+    wait_until("the second attempt to be held", std::time::Duration::from_secs(20), || async {
+        attempts(&db.pool, item).await.len() == 2 && item_status(&db.pool, item).await == "AWAITING_APPROVAL"
+    })
+    .await;
+
+    // Second rejection: the budget is spent, the item is dead-lettered.
+    let next = ops::decide_held(&db.pool, &settings, item, Decision::Rejected, "dana", None).await;
+    assert!(matches!(next, Ok(NextState::DeadLetter { .. })), "{next:?}");
+    stop(engine).await;
+    assert_eq!(item_status(&db.pool, item).await, "FAILED");
+    assert_eq!(order_status(&db.pool, order).await, "FAILED");
+    assert_eq!(
+        attempts(&db.pool, item).await,
+        vec![
+            (1, "FAILED".into(), Some("APPROVAL_REJECTED".into())),
+            (2, "FAILED".into(), Some("APPROVAL_REJECTED".into()))
+        ],
+        "a rejected attempt is FAILED, as the policy's own rejection records it"
+    );
+    assert_eq!(dead_letter(&db.pool, item).await, Some(("APPROVAL_REJECTED".into(), "RETRIES_EXHAUSTED".into(), 2)));
+    let error: String = sqlx::query_scalar("SELECT error FROM attempts WHERE work_item_id = $1 AND attempt_number = 1")
+        .bind(item)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(error, "rejected by dana: wrong customer");
+    let decisions: Vec<String> = approvals(&db, item).await.into_iter().map(|a| format!("{}:{}", a.0, a.1)).collect();
+    assert_eq!(decisions, ["1:ESCALATED", "1:REJECTED", "2:ESCALATED", "2:REJECTED"]);
+}
+
+#[tokio::test]
+async fn approve_and_reject_on_the_command_line() {
+    let db = TestDb::new().await;
+    add_ticket_schema(&db).await;
+    add_template(&db, "careful", "escalate_on_failure").await;
+    let order = insert_order_with_workflow(&db.pool, "careful").await;
+    let item = insert_item(&db.pool, order, "TICKET", r#"{"no_subject":true}"#).await;
+    let engine = db.engine("").await;
+    wait_for_status(&db.pool, item, "AWAITING_APPROVAL").await;
+    stop(engine).await;
+
+    let id = item.to_string();
+    let out = orderly(&db.url, &["approve", &id, "--actor", "frank", "--reason", "checked by hand"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&format!("approved: work item {id} is COMPLETED")), "{}", text(&out));
+    assert_eq!(item_status(&db.pool, item).await, "COMPLETED");
+
+    let out = orderly(&db.url, &["reject", &id]);
+    assert!(!out.status.success(), "a decided item cannot be decided again");
+    assert!(text(&out).contains("not AWAITING_APPROVAL"), "{}", text(&out));
+    let out = orderly(&db.url, &["reject", &uuid::Uuid::new_v4().to_string()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("not found"), "{}", text(&out));
 }
