@@ -24,15 +24,7 @@ impl Pruner {
         if self.settings.pruner.retention.is_none() {
             return;
         }
-        loop {
-            let interval = self.settings.pruner.interval.mul_f64(0.8 + 0.4 * fastrand::f64());
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
-            }
-            if !*leading.borrow() {
-                continue;
-            }
+        super::every_interval_while_leading(self.settings.pruner.interval, leading, stop, || async {
             match self.run_once().await {
                 Ok(report) if report != PruneReport::default() => {
                     tracing::info!(orders = report.orders, items = report.items, "pruned finished work orders");
@@ -40,7 +32,8 @@ impl Pruner {
                 Ok(_) => {}
                 Err(e) => crate::telemetry::warn_limited("prune", &format!("pruning failed: {e}")),
             }
-        }
+        })
+        .await
     }
 
     /// One sweep: deletes every order past retention, a batch per transaction. Does nothing

@@ -30,15 +30,7 @@ pub struct Rescuer {
 
 impl Rescuer {
     pub async fn run(self, leading: watch::Receiver<bool>, stop: CancellationToken) {
-        loop {
-            let interval = self.settings.worker.rescue_interval.mul_f64(0.8 + 0.4 * fastrand::f64());
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
-            }
-            if !*leading.borrow() {
-                continue;
-            }
+        super::every_interval_while_leading(self.settings.worker.rescue_interval, leading, stop, || async {
             match self.run_once().await {
                 Ok(report) if report != RescueReport::default() => {
                     tracing::warn!(
@@ -50,7 +42,8 @@ impl Rescuer {
                 Ok(_) => {}
                 Err(e) => crate::telemetry::warn_limited("rescue", &format!("rescue failed: {e}")),
             }
-        }
+        })
+        .await
     }
 
     /// One sweep: rescues every expired lease, in batches.

@@ -92,16 +92,28 @@ async fn rejection_fails_the_attempt_and_dead_letters_after_retries() {
     assert_eq!(per_attempt, vec![(1, 1), (1, 1)]);
 }
 
-#[tokio::test]
-async fn escalation_holds_the_item_for_a_human() {
-    let db = TestDb::new().await;
-    add_ticket_schema(&db).await;
-    add_template(&db, "careful", "escalate_on_failure").await;
+/// An order under a template that escalates failed evals, and a TICKET item whose output
+/// fails the schema: the policy will hold it for a human.
+async fn item_to_escalate(db: &TestDb) -> (uuid::Uuid, uuid::Uuid) {
+    add_ticket_schema(db).await;
+    add_template(db, "careful", "escalate_on_failure").await;
     let order = insert_order_with_workflow(&db.pool, "careful").await;
-    let item = insert_item(&db.pool, order, "TICKET", r#"{"no_subject":true}"#).await;
+    (order, insert_item(&db.pool, order, "TICKET", r#"{"no_subject":true}"#).await)
+}
+
+/// [`item_to_escalate`], run by an engine until it is held, the engine then stopped.
+async fn held_item(db: &TestDb) -> (uuid::Uuid, uuid::Uuid) {
+    let (order, item) = item_to_escalate(db).await;
     let engine = db.engine("").await;
     wait_for_status(&db.pool, item, "AWAITING_APPROVAL").await;
     stop(engine).await;
+    (order, item)
+}
+
+#[tokio::test]
+async fn escalation_holds_the_item_for_a_human() {
+    let db = TestDb::new().await;
+    let (order, item) = held_item(&db).await;
     assert_eq!(attempts(&db.pool, item).await, vec![(1, "COMPLETED".into(), None)]);
     let decision: String = sqlx::query_scalar("SELECT decision::text FROM approval_events WHERE work_item_id = $1")
         .bind(item)
@@ -200,13 +212,7 @@ async fn approvals(db: &TestDb, item: uuid::Uuid) -> Vec<(i32, String, String, S
 #[tokio::test]
 async fn a_human_approves_a_held_item_once() {
     let db = TestDb::new().await;
-    add_ticket_schema(&db).await;
-    add_template(&db, "careful", "escalate_on_failure").await;
-    let order = insert_order_with_workflow(&db.pool, "careful").await;
-    let item = insert_item(&db.pool, order, "TICKET", r#"{"no_subject":true}"#).await;
-    let engine = db.engine("").await;
-    wait_for_status(&db.pool, item, "AWAITING_APPROVAL").await;
-    stop(engine).await;
+    let (order, item) = held_item(&db).await;
 
     let settings = std::sync::Arc::new(db.settings(""));
     let next =
@@ -245,10 +251,7 @@ async fn a_human_approves_a_held_item_once() {
 #[tokio::test]
 async fn a_human_rejection_retries_then_dead_letters() {
     let db = TestDb::new().await;
-    add_ticket_schema(&db).await;
-    add_template(&db, "careful", "escalate_on_failure").await;
-    let order = insert_order_with_workflow(&db.pool, "careful").await;
-    let item = insert_item(&db.pool, order, "TICKET", r#"{"no_subject":true}"#).await;
+    let (order, item) = item_to_escalate(&db).await;
     let config = "[retry]\nmax_attempts = 2\n";
     let settings = std::sync::Arc::new(db.settings(config));
     let engine = db.engine(config).await;
@@ -291,13 +294,7 @@ async fn a_human_rejection_retries_then_dead_letters() {
 #[tokio::test]
 async fn approve_and_reject_on_the_command_line() {
     let db = TestDb::new().await;
-    add_ticket_schema(&db).await;
-    add_template(&db, "careful", "escalate_on_failure").await;
-    let order = insert_order_with_workflow(&db.pool, "careful").await;
-    let item = insert_item(&db.pool, order, "TICKET", r#"{"no_subject":true}"#).await;
-    let engine = db.engine("").await;
-    wait_for_status(&db.pool, item, "AWAITING_APPROVAL").await;
-    stop(engine).await;
+    let (_, item) = held_item(&db).await;
 
     let id = item.to_string();
     let out = orderly(&db.url, &["approve", &id, "--actor", "frank", "--reason", "checked by hand"]);
