@@ -20,6 +20,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// How long shutdown may take past `worker.shutdown_grace`: interrupted runs hand over their
+/// results and the completers write them. Past it, what is unwritten is left to the rescuer
+/// (the items stay PROCESSING under leases that expire) and the process exits anyway.
+pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
+
 /// A running engine.
 pub struct Engine {
     /// Whether this process is the elected leader (runs the rescuer and the pruner).
@@ -35,6 +40,10 @@ pub struct Engine {
     completers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
     shutdown_grace: Duration,
+    /// Tells the completers to stop retrying and leave unwritten results to the rescuer.
+    abandon: CancellationToken,
+    /// Fired when an engine task panicked or ended on its own (see [`Engine::failed`]).
+    failed: CancellationToken,
 }
 
 impl Engine {
@@ -60,58 +69,91 @@ impl Engine {
         let stop_claiming = CancellationToken::new();
         let stop_background = CancellationToken::new();
         let runners = TaskTracker::new();
+        let abandon = CancellationToken::new();
+        let failed = CancellationToken::new();
+        let watched = |name: &'static str, until: &CancellationToken, task| {
+            tokio::spawn(watch_task(name, until.clone(), failed.clone(), task))
+        };
         let (tx, rx) = mpsc::channel(settings.worker.concurrency.max(settings.worker.completer_batch) * 2);
 
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let completers = (0..settings.worker.completers)
             .map(|_| {
-                tokio::spawn(
-                    Completer {
-                        pool: pool.clone(),
-                        in_flight: in_flight.clone(),
-                        metrics: metrics.clone(),
-                        batch_size: settings.worker.completer_batch,
-                        wake: wake.clone(),
-                    }
-                    .run(rx.clone()),
+                // Completers end when the dispatcher and every runner are gone (shutdown).
+                watched(
+                    "completer",
+                    &stop_claiming,
+                    Box::pin(
+                        Completer {
+                            pool: pool.clone(),
+                            in_flight: in_flight.clone(),
+                            metrics: metrics.clone(),
+                            batch_size: settings.worker.completer_batch,
+                            wake: wake.clone(),
+                            abandon: abandon.clone(),
+                        }
+                        .run(rx.clone()),
+                    ),
                 )
             })
             .collect();
         let (leading_tx, leading) = watch::channel(false);
-        let rescuer = Rescuer { pool: pool.clone(), settings: settings.clone(), worker_id: worker_id.clone() };
-        let background = vec![
-            tokio::spawn(listener::run(pool.clone(), wake.clone(), stop_claiming.clone())),
-            tokio::spawn(heartbeat::run(
-                pool.clone(),
-                in_flight.clone(),
-                settings.worker.lease,
-                stop_background.clone(),
-            )),
-            tokio::spawn(leader::run(settings.database.url.clone(), leading_tx, stop_background.clone())),
-            tokio::spawn(rescuer.run(leading.clone(), stop_background.clone())),
-            tokio::spawn(
-                Pruner { pool: pool.clone(), settings: settings.clone() }.run(leading.clone(), stop_background.clone()),
-            ),
-        ];
-        let ctx = Arc::new(RunContext {
-            agents,
-            catalog: Arc::new(Catalog::new(pool.clone(), settings.clone())),
+        let catalog = Arc::new(Catalog::new(pool.clone(), settings.clone()));
+        let rescuer = Rescuer {
+            pool: pool.clone(),
+            catalog: catalog.clone(),
             settings: settings.clone(),
             worker_id: worker_id.clone(),
-        });
-        let dispatcher = tokio::spawn(
-            Dispatcher {
-                pool: pool.clone(),
-                ctx,
-                slots: Arc::new(Semaphore::new(settings.worker.concurrency)),
-                wake,
-                in_flight: in_flight.clone(),
-                metrics: metrics.clone(),
-                completions: tx,
-                tasks: runners.clone(),
-                stop: stop_claiming.clone(),
-            }
-            .run(),
+        };
+        let background = vec![
+            watched(
+                "listener",
+                &stop_claiming,
+                Box::pin(listener::run(pool.clone(), wake.clone(), stop_claiming.clone())),
+            ),
+            watched(
+                "heartbeat",
+                &stop_background,
+                Box::pin(heartbeat::run(
+                    pool.clone(),
+                    in_flight.clone(),
+                    settings.worker.lease,
+                    stop_background.clone(),
+                )),
+            ),
+            watched(
+                "leader",
+                &stop_background,
+                Box::pin(leader::run(settings.database.url.clone(), leading_tx, stop_background.clone())),
+            ),
+            watched("rescuer", &stop_background, Box::pin(rescuer.run(leading.clone(), stop_background.clone()))),
+            watched(
+                "pruner",
+                &stop_background,
+                Box::pin(
+                    Pruner { pool: pool.clone(), settings: settings.clone() }
+                        .run(leading.clone(), stop_background.clone()),
+                ),
+            ),
+        ];
+        let ctx = Arc::new(RunContext { agents, catalog, settings: settings.clone(), worker_id: worker_id.clone() });
+        let dispatcher = watched(
+            "dispatcher",
+            &stop_claiming,
+            Box::pin(
+                Dispatcher {
+                    pool: pool.clone(),
+                    ctx,
+                    slots: Arc::new(Semaphore::new(settings.worker.concurrency)),
+                    wake,
+                    in_flight: in_flight.clone(),
+                    metrics: metrics.clone(),
+                    completions: tx,
+                    tasks: runners.clone(),
+                    stop: stop_claiming.clone(),
+                }
+                .run(),
+            ),
         );
         tracing::info!(worker = %worker_id, concurrency = settings.worker.concurrency, "engine started");
         Ok(Engine {
@@ -127,12 +169,22 @@ impl Engine {
             completers,
             background,
             shutdown_grace: settings.worker.shutdown_grace,
+            abandon,
+            failed,
         })
     }
 
-    /// Ready: the last claim reached the database (used by health checks and systemd).
+    /// Ready: every engine task is alive and the last claim reached the database (used by
+    /// health checks and systemd).
     pub fn ready(&self) -> bool {
-        self.metrics.ready.load(std::sync::atomic::Ordering::Relaxed)
+        !self.failed.is_cancelled() && self.metrics.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Fires when an engine task panicked or ended while it should have been running. The
+    /// process can no longer do its work: `orderly run` then shuts down and exits non-zero,
+    /// so systemd or the container runtime starts a fresh one.
+    pub fn failed(&self) -> CancellationToken {
+        self.failed.clone()
     }
 
     /// Items this process is executing or about to record.
@@ -143,7 +195,17 @@ impl Engine {
     /// Two-phase shutdown: stop claiming; let in-flight items finish within the grace
     /// period (or until `interrupt` fires); interrupt the rest, which are released to the
     /// queue as INTERRUPTED; wait until the completer has written every result.
+    ///
+    /// Bounded: [`SHUTDOWN_BOUND`] after the grace period, the completers stop retrying a
+    /// database that does not answer and leave what is unwritten to the rescuer.
     pub async fn shutdown(self, interrupt: CancellationToken) {
+        let abandon = self.abandon.clone();
+        let bound = self.shutdown_grace + SHUTDOWN_BOUND;
+        let deadline = tokio::spawn(async move {
+            tokio::time::sleep(bound).await;
+            tracing::error!("shutdown bound reached; results not yet written are left to the rescuer");
+            abandon.cancel();
+        });
         self.stop_claiming.cancel();
         let _ = self.dispatcher.await;
         self.runners.close();
@@ -167,32 +229,72 @@ impl Engine {
         for task in self.background {
             let _ = task.await;
         }
+        deadline.abort();
         tracing::info!(worker = %self.worker_id, "engine stopped");
     }
 }
 
 /// Runs the engine until SIGTERM/SIGINT (`orderly run`). A second signal interrupts
-/// in-flight work at once.
+/// in-flight work at once. SIGHUP is logged and ignored (the configuration is read at start).
+/// An engine task that dies makes the process drain what it can and exit non-zero.
 pub async fn run(settings: Settings, registry: &Registry) -> anyhow::Result<()> {
     // Handlers first: a signal that arrives while the engine starts is handled gracefully.
     let mut signals = Signals::install();
     let engine = Engine::start(settings, registry, None).await?;
-    signals.recv().await;
-    tracing::info!("shutting down: no new claims; waiting for in-flight items");
+    let failed = engine.failed();
+    let died = tokio::select! {
+        _ = signals.recv() => false,
+        _ = failed.cancelled() => true,
+    };
+    if died {
+        tracing::error!("an engine task died; shutting down so the service manager restarts the process");
+    } else {
+        tracing::info!("shutting down: no new claims; waiting for in-flight items");
+    }
     let interrupt = CancellationToken::new();
     let second = interrupt.clone();
     tokio::spawn(async move {
         signals.recv().await;
         second.cancel();
     });
-    engine.shutdown(interrupt).await;
+    // The engine bounds its own drain; this is the backstop for a task that died holding
+    // what the drain waits for (results in a channel no completer reads any more).
+    let backstop = engine.shutdown_grace + SHUTDOWN_BOUND + Duration::from_secs(5);
+    if tokio::time::timeout(backstop, engine.shutdown(interrupt)).await.is_err() {
+        anyhow::bail!("shutdown did not finish within {}; exiting", humantime::format_duration(backstop));
+    }
+    if died {
+        anyhow::bail!("an engine task died (see the log above); exiting so that the process is restarted");
+    }
     Ok(())
 }
 
-/// SIGTERM and SIGINT, installed once.
+/// Runs one of the engine's long-lived tasks. A panic, or an end before `until` was
+/// cancelled, is logged with the task's name and fires `failed`.
+async fn watch_task(
+    name: &'static str,
+    until: CancellationToken,
+    failed: CancellationToken,
+    task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+) {
+    match crate::failpoint::CatchUnwind(task).await {
+        Err(panic) => {
+            tracing::error!(task = name, panic = %panic, "engine task panicked");
+            failed.cancel();
+        }
+        Ok(()) if !until.is_cancelled() => {
+            tracing::error!(task = name, "engine task ended unexpectedly");
+            failed.cancel();
+        }
+        Ok(()) => {}
+    }
+}
+
+/// SIGTERM and SIGINT (stop), SIGHUP (ignored), installed once.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -201,13 +303,21 @@ impl Signals {
         Signals {
             term: signal(SignalKind::terminate()).expect("installing SIGTERM handler"),
             int: signal(SignalKind::interrupt()).expect("installing SIGINT handler"),
+            hup: signal(SignalKind::hangup()).expect("installing SIGHUP handler"),
         }
     }
 
+    /// Waits for SIGTERM or SIGINT. SIGHUP's default action would kill the process at once
+    /// and orphan running agents; it is logged instead.
     async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP ignored: the configuration is read at start; restart to apply changes");
+                }
+            }
         }
     }
 }

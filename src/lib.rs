@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod demo;
+pub mod failpoint;
 pub mod maintenance;
 pub mod model;
 pub mod ops;

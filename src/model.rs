@@ -114,6 +114,10 @@ labels!(
         ApprovalRejected = "APPROVAL_REJECTED",
         WorkerLost = "WORKER_LOST",
         Interrupted = "INTERRUPTED",
+        ResultRefused = "RESULT_REFUSED",
+        DatabaseUnavailable = "DATABASE_UNAVAILABLE",
+        AgentPanicked = "AGENT_PANICKED",
+        ContextInvalid = "CONTEXT_INVALID",
     }
 );
 
@@ -122,6 +126,16 @@ labels!(
 pub struct ErrorInfo {
     pub code: ErrorCode,
     pub message: String,
+}
+
+/// Text as PostgreSQL's `text` can hold it and an operator can read it: NUL characters
+/// (which `text` refuses) become U+FFFD, and anything past `max_chars` is cut, marked `…`.
+pub fn printable(text: &str, max_chars: usize) -> String {
+    let mut out: String = text.chars().take(max_chars).map(|c| if c == '\0' { '\u{FFFD}' } else { c }).collect();
+    if text.chars().nth(max_chars).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// One row of `eval_results`, produced by an evaluator for one attempt.
@@ -152,8 +166,9 @@ pub enum NextState {
     AwaitingApproval,
     /// Back to QUEUED, runnable after `delay_ms` (database clock).
     Retry { delay_ms: i64 },
-    /// Back to QUEUED at once, the attempt not counted (clean shutdown).
-    Released,
+    /// Back to QUEUED after `delay_ms`, the attempt not counted: a clean shutdown (at once),
+    /// or a run that could not be prepared because the database was unavailable (a backoff).
+    Released { delay_ms: i64 },
     /// FAILED with a dead letter.
     DeadLetter { reason: DeadLetterReason },
 }
@@ -190,7 +205,7 @@ impl NextState {
         match self {
             NextState::Completed => ItemStatus::Completed,
             NextState::AwaitingApproval => ItemStatus::AwaitingApproval,
-            NextState::Retry { .. } | NextState::Released => ItemStatus::Queued,
+            NextState::Retry { .. } | NextState::Released { .. } => ItemStatus::Queued,
             NextState::DeadLetter { .. } => ItemStatus::Failed,
         }
     }
@@ -205,6 +220,13 @@ pub struct Budget {
 }
 
 impl Budget {
+    /// The one rule for an item's ceiling, used by the runner, the rescuer and operators'
+    /// decisions: the item's own `max_attempts`, else its workflow step's, else the
+    /// configured `retry.max_attempts`.
+    pub fn ceiling(item: Option<i32>, step: Option<i32>, default: i32) -> i32 {
+        item.or(step).unwrap_or(default)
+    }
+
     pub fn exhausted(self) -> bool {
         self.used >= self.max
     }

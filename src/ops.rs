@@ -7,7 +7,7 @@ use crate::cli::{DeadLetterCommand, DecisionArgs, EnqueueArgs};
 use crate::config::{Settings, redact_url};
 use crate::db::{self, ops};
 use crate::model::{Decision, NextState};
-use crate::worker::catalog::Catalog;
+use crate::worker::catalog::{Catalog, RouteError};
 use crate::worker::decision::{Backoff, Budget, Outcome, next_state};
 use anyhow::{Context, bail};
 use sqlx::PgPool;
@@ -246,9 +246,13 @@ pub async fn decide_held(
 ) -> Result<NextState, ops::OpsError> {
     let item = ops::held_item(pool, item_id).await?;
     // The budget as the runner computes it: the item's own, the template step's, the config's.
-    let step = Catalog::new(pool.clone(), settings.clone()).resolve(&item.workflow_id, &item.item_type).await;
-    let max =
-        item.max_attempts.or_else(|| step.ok().and_then(|s| s.max_attempts)).unwrap_or(settings.retry.max_attempts);
+    let step = match Catalog::new(pool.clone(), settings.clone()).resolve(&item.workflow_id, &item.item_type).await {
+        Ok(step) => step.max_attempts,
+        // The template is read to size the budget only; without a valid step, the defaults.
+        Err(RouteError::Invalid { .. }) => None,
+        Err(e @ RouteError::Unavailable { .. }) => return Err(ops::OpsError::Unavailable(e.to_string())),
+    };
+    let max = Budget::ceiling(item.max_attempts, step, settings.retry.max_attempts);
     let budget = Budget { used: item.attempt - item.attempt_base, max };
     let backoff = Backoff { base: settings.retry.backoff_base, max: settings.retry.backoff_max };
     let (_, next) = next_state(&Outcome::Succeeded(decision), budget, backoff, fastrand::f64());

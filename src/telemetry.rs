@@ -19,20 +19,31 @@ pub fn init(settings: &LogSettings) {
 /// Each kind of recurring error is logged at most once per this interval.
 const LIMIT_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Per kind: when it was last logged, and how many were suppressed since.
 static LIMITED: Mutex<Option<HashMap<&'static str, (Instant, u64)>>> = Mutex::new(None);
 
 /// Logs a warning of the given kind at a bounded rate, counting what it suppressed, so a
-/// database outage does not flood the logs.
-pub fn warn_limited(kind: &'static str, message: &str) {
-    let mut guard = LIMITED.lock().unwrap();
+/// database outage does not flood the logs. The error goes in the `error` field.
+pub fn warn_limited(kind: &'static str, message: &str, error: &dyn std::fmt::Display) {
+    let mut guard = LIMITED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let seen = guard.get_or_insert_with(HashMap::new);
-    let entry = seen.entry(kind).or_insert((Instant::now() - LIMIT_INTERVAL * 2, 0));
-    if entry.0.elapsed() >= LIMIT_INTERVAL {
-        let suppressed = entry.1;
-        *entry = (Instant::now(), 0);
-        drop(guard);
-        tracing::warn!(kind, suppressed, "{message}");
-    } else {
-        entry.1 += 1;
-    }
+    let now = Instant::now();
+    let suppressed = match seen.get_mut(kind) {
+        Some((last, count)) if now.duration_since(*last) < LIMIT_INTERVAL => {
+            *count += 1;
+            return;
+        }
+        Some((last, count)) => {
+            let suppressed = *count;
+            *last = now;
+            *count = 0;
+            suppressed
+        }
+        None => {
+            seen.insert(kind, (now, 0));
+            0
+        }
+    };
+    drop(guard);
+    tracing::warn!(kind, suppressed, error = %error, "{message}");
 }

@@ -24,6 +24,8 @@ pub async fn ping(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
 pub struct ExpiredItem {
     pub id: Uuid,
     pub work_order_id: Uuid,
+    /// The order's workflow: its template's step may set the item's attempt budget.
+    pub workflow_id: String,
     pub item_type: String,
     pub attempt: i32,
     pub attempt_base: i32,
@@ -37,6 +39,7 @@ pub struct ExpiredItem {
 
 /// Locks up to `limit` expired leases, lets `decide` turn them into completions (LOST
 /// attempts), and writes those with the completer's fenced statement, in one transaction.
+/// `decide` may read elsewhere (the routing catalog) while the rows stay locked.
 /// Rows are locked from the SELECT to the commit, so a late heartbeat cannot renew a lease
 /// that is being rescued, and replicas never rescue the same item twice.
 pub async fn rescue_expired<F>(
@@ -45,17 +48,17 @@ pub async fn rescue_expired<F>(
     decide: F,
 ) -> Result<(Vec<Completion>, CompleteReport), sqlx::Error>
 where
-    F: FnOnce(&[ExpiredItem]) -> Vec<Completion>,
+    F: AsyncFnOnce(&[ExpiredItem]) -> Vec<Completion>,
 {
     let mut tx = pool.begin().await?;
     let rows = sqlx::query(
-        "SELECT id, work_order_id, type::text AS item_type, attempt, attempt_base, max_attempts,
-                rescues, locked_by, claimed_at, lease_expires_at, now() AS now
-         FROM work_items
-         WHERE status = 'PROCESSING' AND lease_expires_at < now()
-         ORDER BY lease_expires_at
+        "SELECT w.id, w.work_order_id, o.workflow_id, w.type::text AS item_type, w.attempt, w.attempt_base,
+                w.max_attempts, w.rescues, w.locked_by, w.claimed_at, w.lease_expires_at, now() AS now
+         FROM work_items w JOIN work_orders o ON o.id = w.work_order_id
+         WHERE w.status = 'PROCESSING' AND w.lease_expires_at < now()
+         ORDER BY w.lease_expires_at
          LIMIT $1
-         FOR UPDATE SKIP LOCKED",
+         FOR UPDATE OF w SKIP LOCKED",
     )
     .bind(limit)
     .fetch_all(&mut *tx)
@@ -66,6 +69,7 @@ where
             Ok(ExpiredItem {
                 id: r.try_get("id")?,
                 work_order_id: r.try_get("work_order_id")?,
+                workflow_id: r.try_get("workflow_id")?,
                 item_type: r.try_get("item_type")?,
                 attempt: r.try_get("attempt")?,
                 attempt_base: r.try_get("attempt_base")?,
@@ -78,7 +82,7 @@ where
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    let completions = decide(&expired);
+    let completions = decide(&expired).await;
     let report = complete_in(&mut tx, &completions).await?;
     if !report.written.is_empty() {
         // Rescued items are runnable at once: wake every replica (delivered at commit).

@@ -91,6 +91,21 @@ pub fn is_connection_error(e: &DbError) -> bool {
         || matches!(e, DbError::Database(d) if d.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
 }
 
+/// True when the database refused the statement because of a value in it, so that running
+/// it again with the same values fails the same way: data exceptions (class 22: characters
+/// `text` or `jsonb` cannot hold, numbers out of range), integrity violations (23), program
+/// limits (54: nesting too deep, a value too large), and values the driver cannot encode or
+/// decode. Everything else (connection lost, restart, timeouts, conflicts) may pass on retry.
+pub fn is_refusal(e: &DbError) -> bool {
+    match e {
+        DbError::Encode(_) | DbError::Decode(_) | DbError::ColumnDecode { .. } => true,
+        DbError::Database(d) => {
+            d.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54"))
+        }
+        _ => false,
+    }
+}
+
 /// Serialization failures and deadlocks: the transaction can simply be run again.
 pub fn is_retryable_conflict(e: &DbError) -> bool {
     matches!(e, DbError::Database(d) if matches!(d.code().as_deref(), Some("40001") | Some("40P01")))

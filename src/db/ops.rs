@@ -14,6 +14,9 @@ pub enum OpsError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A read the decision needs failed for now (the database is restarting, say).
+    #[error("{0}; nothing was changed, try again")]
+    Unavailable(String),
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }

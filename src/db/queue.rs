@@ -37,7 +37,7 @@ WITH next AS (
 SELECT c.id, c.work_order_id, c.type::text AS item_type, c.priority::text AS priority,
        c.attempt, c.attempt_base, c.max_attempts, c.rescues, c.created_at, c.content_bytes,
        c.content, o.workflow_id, o.tenant_id, o.created_by, o.priority::text AS order_priority,
-       o.metadata, now() AS claimed_at
+       o.metadata::text AS metadata, now() AS claimed_at
 FROM claimed c JOIN work_orders o ON o.id = c.work_order_id
 "#;
 
@@ -61,7 +61,10 @@ pub struct ClaimedItem {
     pub tenant_id: Uuid,
     pub created_by: Uuid,
     pub order_priority: String,
-    pub order_metadata: Value,
+    /// The order's metadata as JSON text, parsed by the runner for this item alone: a value
+    /// `jsonb` holds but serde cannot (a number past f64, nesting past its limit) fails one
+    /// item, not the claim of its whole batch.
+    pub order_metadata: String,
     /// Database time of the claim: the attempt's `started_at`.
     pub claimed_at: DateTime<Utc>,
 }
@@ -123,13 +126,14 @@ pub struct MemDoc {
     pub work_item_id: Uuid,
     pub doc_type: String,
     pub content: String,
-    pub metadata: Value,
+    /// JSON text, parsed by the runner (see [`ClaimedItem::order_metadata`]).
+    pub metadata: String,
 }
 
 /// The memory documents of a batch of claimed items (one statement per claim batch).
 pub async fn mem_docs(pool: &PgPool, item_ids: &[Uuid]) -> Result<Vec<MemDoc>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT work_item_id, type::text AS doc_type, content, metadata FROM mem_docs
+        "SELECT work_item_id, type::text AS doc_type, content, metadata::text AS metadata FROM mem_docs
          WHERE work_item_id = ANY($1) ORDER BY created_at",
     )
     .bind(item_ids)
@@ -181,7 +185,7 @@ pub async fn renew_leases(
 }
 
 /// The batched, fenced completion statement (see [`complete_batch`]); public so the plan
-/// test can EXPLAIN it. Parameters: the 35 column arrays of `Columns`, in order. Rows are
+/// test can EXPLAIN it. Parameters: the 36 column arrays of `Columns`, in order. Rows are
 /// found by primary key only: `status::text` matches no partial index, so stale statistics
 /// cannot send the planner through the leased index instead.
 pub const COMPLETE_SQL: &str = r#"
@@ -199,10 +203,11 @@ WITH done AS (
         last_error = u.error,
         last_error_code = u.error_code
     FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::bigint[], $6::bool[],
-                $7::text[], $8::text[], $11::text[])
-         AS u(id, attempt, status, output, delay_ms, released, error, error_code, attempt_status)
+                $7::text[], $8::text[], $11::text[], $9::uuid[])
+         AS u(id, attempt, status, output, delay_ms, released, error, error_code, attempt_status,
+              attempt_id)
     WHERE w.id = u.id AND w.attempt = u.attempt AND w.status::text = 'PROCESSING'
-    RETURNING w.id, w.work_order_id, w.attempt
+    RETURNING w.id, w.work_order_id, w.attempt, u.attempt_id
 ), attempts_written AS (
     INSERT INTO attempts (id, work_item_id, attempt_number, agent_id, status, input, output,
                           error, error_code, worker_id, usage, started_at, completed_at, duration_ms)
@@ -213,13 +218,13 @@ WITH done AS (
                 $15::timestamptz[], $16::int[])
          AS a(id, attempt, attempt_id, agent, status, input, output, error, error_code, worker,
               usage, started_at, duration_ms)
-    WHERE a.id IN (SELECT id FROM done)
+    WHERE a.attempt_id IN (SELECT attempt_id FROM done)
 ), evals_written AS (
     INSERT INTO eval_results (work_item_id, attempt_id, evaluation_type, score, metrics, passed)
     SELECT e.item_id, e.attempt_id, e.kind, round(e.score::numeric, 2), e.metrics, e.passed
     FROM unnest($17::uuid[], $18::uuid[], $19::text[], $20::float8[], $21::jsonb[], $22::bool[])
          AS e(item_id, attempt_id, kind, score, metrics, passed)
-    WHERE e.item_id IN (SELECT id FROM done)
+    WHERE e.attempt_id IN (SELECT attempt_id FROM done)
 ), approvals_written AS (
     INSERT INTO approval_events (work_item_id, attempt_id, approver_id, decision, reason,
                                  policy_version, source)
@@ -227,7 +232,7 @@ WITH done AS (
            p.policy, 'POLICY'
     FROM unnest($23::uuid[], $24::uuid[], $25::text[], $26::text[], $27::text[], $28::text[])
          AS p(item_id, attempt_id, approver, decision, reason, policy)
-    WHERE p.item_id IN (SELECT id FROM done)
+    WHERE p.attempt_id IN (SELECT attempt_id FROM done)
 ), dead_written AS (
     INSERT INTO dead_letters (work_item_id, source, event_type, payload, error, error_code,
                               reason, retry_count)
@@ -237,29 +242,31 @@ WITH done AS (
                               'error_code', d.error_code, 'agent', d.source),
            d.error, d.error_code, d.reason::dead_letter_reason, d.retries
     FROM unnest($29::uuid[], $30::text[], $31::text[], $32::text[], $33::text[], $34::text[],
-                $35::int[])
-         AS d(item_id, source, event_type, error, error_code, reason, retries)
-    JOIN done ON done.id = d.item_id
+                $35::int[], $36::uuid[])
+         AS d(item_id, source, event_type, error, error_code, reason, retries, attempt_id)
+    JOIN done ON done.attempt_id = d.attempt_id
 )
-SELECT id, work_order_id FROM done
+SELECT id, work_order_id, attempt FROM done
 "#;
 
 /// Parameter types of [`COMPLETE_SQL`], for PREPARE.
-pub const COMPLETE_PARAM_TYPES: &str = "uuid[], int[], text[], jsonb[], bigint[], bool[], text[], text[], uuid[], text[], text[], jsonb[], text[], jsonb[], timestamptz[], int[], uuid[], uuid[], text[], float8[], jsonb[], bool[], uuid[], uuid[], text[], text[], text[], text[], uuid[], text[], text[], text[], text[], text[], int[]";
+pub const COMPLETE_PARAM_TYPES: &str = "uuid[], int[], text[], jsonb[], bigint[], bool[], text[], text[], uuid[], text[], text[], jsonb[], text[], jsonb[], timestamptz[], int[], uuid[], uuid[], text[], float8[], jsonb[], bool[], uuid[], uuid[], text[], text[], text[], text[], uuid[], text[], text[], text[], text[], text[], int[], uuid[]";
 
 /// What a completion batch did.
 #[derive(Debug, Default, Clone)]
 pub struct CompleteReport {
-    /// Items whose results were written.
-    pub written: Vec<Uuid>,
-    /// Items whose attempt was no longer current: nothing of theirs was written.
-    pub stale: Vec<Uuid>,
+    /// Results written, as (item, attempt).
+    pub written: Vec<(Uuid, i32)>,
+    /// Results whose attempt was no longer current, as (item, attempt): nothing of theirs
+    /// was written.
+    pub stale: Vec<(Uuid, i32)>,
 }
 
 /// Writes a batch of finished executions in one transaction: the fenced item updates, one
 /// attempt row each, eval results, approval events, dead letters, then the order roll-ups.
 /// Every write of an item is conditional on `(id, attempt)` still being current and the
-/// item still PROCESSING; stale items are reported, not written.
+/// item still PROCESSING; stale results are reported, not written. Side records follow their
+/// own attempt, so a stale result and a fresh one for the same item can share a batch.
 pub async fn complete_batch(pool: &PgPool, batch: &[Completion]) -> Result<CompleteReport, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let report = complete_in(&mut tx, batch).await?;
@@ -275,13 +282,13 @@ pub async fn complete_in(
     if batch.is_empty() {
         return Ok(CompleteReport::default());
     }
-    let done: Vec<(Uuid, Uuid)> = write_completions(tx, batch).await?;
-    let mut orders: Vec<Uuid> = done.iter().map(|(_, order)| *order).collect();
+    let done: Vec<(Uuid, Uuid, i32)> = write_completions(tx, batch).await?;
+    let mut orders: Vec<Uuid> = done.iter().map(|(_, order, _)| *order).collect();
     orders.sort_unstable();
     orders.dedup();
     roll_up_orders(tx, &orders).await?;
-    let written: std::collections::HashSet<Uuid> = done.iter().map(|(id, _)| *id).collect();
-    let stale = batch.iter().map(|c| c.item_id).filter(|id| !written.contains(id)).collect();
+    let written: std::collections::HashSet<(Uuid, i32)> = done.iter().map(|(id, _, n)| (*id, *n)).collect();
+    let stale = batch.iter().map(|c| (c.item_id, c.attempt)).filter(|key| !written.contains(key)).collect();
     Ok(CompleteReport { written: written.into_iter().collect(), stale })
 }
 
@@ -323,6 +330,7 @@ struct Columns<'a> {
     dl_code: Vec<Option<&'static str>>,
     dl_reason: Vec<&'static str>,
     dl_retries: Vec<i32>,
+    dl_attempt: Vec<Uuid>,
 }
 
 impl<'a> Columns<'a> {
@@ -335,10 +343,10 @@ impl<'a> Columns<'a> {
             c.status.push(done.next.item_status().as_str());
             c.output.push(done.output.as_ref());
             c.delay_ms.push(match done.next {
-                NextState::Retry { delay_ms } => delay_ms,
+                NextState::Retry { delay_ms } | NextState::Released { delay_ms } => delay_ms,
                 _ => 0,
             });
-            c.released.push(matches!(done.next, NextState::Released));
+            c.released.push(matches!(done.next, NextState::Released { .. }));
             c.error.push(done.error.as_ref().map(|e| e.message.as_str()));
             c.error_code.push(done.error.as_ref().map(|e| e.code.as_str()));
             c.attempt_id.push(done.attempt_id);
@@ -373,6 +381,7 @@ impl<'a> Columns<'a> {
                 c.dl_code.push(done.error.as_ref().map(|e| e.code.as_str()));
                 c.dl_reason.push(reason.as_str());
                 c.dl_retries.push(done.attempts_used);
+                c.dl_attempt.push(done.attempt_id);
             }
         }
         c
@@ -382,7 +391,7 @@ impl<'a> Columns<'a> {
 async fn write_completions(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     batch: &[Completion],
-) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
+) -> Result<Vec<(Uuid, Uuid, i32)>, sqlx::Error> {
     let c = Columns::from_batch(batch);
     // One statement: the fenced UPDATE decides which items are current (`done`); every
     // side record is inserted only for those. The dead-letter payload carries what a replay
@@ -423,9 +432,10 @@ async fn write_completions(
         .bind(&c.dl_code)
         .bind(&c.dl_reason)
         .bind(&c.dl_retries)
+        .bind(&c.dl_attempt)
         .fetch_all(&mut **tx)
         .await?;
-    rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("work_order_id")?))).collect()
+    rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("work_order_id")?, r.try_get("attempt")?))).collect()
 }
 
 /// The order roll-up (see [`roll_up_orders`]); public so the plan test can EXPLAIN it.

@@ -35,7 +35,7 @@ pub async fn run(url: String, leading: watch::Sender<bool>, stop: CancellationTo
             let options = PgConnectOptions::from_str(&url).map(|o| o.application_name("orderly"));
             match async { options?.connect().await }.await {
                 Ok(conn) => session = Some(conn),
-                Err(e) => crate::telemetry::warn_limited("leader", &format!("leader election cannot connect: {e}")),
+                Err(e) => crate::telemetry::warn_limited("leader", "leader election cannot connect", &e),
             }
         }
         if is_leader != *leading.borrow() {

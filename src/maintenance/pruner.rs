@@ -22,7 +22,8 @@ pub struct Pruner {
 impl Pruner {
     pub async fn run(self, leading: watch::Receiver<bool>, stop: CancellationToken) {
         if self.settings.pruner.retention.is_none() {
-            return;
+            // Off: idle until the engine stops (an engine task that ends early is a failure).
+            return stop.cancelled().await;
         }
         super::every_interval_while_leading(self.settings.pruner.interval, leading, stop, || async {
             match self.run_once().await {
@@ -30,7 +31,7 @@ impl Pruner {
                     tracing::info!(orders = report.orders, items = report.items, "pruned finished work orders");
                 }
                 Ok(_) => {}
-                Err(e) => crate::telemetry::warn_limited("prune", &format!("pruning failed: {e}")),
+                Err(e) => crate::telemetry::warn_limited("prune", "pruning failed", &e),
             }
         })
         .await

@@ -6,8 +6,10 @@ use crate::config::Settings;
 use crate::db;
 use crate::db::maintenance::ExpiredItem;
 use crate::model::{AttemptStatus, Budget, Completion, DeadLetterReason, ErrorCode, ErrorInfo, NextState};
+use crate::worker::catalog::{Catalog, RouteError};
 use serde_json::json;
 use sqlx::PgPool;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +26,8 @@ pub struct RescueReport {
 
 pub struct Rescuer {
     pub pool: PgPool,
+    /// Workflow steps may set an item's attempt budget; the rescuer honours it as the runner does.
+    pub catalog: Arc<Catalog>,
     pub settings: Arc<Settings>,
     pub worker_id: String,
 }
@@ -40,7 +44,7 @@ impl Rescuer {
                     );
                 }
                 Ok(_) => {}
-                Err(e) => crate::telemetry::warn_limited("rescue", &format!("rescue failed: {e}")),
+                Err(e) => crate::telemetry::warn_limited("rescue", "rescue failed", &e),
             }
         })
         .await
@@ -51,8 +55,8 @@ impl Rescuer {
         let mut report = RescueReport::default();
         loop {
             let (done, written) =
-                db::maintenance::rescue_expired(&self.pool, BATCH, |expired| self.decide(expired)).await?;
-            for c in done.iter().filter(|c| !written.stale.contains(&c.item_id)) {
+                db::maintenance::rescue_expired(&self.pool, BATCH, async |expired| self.decide(expired).await).await?;
+            for c in done.iter().filter(|c| !written.stale.contains(&(c.item_id, c.attempt))) {
                 match c.next {
                     NextState::DeadLetter { .. } => report.dead_lettered += 1,
                     _ => report.requeued += 1,
@@ -64,15 +68,32 @@ impl Rescuer {
         }
     }
 
-    fn decide(&self, expired: &[ExpiredItem]) -> Vec<Completion> {
+    async fn decide(&self, expired: &[ExpiredItem]) -> Vec<Completion> {
         let retry = &self.settings.retry;
+        // Each (workflow, type) once; the catalog caches across sweeps.
+        let mut steps: HashMap<(&str, &str), Option<Option<i32>>> = HashMap::new();
+        for item in expired {
+            let key = (item.workflow_id.as_str(), item.item_type.as_str());
+            if !steps.contains_key(&key) {
+                let step = match self.catalog.resolve(key.0, key.1).await {
+                    Ok(step) => Some(step.max_attempts),
+                    Err(RouteError::Invalid { .. }) => Some(None),
+                    // Unknown for now: the budget cannot be judged, so it is not held against
+                    // the item (a crash loop still is).
+                    Err(RouteError::Unavailable { .. }) => None,
+                };
+                steps.insert(key, step);
+            }
+        }
         expired
             .iter()
             .map(|item| {
-                let budget = Budget {
-                    used: item.attempt - item.attempt_base,
-                    max: item.max_attempts.unwrap_or(retry.max_attempts),
+                let step = steps[&(item.workflow_id.as_str(), item.item_type.as_str())];
+                let max = match step {
+                    Some(step_max) => Budget::ceiling(item.max_attempts, step_max, retry.max_attempts),
+                    None => item.max_attempts.unwrap_or(i32::MAX),
                 };
+                let budget = Budget { used: item.attempt - item.attempt_base, max };
                 let next = rescue_next(budget, item.rescues + 1, self.settings.worker.max_rescues);
                 let started_at = item.claimed_at.unwrap_or(item.lease_expires_at);
                 Completion {

@@ -59,11 +59,58 @@ struct WorkflowDefinition {
 /// The evaluator every step runs unless it lists its own.
 pub const JSON_SCHEMA: &str = "json_schema";
 
-/// A routing failure: always permanent.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RouteError {
-    pub code: ErrorCode,
-    pub message: String,
+/// Why an item's step or schema could not be resolved. The variant decides what happens
+/// to the item: a database that cannot be read defers the run (never fails it); a
+/// configuration that cannot route it is permanent.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// Reading the catalog failed (connection lost, restart, pool timeout): retryable.
+    #[error("reading {what} failed: {source}")]
+    Unavailable {
+        what: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// No route, an unknown agent, an invalid template: retrying cannot help.
+    #[error("{message}")]
+    Invalid { code: ErrorCode, message: String },
+}
+
+impl RouteError {
+    /// The stable error code recorded on the attempt.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RouteError::Unavailable { .. } => ErrorCode::DatabaseUnavailable,
+            RouteError::Invalid { code, .. } => *code,
+        }
+    }
+
+    fn invalid(code: ErrorCode, message: String) -> Self {
+        RouteError::Invalid { code, message }
+    }
+
+    /// A failed read: a refusal of the stored value itself (a template the driver cannot
+    /// decode) is as permanent as an invalid one; anything else is the database's state.
+    fn read(what: String, source: sqlx::Error) -> Self {
+        if db::is_refusal(&source) {
+            RouteError::Invalid {
+                code: ErrorCode::WorkflowInvalid,
+                message: format!("{what} cannot be read: {source}"),
+            }
+        } else {
+            RouteError::Unavailable { what, source }
+        }
+    }
+}
+
+/// The JSON Schema an item type's output is validated against.
+#[derive(Clone)]
+pub enum SchemaState {
+    /// No active schema for this document type: nothing to validate against.
+    Absent,
+    Ready(Arc<CompiledSchema>),
+    /// The active schema does not compile (or cannot be read): the evaluator fails, visibly.
+    Broken(String),
 }
 
 /// A compiled schema and its identity (for eval metrics).
@@ -80,7 +127,7 @@ pub struct Catalog {
     settings: Arc<Settings>,
     /// Shared, not copied per item: a template can be large and every item reads it.
     workflows: Mutex<HashMap<String, Cached<Option<Arc<Value>>>>>,
-    schemas: Mutex<HashMap<String, Cached<Option<Arc<CompiledSchema>>>>>,
+    schemas: Mutex<HashMap<String, Cached<SchemaState>>>,
 }
 
 impl Catalog {
@@ -91,10 +138,10 @@ impl Catalog {
     /// The step for an item: the workflow template's step for its type, else the config
     /// route. No route is a permanent error naming the type.
     pub async fn resolve(&self, workflow_id: &str, item_type: &str) -> Result<Step, RouteError> {
-        let definition = self.workflow(workflow_id).await.map_err(|e| RouteError {
-            code: ErrorCode::AgentError,
-            message: format!("reading workflow template `{workflow_id}`: {e}"),
-        })?;
+        let definition = self
+            .workflow(workflow_id)
+            .await
+            .map_err(|e| RouteError::read(format!("workflow template `{workflow_id}`"), e))?;
         resolve_step(definition.as_deref(), workflow_id, item_type, &self.settings)
     }
 
@@ -110,24 +157,30 @@ impl Catalog {
     }
 
     /// The active schema for a document type, compiled. A schema that does not compile is
-    /// reported as an error (the evaluator then fails, visibly).
-    pub async fn schema(&self, document_type: &str) -> Result<Option<Arc<CompiledSchema>>, String> {
+    /// [`SchemaState::Broken`] (the evaluator then fails, visibly); a failed read is an error.
+    pub async fn schema(&self, document_type: &str) -> Result<SchemaState, RouteError> {
         if let Some((at, value)) = self.schemas.lock().unwrap().get(document_type)
             && at.elapsed() < TTL
         {
             return Ok(value.clone());
         }
-        let row = db::catalog::active_schema(&self.pool, document_type).await.map_err(|e| e.to_string())?;
-        let compiled = match row {
-            None => None,
-            Some(row) => {
-                let validator = jsonschema::validator_for(&row.definition)
-                    .map_err(|e| format!("schema {} {} does not compile: {e}", row.name, row.version))?;
-                Some(Arc::new(CompiledSchema { name: row.name, version: row.version, validator }))
+        let state = match db::catalog::active_schema(&self.pool, document_type).await {
+            Err(e) if db::is_refusal(&e) => {
+                SchemaState::Broken(format!("the schema for {document_type} cannot be read: {e}"))
             }
+            Err(e) => {
+                return Err(RouteError::Unavailable { what: format!("the schema for {document_type}"), source: e });
+            }
+            Ok(None) => SchemaState::Absent,
+            Ok(Some(row)) => match jsonschema::validator_for(&row.definition) {
+                Ok(validator) => {
+                    SchemaState::Ready(Arc::new(CompiledSchema { name: row.name, version: row.version, validator }))
+                }
+                Err(e) => SchemaState::Broken(format!("schema {} {} does not compile: {e}", row.name, row.version)),
+            },
         };
-        self.schemas.lock().unwrap().insert(document_type.to_owned(), (Instant::now(), compiled.clone()));
-        Ok(compiled)
+        self.schemas.lock().unwrap().insert(document_type.to_owned(), (Instant::now(), state.clone()));
+        Ok(state)
     }
 }
 
@@ -141,9 +194,11 @@ pub fn resolve_step(
     let step: Option<StepDefinition> = match definition {
         None => None,
         Some(value) => {
-            let workflow: WorkflowDefinition = serde_json::from_value(value.clone()).map_err(|e| RouteError {
-                code: ErrorCode::WorkflowInvalid,
-                message: format!("workflow template `{workflow_id}` is invalid: {e}"),
+            let workflow: WorkflowDefinition = serde_json::from_value(value.clone()).map_err(|e| {
+                RouteError::invalid(
+                    ErrorCode::WorkflowInvalid,
+                    format!("workflow template `{workflow_id}` is invalid: {e}"),
+                )
             })?;
             workflow.steps.get(item_type).cloned()
         }
@@ -156,25 +211,30 @@ pub fn resolve_step(
         approval: None,
         content: None,
     });
-    let agent = step.agent.clone().or_else(|| settings.routes.get(item_type).cloned()).ok_or_else(|| RouteError {
-        code: ErrorCode::NoRoute,
-        message: format!(
-            "no route for item type {item_type}: add `{item_type} = \"AGENT\"` under [routes] or a step in workflow template `{workflow_id}`"
-        ),
+    let agent = step.agent.clone().or_else(|| settings.routes.get(item_type).cloned()).ok_or_else(|| {
+        // Route keys match the type exactly as the database spells it.
+        let near = settings.routes.keys().find(|k| k.eq_ignore_ascii_case(item_type) && k.as_str() != item_type);
+        let hint = near.map(|k| format!(" (the route `{k}` differs only in case; keys match exactly)")).unwrap_or_default();
+        RouteError::invalid(
+            ErrorCode::NoRoute,
+            format!(
+                "no route for item type {item_type}: add `\"{item_type}\" = \"AGENT\"` under [routes] or a step in workflow template `{workflow_id}`{hint}"
+            ),
+        )
     })?;
     if !settings.agents.contains_key(&agent) {
-        return Err(RouteError {
-            code: ErrorCode::UnknownAgent,
-            message: format!("item type {item_type} is routed to agent `{agent}`, which is not configured"),
-        });
+        return Err(RouteError::invalid(
+            ErrorCode::UnknownAgent,
+            format!("item type {item_type} is routed to agent `{agent}`, which is not configured"),
+        ));
     }
     if let Some(max) = step.max_attempts
         && max < 1
     {
-        return Err(RouteError {
-            code: ErrorCode::WorkflowInvalid,
-            message: format!("workflow template `{workflow_id}` step {item_type}: max_attempts must be at least 1"),
-        });
+        return Err(RouteError::invalid(
+            ErrorCode::WorkflowInvalid,
+            format!("workflow template `{workflow_id}` step {item_type}: max_attempts must be at least 1"),
+        ));
     }
     Ok(Step {
         agent,
@@ -218,11 +278,17 @@ mod tests {
     #[test]
     fn missing_routes_and_bad_templates_are_permanent_errors() {
         let err = resolve_step(None, "default", "INVOICE", &settings()).unwrap_err();
-        assert_eq!(err.code, ErrorCode::NoRoute);
-        assert!(err.message.contains("INVOICE"));
+        assert_eq!(err.code(), ErrorCode::NoRoute);
+        assert!(err.to_string().contains("INVOICE"));
         let bad = json!({"steps": {"TICKET": {"agnet": "x"}}});
-        assert_eq!(resolve_step(Some(&bad), "wf", "TICKET", &settings()).unwrap_err().code, ErrorCode::WorkflowInvalid);
+        assert_eq!(
+            resolve_step(Some(&bad), "wf", "TICKET", &settings()).unwrap_err().code(),
+            ErrorCode::WorkflowInvalid
+        );
         let ghost = json!({"steps": {"TICKET": {"agent": "ghost"}}});
-        assert_eq!(resolve_step(Some(&ghost), "wf", "TICKET", &settings()).unwrap_err().code, ErrorCode::UnknownAgent);
+        assert_eq!(
+            resolve_step(Some(&ghost), "wf", "TICKET", &settings()).unwrap_err().code(),
+            ErrorCode::UnknownAgent
+        );
     }
 }

@@ -1,25 +1,48 @@
 //! The writer after a run. Receives finished executions, writes them in batches (one
-//! transaction each, fenced per item), retries on database errors without losing a result,
-//! counts stale writes, and releases the in-flight entries. `worker.completers` of them share
-//! the results channel; each item's result goes to exactly one of them.
+//! transaction each, fenced per item and attempt), retries on transient database errors
+//! without losing a result, counts stale writes, and releases the in-flight entries.
+//! `worker.completers` of them share the results channel; each result goes to exactly one.
+//!
+//! A result the database refuses (a value `text` or `jsonb` cannot hold, a number out of
+//! range: anything that would fail the same way again) never holds up the others: the batch
+//! is split until the offender stands alone, and that one is written as a failed attempt with
+//! a `RESULT_REFUSED` dead letter that says what was refused.
 
 use super::{InFlight, Metrics};
 use crate::db;
-use crate::model::{Completion, NextState};
+use crate::model::{AttemptStatus, Completion, DeadLetterReason, ErrorCode, ErrorInfo, NextState};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use sqlx::PgPool;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 pub struct Completer {
+    /// The engine's pool: each batch is one transaction on one of its connections.
     pub pool: PgPool,
+    /// Leases this process holds; an entry leaves once its result is written.
     pub in_flight: InFlight,
     pub metrics: Arc<Metrics>,
+    /// Most results written in one transaction.
     pub batch_size: usize,
     /// Wakes the dispatcher when a retry written here becomes runnable, so retries run on
     /// time however long `worker.poll_interval` is (no NOTIFY fires for them).
     pub wake: Arc<tokio::sync::Notify>,
+    /// Fired when shutdown has run out of time: stop retrying transient failures and leave
+    /// what is unwritten to the rescuer (the items stay PROCESSING under a lease that
+    /// expires), so a database outage cannot hold the process past its bound.
+    pub abandon: CancellationToken,
+}
+
+/// Why a batch was not written.
+enum WriteError {
+    /// The database refused a value in the batch; the same batch would fail again.
+    Refused(sqlx::Error),
+    /// Shutdown ran out of time while the database was unavailable.
+    Abandoned,
 }
 
 impl Completer {
@@ -33,47 +56,29 @@ impl Completer {
             if got == 0 {
                 break;
             }
-            self.write(&batch).await;
+            crate::failpoint::hit("completer");
+            self.write(&mut batch).await;
             batch.clear();
         }
         tracing::debug!("completer drained");
     }
 
-    /// Writes one batch, retrying until the database takes it. A result written late is
-    /// still fenced: if its lease was rescued meanwhile, it is stale and changes nothing.
-    pub async fn write(&self, batch: &[Completion]) {
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(20))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .without_max_times()
-            .build();
-        let report = loop {
-            match db::queue::complete_batch(&self.pool, batch).await {
-                Ok(report) => break report,
-                Err(e) => {
-                    let delay = if db::is_retryable_conflict(&e) {
-                        Duration::ZERO
-                    } else {
-                        backoff.next().unwrap_or(Duration::from_secs(5))
-                    };
-                    crate::telemetry::warn_limited(
-                        "complete",
-                        &format!("writing {} results failed (retrying): {e}", batch.len()),
-                    );
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        };
+    /// Writes one batch, retrying transient failures until the database takes it and
+    /// isolating refused results. A result written late is still fenced: if its lease was
+    /// rescued meanwhile, it is stale and changes nothing.
+    pub async fn write(&self, batch: &mut [Completion]) {
+        let outcome = self.store(batch).await;
         Metrics::add(&self.metrics.completer_batches, 1);
+        let is_written = |c: &Completion| {
+            !outcome.stale.contains(&(c.item_id, c.attempt)) && !outcome.unwritten.contains(&(c.item_id, c.attempt))
+        };
         // One wake-up per distinct retry time (to 10ms) in this batch, in one task: a retry
         // that is not the batch's earliest must not wait for the poll either.
         let mut wake_at: Vec<u64> = batch
             .iter()
-            .filter(|c| !report.stale.contains(&c.item_id))
+            .filter(|c| is_written(c))
             .filter_map(|c| match c.next {
-                NextState::Retry { delay_ms } => Some(delay_ms.max(0) as u64),
-                NextState::Released => Some(0),
+                NextState::Retry { delay_ms } | NextState::Released { delay_ms } => Some(delay_ms.max(0) as u64),
                 _ => None,
             })
             .map(|ms| ms.div_ceil(10) * 10)
@@ -90,16 +95,21 @@ impl Completer {
                 }
             });
         }
-        for done in batch {
-            if report.stale.contains(&done.item_id) {
+        for done in batch.iter() {
+            let key = (done.item_id, done.attempt);
+            if outcome.stale.contains(&key) {
                 Metrics::add(&self.metrics.stale_writes, 1);
                 tracing::warn!(work_item.id = %done.item_id, attempt = done.attempt, "stale result rejected: attempt no longer current");
+            } else if outcome.unwritten.contains(&key) {
+                // Left for the rescuer: the entry goes, so the heartbeat stops renewing it.
+                tracing::error!(work_item.id = %done.item_id, attempt = done.attempt,
+                    "result not written; the item will be rescued when its lease expires");
             } else {
                 let counter = match done.next {
                     NextState::Completed => &self.metrics.completed,
                     NextState::AwaitingApproval => &self.metrics.awaiting_approval,
                     NextState::Retry { .. } => &self.metrics.retried,
-                    NextState::Released => &self.metrics.released,
+                    NextState::Released { .. } => &self.metrics.released,
                     NextState::DeadLetter { .. } => &self.metrics.dead_lettered,
                 };
                 Metrics::add(counter, 1);
@@ -108,7 +118,115 @@ impl Completer {
                         error.code = %error.code, error = %error.message, "attempt failed");
                 }
             }
-            self.in_flight.remove(&done.item_id);
+            self.in_flight.remove(&done.item_id, done.attempt);
         }
+    }
+
+    /// Stores the batch, splitting it in halves on a refusal until each refused result
+    /// stands alone; that one is replaced by its [`refused`] record. Results that could not
+    /// be written at all are reported as unwritten.
+    async fn store(&self, batch: &mut [Completion]) -> Stored {
+        match self.write_retrying(batch).await {
+            Ok(stale) => Stored { stale, unwritten: HashSet::new() },
+            Err(WriteError::Abandoned) => Stored { stale: HashSet::new(), unwritten: keys(batch) },
+            Err(WriteError::Refused(e)) if batch.len() == 1 => {
+                let original = batch[0].clone();
+                batch[0] = refused(original, &e);
+                tracing::error!(work_item.id = %batch[0].item_id, attempt = batch[0].attempt, error = %e,
+                    "the database refused this result; recording the attempt as failed with RESULT_REFUSED");
+                match self.write_retrying(batch).await {
+                    Ok(stale) => Stored { stale, unwritten: HashSet::new() },
+                    Err(WriteError::Refused(e)) => {
+                        tracing::error!(work_item.id = %batch[0].item_id, error = %e,
+                            "the database refused even the failure record of this item");
+                        Stored { stale: HashSet::new(), unwritten: keys(batch) }
+                    }
+                    Err(WriteError::Abandoned) => Stored { stale: HashSet::new(), unwritten: keys(batch) },
+                }
+            }
+            Err(WriteError::Refused(_)) => {
+                let (left, right) = batch.split_at_mut(batch.len() / 2);
+                let mut stored = Box::pin(self.store(left)).await;
+                let other = Box::pin(self.store(right)).await;
+                stored.stale.extend(other.stale);
+                stored.unwritten.extend(other.unwritten);
+                stored
+            }
+        }
+    }
+
+    /// One batch in one transaction, retried with backoff while the failure is transient.
+    async fn write_retrying(&self, batch: &[Completion]) -> Result<HashSet<(Uuid, i32)>, WriteError> {
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(20))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        loop {
+            match db::queue::complete_batch(&self.pool, batch).await {
+                Ok(report) => return Ok(report.stale.into_iter().collect()),
+                Err(e) if db::is_refusal(&e) => return Err(WriteError::Refused(e)),
+                Err(e) => {
+                    let delay = if db::is_retryable_conflict(&e) {
+                        Duration::ZERO
+                    } else {
+                        backoff.next().unwrap_or(Duration::from_secs(5))
+                    };
+                    crate::telemetry::warn_limited("complete", "writing results failed; retrying", &e);
+                    tokio::select! {
+                        _ = self.abandon.cancelled() => return Err(WriteError::Abandoned),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What [`Completer::store`] did, by (item, attempt).
+struct Stored {
+    stale: HashSet<(Uuid, i32)>,
+    unwritten: HashSet<(Uuid, i32)>,
+}
+
+fn keys(batch: &[Completion]) -> HashSet<(Uuid, i32)> {
+    batch.iter().map(|c| (c.item_id, c.attempt)).collect()
+}
+
+/// The record of a result the database refused: a failed attempt without the refused
+/// values, and a permanent dead letter (retrying would produce the same result), whose
+/// message names what the database said.
+pub fn refused(original: Completion, error: &sqlx::Error) -> Completion {
+    let was = original.error.as_ref().map(|e| format!(" (the attempt had failed with {}: {})", e.code, e.message));
+    let message = format!(
+        "the database refused to store this attempt's result: {}{}; the output is not kept, and retrying would produce it again",
+        describe(error),
+        was.unwrap_or_default()
+    );
+    Completion {
+        input: serde_json::json!({ "agent": original.agent, "refused": true }),
+        attempt_status: AttemptStatus::Failed,
+        output: None,
+        usage: None,
+        error: Some(ErrorInfo { code: ErrorCode::ResultRefused, message: crate::model::printable(&message, 2000) }),
+        evals: vec![],
+        approval: None,
+        next: NextState::DeadLetter { reason: DeadLetterReason::Permanent },
+        ..original
+    }
+}
+
+/// A database error as an operator reads it: SQLSTATE, message and detail.
+fn describe(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(d) => {
+            let detail = d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().and_then(|p| p.detail());
+            match detail {
+                Some(detail) => format!("{} ({}; {})", d.message(), d.code().unwrap_or_default(), detail),
+                None => format!("{} ({})", d.message(), d.code().unwrap_or_default()),
+            }
+        }
+        other => other.to_string(),
     }
 }

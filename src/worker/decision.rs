@@ -36,7 +36,7 @@ pub fn next_state(outcome: &Outcome, budget: Budget, backoff: Backoff, jitter: f
             (AttemptStatus::Failed, NextState::DeadLetter { reason: DeadLetterReason::Permanent })
         }
         Outcome::TimedOut => (AttemptStatus::Timeout, retry_or_dead(None)),
-        Outcome::Interrupted => (AttemptStatus::Interrupted, NextState::Released),
+        Outcome::Interrupted => (AttemptStatus::Interrupted, NextState::Released { delay_ms: 0 }),
     }
 }
 
@@ -95,7 +95,7 @@ mod tests {
                 NextState::Completed => "completed",
                 NextState::AwaitingApproval => "awaiting",
                 NextState::Retry { .. } => "retry",
-                NextState::Released => "released",
+                NextState::Released { .. } => "released",
                 NextState::DeadLetter { reason: DeadLetterReason::RetriesExhausted } => "exhausted",
                 NextState::DeadLetter { reason: DeadLetterReason::Permanent } => "permanent",
                 NextState::DeadLetter { .. } => "other",

@@ -4,6 +4,7 @@
 use super::runner::{self, RunContext, Stop};
 use super::{InFlight, Lease, Metrics};
 use crate::db;
+use crate::failpoint::CatchUnwind;
 use crate::model::Completion;
 use sqlx::PgPool;
 use std::collections::HashMap;
@@ -39,6 +40,7 @@ impl Dispatcher {
             if self.stop.is_cancelled() {
                 break;
             }
+            crate::failpoint::hit("dispatcher");
             let free = self.slots.available_permits();
             if free == 0 {
                 // Full: wait for a runner to finish, then claim at once.
@@ -69,7 +71,7 @@ impl Dispatcher {
                     if db::is_connection_error(&e) {
                         self.metrics.ready.store(false, std::sync::atomic::Ordering::Relaxed);
                     }
-                    crate::telemetry::warn_limited("claim", &format!("claim failed: {e}"));
+                    crate::telemetry::warn_limited("claim", "claim failed", &e);
                     tokio::select! {
                         _ = self.stop.cancelled() => break,
                         _ = tokio::time::sleep(error_delay) => {}
@@ -103,38 +105,51 @@ impl Dispatcher {
         Metrics::add(&self.metrics.claimed, items.len() as u64);
         Metrics::add(&self.metrics.claim_batches, 1);
         let ids: Vec<_> = items.iter().map(|i| i.id).collect();
-        // A failure here must not strand claimed items: run them without context instead.
-        let mut docs: HashMap<_, Vec<_>> = HashMap::new();
-        match db::queue::mem_docs(&self.pool, &ids).await {
+        // A failure here must not strand claimed items, nor run them without their context:
+        // each runner then releases its item to be run again after a backoff.
+        let mut docs: Option<HashMap<_, Vec<_>>> = match db::queue::mem_docs(&self.pool, &ids).await {
             Ok(rows) => {
+                let mut docs: HashMap<_, Vec<_>> = HashMap::new();
                 for doc in rows {
                     docs.entry(doc.work_item_id).or_default().push(doc);
                 }
+                Some(docs)
             }
-            Err(e) => crate::telemetry::warn_limited("mem_docs", &format!("cannot read mem_docs: {e}")),
-        }
+            Err(e) => {
+                crate::telemetry::warn_limited("mem_docs", "cannot read mem_docs; releasing the claimed items", &e);
+                None
+            }
+        };
         let got = items.len();
         for item in items {
             let permit = self.slots.clone().try_acquire_owned().expect("claimed no more than the free slots");
             let stop = Stop::default();
-            self.in_flight
-                .insert(item.id, Lease { attempt: item.attempt, confirmed_at: Instant::now(), stop: stop.clone() });
+            let attempt = item.attempt;
+            self.in_flight.insert(item.id, Lease { attempt, confirmed_at: Instant::now(), stop: stop.clone() });
             let ctx = self.ctx.clone();
             let completions = self.completions.clone();
             let in_flight = self.in_flight.clone();
             let metrics = self.metrics.clone();
-            let item_docs = docs.remove(&item.id).unwrap_or_default();
+            let item_docs = docs.as_mut().map(|docs| docs.remove(&item.id).unwrap_or_default());
             self.tasks.spawn(async move {
                 let id = item.id;
-                match runner::run(&ctx, item, item_docs, stop).await {
-                    Some(done) => {
+                let run = std::pin::pin!(runner::run(&ctx, item, item_docs, stop));
+                match CatchUnwind(run).await {
+                    Ok(Some(done)) => {
                         // The slot frees once the result is handed over; the lease stays
                         // in flight (and renewed) until the completer has written it.
                         let _ = completions.send(done).await;
                     }
-                    None => {
+                    Ok(None) => {
                         Metrics::add(&metrics.leases_lost, 1);
-                        in_flight.remove(&id);
+                        in_flight.remove(&id, attempt);
+                    }
+                    Err(panic) => {
+                        // A bug outside the agent: the lease is let go, so the rescuer takes
+                        // the item back when it expires (bounded by worker.max_rescues).
+                        tracing::error!(work_item.id = %id, attempt, panic = %panic,
+                            "runner panicked; the item will be rescued when its lease expires");
+                        in_flight.remove(&id, attempt);
                     }
                 }
                 drop(permit);

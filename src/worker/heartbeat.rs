@@ -16,6 +16,7 @@ pub async fn run(pool: PgPool, in_flight: InFlight, lease: Duration, stop: Cance
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
+        crate::failpoint::hit("heartbeat");
         run_once(&pool, &in_flight, lease).await;
     }
 }
@@ -50,7 +51,7 @@ pub async fn run_once(pool: &PgPool, in_flight: &InFlight, lease: Duration) -> u
             }
         }
         Err(e) => {
-            crate::telemetry::warn_limited("heartbeat", &format!("cannot renew leases: {e}"));
+            crate::telemetry::warn_limited("heartbeat", "cannot renew leases", &e);
             for (id, held_lease) in &held {
                 if held_lease.confirmed_at.elapsed() >= lease && !held_lease.stop.lease_lost.is_cancelled() {
                     tracing::warn!(work_item.id = %id, "lease expired while the database was unreachable; stopping");

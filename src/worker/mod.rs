@@ -81,8 +81,13 @@ impl InFlight {
     pub fn insert(&self, id: Uuid, lease: Lease) {
         self.inner.lock().unwrap().insert(id, lease);
     }
-    pub fn remove(&self, id: &Uuid) {
-        self.inner.lock().unwrap().remove(id);
+    /// Forgets the lease of `attempt`. A later attempt of the same item (claimed again by
+    /// this process after a rescue) keeps its own entry: a stale result must not drop it.
+    pub fn remove(&self, id: &Uuid, attempt: i32) {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.get(id).is_some_and(|lease| lease.attempt == attempt) {
+            inner.remove(id);
+        }
     }
     pub fn len(&self) -> usize {
         self.inner.lock().unwrap().len()

@@ -1,7 +1,7 @@
 //! After a successful execution: run the step's evaluators (writing `eval_results`) and let
 //! the approval policy turn their results into one decision (`approval_events`).
 
-use super::catalog::{Catalog, JSON_SCHEMA};
+use super::catalog::{JSON_SCHEMA, SchemaState};
 use crate::config::PolicyKind;
 use crate::model::{ApprovalRecord, Decision, EvalRecord};
 use serde_json::{Value, json};
@@ -9,17 +9,20 @@ use serde_json::{Value, json};
 /// Most validation errors kept in an eval's metrics.
 const MAX_REPORTED_ERRORS: usize = 10;
 
-/// Runs each named evaluator over the output. Unknown evaluator names produce a failed
-/// eval saying so, rather than silently passing.
-pub async fn evaluate(catalog: &Catalog, item_type: &str, evaluators: &[String], output: &Value) -> Vec<EvalRecord> {
+/// Runs each named evaluator over the output, with the schema the runner read before the
+/// agent ran (so a database failure defers the run instead of deciding it). Unknown
+/// evaluator names produce a failed eval saying so, rather than silently passing.
+pub fn evaluate(schema: &SchemaState, evaluators: &[String], output: &Value) -> Vec<EvalRecord> {
     let mut records = Vec::with_capacity(evaluators.len());
     for name in evaluators {
         let record = match name.as_str() {
-            JSON_SCHEMA => match catalog.schema(item_type).await {
-                Ok(Some(schema)) => Some(schema_eval(&schema.name, &schema.version, &schema.validator, output)),
+            JSON_SCHEMA => match schema {
+                SchemaState::Ready(schema) => {
+                    Some(schema_eval(&schema.name, &schema.version, &schema.validator, output))
+                }
                 // No active schema for this document type: nothing to validate against.
-                Ok(None) => None,
-                Err(message) => Some(EvalRecord {
+                SchemaState::Absent => None,
+                SchemaState::Broken(message) => Some(EvalRecord {
                     evaluation_type: JSON_SCHEMA.into(),
                     score: 0.0,
                     passed: false,

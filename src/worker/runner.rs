@@ -2,7 +2,7 @@
 //! time limit, review the output, decide the next state. Produces a [`Completion`] for the
 //! completer; never writes to the database itself.
 
-use super::catalog::{Catalog, ContentFormat, RouteError};
+use super::catalog::{Catalog, ContentFormat, JSON_SCHEMA, RouteError, SchemaState};
 use super::decision::{self, Backoff, Budget, Outcome};
 use super::review;
 use crate::agent::{
@@ -10,6 +10,7 @@ use crate::agent::{
 };
 use crate::config::Settings;
 use crate::db::queue::{ClaimedItem, MemDoc};
+use crate::failpoint::CatchUnwind;
 use crate::model::{AttemptStatus, Completion, Decision, ErrorCode, ErrorInfo, NextState};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -38,38 +39,89 @@ pub struct Stop {
 }
 
 /// Runs one item to a [`Completion`], or `None` when its lease was lost mid-run.
-pub async fn run(ctx: &RunContext, item: ClaimedItem, mem_docs: Vec<MemDoc>, stop: Stop) -> Option<Completion> {
+/// `mem_docs` is `None` when they could not be read: the run is then deferred, never made
+/// without the context it should have had.
+pub async fn run(ctx: &RunContext, item: ClaimedItem, mem_docs: Option<Vec<MemDoc>>, stop: Stop) -> Option<Completion> {
     let started = Instant::now();
     let attempt_id = Uuid::now_v7();
     let settings = &ctx.settings;
 
     let step = ctx.catalog.resolve(&item.workflow_id, &item.item_type).await;
-    let max_attempts = item
-        .max_attempts
-        .or_else(|| step.as_ref().ok().and_then(|s| s.max_attempts))
-        .unwrap_or(settings.retry.max_attempts);
+    let step_max = step.as_ref().ok().and_then(|s| s.max_attempts);
+    let max_attempts = Budget::ceiling(item.max_attempts, step_max, settings.retry.max_attempts);
     let budget = Budget { used: item.attempt - item.attempt_base, max: max_attempts };
     let agent_name = step.as_ref().map(|s| s.agent.clone()).unwrap_or_else(|_| "router".to_owned());
-    let mut input = json!({ "agent": agent_name, "content_bytes": item.content_bytes, "mem_docs": mem_docs.len() });
+    let mut input = json!({ "agent": agent_name, "content_bytes": item.content_bytes,
+                            "mem_docs": mem_docs.as_ref().map_or(0, Vec::len) });
+    let finish = |input, attempt_status, output, error: Option<ErrorInfo>, evals, approval, next| {
+        completion(
+            ctx,
+            &item,
+            attempt_id,
+            budget,
+            started,
+            input,
+            agent_name.clone(),
+            attempt_status,
+            output,
+            error,
+            evals,
+            approval,
+            next,
+        )
+    };
+
+    // Everything read from the database before the agent runs: a failed read defers the run.
+    let schema = match &step {
+        Ok(step) if step.evaluators.iter().any(|e| e == JSON_SCHEMA) => ctx.catalog.schema(&item.item_type).await,
+        _ => Ok(SchemaState::Absent),
+    };
+    let unavailable = match (&step, &schema, &mem_docs) {
+        (Err(e @ RouteError::Unavailable { .. }), _, _) | (_, Err(e), _) => Some(e.to_string()),
+        (_, _, None) => Some("reading the item's mem_docs failed".to_owned()),
+        _ => None,
+    };
+    if let Some(why) = unavailable {
+        let backoff = Backoff { base: settings.retry.backoff_base, max: settings.retry.backoff_max };
+        let delay = backoff.delay(1, fastrand::f64());
+        tracing::warn!(work_item.id = %item.id, attempt = item.attempt, error = %why, retry_in = ?delay,
+            "the database was unavailable while preparing the run; released, not counted");
+        let error = ErrorInfo {
+            code: ErrorCode::DatabaseUnavailable,
+            message: format!("{why}; released to the queue, the attempt not counted"),
+        };
+        return Some(finish(
+            input,
+            AttemptStatus::Interrupted,
+            None,
+            Some(error),
+            vec![],
+            None,
+            NextState::Released { delay_ms: delay.as_millis() as i64 },
+        ));
+    }
+    let schema = schema.unwrap_or(SchemaState::Absent);
 
     let result: Result<Value, AgentError>;
     let mut timed_out = false;
     let mut evals = Vec::new();
     let mut approval = None;
 
-    let prepared = step.map_err(route_error).and_then(|step| {
+    let prepared = step.map_err(|e| AgentError::permanent(e.code(), e.to_string())).and_then(|step| {
         let content = content_value(&item, step.content, settings.limits.max_content_bytes)?;
-        Ok((step, content))
+        let request = envelope(&item, content, mem_docs.unwrap_or_default(), attempt_id, max_attempts)?;
+        Ok((step, request))
     });
     match prepared {
         Err(error) => result = Err(error),
-        Ok((step, content)) => {
+        Ok((step, request)) => {
             if item.content_bytes as usize <= INPUT_COPY_LIMIT {
-                input["content"] = content.clone();
+                input["content"] = request.work_item.content.clone();
             }
             let agent = ctx.agents.get(&step.agent).expect("routes are validated against agents").clone();
             let timeout = step.timeout.unwrap_or(agent.timeout);
-            let request = envelope(&item, content, mem_docs, attempt_id, max_attempts);
+            // A panic in the agent's code fails this attempt only.
+            let execution = CatchUnwind(agent.executor.execute(&request));
             tokio::select! {
                 biased;
                 _ = stop.lease_lost.cancelled() => {
@@ -77,13 +129,21 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, mem_docs: Vec<MemDoc>, sto
                     return None;
                 }
                 _ = stop.interrupt.cancelled() => {
-                    return Some(completion(ctx, &item, attempt_id, budget, started, input, agent_name,
-                        AttemptStatus::Interrupted, None, Some(ErrorInfo { code: ErrorCode::Interrupted,
+                    return Some(finish(input, AttemptStatus::Interrupted, None, Some(ErrorInfo { code: ErrorCode::Interrupted,
                             message: "interrupted by shutdown; released to the queue".into() }),
-                        vec![], None, NextState::Released));
+                        vec![], None, NextState::Released { delay_ms: 0 }));
                 }
-                answer = tokio::time::timeout(timeout, agent.executor.execute(&request)) => match answer {
-                    Ok(answer) => result = answer,
+                answer = tokio::time::timeout(timeout, execution) => match answer {
+                    Ok(Ok(answer)) => result = answer.and_then(|output| {
+                        check_output_size(&output, settings.limits.max_output_bytes)?;
+                        Ok(output)
+                    }),
+                    Ok(Err(panic)) => {
+                        tracing::error!(work_item.id = %item.id, attempt = item.attempt, agent = %step.agent,
+                            panic = %panic, "agent panicked; the attempt fails");
+                        result = Err(AgentError::retryable(ErrorCode::AgentPanicked,
+                            format!("agent {} panicked: {panic}", step.agent)));
+                    }
                     Err(_) => {
                         timed_out = true;
                         result = Err(AgentError::retryable(ErrorCode::AgentTimeout,
@@ -92,7 +152,7 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, mem_docs: Vec<MemDoc>, sto
                 }
             }
             if let Ok(output) = &result {
-                evals = review::evaluate(&ctx.catalog, &item.item_type, &step.evaluators, output).await;
+                evals = review::evaluate(&schema, &step.evaluators, output);
                 approval = Some(review::approve(step.approval, &evals));
             }
         }
@@ -120,21 +180,30 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, mem_docs: Vec<MemDoc>, sto
     };
     let backoff = Backoff { base: settings.retry.backoff_base, max: settings.retry.backoff_max };
     let (attempt_status, next) = decision::next_state(&outcome, budget, backoff, fastrand::f64());
-    Some(completion(
-        ctx,
-        &item,
-        attempt_id,
-        budget,
-        started,
-        input,
-        agent_name,
-        attempt_status,
-        output,
-        error,
-        evals,
-        approval,
-        next,
-    ))
+    Some(finish(input, attempt_status, output, error, evals, approval, next))
+}
+
+/// Most characters of an error message kept on the attempt (agents' bodies and stderr can be
+/// long; the head says what happened).
+const ERROR_KEEP_CHARS: usize = 8 * 1024;
+
+/// The output limit for every agent kind (http and command stop reading at it; a plug-in's
+/// answer is measured here), without building the serialized text.
+fn check_output_size(output: &Value, limit: usize) -> Result<(), AgentError> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, output)
+        .map_err(|e| AgentError::permanent(ErrorCode::AgentBadOutput, format!("output cannot be serialized: {e}")))?;
+    crate::agent::check_output_size(count.0, limit)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -173,15 +242,11 @@ fn completion(
         attempt_status,
         output,
         usage,
-        error,
+        error: error.map(|e| ErrorInfo { message: crate::model::printable(&e.message, ERROR_KEEP_CHARS), ..e }),
         evals,
         approval,
         next,
     }
-}
-
-fn route_error(e: RouteError) -> AgentError {
-    AgentError::permanent(e.code, e.message)
 }
 
 /// The content as the agent receives it, or the permanent error that makes it unusable.
@@ -209,8 +274,21 @@ fn envelope(
     mem_docs: Vec<MemDoc>,
     attempt_id: Uuid,
     max_attempts: i32,
-) -> AgentRequest {
-    AgentRequest {
+) -> Result<AgentRequest, AgentError> {
+    let context_invalid = |what: String, e: serde_json::Error| {
+        AgentError::permanent(ErrorCode::ContextInvalid, format!("{what} cannot be given to an agent as JSON: {e}"))
+    };
+    let metadata = serde_json::from_str(&item.order_metadata)
+        .map_err(|e| context_invalid(format!("work order {} metadata", item.work_order_id), e))?;
+    let mem_docs = mem_docs
+        .into_iter()
+        .map(|d| {
+            let metadata = serde_json::from_str(&d.metadata)
+                .map_err(|e| context_invalid(format!("a {} mem_doc's metadata", d.doc_type), e))?;
+            Ok(MemDocView { doc_type: d.doc_type, content: d.content, metadata })
+        })
+        .collect::<Result<_, AgentError>>()?;
+    Ok(AgentRequest {
         work_item: WorkItemView {
             id: item.id,
             item_type: item.item_type.clone(),
@@ -224,14 +302,9 @@ fn envelope(
             tenant_id: item.tenant_id,
             created_by: item.created_by,
             priority: item.order_priority.clone(),
-            metadata: item.order_metadata.clone(),
+            metadata,
         },
         attempt: AttemptView { id: attempt_id, number: item.attempt, max_attempts },
-        context: ContextView {
-            mem_docs: mem_docs
-                .into_iter()
-                .map(|d| MemDocView { doc_type: d.doc_type, content: d.content, metadata: d.metadata })
-                .collect(),
-        },
-    }
+        context: ContextView { mem_docs },
+    })
 }

@@ -21,7 +21,9 @@ async fn claim_and_vanish(db: &TestDb, worker: &str) -> db::queue::ClaimedItem {
 }
 
 fn rescuer(db: &TestDb, toml: &str) -> Rescuer {
-    Rescuer { pool: db.pool.clone(), settings: Arc::new(db.settings(toml)), worker_id: "test-leader".into() }
+    let settings = Arc::new(db.settings(toml));
+    let catalog = Arc::new(orderly::worker::catalog::Catalog::new(db.pool.clone(), settings.clone()));
+    Rescuer { pool: db.pool.clone(), catalog, settings, worker_id: "test-leader".into() }
 }
 
 #[tokio::test]
@@ -102,7 +104,7 @@ async fn stale_runner_cannot_complete_after_rescue() {
         next: NextState::Completed,
     };
     let report = db::queue::complete_batch(&db.pool, &[late]).await.unwrap();
-    assert_eq!(report.stale, vec![item]);
+    assert_eq!(report.stale, vec![(item, gone.attempt)]);
     assert!(report.written.is_empty());
     assert_eq!(item_status(&db.pool, item).await, "PROCESSING", "the current attempt still owns the item");
     assert_eq!(attempts(&db.pool, item).await.len(), 1, "only the LOST attempt is recorded");

@@ -1,0 +1,48 @@
+//! Fault injection for the fault suite: `ORDERLY_FAILPOINTS=heartbeat,completer` makes the
+//! named engine loops panic when they reach their failpoint, so tests can prove that a dying
+//! task is noticed. Read once; unset (the normal case) costs one atomic load per call.
+
+use std::sync::OnceLock;
+
+static ARMED: OnceLock<Vec<String>> = OnceLock::new();
+
+/// Panics if the failpoint `name` is armed.
+pub fn hit(name: &str) {
+    let armed = ARMED.get_or_init(|| {
+        std::env::var("ORDERLY_FAILPOINTS")
+            .map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default()
+    });
+    if armed.iter().any(|a| a == name) {
+        panic!("failpoint `{name}` armed by ORDERLY_FAILPOINTS");
+    }
+}
+
+/// Polls a future, turning a panic inside it into `Err` with the panic's message, so the
+/// caller can fail one attempt (an agent) or report one task (the engine's loops) instead of
+/// losing the task silently.
+pub struct CatchUnwind<F>(pub F);
+
+impl<F: std::future::Future + Unpin> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| std::pin::Pin::new(inner).poll(cx))) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(value)) => std::task::Poll::Ready(Ok(value)),
+            Err(payload) => std::task::Poll::Ready(Err(panic_message(payload.as_ref()))),
+        }
+    }
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-text payload".to_owned()
+    }
+}
