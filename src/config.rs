@@ -276,11 +276,18 @@ impl Settings {
     }
 
     /// The effective configuration as TOML with every secret replaced by `<redacted>`:
-    /// the database password and every agent header value.
+    /// the database password, every agent header value and the userinfo and query values of
+    /// http agents' URLs.
     pub fn redacted_toml(&self) -> String {
         let mut copy = self.clone();
         copy.database.url = redact_url(&copy.database.url);
         for agent in copy.agents.values_mut() {
+            if agent.kind == "http"
+                && let Some(Value::String(url)) = agent.options.get_mut("url")
+                && let Ok(parsed) = reqwest::Url::parse(url)
+            {
+                *url = crate::agent::redact_url(&parsed);
+            }
             if let Some(Value::Object(headers)) = agent.options.get_mut("headers") {
                 for value in headers.values_mut() {
                     *value = Value::String("<redacted>".into());
@@ -360,11 +367,11 @@ mod tests {
     #[test]
     fn redaction_hides_passwords_and_headers() {
         let s = Settings::from_toml_over_defaults(
-            "[database]\nurl = \"postgres://u:hunter2@db/x\"\n[agents.a]\nkind = \"http\"\nurl = \"http://a\"\nheaders = { Authorization = \"Bearer s3cret\" }\n",
+            "[database]\nurl = \"postgres://u:hunter2@db/x\"\n[agents.a]\nkind = \"http\"\nurl = \"http://a/?token=t0ken\"\nheaders = { Authorization = \"Bearer s3cret\" }\n",
         )
         .unwrap();
         let shown = s.redacted_toml();
-        assert!(!shown.contains("hunter2") && !shown.contains("s3cret"), "{shown}");
+        assert!(!shown.contains("hunter2") && !shown.contains("s3cret") && !shown.contains("t0ken"), "{shown}");
         assert!(shown.contains("<redacted>"));
     }
 }

@@ -3,18 +3,35 @@
 //! 2xx + JSON body → output. 408, 429, 5xx, connection errors → retryable (Retry-After is
 //! passed on; the runner clamps it). Other 4xx → permanent. Non-JSON 2xx → permanent.
 //! Redirects and private/loopback addresses are refused unless allowed in config.
+//!
+//! The private-address check applies to the addresses actually connected to, on every hop:
+//! names go through [`PublicOnlyResolver`], installed as the client's resolver, which refuses
+//! a name with any private address (no separate lookup that a DNS-rebinding answer could
+//! pass); IP-literal hosts, which reqwest connects to without a resolver, are checked by
+//! [`refuse_private_literal`] before the first request and, through the redirect policy, on
+//! every hop. A refusal is permanent (`AGENT_ADDRESS_REFUSED`).
+//! Through a proxy from the environment (`HTTP_PROXY`, …) the resolver sees the proxy's
+//! name; the target's name is then resolved by the proxy and only literals are checked here.
+//!
+//! The URL may carry a secret (a token in the query, a password in the userinfo): errors are
+//! stripped of reqwest's URL and only [`redact_url`]'s form is ever shown.
 
 use super::{Agent, AgentError, AgentRequest, AgentSpec, BoxFuture, DEFAULT_TIMEOUT, Executor};
 use crate::config::ConfigError;
 use crate::model::ErrorCode;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
+use url::Host;
+
+/// Redirect hops followed at most when `allow_redirects = true`.
+const MAX_REDIRECTS: usize = 5;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,14 +70,8 @@ pub fn factory(spec: &AgentSpec<'_>) -> Result<Agent, ConfigError> {
         headers.insert(name, value);
     }
     let timeout = spec.duration("timeout", options.timeout.as_deref(), DEFAULT_TIMEOUT)?;
-    let redirects =
-        if options.allow_redirects { reqwest::redirect::Policy::limited(5) } else { reqwest::redirect::Policy::none() };
-    let client = reqwest::Client::builder()
-        .default_headers(headers)
-        .redirect(redirects)
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
-        .build()
-        .map_err(|e| ConfigError::invalid(key("url"), format!("cannot build HTTP client: {e}")))?;
+    let client = build_client(headers, timeout, options.allow_private, options.allow_redirects)
+        .map_err(|e| ConfigError::invalid(key("url"), format!("cannot build HTTP client: {}", error_chain(e))))?;
     Ok(Agent {
         executor: Arc::new(HttpAgent {
             client,
@@ -72,6 +83,32 @@ pub fn factory(spec: &AgentSpec<'_>) -> Result<Agent, ConfigError> {
     })
 }
 
+/// The agent's client. Unless `allow_private`, names resolve through [`PublicOnlyResolver`]
+/// and every redirect hop to an IP literal is checked by [`refuse_private_literal`].
+fn build_client(
+    headers: HeaderMap,
+    timeout: Duration,
+    allow_private: bool,
+    allow_redirects: bool,
+) -> reqwest::Result<reqwest::Client> {
+    let redirects = match (allow_redirects, allow_private) {
+        (false, _) => reqwest::redirect::Policy::none(),
+        (true, true) => reqwest::redirect::Policy::limited(MAX_REDIRECTS),
+        (true, false) => reqwest::redirect::Policy::custom(|attempt| match refuse_private_literal(attempt.url()) {
+            Err(refused) => attempt.error(refused),
+            Ok(()) => reqwest::redirect::Policy::limited(MAX_REDIRECTS).redirect(attempt),
+        }),
+    };
+    let mut builder = reqwest::Client::builder()
+        .default_headers(headers)
+        .redirect(redirects)
+        .connect_timeout(timeout.min(Duration::from_secs(10)));
+    if !allow_private {
+        builder = builder.dns_resolver(Arc::new(PublicOnlyResolver));
+    }
+    builder.build()
+}
+
 impl Executor for HttpAgent {
     fn execute<'a>(&'a self, request: &'a AgentRequest) -> BoxFuture<'a, Result<Value, AgentError>> {
         Box::pin(self.post(request))
@@ -81,7 +118,7 @@ impl Executor for HttpAgent {
 impl HttpAgent {
     async fn post(&self, request: &AgentRequest) -> Result<Value, AgentError> {
         if !self.allow_private {
-            self.refuse_private_addresses().await?;
+            refuse_private_literal(&self.url).map_err(|refused| refused.into_agent_error())?;
         }
         let body = serde_json::to_vec(request)
             .map_err(|e| AgentError::permanent(ErrorCode::AgentError, format!("cannot encode envelope: {e}")))?;
@@ -94,9 +131,7 @@ impl HttpAgent {
             .body(body)
             .send()
             .await
-            .map_err(|e| {
-                AgentError::retryable(ErrorCode::AgentConnection, format!("request failed: {}", error_chain(&e)))
-            })?;
+            .map_err(|e| request_failed(&self.url, e))?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
         let body = self.read_body(response).await?;
@@ -107,33 +142,117 @@ impl HttpAgent {
     async fn read_body(&self, mut response: reqwest::Response) -> Result<Vec<u8>, AgentError> {
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(|e| {
-            AgentError::retryable(ErrorCode::AgentConnection, format!("reading response: {}", error_chain(&e)))
+            AgentError::retryable(ErrorCode::AgentConnection, format!("reading response: {}", error_chain(e)))
         })? {
             body.extend_from_slice(&chunk);
             super::check_output_size(body.len(), self.max_output_bytes)?;
         }
         Ok(body)
     }
+}
 
-    async fn refuse_private_addresses(&self) -> Result<(), AgentError> {
-        let host = self.url.host_str().unwrap_or_default().trim_matches(['[', ']']);
-        let port = self.url.port_or_known_default().unwrap_or(80);
-        let addresses: Vec<IpAddr> = match host.parse::<IpAddr>() {
-            Ok(ip) => vec![ip],
-            Err(_) => tokio::net::lookup_host((host, port))
-                .await
-                .map_err(|e| AgentError::retryable(ErrorCode::AgentConnection, format!("cannot resolve {host}: {e}")))?
-                .map(|a| a.ip())
-                .collect(),
-        };
-        if let Some(ip) = addresses.iter().find(|ip| is_private(ip)) {
-            return Err(AgentError::permanent(
-                ErrorCode::AgentAddressRefused,
-                format!("{host} resolves to private address {ip}; set allow_private = true to allow it"),
-            ));
-        }
-        Ok(())
+/// A connection refused because the address is private (loopback, RFC 1918, link-local, …).
+#[derive(Debug, thiserror::Error)]
+#[error("{host} is private address {ip}; set allow_private = true to allow it")]
+pub(crate) struct AddressRefused {
+    host: String,
+    ip: IpAddr,
+}
+
+impl AddressRefused {
+    fn into_agent_error(self) -> AgentError {
+        AgentError::permanent(ErrorCode::AgentAddressRefused, self.to_string())
     }
+}
+
+/// Refuses a URL whose host is a private IP literal. Names are left to
+/// [`PublicOnlyResolver`]; `url` has already normalised `127.1` or `2130706433` to an IPv4
+/// host for http(s), so only the parsed host is looked at.
+pub(crate) fn refuse_private_literal(url: &Url) -> Result<(), AddressRefused> {
+    let ip = match url.host() {
+        Some(Host::Ipv4(v4)) => IpAddr::V4(v4),
+        Some(Host::Ipv6(v6)) => IpAddr::V6(v6),
+        Some(Host::Domain(_)) | None => return Ok(()),
+    };
+    if is_private(&ip) {
+        return Err(AddressRefused { host: url.host_str().unwrap_or_default().to_owned(), ip });
+    }
+    Ok(())
+}
+
+/// Resolves names with the system resolver (through tokio) and refuses a name that has any
+/// private address, so the check holds for the address reqwest then connects to.
+struct PublicOnlyResolver;
+
+impl Resolve for PublicOnlyResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if let Some(address) = addresses.iter().find(|a| is_private(&a.ip())) {
+                return Err(Box::new(AddressRefused { host, ip: address.ip() }) as _);
+            }
+            let addresses: Addrs = Box::new(addresses.into_iter());
+            Ok(addresses)
+        })
+    }
+}
+
+/// A failed send: a refused address (from the resolver or the redirect policy, found in the
+/// error's source chain) is permanent; anything else is a retryable connection error.
+fn request_failed(url: &Url, e: reqwest::Error) -> AgentError {
+    if let Some(refused) = find_source::<AddressRefused>(&e) {
+        return AgentError::permanent(ErrorCode::AgentAddressRefused, refused.to_string());
+    }
+    AgentError::retryable(ErrorCode::AgentConnection, format!("POST {} failed: {}", redact_url(url), error_chain(e)))
+}
+
+fn find_source<'a, T: std::error::Error + 'static>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a T> {
+    let mut current = Some(e);
+    while let Some(error) = current {
+        if let Some(found) = error.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = error.source();
+    }
+    None
+}
+
+/// The URL as it may be shown: user name, password, query values and fragment are replaced
+/// by `<redacted>` (query keys are kept: `?token=<redacted>`).
+pub(crate) fn redact_url(url: &Url) -> String {
+    const HIDDEN: &str = "<redacted>";
+    let mut shown = format!("{}://", url.scheme());
+    if !url.username().is_empty() || url.password().is_some() {
+        shown.push_str(HIDDEN);
+        if url.password().is_some() {
+            shown.push(':');
+            shown.push_str(HIDDEN);
+        }
+        shown.push('@');
+    }
+    shown.push_str(url.host_str().unwrap_or_default());
+    if let Some(port) = url.port() {
+        shown.push_str(&format!(":{port}"));
+    }
+    shown.push_str(url.path());
+    if let Some(query) = url.query() {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) => format!("{key}={HIDDEN}"),
+                None if pair.is_empty() => String::new(),
+                None => HIDDEN.to_owned(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&pairs.join("&"));
+    }
+    if url.fragment().is_some() {
+        shown.push('#');
+        shown.push_str(HIDDEN);
+    }
+    shown
 }
 
 fn classify(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> Result<Value, AgentError> {
@@ -170,11 +289,12 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 
 fn is_private(ip: &IpAddr) -> bool {
     match ip {
+        // 0.0.0.0/8 ("this network") reaches the local host on Linux.
         IpAddr::V4(v4) => {
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
-                || v4.is_unspecified()
+                || v4.octets()[0] == 0
                 || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
         }
         IpAddr::V6(v6) => {
@@ -187,9 +307,11 @@ fn is_private(ip: &IpAddr) -> bool {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// The error and its sources, without the request URL (which may carry a secret).
+fn error_chain(e: reqwest::Error) -> String {
+    let e = e.without_url();
     let mut text = e.to_string();
-    let mut source = e.source();
+    let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         text.push_str(": ");
         text.push_str(&s.to_string());
@@ -237,11 +359,91 @@ mod tests {
             "fd00::1",
             "::ffff:127.0.0.1",
             "100.64.0.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "::",
+            "::ffff:10.0.0.1",
         ] {
             assert!(is_private(&ip.parse().unwrap()), "{ip}");
         }
         for ip in ["8.8.8.8", "2001:4860::8888"] {
             assert!(!is_private(&ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    fn url(text: &str) -> Url {
+        Url::parse(text).unwrap()
+    }
+
+    #[test]
+    fn private_literal_hosts_are_refused_in_every_spelling() {
+        for text in [
+            "http://127.0.0.1:8080/",
+            "http://127.1:8080/",
+            "http://2130706433:8080/",
+            "http://0x7f.1/",
+            "http://0.0.0.0/",
+            "http://[::1]/",
+            "http://[::ffff:127.0.0.1]/",
+            "https://10.0.0.5/hook",
+            "http://169.254.169.254/latest/meta-data/",
+        ] {
+            let refused = refuse_private_literal(&url(text)).expect_err(text);
+            assert!(refused.to_string().contains("allow_private"), "{text}: {refused}");
+        }
+        // Names are left to the resolver; public literals pass.
+        for text in ["http://localhost/", "https://example.com/", "http://8.8.8.8/", "http://[2001:4860::8888]/"] {
+            assert!(refuse_private_literal(&url(text)).is_ok(), "{text}");
+        }
+    }
+
+    /// The redirect policy calls `refuse_private_literal` on each hop's URL: a hop from a
+    /// public URL to a loopback literal is refused as the first request would be.
+    #[test]
+    fn redirect_hops_to_private_literals_are_refused() {
+        let first = url("https://example.com/hook?token=abc");
+        assert!(refuse_private_literal(&first).is_ok());
+        for hop in ["http://127.0.0.1:1/", "http://[::1]/x", "http://2130706433/", "http://192.168.1.1/"] {
+            let hop = first.join(hop).unwrap();
+            let refused = refuse_private_literal(&hop).expect_err(hop.as_str());
+            assert_eq!(refused.into_agent_error().code(), ErrorCode::AgentAddressRefused);
+        }
+        assert!(refuse_private_literal(&first.join("/elsewhere").unwrap()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn names_resolving_to_private_addresses_are_refused_permanently() {
+        let client = build_client(HeaderMap::new(), Duration::from_secs(5), false, true).unwrap();
+        let target = url("http://localhost:1/?token=SECRETCANARY");
+        let e = client.post(target.clone()).send().await.unwrap_err();
+        let error = request_failed(&target, e);
+        assert!(matches!(error, AgentError::Permanent { code: ErrorCode::AgentAddressRefused, .. }), "{error:?}");
+        assert!(!error.message().contains("SECRETCANARY"), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn connection_errors_do_not_show_secrets_of_the_url() {
+        let client = build_client(HeaderMap::new(), Duration::from_secs(5), true, false).unwrap();
+        let target = url("http://user:SECRETPASSWORD@127.0.0.1:1/hook?token=SECRETCANARY&v=2");
+        let e = client.post(target.clone()).send().await.unwrap_err();
+        let error = request_failed(&target, e);
+        assert_eq!(error.code(), ErrorCode::AgentConnection);
+        assert!(matches!(error, AgentError::Retryable { .. }));
+        let message = error.message();
+        assert!(!message.contains("SECRETCANARY") && !message.contains("SECRETPASSWORD"), "{message}");
+        assert!(message.contains("127.0.0.1:1/hook?token=<redacted>&v=<redacted>"), "{message}");
+    }
+
+    #[test]
+    fn redacted_urls_keep_the_address_and_hide_the_secrets() {
+        for (text, shown) in [
+            ("https://api.example.com/v1/hook", "https://api.example.com/v1/hook"),
+            ("http://127.0.0.1:8080/?token=abc", "http://127.0.0.1:8080/?token=<redacted>"),
+            ("https://u:pw@h/p?a=1&b&c=", "https://<redacted>:<redacted>@h/p?a=<redacted>&<redacted>&c=<redacted>"),
+            ("https://tok3n@h/", "https://<redacted>@h/"),
+            ("http://[::1]:9/#frag", "http://[::1]:9/#<redacted>"),
+        ] {
+            assert_eq!(redact_url(&url(text)), shown, "{text}");
         }
     }
 }

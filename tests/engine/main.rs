@@ -9,6 +9,7 @@ mod cli;
 mod dead_letters;
 mod durability;
 mod flow;
+mod http_addresses;
 mod input;
 mod plans;
 mod pruner;
