@@ -1,10 +1,18 @@
 //! The `command` kind: run a configured program (argv, no shell) with the envelope as JSON
 //! on stdin, in its own process group and a cleaned environment.
 //!
-//! Exit convention: 0 → success, stdout is the JSON output; 75 (EX_TEMPFAIL) → retryable;
-//! killed by a signal → retryable; any other status → permanent. When the execution is
-//! dropped (timeout, shutdown) or finishes, the whole process group is killed with SIGKILL,
-//! so grandchildren do not survive it.
+//! Exit convention: 0 → success, stdout is the JSON output (more than
+//! `limits.max_output_bytes` is `OUTPUT_TOO_LARGE`); 75 (EX_TEMPFAIL) → retryable
+//! (`COMMAND_RETRYABLE`); killed by a signal → retryable (`COMMAND_KILLED`); any other status
+//! → permanent (`COMMAND_FAILED`). Error messages carry the last 4 KiB of stderr (`…` marks
+//! a cut), with NUL bytes replaced by U+FFFD since PostgreSQL text refuses them.
+//!
+//! End of a run: the run ends when the direct child exits, not when its pipes reach EOF. The
+//! whole process group is then killed with SIGKILL, and the pipes are read for at most
+//! 200 ms more (what the child wrote before exiting is already in them), so a background
+//! process, even one that left the group with `setsid`, cannot hold the run open. When the
+//! execution is dropped (timeout, shutdown) the group is killed the same way, so
+//! grandchildren do not survive it.
 
 use super::{Agent, AgentError, AgentRequest, AgentSpec, BoxFuture, DEFAULT_TIMEOUT, Executor};
 use crate::config::ConfigError;
@@ -17,12 +25,16 @@ use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 /// Exit status meaning "try again later" (sysexits.h EX_TEMPFAIL).
 pub const EXIT_RETRYABLE: i32 = 75;
+/// How much of stderr goes into an error message: its last 4 KiB.
 const STDERR_KEEP: usize = 4096;
+/// How long the pipes are still read once the child has exited.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,17 +79,27 @@ impl Executor for CommandAgent {
 /// Kills the child's whole process group when dropped: on completion, timeout or cancel.
 struct GroupGuard(Option<Pid>);
 
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0 {
+impl GroupGuard {
+    fn kill(&mut self) {
+        if let Some(pgid) = self.0.take() {
             // ESRCH (group already gone) is the normal case after a clean exit.
             let _ = killpg(pgid, Signal::SIGKILL);
         }
     }
 }
 
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 impl CommandAgent {
     async fn run(&self, request: &AgentRequest) -> Result<Value, AgentError> {
+        self.run_child(request).await.map_err(without_nul)
+    }
+
+    async fn run_child(&self, request: &AgentRequest) -> Result<Value, AgentError> {
         let input = serde_json::to_vec(request)
             .map_err(|e| AgentError::permanent(ErrorCode::AgentError, format!("cannot encode envelope: {e}")))?;
         let mut command = Command::new(&self.program);
@@ -96,34 +118,58 @@ impl CommandAgent {
         let mut child = command.spawn().map_err(|e| {
             AgentError::permanent(ErrorCode::CommandSpawnFailed, format!("cannot start {}: {e}", self.program))
         })?;
-        let _group = GroupGuard(child.id().map(|pid| Pid::from_raw(pid as i32)));
+        let mut group = GroupGuard(child.id().map(|pid| Pid::from_raw(pid as i32)));
 
         let mut stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
-        let write = async move {
-            // A program that does not read its input is not an error.
-            let _ = stdin.write_all(&input).await;
-            drop(stdin);
+        let mut out = Capture::new(Keep::Head, self.max_output_bytes);
+        let mut err = Capture::new(Keep::Tail, STDERR_KEEP);
+        let (status, read) = {
+            let write = async move {
+                // A program that does not read its input is not an error.
+                let _ = stdin.write_all(&input).await;
+            };
+            let read = async { tokio::join!(pump(stdout, &mut out), pump(stderr, &mut err)) };
+            tokio::pin!(write, read);
+            let (mut written, mut read_result) = (false, None);
+            // The run ends when the direct child exits, not at EOF: a background process may
+            // hold the pipes open for as long as it likes.
+            let status = loop {
+                tokio::select! {
+                    _ = &mut write, if !written => written = true,
+                    r = &mut read, if read_result.is_none() => read_result = Some(r),
+                    status = child.wait() => break status,
+                }
+            };
+            // The rest of the group goes now; what the child wrote before exiting is already
+            // in the pipes. A process that escaped the group (setsid) may still hold them:
+            // read for a bounded time only.
+            group.kill();
+            if read_result.is_none() {
+                read_result = tokio::time::timeout(DRAIN_AFTER_EXIT, &mut read).await.ok();
+                if read_result.is_none() {
+                    tracing::warn!(program = %self.program, "the command exited but its output pipes are still \
+                        held open by a process outside its group; stopped reading");
+                }
+            }
+            (status, read_result)
         };
-        let (_, out, err, status) = tokio::join!(
-            write,
-            read_limited(stdout, self.max_output_bytes),
-            read_limited(stderr, STDERR_KEEP),
-            child.wait()
-        );
         let status =
             status.map_err(|e| AgentError::retryable(ErrorCode::CommandKilled, format!("waiting for child: {e}")))?;
-        let stderr_text = String::from_utf8_lossy(&err.unwrap_or_default().0).trim().to_owned();
-        let (out, out_truncated) = out.map_err(|e| {
-            AgentError::retryable(ErrorCode::CommandKilled, format!("reading stdout of {}: {e}", self.program))
-        })?;
+        if let Some((Err(e), _)) = read {
+            return Err(AgentError::retryable(
+                ErrorCode::CommandKilled,
+                format!("reading stdout of {}: {e}", self.program),
+            ));
+        }
+        let stderr_text = err.text();
         match (status.code(), status.signal()) {
             (Some(0), _) => {
-                if out_truncated {
-                    super::check_output_size(out.len() + 1, self.max_output_bytes)?;
+                if out.truncated {
+                    super::check_output_size(out.bytes.len() + 1, self.max_output_bytes)?;
                 }
-                super::parse_output(&out)
+                super::parse_output(&out.bytes)
             }
             (Some(EXIT_RETRYABLE), _) => Err(AgentError::retryable(
                 ErrorCode::CommandRetryable,
@@ -141,16 +187,125 @@ impl CommandAgent {
     }
 }
 
-/// Reads up to `limit` bytes; the flag says whether more was available.
-async fn read_limited(reader: impl AsyncRead + Unpin, limit: usize) -> std::io::Result<(Vec<u8>, bool)> {
-    let mut buf = Vec::new();
-    let mut limited = reader.take(limit as u64 + 1);
-    limited.read_to_end(&mut buf).await?;
-    let truncated = buf.len() > limit;
-    buf.truncate(limit);
-    // Drain the rest so the child is not blocked on a full pipe.
-    let mut rest = limited.into_inner();
-    let mut sink = [0u8; 8192];
-    while truncated && rest.read(&mut sink).await? > 0 {}
-    Ok((buf, truncated))
+/// Which end of a stream a [`Capture`] keeps once it is over its limit.
+#[derive(Clone, Copy)]
+enum Keep {
+    /// The first bytes (stdout: the output is refused when it does not fit anyway).
+    Head,
+    /// The last bytes (stderr: the error is usually at the end).
+    Tail,
+}
+
+/// What was read from one of the child's pipes, at most `limit` bytes of it.
+struct Capture {
+    bytes: Vec<u8>,
+    keep: Keep,
+    limit: usize,
+    /// More than `limit` bytes arrived.
+    truncated: bool,
+}
+
+impl Capture {
+    fn new(keep: Keep, limit: usize) -> Self {
+        Capture { bytes: Vec::new(), keep, limit, truncated: false }
+    }
+
+    fn push(&mut self, chunk: &[u8]) {
+        match self.keep {
+            Keep::Head => {
+                let room = self.limit - self.bytes.len();
+                self.truncated |= chunk.len() > room;
+                self.bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Keep::Tail => {
+                self.bytes.extend_from_slice(chunk);
+                if self.bytes.len() > self.limit {
+                    self.truncated = true;
+                    let excess = self.bytes.len() - self.limit;
+                    self.bytes.drain(..excess);
+                }
+            }
+        }
+    }
+
+    /// The capture as trimmed text for an error message; a cut tail starts with `…`.
+    fn text(&self) -> String {
+        let mut bytes = &self.bytes[..];
+        if self.truncated && matches!(self.keep, Keep::Tail) {
+            // Do not start in the middle of a UTF-8 sequence.
+            while let [first, rest @ ..] = bytes
+                && first & 0b1100_0000 == 0b1000_0000
+            {
+                bytes = rest;
+            }
+        }
+        let text = String::from_utf8_lossy(bytes);
+        let text = text.trim();
+        if self.truncated && matches!(self.keep, Keep::Tail) { format!("…{text}") } else { text.to_owned() }
+    }
+}
+
+/// Reads a pipe to its end into `capture`, reading on past the limit so the writer is never
+/// blocked on a full pipe. Cancel-safe: a dropped pump loses no byte already captured.
+async fn pump(mut reader: impl AsyncRead + Unpin, capture: &mut Capture) -> std::io::Result<()> {
+    let mut chunk = [0u8; 8192];
+    loop {
+        match reader.read(&mut chunk).await? {
+            0 => return Ok(()),
+            n => capture.push(&chunk[..n]),
+        }
+    }
+}
+
+/// PostgreSQL text refuses NUL: messages built from a child's output must not carry one.
+fn without_nul(error: AgentError) -> AgentError {
+    fn clean(message: String) -> String {
+        if message.contains('\0') { message.replace('\0', "\u{FFFD}") } else { message }
+    }
+    match error {
+        AgentError::Retryable { code, message, retry_after } => {
+            AgentError::Retryable { code, message: clean(message), retry_after }
+        }
+        AgentError::Permanent { code, message } => AgentError::Permanent { code, message: clean(message) },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tail_capture_keeps_the_last_bytes_and_marks_the_cut() {
+        let mut capture = Capture::new(Keep::Tail, 8);
+        capture.push(b"0123456789");
+        capture.push(b"ab");
+        assert_eq!(capture.bytes, b"456789ab");
+        assert_eq!(capture.text(), "…456789ab");
+        let mut short = Capture::new(Keep::Tail, 8);
+        short.push(b" ok \n");
+        assert_eq!(short.text(), "ok");
+    }
+
+    #[test]
+    fn a_tail_capture_does_not_start_inside_a_character() {
+        let mut capture = Capture::new(Keep::Tail, 4);
+        capture.push("xé€".as_bytes()); // x, 2 bytes, 3 bytes: the cut falls inside é
+        assert_eq!(capture.text(), "…€");
+    }
+
+    #[test]
+    fn a_head_capture_keeps_the_first_bytes() {
+        let mut capture = Capture::new(Keep::Head, 4);
+        capture.push(b"01");
+        assert!(!capture.truncated);
+        capture.push(b"2345");
+        assert_eq!(capture.bytes, b"0123");
+        assert!(capture.truncated);
+    }
+
+    #[test]
+    fn messages_lose_their_nul_bytes() {
+        let error = without_nul(AgentError::permanent(ErrorCode::CommandFailed, "a\0b"));
+        assert_eq!(error.message(), "a\u{FFFD}b");
+    }
 }
