@@ -7,11 +7,30 @@ use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
 /// The documented defaults, shipped inside the binary so it runs from anywhere.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// What secrets are shown as, in `check-config`, `Debug` and logs.
+pub const REDACTED: &str = "<redacted>";
+
+/// Upper bound of every interval, timeout and grace period (and of agent `timeout`s).
+pub const MAX_INTERVAL: Duration = Duration::from_secs(86_400);
+/// Upper bound of `pruner.retention`: 100 years of 365.25 days, as humantime counts them.
+pub const MAX_RETENTION: Duration = Duration::from_secs(100 * 31_557_600);
+/// Upper bound of `limits.*` sizes: PostgreSQL stores no field larger than 1 GiB.
+pub const MAX_SIZE_BYTES: usize = 1 << 30;
+/// Upper bound of the batch sizes and of `worker.concurrency`.
+pub const MAX_BATCH: usize = 100_000;
+/// Upper bound of `retry.max_attempts` and `worker.max_rescues`.
+pub const MAX_ATTEMPTS: i32 = 1_000_000;
+/// Upper bound of `database.max_connections`.
+pub const MAX_CONNECTIONS: u32 = 10_000;
+/// Upper bound of `worker.completers` (each holds a connection while it writes).
+pub const MAX_COMPLETERS: usize = 1_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -38,13 +57,14 @@ pub struct Settings {
     pub pruner: PrunerSettings,
     #[serde(default)]
     pub agents: BTreeMap<String, AgentSettings>,
-    /// Item type (upper case) → agent name.
+    /// Item type → agent name; keys are matched exactly as the database spells the type.
     #[serde(default)]
     pub routes: BTreeMap<String, String>,
     pub log: LogSettings,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `Debug` shows the URL redacted (see [`redact_url`]).
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     pub url: String,
@@ -147,12 +167,65 @@ mod off_or_duration {
 }
 
 /// One `[agents.NAME]` table: a kind plus the kind's own options, which the kind's factory
-/// validates (so unknown keys are reported as `agents.NAME.key`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// validates (so unknown keys are reported as `agents.NAME.key`). `Debug` shows the options
+/// redacted (see [`AgentSettings::redacted_options`]).
+#[derive(Clone, Serialize, Deserialize)]
 pub struct AgentSettings {
     pub kind: String,
     #[serde(flatten)]
     pub options: serde_json::Map<String, Value>,
+}
+
+impl fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let DatabaseSettings { url, max_connections, migrate_on_start, acquire_timeout } = self;
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redact_url(url))
+            .field("max_connections", max_connections)
+            .field("migrate_on_start", migrate_on_start)
+            .field("acquire_timeout", acquire_timeout)
+            .finish()
+    }
+}
+
+impl fmt::Debug for AgentSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentSettings").field("kind", &self.kind).field("options", &self.redacted_options()).finish()
+    }
+}
+
+impl AgentSettings {
+    /// The options with secrets replaced by `<redacted>`: every value of `headers` and `env`,
+    /// every option whose name suggests a secret (password, secret, token, credential, auth,
+    /// api key), and the credentials and query values of every URL (see [`redact_url`]).
+    pub fn redacted_options(&self) -> serde_json::Map<String, Value> {
+        self.options.iter().map(|(key, value)| (key.clone(), redact_option(key, value))).collect()
+    }
+}
+
+fn redact_option(key: &str, value: &Value) -> Value {
+    let lower = key.to_ascii_lowercase();
+    let secret_name = ["password", "secret", "token", "credential", "auth", "api_key", "apikey"]
+        .iter()
+        .any(|word| lower.contains(word));
+    match value {
+        Value::Object(map) if lower == "headers" || lower == "env" => {
+            map.keys().map(|k| (k.clone(), Value::String(REDACTED.into()))).collect()
+        }
+        // Numbers and flags such as `max_tokens = 1000` are not secrets.
+        Value::Bool(_) | Value::Number(_) | Value::Null => value.clone(),
+        _ if secret_name || lower == "headers" || lower == "env" => Value::String(REDACTED.into()),
+        Value::String(text) if lower == "url" => Value::String(redact_url(text)),
+        Value::String(text) if looks_like_url(text) => Value::String(redact_url(text)),
+        Value::Array(items) => Value::Array(items.iter().map(|item| redact_option("", item)).collect()),
+        Value::Object(map) => map.iter().map(|(k, v)| (k.clone(), redact_option(k, v))).collect(),
+        other => other.clone(),
+    }
+}
+
+/// A string that parses as an absolute URL with a host (`scheme://host...`).
+fn looks_like_url(text: &str) -> bool {
+    text.contains("://") && reqwest::Url::parse(text).is_ok_and(|u| u.has_host())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,7 +254,8 @@ impl Settings {
         }
         figment = figment
             .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database.url".into()))
-            .merge(Env::prefixed("ORDERLY__").split("__"));
+            // `lowercase(false)` after `map`: figment's `map` turns lower-casing back on.
+            .merge(Env::prefixed("ORDERLY__").map(|key| env_key_path(key.as_str()).into()).lowercase(false));
         Self::from_figment(figment)
     }
 
@@ -198,62 +272,48 @@ impl Settings {
     }
 
     fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
-        let mut settings: Settings = figment.extract().map_err(|e| {
+        let settings: Settings = figment.extract().map_err(|e| {
             let messages: Vec<String> = e.into_iter().map(describe_figment_error).collect();
             ConfigError::Load(messages.join("; "))
         })?;
-        // Environment keys arrive lower-cased; item types are upper case.
-        settings.routes =
-            std::mem::take(&mut settings.routes).into_iter().map(|(k, v)| (k.to_ascii_uppercase(), v)).collect();
         settings.validate()?;
         Ok(settings)
     }
 
+    /// Checks every value against its documented range (config/default.toml), so that what
+    /// `check-config` accepts can run.
     fn validate(&self) -> Result<(), ConfigError> {
-        let positive = |key: &str, d: Duration| {
-            if d.is_zero() { Err(ConfigError::invalid(key, "must be greater than zero")) } else { Ok(()) }
-        };
-        if self.database.url.trim().is_empty() {
+        let database = &self.database;
+        if database.url.trim().is_empty() {
             return Err(ConfigError::invalid("database.url", "must not be empty"));
         }
-        if self.database.max_connections < 2 {
-            return Err(ConfigError::invalid("database.max_connections", "must be at least 2"));
+        match reqwest::Url::parse(&database.url) {
+            Ok(url) if matches!(url.scheme(), "postgres" | "postgresql") => {}
+            Ok(_) => return Err(ConfigError::invalid("database.url", "must be a postgres:// or postgresql:// URL")),
+            Err(e) => return Err(ConfigError::invalid("database.url", format!("is not a URL: {e}"))),
         }
-        positive("database.acquire_timeout", self.database.acquire_timeout)?;
-        if self.worker.concurrency == 0 {
-            return Err(ConfigError::invalid("worker.concurrency", "must be at least 1"));
-        }
-        if self.worker.claim_batch == 0 {
-            return Err(ConfigError::invalid("worker.claim_batch", "must be at least 1"));
-        }
-        if self.worker.completers == 0 {
-            return Err(ConfigError::invalid("worker.completers", "must be at least 1"));
-        }
-        if self.worker.completer_batch == 0 {
-            return Err(ConfigError::invalid("worker.completer_batch", "must be at least 1"));
-        }
-        positive("worker.poll_interval", self.worker.poll_interval)?;
-        positive("worker.rescue_interval", self.worker.rescue_interval)?;
-        if self.worker.max_rescues < 1 {
-            return Err(ConfigError::invalid("worker.max_rescues", "must be at least 1"));
-        }
-        positive("worker.lease", self.worker.lease)?;
-        if self.worker.lease < Duration::from_secs(1) {
-            return Err(ConfigError::invalid("worker.lease", "must be at least 1s"));
-        }
-        if self.retry.max_attempts < 1 {
-            return Err(ConfigError::invalid("retry.max_attempts", "must be at least 1"));
-        }
-        positive("retry.backoff_base", self.retry.backoff_base)?;
-        if self.retry.backoff_max < self.retry.backoff_base {
-            return Err(ConfigError::invalid("retry.backoff_max", "must be at least retry.backoff_base"));
-        }
-        if self.limits.max_content_bytes == 0 || self.limits.max_output_bytes == 0 {
-            return Err(ConfigError::invalid("limits", "sizes must be greater than zero"));
-        }
-        if self.limits.max_content_bytes > i32::MAX as usize {
-            return Err(ConfigError::invalid("limits.max_content_bytes", "must be below 2 GiB"));
-        }
+        count_in("database.max_connections", database.max_connections, 2, MAX_CONNECTIONS)?;
+        duration_in("database.acquire_timeout", database.acquire_timeout, None, MAX_INTERVAL)?;
+
+        let worker = &self.worker;
+        count_in("worker.concurrency", worker.concurrency, 1, MAX_BATCH)?;
+        duration_in("worker.poll_interval", worker.poll_interval, None, MAX_INTERVAL)?;
+        count_in("worker.claim_batch", worker.claim_batch, 1, MAX_BATCH)?;
+        duration_in("worker.lease", worker.lease, Some(Duration::from_secs(1)), MAX_INTERVAL)?;
+        duration_in("worker.shutdown_grace", worker.shutdown_grace, Some(Duration::ZERO), MAX_INTERVAL)?;
+        count_in("worker.completer_batch", worker.completer_batch, 1, MAX_BATCH)?;
+        count_in("worker.completers", worker.completers, 1, MAX_COMPLETERS)?;
+        count_in("worker.max_rescues", worker.max_rescues, 1, MAX_ATTEMPTS)?;
+        duration_in("worker.rescue_interval", worker.rescue_interval, None, MAX_INTERVAL)?;
+
+        let retry = &self.retry;
+        count_in("retry.max_attempts", retry.max_attempts, 1, MAX_ATTEMPTS)?;
+        duration_in("retry.backoff_base", retry.backoff_base, None, MAX_INTERVAL)?;
+        duration_in("retry.backoff_max", retry.backoff_max, Some(retry.backoff_base), MAX_INTERVAL)?;
+
+        count_in("limits.max_content_bytes", self.limits.max_content_bytes, 1, MAX_SIZE_BYTES)?;
+        count_in("limits.max_output_bytes", self.limits.max_output_bytes, 1, MAX_SIZE_BYTES)?;
+
         for (item_type, agent) in &self.routes {
             if !self.agents.contains_key(agent) {
                 return Err(ConfigError::invalid(
@@ -262,52 +322,129 @@ impl Settings {
                 ));
             }
         }
+
         if let Some(retention) = self.pruner.retention {
-            positive("pruner.retention", retention)?;
+            duration_in("pruner.retention", retention, None, MAX_RETENTION)?;
         }
-        positive("pruner.interval", self.pruner.interval)?;
-        if self.pruner.batch < 1 {
-            return Err(ConfigError::invalid("pruner.batch", "must be at least 1"));
-        }
-        if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
-            return Err(ConfigError::invalid("log.level", e.to_string()));
-        }
-        Ok(())
+        duration_in("pruner.interval", self.pruner.interval, None, MAX_INTERVAL)?;
+        count_in("pruner.batch", self.pruner.batch, 1, MAX_BATCH as i64)?;
+
+        validate_log_level(&self.log.level)
     }
 
-    /// The effective configuration as TOML with every secret replaced by `<redacted>`:
-    /// the database password, every agent header value and the userinfo and query values of
-    /// http agents' URLs.
+    /// The effective configuration as TOML with every secret replaced by `<redacted>`: the
+    /// credentials and query values of the database URL, and the secrets of every agent's
+    /// options (see [`AgentSettings::redacted_options`]).
     pub fn redacted_toml(&self) -> String {
         let mut copy = self.clone();
         copy.database.url = redact_url(&copy.database.url);
         for agent in copy.agents.values_mut() {
-            if agent.kind == "http"
-                && let Some(Value::String(url)) = agent.options.get_mut("url")
-                && let Ok(parsed) = reqwest::Url::parse(url)
-            {
-                *url = crate::agent::redact_url(&parsed);
-            }
-            if let Some(Value::Object(headers)) = agent.options.get_mut("headers") {
-                for value in headers.values_mut() {
-                    *value = Value::String("<redacted>".into());
-                }
-            }
+            agent.options = agent.redacted_options();
         }
         toml::to_string_pretty(&copy).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
 }
 
-/// Hides the password of a connection URL, for logs and `check-config`.
-pub fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("<redacted>"));
-            parsed.to_string()
-        }
-        Ok(_) => url.to_owned(),
-        Err(_) => "<unparseable url>".to_owned(),
+/// Maps `ORDERLY__SECTION__KEY` (prefix already stripped) to a key path: section and key
+/// names are lower-cased, `__` separates them; under `routes` the rest is one key kept as
+/// written, since item types are matched exactly (`ORDERLY__ROUTES__Ticket_v2` →
+/// `routes.Ticket_v2`).
+fn env_key_path(key: &str) -> String {
+    match key.split_once("__") {
+        Some((section, route)) if section.eq_ignore_ascii_case("routes") => format!("routes.{route}"),
+        _ => key.split("__").map(str::to_ascii_lowercase).collect::<Vec<_>>().join("."),
     }
+}
+
+/// `min <= value <= max`, else an error naming the key and the range.
+fn count_in<T: PartialOrd + fmt::Display>(key: &str, value: T, min: T, max: T) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::invalid(key, format!("must be between {min} and {max}, not {value}")));
+    }
+    Ok(())
+}
+
+/// `min <= value <= max` (`None`: greater than zero), else an error naming the key and range.
+fn duration_in(key: &str, value: Duration, min: Option<Duration>, max: Duration) -> Result<(), ConfigError> {
+    let show = |d: Duration| humantime::format_duration(d).to_string();
+    let low_ok = match min {
+        None => !value.is_zero(),
+        Some(min) => value >= min,
+    };
+    if low_ok && value <= max {
+        return Ok(());
+    }
+    let low = match min {
+        None => "greater than 0".to_owned(),
+        Some(min) => format!("at least {}", show(min)),
+    };
+    Err(ConfigError::invalid(key, format!("must be {low} and at most {}, not {}", show(max), show(value))))
+}
+
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Each comma-separated directive must be a level or `target=level` (also
+/// `target[span]=level` and `[span]=level`). `EnvFilter` alone would take a bare word such as
+/// `verbose` for a target name and silence everything else.
+fn validate_log_level(filter: &str) -> Result<(), ConfigError> {
+    const KEY: &str = "log.level";
+    let is_level = |word: &str| LOG_LEVELS.iter().any(|level| level.eq_ignore_ascii_case(word.trim()));
+    let expected = "each comma-separated directive must be a level (trace, debug, info, warn, error, off) \
+                    or target=level";
+    if filter.trim().is_empty() {
+        return Err(ConfigError::invalid(KEY, format!("must not be empty: {expected}")));
+    }
+    for directive in filter.split(',').map(str::trim) {
+        let valid = is_level(directive)
+            || directive.rsplit_once('=').is_some_and(|(selector, level)| is_level(level) && valid_selector(selector));
+        if !valid {
+            return Err(ConfigError::invalid(KEY, format!("`{directive}` is not valid: {expected}")));
+        }
+    }
+    if let Err(e) = filter.parse::<tracing_subscriber::EnvFilter>() {
+        return Err(ConfigError::invalid(KEY, e.to_string()));
+    }
+    Ok(())
+}
+
+/// `target`, `target[span...]` or `[span...]`; a target is a Rust path (`orderly::worker`).
+fn valid_selector(selector: &str) -> bool {
+    let selector = selector.trim();
+    let (target, span) = match selector.find('[') {
+        Some(at) => (&selector[..at], Some(&selector[at..])),
+        None => (selector, None),
+    };
+    let target_ok = target.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-' | '.'));
+    let span_ok = span.is_none_or(|s| s.len() > 2 && s.ends_with(']'));
+    target_ok && span_ok && !(target.is_empty() && span.is_none())
+}
+
+/// Hides the secrets of a URL, for logs and `check-config`: the password and every query
+/// value (`https://u:p@host/x?token=abc` → `https://u:<redacted>@host/x?token=<redacted>`)
+/// and the fragment. The user name stays.
+pub fn redact_url(url: &str) -> String {
+    let Ok(mut parsed) = reqwest::Url::parse(url) else {
+        return "<unparseable url>".to_owned();
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some(REDACTED));
+    }
+    if let Some(query) = parsed.query() {
+        let redacted: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) => format!("{name}={REDACTED}"),
+                None if pair.is_empty() => String::new(),
+                None => REDACTED.to_owned(),
+            })
+            .collect();
+        parsed.set_query(Some(&redacted.join("&")));
+    }
+    if parsed.fragment().is_some() {
+        parsed.set_fragment(Some(REDACTED));
+    }
+    // The URL serializer percent-encodes `<` and `>`; the marker reads better as written.
+    parsed.to_string().replace("%3Credacted%3E", REDACTED)
 }
 
 fn describe_figment_error(e: figment::error::Error) -> String {
@@ -316,9 +453,13 @@ fn describe_figment_error(e: figment::error::Error) -> String {
     if key.is_empty() { kind } else { format!("`{key}`: {kind}") }
 }
 
-/// Parses a duration option of an agent (`"30s"`), naming the key on error.
+/// Parses a duration option of an agent (`timeout = "30s"`), naming the key on error. It must
+/// be greater than zero and at most [`MAX_INTERVAL`] (1 day).
 pub fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(value).map_err(|e| ConfigError::invalid(key, format!("`{value}`: {e}")))
+    let duration =
+        humantime::parse_duration(value).map_err(|e| ConfigError::invalid(key, format!("`{value}`: {e}")))?;
+    duration_in(key, duration, None, MAX_INTERVAL)?;
+    Ok(duration)
 }
 
 #[cfg(test)]
@@ -373,5 +514,178 @@ mod tests {
         let shown = s.redacted_toml();
         assert!(!shown.contains("hunter2") && !shown.contains("s3cret") && !shown.contains("t0ken"), "{shown}");
         assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn every_duration_and_size_is_bounded_and_the_error_names_key_and_range() {
+        let err = Settings::from_toml_over_defaults("[worker]\nlease = \"100000000000y\"\n").unwrap_err().to_string();
+        assert!(err.contains("worker.lease") && err.contains("at least 1s and at most 1day"), "{err}");
+        let over = [
+            ("database", "acquire_timeout = \"2d\"", "database.acquire_timeout"),
+            ("database", "max_connections = 10001", "database.max_connections"),
+            ("worker", "lease = \"500ms\"", "worker.lease"),
+            ("worker", "shutdown_grace = \"25h\"", "worker.shutdown_grace"),
+            ("worker", "poll_interval = \"2d\"", "worker.poll_interval"),
+            ("worker", "rescue_interval = \"0s\"", "worker.rescue_interval"),
+            ("worker", "concurrency = 100001", "worker.concurrency"),
+            ("worker", "claim_batch = 100001", "worker.claim_batch"),
+            ("worker", "completer_batch = 0", "worker.completer_batch"),
+            ("worker", "completers = 1001", "worker.completers"),
+            ("worker", "max_rescues = 1000001", "worker.max_rescues"),
+            ("retry", "max_attempts = 1000001", "retry.max_attempts"),
+            ("retry", "backoff_base = \"2d\"\nbackoff_max = \"3d\"", "retry.backoff_base"),
+            ("retry", "backoff_max = \"2d\"", "retry.backoff_max"),
+            ("retry", "backoff_base = \"10s\"\nbackoff_max = \"5s\"", "retry.backoff_max"),
+            ("limits", "max_content_bytes = 1073741825", "limits.max_content_bytes"),
+            ("limits", "max_output_bytes = 1073741825", "limits.max_output_bytes"),
+            ("limits", "max_output_bytes = 0", "limits.max_output_bytes"),
+            ("pruner", "retention = \"101y\"", "pruner.retention"),
+            ("pruner", "interval = \"2d\"", "pruner.interval"),
+            ("pruner", "batch = 100001", "pruner.batch"),
+        ];
+        for (section, line, key) in over {
+            let err = Settings::from_toml_over_defaults(&format!("[{section}]\n{line}\n")).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains("must be"), "{line}: {err}");
+        }
+        let err = Settings::from_toml_over_defaults("[worker]\nconcurrency = 100001\n").unwrap_err().to_string();
+        assert!(err.contains("between 1 and 100000"), "{err}");
+        let err =
+            Settings::from_toml_over_defaults("[limits]\nmax_content_bytes = 1073741825\n").unwrap_err().to_string();
+        assert!(err.contains("between 1 and 1073741824"), "{err}");
+        // The upper bounds themselves are accepted.
+        Settings::from_toml_over_defaults(
+            "[database]\nmax_connections = 10000\nacquire_timeout = \"1d\"\n\
+             [worker]\nlease = \"1d\"\nshutdown_grace = \"0s\"\nconcurrency = 100000\nclaim_batch = 100000\n\
+             completers = 1000\ncompleter_batch = 100000\nmax_rescues = 1000000\nrescue_interval = \"24h\"\n\
+             [retry]\nmax_attempts = 1000000\nbackoff_base = \"1d\"\nbackoff_max = \"1d\"\n\
+             [limits]\nmax_content_bytes = 1073741824\nmax_output_bytes = 1073741824\n\
+             [pruner]\nretention = \"100y\"\ninterval = \"1d\"\nbatch = 100000\n",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn database_url_must_be_a_postgres_url() {
+        let err = Settings::from_toml_over_defaults("[database]\nurl = \"mysql://u@h/x\"\n").unwrap_err();
+        assert!(err.to_string().contains("database.url"), "{err}");
+        let err = Settings::from_toml_over_defaults("[database]\nurl = \"not a url\"\n").unwrap_err();
+        assert!(err.to_string().contains("database.url"), "{err}");
+        Settings::from_toml_over_defaults("[database]\nurl = \"postgresql://u@h/x?sslmode=require\"\n").unwrap();
+    }
+
+    #[test]
+    fn agent_timeouts_must_be_positive_and_at_most_a_day() {
+        let build = |timeout: &str| {
+            let s = Settings::from_toml_over_defaults(&format!(
+                "[agents.a]\nkind = \"http\"\nurl = \"https://a.example/x\"\ntimeout = \"{timeout}\"\n\
+                 [agents.c]\nkind = \"command\"\nprogram = \"/bin/true\"\ntimeout = \"{timeout}\"\n"
+            ))
+            .unwrap();
+            crate::agent::Registry::builtin().build(&s).map(|_| ())
+        };
+        for bad in ["0s", "25h", "100000000000y"] {
+            let err = build(bad).unwrap_err().to_string();
+            assert!(err.contains(".timeout") && err.contains("greater than 0 and at most 1day"), "{bad}: {err}");
+        }
+        build("30s").unwrap();
+        build("1d").unwrap();
+        assert!(parse_duration("agents.x.timeout", "soon").unwrap_err().to_string().contains("agents.x.timeout"));
+    }
+
+    #[test]
+    fn log_level_is_validated_strictly() {
+        for good in [
+            "info",
+            "INFO",
+            "Warn",
+            "off",
+            "info,sqlx=warn",
+            "orderly::worker=debug",
+            "[claim]=trace",
+            "orderly[claim]=debug",
+        ] {
+            let s = Settings::from_toml_over_defaults(&format!("[log]\nlevel = \"{good}\"\n"));
+            assert!(s.is_ok(), "{good}: {:?}", s.err());
+        }
+        for bad in ["verbose", "", "info,", "info,verbose", "sqlx=loud", "=info", "orderly", "a b=info", "5"] {
+            let err =
+                Settings::from_toml_over_defaults(&format!("[log]\nlevel = \"{bad}\"\n")).unwrap_err().to_string();
+            assert!(err.contains("log.level"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn route_keys_keep_their_case_from_toml() {
+        let s = Settings::from_toml_over_defaults("[routes]\nTicket_v2 = \"echo\"\nTICKET = \"echo\"\n").unwrap();
+        assert_eq!(s.routes.keys().collect::<Vec<_>>(), ["TICKET", "Ticket_v2"]);
+    }
+
+    #[test]
+    fn config_env_keys_lower_case_sections_but_keep_route_keys() {
+        assert_eq!(env_key_path("WORKER__CONCURRENCY"), "worker.concurrency");
+        assert_eq!(env_key_path("worker__Poll_Interval"), "worker.poll_interval");
+        assert_eq!(env_key_path("ROUTES__Ticket_v2"), "routes.Ticket_v2");
+        assert_eq!(env_key_path("routes__TICKET"), "routes.TICKET");
+        assert_eq!(env_key_path("AGENTS__TRIAGE__URL"), "agents.triage.url");
+        // What figment's Env provider does with a mapped key: nests it by its dots and
+        // parses the value (environment variables cannot be set here: `unsafe` is forbidden).
+        let mapped = [("ROUTES__Ticket_v2", "echo"), ("WORKER__CONCURRENCY", "7")].into_iter().fold(
+            Figment::from(Toml::string(DEFAULT_TOML)),
+            |f, (key, value)| {
+                let value: figment::value::Value = value.parse().unwrap();
+                f.merge(figment::providers::Serialized::global(&env_key_path(key), value))
+            },
+        );
+        let s = Settings::from_figment(mapped).unwrap();
+        assert_eq!(s.routes.get("Ticket_v2").map(String::as_str), Some("echo"));
+        assert_eq!(s.worker.concurrency, 7);
+    }
+
+    #[test]
+    fn config_secrets_never_show_in_check_config_or_debug() {
+        let s = Settings::from_toml_over_defaults(
+            "[database]\nurl = \"postgres://u:canary-db-pw@db/x?sslpassword=canary-db-query\"\n\
+             [agents.a]\nkind = \"http\"\nurl = \"https://user:canary-http-pw@a.example/x?token=canary-query&b=canary-query2#canary-frag\"\n\
+             headers = { Authorization = \"Bearer canary-header\" }\n\
+             [agents.c]\nkind = \"command\"\nprogram = \"/bin/true\"\nargs = [\"--endpoint\", \"https://h.example/?k=canary-arg\"]\n\
+             env = { API_KEY = \"canary-env\" }\n",
+        )
+        .unwrap();
+        let canaries = [
+            "canary-db-pw",
+            "canary-db-query",
+            "canary-http-pw",
+            "canary-query",
+            "canary-frag",
+            "canary-header",
+            "canary-arg",
+            "canary-env",
+        ];
+        let shown = [s.redacted_toml(), format!("{s:?}"), format!("{s:#?}"), format!("{:?}", s.agents["a"])];
+        for text in &shown {
+            for canary in canaries {
+                assert!(!text.contains(canary), "{canary} in {text}");
+            }
+            assert!(text.contains(REDACTED), "{text}");
+        }
+        // What is not secret still shows.
+        let toml = s.redacted_toml();
+        assert!(toml.contains("postgres://u:<redacted>@db/x?sslpassword=<redacted>"), "{toml}");
+        assert!(toml.contains("Authorization = \"<redacted>\""), "{toml}");
+        assert!(toml.contains("API_KEY = \"<redacted>\""), "{toml}");
+        assert!(toml.contains("https://h.example/?k=<redacted>"), "{toml}");
+        // The settings themselves are untouched.
+        assert!(s.database.url.contains("canary-db-pw"));
+    }
+
+    #[test]
+    fn redact_url_hides_password_query_values_and_fragment() {
+        assert_eq!(
+            redact_url("https://u:p@host/x?token=abc&flag&=v"),
+            "https://u:<redacted>@host/x?token=<redacted>&<redacted>&=<redacted>"
+        );
+        assert_eq!(redact_url("postgres://postgres@127.0.0.1:1/orderly"), "postgres://postgres@127.0.0.1:1/orderly");
+        assert_eq!(redact_url("https://h/x#access_token=abc"), "https://h/x#<redacted>");
+        assert_eq!(redact_url("not a url"), "<unparseable url>");
     }
 }

@@ -221,38 +221,12 @@ fn find_source<'a, T: std::error::Error + 'static>(e: &'a (dyn std::error::Error
 /// The URL as it may be shown: user name, password, query values and fragment are replaced
 /// by `<redacted>` (query keys are kept: `?token=<redacted>`).
 pub(crate) fn redact_url(url: &Url) -> String {
-    const HIDDEN: &str = "<redacted>";
-    let mut shown = format!("{}://", url.scheme());
-    if !url.username().is_empty() || url.password().is_some() {
-        shown.push_str(HIDDEN);
-        if url.password().is_some() {
-            shown.push(':');
-            shown.push_str(HIDDEN);
-        }
-        shown.push('@');
+    // An agent URL's user name is often a token itself; a database URL's is not (config).
+    let mut url = url.clone();
+    if !url.username().is_empty() {
+        let _ = url.set_username("<redacted>");
     }
-    shown.push_str(url.host_str().unwrap_or_default());
-    if let Some(port) = url.port() {
-        shown.push_str(&format!(":{port}"));
-    }
-    shown.push_str(url.path());
-    if let Some(query) = url.query() {
-        let pairs: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((key, _)) => format!("{key}={HIDDEN}"),
-                None if pair.is_empty() => String::new(),
-                None => HIDDEN.to_owned(),
-            })
-            .collect();
-        shown.push('?');
-        shown.push_str(&pairs.join("&"));
-    }
-    if url.fragment().is_some() {
-        shown.push('#');
-        shown.push_str(HIDDEN);
-    }
-    shown
+    crate::config::redact_url(url.as_str())
 }
 
 fn classify(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> Result<Value, AgentError> {

@@ -22,7 +22,6 @@ use uuid::Uuid;
 
 pub use command::CommandAgent;
 pub use http::HttpAgent;
-pub(crate) use http::redact_url;
 
 /// A boxed future, so executors can live behind `dyn Executor`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -36,6 +36,7 @@ async fn check_config_names_bad_keys_and_redacts_secrets() {
         .args(["--config", good.to_str().unwrap(), "check-config"])
         .env("DATABASE_URL", "postgres://u:hunter2@localhost/x")
         .env("ORDERLY__WORKER__CONCURRENCY", "7")
+        .env("ORDERLY__ROUTES__Ticket_v2", "triage")
         .output()
         .unwrap();
     let shown = text(&out);
@@ -43,6 +44,7 @@ async fn check_config_names_bad_keys_and_redacts_secrets() {
     assert!(!shown.contains("hunter2") && !shown.contains("topsecret"), "{shown}");
     assert!(shown.contains("concurrency = 7"), "environment layers over the file: {shown}");
     assert!(shown.contains("TICKET = \"triage\""), "{shown}");
+    assert!(shown.contains("Ticket_v2 = \"triage\""), "route keys from the environment keep their case: {shown}");
 
     let out = Command::new(env!("CARGO_BIN_EXE_orderly"))
         .args(["check-config"])
@@ -51,6 +53,14 @@ async fn check_config_names_bad_keys_and_redacts_secrets() {
         .unwrap();
     assert!(!out.status.success());
     assert!(text(&out).contains("poll_interval"), "{}", text(&out));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_orderly"))
+        .args(["check-config"])
+        .env("ORDERLY__WORKER__LEASE", "100000000000y")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("worker.lease"), "{}", text(&out));
 }
 
 #[tokio::test]
