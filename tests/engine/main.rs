@@ -6,6 +6,7 @@ mod common;
 
 mod agents;
 mod cli;
+mod clients;
 mod dead_letters;
 mod durability;
 mod flow;
