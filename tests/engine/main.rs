@@ -6,6 +6,7 @@ mod common;
 
 mod agents;
 mod cli;
+mod clients;
 mod command_agent;
 mod dead_letters;
 mod durability;
