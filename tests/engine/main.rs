@@ -14,5 +14,6 @@ mod flow;
 mod http_addresses;
 mod input;
 mod plans;
+mod poison;
 mod pruner;
 mod review;

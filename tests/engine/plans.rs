@@ -103,7 +103,7 @@ async fn hot_statements_use_indexes_not_table_scans() {
          -- history) say both partial indexes are empty; no hot statement may trust that.
          UPDATE work_items SET status = 'QUEUED' WHERE id IN (
              SELECT id FROM work_items ORDER BY id LIMIT 20000);
-         UPDATE work_items SET status = 'PROCESSING', attempt = 1 WHERE id IN (
+         UPDATE work_items SET status = 'PROCESSING', attempt = 1, lease_expires_at = now() + interval '1 minute' WHERE id IN (
              SELECT id FROM work_items WHERE status = 'QUEUED' LIMIT 1000);",
     )
     .execute(&db.pool)
@@ -130,7 +130,7 @@ async fn hot_statements_use_indexes_not_table_scans() {
         .unwrap();
     let id_array = uuid_array(&ids);
     let mut args = vec![id_array.clone(), "ARRAY[1,1,1]".into()];
-    args.extend(std::iter::repeat_n("'{}'".to_owned(), 33));
+    args.extend(std::iter::repeat_n("'{}'".to_owned(), 34));
     let complete = explain(
         &db,
         format!("PREPARE complete({COMPLETE_PARAM_TYPES}) AS {COMPLETE_SQL}"),
