@@ -215,8 +215,8 @@ fn redact_option(key: &str, value: &Value) -> Value {
         // Numbers and flags such as `max_tokens = 1000` are not secrets.
         Value::Bool(_) | Value::Number(_) | Value::Null => value.clone(),
         _ if secret_name || lower == "headers" || lower == "env" => Value::String(REDACTED.into()),
-        Value::String(text) if lower == "url" => Value::String(redact_url(text)),
-        Value::String(text) if looks_like_url(text) => Value::String(redact_url(text)),
+        Value::String(text) if lower == "url" => Value::String(redact_agent_url(text)),
+        Value::String(text) if looks_like_url(text) => Value::String(redact_agent_url(text)),
         Value::Array(items) => Value::Array(items.iter().map(|item| redact_option("", item)).collect()),
         Value::Object(map) => map.iter().map(|(k, v)| (k.clone(), redact_option(k, v))).collect(),
         other => other.clone(),
@@ -445,6 +445,18 @@ pub fn redact_url(url: &str) -> String {
     }
     // The URL serializer percent-encodes `<` and `>`; the marker reads better as written.
     parsed.to_string().replace("%3Credacted%3E", REDACTED)
+}
+
+/// [`redact_url`] for the URLs agents call: their user name is often a token itself (a
+/// database URL's is a role name, and shown).
+pub fn redact_agent_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if !parsed.username().is_empty() => {
+            let _ = parsed.set_username(REDACTED);
+            redact_url(parsed.as_str())
+        }
+        _ => redact_url(url),
+    }
 }
 
 fn describe_figment_error(e: figment::error::Error) -> String {

@@ -221,12 +221,7 @@ fn find_source<'a, T: std::error::Error + 'static>(e: &'a (dyn std::error::Error
 /// The URL as it may be shown: user name, password, query values and fragment are replaced
 /// by `<redacted>` (query keys are kept: `?token=<redacted>`).
 pub(crate) fn redact_url(url: &Url) -> String {
-    // An agent URL's user name is often a token itself; a database URL's is not (config).
-    let mut url = url.clone();
-    if !url.username().is_empty() {
-        let _ = url.set_username("<redacted>");
-    }
-    crate::config::redact_url(url.as_str())
+    crate::config::redact_agent_url(url.as_str())
 }
 
 fn classify(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> Result<Value, AgentError> {

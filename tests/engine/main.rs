@@ -17,3 +17,4 @@ mod plans;
 mod poison;
 mod pruner;
 mod review;
+mod secrets;
