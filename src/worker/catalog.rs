@@ -236,6 +236,17 @@ pub fn resolve_step(
             format!("workflow template `{workflow_id}` step {item_type}: max_attempts must be at least 1"),
         ));
     }
+    if let Some(timeout) = step.timeout
+        && (timeout.is_zero() || timeout > crate::config::MAX_INTERVAL)
+    {
+        return Err(RouteError::invalid(
+            ErrorCode::WorkflowInvalid,
+            format!(
+                "workflow template `{workflow_id}` step {item_type}: timeout must be greater than 0 and at most {}",
+                humantime::format_duration(crate::config::MAX_INTERVAL)
+            ),
+        ));
+    }
     Ok(Step {
         agent,
         timeout: step.timeout,
@@ -285,6 +296,12 @@ mod tests {
             resolve_step(Some(&bad), "wf", "TICKET", &settings()).unwrap_err().code(),
             ErrorCode::WorkflowInvalid
         );
+        for timeout in ["0s", "2d"] {
+            let bad = json!({"steps": {"TICKET": {"agent": "triage", "timeout": timeout}}});
+            let err = resolve_step(Some(&bad), "wf", "TICKET", &settings()).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::WorkflowInvalid, "{timeout}");
+            assert!(err.to_string().contains("timeout"), "{err}");
+        }
         let ghost = json!({"steps": {"TICKET": {"agent": "ghost"}}});
         assert_eq!(
             resolve_step(Some(&ghost), "wf", "TICKET", &settings()).unwrap_err().code(),
