@@ -6,7 +6,7 @@ use crate::agent::Registry;
 use crate::config::Settings;
 use crate::db;
 use crate::maintenance::{leader, pruner::Pruner, rescuer::Rescuer};
-use crate::worker::catalog::Catalog;
+use crate::rules::catalog::Catalog;
 use crate::worker::completer::Completer;
 use crate::worker::dispatcher::Dispatcher;
 use crate::worker::runner::RunContext;

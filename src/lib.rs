@@ -3,19 +3,21 @@
 //! Data flows one way: a row inserted by an upstream → claimed (`worker::dispatcher`) →
 //! executed by an agent (`agent`, `worker::runner`) → evaluated and approved
 //! (`worker::review`) → recorded by the only writer after a run (`worker::completer`). `daemon`
-//! composes the pieces; `db` holds every SQL statement; `model` is the shared vocabulary.
+//! composes the pieces; `db` holds every SQL statement; `model` is the shared vocabulary;
+//! `rules` (routing catalog, state rules) is read by the hot path, the rescuer and operators
+//! alike; `cmd` holds the subcommands and `actions` what operators do through any surface.
 
+pub mod actions;
 pub mod agent;
-pub mod bench;
 pub mod cli;
+pub mod cmd;
 pub mod config;
 pub mod daemon;
 pub mod db;
-pub mod demo;
 pub mod failpoint;
 pub mod maintenance;
 pub mod model;
-pub mod ops;
+pub mod rules;
 pub mod telemetry;
 pub mod worker;
 
@@ -28,22 +30,22 @@ pub async fn run_command(
 ) -> anyhow::Result<()> {
     use cli::Command;
     match command {
-        Command::Migrate => ops::migrate(&settings).await,
+        Command::Migrate => cmd::migrate::run(&settings).await,
         Command::Run => {
             if settings.database.migrate_on_start {
                 db::ensure_database(&settings.database.url)
                     .await
-                    .map_err(|e| ops::unreachable_hint(&settings.database.url, e))?;
+                    .map_err(|e| cmd::unreachable_hint(&settings.database.url, e))?;
             }
             daemon::run(settings, &registry).await
         }
-        Command::Demo(args) => demo::run(settings, args).await,
-        Command::Enqueue(args) => ops::enqueue(&settings, args).await,
-        Command::Status { json } => ops::status(&settings, json).await,
-        Command::DeadLetters(command) => ops::dead_letters(&settings, command).await,
-        Command::Approve(args) => ops::decide(&settings, model::Decision::Approved, args).await,
-        Command::Reject(args) => ops::decide(&settings, model::Decision::Rejected, args).await,
-        Command::CheckConfig => ops::check_config(&settings, &registry),
-        Command::Bench(args) => bench::run(settings, args).await,
+        Command::Demo(args) => cmd::demo::run(settings, args).await,
+        Command::Enqueue(args) => cmd::enqueue::run(&settings, args).await,
+        Command::Status { json } => cmd::status::run(&settings, json).await,
+        Command::DeadLetters(command) => cmd::dead_letters::run(&settings, command).await,
+        Command::Approve(args) => cmd::decide::run(&settings, model::Decision::Approved, args).await,
+        Command::Reject(args) => cmd::decide::run(&settings, model::Decision::Rejected, args).await,
+        Command::CheckConfig => cmd::check_config::run(&settings, &registry),
+        Command::Bench(args) => cmd::bench::run(settings, args).await,
     }
 }

@@ -157,7 +157,7 @@ pub struct ApprovalRecord {
     pub policy_version: String,
 }
 
-/// What happens to the item after an attempt (decided by `worker::decision`).
+/// What happens to the item after an attempt (decided by `rules::decision`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum NextState {
     /// Approved output: the item is COMPLETED with this result.

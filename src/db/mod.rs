@@ -1,10 +1,14 @@
 //! Every SQL statement orderly runs, one named function each. Nothing outside `db` touches
 //! SQL. Enum columns are bound as text and cast in SQL, so `model` stays free of sqlx.
 
+pub mod approvals;
+mod audit;
 pub mod bench;
 pub mod catalog;
+pub mod dead_letters;
+pub mod demo;
 pub mod maintenance;
-pub mod ops;
+pub mod orders;
 pub mod queue;
 
 use crate::config::DatabaseSettings;
@@ -14,6 +18,21 @@ use sqlx::{PgPool, Postgres};
 use std::str::FromStr;
 
 pub use sqlx::Error as DbError;
+
+/// Why an operator's statement did nothing. `NotFound` and `Conflict` are the operator's to
+/// fix; `Unavailable` and `Db` may pass on a retry.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: uuid::Uuid },
+    #[error("{0}")]
+    Conflict(String),
+    /// A read the decision needs failed for now (the database is restarting, say).
+    #[error("{0}; nothing was changed, try again")]
+    Unavailable(String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
 
 /// The channel the NOTIFY trigger on `work_items` signals (migrations/0002).
 pub const WORK_CHANNEL: &str = "orderly_work";

@@ -1,9 +1,9 @@
 //! After a successful execution: run the step's evaluators (writing `eval_results`) and let
 //! the approval policy turn their results into one decision (`approval_events`).
 
-use super::catalog::{JSON_SCHEMA, SchemaState};
 use crate::config::PolicyKind;
 use crate::model::{ApprovalRecord, Decision, EvalRecord};
+use crate::rules::catalog::{JSON_SCHEMA, SchemaState};
 use serde_json::{Value, json};
 
 /// Most validation errors kept in an eval's metrics.

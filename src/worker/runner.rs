@@ -2,8 +2,6 @@
 //! time limit, review the output, decide the next state. Produces a [`Completion`] for the
 //! completer; never writes to the database itself.
 
-use super::catalog::{Catalog, ContentFormat, JSON_SCHEMA, RouteError, SchemaState};
-use super::decision::{self, Backoff, Budget, Outcome};
 use super::review;
 use crate::agent::{
     AgentError, AgentRequest, Agents, AttemptView, ContextView, MemDocView, WorkItemView, WorkOrderView,
@@ -12,6 +10,8 @@ use crate::config::Settings;
 use crate::db::queue::{ClaimedItem, MemDoc};
 use crate::failpoint::CatchUnwind;
 use crate::model::{AttemptStatus, Completion, Decision, ErrorCode, ErrorInfo, NextState};
+use crate::rules::catalog::{Catalog, ContentFormat, JSON_SCHEMA, RouteError, SchemaState};
+use crate::rules::decision::{self, Backoff, Budget, Outcome};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Instant;

@@ -1,7 +1,7 @@
 //! Dead letters: replay with a fresh budget (optionally new content), discard, both audited.
 
 use crate::common::*;
-use orderly::db::ops;
+use orderly::db;
 use uuid::Uuid;
 
 async fn open_letter_id(db: &TestDb, item: Uuid) -> Uuid {
@@ -22,12 +22,12 @@ async fn replay_with_fixed_content_completes_the_item_and_is_audited() {
     assert_eq!(order_status(&db.pool, order).await, "FAILED");
     let letter = open_letter_id(&db, item).await;
 
-    let detail = ops::dead_letter(&db.pool, letter).await.unwrap();
+    let detail = db::dead_letters::get(&db.pool, letter).await.unwrap();
     assert_eq!(detail.dead_letter.error_code.as_deref(), Some("CONTENT_INVALID_JSON"));
     assert_eq!(detail.attempts.len(), 1);
     assert_eq!(detail.payload["work_item_id"], item.to_string());
 
-    ops::replay_dead_letter(&db.pool, letter, Some(r#"{"fixed":true}"#), "alice").await.unwrap();
+    db::dead_letters::replay(&db.pool, letter, Some(r#"{"fixed":true}"#), "alice").await.unwrap();
     wait_for_status(&db.pool, item, "COMPLETED").await;
     stop(engine).await;
 
@@ -49,7 +49,7 @@ async fn replay_with_fixed_content_completes_the_item_and_is_audited() {
             .unwrap();
     assert_eq!((actor.as_str(), action.as_str()), ("alice", "dead_letter.replay"));
     // A processed dead letter cannot be replayed twice.
-    assert!(matches!(ops::replay_dead_letter(&db.pool, letter, None, "alice").await, Err(ops::OpsError::Conflict(_))));
+    assert!(matches!(db::dead_letters::replay(&db.pool, letter, None, "alice").await, Err(db::OpsError::Conflict(_))));
 }
 
 #[tokio::test]
@@ -62,7 +62,7 @@ async fn replay_gives_a_fresh_attempt_budget() {
     let engine = db.engine(config).await;
     wait_for_status(&db.pool, item, "FAILED").await;
     let letter = open_letter_id(&db, item).await;
-    ops::replay_dead_letter(&db.pool, letter, None, "bob").await.unwrap();
+    db::dead_letters::replay(&db.pool, letter, None, "bob").await.unwrap();
     wait_until("a second dead letter", std::time::Duration::from_secs(20), || async {
         count(&db.pool, "SELECT count(*) FROM dead_letters").await == 2
     })
@@ -81,7 +81,7 @@ async fn discard_closes_the_letter_and_keeps_the_item_failed() {
     wait_for_status(&db.pool, item, "FAILED").await;
     stop(engine).await;
     let letter = open_letter_id(&db, item).await;
-    ops::discard_dead_letter(&db.pool, letter, "carol", Some("duplicate of another order")).await.unwrap();
+    db::dead_letters::discard(&db.pool, letter, "carol", Some("duplicate of another order")).await.unwrap();
     assert_eq!(item_status(&db.pool, item).await, "FAILED");
     assert!(dead_letter(&db.pool, item).await.is_none());
     let details: serde_json::Value =
@@ -90,5 +90,5 @@ async fn discard_closes_the_letter_and_keeps_the_item_failed() {
             .await
             .unwrap();
     assert_eq!(details["reason"], "duplicate of another order");
-    assert!(matches!(ops::dead_letter(&db.pool, Uuid::new_v4()).await, Err(ops::OpsError::NotFound(_))));
+    assert!(matches!(db::dead_letters::get(&db.pool, Uuid::new_v4()).await, Err(db::OpsError::NotFound { .. })));
 }

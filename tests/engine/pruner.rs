@@ -2,7 +2,7 @@
 //! live, recent or waiting for an operator stays.
 
 use crate::common::*;
-use orderly::db::ops;
+use orderly::db;
 use orderly::maintenance::pruner::{PruneReport, Pruner};
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -96,7 +96,7 @@ async fn the_pruner_deletes_finished_orders_past_retention_and_nothing_else() {
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    ops::discard_dead_letter(&db.pool, letter, "carol", None).await.unwrap();
+    db::dead_letters::discard(&db.pool, letter, "carol", None).await.unwrap();
     let new_item = insert_item(&db.pool, old_reused, "TICKET", "{}").await;
     age(&db.pool, &[old_done, old_discarded, old_open_letter, old_reused]).await;
     assert_eq!(order_status(&db.pool, old_reused).await, "COMPLETED", "an INSERT alone does not roll the order up");

@@ -3,9 +3,8 @@
 
 use crate::cli::{orderly, text};
 use crate::common::*;
-use orderly::db::ops::OpsError;
+use orderly::db::OpsError;
 use orderly::model::{Decision, NextState};
-use orderly::ops;
 use serde_json::json;
 
 async fn add_ticket_schema(db: &TestDb) {
@@ -216,7 +215,9 @@ async fn a_human_approves_a_held_item_once() {
 
     let settings = std::sync::Arc::new(db.settings(""));
     let next =
-        ops::decide_held(&db.pool, &settings, item, Decision::Approved, "dana", Some("looks right")).await.unwrap();
+        orderly::actions::decide_held(&db.pool, &settings, item, Decision::Approved, "dana", Some("looks right"))
+            .await
+            .unwrap();
     assert_eq!(next, NextState::Completed);
     assert_eq!(item_status(&db.pool, item).await, "COMPLETED");
     assert_eq!(order_status(&db.pool, order).await, "COMPLETED", "the order rolls up");
@@ -241,10 +242,12 @@ async fn a_human_approves_a_held_item_once() {
     assert_eq!(audited, 1);
 
     // A second decision, and a decision on something not held, are refused and change nothing.
-    let again = ops::decide_held(&db.pool, &settings, item, Decision::Rejected, "erin", None).await;
+    let again = orderly::actions::decide_held(&db.pool, &settings, item, Decision::Rejected, "erin", None).await;
     assert!(matches!(again, Err(OpsError::Conflict(_))), "{again:?}");
-    let unknown = ops::decide_held(&db.pool, &settings, uuid::Uuid::new_v4(), Decision::Approved, "erin", None).await;
-    assert!(matches!(unknown, Err(OpsError::NotFound(_))), "{unknown:?}");
+    let unknown =
+        orderly::actions::decide_held(&db.pool, &settings, uuid::Uuid::new_v4(), Decision::Approved, "erin", None)
+            .await;
+    assert!(matches!(unknown, Err(OpsError::NotFound { .. })), "{unknown:?}");
     assert_eq!(approvals(&db, item).await.len(), 2);
 }
 
@@ -259,7 +262,9 @@ async fn a_human_rejection_retries_then_dead_letters() {
 
     // First rejection: the attempt fails, the item runs again after the backoff (and the
     // same output is held again).
-    let next = ops::decide_held(&db.pool, &settings, item, Decision::Rejected, "dana", Some("wrong customer")).await;
+    let next =
+        orderly::actions::decide_held(&db.pool, &settings, item, Decision::Rejected, "dana", Some("wrong customer"))
+            .await;
     assert!(matches!(next, Ok(NextState::Retry { .. })), "{next:?}");
     wait_until("the second attempt to be held", std::time::Duration::from_secs(20), || async {
         attempts(&db.pool, item).await.len() == 2 && item_status(&db.pool, item).await == "AWAITING_APPROVAL"
@@ -267,7 +272,7 @@ async fn a_human_rejection_retries_then_dead_letters() {
     .await;
 
     // Second rejection: the budget is spent, the item is dead-lettered.
-    let next = ops::decide_held(&db.pool, &settings, item, Decision::Rejected, "dana", None).await;
+    let next = orderly::actions::decide_held(&db.pool, &settings, item, Decision::Rejected, "dana", None).await;
     assert!(matches!(next, Ok(NextState::DeadLetter { .. })), "{next:?}");
     stop(engine).await;
     assert_eq!(item_status(&db.pool, item).await, "FAILED");

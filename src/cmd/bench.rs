@@ -4,10 +4,10 @@
 //! policy, roll-ups), and report throughput, latencies, the daemon's RSS and CPU, and the
 //! database's work per item. Reports figures; asserts nothing.
 
+use super::unreachable_hint;
 use crate::cli::BenchArgs;
 use crate::config::Settings;
 use crate::db;
-use crate::ops::unreachable_hint;
 use anyhow::Context;
 use serde::Serialize;
 use sqlx::PgPool;

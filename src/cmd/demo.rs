@@ -3,12 +3,12 @@
 //! one that is sometimes too slow, one answering garbage), enqueues realistic work orders with
 //! plain INSERTs, runs the engine, shows progress and ends with a summary.
 
+use super::unreachable_hint;
 use crate::agent::Registry;
 use crate::cli::DemoArgs;
 use crate::config::Settings;
 use crate::daemon::Engine;
 use crate::db;
-use crate::ops::unreachable_hint;
 use anyhow::Context;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
@@ -159,7 +159,7 @@ async fn seed_catalog(pool: &PgPool) -> anyhow::Result<()> {
         "required": ["vendor", "total", "currency"],
         "properties": {"vendor": {"type": "string"}, "total": {"type": "number"}, "currency": {"type": "string"}}
     });
-    db::ops::seed_demo_catalog(
+    db::demo::seed_demo_catalog(
         pool,
         invoice_schema,
         json!({"steps": {"INVOICE": {"agent": "extractor", "approval": "require_passing_evals"}}}),
@@ -194,7 +194,7 @@ async fn enqueue_orders(pool: &PgPool, orders: usize) -> anyhow::Result<i64> {
             })
             .collect();
         total += items.len() as i64;
-        db::ops::insert_order_sql(pool, workflow, priority, &items).await?;
+        db::demo::insert_order_sql(pool, workflow, priority, &items).await?;
     }
     Ok(total)
 }
@@ -213,7 +213,7 @@ async fn show_progress(pool: &PgPool, total: i64) -> anyhow::Result<()> {
     });
     let mut last_line = Instant::now() - Duration::from_secs(2);
     loop {
-        let p = db::ops::demo_progress(pool).await?;
+        let p = db::demo::demo_progress(pool).await?;
         let finished = p.completed + p.failed + p.awaiting;
         let msg = format!(
             "completed {} · dead-lettered {} · retrying {} · running {}",
@@ -242,7 +242,7 @@ async fn show_progress(pool: &PgPool, total: i64) -> anyhow::Result<()> {
 }
 
 async fn print_summary(pool: &PgPool, elapsed: Duration) -> anyhow::Result<()> {
-    let s = db::ops::demo_summary(pool).await?;
+    let s = db::demo::demo_summary(pool).await?;
     let rate = s.items as f64 / elapsed.as_secs_f64();
     println!(
         "\norderly demo summary ({} items, {} work orders, {:.1}s, {:.0} items/s)",

@@ -1,0 +1,113 @@
+//! `orderly dead-letters list | show | replay | discard`.
+
+use super::{actor, connect};
+use crate::cli::DeadLetterCommand;
+use crate::config::Settings;
+use crate::db;
+use anyhow::Context;
+
+pub async fn run(settings: &Settings, command: DeadLetterCommand) -> anyhow::Result<()> {
+    let pool = connect(settings).await?;
+    match command {
+        DeadLetterCommand::List { all, limit, json } => {
+            let rows = db::dead_letters::list(&pool, all, limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
+            if rows.is_empty() {
+                println!("no dead letters");
+            }
+            for row in rows {
+                println!(
+                    "{}  {:<14} {:<18} {:<24} tries {:<3} {}{}",
+                    row.id,
+                    row.event_type,
+                    row.reason.as_deref().map(describe_reason).unwrap_or("?"),
+                    row.error_code.as_deref().unwrap_or("-"),
+                    row.retry_count,
+                    row.created_at.format("%Y-%m-%d %H:%M:%S"),
+                    row.resolution.map(|r| format!("  [{r}]")).unwrap_or_default(),
+                );
+            }
+        }
+        DeadLetterCommand::Show { id, json } => {
+            let detail = db::dead_letters::get(&pool, id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&detail)?);
+                return Ok(());
+            }
+            let d = &detail.dead_letter;
+            println!("dead letter {}", d.id);
+            println!("  kind:        {}", d.reason.as_deref().map(describe_reason).unwrap_or("?"));
+            println!("  error code:  {}", d.error_code.as_deref().unwrap_or("-"));
+            println!("  error:       {}", d.error);
+            println!("  attempts:    {}", d.retry_count);
+            println!("  agent:       {}", d.source);
+            println!("  created:     {}", d.created_at);
+            if let Some(resolution) = &d.resolution {
+                println!(
+                    "  resolution:  {resolution} at {}",
+                    d.processed_at.map(|t| t.to_string()).unwrap_or_default()
+                );
+            }
+            println!("\nitem:\n{}", serde_json::to_string_pretty(&detail.item)?);
+            println!("\nattempts:");
+            for a in &detail.attempts {
+                println!(
+                    "  #{} {} agent={} {}ms {} {}",
+                    a["number"],
+                    a["status"].as_str().unwrap_or("?"),
+                    a["agent"].as_str().unwrap_or("?"),
+                    a["duration_ms"],
+                    a["error_code"].as_str().unwrap_or(""),
+                    a["error"].as_str().unwrap_or("")
+                );
+            }
+            println!("\neval results:");
+            for e in &detail.eval_results {
+                println!(
+                    "  {} passed={} score={} {}",
+                    e["evaluation_type"].as_str().unwrap_or("?"),
+                    e["passed"],
+                    e["score"],
+                    e["metrics"]
+                );
+            }
+            println!("\napprovals:");
+            for a in &detail.approvals {
+                println!(
+                    "  {} by {} ({})",
+                    a["decision"].as_str().unwrap_or("?"),
+                    a["approver_id"].as_str().unwrap_or("?"),
+                    a["policy_version"].as_str().unwrap_or("?")
+                );
+            }
+            println!("\npayload:\n{}", serde_json::to_string_pretty(&detail.payload)?);
+        }
+        DeadLetterCommand::Replay { id, content, actor: who } => {
+            let content = match content {
+                Some(path) => {
+                    Some(std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?)
+                }
+                None => None,
+            };
+            let item = db::dead_letters::replay(&pool, id, content.as_deref(), &actor(who)).await?;
+            println!("replayed: work item {item} is QUEUED with a fresh attempt budget");
+        }
+        DeadLetterCommand::Discard { id, reason, actor: who } => {
+            let item = db::dead_letters::discard(&pool, id, &actor(who), reason.as_deref()).await?;
+            println!("discarded: work item {item} stays FAILED");
+        }
+    }
+    Ok(())
+}
+
+fn describe_reason(reason: &str) -> &'static str {
+    match reason {
+        "PERMANENT" => "permanent error",
+        "RETRIES_EXHAUSTED" => "retries exhausted",
+        "CRASH_LOOP" => "crash loop",
+        _ => "unknown",
+    }
+}

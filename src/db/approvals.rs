@@ -1,0 +1,155 @@
+//! Human decisions on items held in AWAITING_APPROVAL.
+
+use super::OpsError;
+use super::audit::audit;
+use crate::model::{Decision, ErrorCode, NextState};
+use serde_json::json;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+/// An item waiting in AWAITING_APPROVAL, as a human decision needs it.
+#[derive(Debug, Clone)]
+pub struct HeldItem {
+    pub id: Uuid,
+    pub work_order_id: Uuid,
+    pub workflow_id: String,
+    pub item_type: String,
+    /// The held attempt: the decision is for this one only.
+    pub attempt: i32,
+    pub attempt_base: i32,
+    pub max_attempts: Option<i32>,
+}
+
+/// The item, if it is waiting for a human decision.
+pub async fn held_item(pool: &PgPool, id: Uuid) -> Result<HeldItem, OpsError> {
+    let row = sqlx::query(
+        "SELECT i.id, i.work_order_id, o.workflow_id, i.type::text AS item_type, i.status::text AS status,
+                i.attempt, i.attempt_base, i.max_attempts
+         FROM work_items i JOIN work_orders o ON o.id = i.work_order_id WHERE i.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| OpsError::NotFound { what: "work item", id })?;
+    let status: String = row.try_get("status")?;
+    if status != "AWAITING_APPROVAL" {
+        return Err(OpsError::Conflict(format!("work item {id} is {status}, not AWAITING_APPROVAL")));
+    }
+    Ok(HeldItem {
+        id,
+        work_order_id: row.try_get("work_order_id")?,
+        workflow_id: row.try_get("workflow_id")?,
+        item_type: row.try_get("item_type")?,
+        attempt: row.try_get("attempt")?,
+        attempt_base: row.try_get("attempt_base")?,
+        max_attempts: row.try_get("max_attempts")?,
+    })
+}
+
+/// A human's decision on a held item, and what it does to the item.
+#[derive(Debug, Clone)]
+pub struct HumanDecision<'a> {
+    pub decision: Decision,
+    pub next: NextState,
+    pub actor: &'a str,
+    pub reason: Option<&'a str>,
+    /// Attempts counted against the item's budget (for a dead letter's retry count).
+    pub attempts_used: i32,
+}
+
+/// Writes a human decision on `item`'s held attempt in one transaction: the `HUMAN`
+/// approval event, the item's next state (COMPLETED; or, rejected, QUEUED for a retry or
+/// FAILED with a dead letter, the attempt then marked FAILED with `APPROVAL_REJECTED` as the
+/// policy's own rejection would have been), the order's roll-up and an audit row. The item
+/// is locked and must still be held at the same attempt, so two operators deciding at once
+/// get one decision and one conflict.
+pub async fn record_human_decision(pool: &PgPool, item: &HeldItem, human: &HumanDecision<'_>) -> Result<(), OpsError> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query(
+        "SELECT a.id AS attempt_id, a.agent_id,
+                (SELECT p.policy_version FROM approval_events p
+                 WHERE p.work_item_id = i.id AND p.attempt_id = a.id AND p.source = 'POLICY') AS policy_version
+         FROM work_items i JOIN attempts a ON a.work_item_id = i.id AND a.attempt_number = i.attempt
+         WHERE i.id = $1 AND i.attempt = $2 AND i.status = 'AWAITING_APPROVAL'
+         FOR UPDATE OF i",
+    )
+    .bind(item.id)
+    .bind(item.attempt)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| OpsError::Conflict(format!("work item {} is no longer awaiting approval", item.id)))?;
+    let attempt_id: Uuid = row.try_get("attempt_id")?;
+    let agent: String = row.try_get("agent_id")?;
+    let policy_version: Option<String> = row.try_get("policy_version")?;
+    sqlx::query(
+        "INSERT INTO approval_events (work_item_id, attempt_id, approver_id, decision, reason, policy_version, source)
+         VALUES ($1, $2, $3, $4::approval_decision, $5, $6, 'HUMAN')",
+    )
+    .bind(item.id)
+    .bind(attempt_id)
+    .bind(human.actor)
+    .bind(human.decision.as_str())
+    .bind(human.reason)
+    .bind(policy_version.as_deref().unwrap_or("human"))
+    .execute(&mut *tx)
+    .await?;
+    let error = (human.decision == Decision::Rejected)
+        .then(|| format!("rejected by {}{}", human.actor, human.reason.map(|r| format!(": {r}")).unwrap_or_default()));
+    if let Some(message) = &error {
+        sqlx::query("UPDATE attempts SET status = 'FAILED', error = $2, error_code = $3 WHERE id = $1")
+            .bind(attempt_id)
+            .bind(message)
+            .bind(ErrorCode::ApprovalRejected.as_str())
+            .execute(&mut *tx)
+            .await?;
+    }
+    let delay_ms = match human.next {
+        NextState::Retry { delay_ms } => delay_ms,
+        _ => 0,
+    };
+    sqlx::query(
+        "UPDATE work_items SET status = $2::work_item_status,
+                processed_at = CASE WHEN $2 IN ('COMPLETED', 'FAILED') THEN now() END,
+                run_at = CASE WHEN $2 = 'QUEUED' THEN now() + $3 * interval '1 millisecond' ELSE run_at END,
+                last_error = $4, last_error_code = $5
+         WHERE id = $1",
+    )
+    .bind(item.id)
+    .bind(human.next.item_status().as_str())
+    .bind(delay_ms as f64)
+    .bind(error.as_deref())
+    .bind(error.as_ref().map(|_| ErrorCode::ApprovalRejected.as_str()))
+    .execute(&mut *tx)
+    .await?;
+    if let NextState::DeadLetter { reason } = human.next {
+        sqlx::query(
+            "INSERT INTO dead_letters (work_item_id, source, event_type, payload, error, error_code, reason, retry_count)
+             VALUES ($1, $2, $3, jsonb_build_object('work_item_id', $1, 'work_order_id', $4::uuid, 'type', $3,
+                                                    'attempt', $5::int, 'error_code', $6, 'agent', $2),
+                     $7, $6, $8::dead_letter_reason, $9)",
+        )
+        .bind(item.id)
+        .bind(&agent)
+        .bind(&item.item_type)
+        .bind(item.work_order_id)
+        .bind(item.attempt)
+        .bind(ErrorCode::ApprovalRejected.as_str())
+        .bind(error.as_deref().unwrap_or_default())
+        .bind(reason.as_str())
+        .bind(human.attempts_used)
+        .execute(&mut *tx)
+        .await?;
+    }
+    super::queue::roll_up_orders(&mut tx, &[item.work_order_id]).await?;
+    let action = if human.decision == Decision::Approved { "approval.approve" } else { "approval.reject" };
+    audit(
+        &mut tx,
+        human.actor,
+        action,
+        ("work_item", item.id),
+        json!({ "attempt": item.attempt, "reason": human.reason, "status": human.next.item_status().as_str() }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}

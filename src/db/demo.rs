@@ -1,0 +1,162 @@
+//! The demo's fixtures: its catalog (a schema, two workflow templates), its upstream INSERTs,
+//! and the counts its progress bar and summary show.
+
+use serde_json::Value;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+/// The demo's catalog: a JSON Schema for INVOICE outputs and two workflow templates.
+pub async fn seed_demo_catalog(
+    pool: &PgPool,
+    invoice_schema: Value,
+    invoice_review: Value,
+    legacy_reports: Value,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("INSERT INTO schemas (name, version, document_type, schema_definition) VALUES ('invoice-extraction', '1', 'INVOICE', $1)")
+        .bind(invoice_schema)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO workflow_templates (name, description, document_type, workflow_definition)
+         VALUES ('invoice-review', 'invoices must pass their schema', 'INVOICE', $1),
+                ('legacy-reports', 'reports through the legacy agent', 'STATUS_REPORT', $2)",
+    )
+    .bind(invoice_review)
+    .bind(legacy_reports)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// Inserts an order and its items exactly as an upstream would (two plain INSERTs).
+pub async fn insert_order_sql(
+    pool: &PgPool,
+    workflow: &str,
+    priority: &str,
+    items: &[(&str, String)],
+) -> Result<Uuid, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let order: Uuid = sqlx::query_scalar(
+        "INSERT INTO work_orders (workflow_id, tenant_id, created_by, priority)
+         VALUES ($1, gen_random_uuid(), gen_random_uuid(), $2::priority) RETURNING id",
+    )
+    .bind(workflow)
+    .bind(priority)
+    .fetch_one(&mut *tx)
+    .await?;
+    for (item_type, content) in items {
+        sqlx::query("INSERT INTO work_items (work_order_id, type, content) VALUES ($1, $2::work_item_type, $3)")
+            .bind(order)
+            .bind(item_type)
+            .bind(content)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(order)
+}
+
+#[derive(Debug, Default)]
+pub struct DemoProgress {
+    pub completed: i64,
+    pub failed: i64,
+    pub awaiting: i64,
+    pub queued_now: i64,
+    pub retrying: i64,
+    pub running: i64,
+}
+
+pub async fn demo_progress(pool: &PgPool) -> Result<DemoProgress, sqlx::Error> {
+    let r = sqlx::query(
+        "SELECT count(*) FILTER (WHERE status = 'COMPLETED') AS completed,
+                count(*) FILTER (WHERE status = 'FAILED') AS failed,
+                count(*) FILTER (WHERE status = 'AWAITING_APPROVAL') AS awaiting,
+                count(*) FILTER (WHERE status = 'QUEUED' AND attempt = 0) AS queued_now,
+                count(*) FILTER (WHERE status = 'QUEUED' AND attempt > 0) AS retrying,
+                count(*) FILTER (WHERE status = 'PROCESSING') AS running
+         FROM work_items",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(DemoProgress {
+        completed: r.try_get("completed")?,
+        failed: r.try_get("failed")?,
+        awaiting: r.try_get("awaiting")?,
+        queued_now: r.try_get("queued_now")?,
+        retrying: r.try_get("retrying")?,
+        running: r.try_get("running")?,
+    })
+}
+
+#[derive(Debug, Default)]
+pub struct DemoSummary {
+    pub items: i64,
+    pub orders: i64,
+    pub completed: i64,
+    pub awaiting: i64,
+    pub retried: i64,
+    pub dead_lettered: i64,
+    pub attempts: i64,
+    pub evals_passed: i64,
+    pub evals_failed: i64,
+    pub approved: i64,
+    pub rejected: i64,
+    pub orders_completed: i64,
+    pub orders_failed: i64,
+    pub dead_letter_codes: Vec<(String, String, i64)>,
+    pub attempt_outcomes: Vec<(String, Option<String>, i64)>,
+}
+
+pub async fn demo_summary(pool: &PgPool) -> Result<DemoSummary, sqlx::Error> {
+    let r = sqlx::query(
+        "SELECT (SELECT count(*) FROM work_items) AS items,
+                (SELECT count(*) FROM work_orders) AS orders,
+                (SELECT count(*) FROM work_items WHERE status = 'COMPLETED') AS completed,
+                (SELECT count(*) FROM work_items WHERE status = 'AWAITING_APPROVAL') AS awaiting,
+                (SELECT count(*) FROM work_items WHERE attempt > 1) AS retried,
+                (SELECT count(*) FROM dead_letters) AS dead,
+                (SELECT count(*) FROM attempts) AS attempts,
+                (SELECT count(*) FROM eval_results WHERE passed) AS evals_passed,
+                (SELECT count(*) FROM eval_results WHERE NOT passed) AS evals_failed,
+                (SELECT count(*) FROM approval_events WHERE decision = 'APPROVED') AS approved,
+                (SELECT count(*) FROM approval_events WHERE decision = 'REJECTED') AS rejected,
+                (SELECT count(*) FROM work_orders WHERE status = 'COMPLETED') AS orders_completed,
+                (SELECT count(*) FROM work_orders WHERE status = 'FAILED') AS orders_failed",
+    )
+    .fetch_one(pool)
+    .await?;
+    let dead_letter_codes = sqlx::query(
+        "SELECT coalesce(error_code, '?') AS code, reason::text AS reason, count(*) AS n FROM dead_letters GROUP BY 1, 2 ORDER BY 3 DESC",
+    )
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get("code")?, r.try_get("reason")?, r.try_get("n")?)))
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let attempt_outcomes = sqlx::query(
+        "SELECT status::text AS status, error_code, count(*) AS n FROM attempts GROUP BY 1, 2 ORDER BY 1, 3 DESC",
+    )
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get("status")?, r.try_get("error_code")?, r.try_get("n")?)))
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(DemoSummary {
+        items: r.try_get("items")?,
+        orders: r.try_get("orders")?,
+        completed: r.try_get("completed")?,
+        awaiting: r.try_get("awaiting")?,
+        retried: r.try_get("retried")?,
+        dead_lettered: r.try_get("dead")?,
+        attempts: r.try_get("attempts")?,
+        evals_passed: r.try_get("evals_passed")?,
+        evals_failed: r.try_get("evals_failed")?,
+        approved: r.try_get("approved")?,
+        rejected: r.try_get("rejected")?,
+        orders_completed: r.try_get("orders_completed")?,
+        orders_failed: r.try_get("orders_failed")?,
+        dead_letter_codes,
+        attempt_outcomes,
+    })
+}

@@ -1,0 +1,148 @@
+//! Work orders and their items as operators see them: enqueue (the upstream's two INSERTs) and
+//! the queue's status.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+/// A work order to enqueue, as an upstream would INSERT it.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewOrder {
+    pub workflow_id: String,
+    pub tenant_id: Uuid,
+    pub created_by: Uuid,
+    #[serde(default)]
+    pub priority: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<Value>,
+    pub items: Vec<NewItem>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewItem {
+    #[serde(rename = "type")]
+    pub item_type: String,
+    /// Text as stored; a JSON value here is stored as its JSON text.
+    pub content: Value,
+}
+
+/// Enqueues an order and its items with the same two INSERTs an upstream uses.
+pub async fn enqueue(pool: &PgPool, order: &NewOrder) -> Result<(Uuid, Vec<Uuid>), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let order_id: Uuid = sqlx::query_scalar(
+        "INSERT INTO work_orders (workflow_id, tenant_id, created_by, priority, metadata)
+         VALUES ($1, $2, $3, COALESCE($4::priority, 'MEDIUM'), COALESCE($5, '{}'::jsonb))
+         RETURNING id",
+    )
+    .bind(&order.workflow_id)
+    .bind(order.tenant_id)
+    .bind(order.created_by)
+    .bind(&order.priority)
+    .bind(&order.metadata)
+    .fetch_one(&mut *tx)
+    .await?;
+    let types: Vec<&str> = order.items.iter().map(|i| i.item_type.as_str()).collect();
+    let contents: Vec<String> = order
+        .items
+        .iter()
+        .map(|i| match &i.content {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        })
+        .collect();
+    let item_ids: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO work_items (work_order_id, type, content)
+         SELECT $1, t::work_item_type, c FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS x(t, c, n)
+         ORDER BY n RETURNING id",
+    )
+    .bind(order_id)
+    .bind(&types)
+    .bind(&contents)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok((order_id, item_ids))
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusCount {
+    pub status: String,
+    pub item_type: String,
+    pub count: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InFlight {
+    pub id: Uuid,
+    pub item_type: String,
+    pub attempt: i32,
+    pub locked_by: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub lease_remaining_ms: Option<i64>,
+    pub rescues: i32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueStatus {
+    pub counts: Vec<StatusCount>,
+    /// Seconds the oldest runnable QUEUED item has waited (database clock).
+    pub oldest_queued_seconds: Option<f64>,
+    /// QUEUED items waiting for a future run time (retries).
+    pub scheduled: i64,
+    pub in_flight: Vec<InFlight>,
+    pub open_dead_letters: i64,
+}
+
+pub async fn queue_status(pool: &PgPool, in_flight_limit: i64) -> Result<QueueStatus, sqlx::Error> {
+    let counts = sqlx::query(
+        "SELECT status::text AS status, type::text AS item_type, count(*) AS n
+         FROM work_items GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(StatusCount { status: r.try_get("status")?, item_type: r.try_get("item_type")?, count: r.try_get("n")? })
+    })
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let row = sqlx::query(
+        "SELECT (SELECT extract(epoch FROM now() - min(run_at))::float8 FROM work_items
+                  WHERE status = 'QUEUED' AND run_at <= now()) AS oldest,
+                (SELECT count(*) FROM work_items WHERE status = 'QUEUED' AND run_at > now()) AS scheduled,
+                (SELECT count(*) FROM dead_letters WHERE processed_at IS NULL) AS dead",
+    )
+    .fetch_one(pool)
+    .await?;
+    let in_flight = sqlx::query(
+        "SELECT id, type::text AS item_type, attempt, locked_by, lease_expires_at, rescues,
+                (extract(epoch FROM lease_expires_at - now()) * 1000)::bigint AS remaining
+         FROM work_items WHERE status = 'PROCESSING' ORDER BY lease_expires_at LIMIT $1",
+    )
+    .bind(in_flight_limit)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(InFlight {
+            id: r.try_get("id")?,
+            item_type: r.try_get("item_type")?,
+            attempt: r.try_get("attempt")?,
+            locked_by: r.try_get("locked_by")?,
+            lease_expires_at: r.try_get("lease_expires_at")?,
+            lease_remaining_ms: r.try_get("remaining")?,
+            rescues: r.try_get("rescues")?,
+        })
+    })
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(QueueStatus {
+        counts,
+        oldest_queued_seconds: row.try_get("oldest")?,
+        scheduled: row.try_get("scheduled")?,
+        in_flight,
+        open_dead_letters: row.try_get("dead")?,
+    })
+}
