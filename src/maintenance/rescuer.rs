@@ -74,7 +74,7 @@ impl Rescuer {
         let mut steps: HashMap<(&str, &str), Option<Option<i32>>> = HashMap::new();
         for item in expired {
             let key = (item.workflow_id.as_str(), item.item_type.as_str());
-            if !steps.contains_key(&key) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = steps.entry(key) {
                 let step = match self.catalog.resolve(key.0, key.1).await {
                     Ok(step) => Some(step.max_attempts),
                     Err(RouteError::Invalid { .. }) => Some(None),
@@ -82,7 +82,7 @@ impl Rescuer {
                     // the item (a crash loop still is).
                     Err(RouteError::Unavailable { .. }) => None,
                 };
-                steps.insert(key, step);
+                slot.insert(step);
             }
         }
         expired
