@@ -73,15 +73,19 @@ async fn open(settings: &DatabaseSettings, options: PgConnectOptions) -> Result<
         .await
 }
 
-/// Creates the database named in `url` if it does not exist.
+/// Creates the database named in `url` if it does not exist. Several replicas may run this
+/// at once (`orderly migrate`, or `orderly run` with `migrate_on_start`, as they start):
+/// exactly one creates it, the others return `false`.
 pub async fn ensure_database(url: &str) -> Result<bool, DbError> {
     if Postgres::database_exists(url).await? {
         return Ok(false);
     }
     match Postgres::create_database(url).await {
         Ok(()) => Ok(true),
-        // Another replica created it between the check and the create.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(false),
+        // Another replica created it between the check and the create: 42P04 if its create
+        // had committed when ours started, 23505 (pg_database_datname_index) if both were
+        // under way at once.
+        Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P04") | Some("23505")) => Ok(false),
         Err(e) => Err(e),
     }
 }

@@ -76,6 +76,30 @@ async fn migrate_creates_the_database_and_is_idempotent() {
     orderly::db::drop_database(&url).await.unwrap();
 }
 
+/// Replicas creating the same database at once: PostgreSQL answers the losers with 42P04 or,
+/// when the creates overlap, 23505 on pg_database_datname_index; both mean it exists.
+#[tokio::test]
+async fn concurrent_creates_of_one_database_all_succeed_once() {
+    let name = format!("orderly_race_{}", uuid::Uuid::new_v4().simple());
+    let mut url = reqwest::Url::parse(&base_url()).unwrap();
+    url.set_path(&format!("/{name}"));
+    let url = url.to_string();
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { orderly::db::ensure_database(&url).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    orderly::db::drop_database(&url).await.unwrap();
+    let created = results.iter().filter(|r| matches!(r, Ok(true))).count();
+    assert!(results.iter().all(Result::is_ok), "no replica fails: {results:?}");
+    assert_eq!(created, 1, "exactly one replica created it");
+}
+
 #[tokio::test]
 async fn an_unreachable_database_is_explained() {
     let out = orderly("postgres://postgres@127.0.0.1:1/orderly", &["status"]);

@@ -82,11 +82,19 @@ impl Drop for Daemon {
 
 impl Daemon {
     pub fn start(db: &TestDb, config: &std::path::Path) -> Daemon {
+        Daemon::start_with(&db.url, config, &[])
+    }
+
+    /// `orderly run` on the database at `url`, with extra environment variables
+    /// (`ORDERLY_FAILPOINTS`, for one).
+    pub fn start_with(url: &str, config: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
         let log = config.with_file_name(format!("daemon-{}.log", Uuid::new_v4().simple()));
         let child = Command::new(env!("CARGO_BIN_EXE_orderly"))
             .args(["--config", config.to_str().unwrap(), "run"])
-            .env("DATABASE_URL", &db.url)
+            .env("DATABASE_URL", url)
             .env_remove("RUST_LOG")
+            .env_remove("ORDERLY_FAILPOINTS")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -97,6 +105,31 @@ impl Daemon {
 
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// How long ago the process was started.
+    pub fn age(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Whether the process is still running (not exited, not yet reaped).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits up to `deadline` for the process to exit by itself: its exit status, or `None`
+    /// if it is still running.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if start.elapsed() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn signal(&self, signal: Signal) {
@@ -126,6 +159,100 @@ impl Daemon {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The JSON log events (the config's `log.format = "json"`, fields flattened) whose
+    /// message is `message`.
+    pub fn log_events(&self, message: &str) -> Vec<serde_json::Value> {
+        self.log_text()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|event| event["message"] == message)
+            .collect()
+    }
+}
+
+/// Replaces `from` (which must be there) by `to` in a configuration file.
+pub fn edit_config(config: &std::path::Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(config).unwrap();
+    assert!(text.contains(from), "the config has {from:?}");
+    std::fs::write(config, text.replace(from, to)).unwrap();
+}
+
+/// Inserts `n` items that succeed, each taking a random time in `ms`, in orders of 20
+/// (one INSERT per order); order number k runs workflow `workflow(k)`.
+pub async fn enqueue_ok(
+    pool: &sqlx::PgPool,
+    n: usize,
+    ms: std::ops::RangeInclusive<u64>,
+    workflow: impl Fn(usize) -> String,
+) -> Vec<Uuid> {
+    let mut ids = Vec::with_capacity(n);
+    for (k, first) in (0..n).step_by(20).enumerate() {
+        let order = insert_order_with_workflow(pool, &workflow(k)).await;
+        let last = (first + 20).min(n) - 1;
+        let batch: Vec<Uuid> = sqlx::query_scalar(
+            "INSERT INTO work_items (work_order_id, type, content)
+             SELECT $1, 'TICKET'::work_item_type, json_build_object('n', g, 'ms', $4 + floor(random() * ($5 - $4 + 1))::int8,
+                                                    'outcome', 'ok')::text
+             FROM generate_series($2::int8, $3::int8) g ORDER BY g RETURNING id",
+        )
+        .bind(order)
+        .bind(first as i64)
+        .bind(last as i64)
+        .bind(*ms.start() as i64)
+        .bind(*ms.end() as i64)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        ids.extend(batch);
+    }
+    ids
+}
+
+/// A database that does not exist yet (a first start), dropped when the test ends.
+pub struct ScratchDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl ScratchDb {
+    pub fn fresh() -> ScratchDb {
+        let name = format!("orderly_fresh_{}", Uuid::new_v4().simple());
+        let mut url = reqwest::Url::parse(&base_url()).expect("DATABASE_URL is a URL");
+        url.set_path(&format!("/{name}"));
+        ScratchDb { name, url: url.to_string() }
+    }
+
+    pub async fn exists(&self) -> bool {
+        let pool = sqlx::PgPool::connect(&base_url()).await.unwrap();
+        let found = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+            .bind(&self.name)
+            .fetch_one(&pool)
+            .await
+            .map(|n: i64| n > 0)
+            .unwrap();
+        pool.close().await;
+        found
+    }
+}
+
+impl Drop for ScratchDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                if let Ok(pool) = sqlx::PgPool::connect(&base_url()).await {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                        .execute(&pool)
+                        .await;
+                    pool.close().await;
+                }
+            });
+        })
+        .join()
+        .ok();
+    }
 }
 
 /// Items held by a given daemon process (its worker id contains `-<pid>-`).
@@ -139,10 +266,15 @@ pub async fn held_by(db: &TestDb, pid: i32) -> i64 {
 
 /// Waits until every item is terminal or visibly waiting for a human.
 pub async fn quiesce(db: &TestDb, deadline: Duration) {
+    quiesce_pool(&db.pool, deadline).await
+}
+
+/// [`quiesce`] on any database.
+pub async fn quiesce_pool(pool: &sqlx::PgPool, deadline: Duration) {
     let start = Instant::now();
     loop {
         let live: i64 = sqlx::query_scalar("SELECT count(*) FROM work_items WHERE status IN ('QUEUED', 'PROCESSING')")
-            .fetch_one(&db.pool)
+            .fetch_one(pool)
             .await
             .unwrap_or(i64::MAX);
         if live == 0 {

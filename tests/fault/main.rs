@@ -1,6 +1,8 @@
 //! Fault injection against real `orderly run` processes and the real PostgreSQL: kill -9,
-//! PostgreSQL restarts, terminated backends, SIGSTOP past the lease, SIGTERM under load,
-//! stubborn command agents. After each scenario an oracle checks DESIGN §3.
+//! PostgreSQL restarts (also while workflow templates are being read), terminated backends,
+//! SIGSTOP past the lease, SIGTERM under load, SIGHUP, engine tasks that panic
+//! (`ORDERLY_FAILPOINTS`), stubborn command agents, four replicas' first start on a missing
+//! database. After each scenario an oracle checks DESIGN §3.
 //!
 //! These tests restart PostgreSQL and kill processes: `scripts/test` runs this binary alone,
 //! one test at a time, after the main suite. `ORDERLY_FAULT_LONG=1` runs the long mode.

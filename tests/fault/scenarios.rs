@@ -238,3 +238,269 @@ async fn stubborn_commands_leave_no_survivors() {
     assert_eq!(count(&db.pool, "SELECT count(*) FROM attempts WHERE status = 'TIMEOUT'").await, 80);
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// (g) An engine task that panics (failpoints in the dispatcher, a completer, the heartbeat)
+/// makes its daemon drain what it can and exit non-zero promptly, naming the task. A healthy
+/// daemon then completes every item, those the dead ones held included (rescued after their
+/// lease: the dead completer's results were never written).
+#[tokio::test]
+async fn a_dying_engine_task_exits_non_zero_and_loses_nothing() {
+    let db = TestDb::new().await;
+    let agent = ledger_agent().await;
+    let config = write_config(&agent, "");
+    let mut ids = Vec::new();
+    let mut left_to_rescue = 0;
+    for task in ["dispatcher", "completer", "heartbeat"] {
+        ids.extend(enqueue_ok(&db.pool, 60, 50..=200, |_| "default".into()).await);
+        // No backtrace: symbolizing one takes the panicking daemon long enough to claim more.
+        let env = [("ORDERLY_FAILPOINTS", task), ("RUST_BACKTRACE", "0")];
+        let mut daemon = Daemon::start_with(&db.url, &config, &env);
+        let status = daemon.wait_exit(Duration::from_secs(30)).await;
+        let took = daemon.age();
+        let log = daemon.log_text();
+        let status = status.unwrap_or_else(|| panic!("{task}: still running 30 s after its task panicked\n{log}"));
+        assert!(!status.success(), "{task}: exits non-zero, got {status}\n{log}");
+        let named = daemon.log_events("engine task panicked").iter().any(|event| event["task"] == task);
+        assert!(named, "{task}: the log names the task that panicked\n{log}");
+        let held = held_by(&db, daemon.pid()).await;
+        if task == "completer" {
+            assert!(held > 0, "the dead completer's batch was never written: its items wait for the rescuer");
+        }
+        left_to_rescue += held;
+        println!(
+            "failpoint {task}: {status} {:.2}s after start; {held} items left PROCESSING for the rescuer",
+            took.as_secs_f64()
+        );
+    }
+    let healthy = Daemon::start(&db, &config);
+    let started = Instant::now();
+    quiesce(&db, Duration::from_secs(60)).await;
+    println!("healthy daemon: every item finished {:.2}s after its start", started.elapsed().as_secs_f64());
+    assert!(healthy.terminate().await, "the healthy daemon exits 0 on SIGTERM");
+    let unfinished: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM work_items WHERE id = ANY($1) AND status <> 'COMPLETED'")
+            .bind(&ids)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(unfinished, 0, "every item completed");
+    let verdict = oracle(&db, &ids, &agent).await;
+    assert_eq!(verdict.lost_attempts, left_to_rescue, "each item the dead daemons held was rescued once");
+    // Every duplicate is an item whose result the dead completers never wrote.
+    verdict.assert_holds("engine task panics (dispatcher, completer, heartbeat)", "3 failpoints", left_to_rescue);
+}
+
+/// (h) SIGHUP with items in flight is logged and ignored (its default action would kill the
+/// process and orphan the runs); SIGTERM then drains: exit 0, each item executed once.
+#[tokio::test]
+async fn sighup_is_ignored_and_sigterm_still_drains() {
+    let db = TestDb::new().await;
+    let agent = ledger_agent().await;
+    let config = write_config(&agent, "");
+    edit_config(&config, "level = \"warn,sqlx=error\"", "level = \"info,sqlx=error\"");
+    let ids = enqueue_ok(&db.pool, CONCURRENCY as usize, 2500..=3000, |_| "default".into()).await;
+    let mut daemon = Daemon::start(&db, &config);
+    wait_until("every item in flight", Duration::from_secs(10), || {
+        let (db, pid) = (&db, daemon.pid());
+        let received = agent.received.lock().unwrap().len();
+        async move { received == CONCURRENCY as usize && held_by(db, pid).await == CONCURRENCY }
+    })
+    .await;
+    daemon.signal(Signal::SIGHUP);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let log = daemon.log_text();
+    assert!(daemon.running(), "alive 1 s after SIGHUP\n{log}");
+    assert_eq!(
+        daemon.log_events("SIGHUP ignored: the configuration is read at start; restart to apply changes").len(),
+        1,
+        "{log}"
+    );
+    let in_flight = held_by(&db, daemon.pid()).await;
+    assert_eq!(in_flight, CONCURRENCY, "SIGHUP interrupted nothing");
+    let stopping = Instant::now();
+    assert!(daemon.terminate().await, "exit 0 on SIGTERM after SIGHUP");
+    println!(
+        "SIGTERM with {in_flight} items in flight: drained and exited 0 in {:.2}s",
+        stopping.elapsed().as_secs_f64()
+    );
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM work_items WHERE status = 'COMPLETED'").await, CONCURRENCY);
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM attempts").await, CONCURRENCY, "one attempt each");
+    assert_eq!(agent.received.lock().unwrap().len(), CONCURRENCY as usize, "each item executed exactly once");
+    let verdict = oracle(&db, &ids, &agent).await;
+    assert_eq!(verdict.lost_attempts, 0);
+    verdict.assert_holds("SIGHUP then SIGTERM, items in flight", "1 SIGHUP, 1 stop", 0);
+}
+
+/// (i) PostgreSQL restarts while items routed only by workflow templates (no [routes]) are
+/// claimed. The first restart cuts off template reads that are waiting (the test holds a
+/// lock on `workflow_templates`, and templates are first needed all along the run, so the
+/// catalog's cache keeps missing); the second comes a second later. A failed template read
+/// defers the run (DATABASE_UNAVAILABLE, not counted); it is never WORKFLOW_INVALID, NO_ROUTE
+/// or an agent error, and nothing is dead-lettered.
+#[tokio::test]
+async fn postgres_restart_during_template_routing_loses_nothing() {
+    let (items, templates): (usize, usize) = if long_mode() { (10_000, 250) } else { (2_000, 50) };
+    let db = TestDb::new().await;
+    let agent = ledger_agent().await;
+    let config = write_config(&agent, "");
+    edit_config(&config, "[routes]\nTICKET = \"ledger\"\n", "");
+    let mut workflows = Vec::new();
+    for k in 0..templates {
+        let name = format!("fault-wf-{k}");
+        let id: uuid::Uuid = sqlx::query_scalar(
+            "INSERT INTO workflow_templates (name, document_type, workflow_definition)
+             VALUES ($1, 'TICKET', $2) RETURNING id",
+        )
+        .bind(&name)
+        .bind(serde_json::json!({"steps": {"TICKET": {"agent": "ledger"}}}))
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        // The catalog matches a template by name or by id.
+        workflows.push(if k % 2 == 0 { name } else { id.to_string() });
+    }
+    // Order k runs template k·templates/orders: a template is first needed every ~40 items.
+    let orders = items.div_ceil(20);
+    let ids = enqueue_ok(&db.pool, items, 0..=80, |k| workflows[k * templates / orders].clone()).await;
+    let daemons: Vec<Daemon> = (0..2).map(|_| Daemon::start(&db, &config)).collect();
+    wait_until("work under way", Duration::from_secs(15), || async { agent.received.lock().unwrap().len() > 100 })
+        .await;
+
+    let mut lock = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE workflow_templates IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    let waiting = || async {
+        count(
+            &db.pool,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'orderly'
+               AND wait_event_type = 'Lock' AND query ILIKE '%workflow_templates%'",
+        )
+        .await
+    };
+    wait_until("a template read waiting", Duration::from_secs(10), || async { waiting().await > 0 }).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (blocked, live) = (waiting().await, live_items(&db).await);
+    restart_postgres("fast");
+    drop(lock); // its connection went with the restart
+    println!("restart 1 (fast): {blocked} template reads waiting, {live} items live");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let live = live_items(&db).await;
+    restart_postgres("immediate");
+    println!("restart 2 (immediate): {live} items live");
+
+    quiesce(&db, Duration::from_secs(120)).await;
+    let mut deferred_template_reads = 0;
+    for d in daemons {
+        deferred_template_reads += d
+            .log_events("the database was unavailable while preparing the run; released, not counted")
+            .iter()
+            .filter(|event| event["error"].as_str().is_some_and(|e| e.contains("workflow template")))
+            .count();
+        let log = d.log_text();
+        assert!(d.terminate().await, "daemon survived the restarts and exits 0\n{log}");
+    }
+    let codes: Vec<(Option<String>, i64)> =
+        sqlx::query_as("SELECT error_code, count(*) FROM attempts GROUP BY 1 ORDER BY 1")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    println!("attempts by error code: {codes:?}; template reads deferred by the restart: {deferred_template_reads}");
+    assert!(deferred_template_reads > 0, "the first restart cut off template reads");
+    let unfinished: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM work_items WHERE id = ANY($1) AND status <> 'COMPLETED'")
+            .bind(&ids)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(unfinished, 0, "every item completed");
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM dead_letters").await, 0, "no dead letters");
+    assert_eq!(
+        count(
+            &db.pool,
+            "SELECT count(*) FROM attempts
+             WHERE error_code IN ('AGENT_ERROR', 'WORKFLOW_INVALID', 'NO_ROUTE', 'UNKNOWN_AGENT')"
+        )
+        .await,
+        0,
+        "a restart is never a routing or agent error"
+    );
+    let verdict = oracle(&db, &ids, &agent).await;
+    verdict.assert_holds("PostgreSQL restart during template routing", "2 restarts", 2 * 2 * CONCURRENCY);
+}
+
+async fn live_items(db: &TestDb) -> i64 {
+    count(&db.pool, "SELECT count(*) FROM work_items WHERE status IN ('QUEUED', 'PROCESSING')").await
+}
+
+/// (j) First start of four replicas at once on a database that does not exist yet (the
+/// default `migrate_on_start` creates it and migrates): one creates it, all run, none fails
+/// on CREATE DATABASE or the migrations; the items complete and each replica exits 0.
+#[tokio::test]
+async fn four_replicas_first_start_on_a_missing_database() {
+    let scratch = ScratchDb::fresh();
+    assert!(!scratch.exists().await);
+    let agent = ledger_agent().await;
+    let config = write_config(&agent, "");
+    edit_config(&config, "migrate_on_start = false", "migrate_on_start = true");
+    let started = Instant::now();
+    let mut daemons: Vec<Daemon> = (0..4).map(|_| Daemon::start_with(&scratch.url, &config, &[])).collect();
+    // Each replica LISTENs once its engine is up, after the migrations.
+    let pool = loop {
+        if let Ok(pool) = sqlx::PgPool::connect(&scratch.url).await {
+            break pool;
+        }
+        for d in &mut daemons {
+            assert!(d.running(), "a replica exited during the first start\n{}", d.log_text());
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the database was not created within 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    loop {
+        for d in &mut daemons {
+            assert!(d.running(), "a replica exited during the first start\n{}", d.log_text());
+        }
+        let listening = count(
+            &pool,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+        )
+        .await;
+        if listening == 4 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{listening} of 4 replicas listening after 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let up = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for d in &mut daemons {
+        assert!(d.running(), "every replica still runs\n{}", d.log_text());
+    }
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap().count() as i64;
+    assert_eq!(count(&pool, "SELECT count(*) FROM _sqlx_migrations WHERE success").await, migrations);
+    let ids = enqueue_ok(&pool, 200, 0..=20, |_| "default".into()).await;
+    let enqueued = Instant::now();
+    quiesce_pool(&pool, Duration::from_secs(30)).await;
+    println!(
+        "4 replicas up {:.2}s after a simultaneous start on a missing database; 200 items done in {:.2}s",
+        up.as_secs_f64(),
+        enqueued.elapsed().as_secs_f64()
+    );
+    let completed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM work_items WHERE id = ANY($1) AND status = 'COMPLETED'")
+            .bind(&ids)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(completed, 200);
+    for d in daemons {
+        let errors: Vec<_> = d
+            .log_text()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|event| event["level"] == "ERROR")
+            .collect();
+        assert!(errors.is_empty(), "no errors logged: {errors:?}");
+        assert!(d.terminate().await, "each replica exits 0 on SIGTERM");
+    }
+    pool.close().await;
+    // `scratch` drops the database.
+}
