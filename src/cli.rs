@@ -38,6 +38,12 @@ pub enum Command {
     /// Reject the output of an item held in AWAITING_APPROVAL: the attempt fails, and the
     /// item is retried while its budget lasts, then dead-lettered.
     Reject(DecisionArgs),
+    /// List, show, acknowledge and resolve SLA escalations.
+    #[command(subcommand)]
+    Escalations(EscalationCommand),
+    /// List the SLA rules with their escalation chains, and check them.
+    #[command(subcommand)]
+    Sla(SlaCommand),
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig,
     /// Measure throughput and latency against a scratch database with `orderly run`.
@@ -147,4 +153,52 @@ pub enum DeadLetterCommand {
         #[arg(long)]
         actor: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EscalationCommand {
+    /// List unresolved escalations, newest first.
+    List {
+        /// Include resolved ones.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an escalation and the notifications sent for it.
+    Show {
+        id: Uuid,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Acknowledge: stops the rule's later levels for this item.
+    Ack {
+        id: Uuid,
+        #[arg(long)]
+        reason: Option<String>,
+        /// Who does it (audit log); defaults to $USER.
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// Resolve by hand (the sweeper resolves by itself when the clock stops).
+    Resolve {
+        id: Uuid,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        actor: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SlaCommand {
+    /// Every rule with its selector, clock and levels.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the active rules: exits 1 when a rule cannot fire, and prints every problem.
+    Check,
 }

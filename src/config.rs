@@ -55,6 +55,7 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub approval: ApprovalSettings,
     pub pruner: PrunerSettings,
+    pub sla: SlaSettings,
     #[serde(default)]
     pub agents: BTreeMap<String, AgentSettings>,
     /// Item type → agent name; keys are matched exactly as the database spells the type.
@@ -140,6 +141,17 @@ pub struct PrunerSettings {
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     /// Most orders deleted per transaction.
+    pub batch: i64,
+}
+
+/// The leader's SLA sweeper (docs/operations.md, SLA rules).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlaSettings {
+    /// How often the leader fires due levels and resolves stopped clocks.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// Most escalations one rule fires per transaction (a backlog takes several).
     pub batch: i64,
 }
 
@@ -328,6 +340,8 @@ impl Settings {
         }
         duration_in("pruner.interval", self.pruner.interval, None, MAX_INTERVAL)?;
         count_in("pruner.batch", self.pruner.batch, 1, MAX_BATCH as i64)?;
+        duration_in("sla.sweep_interval", self.sla.sweep_interval, None, MAX_INTERVAL)?;
+        count_in("sla.batch", self.sla.batch, 1, MAX_BATCH as i64)?;
 
         validate_log_level(&self.log.level)
     }

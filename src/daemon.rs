@@ -128,6 +128,14 @@ impl Engine {
             ),
             watched("rescuer", &stop_background, Box::pin(rescuer.run(leading.clone(), stop_background.clone()))),
             watched(
+                "sla-sweeper",
+                &stop_background,
+                Box::pin(
+                    crate::sla::sweeper::Sweeper { pool: pool.clone(), settings: settings.clone() }
+                        .run(leading.clone(), stop_background.clone()),
+                ),
+            ),
+            watched(
                 "pruner",
                 &stop_background,
                 Box::pin(

@@ -17,7 +17,9 @@ pub mod db;
 pub mod failpoint;
 pub mod maintenance;
 pub mod model;
+pub mod periodic;
 pub mod rules;
+pub mod sla;
 pub mod telemetry;
 pub mod worker;
 
@@ -45,6 +47,8 @@ pub async fn run_command(
         Command::DeadLetters(command) => cmd::dead_letters::run(&settings, command).await,
         Command::Approve(args) => cmd::decide::run(&settings, model::Decision::Approved, args).await,
         Command::Reject(args) => cmd::decide::run(&settings, model::Decision::Rejected, args).await,
+        Command::Escalations(command) => cmd::escalations::run(&settings, command).await,
+        Command::Sla(command) => cmd::escalations::sla(&settings, command).await,
         Command::CheckConfig => cmd::check_config::run(&settings, &registry),
         Command::Bench(args) => cmd::bench::run(settings, args).await,
     }

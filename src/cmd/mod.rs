@@ -8,6 +8,7 @@ pub mod dead_letters;
 pub mod decide;
 pub mod demo;
 pub mod enqueue;
+pub mod escalations;
 pub mod migrate;
 pub mod status;
 

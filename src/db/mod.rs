@@ -10,6 +10,7 @@ pub mod demo;
 pub mod maintenance;
 pub mod orders;
 pub mod queue;
+pub mod sla;
 
 use crate::config::DatabaseSettings;
 use sqlx::migrate::MigrateDatabase;

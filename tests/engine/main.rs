@@ -18,3 +18,4 @@ mod poison;
 mod pruner;
 mod review;
 mod secrets;
+mod sla;

@@ -193,3 +193,58 @@ async fn the_pruner_reads_finished_orders_through_their_index() {
     assert!(plan.contains("dead_letters_open_item"), "open letters are read from their index:\n{plan}");
     assert!(!plan.contains("Seq Scan"), "the pruner scans a table:\n{plan}");
 }
+
+/// The SLA sweep reads only what its clock can still be running for: with a history of
+/// finished items and statistics that think the queue empty, no statement of the sweep scans
+/// work_items (generic plans, the engine's planner settings: how the leader runs them).
+#[tokio::test]
+async fn sla_sweep_statements_read_indexes_not_the_history() {
+    use orderly::db::sla::*;
+    let db = TestDb::new().await;
+    sqlx::raw_sql(
+        "INSERT INTO work_orders (workflow_id, tenant_id, created_by)
+           SELECT 'plan', gen_random_uuid(), gen_random_uuid() FROM generate_series(1, 20000);
+         INSERT INTO work_items (work_order_id, type, content, status)
+           SELECT o.id, 'TICKET', '{}', 'COMPLETED'
+           FROM (SELECT id, row_number() OVER () AS k FROM work_orders) o
+           JOIN generate_series(1, 60000) g ON o.k = g % 20000 + 1;
+         ANALYZE;
+         INSERT INTO sla_rules (name, clock) VALUES ('plan', 'TIME_TO_FINISH');",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let rule: uuid::Uuid = sqlx::query_scalar("SELECT id FROM sla_rules").fetch_one(&db.pool).await.unwrap();
+    let mut conn = engine_connection(&db).await;
+    for (name, sql) in [
+        ("start", FIRE_TIME_TO_START_SQL),
+        ("finish", FIRE_TIME_TO_FINISH_SQL),
+        ("held", FIRE_TIME_AWAITING_APPROVAL_SQL),
+        ("letters", FIRE_DEAD_LETTER_OPEN_SQL),
+    ] {
+        let plan = explain_on(
+            &mut conn,
+            "force_generic_plan",
+            format!("PREPARE fire_{name}(uuid, work_item_type, priority, uuid, text, bigint, float8) AS {sql}"),
+            format!("EXECUTE fire_{name}('{rule}', NULL, NULL, NULL, NULL, 5000, 60000)"),
+        )
+        .await;
+        assert!(!plan.contains("Seq Scan on work_items"), "fire {name} scans work_items:\n{plan}");
+        assert!(!plan.contains("Seq Scan on work_orders"), "fire {name} scans work_orders:\n{plan}");
+    }
+    for (name, sql) in [
+        ("start", RESOLVE_TIME_TO_START_SQL),
+        ("finish", RESOLVE_TIME_TO_FINISH_SQL),
+        ("held", RESOLVE_TIME_AWAITING_APPROVAL_SQL),
+        ("letters", RESOLVE_DEAD_LETTER_OPEN_SQL),
+    ] {
+        let plan = explain_on(
+            &mut conn,
+            "force_generic_plan",
+            format!("PREPARE resolve_{name}(uuid) AS {sql}"),
+            format!("EXECUTE resolve_{name}('{rule}')"),
+        )
+        .await;
+        assert!(!plan.contains("Seq Scan"), "resolve {name} scans a table:\n{plan}");
+    }
+}

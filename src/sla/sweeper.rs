@@ -1,0 +1,148 @@
+//! The SLA sweeper (leader only). Each sweep, for every active rule: fire the levels whose
+//! threshold has passed (once per subject, rule and level: the unique key decides, whichever
+//! replica gets there first), queue one grouped notification per connector in the same
+//! transaction, and resolve the escalations whose clock stopped, notifying whoever was told.
+//! A rule with a problem is reported (at a bounded rate) and skipped, never fatal.
+
+use super::rules::{self, Problem};
+use crate::config::Settings;
+use crate::db::{self, sla::Rule};
+use sqlx::PgPool;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Per connector: the resolved escalations, and their (item, order) pairs, each once.
+type ResolvedGroup = (Vec<Uuid>, Vec<(Uuid, Uuid)>);
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SweepReport {
+    pub fired: usize,
+    pub resolved: usize,
+    pub notifications: usize,
+    pub problems: Vec<Problem>,
+}
+
+pub struct Sweeper {
+    pub pool: PgPool,
+    pub settings: Arc<Settings>,
+}
+
+impl Sweeper {
+    pub async fn run(self, leading: watch::Receiver<bool>, stop: CancellationToken) {
+        crate::periodic::every_interval_while_leading(self.settings.sla.sweep_interval, leading, stop, || async {
+            match self.run_once().await {
+                Ok(report) => {
+                    if report.fired + report.resolved > 0 {
+                        tracing::info!(
+                            fired = report.fired,
+                            resolved = report.resolved,
+                            notifications = report.notifications,
+                            "SLA sweep"
+                        );
+                    }
+                    for problem in report.problems.iter().filter(|p| p.blocking) {
+                        crate::telemetry::warn_limited(
+                            "sla_rule",
+                            "SLA rule skipped",
+                            &format!("{}: {}", problem.rule, problem.message),
+                        );
+                    }
+                }
+                Err(e) => crate::telemetry::warn_limited("sla", "SLA sweep failed", &e),
+            }
+        })
+        .await
+    }
+
+    /// One sweep over every active rule.
+    pub async fn run_once(&self) -> Result<SweepReport, sqlx::Error> {
+        let mut report = SweepReport::default();
+        let rules = db::sla::rules(&self.pool, true).await?;
+        let names: Vec<String> =
+            rules.iter().flat_map(|r| r.levels.iter().flat_map(|l| l.connectors.iter().cloned())).collect();
+        let connectors: HashMap<String, Uuid> =
+            db::sla::connectors_named(&self.pool, &names).await?.into_iter().map(|(id, name, _)| (name, id)).collect();
+        let active: BTreeSet<String> = connectors.keys().cloned().collect();
+        for rule in &rules {
+            let problems = rules::check(rule, &active);
+            let blocked = problems.iter().any(|p| p.blocking);
+            report.problems.extend(problems);
+            if !blocked {
+                self.sweep_rule(rule, &connectors, &mut report).await?;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn sweep_rule(
+        &self,
+        rule: &Rule,
+        connectors: &HashMap<String, Uuid>,
+        report: &mut SweepReport,
+    ) -> Result<(), sqlx::Error> {
+        let mut first = true;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            let fired = db::sla::fire(&mut tx, rule, self.settings.sla.batch).await?;
+            // Per level: its escalations, to each of its connectors, as one message.
+            let mut by_level: BTreeMap<i32, Vec<&db::sla::Fired>> = BTreeMap::new();
+            for f in &fired {
+                by_level.entry(f.level).or_default().push(f);
+            }
+            for (level_no, group) in &by_level {
+                let Some(level) = rule.levels.iter().find(|l| l.level == *level_no) else { continue };
+                let payload = rules::fired_payload(rule, level, group);
+                let ids: Vec<Uuid> = group.iter().map(|f| f.id).collect();
+                for name in &level.connectors {
+                    if let Some(connector) = connectors.get(name) {
+                        db::sla::enqueue_notification(
+                            &mut tx,
+                            *connector,
+                            rule.id,
+                            Some(*level_no),
+                            "FIRED",
+                            &ids,
+                            &payload,
+                        )
+                        .await?;
+                        report.notifications += 1;
+                    }
+                }
+            }
+            report.fired += fired.len();
+            if first {
+                // The resolved notice goes to every connector of a level that fired for them.
+                let resolved = db::sla::resolve_stopped(&mut tx, rule).await?;
+                let mut by_connector: BTreeMap<Uuid, ResolvedGroup> = BTreeMap::new();
+                for r in &resolved {
+                    let Some(level) = rule.levels.iter().find(|l| l.level == r.level) else { continue };
+                    for name in &level.connectors {
+                        if let Some(connector) = connectors.get(name) {
+                            let entry = by_connector.entry(*connector).or_default();
+                            if !entry.1.contains(&(r.work_item_id, r.work_order_id)) {
+                                entry.1.push((r.work_item_id, r.work_order_id));
+                            }
+                            entry.0.push(r.id);
+                        }
+                    }
+                }
+                for (connector, (ids, items)) in &by_connector {
+                    let payload = rules::resolved_payload(rule, items);
+                    db::sla::enqueue_notification(&mut tx, *connector, rule.id, None, "RESOLVED", ids, &payload)
+                        .await?;
+                    report.notifications += 1;
+                }
+                report.resolved += resolved.len();
+                first = false;
+            }
+            tx.commit().await?;
+            if (fired.len() as i64) < self.settings.sla.batch {
+                return Ok(());
+            }
+        }
+    }
+}
