@@ -24,6 +24,12 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting the runtime");
     match runtime.block_on(orderly::run_command(cli.command, settings, Registry::builtin())) {
         Ok(()) => ExitCode::SUCCESS,
+        // Exit codes: 2 for what the operator must fix in the configuration (as at load),
+        // 1 for everything that failed at run time.
+        Err(e) if e.downcast_ref::<orderly::config::ConfigError>().is_some() => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

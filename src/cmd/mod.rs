@@ -21,14 +21,31 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
     db::connect(&settings.database).await.map_err(|e| unreachable_hint(&settings.database.url, e))
 }
 
-/// Turns a connection failure into a message that says what to do.
+/// Turns a failure to connect into a message that names the cause and the next step.
 pub fn unreachable_hint(url: &str, e: sqlx::Error) -> anyhow::Error {
-    anyhow::anyhow!(
-        "cannot reach PostgreSQL at {}: {e}\n\
-         Start PostgreSQL (e.g. `pg_ctlcluster 15 main start` or `systemctl start postgresql`), \
-         or point orderly at it with DATABASE_URL=postgres://USER@HOST:PORT/DB",
-        redact_url(url)
-    )
+    let shown = redact_url(url);
+    let code = match &e {
+        sqlx::Error::Database(d) => d.code().map(|c| c.into_owned()),
+        _ => None,
+    };
+    match code.as_deref() {
+        Some("3D000") => anyhow::anyhow!(
+            "the database at {shown} does not exist: run `orderly migrate` to create it and apply the migrations, \
+             or point DATABASE_URL at the right database"
+        ),
+        Some(c) if c.starts_with("28") => anyhow::anyhow!(
+            "PostgreSQL at {shown} refused the login ({}): check the user and password in DATABASE_URL \
+             and the server's pg_hba.conf",
+            db::describe_error(&e)
+        ),
+        Some(_) => anyhow::anyhow!("PostgreSQL at {shown} refused the connection: {}", db::describe_error(&e)),
+        None => anyhow::anyhow!(
+            "cannot reach PostgreSQL at {shown}: {}\n\
+             Start PostgreSQL (e.g. `pg_ctlcluster 15 main start` or `systemctl start postgresql`), \
+             or point orderly at it with DATABASE_URL=postgres://USER@HOST:PORT/DB",
+            db::describe_error(&e)
+        ),
+    }
 }
 
 /// Who did it: `--actor`, else `$USER`, else `cli`.

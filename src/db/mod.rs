@@ -115,6 +115,22 @@ pub fn is_connection_error(e: &DbError) -> bool {
         || matches!(e, DbError::Database(d) if d.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
 }
 
+/// A database error as an operator reads it: PostgreSQL's message, its detail and SQLSTATE,
+/// without the server's internal source position.
+pub fn describe_error(error: &DbError) -> String {
+    match error {
+        DbError::Database(d) => {
+            let detail = d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().and_then(|p| p.detail());
+            match (detail, d.code()) {
+                (Some(detail), Some(code)) => format!("{} ({detail}; SQLSTATE {code})", d.message()),
+                (None, Some(code)) => format!("{} (SQLSTATE {code})", d.message()),
+                (_, None) => d.message().to_owned(),
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
 /// True when the database refused the statement because of a value in it, so that running
 /// it again with the same values fails the same way: data exceptions (class 22: characters
 /// `text` or `jsonb` cannot hold, numbers out of range), integrity violations (23), program

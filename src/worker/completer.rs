@@ -201,7 +201,7 @@ pub fn refused(original: Completion, error: &sqlx::Error) -> Completion {
     let was = original.error.as_ref().map(|e| format!(" (the attempt had failed with {}: {})", e.code, e.message));
     let message = format!(
         "the database refused to store this attempt's result: {}{}; the output is not kept, and retrying would produce it again",
-        describe(error),
+        db::describe_error(error),
         was.unwrap_or_default()
     );
     Completion {
@@ -214,19 +214,5 @@ pub fn refused(original: Completion, error: &sqlx::Error) -> Completion {
         approval: None,
         next: NextState::DeadLetter { reason: DeadLetterReason::Permanent },
         ..original
-    }
-}
-
-/// A database error as an operator reads it: SQLSTATE, message and detail.
-fn describe(error: &sqlx::Error) -> String {
-    match error {
-        sqlx::Error::Database(d) => {
-            let detail = d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().and_then(|p| p.detail());
-            match detail {
-                Some(detail) => format!("{} ({}; {})", d.message(), d.code().unwrap_or_default(), detail),
-                None => format!("{} ({})", d.message(), d.code().unwrap_or_default()),
-            }
-        }
-        other => other.to_string(),
     }
 }
