@@ -4,6 +4,7 @@ use super::{actor, connect};
 use crate::cli::DeadLetterCommand;
 use crate::config::Settings;
 use crate::db;
+use crate::model::DeadLetterReason;
 use anyhow::Context;
 
 pub async fn run(settings: &Settings, command: DeadLetterCommand) -> anyhow::Result<()> {
@@ -23,7 +24,7 @@ pub async fn run(settings: &Settings, command: DeadLetterCommand) -> anyhow::Res
                     "{}  {:<14} {:<18} {:<24} tries {:<3} {}{}",
                     row.id,
                     row.event_type,
-                    row.reason.as_deref().map(describe_reason).unwrap_or("?"),
+                    row.reason.map(describe_reason).unwrap_or("?"),
                     row.error_code.as_deref().unwrap_or("-"),
                     row.retry_count,
                     row.created_at.format("%Y-%m-%d %H:%M:%S"),
@@ -39,7 +40,7 @@ pub async fn run(settings: &Settings, command: DeadLetterCommand) -> anyhow::Res
             }
             let d = &detail.dead_letter;
             println!("dead letter {}", d.id);
-            println!("  kind:        {}", d.reason.as_deref().map(describe_reason).unwrap_or("?"));
+            println!("  kind:        {}", d.reason.map(describe_reason).unwrap_or("?"));
             println!("  error code:  {}", d.error_code.as_deref().unwrap_or("-"));
             println!("  error:       {}", d.error);
             println!("  attempts:    {}", d.retry_count);
@@ -103,11 +104,10 @@ pub async fn run(settings: &Settings, command: DeadLetterCommand) -> anyhow::Res
     Ok(())
 }
 
-fn describe_reason(reason: &str) -> &'static str {
+fn describe_reason(reason: DeadLetterReason) -> &'static str {
     match reason {
-        "PERMANENT" => "permanent error",
-        "RETRIES_EXHAUSTED" => "retries exhausted",
-        "CRASH_LOOP" => "crash loop",
-        _ => "unknown",
+        DeadLetterReason::Permanent => "permanent error",
+        DeadLetterReason::RetriesExhausted => "retries exhausted",
+        DeadLetterReason::CrashLoop => "crash loop",
     }
 }

@@ -268,12 +268,12 @@ async fn print_summary(pool: &PgPool, elapsed: Duration) -> anyhow::Result<()> {
     if !s.dead_letter_codes.is_empty() {
         println!("  dead letters by error code:");
         for (code, reason, n) in &s.dead_letter_codes {
-            println!("    {code:<22} {reason:<18} {n}");
+            println!("    {code:<22} {:<18} {n}", reason.as_str());
         }
     }
     println!("  attempts by outcome:");
     for (status, code, n) in &s.attempt_outcomes {
-        println!("    {status:<10} {:<22} {n}", code.as_deref().unwrap_or(""));
+        println!("    {:<10} {:<22} {n}", status.as_str(), code.as_deref().unwrap_or(""));
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ pub async fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
     let mut out = String::new();
     writeln!(out, "{:<18} {:<16} {:>10}", "STATUS", "TYPE", "ITEMS")?;
     for row in &status.counts {
-        writeln!(out, "{:<18} {:<16} {:>10}", row.status, row.item_type, row.count)?;
+        writeln!(out, "{:<18} {:<16} {:>10}", row.status.as_str(), row.item_type, row.count)?;
     }
     if status.counts.is_empty() {
         writeln!(out, "(no work items)")?;

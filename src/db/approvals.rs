@@ -2,13 +2,13 @@
 
 use super::OpsError;
 use super::audit::audit;
-use crate::model::{Decision, ErrorCode, NextState};
+use crate::model::{Decision, ErrorCode, ItemStatus, NextState};
 use serde_json::json;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 /// An item waiting in AWAITING_APPROVAL, as a human decision needs it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct HeldItem {
     pub id: Uuid,
     pub work_order_id: Uuid,
@@ -20,9 +20,17 @@ pub struct HeldItem {
     pub max_attempts: Option<i32>,
 }
 
+/// [`HeldItem`] with the status it must have.
+#[derive(sqlx::FromRow)]
+struct HeldRow {
+    #[sqlx(flatten)]
+    item: HeldItem,
+    status: ItemStatus,
+}
+
 /// The item, if it is waiting for a human decision.
 pub async fn held_item(pool: &PgPool, id: Uuid) -> Result<HeldItem, OpsError> {
-    let row = sqlx::query(
+    let row: HeldRow = sqlx::query_as(
         "SELECT i.id, i.work_order_id, o.workflow_id, i.type::text AS item_type, i.status::text AS status,
                 i.attempt, i.attempt_base, i.max_attempts
          FROM work_items i JOIN work_orders o ON o.id = i.work_order_id WHERE i.id = $1",
@@ -31,19 +39,10 @@ pub async fn held_item(pool: &PgPool, id: Uuid) -> Result<HeldItem, OpsError> {
     .fetch_optional(pool)
     .await?
     .ok_or_else(|| OpsError::NotFound { what: "work item", id })?;
-    let status: String = row.try_get("status")?;
-    if status != "AWAITING_APPROVAL" {
-        return Err(OpsError::Conflict(format!("work item {id} is {status}, not AWAITING_APPROVAL")));
+    if row.status != ItemStatus::AwaitingApproval {
+        return Err(OpsError::Conflict(format!("work item {id} is {}, not AWAITING_APPROVAL", row.status)));
     }
-    Ok(HeldItem {
-        id,
-        work_order_id: row.try_get("work_order_id")?,
-        workflow_id: row.try_get("workflow_id")?,
-        item_type: row.try_get("item_type")?,
-        attempt: row.try_get("attempt")?,
-        attempt_base: row.try_get("attempt_base")?,
-        max_attempts: row.try_get("max_attempts")?,
-    })
+    Ok(row.item)
 }
 
 /// A human's decision on a held item, and what it does to the item.
@@ -65,7 +64,7 @@ pub struct HumanDecision<'a> {
 /// get one decision and one conflict.
 pub async fn record_human_decision(pool: &PgPool, item: &HeldItem, human: &HumanDecision<'_>) -> Result<(), OpsError> {
     let mut tx = pool.begin().await?;
-    let row = sqlx::query(
+    let (attempt_id, agent, policy_version): (Uuid, String, Option<String>) = sqlx::query_as(
         "SELECT a.id AS attempt_id, a.agent_id,
                 (SELECT p.policy_version FROM approval_events p
                  WHERE p.work_item_id = i.id AND p.attempt_id = a.id AND p.source = 'POLICY') AS policy_version
@@ -78,9 +77,6 @@ pub async fn record_human_decision(pool: &PgPool, item: &HeldItem, human: &Human
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| OpsError::Conflict(format!("work item {} is no longer awaiting approval", item.id)))?;
-    let attempt_id: Uuid = row.try_get("attempt_id")?;
-    let agent: String = row.try_get("agent_id")?;
-    let policy_version: Option<String> = row.try_get("policy_version")?;
     sqlx::query(
         "INSERT INTO approval_events (work_item_id, attempt_id, approver_id, decision, reason, policy_version, source)
          VALUES ($1, $2, $3, $4::approval_decision, $5, $6, 'HUMAN')",

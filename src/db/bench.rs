@@ -1,7 +1,7 @@
 //! Statements used only by `orderly bench` to drive and observe a scratch database.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 pub async fn durability_settings(pool: &PgPool) -> Result<(String, String), sqlx::Error> {
@@ -79,7 +79,7 @@ pub async fn last_completion(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sql
 }
 
 /// Cumulative database counters, read before and after a phase.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
 pub struct DbCounters {
     /// Committed transactions in this database.
     pub transactions: i64,
@@ -95,18 +95,13 @@ pub async fn flushed_counters(pool: &PgPool) -> Result<DbCounters, sqlx::Error> 
     let mut conn = pool.acquire().await?;
     // Takes effect at the end of this statement's transaction, before the next one reads.
     sqlx::query("SELECT pg_stat_force_next_flush()").execute(&mut *conn).await?;
-    let row = sqlx::query(
-        "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted AS written,
-                (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint AS wal
+    sqlx::query_as(
+        "SELECT xact_commit AS transactions, tup_inserted + tup_updated + tup_deleted AS rows_written,
+                (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint AS wal_bytes
          FROM pg_stat_database WHERE datname = current_database()",
     )
     .fetch_one(&mut *conn)
-    .await?;
-    Ok(DbCounters {
-        transactions: row.try_get("xact_commit")?,
-        rows_written: row.try_get("written")?,
-        wal_bytes: row.try_get("wal")?,
-    })
+    .await
 }
 
 /// Client connections to this database other than the caller's.
@@ -141,12 +136,14 @@ pub async fn timed_single_insert(pool: &PgPool) -> Result<(Uuid, DateTime<Utc>),
     )
     .fetch_one(&mut *tx)
     .await?;
-    let row = sqlx::query("INSERT INTO work_items (work_order_id, type, content) VALUES ($1, 'TICKET', '{}') RETURNING id, clock_timestamp() AS t")
-        .bind(order)
-        .fetch_one(&mut *tx)
-        .await?;
+    let inserted: (Uuid, DateTime<Utc>) = sqlx::query_as(
+        "INSERT INTO work_items (work_order_id, type, content) VALUES ($1, 'TICKET', '{}') RETURNING id, clock_timestamp() AS t",
+    )
+    .bind(order)
+    .fetch_one(&mut *tx)
+    .await?;
     tx.commit().await?;
-    Ok((row.try_get("id")?, row.try_get("t")?))
+    Ok(inserted)
 }
 
 /// Milliseconds from each insert to its attempt's start (the claim, on the database clock).

@@ -1,7 +1,7 @@
 //! Reads of the configuration the database holds: workflow templates and schemas.
 
 use serde_json::Value;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 /// The active workflow definition matched by an order's `workflow_id` (template name, or
@@ -18,7 +18,7 @@ pub async fn workflow_definition(pool: &PgPool, workflow_id: &str) -> Result<Opt
 }
 
 /// An active JSON Schema row for a document type.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SchemaRow {
     pub id: Uuid,
     pub name: String,
@@ -28,21 +28,12 @@ pub struct SchemaRow {
 
 /// The newest active schema for a document type (the item type).
 pub async fn active_schema(pool: &PgPool, document_type: &str) -> Result<Option<SchemaRow>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT id, name, version, schema_definition FROM schemas
+    sqlx::query_as(
+        "SELECT id, name, version, schema_definition AS definition FROM schemas
          WHERE document_type = $1 AND is_active
          ORDER BY created_at DESC LIMIT 1",
     )
     .bind(document_type)
     .fetch_optional(pool)
-    .await?;
-    row.map(|r| {
-        Ok(SchemaRow {
-            id: r.try_get("id")?,
-            name: r.try_get("name")?,
-            version: r.try_get("version")?,
-            definition: r.try_get("schema_definition")?,
-        })
-    })
-    .transpose()
+    .await
 }

@@ -3,20 +3,21 @@
 
 use super::OpsError;
 use super::audit::audit;
+use crate::model::DeadLetterReason;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct DeadLetterSummary {
     pub id: Uuid,
     pub work_item_id: Option<Uuid>,
     pub event_type: String,
     pub source: String,
     pub error_code: Option<String>,
-    pub reason: Option<String>,
+    pub reason: Option<DeadLetterReason>,
     pub retry_count: i32,
     pub error: String,
     pub created_at: DateTime<Utc>,
@@ -24,36 +25,19 @@ pub struct DeadLetterSummary {
     pub resolution: Option<String>,
 }
 
-fn summary(r: &sqlx::postgres::PgRow) -> Result<DeadLetterSummary, sqlx::Error> {
-    Ok(DeadLetterSummary {
-        id: r.try_get("id")?,
-        work_item_id: r.try_get("work_item_id")?,
-        event_type: r.try_get("event_type")?,
-        source: r.try_get("source")?,
-        error_code: r.try_get("error_code")?,
-        reason: r.try_get("reason")?,
-        retry_count: r.try_get("retry_count")?,
-        error: r.try_get("error")?,
-        created_at: r.try_get("created_at")?,
-        processed_at: r.try_get("processed_at")?,
-        resolution: r.try_get("resolution")?,
-    })
-}
-
 const DEAD_LETTER_COLUMNS: &str = "id, work_item_id, event_type, source, error_code, reason::text AS reason,
     retry_count, error, created_at, processed_at, resolution";
 
 /// Open dead letters (or all with `include_processed`), newest first.
 pub async fn list(pool: &PgPool, include_processed: bool, limit: i64) -> Result<Vec<DeadLetterSummary>, sqlx::Error> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters
          WHERE $1 OR processed_at IS NULL ORDER BY created_at DESC LIMIT $2"
     )))
     .bind(include_processed)
     .bind(limit)
     .fetch_all(pool)
-    .await?;
-    rows.iter().map(summary).collect()
+    .await
 }
 
 /// A dead letter with everything an on-call engineer needs to decide.
@@ -67,16 +51,22 @@ pub struct DeadLetterDetail {
     pub approvals: Vec<Value>,
 }
 
+/// A dead letter's row: its summary and its payload.
+#[derive(sqlx::FromRow)]
+struct DeadLetterRow {
+    #[sqlx(flatten)]
+    summary: DeadLetterSummary,
+    payload: Value,
+}
+
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<DeadLetterDetail, OpsError> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let DeadLetterRow { summary: dead_letter, payload } = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {DEAD_LETTER_COLUMNS}, payload FROM dead_letters WHERE id = $1"
     )))
     .bind(id)
     .fetch_optional(pool)
     .await?
     .ok_or_else(|| OpsError::NotFound { what: "dead letter", id })?;
-    let dead_letter = summary(&row)?;
-    let payload: Value = row.try_get("payload")?;
     let item_id = dead_letter.work_item_id;
     let item: Option<Value> = sqlx::query_scalar(
         "SELECT jsonb_build_object('id', id, 'work_order_id', work_order_id, 'type', type,
@@ -178,16 +168,15 @@ pub async fn discard(pool: &PgPool, id: Uuid, actor: &str, reason: Option<&str>)
 }
 
 async fn open_dead_letter(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, id: Uuid) -> Result<Uuid, OpsError> {
-    let row = sqlx::query("SELECT work_item_id, processed_at FROM dead_letters WHERE id = $1 FOR UPDATE")
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| OpsError::NotFound { what: "dead letter", id })?;
-    let processed: Option<DateTime<Utc>> = row.try_get("processed_at")?;
+    let (item, processed): (Option<Uuid>, Option<DateTime<Utc>>) =
+        sqlx::query_as("SELECT work_item_id, processed_at FROM dead_letters WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| OpsError::NotFound { what: "dead letter", id })?;
     if processed.is_some() {
         return Err(OpsError::Conflict(format!("dead letter {id} was already processed")));
     }
-    let item: Option<Uuid> = row.try_get("work_item_id")?;
     item.ok_or_else(|| OpsError::Conflict(format!("dead letter {id} names no work item")))
 }
 

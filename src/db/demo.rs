@@ -1,8 +1,9 @@
 //! The demo's fixtures: its catalog (a schema, two workflow templates), its upstream INSERTs,
 //! and the counts its progress bar and summary show.
 
+use crate::model::{AttemptStatus, DeadLetterReason};
 use serde_json::Value;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 /// The demo's catalog: a JSON Schema for INVOICE outputs and two workflow templates.
@@ -57,7 +58,7 @@ pub async fn insert_order_sql(
     Ok(order)
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, sqlx::FromRow)]
 pub struct DemoProgress {
     pub completed: i64,
     pub failed: i64,
@@ -68,7 +69,7 @@ pub struct DemoProgress {
 }
 
 pub async fn demo_progress(pool: &PgPool) -> Result<DemoProgress, sqlx::Error> {
-    let r = sqlx::query(
+    sqlx::query_as(
         "SELECT count(*) FILTER (WHERE status = 'COMPLETED') AS completed,
                 count(*) FILTER (WHERE status = 'FAILED') AS failed,
                 count(*) FILTER (WHERE status = 'AWAITING_APPROVAL') AS awaiting,
@@ -78,18 +79,10 @@ pub async fn demo_progress(pool: &PgPool) -> Result<DemoProgress, sqlx::Error> {
          FROM work_items",
     )
     .fetch_one(pool)
-    .await?;
-    Ok(DemoProgress {
-        completed: r.try_get("completed")?,
-        failed: r.try_get("failed")?,
-        awaiting: r.try_get("awaiting")?,
-        queued_now: r.try_get("queued_now")?,
-        retrying: r.try_get("retrying")?,
-        running: r.try_get("running")?,
-    })
+    .await
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, sqlx::FromRow)]
 pub struct DemoSummary {
     pub items: i64,
     pub orders: i64,
@@ -104,18 +97,22 @@ pub struct DemoSummary {
     pub rejected: i64,
     pub orders_completed: i64,
     pub orders_failed: i64,
-    pub dead_letter_codes: Vec<(String, String, i64)>,
-    pub attempt_outcomes: Vec<(String, Option<String>, i64)>,
+    /// (error code or `?`, reason, count), most frequent first.
+    #[sqlx(skip)]
+    pub dead_letter_codes: Vec<(String, DeadLetterReason, i64)>,
+    /// (status, error code, count).
+    #[sqlx(skip)]
+    pub attempt_outcomes: Vec<(AttemptStatus, Option<String>, i64)>,
 }
 
 pub async fn demo_summary(pool: &PgPool) -> Result<DemoSummary, sqlx::Error> {
-    let r = sqlx::query(
+    let mut summary: DemoSummary = sqlx::query_as(
         "SELECT (SELECT count(*) FROM work_items) AS items,
                 (SELECT count(*) FROM work_orders) AS orders,
                 (SELECT count(*) FROM work_items WHERE status = 'COMPLETED') AS completed,
                 (SELECT count(*) FROM work_items WHERE status = 'AWAITING_APPROVAL') AS awaiting,
                 (SELECT count(*) FROM work_items WHERE attempt > 1) AS retried,
-                (SELECT count(*) FROM dead_letters) AS dead,
+                (SELECT count(*) FROM dead_letters) AS dead_lettered,
                 (SELECT count(*) FROM attempts) AS attempts,
                 (SELECT count(*) FROM eval_results WHERE passed) AS evals_passed,
                 (SELECT count(*) FROM eval_results WHERE NOT passed) AS evals_failed,
@@ -126,37 +123,15 @@ pub async fn demo_summary(pool: &PgPool) -> Result<DemoSummary, sqlx::Error> {
     )
     .fetch_one(pool)
     .await?;
-    let dead_letter_codes = sqlx::query(
+    summary.dead_letter_codes = sqlx::query_as(
         "SELECT coalesce(error_code, '?') AS code, reason::text AS reason, count(*) AS n FROM dead_letters GROUP BY 1, 2 ORDER BY 3 DESC",
     )
     .fetch_all(pool)
-    .await?
-    .iter()
-    .map(|r| Ok((r.try_get("code")?, r.try_get("reason")?, r.try_get("n")?)))
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    let attempt_outcomes = sqlx::query(
+    .await?;
+    summary.attempt_outcomes = sqlx::query_as(
         "SELECT status::text AS status, error_code, count(*) AS n FROM attempts GROUP BY 1, 2 ORDER BY 1, 3 DESC",
     )
     .fetch_all(pool)
-    .await?
-    .iter()
-    .map(|r| Ok((r.try_get("status")?, r.try_get("error_code")?, r.try_get("n")?)))
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok(DemoSummary {
-        items: r.try_get("items")?,
-        orders: r.try_get("orders")?,
-        completed: r.try_get("completed")?,
-        awaiting: r.try_get("awaiting")?,
-        retried: r.try_get("retried")?,
-        dead_lettered: r.try_get("dead")?,
-        attempts: r.try_get("attempts")?,
-        evals_passed: r.try_get("evals_passed")?,
-        evals_failed: r.try_get("evals_failed")?,
-        approved: r.try_get("approved")?,
-        rejected: r.try_get("rejected")?,
-        orders_completed: r.try_get("orders_completed")?,
-        orders_failed: r.try_get("orders_failed")?,
-        dead_letter_codes,
-        attempt_outcomes,
-    })
+    .await?;
+    Ok(summary)
 }

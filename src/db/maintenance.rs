@@ -3,7 +3,7 @@
 use super::queue::{CompleteReport, complete_in};
 use crate::model::Completion;
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 /// The advisory-lock key of the leader (one per database): "orderly" in ASCII.
@@ -20,7 +20,7 @@ pub async fn ping(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
 }
 
 /// A PROCESSING item whose lease has expired: its worker is gone or cut off.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ExpiredItem {
     pub id: Uuid,
     pub work_order_id: Uuid,
@@ -51,7 +51,7 @@ where
     F: AsyncFnOnce(&[ExpiredItem]) -> Vec<Completion>,
 {
     let mut tx = pool.begin().await?;
-    let rows = sqlx::query(
+    let expired: Vec<ExpiredItem> = sqlx::query_as(
         "SELECT w.id, w.work_order_id, o.workflow_id, w.type::text AS item_type, w.attempt, w.attempt_base,
                 w.max_attempts, w.rescues, w.locked_by, w.claimed_at, w.lease_expires_at, now() AS now
          FROM work_items w JOIN work_orders o ON o.id = w.work_order_id
@@ -63,25 +63,6 @@ where
     .bind(limit)
     .fetch_all(&mut *tx)
     .await?;
-    let expired = rows
-        .iter()
-        .map(|r| {
-            Ok(ExpiredItem {
-                id: r.try_get("id")?,
-                work_order_id: r.try_get("work_order_id")?,
-                workflow_id: r.try_get("workflow_id")?,
-                item_type: r.try_get("item_type")?,
-                attempt: r.try_get("attempt")?,
-                attempt_base: r.try_get("attempt_base")?,
-                max_attempts: r.try_get("max_attempts")?,
-                rescues: r.try_get("rescues")?,
-                locked_by: r.try_get("locked_by")?,
-                claimed_at: r.try_get("claimed_at")?,
-                lease_expires_at: r.try_get("lease_expires_at")?,
-                now: r.try_get("now")?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
     let completions = decide(&expired).await;
     let report = complete_in(&mut tx, &completions).await?;
     if !report.written.is_empty() {

@@ -1,5 +1,8 @@
 //! Every SQL statement orderly runs, one named function each. Nothing outside `db` touches
-//! SQL. Enum columns are bound as text and cast in SQL, so `model` stays free of sqlx.
+//! SQL. Enum columns are bound as text and cast in SQL, so `model` stays free of sqlx; read
+//! back, they are selected as text too (`status::text AS status`) and decoded into the
+//! model's label enums by the `Decode` impls below. Rows are mapped by
+//! `#[derive(sqlx::FromRow)]` structs (by column name) or tuples (by position).
 
 pub mod approvals;
 mod audit;
@@ -13,8 +16,9 @@ pub mod queue;
 pub mod sla;
 
 use crate::config::DatabaseSettings;
+use crate::model::{AttemptStatus, DeadLetterReason, Decision, ItemStatus, OrderStatus, Priority};
 use sqlx::migrate::MigrateDatabase;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgTypeInfo, PgValueRef};
 use sqlx::{PgPool, Postgres};
 use std::str::FromStr;
 
@@ -34,6 +38,30 @@ pub enum OpsError {
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
+
+/// Decodes the model's label enums from text columns (an enum column cast `::text` in the
+/// statement), parsed with their `FromStr` (the database spelling), without an allocation.
+/// A label this build does not know is a decode error of that column. Decode only: values
+/// are still bound with `as_str()` and cast in SQL.
+macro_rules! text_labels {
+    ($($label:ty),+ $(,)?) => {$(
+        impl sqlx::Type<Postgres> for $label {
+            fn type_info() -> PgTypeInfo {
+                <&str as sqlx::Type<Postgres>>::type_info()
+            }
+            fn compatible(ty: &PgTypeInfo) -> bool {
+                <&str as sqlx::Type<Postgres>>::compatible(ty)
+            }
+        }
+        impl<'r> sqlx::Decode<'r, Postgres> for $label {
+            fn decode(value: PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+                Ok(<&str as sqlx::Decode<'r, Postgres>>::decode(value)?.parse()?)
+            }
+        }
+    )+};
+}
+
+text_labels!(ItemStatus, OrderStatus, AttemptStatus, Priority, Decision, DeadLetterReason);
 
 /// The channel the NOTIFY trigger on `work_items` signals (migrations/0002).
 pub const WORK_CHANNEL: &str = "orderly_work";

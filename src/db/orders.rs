@@ -1,10 +1,11 @@
 //! Work orders and their items as operators see them: enqueue (the upstream's two INSERTs) and
 //! the queue's status.
 
+use crate::model::ItemStatus;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 /// A work order to enqueue, as an upstream would INSERT it.
@@ -68,14 +69,14 @@ pub async fn enqueue(pool: &PgPool, order: &NewOrder) -> Result<(Uuid, Vec<Uuid>
     Ok((order_id, item_ids))
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct StatusCount {
-    pub status: String,
+    pub status: ItemStatus,
     pub item_type: String,
     pub count: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct InFlight {
     pub id: Uuid,
     pub item_type: String,
@@ -98,18 +99,13 @@ pub struct QueueStatus {
 }
 
 pub async fn queue_status(pool: &PgPool, in_flight_limit: i64) -> Result<QueueStatus, sqlx::Error> {
-    let counts = sqlx::query(
-        "SELECT status::text AS status, type::text AS item_type, count(*) AS n
+    let counts: Vec<StatusCount> = sqlx::query_as(
+        "SELECT status::text AS status, type::text AS item_type, count(*) AS count
          FROM work_items GROUP BY 1, 2 ORDER BY 1, 2",
     )
     .fetch_all(pool)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(StatusCount { status: r.try_get("status")?, item_type: r.try_get("item_type")?, count: r.try_get("n")? })
-    })
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    let row = sqlx::query(
+    .await?;
+    let (oldest_queued_seconds, scheduled, open_dead_letters): (Option<f64>, i64, i64) = sqlx::query_as(
         "SELECT (SELECT extract(epoch FROM now() - min(run_at))::float8 FROM work_items
                   WHERE status = 'QUEUED' AND run_at <= now()) AS oldest,
                 (SELECT count(*) FROM work_items WHERE status = 'QUEUED' AND run_at > now()) AS scheduled,
@@ -117,32 +113,13 @@ pub async fn queue_status(pool: &PgPool, in_flight_limit: i64) -> Result<QueueSt
     )
     .fetch_one(pool)
     .await?;
-    let in_flight = sqlx::query(
+    let in_flight: Vec<InFlight> = sqlx::query_as(
         "SELECT id, type::text AS item_type, attempt, locked_by, lease_expires_at, rescues,
-                (extract(epoch FROM lease_expires_at - now()) * 1000)::bigint AS remaining
+                (extract(epoch FROM lease_expires_at - now()) * 1000)::bigint AS lease_remaining_ms
          FROM work_items WHERE status = 'PROCESSING' ORDER BY lease_expires_at LIMIT $1",
     )
     .bind(in_flight_limit)
     .fetch_all(pool)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(InFlight {
-            id: r.try_get("id")?,
-            item_type: r.try_get("item_type")?,
-            attempt: r.try_get("attempt")?,
-            locked_by: r.try_get("locked_by")?,
-            lease_expires_at: r.try_get("lease_expires_at")?,
-            lease_remaining_ms: r.try_get("remaining")?,
-            rescues: r.try_get("rescues")?,
-        })
-    })
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok(QueueStatus {
-        counts,
-        oldest_queued_seconds: row.try_get("oldest")?,
-        scheduled: row.try_get("scheduled")?,
-        in_flight,
-        open_dead_letters: row.try_get("dead")?,
-    })
+    .await?;
+    Ok(QueueStatus { counts, oldest_queued_seconds, scheduled, in_flight, open_dead_letters })
 }

@@ -1,9 +1,9 @@
 //! The hot path's statements: claim, lease renewal and the batched, fenced completion.
 
-use crate::model::{Completion, NextState};
+use crate::model::{Completion, NextState, Priority};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -42,12 +42,12 @@ FROM claimed c JOIN work_orders o ON o.id = c.work_order_id
 "#;
 
 /// A claimed item, as the claim statement returns it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedItem {
     pub id: Uuid,
     pub work_order_id: Uuid,
     pub item_type: String,
-    pub priority: String,
+    pub priority: Priority,
     /// The attempt this claim started: the fencing token of every later write.
     pub attempt: i32,
     pub attempt_base: i32,
@@ -60,10 +60,11 @@ pub struct ClaimedItem {
     pub workflow_id: String,
     pub tenant_id: Uuid,
     pub created_by: Uuid,
-    pub order_priority: String,
+    pub order_priority: Priority,
     /// The order's metadata as JSON text, parsed by the runner for this item alone: a value
     /// `jsonb` holds but serde cannot (a number past f64, nesting past its limit) fails one
     /// item, not the claim of its whole batch.
+    #[sqlx(rename = "metadata")]
     pub order_metadata: String,
     /// Database time of the claim: the attempt's `started_at`.
     pub claimed_at: DateTime<Utc>,
@@ -88,40 +89,17 @@ pub async fn claim(
     lease: Duration,
     max_content_bytes: i32,
 ) -> Result<Vec<ClaimedItem>, sqlx::Error> {
-    let rows = sqlx::query(CLAIM_SQL)
+    sqlx::query_as(CLAIM_SQL)
         .bind(limit)
         .bind(lease.as_millis() as f64)
         .bind(worker_id)
         .bind(max_content_bytes)
         .fetch_all(pool)
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(ClaimedItem {
-                id: r.try_get("id")?,
-                work_order_id: r.try_get("work_order_id")?,
-                item_type: r.try_get("item_type")?,
-                priority: r.try_get("priority")?,
-                attempt: r.try_get("attempt")?,
-                attempt_base: r.try_get("attempt_base")?,
-                max_attempts: r.try_get("max_attempts")?,
-                rescues: r.try_get("rescues")?,
-                created_at: r.try_get("created_at")?,
-                content_bytes: r.try_get("content_bytes")?,
-                content: r.try_get("content")?,
-                workflow_id: r.try_get("workflow_id")?,
-                tenant_id: r.try_get("tenant_id")?,
-                created_by: r.try_get("created_by")?,
-                order_priority: r.try_get("order_priority")?,
-                order_metadata: r.try_get("metadata")?,
-                claimed_at: r.try_get("claimed_at")?,
-            })
-        })
-        .collect()
+        .await
 }
 
 /// A memory document attached to an item, for the envelope's context.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct MemDoc {
     pub work_item_id: Uuid,
     pub doc_type: String,
@@ -132,23 +110,13 @@ pub struct MemDoc {
 
 /// The memory documents of a batch of claimed items (one statement per claim batch).
 pub async fn mem_docs(pool: &PgPool, item_ids: &[Uuid]) -> Result<Vec<MemDoc>, sqlx::Error> {
-    let rows = sqlx::query(
+    sqlx::query_as(
         "SELECT work_item_id, type::text AS doc_type, content, metadata::text AS metadata FROM mem_docs
          WHERE work_item_id = ANY($1) ORDER BY created_at",
     )
     .bind(item_ids)
     .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(MemDoc {
-                work_item_id: r.try_get("work_item_id")?,
-                doc_type: r.try_get("doc_type")?,
-                content: r.try_get("content")?,
-                metadata: r.try_get("metadata")?,
-            })
-        })
-        .collect()
+    .await
 }
 
 /// The lease renewal statement (see [`renew_leases`]); public so the plan test can EXPLAIN it.
@@ -396,7 +364,7 @@ async fn write_completions(
     // One statement: the fenced UPDATE decides which items are current (`done`); every
     // side record is inserted only for those. The dead-letter payload carries what a replay
     // needs (the item id; content stays in work_items) plus what an operator reads first.
-    let rows = sqlx::query(COMPLETE_SQL)
+    sqlx::query_as(COMPLETE_SQL)
         .bind(&c.id)
         .bind(&c.attempt)
         .bind(&c.status)
@@ -434,8 +402,7 @@ async fn write_completions(
         .bind(&c.dl_retries)
         .bind(&c.dl_attempt)
         .fetch_all(&mut **tx)
-        .await?;
-    rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("work_order_id")?, r.try_get("attempt")?))).collect()
+        .await
 }
 
 /// The order roll-up (see [`roll_up_orders`]); public so the plan test can EXPLAIN it.

@@ -293,7 +293,7 @@ fn envelope(
             id: item.id,
             item_type: item.item_type.clone(),
             content,
-            priority: item.priority.clone(),
+            priority: item.priority.as_str().to_owned(),
             created_at: item.created_at,
         },
         work_order: WorkOrderView {
@@ -301,7 +301,7 @@ fn envelope(
             workflow_id: item.workflow_id.clone(),
             tenant_id: item.tenant_id,
             created_by: item.created_by,
-            priority: item.order_priority.clone(),
+            priority: item.order_priority.as_str().to_owned(),
             metadata,
         },
         attempt: AttemptView { id: attempt_id, number: item.attempt, max_attempts },
