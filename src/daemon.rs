@@ -29,12 +29,18 @@ pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
 pub struct Engine {
     /// Whether this process is the elected leader (runs the rescuer and the pruner).
     pub leading: watch::Receiver<bool>,
+    /// Counters of this process since start (tests, the bench, health checks).
     pub metrics: Arc<Metrics>,
+    /// Names this process in `locked_by` and attempt rows: host, pid and a random suffix.
     pub worker_id: String,
     pub pool: PgPool,
+    /// Leases this process holds; shutdown interrupts them past the grace period.
     in_flight: InFlight,
+    /// First phase of shutdown: the dispatcher and the listener stop.
     stop_claiming: CancellationToken,
+    /// Last phase: heartbeat, leader and the leader's services stop once results are written.
     stop_background: CancellationToken,
+    /// The runners, waited for during the grace period.
     runners: TaskTracker,
     dispatcher: JoinHandle<()>,
     completers: Vec<JoinHandle<()>>,

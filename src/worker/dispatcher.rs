@@ -19,13 +19,21 @@ use tokio_util::task::TaskTracker;
 const QUICK_RECHECK: Duration = Duration::from_millis(5);
 
 pub struct Dispatcher {
+    /// The engine's pool: one claim statement per batch.
     pub pool: PgPool,
+    /// What every runner shares: agents, the routing catalog, settings, this worker's id.
     pub ctx: Arc<RunContext>,
+    /// One permit per execution slot (`worker.concurrency`): a claim never asks for more
+    /// items than there are free permits, so nothing claimed waits for a slot.
     pub slots: Arc<Semaphore>,
+    /// Woken by the listener (NOTIFY) and by the completer when a retry becomes runnable.
     pub wake: Arc<Notify>,
+    /// Leases this process holds, for the heartbeat and the completer.
     pub in_flight: InFlight,
     pub metrics: Arc<Metrics>,
+    /// Where runners hand their results to the completers.
     pub completions: mpsc::Sender<Completion>,
+    /// The runners, so shutdown can wait for them.
     pub tasks: TaskTracker,
     /// Stop claiming (first phase of shutdown).
     pub stop: CancellationToken,
@@ -131,29 +139,35 @@ impl Dispatcher {
             let in_flight = self.in_flight.clone();
             let metrics = self.metrics.clone();
             let item_docs = docs.as_mut().map(|docs| docs.remove(&item.id).unwrap_or_default());
-            self.tasks.spawn(async move {
-                let id = item.id;
-                let run = std::pin::pin!(runner::run(&ctx, item, item_docs, stop));
-                match CatchUnwind(run).await {
-                    Ok(Some(done)) => {
-                        // The slot frees once the result is handed over; the lease stays
-                        // in flight (and renewed) until the completer has written it.
-                        let _ = completions.send(done).await;
-                    }
-                    Ok(None) => {
-                        Metrics::add(&metrics.leases_lost, 1);
-                        in_flight.remove(&id, attempt);
-                    }
-                    Err(panic) => {
-                        // A bug outside the agent: the lease is let go, so the rescuer takes
-                        // the item back when it expires (bounded by worker.max_rescues).
-                        tracing::error!(work_item.id = %id, attempt, panic = %panic,
+            // Every line of the item's life carries these (the agent is known once routed).
+            let span = tracing::info_span!("item", work_item.id = %item.id, work_order.id = %item.work_order_id,
+                attempt, agent = tracing::field::Empty);
+            self.tasks.spawn(tracing::Instrument::instrument(
+                async move {
+                    let id = item.id;
+                    let run = std::pin::pin!(runner::run(&ctx, item, item_docs, stop));
+                    match CatchUnwind(run).await {
+                        Ok(Some(done)) => {
+                            // The slot frees once the result is handed over; the lease stays
+                            // in flight (and renewed) until the completer has written it.
+                            let _ = completions.send(done).await;
+                        }
+                        Ok(None) => {
+                            Metrics::add(&metrics.leases_lost, 1);
+                            in_flight.remove(&id, attempt);
+                        }
+                        Err(panic) => {
+                            // A bug outside the agent: the lease is let go, so the rescuer takes
+                            // the item back when it expires (bounded by worker.max_rescues).
+                            tracing::error!(panic = %panic,
                             "runner panicked; the item will be rescued when its lease expires");
-                        in_flight.remove(&id, attempt);
+                            in_flight.remove(&id, attempt);
+                        }
                     }
-                }
-                drop(permit);
-            });
+                    drop(permit);
+                },
+                span,
+            ));
         }
         Ok(got)
     }

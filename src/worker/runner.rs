@@ -38,7 +38,9 @@ pub struct Stop {
     pub lease_lost: CancellationToken,
 }
 
-/// Runs one item to a [`Completion`], or `None` when its lease was lost mid-run.
+/// Runs one item to a [`Completion`], or `None` when its lease was lost mid-run. Runs inside
+/// the item's span (see the dispatcher), so every line it logs names the item, its order,
+/// the attempt and the agent.
 /// `mem_docs` is `None` when they could not be read: the run is then deferred, never made
 /// without the context it should have had.
 pub async fn run(ctx: &RunContext, item: ClaimedItem, mem_docs: Option<Vec<MemDoc>>, stop: Stop) -> Option<Completion> {
@@ -51,6 +53,7 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, mem_docs: Option<Vec<MemDo
     let max_attempts = Budget::ceiling(item.max_attempts, step_max, settings.retry.max_attempts);
     let budget = Budget { used: item.attempt - item.attempt_base, max: max_attempts };
     let agent_name = step.as_ref().map(|s| s.agent.clone()).unwrap_or_else(|_| "router".to_owned());
+    tracing::Span::current().record("agent", agent_name.as_str());
     let mut input = json!({ "agent": agent_name, "content_bytes": item.content_bytes,
                             "mem_docs": mem_docs.as_ref().map_or(0, Vec::len) });
     let finish = |input, attempt_status, output, error: Option<ErrorInfo>, evals, approval, next| {
@@ -84,7 +87,7 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, mem_docs: Option<Vec<MemDo
     if let Some(why) = unavailable {
         let backoff = Backoff { base: settings.retry.backoff_base, max: settings.retry.backoff_max };
         let delay = backoff.delay(1, fastrand::f64());
-        tracing::warn!(work_item.id = %item.id, attempt = item.attempt, error = %why, retry_in = ?delay,
+        tracing::warn!(error = %why, retry_in = ?delay,
             "the database was unavailable while preparing the run; released, not counted");
         let error = ErrorInfo {
             code: ErrorCode::DatabaseUnavailable,
@@ -125,7 +128,7 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, mem_docs: Option<Vec<MemDo
             tokio::select! {
                 biased;
                 _ = stop.lease_lost.cancelled() => {
-                    tracing::warn!(work_item.id = %item.id, attempt = item.attempt, "lease lost; execution abandoned");
+                    tracing::warn!("lease lost; execution abandoned");
                     return None;
                 }
                 _ = stop.interrupt.cancelled() => {
@@ -139,7 +142,7 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, mem_docs: Option<Vec<MemDo
                         Ok(output)
                     }),
                     Ok(Err(panic)) => {
-                        tracing::error!(work_item.id = %item.id, attempt = item.attempt, agent = %step.agent,
+                        tracing::error!(
                             panic = %panic, "agent panicked; the attempt fails");
                         result = Err(AgentError::retryable(ErrorCode::AgentPanicked,
                             format!("agent {} panicked: {panic}", step.agent)));
