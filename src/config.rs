@@ -254,6 +254,17 @@ pub struct LogSettings {
     pub level: String,
 }
 
+impl DatabaseSettings {
+    /// The pool this configuration describes, in the db layer's terms.
+    pub fn pool(&self) -> crate::db::PoolOptions<'_> {
+        crate::db::PoolOptions {
+            url: &self.url,
+            max_connections: self.max_connections,
+            acquire_timeout: self.acquire_timeout,
+        }
+    }
+}
+
 impl Settings {
     /// Loads the layered configuration. `file` is the operator's `--config`.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {

@@ -59,7 +59,7 @@ impl Engine {
         let agents = registry.build(&settings)?;
         let pool = match pool {
             Some(pool) => pool,
-            None => db::connect_engine(&settings.database)
+            None => db::connect_engine(&settings.database.pool())
                 .await
                 .with_context(|| format!("connecting to {}", crate::config::redact_url(&settings.database.url)))?,
         };

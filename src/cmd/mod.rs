@@ -18,7 +18,7 @@ use sqlx::PgPool;
 
 /// Connects, explaining how to fix an unreachable database.
 pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
-    db::connect(&settings.database).await.map_err(|e| unreachable_hint(&settings.database.url, e))
+    db::connect(&settings.database.pool()).await.map_err(|e| unreachable_hint(&settings.database.url, e))
 }
 
 /// Turns a failure to connect into a message that names the cause and the next step.

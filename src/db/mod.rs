@@ -15,7 +15,6 @@ pub mod orders;
 pub mod queue;
 pub mod sla;
 
-use crate::config::DatabaseSettings;
 use crate::model::{AttemptStatus, DeadLetterReason, Decision, ItemStatus, OrderStatus, Priority};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgTypeInfo, PgValueRef};
@@ -83,17 +82,25 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub const ENGINE_PLANNER_SETTINGS: [(&str, &str); 3] =
     [("enable_seqscan", "off"), ("enable_bitmapscan", "off"), ("plan_cache_mode", "force_generic_plan")];
 
+/// What a pool needs, in the db layer's own terms (the configuration fills it in).
+#[derive(Debug, Clone, Copy)]
+pub struct PoolOptions<'a> {
+    pub url: &'a str,
+    pub max_connections: u32,
+    pub acquire_timeout: std::time::Duration,
+}
+
 /// Opens the pool described by the settings (operators' commands).
-pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
-    open(settings, PgConnectOptions::from_str(&settings.url)?).await
+pub async fn connect(settings: &PoolOptions<'_>) -> Result<PgPool, DbError> {
+    open(settings, PgConnectOptions::from_str(settings.url)?).await
 }
 
 /// Opens the engine's pool: [`connect`] with [`ENGINE_PLANNER_SETTINGS`].
-pub async fn connect_engine(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
-    open(settings, PgConnectOptions::from_str(&settings.url)?.options(ENGINE_PLANNER_SETTINGS)).await
+pub async fn connect_engine(settings: &PoolOptions<'_>) -> Result<PgPool, DbError> {
+    open(settings, PgConnectOptions::from_str(settings.url)?.options(ENGINE_PLANNER_SETTINGS)).await
 }
 
-async fn open(settings: &DatabaseSettings, options: PgConnectOptions) -> Result<PgPool, DbError> {
+async fn open(settings: &PoolOptions<'_>, options: PgConnectOptions) -> Result<PgPool, DbError> {
     let options = options.application_name("orderly");
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
