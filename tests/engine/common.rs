@@ -108,6 +108,16 @@ pub async fn insert_order_with_workflow(pool: &PgPool, workflow: &str) -> Uuid {
     .unwrap()
 }
 
+/// An active workflow template for TICKET items with this definition.
+pub async fn insert_template(pool: &PgPool, name: &str, definition: Value) {
+    sqlx::query("INSERT INTO workflow_templates (name, document_type, workflow_definition) VALUES ($1, 'TICKET', $2)")
+        .bind(name)
+        .bind(definition)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
 /// The upstream's second INSERT, in plain SQL.
 pub async fn insert_item(pool: &PgPool, order: Uuid, item_type: &str, content: &str) -> Uuid {
     sqlx::query_scalar(

@@ -72,13 +72,8 @@ async fn garbage_inserted_by_sql_becomes_stable_errors_and_the_queue_flows() {
 #[tokio::test]
 async fn text_steps_pass_content_that_is_not_json() {
     let db = TestDb::new().await;
-    sqlx::query(
-        "INSERT INTO workflow_templates (name, document_type, workflow_definition)
-         VALUES ('plain', 'TICKET', '{\"steps\": {\"TICKET\": {\"agent\": \"echo\", \"content\": \"text\"}}}')",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    insert_template(&db.pool, "plain", serde_json::json!({"steps": {"TICKET": {"agent": "echo", "content": "text"}}}))
+        .await;
     let order = insert_order_with_workflow(&db.pool, "plain").await;
     let item = insert_item(&db.pool, order, "TICKET", "printer on fire").await;
     let engine = db.engine("").await;
@@ -92,14 +87,13 @@ async fn text_steps_pass_content_that_is_not_json() {
 #[tokio::test]
 async fn workflow_templates_override_routes_timeouts_and_attempts() {
     let db = TestDb::new().await;
-    sqlx::query(
-        "INSERT INTO workflow_templates (name, document_type, workflow_definition)
-         VALUES ('strict', 'TICKET', '{\"steps\": {\"TICKET\": {\"agent\": \"broken\", \"max_attempts\": 2}}}'),
-                ('broken-template', 'TICKET', '{\"steps\": {\"TICKET\": {\"agnet\": \"echo\"}}}')",
+    insert_template(
+        &db.pool,
+        "strict",
+        serde_json::json!({"steps": {"TICKET": {"agent": "broken", "max_attempts": 2}}}),
     )
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    .await;
+    insert_template(&db.pool, "broken-template", serde_json::json!({"steps": {"TICKET": {"agnet": "echo"}}})).await;
     let config =
         "[agents.broken]\nkind = \"fail\"\nretryable = true\n[retry]\nmax_attempts = 5\n[routes]\nTICKET = \"echo\"\n";
     let strict = insert_order_with_workflow(&db.pool, "strict").await;

@@ -206,13 +206,7 @@ async fn hide_table(db: &TestDb, table: &str, hidden: bool) {
 #[tokio::test]
 async fn failed_reads_before_a_run_defer_it_and_never_dead_letter_it() {
     let db = TestDb::new().await;
-    sqlx::query(
-        "INSERT INTO workflow_templates (name, document_type, workflow_definition)
-         VALUES ('routed', 'TICKET', '{\"steps\": {\"TICKET\": {\"agent\": \"echo\"}}}')",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    insert_template(&db.pool, "routed", json!({"steps": {"TICKET": {"agent": "echo"}}})).await;
     for table in ["workflow_templates", "schemas", "mem_docs"] {
         let order = insert_order_with_workflow(&db.pool, "routed").await;
         hide_table(&db, table, true).await;

@@ -22,12 +22,7 @@ async fn add_ticket_schema(db: &TestDb) {
 }
 
 async fn add_template(db: &TestDb, name: &str, policy: &str) {
-    sqlx::query("INSERT INTO workflow_templates (name, document_type, workflow_definition) VALUES ($1, 'TICKET', $2)")
-        .bind(name)
-        .bind(json!({"steps": {"TICKET": {"agent": "echo", "approval": policy}}}))
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    insert_template(&db.pool, name, json!({"steps": {"TICKET": {"agent": "echo", "approval": policy}}})).await;
 }
 
 #[tokio::test]
