@@ -1,6 +1,7 @@
 //! Fault injection against real `orderly run` processes and the real PostgreSQL: kill -9,
 //! PostgreSQL restarts, terminated backends, SIGSTOP past the lease, SIGTERM under load,
-//! stubborn command agents. After each scenario an oracle checks DESIGN §3.
+//! stubborn command agents. After each scenario an oracle checks the guarantees
+//! (docs/guarantees.md).
 //!
 //! These tests restart PostgreSQL and kill processes: `scripts/test` runs this binary alone,
 //! one test at a time, after the main suite. `ORDERLY_FAULT_LONG=1` runs the long mode.
