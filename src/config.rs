@@ -131,7 +131,7 @@ pub struct ApprovalSettings {
     pub policy: PolicyKind,
 }
 
-/// The leader's pruner of finished work orders (DESIGN §5).
+/// The leader's pruner of finished work orders (docs/operations.md, "Pruning").
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrunerSettings {

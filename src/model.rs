@@ -49,7 +49,7 @@ labels!(
     Priority { Low = "LOW", Medium = "MEDIUM", High = "HIGH", Urgent = "URGENT" }
 );
 labels!(
-    /// `work_items.status` (DESIGN §2).
+    /// `work_items.status` (docs/states.md).
     ItemStatus {
         Queued = "QUEUED",
         Processing = "PROCESSING",

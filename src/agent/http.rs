@@ -1,4 +1,4 @@
-//! The `http` kind: POST the envelope as JSON to a configured URL (DESIGN §4).
+//! The `http` kind: POST the envelope as JSON to a configured URL (README.md, "Agents").
 //!
 //! 2xx + JSON body → output. 408, 429, 5xx, connection errors → retryable (Retry-After is
 //! passed on; the runner clamps it). Other 4xx → permanent. Non-JSON 2xx → permanent.

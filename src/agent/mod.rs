@@ -1,5 +1,5 @@
 //! THE PLUG-IN SEAM. An agent executes one work item: it receives an [`AgentRequest`]
-//! (the envelope of DESIGN §4) and answers JSON output or a classified [`AgentError`].
+//! (the envelope of README.md, "Agents") and answers JSON output or a classified [`AgentError`].
 //! The runner (`worker::runner`) calls agents; agents know nothing of the database.
 //!
 //! A Rust user adds a kind by implementing [`Executor`] and registering a factory with

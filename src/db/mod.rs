@@ -70,7 +70,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Planner settings of the engine's connections (sent at connect, no extra round trip).
 ///
 /// Every statement the engine runs finds its rows through a key or a partial index, by
-/// design (DESIGN §7). The planner does not know that: with statistics taken while the
+/// design (docs/guarantees.md). The planner does not know that: with statistics taken while the
 /// queue was empty (a quiet period; autovacuum behind, or off) it expects a handful of
 /// queued rows, and a claim with `LIMIT 256` then reads every queued row through a bitmap
 /// scan and sorts them, and the order lookups scan all of `work_orders`: each batch costs

@@ -79,7 +79,7 @@ pub struct ClaimedItem {
 /// cannot move before it updates it. Looking them up again by primary key cost a tenth of
 /// the database's CPU (a bitmap scan re-reads every dead index entry of a key). The update
 /// has no other condition: one on `status` would offer the planner the ready index again,
-/// which it takes when its statistics think the index empty (DESIGN §7). Orders are taken
+/// which it takes when its statistics think the index empty (docs/guarantees.md). Orders are taken
 /// with SKIP LOCKED too: an order that another transaction holds is already being moved out
 /// of PENDING or rolled up.
 pub async fn claim(
@@ -426,7 +426,7 @@ WHERE o.id = ANY ($1) AND o.id = r.id AND r.status IS NOT NULL AND o.status <> r
 /// Locks the orders of a completion batch in id order (see [`roll_up_orders`]).
 pub const LOCK_ORDERS_SQL: &str = "SELECT id FROM work_orders WHERE id = ANY($1) ORDER BY id FOR UPDATE";
 
-/// Recomputes the status of the given orders from their items (DESIGN §2), inside the
+/// Recomputes the status of the given orders from their items (docs/states.md), inside the
 /// caller's transaction, after its item updates.
 ///
 /// The orders are locked first, in id order (no deadlock between completers); the roll-up

@@ -1,4 +1,4 @@
-//! The hot statements keep their index plans as the table grows (DESIGN §7): a regression
+//! The hot statements keep their index plans as the table grows (docs/guarantees.md): a regression
 //! to a sequential scan of work_items makes each batch cost O(table) and fails here.
 
 use crate::common::*;

@@ -301,7 +301,7 @@ pub struct Verdict {
     pub lost_attempts: i64,
 }
 
-/// Checks DESIGN §3 over the database and the agent's ledger.
+/// Checks the guarantees (docs/guarantees.md) over the database and the agent's ledger.
 pub async fn oracle(db: &TestDb, inserted: &[Uuid], agent: &TestAgent) -> Verdict {
     let pool = &db.pool;
     let scalar = |sql: &'static str| async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.unwrap() };

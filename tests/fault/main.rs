@@ -2,7 +2,8 @@
 //! PostgreSQL restarts (also while workflow templates are being read), terminated backends,
 //! SIGSTOP past the lease, SIGTERM under load, SIGHUP, engine tasks that panic
 //! (`ORDERLY_FAILPOINTS`), stubborn command agents, four replicas' first start on a missing
-//! database. After each scenario an oracle checks DESIGN §3.
+//! database. After each scenario an oracle checks the
+//! guarantees (docs/guarantees.md).
 //!
 //! These tests restart PostgreSQL and kill processes: `scripts/test` runs this binary alone,
 //! one test at a time, after the main suite. `ORDERLY_FAULT_LONG=1` runs the long mode.
