@@ -130,3 +130,34 @@ async fn mem_docs_reach_the_agent_as_context() {
     assert_eq!(result["mem_docs"][0]["content"], "printers burn");
     assert_eq!(result["mem_docs"][0]["type"], "KNOWLEDGE");
 }
+
+/// Rows the engine could not move are refused at the INSERT (or UPDATE) that writes them,
+/// instead of wedging a claim later: an attempt counter at the top of its range would make
+/// every claim of its batch overflow, a PROCESSING row without a lease would never be rescued.
+#[tokio::test]
+async fn rows_the_engine_could_not_move_are_refused_at_insert() {
+    let db = TestDb::new().await;
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    for (what, columns, values) in [
+        ("attempt at the top of its range", "attempt", "2147483647"),
+        ("negative attempt", "attempt", "-1"),
+        ("attempt base past the attempt", "attempt_base", "3"),
+        ("negative rescues", "rescues", "-1"),
+        ("PROCESSING without a lease", "status", "'PROCESSING'"),
+        ("zero max_attempts", "max_attempts", "0"),
+    ] {
+        let sql = format!(
+            "INSERT INTO work_items (work_order_id, type, content, {columns}) VALUES ($1, 'TICKET', '{{}}', {values})"
+        );
+        let refused = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(order).execute(&db.pool).await;
+        let err = refused.expect_err(what);
+        assert!(err.to_string().contains("check constraint"), "{what}: {err}");
+    }
+    let good = insert_item(&db.pool, order, "TICKET", "{}").await;
+    let refused =
+        sqlx::query("UPDATE work_items SET attempt = 2147483647 WHERE id = $1").bind(good).execute(&db.pool).await;
+    assert!(refused.is_err(), "an UPDATE is checked too");
+    let engine = db.engine("[routes]\nTICKET = \"echo\"\n").await;
+    wait_for_status(&db.pool, good, "COMPLETED").await;
+    stop(engine).await;
+}
