@@ -201,4 +201,7 @@ pub enum SlaCommand {
     },
     /// Check the active rules: exits 1 when a rule cannot fire, and prints every problem.
     Check,
+    /// Run one sweep now (what the leader does every `sla.sweep_interval`) and print what it
+    /// did. Safe beside running daemons: each level still fires once.
+    Sweep,
 }

@@ -119,6 +119,22 @@ pub async fn sla(settings: &Settings, command: SlaCommand) -> anyhow::Result<()>
             }
             println!("{} active rule(s) checked", rules.iter().filter(|r| r.is_active).count());
         }
+        SlaCommand::Sweep => {
+            let sweeper =
+                crate::sla::sweeper::Sweeper { pool: pool.clone(), settings: std::sync::Arc::new(settings.clone()) };
+            let started = std::time::Instant::now();
+            let report = sweeper.run_once().await?;
+            println!(
+                "swept in {:.1} ms: {} escalation(s) fired, {} resolved, {} notification(s) queued or merged",
+                started.elapsed().as_secs_f64() * 1000.0,
+                report.fired,
+                report.resolved,
+                report.notifications
+            );
+            for p in report.problems {
+                println!("{}: rule `{}` {}", if p.blocking { "error" } else { "warning" }, p.rule, p.message);
+            }
+        }
     }
     Ok(())
 }
