@@ -50,6 +50,16 @@ pub enum Command {
     Bench(BenchArgs),
 }
 
+/// How `orderly bench` enqueues its items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchShape {
+    Orders,
+    Bulk,
+    Priorities,
+    Delayed,
+}
+
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Items to enqueue and process.
@@ -60,6 +70,15 @@ pub struct BenchArgs {
     pub concurrency: usize,
     #[arg(long, default_value_t = 100)]
     pub items_per_order: usize,
+    /// How the upstream shapes its work: `orders` (one order per transaction), `bulk` (every
+    /// order in one transaction, rows of different orders interleaved), `priorities` (as
+    /// `orders`, each order a random priority), `delayed` (as `orders`, 10% of the items
+    /// with a run_at up to 1 s ahead).
+    #[arg(long, value_enum, default_value = "orders")]
+    pub shape: BenchShape,
+    /// Measure processing only (skip the pickup and end-to-end latency phases).
+    #[arg(long)]
+    pub throughput_only: bool,
     /// Pre-fill this many finished items (with attempts) to show cost stays flat.
     #[arg(long, default_value_t = 0)]
     pub history: usize,

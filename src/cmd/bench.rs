@@ -5,7 +5,7 @@
 //! database's work per item. Reports figures; asserts nothing.
 
 use super::unreachable_hint;
-use crate::cli::BenchArgs;
+use crate::cli::{BenchArgs, BenchShape};
 use crate::config::Settings;
 use crate::db;
 use anyhow::Context;
@@ -16,11 +16,13 @@ use std::time::{Duration, Instant};
 
 const BENCH_DB: &str = "orderly_bench";
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct BenchReport {
     pub date: String,
     pub items: usize,
     pub items_per_order: usize,
+    /// How the items were enqueued (see `orderly bench --help`).
+    pub shape: String,
     pub concurrency: usize,
     pub history: usize,
     pub fsync: String,
@@ -40,7 +42,7 @@ pub struct BenchReport {
     pub db_wal_bytes_per_item: f64,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct Percentiles {
     pub samples: usize,
     pub p50: f64,
@@ -79,6 +81,7 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
         date: chrono::Utc::now().format("%Y-%m-%d").to_string(),
         items: args.items,
         items_per_order: args.items_per_order,
+        shape: format!("{:?}", args.shape).to_lowercase(),
         concurrency: args.concurrency,
         history: args.history,
         ..BenchReport::default()
@@ -92,7 +95,7 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
     say(format!("enqueueing {} items ({} per order) with batched INSERTs…", args.items, args.items_per_order));
     let upstream = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&url).await?;
     let started = Instant::now();
-    enqueue(&upstream, args.items, args.items_per_order).await?;
+    enqueue(&upstream, args.items, args.items_per_order, args.shape).await?;
     report.enqueue_items_per_s = args.items as f64 / started.elapsed().as_secs_f64();
     upstream.close().await;
 
@@ -125,6 +128,9 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
     report.db_rows_written_per_item = per_item(after.rows_written - before.rows_written);
     report.db_wal_bytes_per_item = per_item(after.wal_bytes - before.wal_bytes);
 
+    if args.throughput_only {
+        return finish(&args, &report, &config, pool, &url, processing_rss).await;
+    }
     // A fresh daemon, idle once it listens, for the latency phases.
     let daemon = spawn_daemon(&config, &url)?;
     wait_listening(&pool, Duration::from_secs(30)).await?;
@@ -146,12 +152,24 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
     report.end_to_end_ms = Percentiles::of(db::bench::end_to_end_since(&pool, marker).await?);
 
     let (_, latency_rss) = process_usage(daemon.id());
-    report.daemon_peak_rss_mib = processing_rss.max(latency_rss);
     stop_daemon(daemon);
-    let _ = std::fs::remove_file(&config);
+    finish(&args, &report, &config, pool, &url, processing_rss.max(latency_rss)).await
+}
+
+/// Cleans up and prints the report.
+async fn finish(
+    args: &BenchArgs,
+    report: &BenchReport,
+    config: &std::path::Path,
+    pool: PgPool,
+    url: &str,
+    peak_rss_mib: f64,
+) -> anyhow::Result<()> {
+    let report = BenchReport { daemon_peak_rss_mib: peak_rss_mib, ..report.clone() };
+    let _ = std::fs::remove_file(config);
     pool.close().await;
     if !args.keep {
-        db::drop_database(&url).await?;
+        db::drop_database(url).await?;
     }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -216,9 +234,13 @@ fn process_usage(pid: u32) -> (f64, f64) {
     (cpu, rss)
 }
 
-async fn enqueue(pool: &PgPool, items: usize, per_order: usize) -> anyhow::Result<()> {
+async fn enqueue(pool: &PgPool, items: usize, per_order: usize, shape: BenchShape) -> anyhow::Result<()> {
     let per_order = per_order.max(1);
     let orders = items.div_ceil(per_order);
+    if shape == BenchShape::Bulk {
+        db::bench::insert_bulk_interleaved(pool, orders, per_order).await?;
+        return Ok(());
+    }
     // Upstreams insert in their own transactions; a few run concurrently here.
     let mut tasks = tokio::task::JoinSet::new();
     let chunks = 4.min(orders.max(1));
@@ -228,7 +250,9 @@ async fn enqueue(pool: &PgPool, items: usize, per_order: usize) -> anyhow::Resul
             let mut o = chunk;
             while o < orders {
                 let n = per_order.min(items - o * per_order);
-                db::bench::insert_order_with_items(&pool, n).await?;
+                let priority = (shape == BenchShape::Priorities).then(|| ["LOW", "MEDIUM", "HIGH", "URGENT"][o % 4]);
+                let delayed = if shape == BenchShape::Delayed { 0.1 } else { 0.0 };
+                db::bench::insert_order_with_items(&pool, n, priority, delayed).await?;
                 o += chunks;
             }
             Ok::<_, sqlx::Error>(())
@@ -256,7 +280,7 @@ async fn offer_load(pool: &PgPool, per_second: f64, duration: Duration) -> anyho
     let start = Instant::now();
     let mut next = start;
     while start.elapsed() < duration {
-        db::bench::insert_order_with_items(pool, batch).await?;
+        db::bench::insert_order_with_items(pool, batch, None, 0.0).await?;
         next += interval;
         tokio::time::sleep_until(next.into()).await;
     }

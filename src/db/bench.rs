@@ -10,20 +10,54 @@ pub async fn durability_settings(pool: &PgPool) -> Result<(String, String), sqlx
     Ok((fsync, sync))
 }
 
-/// One order with `n` TICKET items, as an upstream inserts it (one multi-row INSERT).
-pub async fn insert_order_with_items(pool: &PgPool, n: usize) -> Result<(), sqlx::Error> {
+/// One order with `n` TICKET items, as an upstream inserts it (one multi-row INSERT), with
+/// the given priority (NULL: the default) and this share of its items delayed by up to 1 s.
+pub async fn insert_order_with_items(
+    pool: &PgPool,
+    n: usize,
+    priority: Option<&str>,
+    delayed: f64,
+) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     let order: Uuid = sqlx::query_scalar(
-        "INSERT INTO work_orders (workflow_id, tenant_id, created_by) VALUES ('bench', gen_random_uuid(), gen_random_uuid()) RETURNING id",
+        "INSERT INTO work_orders (workflow_id, tenant_id, created_by, priority)
+         VALUES ('bench', gen_random_uuid(), gen_random_uuid(), coalesce($1::priority, 'MEDIUM')) RETURNING id",
     )
+    .bind(priority)
     .fetch_one(&mut *tx)
     .await?;
     sqlx::query(
-        "INSERT INTO work_items (work_order_id, type, content)
-         SELECT $1, 'TICKET', '{\"n\":' || g || '}' FROM generate_series(1, $2) g",
+        "INSERT INTO work_items (work_order_id, type, content, run_at)
+         SELECT $1, 'TICKET', '{\"n\":' || g || '}',
+                CASE WHEN random() < $3 THEN now() + random() * interval '1 second' ELSE now() END
+         FROM generate_series(1, $2) g",
     )
     .bind(order)
     .bind(n as i32)
+    .bind(delayed)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// `orders` orders of `per_order` items in ONE transaction, the rows of different orders
+/// interleaved (a nightly bulk load written row by row across its orders).
+pub async fn insert_bulk_interleaved(pool: &PgPool, orders: usize, per_order: usize) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO work_orders (workflow_id, tenant_id, created_by)
+         SELECT 'bench', gen_random_uuid(), gen_random_uuid() FROM generate_series(1, $1) RETURNING id",
+    )
+    .bind(orders as i32)
+    .fetch_all(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO work_items (work_order_id, type, content)
+         SELECT ($1::uuid[])[1 + g % $2], 'TICKET', '{\"n\":' || g || '}' FROM generate_series(0, $3 - 1) g",
+    )
+    .bind(&ids)
+    .bind(orders as i32)
+    .bind((orders * per_order) as i32)
     .execute(&mut *tx)
     .await?;
     tx.commit().await
