@@ -17,6 +17,7 @@ pub mod db;
 pub mod failpoint;
 pub mod maintenance;
 pub mod model;
+pub mod net;
 pub mod rules;
 pub mod telemetry;
 pub mod worker;
