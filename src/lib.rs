@@ -19,6 +19,7 @@ pub mod maintenance;
 pub mod model;
 pub mod net;
 pub mod rules;
+pub mod sla;
 pub mod telemetry;
 pub mod worker;
 
