@@ -31,6 +31,8 @@ pub const MAX_ATTEMPTS: i32 = 1_000_000;
 pub const MAX_CONNECTIONS: u32 = 10_000;
 /// Upper bound of `worker.completers` (each holds a connection while it writes).
 pub const MAX_COMPLETERS: usize = 1_000;
+/// Upper bound of `notifier.concurrency` (deliveries in flight at once in one process).
+pub const MAX_NOTIFIER_CONCURRENCY: usize = 1_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -56,6 +58,7 @@ pub struct Settings {
     pub approval: ApprovalSettings,
     pub pruner: PrunerSettings,
     pub sla: SlaSettings,
+    pub notifier: NotifierSettings,
     #[serde(default)]
     pub agents: BTreeMap<String, AgentSettings>,
     /// Item type → agent name; keys are matched exactly as the database spells the type.
@@ -153,6 +156,29 @@ pub struct SlaSettings {
     pub sweep_interval: Duration,
     /// Most escalations one rule fires per transaction (a backlog takes several).
     pub batch: i64,
+}
+
+/// The delivery of the SLA notifications outbox (`sla::notifier`), on every replica.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifierSettings {
+    /// How long an idle notifier waits before it looks for due notifications again.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Most notifications claimed per statement.
+    pub batch: i64,
+    /// How long a claimed notification is this process's; a notifier that dies leaves it to
+    /// another one after this long. A delivery never runs past its lease.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// Deliveries (lost ones included) before a notification is FAILED.
+    pub max_attempts: i32,
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Deliveries in flight at once in this process.
+    pub concurrency: usize,
 }
 
 /// `"off"` or a duration such as `"30d"`.
@@ -354,6 +380,15 @@ impl Settings {
         duration_in("sla.sweep_interval", self.sla.sweep_interval, None, MAX_INTERVAL)?;
         count_in("sla.batch", self.sla.batch, 1, MAX_BATCH as i64)?;
 
+        let notifier = &self.notifier;
+        duration_in("notifier.poll_interval", notifier.poll_interval, None, MAX_INTERVAL)?;
+        count_in("notifier.batch", notifier.batch, 1, MAX_BATCH as i64)?;
+        duration_in("notifier.lease", notifier.lease, Some(Duration::from_secs(1)), MAX_INTERVAL)?;
+        count_in("notifier.max_attempts", notifier.max_attempts, 1, MAX_ATTEMPTS)?;
+        duration_in("notifier.backoff_base", notifier.backoff_base, None, MAX_INTERVAL)?;
+        duration_in("notifier.backoff_max", notifier.backoff_max, Some(notifier.backoff_base), MAX_INTERVAL)?;
+        count_in("notifier.concurrency", notifier.concurrency, 1, MAX_NOTIFIER_CONCURRENCY)?;
+
         validate_log_level(&self.log.level)
     }
 
@@ -509,6 +544,19 @@ mod tests {
         assert_eq!(s.worker.poll_interval, Duration::from_secs(1));
         assert!(s.database.migrate_on_start);
         assert_eq!(s.approval.policy, PolicyKind::ApproveAll);
+        let n = &s.notifier;
+        assert_eq!(
+            (n.poll_interval, n.batch, n.lease, n.max_attempts, n.backoff_base, n.backoff_max, n.concurrency),
+            (
+                Duration::from_secs(1),
+                32,
+                Duration::from_secs(60),
+                12,
+                Duration::from_secs(1),
+                Duration::from_secs(600),
+                8
+            )
+        );
     }
 
     #[test]
@@ -579,6 +627,19 @@ mod tests {
             ("pruner", "retention = \"101y\"", "pruner.retention"),
             ("pruner", "interval = \"2d\"", "pruner.interval"),
             ("pruner", "batch = 100001", "pruner.batch"),
+            ("notifier", "poll_interval = \"0s\"", "notifier.poll_interval"),
+            ("notifier", "poll_interval = \"2d\"", "notifier.poll_interval"),
+            ("notifier", "batch = 0", "notifier.batch"),
+            ("notifier", "batch = 100001", "notifier.batch"),
+            ("notifier", "lease = \"500ms\"", "notifier.lease"),
+            ("notifier", "lease = \"25h\"", "notifier.lease"),
+            ("notifier", "max_attempts = 0", "notifier.max_attempts"),
+            ("notifier", "max_attempts = 1000001", "notifier.max_attempts"),
+            ("notifier", "backoff_base = \"0s\"", "notifier.backoff_base"),
+            ("notifier", "backoff_base = \"1m\"\nbackoff_max = \"30s\"", "notifier.backoff_max"),
+            ("notifier", "backoff_max = \"2d\"", "notifier.backoff_max"),
+            ("notifier", "concurrency = 0", "notifier.concurrency"),
+            ("notifier", "concurrency = 1001", "notifier.concurrency"),
         ];
         for (section, line, key) in over {
             let err = Settings::from_toml_over_defaults(&format!("[{section}]\n{line}\n")).unwrap_err().to_string();
@@ -596,7 +657,9 @@ mod tests {
              completers = 1000\ncompleter_batch = 100000\nmax_rescues = 1000000\nrescue_interval = \"24h\"\n\
              [retry]\nmax_attempts = 1000000\nbackoff_base = \"1d\"\nbackoff_max = \"1d\"\n\
              [limits]\nmax_content_bytes = 1073741824\nmax_output_bytes = 1073741824\n\
-             [pruner]\nretention = \"100y\"\ninterval = \"1d\"\nbatch = 100000\n",
+             [pruner]\nretention = \"100y\"\ninterval = \"1d\"\nbatch = 100000\n\
+             [notifier]\npoll_interval = \"1d\"\nbatch = 100000\nlease = \"1d\"\nmax_attempts = 1000000\n\
+             backoff_base = \"1d\"\nbackoff_max = \"1d\"\nconcurrency = 1000\n",
         )
         .unwrap();
     }

@@ -111,6 +111,9 @@ impl Engine {
             settings: settings.clone(),
             worker_id: worker_id.clone(),
         };
+        // Delivers the SLA notifications outbox; on every replica (claims with SKIP LOCKED).
+        let notifier = crate::sla::notifier::Notifier::new(pool.clone(), settings.notifier.clone())
+            .context("building the notifier's HTTP client")?;
         let background = vec![
             watched(
                 "listener",
@@ -141,6 +144,7 @@ impl Engine {
                         .run(leading.clone(), stop_background.clone()),
                 ),
             ),
+            watched("notifier", &stop_background, Box::pin(notifier.run(stop_background.clone()))),
             watched(
                 "pruner",
                 &stop_background,

@@ -17,6 +17,7 @@ pub mod db;
 pub mod failpoint;
 pub mod maintenance;
 pub mod model;
+pub mod net;
 pub mod periodic;
 pub mod rules;
 pub mod sla;

@@ -4,14 +4,10 @@
 //! passed on; the runner clamps it). Other 4xx → permanent. Non-JSON 2xx → permanent.
 //! Redirects and private/loopback addresses are refused unless allowed in config.
 //!
-//! The private-address check applies to the addresses actually connected to, on every hop:
-//! names go through [`PublicOnlyResolver`], installed as the client's resolver, which refuses
-//! a name with any private address (no separate lookup that a DNS-rebinding answer could
-//! pass); IP-literal hosts, which reqwest connects to without a resolver, are checked by
-//! [`refuse_private_literal`] before the first request and, through the redirect policy, on
-//! every hop. A refusal is permanent (`AGENT_ADDRESS_REFUSED`).
-//! Through a proxy from the environment (`HTTP_PROXY`, …) the resolver sees the proxy's
-//! name; the target's name is then resolved by the proxy and only literals are checked here.
+//! The private-address check applies to the addresses actually connected to, on every hop
+//! (the shared outbound helper, [`crate::net`]: a public-only resolver for names, a check of
+//! IP literals before the first request and through the redirect policy on every hop). A
+//! refusal is permanent (`AGENT_ADDRESS_REFUSED`).
 //!
 //! The URL may carry a secret (a token in the query, a password in the userinfo): errors are
 //! stripped of reqwest's URL and only [`redact_url`]'s form is ever shown.
@@ -19,16 +15,14 @@
 use super::{Agent, AgentError, AgentRequest, AgentSpec, BoxFuture, DEFAULT_TIMEOUT, Executor};
 use crate::config::ConfigError;
 use crate::model::ErrorCode;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use crate::net::{self, AddressRefused, Redirects, error_chain, refuse_private_literal, retry_after};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use url::Host;
 
 /// Redirect hops followed at most when `allow_redirects = true`.
 const MAX_REDIRECTS: usize = 5;
@@ -83,30 +77,15 @@ pub fn factory(spec: &AgentSpec<'_>) -> Result<Agent, ConfigError> {
     })
 }
 
-/// The agent's client. Unless `allow_private`, names resolve through [`PublicOnlyResolver`]
-/// and every redirect hop to an IP literal is checked by [`refuse_private_literal`].
+/// The agent's client, from the shared outbound builder ([`net::client_builder`]).
 fn build_client(
     headers: HeaderMap,
     timeout: Duration,
     allow_private: bool,
     allow_redirects: bool,
 ) -> reqwest::Result<reqwest::Client> {
-    let redirects = match (allow_redirects, allow_private) {
-        (false, _) => reqwest::redirect::Policy::none(),
-        (true, true) => reqwest::redirect::Policy::limited(MAX_REDIRECTS),
-        (true, false) => reqwest::redirect::Policy::custom(|attempt| match refuse_private_literal(attempt.url()) {
-            Err(refused) => attempt.error(refused),
-            Ok(()) => reqwest::redirect::Policy::limited(MAX_REDIRECTS).redirect(attempt),
-        }),
-    };
-    let mut builder = reqwest::Client::builder()
-        .default_headers(headers)
-        .redirect(redirects)
-        .connect_timeout(timeout.min(Duration::from_secs(10)));
-    if !allow_private {
-        builder = builder.dns_resolver(Arc::new(PublicOnlyResolver));
-    }
-    builder.build()
+    let redirects = if allow_redirects { Redirects::Follow(MAX_REDIRECTS) } else { Redirects::Refuse };
+    net::client_builder(timeout, allow_private, redirects).default_headers(headers).build()
 }
 
 impl Executor for HttpAgent {
@@ -118,7 +97,7 @@ impl Executor for HttpAgent {
 impl HttpAgent {
     async fn post(&self, request: &AgentRequest) -> Result<Value, AgentError> {
         if !self.allow_private {
-            refuse_private_literal(&self.url).map_err(|refused| refused.into_agent_error())?;
+            refuse_private_literal(&self.url).map_err(address_refused)?;
         }
         let body = serde_json::to_vec(request)
             .map_err(|e| AgentError::permanent(ErrorCode::AgentError, format!("cannot encode envelope: {e}")))?;
@@ -151,77 +130,24 @@ impl HttpAgent {
     }
 }
 
-/// A connection refused because the address is private (loopback, RFC 1918, link-local, …).
-#[derive(Debug, thiserror::Error)]
-#[error("{host} is private address {ip}; set allow_private = true to allow it")]
-pub(crate) struct AddressRefused {
-    host: String,
-    ip: IpAddr,
-}
-
-impl AddressRefused {
-    fn into_agent_error(self) -> AgentError {
-        AgentError::permanent(ErrorCode::AgentAddressRefused, self.to_string())
-    }
-}
-
-/// Refuses a URL whose host is a private IP literal. Names are left to
-/// [`PublicOnlyResolver`]; `url` has already normalised `127.1` or `2130706433` to an IPv4
-/// host for http(s), so only the parsed host is looked at.
-pub(crate) fn refuse_private_literal(url: &Url) -> Result<(), AddressRefused> {
-    let ip = match url.host() {
-        Some(Host::Ipv4(v4)) => IpAddr::V4(v4),
-        Some(Host::Ipv6(v6)) => IpAddr::V6(v6),
-        Some(Host::Domain(_)) | None => return Ok(()),
-    };
-    if is_private(&ip) {
-        return Err(AddressRefused { host: url.host_str().unwrap_or_default().to_owned(), ip });
-    }
-    Ok(())
-}
-
-/// Resolves names with the system resolver (through tokio) and refuses a name that has any
-/// private address, so the check holds for the address reqwest then connects to.
-struct PublicOnlyResolver;
-
-impl Resolve for PublicOnlyResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if let Some(address) = addresses.iter().find(|a| is_private(&a.ip())) {
-                return Err(Box::new(AddressRefused { host, ip: address.ip() }) as _);
-            }
-            let addresses: Addrs = Box::new(addresses.into_iter());
-            Ok(addresses)
-        })
-    }
-}
-
 /// A failed send: a refused address (from the resolver or the redirect policy, found in the
 /// error's source chain) is permanent; anything else is a retryable connection error.
 fn request_failed(url: &Url, e: reqwest::Error) -> AgentError {
-    if let Some(refused) = find_source::<AddressRefused>(&e) {
-        return AgentError::permanent(ErrorCode::AgentAddressRefused, refused.to_string());
+    if let Some(refused) = net::address_refused(&e) {
+        return address_refused(refused.clone());
     }
     AgentError::retryable(ErrorCode::AgentConnection, format!("POST {} failed: {}", redact_url(url), error_chain(e)))
-}
-
-fn find_source<'a, T: std::error::Error + 'static>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a T> {
-    let mut current = Some(e);
-    while let Some(error) = current {
-        if let Some(found) = error.downcast_ref::<T>() {
-            return Some(found);
-        }
-        current = error.source();
-    }
-    None
 }
 
 /// The URL as it may be shown: user name, password, query values and fragment are replaced
 /// by `<redacted>` (query keys are kept: `?token=<redacted>`).
 pub(crate) fn redact_url(url: &Url) -> String {
     crate::config::redact_agent_url(url.as_str())
+}
+
+/// A refused address is permanent (`AGENT_ADDRESS_REFUSED`).
+fn address_refused(refused: AddressRefused) -> AgentError {
+    AgentError::permanent(ErrorCode::AgentAddressRefused, refused.to_string())
 }
 
 fn classify(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> Result<Value, AgentError> {
@@ -244,49 +170,6 @@ fn classify(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> R
         }),
         _ => Err(AgentError::permanent(ErrorCode::AgentRejected, format!("agent answered {status}: {}", preview()))),
     }
-}
-
-/// `Retry-After` as seconds or an HTTP date.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let text = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(seconds) = text.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let when = chrono::DateTime::parse_from_rfc2822(text).ok()?;
-    (when.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().ok()
-}
-
-fn is_private(ip: &IpAddr) -> bool {
-    match ip {
-        // 0.0.0.0/8 ("this network") reaches the local host on Linux.
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.octets()[0] == 0
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_private(&IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            v6.is_loopback() || v6.is_unspecified() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
-        }
-    }
-}
-
-/// The error and its sources, without the request URL (which may carry a secret).
-fn error_chain(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -316,54 +199,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn private_addresses_are_recognised() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "192.168.0.1",
-            "172.16.0.1",
-            "169.254.1.1",
-            "::1",
-            "fd00::1",
-            "::ffff:127.0.0.1",
-            "100.64.0.1",
-            "0.0.0.0",
-            "0.1.2.3",
-            "::",
-            "::ffff:10.0.0.1",
-        ] {
-            assert!(is_private(&ip.parse().unwrap()), "{ip}");
-        }
-        for ip in ["8.8.8.8", "2001:4860::8888"] {
-            assert!(!is_private(&ip.parse().unwrap()), "{ip}");
-        }
-    }
-
     fn url(text: &str) -> Url {
         Url::parse(text).unwrap()
-    }
-
-    #[test]
-    fn private_literal_hosts_are_refused_in_every_spelling() {
-        for text in [
-            "http://127.0.0.1:8080/",
-            "http://127.1:8080/",
-            "http://2130706433:8080/",
-            "http://0x7f.1/",
-            "http://0.0.0.0/",
-            "http://[::1]/",
-            "http://[::ffff:127.0.0.1]/",
-            "https://10.0.0.5/hook",
-            "http://169.254.169.254/latest/meta-data/",
-        ] {
-            let refused = refuse_private_literal(&url(text)).expect_err(text);
-            assert!(refused.to_string().contains("allow_private"), "{text}: {refused}");
-        }
-        // Names are left to the resolver; public literals pass.
-        for text in ["http://localhost/", "https://example.com/", "http://8.8.8.8/", "http://[2001:4860::8888]/"] {
-            assert!(refuse_private_literal(&url(text)).is_ok(), "{text}");
-        }
     }
 
     /// The redirect policy calls `refuse_private_literal` on each hop's URL: a hop from a
@@ -375,7 +212,7 @@ mod tests {
         for hop in ["http://127.0.0.1:1/", "http://[::1]/x", "http://2130706433/", "http://192.168.1.1/"] {
             let hop = first.join(hop).unwrap();
             let refused = refuse_private_literal(&hop).expect_err(hop.as_str());
-            assert_eq!(refused.into_agent_error().code(), ErrorCode::AgentAddressRefused);
+            assert_eq!(address_refused(refused).code(), ErrorCode::AgentAddressRefused);
         }
         assert!(refuse_private_literal(&first.join("/elsewhere").unwrap()).is_ok());
     }

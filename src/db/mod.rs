@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod dead_letters;
 pub mod demo;
 pub mod maintenance;
+pub mod notifications;
 pub mod orders;
 pub mod queue;
 pub mod sla;

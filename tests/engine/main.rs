@@ -13,6 +13,7 @@ mod durability;
 mod flow;
 mod http_addresses;
 mod input;
+mod notify;
 mod plans;
 mod poison;
 mod pruner;

@@ -230,3 +230,58 @@ async fn bad_rules_are_reported_and_never_stop_the_sweep() {
     let shown = crate::cli::text(&out);
     assert!(shown.contains("RESOLVED") && shown.contains("fixed upstream"), "{shown}");
 }
+
+/// The whole path in a running engine: the leader's sweeper fires a breach of 30 slow items,
+/// the notifier delivers one signed message for it to a real webhook on 127.0.0.1, and once
+/// the items finish, one resolved notice.
+#[tokio::test]
+async fn a_running_engine_fires_and_delivers_one_message_per_breach() {
+    let db = TestDb::new().await;
+    let sink = TestAgent::start(|_| ok_json(serde_json::json!({}))).await;
+    let slow = TestAgent::start(|_| ((200, vec![], "{}".into()), std::time::Duration::from_secs(3))).await;
+    sqlx::query(
+        "INSERT INTO connectors (name, type, config, tenant_id)
+         VALUES ('hook', 'API', jsonb_build_object('url', $1::text, 'secret', 'whsec_c2VjcmV0', 'allow_private', true), gen_random_uuid())",
+    )
+    .bind(&sink.url)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    rule(&db, "finish within 1m", "TIME_TO_FINISH", &[(1, "1 minute", &["hook"])]).await;
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    for n in 0..30 {
+        insert_item(&db.pool, order, "TICKET", &format!(r#"{{"n":{n}}}"#)).await;
+    }
+    sqlx::query("UPDATE work_items SET created_at = now() - interval '2 minutes'").execute(&db.pool).await.unwrap();
+    let toml = format!(
+        "{}[routes]\nTICKET = \"slow\"\n[sla]\nsweep_interval = \"100ms\"\n[notifier]\npoll_interval = \"100ms\"\n",
+        slow.config("slow", "10s")
+    );
+    let engine = db.engine(&toml).await;
+    wait_until("the breach to be delivered", std::time::Duration::from_secs(20), || async {
+        !sink.received.lock().unwrap().is_empty()
+    })
+    .await;
+    wait_quiet(&db.pool).await;
+    // Items finish batch by batch, so the end of the breach may come in a few notices; each
+    // item is in exactly one.
+    let resolved_total = |received: &[Received]| -> u64 {
+        received
+            .iter()
+            .filter(|r| r.envelope["kind"] == "RESOLVED")
+            .map(|r| r.envelope["count"].as_u64().unwrap())
+            .sum()
+    };
+    wait_until("the resolved notices", std::time::Duration::from_secs(20), || async {
+        resolved_total(&sink.received.lock().unwrap()) >= 30
+    })
+    .await;
+    stop(engine).await;
+    let received = sink.received.lock().unwrap().clone();
+    let fired: Vec<&Received> = received.iter().filter(|r| r.envelope["kind"] == "FIRED").collect();
+    assert_eq!(fired.len(), 1, "one message for the whole breach");
+    assert_eq!(fired[0].envelope["count"], 30);
+    assert_eq!(resolved_total(&received), 30, "each item's end is told once");
+    let undelivered = scalar(&db, "SELECT count(*) FROM notifications WHERE status <> 'DELIVERED'").await;
+    assert_eq!(undelivered, 0);
+}

@@ -1,0 +1,577 @@
+//! Delivery channels, chosen by `connectors.type`: `API` ([`webhook`]: the payload as JSON,
+//! signed per Standard Webhooks), `SLACK` ([`slack`]: an incoming webhook message) and
+//! `EMAIL` ([`email`]: SMTP through lettre, rustls only). Each reads its connector's `config`
+//! JSON strictly (an invalid config is a permanent failure that names the key) and answers
+//! a [`Delivery`]: delivered, retryable (connection errors, timeouts, 408, 429, 5xx, SMTP
+//! 4xx; with the receiver's Retry-After) or permanent (anything else).
+//!
+//! Connector configs hold secrets (tokens in URLs, the webhook secret, the SMTP password):
+//! every message a channel returns has gone through its [`Secrets`], and URLs are shown
+//! redacted, so nothing the notifier logs or stores in `last_error` shows them.
+//!
+//! The human message (Slack, email) is rendered from the payload by [`render`]; the payload
+//! contract is the sweeper's (`{kind, rule, level, after_seconds, count, sample, act}`).
+
+pub mod email;
+pub mod slack;
+pub mod webhook;
+
+use crate::config::REDACTED;
+use crate::db::notifications::Claimed;
+use crate::net::{self, Redirects};
+use reqwest::{StatusCode, Url};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::time::Duration;
+
+/// Connector types whose deliveries are paced, with their minimum interval: Slack accepts
+/// about one message a second per incoming webhook.
+pub const PACING: [(&str, Duration); 1] = [("SLACK", Duration::from_secs(1))];
+
+/// A connector's delivery timeout unless its config sets `timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bytes of a response body read for classification and the error preview.
+const BODY_PREVIEW_BYTES: usize = 4096;
+
+/// How one delivery went.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    Delivered,
+    /// Worth another try later; `retry_after` is the receiver's hint.
+    Retryable {
+        error: String,
+        retry_after: Option<Duration>,
+    },
+    /// No retry can succeed (a refusal, an invalid connector config).
+    Permanent {
+        error: String,
+    },
+}
+
+impl Delivery {
+    pub fn retry(error: impl Into<String>) -> Delivery {
+        Delivery::Retryable { error: error.into(), retry_after: None }
+    }
+
+    pub fn permanent(error: impl Into<String>) -> Delivery {
+        Delivery::Permanent { error: error.into() }
+    }
+
+    /// The same outcome with its error passed through `secrets`.
+    fn scrubbed(self, secrets: &Secrets) -> Delivery {
+        match self {
+            Delivery::Delivered => Delivery::Delivered,
+            Delivery::Retryable { error, retry_after } => {
+                Delivery::Retryable { error: secrets.scrub(&error), retry_after }
+            }
+            Delivery::Permanent { error } => Delivery::Permanent { error: secrets.scrub(&error) },
+        }
+    }
+}
+
+/// The HTTP clients the channels share: one that refuses private addresses, one that allows
+/// them (`allow_private = true` in a connector's config). Neither follows redirects.
+pub struct Channels {
+    public: reqwest::Client,
+    private: reqwest::Client,
+}
+
+impl Channels {
+    pub fn new() -> reqwest::Result<Channels> {
+        let build = |allow_private| {
+            net::client_builder(DEFAULT_TIMEOUT, allow_private, Redirects::Refuse)
+                .user_agent(concat!("orderly/", env!("CARGO_PKG_VERSION")))
+                .build()
+        };
+        Ok(Channels { public: build(false)?, private: build(true)? })
+    }
+
+    fn client(&self, allow_private: bool) -> &reqwest::Client {
+        if allow_private { &self.private } else { &self.public }
+    }
+
+    /// Delivers one claimed notification through its connector's channel, within `cap`
+    /// (what is left of the claim's lease) or the connector's own `timeout`, whichever is
+    /// shorter. The error of a failure never shows a secret of the connector's config.
+    pub async fn deliver(&self, notification: &Claimed, cap: Duration) -> Delivery {
+        match notification.connector_type.as_str() {
+            "API" => webhook::deliver(self, notification, cap).await,
+            "SLACK" => slack::deliver(self, notification, cap).await,
+            "EMAIL" => email::deliver(notification, cap).await,
+            other => Delivery::permanent(format!(
+                "connector type {other} cannot deliver notifications (API, SLACK and EMAIL can)"
+            )),
+        }
+    }
+}
+
+/// Parses a connector's config strictly. The error names the key but shows no value of the
+/// config (serde quotes values it cannot read, which may be secrets).
+fn parse_config<T: DeserializeOwned>(config: &Value) -> Result<T, Delivery> {
+    let every_string = Secrets::every_string_in(config);
+    serde_path_to_error::deserialize(config).map_err(|e| {
+        let key = e.path().to_string();
+        let at = if key == "." { String::new() } else { format!("{key}: ") };
+        Delivery::permanent(every_string.scrub(&format!("invalid connector config: {at}{}", e.inner())))
+    })
+}
+
+/// The connector's `timeout` (a duration string, above 0 and at most 1 day), else
+/// [`DEFAULT_TIMEOUT`]; never more than `cap`.
+fn timeout(configured: Option<&str>, cap: Duration) -> Result<Duration, Delivery> {
+    let timeout = match configured {
+        Some(text) => crate::config::parse_duration("config.timeout", text)
+            .map_err(|e| Delivery::permanent(format!("invalid connector config: {e}")))?,
+        None => DEFAULT_TIMEOUT,
+    };
+    Ok(timeout.min(cap))
+}
+
+/// An http(s) URL from a connector's config; the error does not show it.
+fn http_url(text: &str) -> Result<Url, Delivery> {
+    let url = Url::parse(text).map_err(|e| Delivery::permanent(format!("invalid connector config: url: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
+        return Err(Delivery::permanent("invalid connector config: url must be an http:// or https:// URL"));
+    }
+    Ok(url)
+}
+
+/// What a delivery's errors may show of a URL: the agents' redaction (user name, password,
+/// query values and fragment hidden).
+fn shown_url(url: &Url) -> String {
+    crate::config::redact_agent_url(url.as_str())
+}
+
+/// Sends a prepared POST and classifies the answer: 2xx delivered; 408, 429, 5xx and
+/// connection errors retryable (with Retry-After); 3xx (redirects are not followed) and
+/// other 4xx permanent. `permanent_body` lets a channel call a failure permanent by its
+/// body (Slack's error codes). A refused private address is permanent.
+async fn post(request: reqwest::RequestBuilder, shown: &str, permanent_body: impl Fn(&str) -> bool) -> Delivery {
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(e) => {
+            if let Some(refused) = net::address_refused(&e) {
+                return Delivery::permanent(format!("POST {shown} refused: {refused}"));
+            }
+            let what = if e.is_timeout() { "timed out" } else { "failed" };
+            return Delivery::retry(format!("POST {shown} {what}: {}", net::error_chain(e)));
+        }
+    };
+    let status = response.status();
+    let retry_after = net::retry_after(response.headers());
+    let body = read_preview(response).await;
+    classify(status, retry_after, &body, shown, permanent_body)
+}
+
+fn classify(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &str,
+    shown: &str,
+    permanent_body: impl Fn(&str) -> bool,
+) -> Delivery {
+    let answered = || {
+        let body = body.trim();
+        if body.is_empty() {
+            format!("POST {shown} answered {status}")
+        } else {
+            format!("POST {shown} answered {status}: {body}")
+        }
+    };
+    match status.as_u16() {
+        200..=299 => Delivery::Delivered,
+        _ if permanent_body(body.trim()) => Delivery::permanent(answered()),
+        300..=399 => Delivery::permanent(format!("{}; redirects are not followed", answered())),
+        408 | 429 | 500..=599 => Delivery::Retryable { error: answered(), retry_after },
+        _ => Delivery::permanent(answered()),
+    }
+}
+
+/// The first [`BODY_PREVIEW_BYTES`] of a body (lossy UTF-8); a body that cannot be read
+/// counts as empty (the status decides).
+async fn read_preview(mut response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < BODY_PREVIEW_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    body.truncate(BODY_PREVIEW_BYTES);
+    let text = String::from_utf8_lossy(&body);
+    truncate(&clean(&text, true), 300)
+}
+
+/// Secret strings of one connector's config, replaced by `<redacted>` in every error.
+#[derive(Debug, Default, Clone)]
+pub struct Secrets(Vec<String>);
+
+impl Secrets {
+    /// Strings shorter than this are not scrubbed (a query value `1` would mangle the text);
+    /// secrets are longer.
+    const MIN_LEN: usize = 4;
+
+    pub fn add(&mut self, secret: &str) {
+        if secret.chars().count() >= Self::MIN_LEN && !self.0.iter().any(|s| s == secret) {
+            self.0.push(secret.to_owned());
+            // Longest first, so a secret containing another is replaced whole.
+            self.0.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        }
+    }
+
+    /// A URL's user name, password, query values and fragment, as written and decoded.
+    pub fn add_url(&mut self, url: &Url) {
+        self.add(url.username());
+        if let Some(password) = url.password() {
+            self.add(password);
+        }
+        if let Some(query) = url.query() {
+            for pair in query.split('&') {
+                self.add(pair.split_once('=').map_or(pair, |(_, value)| value));
+            }
+        }
+        for (_, value) in url.query_pairs() {
+            self.add(&value);
+        }
+        if let Some(fragment) = url.fragment() {
+            self.add(fragment);
+        }
+        for text in [url.username(), url.password().unwrap_or_default(), url.fragment().unwrap_or_default()] {
+            if let Ok(decoded) = percent_decode(text) {
+                self.add(&decoded);
+            }
+        }
+    }
+
+    /// Every string anywhere in `value` (for errors about a config that could not be read).
+    pub fn every_string_in(value: &Value) -> Secrets {
+        let mut secrets = Secrets::default();
+        fn walk(value: &Value, secrets: &mut Secrets) {
+            match value {
+                Value::String(text) => secrets.add(text),
+                Value::Array(items) => items.iter().for_each(|item| walk(item, secrets)),
+                Value::Object(map) => map.values().for_each(|item| walk(item, secrets)),
+                _ => {}
+            }
+        }
+        walk(value, &mut secrets);
+        secrets
+    }
+
+    pub fn scrub(&self, text: &str) -> String {
+        self.0.iter().fold(text.to_owned(), |text, secret| text.replace(secret.as_str(), REDACTED))
+    }
+}
+
+fn percent_decode(text: &str) -> Result<String, std::string::FromUtf8Error> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(Some(high)), Some(Some(low))) =
+                (bytes.get(i + 1).map(|b| hex(*b)), bytes.get(i + 2).map(|b| hex(*b)))
+        {
+            out.push((high * 16 + low) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out)
+}
+
+/// The human message of a notification, rendered from its payload. Every text taken from the
+/// payload is cleaned of control characters (a rule name cannot forge a line) and bounded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    pub fired: bool,
+    /// One line: `[orderly] SLA breached: "rule" level 2, 37 items late`.
+    pub subject: String,
+    /// One sentence saying which rule, which level and how late.
+    pub headline: String,
+    /// Further facts, one line each (how late the latest is, what the count covers).
+    pub details: Vec<String>,
+    /// One line per sampled item: id, type, priority, order, tenant, how late.
+    pub items: Vec<String>,
+    /// Items in the breach beyond the sample (`count - sample`).
+    pub more_items: u64,
+    pub tenants: Vec<String>,
+    /// How on-call acts (a CLI command), if the payload says.
+    pub act: Option<String>,
+}
+
+/// Most sample items rendered (the sweeper writes at most 10).
+const MAX_SAMPLE: usize = 10;
+
+pub fn render(kind: &str, payload: &Value) -> Rendered {
+    let field = |value: &Value, max: usize| -> Option<String> {
+        let text = match value {
+            Value::String(text) => text.clone(),
+            Value::Number(number) => number.to_string(),
+            Value::Bool(flag) => flag.to_string(),
+            _ => return None,
+        };
+        let text = truncate(&clean(&text, false), max);
+        (!text.trim().is_empty()).then_some(text)
+    };
+    let kind = field(&payload["kind"], 20).unwrap_or_else(|| kind.to_owned());
+    let fired = kind != "RESOLVED";
+    let rule = field(&payload["rule"]["name"], 200)
+        .or_else(|| field(&payload["rule"]["id"], 200))
+        .unwrap_or_else(|| "(unnamed rule)".to_owned());
+    let clock = field(&payload["rule"]["clock"], 60);
+    let level = payload["level"].as_i64();
+    let after = payload["after_seconds"].as_f64();
+    let count = payload["count"].as_u64();
+    let sample: Vec<&Value> =
+        payload["sample"].as_array().map(|s| s.iter().take(MAX_SAMPLE).collect()).unwrap_or_default();
+
+    let level_text = level.map(|l| format!(" level {l}")).unwrap_or_default();
+    let count_text = count.map(|c| format!("{c} item{}", if c == 1 { "" } else { "s" }));
+    let clock_text = clock.as_deref().map(clock_phrase);
+    let subject = if fired {
+        let late = count_text.as_ref().map(|c| format!(", {c} late")).unwrap_or_default();
+        format!("[orderly] SLA breached: \"{rule}\"{level_text}{late}")
+    } else {
+        format!("[orderly] SLA resolved: \"{rule}\"{level_text}")
+    };
+    let headline = if fired {
+        let what = count_text.clone().unwrap_or_else(|| "items".to_owned());
+        let threshold = after.map(|a| format!(" past {}", duration(a))).unwrap_or_default();
+        let clock = clock_text.as_ref().map(|c| format!(" {c}")).unwrap_or_default();
+        format!("SLA rule \"{rule}\" breached{level_text}: {what}{threshold}{clock}.")
+    } else {
+        let what = count_text.clone().map(|c| format!(" for {c}")).unwrap_or_default();
+        format!("SLA rule \"{rule}\"{level_text} is no longer breached: the breach is over{what}.")
+    };
+
+    let mut details = Vec::new();
+    if let Some(clock) = &clock {
+        details.push(format!("Clock: {clock}."));
+    }
+    let latest = sample
+        .iter()
+        .filter_map(|item| item["late_by_seconds"].as_f64())
+        .fold(None, |max: Option<f64>, l| Some(max.map_or(l, |m| m.max(l))));
+    if fired && let Some(latest) = latest {
+        details.push(format!("The latest item shown is late by {}.", duration(latest)));
+    }
+
+    let mut tenants: Vec<String> = Vec::new();
+    let items: Vec<String> = sample
+        .iter()
+        .map(|item| {
+            let text = |key: &str| field(&item[key], 80);
+            let id = text("work_item_id").unwrap_or_else(|| "?".to_owned());
+            let kind: Vec<String> = [text("item_type"), text("priority")].into_iter().flatten().collect();
+            let mut line = format!("item {id}");
+            if !kind.is_empty() {
+                line.push_str(&format!(" ({})", kind.join(", ")));
+            }
+            if let Some(order) = text("work_order_id") {
+                line.push_str(&format!(", order {order}"));
+            }
+            if let Some(tenant) = text("tenant_id") {
+                line.push_str(&format!(", tenant {tenant}"));
+                if !tenants.contains(&tenant) {
+                    tenants.push(tenant);
+                }
+            }
+            if fired && let Some(late) = item["late_by_seconds"].as_f64() {
+                line.push_str(&format!(": late by {}", duration(late)));
+            }
+            line
+        })
+        .collect();
+    let more_items = count.map_or(0, |c| c.saturating_sub(items.len() as u64));
+    let act = field(&payload["act"], 1000);
+    Rendered { fired, subject: truncate(&subject, 250), headline, details, items, more_items, tenants, act }
+}
+
+impl Rendered {
+    /// The plain-text message (email body, Slack fallback text).
+    pub fn text(&self) -> String {
+        let mut text = format!("{}\n", self.headline);
+        for line in &self.details {
+            text.push_str(line);
+            text.push('\n');
+        }
+        if !self.items.is_empty() {
+            text.push_str(&format!("\n{}:\n", self.items_heading()));
+            for item in &self.items {
+                text.push_str(&format!("  - {item}\n"));
+            }
+        }
+        if !self.tenants.is_empty() {
+            text.push_str(&format!("\nTenants: {}\n", self.tenants.join(", ")));
+        }
+        if let Some(act) = &self.act {
+            text.push_str(&format!("\nHow to act: {act}\n"));
+        }
+        text
+    }
+
+    /// `Items` or `Items (10 of 37 shown)`.
+    pub fn items_heading(&self) -> String {
+        if self.more_items > 0 {
+            format!("Items ({} of {} shown)", self.items.len(), self.items.len() as u64 + self.more_items)
+        } else {
+            "Items".to_owned()
+        }
+    }
+}
+
+fn clock_phrase(clock: &str) -> String {
+    match clock {
+        "TIME_TO_START" => "waiting to start (TIME_TO_START)".to_owned(),
+        "TIME_TO_FINISH" => "since enqueued without finishing (TIME_TO_FINISH)".to_owned(),
+        "TIME_AWAITING_APPROVAL" => "awaiting a human approval (TIME_AWAITING_APPROVAL)".to_owned(),
+        "DEAD_LETTER_OPEN" => "with a dead letter left open (DEAD_LETTER_OPEN)".to_owned(),
+        other => format!("on the {other} clock"),
+    }
+}
+
+/// Whole seconds, humanly: `1h 2m 3s`; anything not a positive number is `0s`.
+fn duration(seconds: f64) -> String {
+    let seconds = if seconds.is_finite() && seconds > 0.0 { seconds.round().min(1e12) as u64 } else { 0 };
+    humantime::format_duration(Duration::from_secs(seconds)).to_string()
+}
+
+/// Control characters become spaces (newlines too, unless `keep_newlines`).
+fn clean(text: &str, keep_newlines: bool) -> String {
+    text.chars().map(|c| if c.is_control() && !(keep_newlines && c == '\n') { ' ' } else { c }).collect()
+}
+
+/// At most `max` characters, `…` marking a cut.
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn payload() -> Value {
+        json!({
+            "kind": "FIRED",
+            "rule": {"id": "0190-rule", "name": "invoices start", "clock": "TIME_TO_START"},
+            "level": 2,
+            "after_seconds": 900,
+            "count": 37,
+            "sample": [
+                {"work_item_id": "item-1", "work_order_id": "order-1", "tenant_id": "tenant-a",
+                 "item_type": "INVOICE", "priority": "HIGH", "late_by_seconds": 125.4},
+                {"work_item_id": "item-2", "work_order_id": "order-2", "tenant_id": "tenant-b",
+                 "item_type": "INVOICE", "priority": "LOW", "late_by_seconds": 3723}
+            ],
+            "act": "orderly escalations list --rule 'invoices start'"
+        })
+    }
+
+    #[test]
+    fn a_fired_breach_says_which_rule_level_items_tenants_and_how_to_act() {
+        let rendered = render("FIRED", &payload());
+        assert!(rendered.fired);
+        assert_eq!(rendered.subject, "[orderly] SLA breached: \"invoices start\" level 2, 37 items late");
+        let text = rendered.text();
+        for expected in [
+            "SLA rule \"invoices start\" breached level 2: 37 items past 15m waiting to start (TIME_TO_START).",
+            "The latest item shown is late by 1h 2m 3s.",
+            "Items (2 of 37 shown):",
+            "  - item item-1 (INVOICE, HIGH), order order-1, tenant tenant-a: late by 2m 5s",
+            "  - item item-2 (INVOICE, LOW), order order-2, tenant tenant-b: late by 1h 2m 3s",
+            "Tenants: tenant-a, tenant-b",
+            "How to act: orderly escalations list --rule 'invoices start'",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_resolution_says_the_breach_is_over() {
+        let mut payload = payload();
+        payload["kind"] = json!("RESOLVED");
+        let rendered = render("RESOLVED", &payload);
+        assert!(!rendered.fired);
+        assert_eq!(rendered.subject, "[orderly] SLA resolved: \"invoices start\" level 2");
+        let text = rendered.text();
+        assert!(text.contains("is no longer breached: the breach is over for 37 items."), "{text}");
+        assert!(!text.contains("late by"), "{text}");
+    }
+
+    #[test]
+    fn odd_payloads_render_without_panicking_or_forging_lines() {
+        for payload in [json!(null), json!([]), json!({"rule": 5, "sample": "x", "level": "two"}), json!({})] {
+            let rendered = render("FIRED", &payload);
+            assert!(rendered.subject.contains("(unnamed rule)"), "{rendered:?}");
+        }
+        let rendered = render("FIRED", &json!({"rule": {"name": "a\nSubject: forged\r\nb"}}));
+        assert!(!rendered.subject.contains('\n') && !rendered.subject.contains('\r'), "{rendered:?}");
+        assert!(!rendered.text().contains("\nSubject: forged"));
+    }
+
+    #[test]
+    fn secrets_are_scrubbed_in_every_spelling() {
+        let mut secrets = Secrets::default();
+        let url = Url::parse("https://user:p%40ss-word@h.example/x?token=t0k%2Fen&v=1#frag-secret").unwrap();
+        secrets.add_url(&url);
+        secrets.add("whsec_c2VjcmV0");
+        let text = format!("{url} t0k/en p@ss-word whsec_c2VjcmV0 frag-secret v=1");
+        let scrubbed = secrets.scrub(&text);
+        for secret in ["t0k%2Fen", "t0k/en", "p%40ss-word", "p@ss-word", "whsec_c2VjcmV0", "frag-secret"] {
+            assert!(!scrubbed.contains(secret), "{secret} in {scrubbed}");
+        }
+        assert!(scrubbed.contains("v=1"), "short values are left: {scrubbed}");
+    }
+
+    #[test]
+    fn config_errors_name_the_key_but_show_no_value() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Config {
+            url: String,
+            allow_private: Option<bool>,
+        }
+        let config = json!({"url": "https://h/?token=SECRETCANARY", "allow_private": "SECRETCANARY2"});
+        let Err(Delivery::Permanent { error }) = parse_config::<Config>(&config) else { panic!("must fail") };
+        assert!(error.contains("invalid connector config: allow_private: invalid type"), "{error}");
+        assert!(!error.contains("SECRETCANARY"), "{error}");
+        let Err(Delivery::Permanent { error }) = parse_config::<Config>(&json!({"url": "x", "alow_private": true}))
+        else {
+            panic!("must fail")
+        };
+        assert!(error.contains("alow_private"), "{error}");
+    }
+
+    #[test]
+    fn http_answers_are_classified() {
+        let never = |_: &str| false;
+        for (status, retryable) in
+            [(500, true), (503, true), (408, true), (429, true), (400, false), (404, false), (410, false), (301, false)]
+        {
+            let outcome = classify(StatusCode::from_u16(status).unwrap(), None, "", "http://h/", never);
+            assert_eq!(matches!(outcome, Delivery::Retryable { .. }), retryable, "{status}: {outcome:?}");
+            assert!(!matches!(outcome, Delivery::Delivered), "{status}");
+        }
+        assert_eq!(classify(StatusCode::NO_CONTENT, None, "", "http://h/", never), Delivery::Delivered);
+        let hinted = classify(StatusCode::TOO_MANY_REQUESTS, Some(Duration::from_secs(2)), "slow down", "u", never);
+        assert_eq!(
+            hinted,
+            Delivery::Retryable {
+                error: "POST u answered 429 Too Many Requests: slow down".into(),
+                retry_after: Some(Duration::from_secs(2))
+            }
+        );
+    }
+}
