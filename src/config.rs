@@ -59,6 +59,7 @@ pub struct Settings {
     pub pruner: PrunerSettings,
     pub sla: SlaSettings,
     pub notifier: NotifierSettings,
+    pub admin: AdminSettings,
     #[serde(default)]
     pub agents: BTreeMap<String, AgentSettings>,
     /// Item type → agent name; keys are matched exactly as the database spells the type.
@@ -179,6 +180,46 @@ pub struct NotifierSettings {
     pub backoff_max: Duration,
     /// Deliveries in flight at once in this process.
     pub concurrency: usize,
+}
+
+/// The admin HTTP server of `orderly run`: probes and metrics (src/admin).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Where the server listens (`IP:port`); `None` ("off") runs no server. Port 0 takes a
+    /// free port, which is logged (`admin server listening`).
+    #[serde(with = "off_or_address")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// How often the leader refreshes the gauges that need the database (queue depth, oldest
+    /// queued item, open dead letters, items awaiting approval).
+    #[serde(with = "humantime_serde")]
+    pub gauge_interval: Duration,
+}
+
+/// `"off"` or a socket address such as `"127.0.0.1:9187"`.
+mod off_or_address {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::net::SocketAddr;
+
+    pub fn serialize<S: Serializer>(value: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            None => s.serialize_str("off"),
+            Some(addr) => s.serialize_str(&addr.to_string()),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim() == "off" {
+            return Ok(None);
+        }
+        text.trim().parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not an address: expected IP:port such as \"127.0.0.1:9187\" or \"[::1]:9187\" \
+                 (port 0 takes a free port), or \"off\""
+            ))
+        })
+    }
 }
 
 /// `"off"` or a duration such as `"30d"`.
@@ -379,6 +420,7 @@ impl Settings {
         count_in("pruner.batch", self.pruner.batch, 1, MAX_BATCH as i64)?;
         duration_in("sla.sweep_interval", self.sla.sweep_interval, None, MAX_INTERVAL)?;
         count_in("sla.batch", self.sla.batch, 1, MAX_BATCH as i64)?;
+        duration_in("admin.gauge_interval", self.admin.gauge_interval, Some(Duration::from_secs(1)), MAX_INTERVAL)?;
 
         let notifier = &self.notifier;
         duration_in("notifier.poll_interval", notifier.poll_interval, None, MAX_INTERVAL)?;
@@ -640,6 +682,8 @@ mod tests {
             ("notifier", "backoff_max = \"2d\"", "notifier.backoff_max"),
             ("notifier", "concurrency = 0", "notifier.concurrency"),
             ("notifier", "concurrency = 1001", "notifier.concurrency"),
+            ("admin", "gauge_interval = \"500ms\"", "admin.gauge_interval"),
+            ("admin", "gauge_interval = \"2d\"", "admin.gauge_interval"),
         ];
         for (section, line, key) in over {
             let err = Settings::from_toml_over_defaults(&format!("[{section}]\n{line}\n")).unwrap_err().to_string();
@@ -662,6 +706,23 @@ mod tests {
              backoff_base = \"1d\"\nbackoff_max = \"1d\"\nconcurrency = 1000\n",
         )
         .unwrap();
+    }
+
+    #[test]
+    fn admin_listen_is_an_address_or_off() {
+        let s = Settings::from_toml_over_defaults("").unwrap();
+        assert_eq!(s.admin.listen, Some("127.0.0.1:9187".parse().unwrap()));
+        assert_eq!(s.admin.gauge_interval, Duration::from_secs(15));
+        let s = Settings::from_toml_over_defaults("[admin]\nlisten = \"off\"\n").unwrap();
+        assert_eq!(s.admin.listen, None);
+        assert!(s.redacted_toml().contains("listen = \"off\""), "{}", s.redacted_toml());
+        let s = Settings::from_toml_over_defaults("[admin]\nlisten = \"[::1]:0\"\n").unwrap();
+        assert_eq!(s.admin.listen, Some("[::1]:0".parse().unwrap()));
+        assert!(s.redacted_toml().contains("listen = \"[::1]:0\""), "{}", s.redacted_toml());
+        for bad in ["localhost:9187", "9187", "127.0.0.1", "127.0.0.1:65536", ""] {
+            let err = Settings::from_toml_over_defaults(&format!("[admin]\nlisten = \"{bad}\"\n")).unwrap_err();
+            assert!(err.to_string().contains("admin.listen") && err.to_string().contains("IP:port"), "{bad}: {err}");
+        }
     }
 
     #[test]

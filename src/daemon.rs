@@ -50,6 +50,8 @@ pub struct Engine {
     abandon: CancellationToken,
     /// Fired when an engine task panicked or ended on its own (see [`Engine::failed`]).
     failed: CancellationToken,
+    /// The admin HTTP server (`admin.listen`), stopped at the end of [`Engine::shutdown`].
+    admin: Option<crate::admin::AdminServer>,
 }
 
 impl Engine {
@@ -63,13 +65,10 @@ impl Engine {
                 .await
                 .with_context(|| format!("connecting to {}", crate::config::redact_url(&settings.database.url)))?,
         };
-        if settings.database.migrate_on_start {
-            db::migrate(&pool).await.context("applying migrations")?;
-        }
         let settings = Arc::new(settings);
         let worker_id =
             format!("{}-{}-{}", hostname(), std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..6]);
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new(settings.agents.keys()));
         let in_flight = InFlight::default();
         let wake = Arc::new(Notify::new());
         let stop_claiming = CancellationToken::new();
@@ -77,6 +76,25 @@ impl Engine {
         let runners = TaskTracker::new();
         let abandon = CancellationToken::new();
         let failed = CancellationToken::new();
+        let (leading_tx, leading) = watch::channel(false);
+        // The admin server (src/admin) comes up before migrations and before any engine task:
+        // /healthz answers at once, /readyz says what is not ready yet (migrations, LISTEN).
+        // Draining is `stop_claiming`, cancelled when shutdown starts.
+        let admin = crate::admin::start(crate::admin::AdminState {
+            pool: pool.clone(),
+            settings: settings.clone(),
+            metrics: metrics.clone(),
+            gauges: Default::default(),
+            failed: failed.clone(),
+            draining: stop_claiming.clone(),
+            leading: leading.clone(),
+            in_flight: in_flight.clone(),
+            worker_id: worker_id.clone(),
+        })
+        .await?;
+        if settings.database.migrate_on_start {
+            db::migrate(&pool).await.context("applying migrations")?;
+        }
         let watched = |name: &'static str, until: &CancellationToken, task| {
             tokio::spawn(watch_task(name, until.clone(), failed.clone(), task))
         };
@@ -103,13 +121,13 @@ impl Engine {
                 )
             })
             .collect();
-        let (leading_tx, leading) = watch::channel(false);
         let catalog = Arc::new(Catalog::new(pool.clone(), settings.clone()));
         let rescuer = Rescuer {
             pool: pool.clone(),
             catalog: catalog.clone(),
             settings: settings.clone(),
             worker_id: worker_id.clone(),
+            metrics: metrics.clone(),
         };
         // Delivers the SLA notifications outbox; on every replica (claims with SKIP LOCKED).
         let notifier = crate::sla::notifier::Notifier::new(pool.clone(), settings.notifier.clone())
@@ -118,7 +136,7 @@ impl Engine {
             watched(
                 "listener",
                 &stop_claiming,
-                Box::pin(listener::run(pool.clone(), wake.clone(), stop_claiming.clone())),
+                Box::pin(listener::run(pool.clone(), wake.clone(), metrics.clone(), stop_claiming.clone())),
             ),
             watched(
                 "heartbeat",
@@ -140,8 +158,12 @@ impl Engine {
                 "sla-sweeper",
                 &stop_background,
                 Box::pin(
-                    crate::sla::sweeper::Sweeper { pool: pool.clone(), settings: settings.clone() }
-                        .run(leading.clone(), stop_background.clone()),
+                    crate::sla::sweeper::Sweeper {
+                        pool: pool.clone(),
+                        settings: settings.clone(),
+                        metrics: metrics.clone(),
+                    }
+                    .run(leading.clone(), stop_background.clone()),
                 ),
             ),
             watched("notifier", &stop_background, Box::pin(notifier.run(stop_background.clone()))),
@@ -189,7 +211,14 @@ impl Engine {
             shutdown_grace: settings.worker.shutdown_grace,
             abandon,
             failed,
+            admin,
         })
+    }
+
+    /// Where the admin server listens (`None` when `admin.listen` is off): the port it was
+    /// given, or the one the system chose for port 0.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin.as_ref().map(|admin| admin.local_addr())
     }
 
     /// Ready: every engine task is alive and the last claim reached the database (used by
@@ -248,6 +277,10 @@ impl Engine {
             let _ = task.await;
         }
         deadline.abort();
+        // Last: /readyz said "draining" throughout; the probes and /metrics stop with the drain.
+        if let Some(admin) = self.admin {
+            admin.shutdown().await;
+        }
         tracing::info!(worker = %self.worker_id, "engine stopped");
     }
 }

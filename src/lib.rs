@@ -8,6 +8,7 @@
 //! alike; `cmd` holds the subcommands and `actions` what operators do through any surface.
 
 pub mod actions;
+pub mod admin;
 pub mod agent;
 pub mod cli;
 pub mod cmd;
@@ -16,6 +17,7 @@ pub mod daemon;
 pub mod db;
 pub mod failpoint;
 pub mod maintenance;
+pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod periodic;

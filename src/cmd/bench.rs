@@ -103,7 +103,7 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
     std::fs::write(
         &config,
         format!(
-            "[database]\nmigrate_on_start = false\n[worker]\nconcurrency = {}\n[routes]\nTICKET = \"echo\"\n[log]\nlevel = \"warn,sqlx=error\"\n",
+            "[database]\nmigrate_on_start = false\n[worker]\nconcurrency = {}\n[routes]\nTICKET = \"echo\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"warn,sqlx=error\"\n",
             args.concurrency
         ),
     )?;

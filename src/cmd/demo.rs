@@ -29,6 +29,9 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     let mut demo_settings = Settings::from_toml_over_defaults(&agents.config())?;
     demo_settings.database.url = url.clone();
     demo_settings.database.max_connections = settings.database.max_connections;
+    // No admin server: the demo reports through its summary, and must not fail because a
+    // daemon on this host already listens on the default admin port.
+    demo_settings.admin.listen = None;
     let engine = Engine::start(demo_settings, &Registry::builtin(), None).await?;
     let pool = engine.pool.clone();
     seed_catalog(&pool).await?;

@@ -120,8 +120,11 @@ pub async fn sla(settings: &Settings, command: SlaCommand) -> anyhow::Result<()>
             println!("{} active rule(s) checked", rules.iter().filter(|r| r.is_active).count());
         }
         SlaCommand::Sweep => {
-            let sweeper =
-                crate::sla::sweeper::Sweeper { pool: pool.clone(), settings: std::sync::Arc::new(settings.clone()) };
+            let sweeper = crate::sla::sweeper::Sweeper {
+                pool: pool.clone(),
+                settings: std::sync::Arc::new(settings.clone()),
+                metrics: Default::default(),
+            };
             let started = std::time::Instant::now();
             let report = sweeper.run_once().await?;
             println!(

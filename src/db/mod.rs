@@ -4,6 +4,7 @@
 //! model's label enums by the `Decode` impls below. Rows are mapped by
 //! `#[derive(sqlx::FromRow)]` structs (by column name) or tuples (by position).
 
+pub mod admin;
 pub mod approvals;
 mod audit;
 pub mod bench;
@@ -138,6 +139,11 @@ pub async fn drop_database(url: &str) -> Result<(), DbError> {
 /// Applies pending migrations (idempotent; serialized across replicas by an advisory lock).
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
+}
+
+/// The newest migration this build carries (`/readyz` compares it with the database's).
+pub fn newest_migration() -> Option<i64> {
+    MIGRATOR.iter().map(|m| m.version).max()
 }
 
 /// The database clock: every time decision uses it, never the host's.

@@ -25,7 +25,7 @@ WITH next AS (
         claimed_at = now()
     WHERE w.ctid = ANY (ARRAY (SELECT ctid FROM next))
     RETURNING w.id, w.work_order_id, w.type, w.priority, w.attempt, w.attempt_base,
-              w.max_attempts, w.rescues, w.created_at,
+              w.max_attempts, w.rescues, w.created_at, w.run_at,
               octet_length(w.content) AS content_bytes,
               CASE WHEN octet_length(w.content) <= $4 THEN w.content END AS content
 ), started AS (
@@ -35,7 +35,7 @@ WITH next AS (
                    FOR UPDATE SKIP LOCKED)
 )
 SELECT c.id, c.work_order_id, c.type::text AS item_type, c.priority::text AS priority,
-       c.attempt, c.attempt_base, c.max_attempts, c.rescues, c.created_at, c.content_bytes,
+       c.attempt, c.attempt_base, c.max_attempts, c.rescues, c.created_at, c.run_at, c.content_bytes,
        c.content, o.workflow_id, o.tenant_id, o.created_by, o.priority::text AS order_priority,
        o.metadata::text AS metadata, now() AS claimed_at
 FROM claimed c JOIN work_orders o ON o.id = c.work_order_id
@@ -54,6 +54,9 @@ pub struct ClaimedItem {
     pub max_attempts: Option<i32>,
     pub rescues: i32,
     pub created_at: DateTime<Utc>,
+    /// When the item became runnable (its INSERT, the end of a retry delay, a delayed
+    /// item's chosen time): the claim's queue wait starts here.
+    pub run_at: DateTime<Utc>,
     pub content_bytes: i32,
     /// None when the content is larger than the limit (it is then not loaded at all).
     pub content: Option<String>,

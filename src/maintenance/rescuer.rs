@@ -30,6 +30,8 @@ pub struct Rescuer {
     pub catalog: Arc<Catalog>,
     pub settings: Arc<Settings>,
     pub worker_id: String,
+    /// Rescues, their LOST attempts and their dead letters are counted here.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Rescuer {
@@ -57,6 +59,7 @@ impl Rescuer {
             let (done, written) =
                 db::maintenance::rescue_expired(&self.pool, BATCH, async |expired| self.decide(expired).await).await?;
             for c in done.iter().filter(|c| !written.stale.contains(&(c.item_id, c.attempt))) {
+                self.metrics.rescue_written(c);
                 match c.next {
                     NextState::DeadLetter { .. } => report.dead_lettered += 1,
                     _ => report.requeued += 1,
@@ -103,7 +106,7 @@ impl Rescuer {
                     attempt: item.attempt,
                     attempt_id: Uuid::now_v7(),
                     attempts_used: budget.used,
-                    agent: "rescuer".into(),
+                    agent: crate::metrics::RESCUER_AGENT.into(),
                     worker_id: self.worker_id.clone(),
                     started_at,
                     duration_ms: (item.now - started_at).num_milliseconds().clamp(0, i32::MAX as i64) as i32,

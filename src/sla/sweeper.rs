@@ -29,6 +29,8 @@ pub struct SweepReport {
 pub struct Sweeper {
     pub pool: PgPool,
     pub settings: Arc<Settings>,
+    /// Escalations fired and resolved by this replica's sweeps are counted here.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Sweeper {
@@ -36,6 +38,8 @@ impl Sweeper {
         crate::periodic::every_interval_while_leading(self.settings.sla.sweep_interval, leading, stop, || async {
             match self.run_once().await {
                 Ok(report) => {
+                    crate::metrics::Metrics::add(&self.metrics.escalations_fired, report.fired as u64);
+                    crate::metrics::Metrics::add(&self.metrics.escalations_resolved, report.resolved as u64);
                     if report.fired + report.resolved > 0 {
                         tracing::info!(
                             fired = report.fired,

@@ -105,14 +105,8 @@ impl Completer {
                 tracing::error!(work_item.id = %done.item_id, attempt = done.attempt,
                     "result not written; the item will be rescued when its lease expires");
             } else {
-                let counter = match done.next {
-                    NextState::Completed => &self.metrics.completed,
-                    NextState::AwaitingApproval => &self.metrics.awaiting_approval,
-                    NextState::Retry { .. } => &self.metrics.retried,
-                    NextState::Released { .. } => &self.metrics.released,
-                    NextState::DeadLetter { .. } => &self.metrics.dead_lettered,
-                };
-                Metrics::add(counter, 1);
+                // Counted once the batch is written: attempts, outcomes, evals, approvals.
+                self.metrics.result_written(done);
                 if let Some(error) = &done.error {
                     tracing::debug!(work_item.id = %done.item_id, attempt = done.attempt, agent = %done.agent,
                         error.code = %error.code, error = %error.message, "attempt failed");

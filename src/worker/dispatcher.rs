@@ -112,6 +112,11 @@ impl Dispatcher {
         }
         Metrics::add(&self.metrics.claimed, items.len() as u64);
         Metrics::add(&self.metrics.claim_batches, 1);
+        for item in &items {
+            // Both times are the database's (run_at as written, claimed_at the claim's now()).
+            let waited = (item.claimed_at - item.run_at).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
+            self.metrics.claimed_item(&item.item_type, item.priority, waited);
+        }
         let ids: Vec<_> = items.iter().map(|i| i.id).collect();
         // A failure here must not strand claimed items, nor run them without their context:
         // each runner then releases its item to be run again after a backoff.

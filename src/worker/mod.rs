@@ -11,46 +11,12 @@ pub mod review;
 pub mod runner;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use uuid::Uuid;
 
-/// Counters the daemon, tests and the bench read. Monotonic since start.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    pub claimed: AtomicU64,
-    pub completed: AtomicU64,
-    pub retried: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub awaiting_approval: AtomicU64,
-    pub released: AtomicU64,
-    /// Results rejected by the fence: the attempt was no longer the item's current one.
-    pub stale_writes: AtomicU64,
-    /// Executions abandoned because the lease could not be renewed.
-    pub leases_lost: AtomicU64,
-    pub completer_batches: AtomicU64,
-    pub claim_batches: AtomicU64,
-    /// The last claim reached the database.
-    pub ready: AtomicBool,
-}
-
-impl Metrics {
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-    /// Results written, whatever the outcome.
-    pub fn recorded(&self) -> u64 {
-        Self::get(&self.completed)
-            + Self::get(&self.retried)
-            + Self::get(&self.dead_lettered)
-            + Self::get(&self.awaiting_approval)
-            + Self::get(&self.released)
-    }
-}
+/// The process's counters, shared with the rescuer, the SLA sweeper and the admin server.
+pub use crate::metrics::Metrics;
 
 /// One execution in flight in this process.
 #[derive(Debug, Clone)]

@@ -52,7 +52,7 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, mem_docs: Option<Vec<MemDo
     let step_max = step.as_ref().ok().and_then(|s| s.max_attempts);
     let max_attempts = Budget::ceiling(item.max_attempts, step_max, settings.retry.max_attempts);
     let budget = Budget { used: item.attempt - item.attempt_base, max: max_attempts };
-    let agent_name = step.as_ref().map(|s| s.agent.clone()).unwrap_or_else(|_| "router".to_owned());
+    let agent_name = step.as_ref().map(|s| s.agent.clone()).unwrap_or_else(|_| crate::metrics::ROUTER_AGENT.to_owned());
     tracing::Span::current().record("agent", agent_name.as_str());
     let mut input = json!({ "agent": agent_name, "content_bytes": item.content_bytes,
                             "mem_docs": mem_docs.as_ref().map_or(0, Vec::len) });

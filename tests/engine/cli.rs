@@ -146,6 +146,7 @@ async fn enqueue_run_status_and_dead_letters_from_the_command_line() {
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_orderly"))
         .args(["--config", cfg, "run"])
         .env("DATABASE_URL", &db.url)
+        .env("ORDERLY__ADMIN__LISTEN", "127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -49,8 +49,9 @@ impl TestDb {
 
     /// Settings for an engine on this database: test-friendly defaults under `toml`.
     pub fn settings(&self, toml: &str) -> Settings {
-        let test_defaults =
-            "[worker]\npoll_interval = \"200ms\"\n[retry]\nbackoff_base = \"50ms\"\nbackoff_max = \"200ms\"\n";
+        // The admin server on a free port: tests run in parallel.
+        let test_defaults = "[worker]\npoll_interval = \"200ms\"\n[retry]\nbackoff_base = \"50ms\"\nbackoff_max = \"200ms\"\n\
+                             [admin]\nlisten = \"127.0.0.1:0\"\n";
         let mut settings = Settings::from_toml_layers(&[test_defaults, toml]).expect("test settings are valid");
         settings.database.url = self.url.clone();
         settings.database.migrate_on_start = false;

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod admin;
 mod agents;
 mod cli;
 mod clients;

@@ -49,6 +49,7 @@ async fn planted_secrets_appear_in_no_output() {
     let daemon = Command::new(env!("CARGO_BIN_EXE_orderly"))
         .args(["--config", cfg, "run"])
         .env("DATABASE_URL", &url)
+        .env("ORDERLY__ADMIN__LISTEN", "127.0.0.1:0")
         .env("ORDERLY__LOG__LEVEL", "debug")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())

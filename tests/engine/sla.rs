@@ -12,7 +12,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 fn sweeper(db: &TestDb) -> Sweeper {
-    Sweeper { pool: db.pool.clone(), settings: Arc::new(db.settings("")) }
+    Sweeper { pool: db.pool.clone(), settings: Arc::new(db.settings("")), metrics: Default::default() }
 }
 
 async fn connector(db: &TestDb, name: &str) -> Uuid {

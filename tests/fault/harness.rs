@@ -94,6 +94,8 @@ impl Daemon {
             .env("DATABASE_URL", url)
             .env_remove("RUST_LOG")
             .env_remove("ORDERLY_FAILPOINTS")
+            // Replicas run side by side: each admin server on a free port.
+            .env("ORDERLY__ADMIN__LISTEN", "127.0.0.1:0")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,0 +1,127 @@
+//! The admin HTTP server of `orderly run` (`admin.listen`): probes (`probes.rs`) and
+//! Prometheus metrics (`metrics.rs`), on one axum router over one [`AdminState`]. Further
+//! surfaces (a JSON API, a web page) add their routes in [`router`] and read the same state.
+//!
+//! Life cycle: `Engine::start` binds the listener before migrations run and before any engine
+//! task starts (a port that cannot be bound fails the start, naming `admin.listen`), so
+//! `/healthz` answers from the start while `/readyz` says what is not ready yet. During the
+//! drain `/readyz` answers 503 `draining` and the rest keeps serving; `Engine::shutdown`
+//! stops the server last, gracefully (requests in progress finish, within
+//! [`SHUTDOWN_BOUND`]).
+
+pub mod metrics;
+pub mod probes;
+
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::worker::InFlight;
+use anyhow::Context;
+use sqlx::PgPool;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Longest the server's graceful stop waits for requests in progress.
+pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(2);
+
+/// What the handlers read: the engine's pool, settings, counters and health handles.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The engine's pool (probes take one connection for a moment, within their timeout).
+    pub pool: PgPool,
+    pub settings: Arc<Settings>,
+    /// This process's counters and histograms; `listening` is the LISTEN connection's flag.
+    pub metrics: Arc<Metrics>,
+    /// The database gauges the leader refreshes (see [`metrics::DbGauges`]).
+    pub gauges: Arc<metrics::DbGauges>,
+    /// Fired when an engine task died (`Engine::failed`).
+    pub failed: CancellationToken,
+    /// Fired when shutdown starts: the engine stops claiming and drains.
+    pub draining: CancellationToken,
+    /// Whether this replica is the elected leader.
+    pub leading: watch::Receiver<bool>,
+    /// Executions this process holds leases for.
+    pub in_flight: InFlight,
+    pub worker_id: String,
+}
+
+/// Every route of the admin server.
+pub fn router(state: AdminState) -> axum::Router {
+    axum::Router::new().merge(probes::routes()).merge(metrics::routes()).with_state(state)
+}
+
+/// Starts the server on `admin.listen`, or nothing when it is `off`.
+pub async fn start(state: AdminState) -> anyhow::Result<Option<AdminServer>> {
+    match state.settings.admin.listen {
+        None => Ok(None),
+        Some(listen) => AdminServer::start(listen, state).await.map(Some),
+    }
+}
+
+/// The running server and the leader's gauge refresher.
+pub struct AdminServer {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl AdminServer {
+    /// Binds `listen` and serves [`router`]; starts the gauge refresher.
+    pub async fn start(listen: SocketAddr, state: AdminState) -> anyhow::Result<AdminServer> {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("admin.listen: cannot listen on {listen}"))?;
+        let addr = listener.local_addr().context("admin.listen: reading the bound address")?;
+        tracing::info!(%addr, "admin server listening");
+        let stop = CancellationToken::new();
+        let refresher = tokio::spawn(metrics::refresh_gauges(
+            state.pool.clone(),
+            state.gauges.clone(),
+            state.settings.admin.gauge_interval,
+            state.leading.clone(),
+            stop.clone(),
+        ));
+        let app = router(state);
+        let until = stop.clone().cancelled_owned();
+        let server = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(until).await {
+                tracing::error!(error = %e, "admin server failed");
+            }
+        });
+        Ok(AdminServer { addr, stop, tasks: vec![server, refresher] })
+    }
+
+    /// The address the server listens on (the port chosen when `admin.listen` asks for 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets requests in progress finish (at most [`SHUTDOWN_BOUND`]), then
+    /// closes whatever is left.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        let bound = tokio::time::sleep(SHUTDOWN_BOUND);
+        tokio::pin!(bound);
+        for task in &mut self.tasks {
+            tokio::select! {
+                _ = &mut bound => break,
+                _ = task => {}
+            }
+        }
+        tracing::debug!("admin server stopped");
+        // Drop aborts what did not finish in time.
+    }
+}
+
+impl Drop for AdminServer {
+    /// An engine that failed to start, or a server past its bound, leaves nothing serving.
+    fn drop(&mut self) {
+        self.stop.cancel();
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
