@@ -136,7 +136,6 @@ pub async fn record_human_decision(pool: &PgPool, item: &HeldItem, human: &Human
         .execute(&mut *tx)
         .await?;
     }
-    super::queue::roll_up_orders(&mut tx, &[item.work_order_id]).await?;
     let action = if human.decision == Decision::Approved { "approval.approve" } else { "approval.reject" };
     audit(
         &mut tx,
@@ -147,5 +146,7 @@ pub async fn record_human_decision(pool: &PgPool, item: &HeldItem, human: &Human
     )
     .await?;
     tx.commit().await?;
+    // After the commit, like every writer of items (see roll_up_committed).
+    super::queue::roll_up_committed(pool, &[item.work_order_id]).await?;
     Ok(())
 }

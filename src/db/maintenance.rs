@@ -70,6 +70,7 @@ where
         sqlx::query("SELECT pg_notify($1, '')").bind(super::WORK_CHANNEL).execute(&mut *tx).await?;
     }
     tx.commit().await?;
+    super::queue::roll_up_committed(pool, &report.orders).await?;
     Ok((completions, report))
 }
 

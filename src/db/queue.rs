@@ -231,10 +231,13 @@ pub struct CompleteReport {
     /// Results whose attempt was no longer current, as (item, attempt): nothing of theirs
     /// was written.
     pub stale: Vec<(Uuid, i32)>,
+    /// The orders of the written results, for [`roll_up_committed`] once committed.
+    pub orders: Vec<Uuid>,
 }
 
 /// Writes a batch of finished executions in one transaction: the fenced item updates, one
-/// attempt row each, eval results, approval events, dead letters, then the order roll-ups.
+/// attempt row each, eval results, approval events, dead letters. The caller rolls up the
+/// report's orders once it is committed ([`roll_up_committed`]).
 /// Every write of an item is conditional on `(id, attempt)` still being current and the
 /// item still PROCESSING; stale results are reported, not written. Side records follow their
 /// own attempt, so a stale result and a fresh one for the same item can share a batch.
@@ -245,7 +248,8 @@ pub async fn complete_batch(pool: &PgPool, batch: &[Completion]) -> Result<Compl
     Ok(report)
 }
 
-/// [`complete_batch`] inside the caller's transaction (the rescuer's).
+/// [`complete_batch`] inside the caller's transaction (the rescuer's); the caller rolls up
+/// the report's orders after its commit.
 pub async fn complete_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     batch: &[Completion],
@@ -257,10 +261,9 @@ pub async fn complete_in(
     let mut orders: Vec<Uuid> = done.iter().map(|(_, order, _)| *order).collect();
     orders.sort_unstable();
     orders.dedup();
-    roll_up_orders(tx, &orders).await?;
     let written: std::collections::HashSet<(Uuid, i32)> = done.iter().map(|(id, _, n)| (*id, *n)).collect();
     let stale = batch.iter().map(|c| (c.item_id, c.attempt)).filter(|key| !written.contains(key)).collect();
-    Ok(CompleteReport { written: written.into_iter().collect(), stale })
+    Ok(CompleteReport { written: written.into_iter().collect(), stale, orders })
 }
 
 /// Column arrays of a completion batch, bound as `unnest` parameters.
@@ -408,34 +411,55 @@ async fn write_completions(
         .await
 }
 
-/// The order roll-up (see [`roll_up_orders`]); public so the plan test can EXPLAIN it.
-/// Each order's status comes from a correlated aggregate over its items (the composite
-/// index), and the orders are found by primary key: the cost is the batch's orders, never
-/// the table's.
-pub const ROLL_UP_SQL: &str = r#"
-UPDATE work_orders o SET status = r.status, updated_at = now()
-FROM (
-    SELECT x.id,
-           (SELECT CASE WHEN bool_or(i.status IN ('QUEUED', 'PROCESSING', 'AWAITING_APPROVAL'))
-                             THEN 'PROCESSING'
-                        WHEN bool_or(i.status = 'FAILED') THEN 'FAILED'
-                        ELSE 'COMPLETED' END::work_order_status
-            FROM work_items i WHERE i.work_order_id = x.id) AS status
-    FROM unnest($1::uuid[]) AS x(id)
-) r
-WHERE o.id = ANY ($1) AND o.id = r.id AND r.status IS NOT NULL AND o.status <> r.status
-"#;
+/// An order's status from its items (docs/states.md), as a SQL expression over `o.id`:
+/// PROCESSING while any item is unfinished, else FAILED if any failed, else COMPLETED. Each
+/// branch is one probe of the composite index (work_order_id, status, type) that stops at the
+/// first match, so the cost is the same for an order of one item or of a million: never an
+/// aggregate over the order's items.
+macro_rules! order_status_from_items {
+    () => {
+        "CASE WHEN EXISTS (SELECT 1 FROM work_items i WHERE i.work_order_id = o.id
+                           AND i.status IN ('QUEUED', 'PROCESSING', 'AWAITING_APPROVAL')) THEN 'PROCESSING'
+              WHEN EXISTS (SELECT 1 FROM work_items i WHERE i.work_order_id = o.id AND i.status = 'FAILED')
+                   THEN 'FAILED'
+              ELSE 'COMPLETED' END::work_order_status"
+    };
+}
 
-/// Locks the orders of a completion batch in id order (see [`roll_up_orders`]).
+/// The order roll-up (see [`roll_up_orders`]); public so the plan test can EXPLAIN it.
+/// Orders are found by primary key and their status by index probes: the cost is the
+/// batch's orders, never the table's and never the orders' sizes.
+pub const ROLL_UP_SQL: &str = concat!(
+    "UPDATE work_orders o SET status = r.status, updated_at = now()
+     FROM (SELECT o.id, ",
+    order_status_from_items!(),
+    " AS status FROM work_orders o WHERE o.id = ANY ($1)) r
+     WHERE o.id = r.id AND o.status <> r.status"
+);
+
+/// Of the given orders, those whose status differs from what their committed items say
+/// (see [`roll_up_committed`]). No lock, no write.
+pub const ROLL_UP_PROBE_SQL: &str =
+    concat!("SELECT o.id FROM work_orders o WHERE o.id = ANY ($1) AND o.status <> ", order_status_from_items!());
+
+/// PROCESSING orders whose items are all finished (see [`heal_roll_ups`]).
+pub const STRANDED_ORDERS_SQL: &str = concat!(
+    "SELECT o.id FROM work_orders o WHERE o.status = 'PROCESSING' AND 'PROCESSING' <> ",
+    order_status_from_items!(),
+    " LIMIT $1"
+);
+
+/// Locks orders in id order (see [`roll_up_orders`]).
 pub const LOCK_ORDERS_SQL: &str = "SELECT id FROM work_orders WHERE id = ANY($1) ORDER BY id FOR UPDATE";
 
-/// Recomputes the status of the given orders from their items (docs/states.md), inside the
-/// caller's transaction, after its item updates.
+/// Recomputes the status of the given orders from their items, inside the caller's
+/// transaction: the orders are locked first, in id order (no deadlock between writers), and
+/// the roll-up is a separate statement, so under READ COMMITTED its snapshot is taken after
+/// the lock was granted and sees every change committed by the previous holder.
 ///
-/// The orders are locked first, in id order (no deadlock between completers); the roll-up
-/// is a separate statement so that, under READ COMMITTED, its snapshot is taken after the
-/// lock was granted and sees every item update committed by the previous lock holder. That
-/// closes the race where two completers finish an order's last two items at once.
+/// Used by [`roll_up_committed`]. A writer that changes items must roll up AFTER its commit
+/// (with [`roll_up_committed`]): a roll-up inside the writer's own transaction cannot see a
+/// concurrent writer's uncommitted items, and that writer's probe cannot see ours.
 pub async fn roll_up_orders(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     orders: &[Uuid],
@@ -446,4 +470,37 @@ pub async fn roll_up_orders(
     sqlx::query(LOCK_ORDERS_SQL).bind(orders).fetch_all(&mut **tx).await?;
     sqlx::query(ROLL_UP_SQL).bind(orders).execute(&mut **tx).await?;
     Ok(())
+}
+
+/// Rolls up orders whose items changed, after the transactions that changed them have
+/// committed. One unlocked probe finds the orders whose status differs from what their items
+/// say; only those are locked and recomputed ([`roll_up_orders`]), usually none: an order
+/// changes status when its first item starts (the claim does it) and when its last one ends.
+///
+/// Exact under concurrency: every writer probes after its own commit, so whichever of two
+/// writers finishing an order's last items commits second sees both and rolls up; the locked
+/// step re-reads after the lock, so two roll-ups of one order never write a stale status. A
+/// process that dies between its commit and this call leaves the order to [`heal_roll_ups`].
+/// Returns the orders that were rolled up.
+pub async fn roll_up_committed(pool: &PgPool, orders: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
+    if orders.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut changed: Vec<Uuid> = sqlx::query_scalar(ROLL_UP_PROBE_SQL).bind(orders).fetch_all(pool).await?;
+    if changed.is_empty() {
+        return Ok(changed);
+    }
+    changed.sort_unstable();
+    let mut tx = pool.begin().await?;
+    roll_up_orders(&mut tx, &changed).await?;
+    tx.commit().await?;
+    Ok(changed)
+}
+
+/// The leader's safety net for [`roll_up_committed`]: PROCESSING orders whose items are all
+/// finished (their last writer died between its commit and its roll-up), rolled up.
+/// Reads the PROCESSING orders only (their status index), at most `limit` per call.
+pub async fn heal_roll_ups(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
+    let stranded: Vec<Uuid> = sqlx::query_scalar(STRANDED_ORDERS_SQL).bind(limit).fetch_all(pool).await?;
+    roll_up_committed(pool, &stranded).await
 }

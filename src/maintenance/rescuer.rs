@@ -22,6 +22,8 @@ const BATCH: i64 = 500;
 pub struct RescueReport {
     pub requeued: usize,
     pub dead_lettered: usize,
+    /// Orders whose roll-up a dead writer left undone, rolled up (see `db::queue::heal_roll_ups`).
+    pub orders_healed: usize,
 }
 
 pub struct Rescuer {
@@ -66,6 +68,9 @@ impl Rescuer {
                 }
             }
             if (done.len() as i64) < BATCH {
+                // The safety net of the roll-up after commit: a writer that died between its
+                // commit and its roll-up left its order PROCESSING with every item finished.
+                report.orders_healed = db::queue::heal_roll_ups(&self.pool, BATCH).await?.len();
                 return Ok(report);
             }
         }

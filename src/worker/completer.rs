@@ -159,7 +159,14 @@ impl Completer {
             .build();
         loop {
             match db::queue::complete_batch(&self.pool, batch).await {
-                Ok(report) => return Ok(report.stale.into_iter().collect()),
+                Ok(report) => {
+                    // Committed: now the orders (see db::queue::roll_up_committed). A failure
+                    // here loses nothing: the leader's rescuer heals an order left behind.
+                    if let Err(e) = db::queue::roll_up_committed(&self.pool, &report.orders).await {
+                        crate::telemetry::warn_limited("roll_up", "rolling up orders failed; the leader will", &e);
+                    }
+                    return Ok(report.stale.into_iter().collect());
+                }
                 Err(e) if db::is_refusal(&e) => return Err(WriteError::Refused(e)),
                 Err(e) => {
                     let delay = if db::is_retryable_conflict(&e) {

@@ -34,7 +34,7 @@ async fn expired_leases_are_rescued_with_a_lost_attempt() {
     let gone = claim_and_vanish(&db, "crashed-worker").await;
     assert_eq!(gone.id, item);
     let report = rescuer(&db, "").run_once().await.unwrap();
-    assert_eq!(report, RescueReport { requeued: 1, dead_lettered: 0 });
+    assert_eq!(report, RescueReport { requeued: 1, dead_lettered: 0, orders_healed: 0 });
     assert_eq!(item_status(&db.pool, item).await, "QUEUED");
     assert_eq!(attempts(&db.pool, item).await, vec![(1, "LOST".into(), Some("WORKER_LOST".into()))]);
     let (rescues, lease): (i32, Option<chrono::DateTime<chrono::Utc>>) =

@@ -198,6 +198,71 @@ async fn orders_roll_up_from_their_items() {
     assert_eq!(dead_letter(&db.pool, bad).await.unwrap().0, "NO_ROUTE");
 }
 
+/// The roll-up after commit is exact under concurrency: two engines with four completers
+/// each, writing batches of two, finish 300 small orders whose items end in different ways
+/// (completed, dead-lettered) at the same moments; every order's status then equals what
+/// an aggregate over its items says.
+#[tokio::test]
+async fn concurrent_completions_roll_every_order_up_exactly() {
+    let db = TestDb::new().await;
+    let mut orders = Vec::new();
+    for n in 0..300 {
+        let order = insert_order(&db.pool, "MEDIUM").await;
+        for k in 0..(2 + n % 4) {
+            // About one order in seven has an item that fails for good.
+            let content = if (n * 7 + k) % 23 == 0 { "not json" } else { "{}" };
+            insert_item(&db.pool, order, "TICKET", content).await;
+        }
+        orders.push(order);
+    }
+    let config = "[worker]\ncompleters = 4\ncompleter_batch = 2\nconcurrency = 16\n[routes]\nTICKET = \"echo\"\n";
+    let (a, b) = (db.engine(config).await, db.engine(config).await);
+    wait_quiet(&db.pool).await;
+    stop(a).await;
+    stop(b).await;
+    let wrong = count(
+        &db.pool,
+        "SELECT count(*) FROM work_orders o WHERE o.status::text <> (
+             SELECT CASE WHEN bool_or(i.status IN ('QUEUED', 'PROCESSING', 'AWAITING_APPROVAL')) THEN 'PROCESSING'
+                         WHEN bool_or(i.status = 'FAILED') THEN 'FAILED' ELSE 'COMPLETED' END
+             FROM work_items i WHERE i.work_order_id = o.id)",
+    )
+    .await;
+    assert_eq!(wrong, 0, "orders whose status disagrees with their items");
+    assert!(count(&db.pool, "SELECT count(*) FROM work_orders WHERE status = 'FAILED'").await > 0);
+    assert!(count(&db.pool, "SELECT count(*) FROM work_orders WHERE status = 'COMPLETED'").await > 0);
+}
+
+/// A writer that died between its commit and its roll-up leaves an order PROCESSING with
+/// every item finished; the leader's rescuer heals it on its next sweep.
+#[tokio::test]
+async fn an_order_left_behind_by_a_dead_writer_is_rolled_up_by_the_leader() {
+    let db = TestDb::new().await;
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    for _ in 0..3 {
+        insert_item(&db.pool, order, "TICKET", "{}").await;
+    }
+    // As the completer writes them, without the roll-up that would follow its commit.
+    sqlx::query("UPDATE work_orders SET status = 'PROCESSING' WHERE id = $1")
+        .bind(order)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE work_items SET status = 'COMPLETED', attempt = 1, processed_at = now() WHERE work_order_id = $1",
+    )
+    .bind(order)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let engine = db.engine("[worker]\nrescue_interval = \"100ms\"\n").await;
+    wait_until("the leader to roll the order up", Duration::from_secs(20), || async {
+        order_status(&db.pool, order).await == "COMPLETED"
+    })
+    .await;
+    stop(engine).await;
+}
+
 #[tokio::test]
 async fn an_order_with_a_live_item_stays_processing() {
     let db = TestDb::new().await;

@@ -4,7 +4,10 @@
 use crate::common::*;
 use orderly::db::ENGINE_PLANNER_SETTINGS;
 use orderly::db::maintenance::PRUNE_CANDIDATES_SQL;
-use orderly::db::queue::{CLAIM_SQL, COMPLETE_PARAM_TYPES, COMPLETE_SQL, LOCK_ORDERS_SQL, RENEW_SQL, ROLL_UP_SQL};
+use orderly::db::queue::{
+    CLAIM_SQL, COMPLETE_PARAM_TYPES, COMPLETE_SQL, LOCK_ORDERS_SQL, RENEW_SQL, ROLL_UP_PROBE_SQL, ROLL_UP_SQL,
+    STRANDED_ORDERS_SQL,
+};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 use std::str::FromStr;
@@ -153,6 +156,23 @@ async fn hot_statements_use_indexes_not_table_scans() {
         explain(&db, format!("PREPARE roll_up(uuid[]) AS {ROLL_UP_SQL}"), format!("EXECUTE roll_up({order_array})"))
             .await;
     assert!(!roll_up.contains("Seq Scan"), "the roll-up scans a table:\n{roll_up}");
+    // Probes that stop at the first matching item, never an aggregate over an order's items:
+    // the cost of an item must not grow with the size of its order.
+    let probe = explain(
+        &db,
+        format!("PREPARE roll_up_probe(uuid[]) AS {ROLL_UP_PROBE_SQL}"),
+        format!("EXECUTE roll_up_probe({order_array})"),
+    )
+    .await;
+    for plan in [&roll_up, &probe] {
+        assert!(!plan.contains("Seq Scan"), "a roll-up statement scans a table:\n{plan}");
+        assert!(!plan.contains("Aggregate"), "a roll-up statement aggregates an order's items:\n{plan}");
+        assert!(plan.contains("idx_work_items_composite"), "a roll-up probes the composite index:\n{plan}");
+    }
+    let stranded =
+        explain(&db, format!("PREPARE stranded(bigint) AS {STRANDED_ORDERS_SQL}"), "EXECUTE stranded(500)".into())
+            .await;
+    assert!(!stranded.contains("Seq Scan on work_items"), "the healing sweep scans work_items:\n{stranded}");
     // By primary key from each result, never by walking the partial index of leased rows:
     // with statistics that think it empty, the planner nests a loop over it and re-reads the
     // whole batch for each leased row (measured: 2,355 items/s instead of 6,771 over a
