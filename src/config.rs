@@ -95,6 +95,10 @@ pub struct WorkerSettings {
     /// How often the leader looks for expired leases.
     #[serde(with = "humantime_serde")]
     pub rescue_interval: Duration,
+    /// A loop busy with one step for longer than this (the dispatcher in one claim round, a
+    /// completer retrying one batch) makes the engine unhealthy (`worker::liveness`).
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -328,6 +332,7 @@ impl Settings {
         count_in("worker.completers", worker.completers, 1, MAX_COMPLETERS)?;
         count_in("worker.max_rescues", worker.max_rescues, 1, MAX_ATTEMPTS)?;
         duration_in("worker.rescue_interval", worker.rescue_interval, None, MAX_INTERVAL)?;
+        duration_in("worker.stall_timeout", worker.stall_timeout, Some(Duration::from_secs(1)), MAX_INTERVAL)?;
 
         let retry = &self.retry;
         count_in("retry.max_attempts", retry.max_attempts, 1, MAX_ATTEMPTS)?;
@@ -569,6 +574,7 @@ mod tests {
             ("worker", "completer_batch = 0", "worker.completer_batch"),
             ("worker", "completers = 1001", "worker.completers"),
             ("worker", "max_rescues = 1000001", "worker.max_rescues"),
+            ("worker", "stall_timeout = \"500ms\"", "worker.stall_timeout"),
             ("retry", "max_attempts = 1000001", "retry.max_attempts"),
             ("retry", "backoff_base = \"2d\"\nbackoff_max = \"3d\"", "retry.backoff_base"),
             ("retry", "backoff_max = \"2d\"", "retry.backoff_max"),
@@ -594,6 +600,7 @@ mod tests {
             "[database]\nmax_connections = 10000\nacquire_timeout = \"1d\"\n\
              [worker]\nlease = \"1d\"\nshutdown_grace = \"0s\"\nconcurrency = 100000\nclaim_batch = 100000\n\
              completers = 1000\ncompleter_batch = 100000\nmax_rescues = 1000000\nrescue_interval = \"24h\"\n\
+             stall_timeout = \"1d\"\n\
              [retry]\nmax_attempts = 1000000\nbackoff_base = \"1d\"\nbackoff_max = \"1d\"\n\
              [limits]\nmax_content_bytes = 1073741824\nmax_output_bytes = 1073741824\n\
              [pruner]\nretention = \"100y\"\ninterval = \"1d\"\nbatch = 100000\n",

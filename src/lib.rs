@@ -19,6 +19,7 @@ pub mod maintenance;
 pub mod model;
 pub mod periodic;
 pub mod rules;
+pub mod sdnotify;
 pub mod sla;
 pub mod telemetry;
 pub mod worker;

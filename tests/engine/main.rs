@@ -19,3 +19,4 @@ mod pruner;
 mod review;
 mod secrets;
 mod sla;
+mod systemd;
