@@ -1,6 +1,7 @@
-//! Settings: `config/default.toml` (compiled in), then the `--config` file, then
-//! `DATABASE_URL`, then `ORDERLY__SECTION__KEY` variables. Validated once at start-up;
-//! everything downstream receives typed settings, never raw strings.
+//! Settings: `config/default.toml` (compiled in), then the `--config` file, then the systemd
+//! credential `database-url`, then `DATABASE_URL`, then `ORDERLY__SECTION__KEY` variables.
+//! Validated once at start-up; everything downstream receives typed settings, never raw
+//! strings.
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
@@ -279,6 +280,9 @@ impl Settings {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
+        if let Some(url) = credential("database-url")? {
+            figment = figment.merge(figment::providers::Serialized::default("database.url", url));
+        }
         figment = figment
             .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database.url".into()))
             // `lowercase(false)` after `map`: figment's `map` turns lower-casing back on.
@@ -372,6 +376,20 @@ impl Settings {
             agent.options = agent.redacted_options();
         }
         toml::to_string_pretty(&copy).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+/// A systemd credential (`LoadCredential=NAME:FILE`): the trimmed text of
+/// `$CREDENTIALS_DIRECTORY/NAME`, `None` when there is no such directory or file.
+fn credential(name: &str) -> Result<Option<String>, ConfigError> {
+    let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else {
+        return Ok(None);
+    };
+    let path = Path::new(&dir).join(name);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text.trim().to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ConfigError::Load(format!("cannot read the credential {}: {e}", path.display()))),
     }
 }
 

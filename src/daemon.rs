@@ -423,10 +423,12 @@ impl Signals {
     }
 }
 
+/// The host's name from gethostname(2), not /proc/sys, which the systemd unit hides
+/// (`ProcSubset=pid`).
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
+    nix::unistd::gethostname()
         .ok()
+        .map(|h| h.to_string_lossy().trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "orderly".into())
 }

@@ -9,6 +9,7 @@ mod cli;
 mod clients;
 mod command_agent;
 mod dead_letters;
+mod deploy;
 mod durability;
 mod flow;
 mod http_addresses;
