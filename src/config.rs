@@ -248,6 +248,9 @@ fn looks_like_url(text: &str) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
+    /// JSON when stderr is not a terminal (systemd's journal, a container runtime, a file),
+    /// pretty on a terminal.
+    Auto,
     Pretty,
     Json,
 }

@@ -13,7 +13,7 @@ struct FakeSystemd {
     /// What `NOTIFY_SOCKET` is set to.
     address: String,
     received: Arc<Mutex<Vec<(Instant, String)>>>,
-    _dir: std::path::PathBuf,
+    dir: std::path::PathBuf,
 }
 
 impl FakeSystemd {
@@ -40,7 +40,7 @@ impl FakeSystemd {
                 sink.lock().unwrap().push((Instant::now(), String::from_utf8_lossy(&buf[..n]).into_owned()));
             }
         });
-        FakeSystemd { address, received, _dir: dir }
+        FakeSystemd { address, received, dir }
     }
 
     /// Times at which a notification with the assignment `line` (`READY=1`) arrived.
@@ -55,12 +55,18 @@ impl FakeSystemd {
     }
 }
 
+impl Drop for FakeSystemd {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
 /// `orderly run` as systemd starts it: NOTIFY_SOCKET, WATCHDOG_USEC (200 ms: a ping every
 /// 100 ms), logs in a file of the test's.
 fn daemon(db: &TestDb, systemd: &FakeSystemd, config: &str, failpoints: &str) -> (Child, std::path::PathBuf) {
-    let config_path = systemd._dir.join("orderly.toml");
+    let config_path = systemd.dir.join("orderly.toml");
     std::fs::write(&config_path, config).unwrap();
-    let log = systemd._dir.join("orderly.log");
+    let log = systemd.dir.join("orderly.log");
     let child = Command::new(env!("CARGO_BIN_EXE_orderly"))
         .args(["--config", config_path.to_str().unwrap(), "run"])
         .env("DATABASE_URL", &db.url)
@@ -90,8 +96,9 @@ async fn sigterm_and_wait(mut child: Child) -> std::process::ExitStatus {
     }
 }
 
+/// `log.format` is left at its default, `auto`: stderr is a file, so the log is JSON.
 const CONFIG: &str = "[worker]\npoll_interval = \"100ms\"\nstall_timeout = \"1s\"\nshutdown_grace = \"2s\"\n\
-                      [routes]\nTICKET = \"echo\"\n[log]\nformat = \"json\"\n";
+                      [routes]\nTICKET = \"echo\"\n";
 
 #[tokio::test]
 async fn run_notifies_ready_pings_the_watchdog_and_notifies_stopping() {
@@ -111,6 +118,7 @@ async fn run_notifies_ready_pings_the_watchdog_and_notifies_stopping() {
     let status = sigterm_and_wait(child).await;
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "SIGTERM exits 0, got {status}: {log}");
+    json_log_has_the_stable_fields(&log);
     let stopping = systemd.wait_for("STOPPING=1", Duration::from_secs(5)).await;
     assert!(stopping > ready);
     // The last ping may have been in flight with the signal; none follows the drain's start.
@@ -146,4 +154,21 @@ async fn watchdog_pings_stop_while_the_dispatcher_is_wedged() {
     assert!(status.success(), "the hang ends with shutdown; exit 0, got {status}: {log}");
     assert!(log.contains("withholding systemd watchdog pings") && log.contains("dispatcher"), "{log}");
     systemd.wait_for("STOPPING=1", Duration::from_secs(5)).await;
+}
+
+/// `log.format = "auto"` with stderr not a terminal: one JSON object per line, with the field
+/// names docs/operations.md promises.
+fn json_log_has_the_stable_fields(log: &str) {
+    let events: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    assert!(!events.is_empty(), "the daemon logged");
+    for event in &events {
+        for key in ["timestamp", "level", "target", "message"] {
+            assert!(event[key].is_string(), "{key} in {event}");
+        }
+    }
+    let started = events.iter().find(|e| e["message"] == "engine started").expect("engine started is logged");
+    assert_eq!(started["level"], "INFO");
+    assert!(started["worker"].is_string() && started["concurrency"].is_number(), "{started}");
+    assert!(events.iter().any(|e| e["message"] == "engine stopped"), "engine stopped is logged");
 }
