@@ -13,6 +13,7 @@ pub mod demo;
 pub mod maintenance;
 pub mod orders;
 pub mod queue;
+pub mod roles;
 pub mod sla;
 
 use crate::model::{AttemptStatus, DeadLetterReason, Decision, ItemStatus, OrderStatus, Priority};
@@ -137,6 +138,39 @@ pub async fn drop_database(url: &str) -> Result<(), DbError> {
 /// Applies pending migrations (idempotent; serialized across replicas by an advisory lock).
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
+}
+
+/// How the database's schema compares with the migrations this binary carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationStatus {
+    /// Migrations this binary knows.
+    pub known: usize,
+    /// Those of them applied successfully.
+    pub applied: usize,
+    /// Versions this binary knows that are missing or failed (`orderly migrate` applies them).
+    pub pending: Vec<i64>,
+    /// Applied versions this binary does not know (a newer orderly migrated the database).
+    pub newer: Vec<i64>,
+}
+
+/// Reads `_sqlx_migrations` (`orderly health`). A database never migrated has every version
+/// pending.
+pub async fn migration_status(pool: &PgPool) -> Result<MigrationStatus, DbError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(pool).await?;
+    let applied: Vec<i64> = if exists {
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(pool)
+            .await?
+    } else {
+        Vec::new()
+    };
+    let known: Vec<i64> = MIGRATOR.iter().filter(|m| m.migration_type.is_up_migration()).map(|m| m.version).collect();
+    Ok(MigrationStatus {
+        known: known.len(),
+        applied: known.iter().filter(|v| applied.contains(v)).count(),
+        pending: known.iter().copied().filter(|v| !applied.contains(v)).collect(),
+        newer: applied.iter().copied().filter(|v| !known.contains(v)).collect(),
+    })
 }
 
 /// The database clock: every time decision uses it, never the host's.

@@ -75,3 +75,29 @@ fn the_database_url_can_come_from_a_systemd_credential() {
     assert!(shown.contains("127.0.0.1:5432/other"), "DATABASE_URL wins: {shown}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `orderly health` (the container's HEALTHCHECK): 0 on a migrated database; 1, saying why,
+/// on a database without the migrations and on one that does not answer.
+#[tokio::test]
+async fn health_exits_0_only_when_the_database_answers_and_is_migrated() {
+    use crate::cli::orderly;
+    let db = crate::common::TestDb::new().await;
+    let out = orderly(&db.url, &["health"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("healthy:") && text(&out).contains("migrations applied"), "{}", text(&out));
+
+    let mut empty = reqwest::Url::parse(&crate::common::base_url()).unwrap();
+    empty.set_path(&format!("/orderly_health_{}", uuid::Uuid::new_v4().simple()));
+    let empty = empty.to_string();
+    orderly::db::ensure_database(&empty).await.unwrap();
+    let out = orderly(&empty, &["health"]);
+    orderly::db::drop_database(&empty).await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("orderly migrate"), "{}", text(&out));
+
+    let started = std::time::Instant::now();
+    let out = orderly("postgres://postgres@127.0.0.1:1/orderly", &["health", "--timeout", "2s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("unhealthy"), "{}", text(&out));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}

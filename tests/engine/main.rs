@@ -18,6 +18,7 @@ mod plans;
 mod poison;
 mod pruner;
 mod review;
+mod roles;
 mod secrets;
 mod sla;
 mod systemd;
