@@ -287,7 +287,7 @@ pub async fn run(settings: Settings, registry: &Registry) -> anyhow::Result<()> 
     };
     systemd.send("STOPPING=1\nSTATUS=draining in-flight items");
     if let Some(watchdog) = &watchdog {
-        watchdog.abort(); // the drain is bounded by TimeoutStopSec, not by the watchdog
+        watchdog.abort(); // no pings during the drain: TimeoutStopSec bounds it
     }
     if died {
         tracing::error!("an engine task died; shutting down so the service manager restarts the process");
