@@ -35,6 +35,13 @@ pub async fn run(settings: &Settings, timeout: Duration) -> anyhow::Result<()> {
             status.pending
         );
     }
+    if !status.modified.is_empty() {
+        anyhow::bail!(
+            "unhealthy: {shown} has migrations {:?} applied with a different text than this binary's: \
+             they were edited after they were applied",
+            status.modified
+        );
+    }
     let newer = if status.newer.is_empty() {
         String::new()
     } else {

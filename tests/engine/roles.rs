@@ -161,6 +161,8 @@ async fn each_role_can_do_what_it_needs_and_nothing_more() {
     let toml = "[routes]\nTICKET = \"echo\"\n";
     let mut settings = db.settings(toml);
     settings.database.url = roles.url(&db, "daemon");
+    // The default: migrate on start. The schema is current, so the daemon (no DDL) starts.
+    settings.database.migrate_on_start = true;
     let engine = orderly::daemon::Engine::start(settings, &orderly::agent::Registry::builtin(), None)
         .await
         .expect("the engine starts as the daemon role");
