@@ -46,6 +46,23 @@ pub enum Command {
     Sla(SlaCommand),
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig,
+    /// Create or update the least-privilege database roles (PREFIX_owner, _daemon, _producer,
+    /// _oncall), their grants and row-level security; run as a superuser after `migrate`.
+    Roles {
+        /// Role names are PREFIX_owner, PREFIX_daemon, PREFIX_producer, PREFIX_oncall.
+        #[arg(long, default_value = "orderly")]
+        prefix: String,
+        /// Print the SQL instead of running it.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Check that the database answers and every migration is applied: exit 0 if so, 1 if
+    /// not (container HEALTHCHECK).
+    Health {
+        /// Give up after this long (e.g. "3s").
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Measure throughput and latency against a scratch database with `orderly run`.
     Bench(BenchArgs),
 }

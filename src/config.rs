@@ -1,6 +1,7 @@
-//! Settings: `config/default.toml` (compiled in), then the `--config` file, then
-//! `DATABASE_URL`, then `ORDERLY__SECTION__KEY` variables. Validated once at start-up;
-//! everything downstream receives typed settings, never raw strings.
+//! Settings: `config/default.toml` (compiled in), then the `--config` file, then the systemd
+//! credential `database-url`, then `DATABASE_URL`, then `ORDERLY__SECTION__KEY` variables.
+//! Validated once at start-up; everything downstream receives typed settings, never raw
+//! strings.
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
@@ -99,6 +100,10 @@ pub struct WorkerSettings {
     /// How often the leader looks for expired leases.
     #[serde(with = "humantime_serde")]
     pub rescue_interval: Duration,
+    /// A loop busy with one step for longer than this (the dispatcher in one claim round, a
+    /// completer retrying one batch) makes the engine unhealthy (`worker::liveness`).
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -310,6 +315,9 @@ fn looks_like_url(text: &str) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
+    /// JSON when stderr is not a terminal (systemd's journal, a container runtime, a file),
+    /// pretty on a terminal.
+    Auto,
     Pretty,
     Json,
 }
@@ -341,6 +349,9 @@ impl Settings {
                 return Err(ConfigError::Load(format!("file {} does not exist", path.display())));
             }
             figment = figment.merge(Toml::file_exact(path));
+        }
+        if let Some(url) = credential("database-url")? {
+            figment = figment.merge(figment::providers::Serialized::default("database.url", url));
         }
         figment = figment
             .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database.url".into()))
@@ -395,6 +406,7 @@ impl Settings {
         count_in("worker.completers", worker.completers, 1, MAX_COMPLETERS)?;
         count_in("worker.max_rescues", worker.max_rescues, 1, MAX_ATTEMPTS)?;
         duration_in("worker.rescue_interval", worker.rescue_interval, None, MAX_INTERVAL)?;
+        duration_in("worker.stall_timeout", worker.stall_timeout, Some(Duration::from_secs(1)), MAX_INTERVAL)?;
 
         let retry = &self.retry;
         count_in("retry.max_attempts", retry.max_attempts, 1, MAX_ATTEMPTS)?;
@@ -444,6 +456,20 @@ impl Settings {
             agent.options = agent.redacted_options();
         }
         toml::to_string_pretty(&copy).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+/// A systemd credential (`LoadCredential=NAME:FILE`): the trimmed text of
+/// `$CREDENTIALS_DIRECTORY/NAME`, `None` when there is no such directory or file.
+fn credential(name: &str) -> Result<Option<String>, ConfigError> {
+    let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else {
+        return Ok(None);
+    };
+    let path = Path::new(&dir).join(name);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text.trim().to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ConfigError::Load(format!("cannot read the credential {}: {e}", path.display()))),
     }
 }
 
@@ -659,6 +685,7 @@ mod tests {
             ("worker", "completer_batch = 0", "worker.completer_batch"),
             ("worker", "completers = 1001", "worker.completers"),
             ("worker", "max_rescues = 1000001", "worker.max_rescues"),
+            ("worker", "stall_timeout = \"500ms\"", "worker.stall_timeout"),
             ("retry", "max_attempts = 1000001", "retry.max_attempts"),
             ("retry", "backoff_base = \"2d\"\nbackoff_max = \"3d\"", "retry.backoff_base"),
             ("retry", "backoff_max = \"2d\"", "retry.backoff_max"),
@@ -699,6 +726,7 @@ mod tests {
             "[database]\nmax_connections = 10000\nacquire_timeout = \"1d\"\n\
              [worker]\nlease = \"1d\"\nshutdown_grace = \"0s\"\nconcurrency = 100000\nclaim_batch = 100000\n\
              completers = 1000\ncompleter_batch = 100000\nmax_rescues = 1000000\nrescue_interval = \"24h\"\n\
+             stall_timeout = \"1d\"\n\
              [retry]\nmax_attempts = 1000000\nbackoff_base = \"1d\"\nbackoff_max = \"1d\"\n\
              [limits]\nmax_content_bytes = 1073741824\nmax_output_bytes = 1073741824\n\
              [pruner]\nretention = \"100y\"\ninterval = \"1d\"\nbatch = 100000\n\

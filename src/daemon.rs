@@ -9,6 +9,7 @@ use crate::maintenance::{leader, pruner::Pruner, rescuer::Rescuer};
 use crate::rules::catalog::Catalog;
 use crate::worker::completer::Completer;
 use crate::worker::dispatcher::Dispatcher;
+use crate::worker::liveness::Health;
 use crate::worker::runner::RunContext;
 use crate::worker::{InFlight, Metrics, heartbeat, listener};
 use anyhow::Context;
@@ -52,6 +53,8 @@ pub struct Engine {
     failed: CancellationToken,
     /// The admin HTTP server (`admin.listen`), stopped at the end of [`Engine::shutdown`].
     admin: Option<crate::admin::AdminServer>,
+    /// Liveness: `failed` plus the progress of the dispatcher and completers.
+    health: Health,
 }
 
 impl Engine {
@@ -95,6 +98,7 @@ impl Engine {
         if settings.database.migrate_on_start {
             db::migrate(&pool).await.context("applying migrations")?;
         }
+        let health = Health::new(settings.worker.stall_timeout, failed.clone());
         let watched = |name: &'static str, until: &CancellationToken, task| {
             tokio::spawn(watch_task(name, until.clone(), failed.clone(), task))
         };
@@ -115,6 +119,7 @@ impl Engine {
                             batch_size: settings.worker.completer_batch,
                             wake: wake.clone(),
                             abandon: abandon.clone(),
+                            beat: health.beat("completer"),
                         }
                         .run(rx.clone()),
                     ),
@@ -191,6 +196,7 @@ impl Engine {
                     completions: tx,
                     tasks: runners.clone(),
                     stop: stop_claiming.clone(),
+                    beat: health.beat("dispatcher"),
                 }
                 .run(),
             ),
@@ -212,6 +218,7 @@ impl Engine {
             abandon,
             failed,
             admin,
+            health,
         })
     }
 
@@ -221,10 +228,24 @@ impl Engine {
         self.admin.as_ref().map(|admin| admin.local_addr())
     }
 
-    /// Ready: every engine task is alive and the last claim reached the database (used by
-    /// health checks and systemd).
+    /// Healthy (alive): no engine task died, and neither the dispatcher nor a completer has
+    /// been stuck in one step for longer than `worker.stall_timeout` (`worker::liveness`).
+    /// A database outage alone does not make the engine unhealthy (it waits it out), unless
+    /// a completer cannot write one batch for that long. The systemd watchdog pings only
+    /// while this holds.
+    pub fn healthy(&self) -> bool {
+        self.health.healthy()
+    }
+
+    /// The same check as [`Engine::healthy`], as a handle that outlives a borrow of the engine
+    /// (a watchdog task), with the reason when it fails.
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    /// Ready: healthy, and the last claim reached the database (for a readiness probe).
     pub fn ready(&self) -> bool {
-        !self.failed.is_cancelled() && self.metrics.ready.load(std::sync::atomic::Ordering::Relaxed)
+        self.healthy() && self.metrics.ready.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Fires when an engine task panicked or ended while it should have been running. The
@@ -291,12 +312,20 @@ impl Engine {
 pub async fn run(settings: Settings, registry: &Registry) -> anyhow::Result<()> {
     // Handlers first: a signal that arrives while the engine starts is handled gracefully.
     let mut signals = Signals::install();
+    let systemd = SystemdNotify::from_env();
     let engine = Engine::start(settings, registry, None).await?;
+    // Migrations are applied and every loop runs (the listener connects on its own).
+    systemd.send("READY=1\nSTATUS=processing work items");
+    let watchdog = systemd.watchdog(engine.health());
     let failed = engine.failed();
     let died = tokio::select! {
         _ = signals.recv() => false,
         _ = failed.cancelled() => true,
     };
+    systemd.send("STOPPING=1\nSTATUS=draining in-flight items");
+    if let Some(watchdog) = &watchdog {
+        watchdog.abort(); // no pings during the drain: TimeoutStopSec bounds it
+    }
     if died {
         tracing::error!("an engine task died; shutting down so the service manager restarts the process");
     } else {
@@ -341,6 +370,64 @@ async fn watch_task(
     }
 }
 
+/// `orderly run`'s side of systemd's notify protocol (`crate::sdnotify`): nothing at all
+/// outside systemd, and a warning, never a failure, when the socket cannot be used.
+struct SystemdNotify(Option<Arc<crate::sdnotify::Notifier>>);
+
+impl SystemdNotify {
+    fn from_env() -> SystemdNotify {
+        match crate::sdnotify::Notifier::from_env() {
+            Ok(notifier) => SystemdNotify(notifier.map(Arc::new)),
+            Err(e) => {
+                tracing::warn!(error = %e, "NOTIFY_SOCKET is set but unusable; not notifying systemd");
+                SystemdNotify(None)
+            }
+        }
+    }
+
+    fn send(&self, state: &str) {
+        if let Some(notifier) = &self.0
+            && let Err(e) = notifier.notify(state)
+        {
+            tracing::warn!(error = %e, state, "cannot notify systemd");
+        }
+    }
+
+    /// When systemd set a watchdog (`WatchdogSec=`): pings `WATCHDOG=1` every half period
+    /// while the engine is healthy, and withholds them (logging why, once) while it is not,
+    /// so that systemd kills and restarts a wedged process.
+    fn watchdog(&self, health: crate::worker::liveness::Health) -> Option<JoinHandle<()>> {
+        let notifier = self.0.clone()?;
+        let every = crate::sdnotify::watchdog_interval()?;
+        tracing::debug!(every = %humantime::format_duration(every), "systemd watchdog enabled");
+        Some(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut was_healthy = true;
+            loop {
+                ticks.tick().await;
+                match health.check() {
+                    Ok(()) => {
+                        if !was_healthy {
+                            tracing::info!("engine healthy again; resuming watchdog pings");
+                        }
+                        was_healthy = true;
+                        if let Err(e) = notifier.notify("WATCHDOG=1") {
+                            tracing::warn!(error = %e, "cannot send the watchdog ping to systemd");
+                        }
+                    }
+                    Err(why) => {
+                        if was_healthy {
+                            tracing::error!(reason = %why, "engine unhealthy; withholding systemd watchdog pings");
+                        }
+                        was_healthy = false;
+                    }
+                }
+            }
+        }))
+    }
+}
+
 /// SIGTERM and SIGINT (stop), SIGHUP (ignored), installed once.
 struct Signals {
     term: tokio::signal::unix::Signal,
@@ -373,10 +460,12 @@ impl Signals {
     }
 }
 
+/// The host's name from gethostname(2), not /proc/sys, which the systemd unit hides
+/// (`ProcSubset=pid`).
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
+    nix::unistd::gethostname()
         .ok()
+        .map(|h| h.to_string_lossy().trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "orderly".into())
 }

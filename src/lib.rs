@@ -22,6 +22,7 @@ pub mod model;
 pub mod net;
 pub mod periodic;
 pub mod rules;
+pub mod sdnotify;
 pub mod sla;
 pub mod telemetry;
 pub mod worker;
@@ -53,6 +54,8 @@ pub async fn run_command(
         Command::Escalations(command) => cmd::escalations::run(&settings, command).await,
         Command::Sla(command) => cmd::escalations::sla(&settings, command).await,
         Command::CheckConfig => cmd::check_config::run(&settings, &registry),
+        Command::Health { timeout } => cmd::health::run(&settings, timeout).await,
+        Command::Roles { prefix, print } => cmd::roles::run(&settings, &prefix, print).await,
         Command::Bench(args) => cmd::bench::run(settings, args).await,
     }
 }

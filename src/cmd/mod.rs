@@ -9,7 +9,9 @@ pub mod decide;
 pub mod demo;
 pub mod enqueue;
 pub mod escalations;
+pub mod health;
 pub mod migrate;
+pub mod roles;
 pub mod status;
 
 use crate::config::{Settings, redact_url};

@@ -15,6 +15,7 @@ pub mod maintenance;
 pub mod notifications;
 pub mod orders;
 pub mod queue;
+pub mod roles;
 pub mod sla;
 
 use crate::model::{AttemptStatus, DeadLetterReason, Decision, ItemStatus, OrderStatus, Priority};
@@ -137,13 +138,70 @@ pub async fn drop_database(url: &str) -> Result<(), DbError> {
 }
 
 /// Applies pending migrations (idempotent; serialized across replicas by an advisory lock).
+/// A database that is already current is left alone, without the lock and without creating
+/// anything, so that a role without DDL rights (`orderly roles`: the daemon) can start with
+/// `migrate_on_start` once the owner has migrated.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    if migration_status(pool).await.is_ok_and(|status| status.current()) {
+        return Ok(());
+    }
     MIGRATOR.run(pool).await
 }
 
 /// The newest migration this build carries (`/readyz` compares it with the database's).
 pub fn newest_migration() -> Option<i64> {
     MIGRATOR.iter().map(|m| m.version).max()
+}
+
+/// How the database's schema compares with the migrations this binary carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationStatus {
+    /// Migrations this binary knows.
+    pub known: usize,
+    /// Those of them applied successfully.
+    pub applied: usize,
+    /// Versions this binary knows that are missing or failed (`orderly migrate` applies them).
+    pub pending: Vec<i64>,
+    /// Applied versions this binary does not know (a newer orderly migrated the database).
+    pub newer: Vec<i64>,
+    /// Applied versions whose SQL differs from this binary's (a migration edited after it
+    /// was applied: the migrator refuses to run).
+    pub modified: Vec<i64>,
+}
+
+impl MigrationStatus {
+    /// Nothing to apply and nothing the migrator would refuse.
+    pub fn current(&self) -> bool {
+        self.pending.is_empty() && self.modified.is_empty()
+    }
+}
+
+/// Reads `_sqlx_migrations` (`orderly health`). A database never migrated has every version
+/// pending.
+pub async fn migration_status(pool: &PgPool) -> Result<MigrationStatus, DbError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(pool).await?;
+    let rows: Vec<(i64, Vec<u8>)> = if exists {
+        sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(pool)
+            .await?
+    } else {
+        Vec::new()
+    };
+    let applied: std::collections::HashMap<i64, Vec<u8>> = rows.into_iter().collect();
+    let known: Vec<_> = MIGRATOR.iter().filter(|m| m.migration_type.is_up_migration()).collect();
+    let mut newer: Vec<i64> = applied.keys().copied().filter(|v| !known.iter().any(|m| m.version == *v)).collect();
+    newer.sort_unstable();
+    Ok(MigrationStatus {
+        known: known.len(),
+        applied: known.iter().filter(|m| applied.contains_key(&m.version)).count(),
+        pending: known.iter().filter(|m| !applied.contains_key(&m.version)).map(|m| m.version).collect(),
+        newer,
+        modified: known
+            .iter()
+            .filter(|m| applied.get(&m.version).is_some_and(|sum| sum.as_slice() != &*m.checksum))
+            .map(|m| m.version)
+            .collect(),
+    })
 }
 
 /// The database clock: every time decision uses it, never the host's.

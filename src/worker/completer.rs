@@ -8,6 +8,7 @@
 //! is split until the offender stands alone, and that one is written as a failed attempt with
 //! a `RESULT_REFUSED` dead letter that says what was refused.
 
+use super::liveness::Beat;
 use super::{InFlight, Metrics};
 use crate::db;
 use crate::model::{AttemptStatus, Completion, DeadLetterReason, ErrorCode, ErrorInfo, NextState};
@@ -35,6 +36,9 @@ pub struct Completer {
     /// what is unwritten to the rescuer (the items stay PROCESSING under a lease that
     /// expires), so a database outage cannot hold the process past its bound.
     pub abandon: CancellationToken,
+    /// Liveness (`super::liveness`): busy from the start of a batch until it is written, so a
+    /// completer retrying one batch for longer than `worker.stall_timeout` counts as wedged.
+    pub beat: Beat,
 }
 
 /// Why a batch was not written.
@@ -57,7 +61,9 @@ impl Completer {
                 break;
             }
             crate::failpoint::hit("completer");
+            self.beat.busy();
             self.write(&mut batch).await;
+            self.beat.idle();
             batch.clear();
         }
         tracing::debug!("completer drained");

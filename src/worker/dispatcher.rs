@@ -1,6 +1,7 @@
 //! Claims runnable items, never more than the free slots, and starts a runner for each.
 //! Wakes on NOTIFY (through the listener), on a freed slot when full, and polls as a fallback.
 
+use super::liveness::Beat;
 use super::runner::{self, RunContext, Stop};
 use super::{InFlight, Lease, Metrics};
 use crate::db;
@@ -37,6 +38,8 @@ pub struct Dispatcher {
     pub tasks: TaskTracker,
     /// Stop claiming (first phase of shutdown).
     pub stop: CancellationToken,
+    /// Liveness (`super::liveness`): busy from the top of each round, idle while it waits.
+    pub beat: Beat,
 }
 
 impl Dispatcher {
@@ -48,10 +51,17 @@ impl Dispatcher {
             if self.stop.is_cancelled() {
                 break;
             }
+            self.beat.busy();
             crate::failpoint::hit("dispatcher");
+            if crate::failpoint::armed("dispatcher_hang") {
+                // Wedged on purpose: alive, busy, claiming nothing (until shutdown).
+                self.stop.cancelled().await;
+                break;
+            }
             let free = self.slots.available_permits();
             if free == 0 {
                 // Full: wait for a runner to finish, then claim at once.
+                self.beat.idle();
                 tokio::select! {
                     _ = self.stop.cancelled() => break,
                     permit = self.slots.acquire() => drop(permit),
@@ -80,6 +90,7 @@ impl Dispatcher {
                         self.metrics.ready.store(false, std::sync::atomic::Ordering::Relaxed);
                     }
                     crate::telemetry::warn_limited("claim", "claim failed", &e);
+                    self.beat.idle(); // a database outage is waited out, not a wedge
                     tokio::select! {
                         _ = self.stop.cancelled() => break,
                         _ = tokio::time::sleep(error_delay) => {}
@@ -88,6 +99,7 @@ impl Dispatcher {
                     continue;
                 }
             }
+            self.beat.idle();
             tokio::select! {
                 _ = self.stop.cancelled() => break,
                 _ = self.wake.notified() => {}

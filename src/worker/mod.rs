@@ -7,6 +7,7 @@ pub mod completer;
 pub mod dispatcher;
 pub mod heartbeat;
 pub mod listener;
+pub mod liveness;
 pub mod review;
 pub mod runner;
 

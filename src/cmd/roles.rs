@@ -1,0 +1,34 @@
+//! `orderly roles`: create or update the least-privilege roles, their grants and the
+//! row-level security policies in the configured database (`db::roles`), or print the SQL.
+
+use crate::config::{Settings, redact_url};
+use crate::db::roles::{self, Roles};
+
+pub async fn run(settings: &Settings, prefix: &str, print: bool) -> anyhow::Result<()> {
+    let roles = Roles::new(prefix).map_err(|e| anyhow::anyhow!(e))?;
+    if print {
+        for statement in roles.statements() {
+            println!("{statement};");
+        }
+        return Ok(());
+    }
+    let pool = super::connect(settings).await?;
+    roles::apply(&pool, &roles).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot set up the roles in {}: {} (run it as a superuser, after `orderly migrate`)",
+            redact_url(&settings.database.url),
+            crate::db::describe_error(&e)
+        )
+    })?;
+    println!(
+        "roles ready in {}: {} (owns the schema; runs migrations), {} (orderly run), {} (upstream INSERTs, \
+         own tenant via SET orderly.tenant_id), {} (operators' commands)",
+        redact_url(&settings.database.url),
+        roles.owner,
+        roles.daemon,
+        roles.producer,
+        roles.oncall
+    );
+    println!("they have no password: set one with ALTER ROLE … PASSWORD, or use your pg_hba.conf's method");
+    Ok(())
+}
