@@ -35,12 +35,20 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     let engine = Engine::start(demo_settings, &Registry::builtin(), None).await?;
     let pool = engine.pool.clone();
     seed_catalog(&pool).await?;
+    db::demo::seed_demo_sla(&pool, &format!("{}/oncall", agents.base), 600).await?;
 
     let started = Instant::now();
     let total = enqueue_orders(&pool, args.orders).await?;
     println!("enqueued {total} work items in {} work orders (INVOICE, TICKET, STATUS_REPORT)\n", args.orders);
     show_progress(&pool, total).await?;
     let elapsed = started.elapsed();
+    // One more sweep resolves what finished, then the notifier tells the sink (a few seconds
+    // at most).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while db::demo::pending_notifications(&pool).await? > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     engine.shutdown(CancellationToken::new()).await;
 
     print_summary(&pool, elapsed).await?;
@@ -74,7 +82,8 @@ impl DemoAgents {
             .route("/extract", post(extract))
             .route("/triage", post(triage))
             .route("/report", post(report))
-            .route("/legacy", post(legacy));
+            .route("/legacy", post(legacy))
+            .route("/oncall", post(oncall));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
         tokio::spawn(async move {
@@ -95,6 +104,7 @@ impl DemoAgents {
              [worker]\nconcurrency = 32\npoll_interval = \"250ms\"\n\
              [retry]\nmax_attempts = 3\nbackoff_base = \"100ms\"\nbackoff_max = \"1s\"\n\
              [routes]\nINVOICE = \"extractor\"\nTICKET = \"triage\"\nSTATUS_REPORT = \"reporter\"\n\
+             [sla]\nsweep_interval = \"200ms\"\n[notifier]\npoll_interval = \"100ms\"\n\
              [log]\nlevel = \"warn,sqlx=error\"\n",
             agent("extractor", "extract", "2s"),
             agent("triage", "triage", "2s"),
@@ -148,6 +158,15 @@ async fn report(axum::Json(envelope): axum::Json<Value>) -> Reply {
         work(10, 60).await;
     }
     reply(StatusCode::OK, json!({"report": format!("week {} is on track", envelope["work_item"]["content"]["week"])}))
+}
+
+/// Messages the on-call sink received (the SLA's webhook connector points here).
+static ONCALL_MESSAGES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The on-call webhook: counts what the notifier delivers.
+async fn oncall() -> StatusCode {
+    ONCALL_MESSAGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    StatusCode::NO_CONTENT
 }
 
 /// Answers garbage: an HTML error page with status 200.
@@ -278,5 +297,17 @@ async fn print_summary(pool: &PgPool, elapsed: Duration) -> anyhow::Result<()> {
     for (status, code, n) in &s.attempt_outcomes {
         println!("    {:<10} {:<22} {n}", status.as_str(), code.as_deref().unwrap_or(""));
     }
+    let (escalations, notifications) = db::demo::demo_sla(pool).await?;
+    println!("  SLA \"status reports finish quickly\" (within 600 ms):");
+    for (status, n) in &escalations {
+        println!("    escalations {status:<16} {n}");
+    }
+    for (what, n) in &notifications {
+        println!("    notifications {what:<14} {n}");
+    }
+    println!(
+        "    messages received by the on-call webhook: {}",
+        ONCALL_MESSAGES.load(std::sync::atomic::Ordering::Relaxed)
+    );
     Ok(())
 }

@@ -30,6 +30,46 @@ pub async fn seed_demo_catalog(
     tx.commit().await
 }
 
+/// The demo's SLA: a webhook connector to the demo's own on-call sink, and a rule that
+/// STATUS_REPORT items finish within `after_ms` (its slow agent breaches it).
+pub async fn seed_demo_sla(pool: &PgPool, sink_url: &str, after_ms: i64) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO connectors (name, type, config, tenant_id)
+         VALUES ('demo-oncall', 'API', jsonb_build_object('url', $1::text, 'secret', 'whsec_ZGVtby1zZWNyZXQ=',
+                 'allow_private', true), '00000000-0000-0000-0000-000000000000')",
+    )
+    .bind(sink_url)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "WITH r AS (INSERT INTO sla_rules (name, clock, item_type)
+                    VALUES ('status reports finish quickly', 'TIME_TO_FINISH', 'STATUS_REPORT') RETURNING id)
+         INSERT INTO sla_levels (rule_id, level, after, connectors)
+         SELECT id, 1, $1 * interval '1 millisecond', '{demo-oncall}'::text[] FROM r",
+    )
+    .bind(after_ms as f64)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// What the demo's SLA did: escalations by status, notifications by status.
+pub async fn demo_sla(pool: &PgPool) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>), sqlx::Error> {
+    let escalations =
+        sqlx::query_as("SELECT status::text, count(*) FROM escalations GROUP BY 1 ORDER BY 1").fetch_all(pool).await?;
+    let notifications =
+        sqlx::query_as("SELECT kind || ' ' || status::text, count(*) FROM notifications GROUP BY 1 ORDER BY 1")
+            .fetch_all(pool)
+            .await?;
+    Ok((escalations, notifications))
+}
+
+/// Notifications not yet delivered or failed.
+pub async fn pending_notifications(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM notifications WHERE status = 'PENDING'").fetch_one(pool).await
+}
+
 /// Inserts an order and its items exactly as an upstream would (two plain INSERTs).
 pub async fn insert_order_sql(
     pool: &PgPool,
