@@ -208,3 +208,15 @@ async fn bench_runs_the_daemon_and_reports_what_it_measured() {
         .unwrap();
     assert_eq!(left, 0, "the scratch database is dropped");
 }
+
+/// `orderly demo` end to end at a small size: real agents, the summary, and its SLA part
+/// (escalations fired by a slow agent, delivered to the demo's own webhook).
+#[tokio::test]
+async fn the_demo_runs_and_shows_its_sla() {
+    let out = orderly(&base_url(), &["demo", "--orders", "40"]);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("orderly demo summary"), "{shown}");
+    assert!(shown.contains("SLA \"status reports finish quickly\""), "{shown}");
+    assert!(shown.contains("messages received by the on-call webhook"), "{shown}");
+}
