@@ -6,7 +6,6 @@
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
@@ -14,9 +13,6 @@ use std::time::Duration;
 
 /// The documented defaults, shipped inside the binary so it runs from anywhere.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
-
-/// What secrets are shown as, in `check-config`, `Debug` and logs.
-pub const REDACTED: &str = "<redacted>";
 
 /// Upper bound of every interval, timeout and grace period (and of agent `timeout`s).
 pub const MAX_INTERVAL: Duration = Duration::from_secs(86_400);
@@ -35,19 +31,9 @@ pub const MAX_COMPLETERS: usize = 1_000;
 /// Upper bound of `notifier.concurrency` (deliveries in flight at once in one process).
 pub const MAX_NOTIFIER_CONCURRENCY: usize = 1_000;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("configuration: {0}")]
-    Load(String),
-    #[error("configuration: `{key}`: {message}")]
-    Invalid { key: String, message: String },
-}
-
-impl ConfigError {
-    pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError::Invalid { key: key.into(), message: message.into() }
-    }
-}
+pub use crate::agent::AgentSettings;
+pub use crate::model::ConfigError;
+pub use crate::net::{REDACTED, redact_agent_url, redact_url};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -250,16 +236,6 @@ mod off_or_duration {
     }
 }
 
-/// One `[agents.NAME]` table: a kind plus the kind's own options, which the kind's factory
-/// validates (so unknown keys are reported as `agents.NAME.key`). `Debug` shows the options
-/// redacted (see [`AgentSettings::redacted_options`]).
-#[derive(Clone, Serialize, Deserialize)]
-pub struct AgentSettings {
-    pub kind: String,
-    #[serde(flatten)]
-    pub options: serde_json::Map<String, Value>,
-}
-
 impl fmt::Debug for DatabaseSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let DatabaseSettings { url, max_connections, migrate_on_start, acquire_timeout } = self;
@@ -270,46 +246,6 @@ impl fmt::Debug for DatabaseSettings {
             .field("acquire_timeout", acquire_timeout)
             .finish()
     }
-}
-
-impl fmt::Debug for AgentSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AgentSettings").field("kind", &self.kind).field("options", &self.redacted_options()).finish()
-    }
-}
-
-impl AgentSettings {
-    /// The options with secrets replaced by `<redacted>`: every value of `headers` and `env`,
-    /// every option whose name suggests a secret (password, secret, token, credential, auth,
-    /// api key), and the credentials and query values of every URL (see [`redact_url`]).
-    pub fn redacted_options(&self) -> serde_json::Map<String, Value> {
-        self.options.iter().map(|(key, value)| (key.clone(), redact_option(key, value))).collect()
-    }
-}
-
-fn redact_option(key: &str, value: &Value) -> Value {
-    let lower = key.to_ascii_lowercase();
-    let secret_name = ["password", "secret", "token", "credential", "auth", "api_key", "apikey"]
-        .iter()
-        .any(|word| lower.contains(word));
-    match value {
-        Value::Object(map) if lower == "headers" || lower == "env" => {
-            map.keys().map(|k| (k.clone(), Value::String(REDACTED.into()))).collect()
-        }
-        // Numbers and flags such as `max_tokens = 1000` are not secrets.
-        Value::Bool(_) | Value::Number(_) | Value::Null => value.clone(),
-        _ if secret_name || lower == "headers" || lower == "env" => Value::String(REDACTED.into()),
-        Value::String(text) if lower == "url" => Value::String(redact_agent_url(text)),
-        Value::String(text) if looks_like_url(text) => Value::String(redact_agent_url(text)),
-        Value::Array(items) => Value::Array(items.iter().map(|item| redact_option("", item)).collect()),
-        Value::Object(map) => map.iter().map(|(k, v)| (k.clone(), redact_option(k, v))).collect(),
-        other => other.clone(),
-    }
-}
-
-/// A string that parses as an absolute URL with a host (`scheme://host...`).
-fn looks_like_url(text: &str) -> bool {
-    text.contains("://") && reqwest::Url::parse(text).is_ok_and(|u| u.has_host())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -327,6 +263,13 @@ pub enum LogFormat {
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
+}
+
+impl Settings {
+    /// The agents' own view of the limits (`agent::AgentLimits`).
+    pub fn agent_limits(&self) -> crate::agent::AgentLimits {
+        crate::agent::AgentLimits { max_output_bytes: self.limits.max_output_bytes }
+    }
 }
 
 impl DatabaseSettings {
@@ -547,60 +490,13 @@ fn valid_selector(selector: &str) -> bool {
     target_ok && span_ok && !(target.is_empty() && span.is_none())
 }
 
-/// Hides the secrets of a URL, for logs and `check-config`: the password and every query
-/// value (`https://u:p@host/x?token=abc` → `https://u:<redacted>@host/x?token=<redacted>`)
-/// and the fragment. The user name stays.
-pub fn redact_url(url: &str) -> String {
-    let Ok(mut parsed) = reqwest::Url::parse(url) else {
-        return "<unparseable url>".to_owned();
-    };
-    if parsed.password().is_some() {
-        let _ = parsed.set_password(Some(REDACTED));
-    }
-    if let Some(query) = parsed.query() {
-        let redacted: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((name, _)) => format!("{name}={REDACTED}"),
-                None if pair.is_empty() => String::new(),
-                None => REDACTED.to_owned(),
-            })
-            .collect();
-        parsed.set_query(Some(&redacted.join("&")));
-    }
-    if parsed.fragment().is_some() {
-        parsed.set_fragment(Some(REDACTED));
-    }
-    // The URL serializer percent-encodes `<` and `>`; the marker reads better as written.
-    parsed.to_string().replace("%3Credacted%3E", REDACTED)
-}
-
-/// [`redact_url`] for the URLs agents call: their user name is often a token itself (a
-/// database URL's is a role name, and shown).
-pub fn redact_agent_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut parsed) if !parsed.username().is_empty() => {
-            let _ = parsed.set_username(REDACTED);
-            redact_url(parsed.as_str())
-        }
-        _ => redact_url(url),
-    }
-}
-
 fn describe_figment_error(e: figment::error::Error) -> String {
     let key = e.path.join(".");
     let kind = e.kind.to_string();
     if key.is_empty() { kind } else { format!("`{key}`: {kind}") }
 }
 
-/// Parses a duration option of an agent (`timeout = "30s"`), naming the key on error. It must
-/// be greater than zero and at most [`MAX_INTERVAL`] (1 day).
-pub fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
-    let duration =
-        humantime::parse_duration(value).map_err(|e| ConfigError::invalid(key, format!("`{value}`: {e}")))?;
-    duration_in(key, duration, None, MAX_INTERVAL)?;
-    Ok(duration)
-}
+pub use crate::agent::parse_duration;
 
 #[cfg(test)]
 mod tests {
@@ -770,7 +666,7 @@ mod tests {
                  [agents.c]\nkind = \"command\"\nprogram = \"/bin/true\"\ntimeout = \"{timeout}\"\n"
             ))
             .unwrap();
-            crate::agent::Registry::builtin().build(&s).map(|_| ())
+            crate::agent::Registry::builtin().build(&s.agents, s.agent_limits()).map(|_| ())
         };
         for bad in ["0s", "25h", "100000000000y"] {
             let err = build(bad).unwrap_err().to_string();

@@ -61,7 +61,7 @@ impl Engine {
     /// Connects (or uses `pool`), migrates when configured, builds the agents and starts
     /// every loop.
     pub async fn start(settings: Settings, registry: &Registry, pool: Option<PgPool>) -> anyhow::Result<Engine> {
-        let agents = registry.build(&settings)?;
+        let agents = registry.build(&settings.agents, settings.agent_limits())?;
         let pool = match pool {
             Some(pool) => pool,
             None => db::connect_engine(&settings.database.pool())

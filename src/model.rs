@@ -121,6 +121,22 @@ labels!(
     }
 );
 
+/// A configuration the operator must fix: the key and what is wrong with it (exit code 2).
+/// Shared by the configuration and the agent kinds that validate their own options.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(String),
+    #[error("configuration: `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid { key: key.into(), message: message.into() }
+    }
+}
+
 /// An error as recorded on an attempt: a stable code and a human message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorInfo {

@@ -14,7 +14,7 @@
 //!
 //! URLs may carry secrets (a token in the query or path, a password in the userinfo):
 //! [`error_chain`] strips reqwest's URL from errors, so callers show only a redacted form
-//! (`crate::config::redact_agent_url`).
+//! (`redact_agent_url`).
 
 use reqwest::Url;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
@@ -155,6 +155,49 @@ pub fn error_chain(e: reqwest::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// What secrets are shown as, in `check-config`, `Debug` and logs.
+pub const REDACTED: &str = "<redacted>";
+
+/// Hides the secrets of a URL, for logs and `check-config`: the password and every query
+/// value (`https://u:p@host/x?token=abc` → `https://u:<redacted>@host/x?token=<redacted>`)
+/// and the fragment. The user name stays.
+pub fn redact_url(url: &str) -> String {
+    let Ok(mut parsed) = reqwest::Url::parse(url) else {
+        return "<unparseable url>".to_owned();
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some(REDACTED));
+    }
+    if let Some(query) = parsed.query() {
+        let redacted: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) => format!("{name}={REDACTED}"),
+                None if pair.is_empty() => String::new(),
+                None => REDACTED.to_owned(),
+            })
+            .collect();
+        parsed.set_query(Some(&redacted.join("&")));
+    }
+    if parsed.fragment().is_some() {
+        parsed.set_fragment(Some(REDACTED));
+    }
+    // The URL serializer percent-encodes `<` and `>`; the marker reads better as written.
+    parsed.to_string().replace("%3Credacted%3E", REDACTED)
+}
+
+/// [`redact_url`] for the URLs agents call: their user name is often a token itself (a
+/// database URL's is a role name, and shown).
+pub fn redact_agent_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if !parsed.username().is_empty() => {
+            let _ = parsed.set_username(REDACTED);
+            redact_url(parsed.as_str())
+        }
+        _ => redact_url(url),
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Built-in agents for demos, tests and benchmarks: `echo` answers its input, `fail` fails.
 
 use super::{Agent, AgentError, AgentRequest, AgentSpec, BoxFuture, DEFAULT_TIMEOUT, Executor};
-use crate::config::ConfigError;
+use crate::model::ConfigError;
 use crate::model::ErrorCode;
 use serde::Deserialize;
 use serde_json::{Value, json};

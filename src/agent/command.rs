@@ -15,7 +15,7 @@
 //! grandchildren do not survive it.
 
 use super::{Agent, AgentError, AgentRequest, AgentSpec, BoxFuture, DEFAULT_TIMEOUT, Executor};
-use crate::config::ConfigError;
+use crate::model::ConfigError;
 use crate::model::ErrorCode;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;

@@ -13,7 +13,7 @@
 //! stripped of reqwest's URL and only [`redact_url`]'s form is ever shown.
 
 use super::{Agent, AgentError, AgentRequest, AgentSpec, BoxFuture, DEFAULT_TIMEOUT, Executor};
-use crate::config::ConfigError;
+use crate::model::ConfigError;
 use crate::model::ErrorCode;
 use crate::net::{self, AddressRefused, Redirects, error_chain, refuse_private_literal, retry_after};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -142,7 +142,7 @@ fn request_failed(url: &Url, e: reqwest::Error) -> AgentError {
 /// The URL as it may be shown: user name, password, query values and fragment are replaced
 /// by `<redacted>` (query keys are kept: `?token=<redacted>`).
 pub(crate) fn redact_url(url: &Url) -> String {
-    crate::config::redact_agent_url(url.as_str())
+    crate::net::redact_agent_url(url.as_str())
 }
 
 /// A refused address is permanent (`AGENT_ADDRESS_REFUSED`).

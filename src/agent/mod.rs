@@ -9,11 +9,14 @@ mod builtin;
 mod command;
 mod http;
 
-use crate::config::{AgentSettings, ConfigError, LimitSettings, Settings};
+use crate::model::ConfigError;
 use crate::model::ErrorCode;
+use crate::net::{REDACTED, redact_agent_url};
+use serde::Deserialize;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -119,11 +122,85 @@ impl AgentError {
     }
 }
 
+/// One `[agents.NAME]` table: a kind plus the kind's own options, which the kind's factory
+/// validates (so unknown keys are reported as `agents.NAME.key`). `Debug` shows the options
+/// redacted (see [`AgentSettings::redacted_options`]).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct AgentSettings {
+    pub kind: String,
+    #[serde(flatten)]
+    pub options: serde_json::Map<String, Value>,
+}
+
+impl fmt::Debug for AgentSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentSettings").field("kind", &self.kind).field("options", &self.redacted_options()).finish()
+    }
+}
+
+impl AgentSettings {
+    /// The options with secrets replaced by `<redacted>`: every value of `headers` and `env`,
+    /// every option whose name suggests a secret (password, secret, token, credential, auth,
+    /// api key), and the credentials and query values of every URL (see [`redact_url`]).
+    pub fn redacted_options(&self) -> serde_json::Map<String, Value> {
+        self.options.iter().map(|(key, value)| (key.clone(), redact_option(key, value))).collect()
+    }
+}
+
+fn redact_option(key: &str, value: &Value) -> Value {
+    let lower = key.to_ascii_lowercase();
+    let secret_name = ["password", "secret", "token", "credential", "auth", "api_key", "apikey"]
+        .iter()
+        .any(|word| lower.contains(word));
+    match value {
+        Value::Object(map) if lower == "headers" || lower == "env" => {
+            map.keys().map(|k| (k.clone(), Value::String(REDACTED.into()))).collect()
+        }
+        // Numbers and flags such as `max_tokens = 1000` are not secrets.
+        Value::Bool(_) | Value::Number(_) | Value::Null => value.clone(),
+        _ if secret_name || lower == "headers" || lower == "env" => Value::String(REDACTED.into()),
+        Value::String(text) if lower == "url" => Value::String(redact_agent_url(text)),
+        Value::String(text) if looks_like_url(text) => Value::String(redact_agent_url(text)),
+        Value::Array(items) => Value::Array(items.iter().map(|item| redact_option("", item)).collect()),
+        Value::Object(map) => map.iter().map(|(k, v)| (k.clone(), redact_option(k, v))).collect(),
+        other => other.clone(),
+    }
+}
+
+/// A string that parses as an absolute URL with a host (`scheme://host...`).
+fn looks_like_url(text: &str) -> bool {
+    text.contains("://") && reqwest::Url::parse(text).is_ok_and(|u| u.has_host())
+}
+
+/// Upper bound of an agent's `timeout` (and of a workflow step's): one day.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
+
+/// Parses a duration option of an agent (`timeout = "30s"`), naming the key on error. It must
+/// be greater than zero and at most [`MAX_TIMEOUT`].
+pub fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
+    let duration =
+        humantime::parse_duration(value).map_err(|e| ConfigError::invalid(key, format!("`{value}`: {e}")))?;
+    if duration.is_zero() || duration > MAX_TIMEOUT {
+        return Err(ConfigError::invalid(
+            key,
+            format!("must be greater than 0 and at most {}, not {value}", humantime::format_duration(MAX_TIMEOUT)),
+        ));
+    }
+    Ok(duration)
+}
+
+/// What the agent kinds need of the configuration beyond their own table.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentLimits {
+    /// Output larger than this fails the attempt (`OUTPUT_TOO_LARGE`).
+    pub max_output_bytes: usize,
+}
+
 /// What a factory receives to build one configured agent.
 pub struct AgentSpec<'a> {
     pub name: &'a str,
     pub settings: &'a AgentSettings,
-    pub limits: &'a LimitSettings,
+    pub limits: AgentLimits,
 }
 
 impl AgentSpec<'_> {
@@ -137,7 +214,7 @@ impl AgentSpec<'_> {
     pub fn duration(&self, key: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
         match value {
             None => Ok(default),
-            Some(text) => crate::config::parse_duration(&format!("agents.{}.{key}", self.name), text),
+            Some(text) => parse_duration(&format!("agents.{}.{key}", self.name), text),
         }
     }
 }
@@ -189,9 +266,13 @@ impl Registry {
     }
 
     /// Builds every `[agents.NAME]` of the settings.
-    pub fn build(&self, settings: &Settings) -> Result<Agents, ConfigError> {
+    pub fn build(
+        &self,
+        configured: &std::collections::BTreeMap<String, AgentSettings>,
+        limits: AgentLimits,
+    ) -> Result<Agents, ConfigError> {
         let mut agents = HashMap::new();
-        for (name, agent_settings) in &settings.agents {
+        for (name, agent_settings) in configured {
             let factory = self.kinds.get(&agent_settings.kind).ok_or_else(|| {
                 ConfigError::invalid(
                     format!("agents.{name}.kind"),
@@ -202,7 +283,7 @@ impl Registry {
                     ),
                 )
             })?;
-            let spec = AgentSpec { name, settings: agent_settings, limits: &settings.limits };
+            let spec = AgentSpec { name, settings: agent_settings, limits };
             agents.insert(name.clone(), factory(&spec)?);
         }
         Ok(Agents { by_name: Arc::new(agents) })

@@ -5,7 +5,7 @@ use crate::agent::Registry;
 use crate::config::Settings;
 
 pub fn run(settings: &Settings, registry: &Registry) -> anyhow::Result<()> {
-    registry.build(settings)?;
+    registry.build(&settings.agents, settings.agent_limits())?;
     print!("{}", settings.redacted_toml());
     Ok(())
 }

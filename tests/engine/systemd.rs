@@ -72,6 +72,8 @@ fn daemon(db: &TestDb, systemd: &FakeSystemd, config: &str, failpoints: &str) ->
         .env("DATABASE_URL", &db.url)
         .env("NOTIFY_SOCKET", &systemd.address)
         .env("WATCHDOG_USEC", "200000")
+        // Beside other daemons of the suite: a port of its own.
+        .env("ORDERLY__ADMIN__LISTEN", "127.0.0.1:0")
         .env_remove("WATCHDOG_PID")
         .env_remove("RUST_LOG")
         .env("ORDERLY_FAILPOINTS", failpoints)
