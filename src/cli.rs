@@ -153,18 +153,24 @@ pub struct DecisionArgs {
     pub actor: Option<String>,
 }
 
+/// The options of every `list` subcommand.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Include the closed ones.
+    #[arg(long)]
+    pub all: bool,
+    /// Most rows shown.
+    #[arg(long, default_value_t = 50)]
+    pub limit: i64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum DeadLetterCommand {
-    /// List open dead letters, newest first.
-    List {
-        /// Include replayed and discarded ones.
-        #[arg(long)]
-        all: bool,
-        #[arg(long, default_value_t = 50)]
-        limit: i64,
-        #[arg(long)]
-        json: bool,
-    },
+    /// List open dead letters, newest first (`--all`: replayed and discarded ones too).
+    List(ListArgs),
     /// Show a dead letter: the item, its attempts with errors, eval results, payload.
     Show {
         id: Uuid,
@@ -193,16 +199,8 @@ pub enum DeadLetterCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum EscalationCommand {
-    /// List unresolved escalations, newest first.
-    List {
-        /// Include resolved ones.
-        #[arg(long)]
-        all: bool,
-        #[arg(long, default_value_t = 50)]
-        limit: i64,
-        #[arg(long)]
-        json: bool,
-    },
+    /// List unresolved escalations, newest first (`--all`: resolved ones too).
+    List(ListArgs),
     /// Show an escalation and the notifications sent for it.
     Show {
         id: Uuid,

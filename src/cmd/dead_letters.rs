@@ -10,7 +10,7 @@ use anyhow::Context;
 pub async fn run(settings: &Settings, command: DeadLetterCommand) -> anyhow::Result<()> {
     let pool = connect(settings).await?;
     match command {
-        DeadLetterCommand::List { all, limit, json } => {
+        DeadLetterCommand::List(crate::cli::ListArgs { all, limit, json }) => {
             let rows = db::dead_letters::list(&pool, all, limit).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);

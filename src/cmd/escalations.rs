@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 pub async fn run(settings: &Settings, command: EscalationCommand) -> anyhow::Result<()> {
     let pool = connect(settings).await?;
     match command {
-        EscalationCommand::List { all, limit, json } => {
+        EscalationCommand::List(crate::cli::ListArgs { all, limit, json }) => {
             let rows = db::sla::escalations(&pool, all, limit).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);

@@ -91,20 +91,36 @@ async fn engine_plans_hold_on_statistics_of_an_empty_queue() {
     }
 }
 
+/// A history of finished items (two per order) and statistics taken over it alone.
+async fn finished_history(db: &TestDb, items: i64) {
+    sqlx::query(
+        "INSERT INTO work_orders (workflow_id, tenant_id, created_by)
+           SELECT 'plan', gen_random_uuid(), gen_random_uuid() FROM generate_series(1, 20000)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO work_items (work_order_id, type, content, status)
+           SELECT o.id, 'TICKET', '{}', 'COMPLETED'
+           FROM (SELECT id, row_number() OVER () AS k FROM work_orders) o
+           JOIN generate_series(1, $1) g ON o.k = g % 20000 + 1",
+    )
+    .bind(items)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::raw_sql("ANALYZE").execute(&db.pool).await.unwrap();
+}
+
 #[tokio::test]
 async fn hot_statements_use_indexes_not_table_scans() {
     let db = TestDb::new().await;
+    finished_history(&db, 40000).await;
+    // Statistics taken while nothing was queued or running (a quiet night, a settled history)
+    // say both partial indexes are empty; no hot statement may trust that.
     sqlx::raw_sql(
-        "INSERT INTO work_orders (workflow_id, tenant_id, created_by)
-           SELECT 'plan', gen_random_uuid(), gen_random_uuid() FROM generate_series(1, 20000);
-         INSERT INTO work_items (work_order_id, type, content, status)
-           SELECT o.id, 'TICKET', '{}', 'COMPLETED'
-           FROM (SELECT id, row_number() OVER () AS k FROM work_orders) o
-           JOIN generate_series(1, 40000) g ON o.k = g % 20000 + 1;
-         ANALYZE;
-         -- Statistics taken while nothing was queued or running (a quiet night, a settled
-         -- history) say both partial indexes are empty; no hot statement may trust that.
-         UPDATE work_items SET status = 'QUEUED' WHERE id IN (
+        "UPDATE work_items SET status = 'QUEUED' WHERE id IN (
              SELECT id FROM work_items ORDER BY id LIMIT 20000);
          UPDATE work_items SET status = 'PROCESSING', attempt = 1, lease_expires_at = now() + interval '1 minute' WHERE id IN (
              SELECT id FROM work_items WHERE status = 'QUEUED' LIMIT 1000);",
@@ -221,19 +237,11 @@ async fn the_pruner_reads_finished_orders_through_their_index() {
 async fn sla_sweep_statements_read_indexes_not_the_history() {
     use orderly::db::sla::*;
     let db = TestDb::new().await;
-    sqlx::raw_sql(
-        "INSERT INTO work_orders (workflow_id, tenant_id, created_by)
-           SELECT 'plan', gen_random_uuid(), gen_random_uuid() FROM generate_series(1, 20000);
-         INSERT INTO work_items (work_order_id, type, content, status)
-           SELECT o.id, 'TICKET', '{}', 'COMPLETED'
-           FROM (SELECT id, row_number() OVER () AS k FROM work_orders) o
-           JOIN generate_series(1, 60000) g ON o.k = g % 20000 + 1;
-         ANALYZE;
-         INSERT INTO sla_rules (name, clock) VALUES ('plan', 'TIME_TO_FINISH');",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    finished_history(&db, 60000).await;
+    sqlx::raw_sql("INSERT INTO sla_rules (name, clock) VALUES ('plan', 'TIME_TO_FINISH')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let rule: uuid::Uuid = sqlx::query_scalar("SELECT id FROM sla_rules").fetch_one(&db.pool).await.unwrap();
     let mut conn = engine_connection(&db).await;
     let fire = "(uuid, work_item_type, priority, uuid, text, bigint, float8)";
