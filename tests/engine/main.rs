@@ -6,6 +6,7 @@ mod common;
 
 mod admin;
 mod agents;
+mod api;
 mod cli;
 mod clients;
 mod command_agent;
