@@ -22,3 +22,4 @@ mod pruner;
 mod review;
 mod secrets;
 mod sla;
+mod web;
