@@ -291,7 +291,8 @@ async fn posts_without_the_form_token_from_elsewhere_or_from_a_read_session_are_
     let operate = sign_in(&app, OPERATE).await;
     let token = csrf(&get(&app, "/", &operate).await.body);
     let path = format!("/dead-letters/{letter}/replay");
-    let attempts: [(&str, Vec<(&str, &str)>, Option<&str>, u16); 5] = [
+    type Attempt<'a> = (&'a str, Vec<(&'a str, &'a str)>, Option<&'a str>, u16);
+    let attempts: [Attempt; 5] = [
         ("no form token", vec![], Some(&operate), 403),
         ("another session's form token", vec![("csrf", "0123456789abcdef")], Some(&operate), 403),
         ("cross-site", vec![("csrf", &token)], Some(&operate), 403),
