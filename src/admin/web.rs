@@ -244,6 +244,11 @@ fn ts(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
+/// A time as JSON gives it (RFC 3339), shown as [`ts`] does.
+fn ts_text(text: &str) -> String {
+    DateTime::parse_from_rfc3339(text).map(|t| ts(t.with_timezone(&Utc))).unwrap_or_else(|_| text.to_owned())
+}
+
 fn age(seconds: f64) -> String {
     humantime::format_duration(std::time::Duration::from_secs(seconds.max(0.0) as u64)).to_string()
 }
@@ -632,7 +637,7 @@ fn attempts_table(attempts: &[Value]) -> Markup {
                             td { (s(a, "agent")) }
                             td { @if !s(a, "error_code").is_empty() { code { (s(a, "error_code")) } " " } (cut(s(a, "error"))) }
                             td.num { (a["duration_ms"].to_string()) }
-                            td { (s(a, "started_at")) }
+                            td { (ts_text(s(a, "started_at"))) }
                         }
                     }
                 }

@@ -7,6 +7,7 @@ mod common;
 mod admin;
 mod agents;
 mod api;
+mod browser;
 mod cli;
 mod clients;
 mod command_agent;
