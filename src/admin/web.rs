@@ -39,8 +39,9 @@ use uuid::Uuid;
 pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
                        frame-ancestors 'none'; base-uri 'none'";
 
-/// Letters shown per error code on the grouped page (the group's own page shows more).
-const LETTERS_PER_GROUP: i64 = 10;
+/// Letters shown per error code on the grouped page (the group's own page shows more); each
+/// is read with its attempts, evals and approvals.
+const LETTERS_PER_GROUP: i64 = 5;
 /// Letters shown on one error code's page.
 const LETTERS_PER_CODE: i64 = 50;
 /// Longest output or payload shown inline, in characters.

@@ -173,7 +173,7 @@ impl Browser {
             if source.contains(needle) {
                 return;
             }
-            assert!(start.elapsed() < Duration::from_secs(20), "the page never showed {needle:?}: {source}");
+            assert!(start.elapsed() < Duration::from_secs(45), "the page never showed {needle:?}: {source}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
