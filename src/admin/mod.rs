@@ -68,9 +68,9 @@ pub struct AdminState {
 pub const OPS_POOL_CONNECTIONS: u32 = 4;
 
 impl AdminState {
-    /// A state for `settings` over the engine's `pool`, with a fresh operators' pool (opened
-    /// lazily), no engine behind it (`failed`, `draining` and leadership unset): for tests
-    /// and tools that serve the API without an engine.
+    /// A state for `settings` over the given engine and operators' pools, with no engine
+    /// behind it (`failed`, `draining` and leadership unset): for tests and tools that serve
+    /// the API without an engine.
     pub fn standalone(pool: PgPool, ops: PgPool, settings: Arc<Settings>) -> AdminState {
         let (_, leading) = watch::channel(false);
         AdminState {

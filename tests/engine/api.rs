@@ -722,6 +722,24 @@ async fn held_items_cancel_and_the_cli_cancels_too() {
     assert_eq!(audit_count(&db, "carol", "work_item.cancel").await, 3);
 }
 
+/// `orderly admin-token` prints a token and the entry holding its SHA-256, which loads.
+#[tokio::test]
+async fn admin_token_prints_a_token_and_an_entry_that_loads() {
+    let out =
+        crate::cli::orderly("postgres://postgres@127.0.0.1:1/x", &["admin-token", "oncall", "--scope", "operate"]);
+    let shown = crate::cli::text(&out);
+    assert!(out.status.success(), "{shown}");
+    let token = shown.split("keep it secret): ").nth(1).unwrap().lines().next().unwrap().trim();
+    assert!(token.starts_with("orderly_") && token.len() == 72, "{shown}");
+    let entry = &shown[shown.find("[[admin.tokens]]").unwrap()..shown.find("scope = \"operate\"").unwrap() + 17];
+    assert!(entry.contains(&sha256_hex(token)), "{shown}");
+    let settings = orderly::config::Settings::from_toml_over_defaults(entry).unwrap();
+    let tokens = orderly::admin::auth::Tokens::new(&settings.admin.tokens);
+    assert_eq!(tokens.verify(token).map(|i| i.name), Some("oncall".to_owned()));
+    let out = crate::cli::orderly("postgres://postgres@127.0.0.1:1/x", &["admin-token", "two words"]);
+    assert!(!out.status.success() && crate::cli::text(&out).contains("must be 1 to 64 characters"));
+}
+
 /// `pipe_delay`: an answer with a delay.
 trait PipeDelay {
     fn pipe_delay(self, delay: Duration) -> (Answer, Duration);
