@@ -44,6 +44,14 @@ pub enum Command {
     /// List the SLA rules with their escalation chains, and check them.
     #[command(subcommand)]
     Sla(SlaCommand),
+    /// Cancel a work item (QUEUED, AWAITING_APPROVAL, or PROCESSING: its running attempt is
+    /// recorded as interrupted and its result will be discarded), or every such item of an
+    /// order with --order.
+    Cancel(CancelArgs),
+    /// Make a token for the admin JSON API and web page: prints the token (once) and the
+    /// [[admin.tokens]] entry, with its SHA-256, to add to the configuration.
+    #[command(name = "admin-token")]
+    AdminToken(AdminTokenArgs),
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig,
     /// Create or update the least-privilege database roles (PREFIX_owner, _daemon, _producer,
@@ -139,6 +147,32 @@ pub struct EnqueueArgs {
     /// An item as TYPE=CONTENT (repeatable), e.g. --item 'TICKET={"subject":"help"}'.
     #[arg(long = "item", value_name = "TYPE=CONTENT")]
     pub item: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["item", "order"])))]
+pub struct CancelArgs {
+    /// The work item's id.
+    pub item: Option<Uuid>,
+    /// Cancel every QUEUED, PROCESSING and AWAITING_APPROVAL item of this work order.
+    #[arg(long, conflicts_with = "item")]
+    pub order: Option<Uuid>,
+    /// Why (kept in the audit log and the item's last_error).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Who cancels (audit log); defaults to $USER.
+    #[arg(long)]
+    pub actor: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AdminTokenArgs {
+    /// The token's name: written to audit_logs for every action taken with it.
+    pub name: String,
+    /// read: every GET; operate: also replay, discard, approve, reject, acknowledge, resolve,
+    /// cancel.
+    #[arg(long, value_parser = ["read", "operate"], default_value = "read")]
+    pub scope: String,
 }
 
 #[derive(Debug, Args)]

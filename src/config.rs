@@ -185,6 +185,82 @@ pub struct AdminSettings {
     /// queued item, open dead letters, items awaiting approval).
     #[serde(with = "humantime_serde")]
     pub gauge_interval: Duration,
+    /// Bearer tokens of the JSON API (`/api/v1`) and the web page's sign-in, each stored as
+    /// the SHA-256 of the token (`orderly admin-token NAME` makes one). None: the API and the
+    /// page refuse everyone.
+    #[serde(default)]
+    pub tokens: Vec<AdminToken>,
+}
+
+/// One `[[admin.tokens]]` entry: who (`name`, written to `audit_logs` for every action taken
+/// with it), the token's SHA-256 as 64 hex digits (never the token itself) and its scope.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminToken {
+    pub name: String,
+    pub sha256: String,
+    pub scope: TokenScope,
+}
+
+/// What a token may do: `read` every GET; `operate` also every action (replay, discard,
+/// approve, reject, acknowledge, resolve, cancel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenScope {
+    Read,
+    Operate,
+}
+
+impl TokenScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenScope::Read => "read",
+            TokenScope::Operate => "operate",
+        }
+    }
+}
+
+/// Longest `admin.tokens[].name` (it is written to `audit_logs.user_id`, a VARCHAR(255)).
+pub const MAX_TOKEN_NAME: usize = 64;
+
+/// Checks `admin.tokens`: names short, printable and unique; hashes 64 hex digits and unique
+/// (two names for one token would make the audit log lie about who acted).
+pub fn validate_tokens(tokens: &[AdminToken]) -> Result<(), ConfigError> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut hashes = std::collections::BTreeSet::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let key = |field: &str| format!("admin.tokens[{i}].{field}");
+        let name_ok = !token.name.is_empty()
+            && token.name.len() <= MAX_TOKEN_NAME
+            && token.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+        if !name_ok {
+            return Err(ConfigError::invalid(
+                key("name"),
+                format!(
+                    "`{}` must be 1 to {MAX_TOKEN_NAME} characters of letters, digits, `-`, `_`, `.` or `@`",
+                    token.name
+                ),
+            ));
+        }
+        if !names.insert(token.name.as_str()) {
+            return Err(ConfigError::invalid(key("name"), format!("`{}` is used by two tokens", token.name)));
+        }
+        let hash = token.sha256.trim().to_ascii_lowercase();
+        if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(ConfigError::invalid(
+                key("sha256"),
+                "must be the token's SHA-256 as 64 hex digits (`orderly admin-token NAME` prints it), \
+                 not the token itself",
+            ));
+        }
+        if !hashes.insert(hash) {
+            return Err(ConfigError::invalid(
+                key("sha256"),
+                format!("is also the hash of another token than `{}`", token.name),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `"off"` or a socket address such as `"127.0.0.1:9187"`.
@@ -376,6 +452,7 @@ impl Settings {
         duration_in("sla.sweep_interval", self.sla.sweep_interval, None, MAX_INTERVAL)?;
         count_in("sla.batch", self.sla.batch, 1, MAX_BATCH as i64)?;
         duration_in("admin.gauge_interval", self.admin.gauge_interval, Some(Duration::from_secs(1)), MAX_INTERVAL)?;
+        validate_tokens(&self.admin.tokens)?;
 
         let notifier = &self.notifier;
         duration_in("notifier.poll_interval", notifier.poll_interval, None, MAX_INTERVAL)?;
@@ -646,6 +723,48 @@ mod tests {
         for bad in ["localhost:9187", "9187", "127.0.0.1", "127.0.0.1:65536", ""] {
             let err = Settings::from_toml_over_defaults(&format!("[admin]\nlisten = \"{bad}\"\n")).unwrap_err();
             assert!(err.to_string().contains("admin.listen") && err.to_string().contains("IP:port"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn admin_tokens_are_hashes_with_unique_names_and_a_scope() {
+        let hash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let other = "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752";
+        let s = Settings::from_toml_over_defaults("").unwrap();
+        assert!(s.admin.tokens.is_empty());
+        let s = Settings::from_toml_over_defaults(&format!(
+            "[[admin.tokens]]\nname = \"oncall\"\nsha256 = \"{hash}\"\nscope = \"operate\"\n\
+             [[admin.tokens]]\nname = \"grafana\"\nsha256 = \"{}\"\nscope = \"read\"\n",
+            other.to_uppercase()
+        ))
+        .unwrap();
+        assert_eq!(s.admin.tokens.len(), 2);
+        assert_eq!((s.admin.tokens[0].name.as_str(), s.admin.tokens[0].scope), ("oncall", TokenScope::Operate));
+        assert_eq!(s.admin.tokens[1].scope, TokenScope::Read);
+        let bad = [
+            (format!("name = \"a b\"\nsha256 = \"{hash}\"\nscope = \"read\""), "admin.tokens[0].name"),
+            (format!("name = \"\"\nsha256 = \"{hash}\"\nscope = \"read\""), "admin.tokens[0].name"),
+            ("name = \"a\"\nsha256 = \"orderly_secret\"\nscope = \"read\"".to_owned(), "admin.tokens[0].sha256"),
+            (format!("name = \"a\"\nsha256 = \"{}\"\nscope = \"read\"", &hash[1..]), "admin.tokens[0].sha256"),
+            (format!("name = \"a\"\nsha256 = \"{hash}\"\nscope = \"admin\""), "scope"),
+            (format!("name = \"a\"\nsha256 = \"{hash}\"\nscope = \"read\"\ntoken = \"x\""), "token"),
+        ];
+        for (entry, key) in bad {
+            let err =
+                Settings::from_toml_over_defaults(&format!("[[admin.tokens]]\n{entry}\n")).unwrap_err().to_string();
+            assert!(err.contains(key), "{entry}: {err}");
+        }
+        for (second, key) in [
+            (format!("name = \"a\"\nsha256 = \"{other}\""), "admin.tokens[1].name"),
+            (format!("name = \"b\"\nsha256 = \"{hash}\""), "admin.tokens[1].sha256"),
+        ] {
+            let err = Settings::from_toml_over_defaults(&format!(
+                "[[admin.tokens]]\nname = \"a\"\nsha256 = \"{hash}\"\nscope = \"read\"\n\
+                 [[admin.tokens]]\n{second}\nscope = \"read\"\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(key), "{second}: {err}");
         }
     }
 

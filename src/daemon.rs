@@ -83,7 +83,17 @@ impl Engine {
         // The admin server (src/admin) comes up before migrations and before any engine task:
         // /healthz answers at once, /readyz says what is not ready yet (migrations, LISTEN).
         // Draining is `stop_claiming`, cancelled when shutdown starts.
+        let ops = db::connect_lazy(&db::PoolOptions {
+            max_connections: crate::admin::OPS_POOL_CONNECTIONS,
+            ..settings.database.pool()
+        })
+        .context("the admin server's database pool")?;
+        let catalog = Arc::new(Catalog::new(pool.clone(), settings.clone()));
         let admin = crate::admin::start(crate::admin::AdminState {
+            catalog: Arc::new(Catalog::new(ops.clone(), settings.clone())),
+            tokens: Arc::new(crate::admin::auth::Tokens::new(&settings.admin.tokens)),
+            sessions: Default::default(),
+            ops,
             pool: pool.clone(),
             settings: settings.clone(),
             metrics: metrics.clone(),
@@ -126,7 +136,6 @@ impl Engine {
                 )
             })
             .collect();
-        let catalog = Arc::new(Catalog::new(pool.clone(), settings.clone()));
         let rescuer = Rescuer {
             pool: pool.clone(),
             catalog: catalog.clone(),

@@ -53,6 +53,8 @@ pub async fn run_command(
         Command::Reject(args) => cmd::decide::run(&settings, model::Decision::Rejected, args).await,
         Command::Escalations(command) => cmd::escalations::run(&settings, command).await,
         Command::Sla(command) => cmd::escalations::sla(&settings, command).await,
+        Command::Cancel(args) => cmd::cancel::run(&settings, args).await,
+        Command::AdminToken(args) => cmd::admin_token::run(args),
         Command::CheckConfig => cmd::check_config::run(&settings, &registry),
         Command::Health { timeout } => cmd::health::run(&settings, timeout).await,
         Command::Roles { prefix, print } => cmd::roles::run(&settings, &prefix, print).await,

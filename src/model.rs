@@ -118,6 +118,7 @@ labels!(
         DatabaseUnavailable = "DATABASE_UNAVAILABLE",
         AgentPanicked = "AGENT_PANICKED",
         ContextInvalid = "CONTEXT_INVALID",
+        Cancelled = "CANCELLED",
     }
 );
 

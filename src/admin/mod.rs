@@ -1,6 +1,7 @@
-//! The admin HTTP server of `orderly run` (`admin.listen`): probes (`probes.rs`) and
-//! Prometheus metrics (`metrics.rs`), on one axum router over one [`AdminState`]. Further
-//! surfaces (a JSON API, a web page) add their routes in [`router`] and read the same state.
+//! The admin HTTP server of `orderly run` (`admin.listen`): probes (`probes.rs`), Prometheus
+//! metrics (`metrics.rs`), the JSON API under `/api/v1` (`api.rs`) and the web page at `/`
+//! (`web.rs`), on one axum router over one [`AdminState`]. The API and the page need a token
+//! of `[[admin.tokens]]` (`auth.rs`); the probes and `/metrics` need none.
 //!
 //! Life cycle: `Engine::start` binds the listener before migrations run and before any engine
 //! task starts (a port that cannot be bound fails the start, naming `admin.listen`), so
@@ -9,11 +10,15 @@
 //! stops the server last, gracefully (requests in progress finish, within
 //! [`SHUTDOWN_BOUND`]).
 
+pub mod api;
+pub mod auth;
 pub mod metrics;
 pub mod probes;
+pub mod web;
 
 use crate::config::Settings;
 use crate::metrics::Metrics;
+use crate::rules::catalog::Catalog;
 use crate::worker::InFlight;
 use anyhow::Context;
 use sqlx::PgPool;
@@ -46,18 +51,69 @@ pub struct AdminState {
     /// Executions this process holds leases for.
     pub in_flight: InFlight,
     pub worker_id: String,
+    /// The pool of the API and the web page: a few connections of its own, opened on demand,
+    /// with PostgreSQL's default planner settings (operators' filtered reads are not the
+    /// engine's indexed statements), so operators never wait for or take the engine's.
+    pub ops: PgPool,
+    /// Routes and content formats, as the runner resolves them (a replay's content check,
+    /// an item's waiting reason).
+    pub catalog: Arc<Catalog>,
+    /// `admin.tokens`, hashes decoded.
+    pub tokens: Arc<auth::Tokens>,
+    /// The web page's sign-in sessions.
+    pub sessions: Arc<auth::Sessions>,
+}
+
+/// Connections of [`AdminState::ops`].
+pub const OPS_POOL_CONNECTIONS: u32 = 4;
+
+impl AdminState {
+    /// A state for `settings` over the given engine and operators' pools, with no engine
+    /// behind it (`failed`, `draining` and leadership unset): for tests and tools that serve
+    /// the API without an engine.
+    pub fn standalone(pool: PgPool, ops: PgPool, settings: Arc<Settings>) -> AdminState {
+        let (_, leading) = watch::channel(false);
+        AdminState {
+            catalog: Arc::new(Catalog::new(ops.clone(), settings.clone())),
+            tokens: Arc::new(auth::Tokens::new(&settings.admin.tokens)),
+            sessions: Default::default(),
+            pool,
+            ops,
+            metrics: Arc::new(Metrics::new(settings.agents.keys())),
+            settings,
+            gauges: Default::default(),
+            failed: CancellationToken::new(),
+            draining: CancellationToken::new(),
+            leading,
+            in_flight: InFlight::default(),
+            worker_id: "standalone".to_owned(),
+        }
+    }
 }
 
 /// Every route of the admin server.
 pub fn router(state: AdminState) -> axum::Router {
-    axum::Router::new().merge(probes::routes()).merge(metrics::routes()).with_state(state)
+    // A replay's new content travels JSON-escaped (or form-encoded): up to six bytes each.
+    let body_limit = state.settings.limits.max_content_bytes.saturating_mul(6).saturating_add(64 * 1024).max(2 << 20);
+    axum::Router::new()
+        .merge(probes::routes())
+        .merge(metrics::routes())
+        .merge(api::routes())
+        .merge(web::routes())
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .with_state(state)
 }
 
 /// Starts the server on `admin.listen`, or nothing when it is `off`.
 pub async fn start(state: AdminState) -> anyhow::Result<Option<AdminServer>> {
     match state.settings.admin.listen {
         None => Ok(None),
-        Some(listen) => AdminServer::start(listen, state).await.map(Some),
+        Some(listen) => {
+            if state.tokens.is_empty() {
+                tracing::info!("no admin.tokens: the JSON API (/api/v1) and the web page (/) refuse everyone");
+            }
+            AdminServer::start(listen, state).await.map(Some)
+        }
     }
 }
 

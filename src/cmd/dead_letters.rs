@@ -1,11 +1,14 @@
 //! `orderly dead-letters list | show | replay | discard`.
 
 use super::{actor, connect};
+use crate::actions;
 use crate::cli::DeadLetterCommand;
 use crate::config::Settings;
 use crate::db;
 use crate::model::DeadLetterReason;
+use crate::rules::catalog::Catalog;
 use anyhow::Context;
+use std::sync::Arc;
 
 pub async fn run(settings: &Settings, command: DeadLetterCommand) -> anyhow::Result<()> {
     let pool = connect(settings).await?;
@@ -87,14 +90,39 @@ pub async fn run(settings: &Settings, command: DeadLetterCommand) -> anyhow::Res
             println!("\npayload:\n{}", serde_json::to_string_pretty(&detail.payload)?);
         }
         DeadLetterCommand::Replay { id, content, actor: who } => {
+            let limit = settings.limits.max_content_bytes;
             let content = match content {
                 Some(path) => {
-                    Some(std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?)
+                    // Refuse what is over the limit before reading it.
+                    let size = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?.len();
+                    if let Err(e) = crate::rules::content::check_size(size.try_into().unwrap_or(usize::MAX), limit) {
+                        anyhow::bail!("content refused: {} ({}); nothing was replayed", e.message, e.code);
+                    }
+                    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                    Some(String::from_utf8(bytes).map_err(|_| {
+                        anyhow::anyhow!("content refused: {} is not UTF-8 text; nothing was replayed", path.display())
+                    })?)
                 }
                 None => None,
             };
-            let item = db::dead_letters::replay(&pool, id, content.as_deref(), &actor(who)).await?;
-            println!("replayed: work item {item} is QUEUED with a fresh attempt budget");
+            let shared = Arc::new(settings.clone());
+            let catalog = Catalog::new(pool.clone(), shared.clone());
+            let replayed = actions::replay_dead_letter(&pool, &catalog, &shared, id, content.as_deref(), &actor(who))
+                .await
+                .map_err(|e| match e {
+                    db::OpsError::Invalid { code, message } => {
+                        anyhow::anyhow!("{message} ({code}); nothing was replayed")
+                    }
+                    other => other.into(),
+                })?;
+            println!(
+                "replayed: work item {} is QUEUED with a fresh attempt budget{}",
+                replayed.work_item_id,
+                if replayed.content_replaced { " and the new content" } else { "" }
+            );
+            if let Some(warning) = replayed.warning {
+                println!("warning: {warning}");
+            }
         }
         DeadLetterCommand::Discard { id, reason, actor: who } => {
             let item = db::dead_letters::discard(&pool, id, &actor(who), reason.as_deref()).await?;

@@ -2,7 +2,9 @@
 //! `--json`). They parse arguments and format output; the work goes through `actions` (what
 //! an operator can do, shared with the admin API) or `db`.
 
+pub mod admin_token;
 pub mod bench;
+pub mod cancel;
 pub mod check_config;
 pub mod dead_letters;
 pub mod decide;

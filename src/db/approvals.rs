@@ -150,3 +150,53 @@ pub async fn record_human_decision(pool: &PgPool, item: &HeldItem, human: &Human
     super::queue::roll_up_committed(pool, &[item.work_order_id]).await?;
     Ok(())
 }
+
+/// An item in the approvals inbox: what the policy held, and why.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct Held {
+    pub id: Uuid,
+    pub work_order_id: Uuid,
+    #[serde(rename = "type")]
+    pub item_type: String,
+    pub priority: String,
+    /// The held attempt (a decision applies to it only).
+    pub attempt: i32,
+    pub tenant_id: Uuid,
+    pub workflow_id: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// When the policy held it (its ESCALATED decision).
+    pub held_since: Option<chrono::DateTime<chrono::Utc>>,
+    pub policy_reason: Option<String>,
+    /// The held attempt's output.
+    pub output: Option<serde_json::Value>,
+    /// The held attempt's eval results.
+    pub evals: serde_json::Value,
+}
+
+/// Items waiting in AWAITING_APPROVAL, oldest first, after `cursor` (`created_at`, `id`);
+/// read through the partial index of held items.
+pub async fn inbox(
+    pool: &PgPool,
+    cursor: Option<(chrono::DateTime<chrono::Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<Held>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT w.id, w.work_order_id, w.type::text AS item_type, w.priority::text AS priority, w.attempt,
+                o.tenant_id, o.workflow_id, w.created_at, p.\"timestamp\" AS held_since, p.reason AS policy_reason,
+                w.result AS output,
+                coalesce((SELECT jsonb_agg(jsonb_build_object('evaluation_type', e.evaluation_type,
+                                                              'passed', e.passed, 'score', e.score,
+                                                              'metrics', e.metrics) ORDER BY e.evaluation_type)
+                          FROM eval_results e WHERE e.attempt_id = a.id), '[]'::jsonb) AS evals
+         FROM work_items w JOIN work_orders o ON o.id = w.work_order_id
+         LEFT JOIN attempts a ON a.work_item_id = w.id AND a.attempt_number = w.attempt
+         LEFT JOIN approval_events p ON p.work_item_id = w.id AND p.attempt_id = a.id AND p.source = 'POLICY'
+         WHERE w.status = 'AWAITING_APPROVAL' AND ($1::timestamptz IS NULL OR (w.created_at, w.id) > ($1, $2))
+         ORDER BY w.created_at, w.id LIMIT $3",
+    )
+    .bind(cursor.map(|c| c.0))
+    .bind(cursor.map(|c| c.1))
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}

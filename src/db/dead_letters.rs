@@ -168,14 +168,30 @@ pub async fn discard(pool: &PgPool, id: Uuid, actor: &str, reason: Option<&str>)
 }
 
 async fn open_dead_letter(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, id: Uuid) -> Result<Uuid, OpsError> {
-    let (item, processed): (Option<Uuid>, Option<DateTime<Utc>>) =
-        sqlx::query_as("SELECT work_item_id, processed_at FROM dead_letters WHERE id = $1 FOR UPDATE")
+    let (item, processed, resolution): (Option<Uuid>, Option<DateTime<Utc>>, Option<String>) =
+        sqlx::query_as("SELECT work_item_id, processed_at, resolution FROM dead_letters WHERE id = $1 FOR UPDATE")
             .bind(id)
             .fetch_optional(&mut **tx)
             .await?
             .ok_or_else(|| OpsError::NotFound { what: "dead letter", id })?;
-    if processed.is_some() {
-        return Err(OpsError::Conflict(format!("dead letter {id} was already processed")));
+    if let Some(at) = processed {
+        // Who closed it, from the audit log of the action that did.
+        let by: Option<String> = sqlx::query_scalar(
+            "SELECT user_id FROM audit_logs
+             WHERE resource_type = 'dead_letter' AND resource_id = $1
+               AND action IN ('dead_letter.replay', 'dead_letter.discard')
+             ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .flatten();
+        return Err(OpsError::Conflict(format!(
+            "dead letter {id} was already {}{} at {}",
+            resolution.as_deref().unwrap_or("processed"),
+            by.map(|who| format!(" by {who}")).unwrap_or_default(),
+            at.format("%Y-%m-%d %H:%M:%S UTC")
+        )));
     }
     item.ok_or_else(|| OpsError::Conflict(format!("dead letter {id} names no work item")))
 }
@@ -190,5 +206,133 @@ async fn resolve(
         .bind(resolution)
         .execute(&mut **tx)
         .await?;
+    Ok(())
+}
+
+/// Which dead letters a listing or a bulk action takes. Every field narrows it; `None` takes
+/// any.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Filter {
+    /// `Some(true)`: open letters only; `Some(false)`: closed (replayed or discarded) only.
+    pub open: Option<bool>,
+    pub error_code: Option<String>,
+    /// The item type (`event_type`).
+    pub item_type: Option<String>,
+    /// Created at least this many seconds ago.
+    pub older_than_secs: Option<f64>,
+    /// Created at most this many seconds ago.
+    pub newer_than_secs: Option<f64>,
+}
+
+/// Where a page of a listing starts: after the row with this `(created_at, id)` (newest first).
+pub type Cursor = (DateTime<Utc>, Uuid);
+
+/// The WHERE clause of [`Filter`]; parameters $1 to $5.
+const FILTER_SQL: &str = "($1::bool IS NULL OR (processed_at IS NULL) = $1)
+    AND ($2::text IS NULL OR error_code = $2)
+    AND ($3::text IS NULL OR event_type = $3)
+    AND ($4::float8 IS NULL OR created_at <= now() - $4 * interval '1 second')
+    AND ($5::float8 IS NULL OR created_at >= now() - $5 * interval '1 second')";
+
+fn bind_filter<'q, O>(
+    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    filter: &'q Filter,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    query
+        .bind(filter.open)
+        .bind(filter.error_code.as_deref())
+        .bind(filter.item_type.as_deref())
+        .bind(filter.older_than_secs)
+        .bind(filter.newer_than_secs)
+}
+
+/// One page of the letters `filter` takes, newest first, after `cursor`.
+pub async fn list_filtered(
+    pool: &PgPool,
+    filter: &Filter,
+    cursor: Option<Cursor>,
+    limit: i64,
+) -> Result<Vec<DeadLetterSummary>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters
+         WHERE {FILTER_SQL} AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7))
+         ORDER BY created_at DESC, id DESC LIMIT $8"
+    );
+    bind_filter(sqlx::query_as(sqlx::AssertSqlSafe(sql)), filter)
+        .bind(cursor.map(|c| c.0))
+        .bind(cursor.map(|c| c.1))
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+}
+
+/// How many letters `filter` takes.
+pub async fn count_filtered(pool: &PgPool, filter: &Filter) -> Result<i64, sqlx::Error> {
+    let sql = format!("SELECT count(*) FROM dead_letters WHERE {FILTER_SQL}");
+    let (count,): (i64,) = bind_filter(sqlx::query_as(sqlx::AssertSqlSafe(sql)), filter).fetch_one(pool).await?;
+    Ok(count)
+}
+
+/// The open letters `filter` takes, oldest first, at most `limit`: what a bulk action works
+/// through (each letter then in its own transaction).
+pub async fn open_ids(pool: &PgPool, filter: &Filter, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
+    let open_only = Filter { open: Some(true), ..filter.clone() };
+    let sql = format!("SELECT id FROM dead_letters WHERE {FILTER_SQL} ORDER BY created_at, id LIMIT $6");
+    let rows: Vec<(Uuid,)> =
+        bind_filter(sqlx::query_as(sqlx::AssertSqlSafe(sql)), &open_only).bind(limit).fetch_all(pool).await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+/// Open letters by error code: (error code, count, oldest created_at), the most first.
+pub async fn open_by_code(pool: &PgPool) -> Result<Vec<(Option<String>, i64, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT error_code, count(*), min(created_at) FROM dead_letters WHERE processed_at IS NULL
+         GROUP BY error_code ORDER BY count(*) DESC, error_code",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// What a replay with new content must satisfy: the letter's item, its type and its order's
+/// workflow (the route decides whether the content must be JSON).
+#[derive(Debug, Clone)]
+pub struct ReplayTarget {
+    pub work_item_id: Uuid,
+    pub item_type: String,
+    pub workflow_id: String,
+}
+
+/// The item a dead letter would replay, if the letter exists and names one.
+pub async fn replay_target(pool: &PgPool, id: Uuid) -> Result<ReplayTarget, OpsError> {
+    let row: Option<(Option<Uuid>, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT w.id, w.type::text, o.workflow_id
+         FROM dead_letters d LEFT JOIN work_items w ON w.id = d.work_item_id
+              LEFT JOIN work_orders o ON o.id = w.work_order_id
+         WHERE d.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    match row {
+        None => Err(OpsError::NotFound { what: "dead letter", id }),
+        Some((Some(work_item_id), Some(item_type), Some(workflow_id))) => {
+            Ok(ReplayTarget { work_item_id, item_type, workflow_id })
+        }
+        Some(_) => Err(OpsError::Conflict(format!("dead letter {id} names no work item"))),
+    }
+}
+
+/// The audit row of a bulk action (each letter's own replay or discard is audited too): the
+/// filter, what was done and what was left.
+pub async fn audit_bulk(pool: &PgPool, actor: &str, action: &str, details: Value) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO audit_logs (user_id, action, resource_type, resource_id, details)
+         VALUES ($1, $2, 'dead_letter', NULL, $3)",
+    )
+    .bind(actor)
+    .bind(action)
+    .bind(details)
+    .execute(pool)
+    .await?;
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod bench;
 pub mod catalog;
 pub mod dead_letters;
 pub mod demo;
+pub mod items;
 pub mod maintenance;
 pub mod notifications;
 pub mod orders;
@@ -34,6 +35,11 @@ pub enum OpsError {
     NotFound { what: &'static str, id: uuid::Uuid },
     #[error("{0}")]
     Conflict(String),
+    /// The operator's input is refused (content the item's step cannot use, a missing
+    /// reason): nothing was changed. `code` is stable (an error code such as
+    /// `CONTENT_INVALID_JSON`, or `REASON_REQUIRED`).
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
     /// A read the decision needs failed for now (the database is restarting, say).
     #[error("{0}; nothing was changed, try again")]
     Unavailable(String),
@@ -101,6 +107,19 @@ pub async fn connect(settings: &PoolOptions<'_>) -> Result<PgPool, DbError> {
 /// Opens the engine's pool: [`connect`] with [`ENGINE_PLANNER_SETTINGS`].
 pub async fn connect_engine(settings: &PoolOptions<'_>) -> Result<PgPool, DbError> {
     open(settings, PgConnectOptions::from_str(settings.url)?.options(ENGINE_PLANNER_SETTINGS)).await
+}
+
+/// The admin server's pool for operators' reads and actions (`admin::AdminState::ops`):
+/// PostgreSQL's default planner settings, connections opened on first use and closed after a
+/// minute idle, `application_name = 'orderly-admin'`.
+pub fn connect_lazy(settings: &PoolOptions<'_>) -> Result<PgPool, DbError> {
+    let options = PgConnectOptions::from_str(settings.url)?.application_name("orderly-admin");
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .min_connections(0)
+        .acquire_timeout(settings.acquire_timeout)
+        .idle_timeout(std::time::Duration::from_secs(60))
+        .connect_lazy_with(options))
 }
 
 async fn open(settings: &PoolOptions<'_>, options: PgConnectOptions) -> Result<PgPool, DbError> {

@@ -400,3 +400,12 @@ pub async fn act(pool: &PgPool, id: Uuid, action: Action, actor: &str, reason: O
     tx.commit().await?;
     Ok(())
 }
+
+/// Unresolved escalations by status (OPEN, ACKNOWLEDGED), through the partial index.
+pub async fn unresolved_counts(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT status::text, count(*) FROM escalations WHERE status <> 'RESOLVED' GROUP BY status ORDER BY status",
+    )
+    .fetch_all(pool)
+    .await
+}

@@ -254,21 +254,19 @@ fn completion(
 
 /// The content as the agent receives it, or the permanent error that makes it unusable.
 pub fn content_value(item: &ClaimedItem, format: ContentFormat, limit: usize) -> Result<Value, AgentError> {
+    let refused = |e: crate::rules::content::ContentRefused| AgentError::permanent(e.code, e.message);
     let Some(text) = item.content.as_deref() else {
-        return Err(AgentError::permanent(
-            ErrorCode::ContentTooLarge,
-            format!("content is {} bytes; limits.max_content_bytes is {limit}", item.content_bytes),
+        // Not loaded: larger than the limit.
+        return Err(refused(
+            crate::rules::content::check_size(item.content_bytes.max(0) as usize, limit).err().unwrap_or_else(|| {
+                crate::rules::content::ContentRefused {
+                    code: ErrorCode::ContentTooLarge,
+                    message: format!("content is {} bytes; limits.max_content_bytes is {limit}", item.content_bytes),
+                }
+            }),
         ));
     };
-    if text.trim().is_empty() {
-        return Err(AgentError::permanent(ErrorCode::ContentEmpty, "content is empty"));
-    }
-    match format {
-        ContentFormat::Text => Ok(Value::String(text.to_owned())),
-        ContentFormat::Json => serde_json::from_str(text).map_err(|e| {
-            AgentError::permanent(ErrorCode::ContentInvalidJson, format!("content is not valid JSON: {e}"))
-        }),
-    }
+    crate::rules::content::parse(text, format, limit).map_err(refused)
 }
 
 fn envelope(

@@ -92,3 +92,61 @@ async fn discard_closes_the_letter_and_keeps_the_item_failed() {
     assert_eq!(details["reason"], "duplicate of another order");
     assert!(matches!(db::dead_letters::get(&db.pool, Uuid::new_v4()).await, Err(db::OpsError::NotFound { .. })));
 }
+
+/// `orderly dead-letters replay --content FILE` checks the file as the item's route would
+/// (JSON, not empty, within limits.max_content_bytes) and says why it refuses; a letter
+/// already closed is refused with who closed it and when.
+#[tokio::test]
+async fn cli_replay_refuses_content_the_item_would_fail_on_and_says_who_closed_a_letter() {
+    let db = TestDb::new().await;
+    let (item, letter) =
+        crate::api::dead_lettered(&db, "TICKET", "{broken", "CONTENT_INVALID_JSON", "content is not valid JSON").await;
+    let dir = std::env::temp_dir().join(format!("orderly-replay-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let config = file("orderly.toml", b"[routes]\nTICKET = \"echo\"\n");
+    let big = vec![b' '; 20 << 20];
+    let replay = |content: String| {
+        crate::cli::orderly(
+            &db.url,
+            &[
+                "--config",
+                &config,
+                "dead-letters",
+                "replay",
+                &letter.to_string(),
+                "--content",
+                &content,
+                "--actor",
+                "carol",
+            ],
+        )
+    };
+    for (content, says) in [
+        (file("bad.json", b"{not json"), "content is not valid JSON"),
+        (file("empty.json", b""), "content is empty (CONTENT_EMPTY)"),
+        (file("big.json", &big), "content is 20971520 bytes; limits.max_content_bytes is 1048576 (CONTENT_TOO_LARGE)"),
+        (file("latin1.json", b"{\"a\": \"\xe9\"}"), "is not UTF-8 text"),
+    ] {
+        let out = replay(content);
+        let shown = crate::cli::text(&out);
+        assert_eq!(out.status.code(), Some(1), "{shown}");
+        assert!(shown.contains(says) && shown.contains("nothing was replayed"), "{says}: {shown}");
+    }
+    assert_eq!(item_status(&db.pool, item).await, "FAILED", "nothing changed");
+    let out = replay(file("good.json", b"{\"fixed\": true}"));
+    assert!(out.status.success(), "{}", crate::cli::text(&out));
+    assert!(crate::cli::text(&out).contains("and the new content"), "{}", crate::cli::text(&out));
+    assert_eq!(item_status(&db.pool, item).await, "QUEUED");
+    let out = replay(file("again.json", b"{}"));
+    let shown = crate::cli::text(&out);
+    assert!(!out.status.success());
+    assert!(shown.contains("was already REPLAYED by carol at "), "{shown}");
+    let out = crate::cli::orderly(&db.url, &["dead-letters", "discard", &letter.to_string()]);
+    assert!(crate::cli::text(&out).contains("already REPLAYED by carol"), "{}", crate::cli::text(&out));
+    std::fs::remove_dir_all(&dir).ok();
+}

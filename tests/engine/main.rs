@@ -6,6 +6,8 @@ mod common;
 
 mod admin;
 mod agents;
+mod api;
+mod browser;
 mod cli;
 mod clients;
 mod command_agent;
@@ -24,3 +26,4 @@ mod roles;
 mod secrets;
 mod sla;
 mod systemd;
+mod web;

@@ -1,0 +1,379 @@
+//! Work items as operators look them up (a filtered, paged listing and one item with
+//! everything recorded about it) and cancel them.
+//!
+//! Cancelling writes in one transaction, with the items locked: QUEUED and AWAITING_APPROVAL
+//! items become CANCELLED; a PROCESSING item becomes CANCELLED too, and its running attempt
+//! is recorded at once as INTERRUPTED with the error code CANCELLED. Every later write of
+//! that execution is fenced out: the completer writes only items still PROCESSING at the
+//! same attempt, so the agent's result, when it comes, is rejected as stale (counted in
+//! `orderly_stale_writes_total`), and the heartbeat, finding the item no longer PROCESSING,
+//! stops the execution within a third of the lease. The orders roll up as after any write.
+
+use super::OpsError;
+use super::audit::audit;
+use crate::model::{ErrorCode, ItemStatus};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Which items a listing takes; every field narrows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Filter {
+    pub status: Option<ItemStatus>,
+    /// The item type, as the database spells it.
+    pub item_type: Option<String>,
+    pub work_order_id: Option<Uuid>,
+    pub tenant_id: Option<Uuid>,
+    /// Created at or after.
+    pub created_since: Option<DateTime<Utc>>,
+    /// Created before.
+    pub created_until: Option<DateTime<Utc>>,
+}
+
+/// A row of the listing.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ItemSummary {
+    pub id: Uuid,
+    pub work_order_id: Uuid,
+    #[serde(rename = "type")]
+    pub item_type: String,
+    pub status: ItemStatus,
+    pub priority: String,
+    pub attempt: i32,
+    pub tenant_id: Uuid,
+    pub workflow_id: String,
+    /// `None` when `run_at` is not a finite time (`run_at_infinite`).
+    pub run_at: Option<DateTime<Utc>>,
+    pub run_at_infinite: bool,
+    pub last_error_code: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub processed_at: Option<DateTime<Utc>>,
+}
+
+/// `run_at` is read through `isfinite`: `'infinity'` is a value PostgreSQL stores and
+/// chrono cannot hold.
+const SUMMARY_COLUMNS: &str = "w.id, w.work_order_id, w.type::text AS item_type, w.status::text AS status,
+    w.priority::text AS priority, w.attempt, o.tenant_id, o.workflow_id,
+    CASE WHEN isfinite(w.run_at) THEN w.run_at END AS run_at, NOT isfinite(w.run_at) AS run_at_infinite,
+    w.last_error_code, w.created_at, w.processed_at";
+
+/// One page of the items `filter` takes, newest first (`created_at`, then `id`), after
+/// `cursor`. Without an index on `created_at` (the hot table keeps its indexes few, migration
+/// 0004), an unfiltered listing reads the table; the order, status and tenant filters narrow
+/// it through their indexes.
+pub async fn list(
+    pool: &PgPool,
+    filter: &Filter,
+    cursor: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<ItemSummary>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {SUMMARY_COLUMNS} FROM work_items w JOIN work_orders o ON o.id = w.work_order_id
+         WHERE ($1::text IS NULL OR w.status = $1::work_item_status)
+           AND ($2::text IS NULL OR w.type::text = $2)
+           AND ($3::uuid IS NULL OR w.work_order_id = $3)
+           AND ($4::uuid IS NULL OR o.tenant_id = $4)
+           AND ($5::timestamptz IS NULL OR w.created_at >= $5)
+           AND ($6::timestamptz IS NULL OR w.created_at < $6)
+           AND ($7::timestamptz IS NULL OR (w.created_at, w.id) < ($7, $8))
+         ORDER BY w.created_at DESC, w.id DESC LIMIT $9"
+    );
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(filter.status.map(|s| s.as_str()))
+        .bind(filter.item_type.as_deref())
+        .bind(filter.work_order_id)
+        .bind(filter.tenant_id)
+        .bind(filter.created_since)
+        .bind(filter.created_until)
+        .bind(cursor.map(|c| c.0))
+        .bind(cursor.map(|c| c.1))
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+}
+
+/// The item's own row, as the detail view needs it (times on the database clock).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ItemRow {
+    pub id: Uuid,
+    pub work_order_id: Uuid,
+    #[serde(rename = "type")]
+    pub item_type: String,
+    pub status: ItemStatus,
+    pub priority: String,
+    pub attempt: i32,
+    pub attempt_base: i32,
+    pub max_attempts: Option<i32>,
+    pub rescues: i32,
+    pub run_at: Option<DateTime<Utc>>,
+    pub run_at_infinite: bool,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub locked_by: Option<String>,
+    pub claimed_at: Option<DateTime<Utc>>,
+    pub last_error_code: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub processed_at: Option<DateTime<Utc>>,
+    pub content_bytes: i32,
+    /// The content, up to 64 KiB (`None` above).
+    pub content: Option<String>,
+    pub result: Option<Value>,
+    pub workflow_id: String,
+    pub tenant_id: Uuid,
+    pub order_status: String,
+    /// When the policy last held it for a human (the newest ESCALATED decision).
+    pub held_since: Option<DateTime<Utc>>,
+    /// The database clock when this was read.
+    pub now: DateTime<Utc>,
+}
+
+/// An item with every record about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemDetail {
+    pub item: ItemRow,
+    pub attempts: Vec<Value>,
+    pub eval_results: Vec<Value>,
+    pub approvals: Vec<Value>,
+    pub escalations: Vec<Value>,
+    /// Every dead letter of the item, newest first (at most one is open).
+    pub dead_letters: Vec<Value>,
+}
+
+/// Largest content the detail view carries inline.
+pub const CONTENT_SHOWN_BYTES: i32 = 65_536;
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<ItemDetail, OpsError> {
+    let item: ItemRow = sqlx::query_as(
+        "SELECT w.id, w.work_order_id, w.type::text AS item_type, w.status::text AS status,
+                w.priority::text AS priority, w.attempt, w.attempt_base, w.max_attempts, w.rescues,
+                CASE WHEN isfinite(w.run_at) THEN w.run_at END AS run_at,
+                NOT isfinite(w.run_at) AS run_at_infinite,
+                w.lease_expires_at, w.locked_by, w.claimed_at, w.last_error_code, w.last_error,
+                w.created_at, w.processed_at, octet_length(w.content) AS content_bytes,
+                CASE WHEN octet_length(w.content) <= $2 THEN w.content END AS content, w.result,
+                o.workflow_id, o.tenant_id, o.status::text AS order_status,
+                (SELECT max(a.\"timestamp\") FROM approval_events a
+                 WHERE a.work_item_id = w.id AND a.decision = 'ESCALATED') AS held_since,
+                now() AS now
+         FROM work_items w JOIN work_orders o ON o.id = w.work_order_id WHERE w.id = $1",
+    )
+    .bind(id)
+    .bind(CONTENT_SHOWN_BYTES)
+    .fetch_optional(pool)
+    .await?
+    .ok_or(OpsError::NotFound { what: "work item", id })?;
+    let attempts: Vec<Value> = sqlx::query_scalar(
+        "SELECT jsonb_build_object('number', attempt_number, 'status', status, 'agent', agent_id,
+                'error_code', error_code, 'error', error, 'started_at', started_at,
+                'completed_at', completed_at, 'duration_ms', duration_ms, 'worker', worker_id,
+                'output', output)
+         FROM attempts WHERE work_item_id = $1 ORDER BY attempt_number",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    let eval_results: Vec<Value> = sqlx::query_scalar(
+        "SELECT jsonb_build_object('evaluation_type', evaluation_type, 'score', score, 'passed', passed,
+                'metrics', metrics, 'attempt_id', attempt_id, 'created_at', created_at)
+         FROM eval_results WHERE work_item_id = $1 ORDER BY created_at",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    let approvals: Vec<Value> = sqlx::query_scalar(
+        "SELECT jsonb_build_object('decision', decision, 'approver_id', approver_id,
+                'policy_version', policy_version, 'reason', reason, 'source', source,
+                'attempt_id', attempt_id, 'timestamp', \"timestamp\")
+         FROM approval_events WHERE work_item_id = $1 ORDER BY \"timestamp\"",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    let escalations: Vec<Value> = sqlx::query_scalar(
+        "SELECT jsonb_build_object('id', e.id, 'rule', r.name, 'clock', r.clock, 'level', e.level,
+                'status', e.status, 'reason', e.reason, 'due_at', e.due_at, 'created_at', e.created_at,
+                'acknowledged_at', e.acknowledged_at, 'acknowledged_by', e.acknowledged_by,
+                'resolved_at', e.resolved_at, 'resolved_by', e.resolved_by, 'resolution', e.resolution)
+         FROM escalations e JOIN sla_rules r ON r.id = e.rule_id
+         WHERE e.work_item_id = $1 ORDER BY e.created_at, e.level",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    let dead_letters: Vec<Value> = sqlx::query_scalar(
+        "SELECT jsonb_build_object('id', id, 'error_code', error_code, 'reason', reason, 'error', error,
+                'retry_count', retry_count, 'created_at', created_at, 'processed_at', processed_at,
+                'resolution', resolution, 'open', processed_at IS NULL)
+         FROM dead_letters WHERE work_item_id = $1 ORDER BY created_at DESC",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    Ok(ItemDetail { item, attempts, eval_results, approvals, escalations, dead_letters })
+}
+
+/// One item a cancellation changed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cancelled {
+    pub work_item_id: Uuid,
+    pub work_order_id: Uuid,
+    /// The status it had.
+    pub was: ItemStatus,
+    /// The attempt that was running and is now recorded as INTERRUPTED (CANCELLED).
+    pub interrupted_attempt: Option<i32>,
+}
+
+/// What to cancel: one item, or every live item of an order.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    Item(Uuid),
+    Order(Uuid),
+}
+
+#[derive(sqlx::FromRow)]
+struct LiveRow {
+    id: Uuid,
+    work_order_id: Uuid,
+    status: ItemStatus,
+    attempt: i32,
+    locked_by: Option<String>,
+    claimed_at: Option<DateTime<Utc>>,
+}
+
+/// Cancels an item (it must be QUEUED, PROCESSING or AWAITING_APPROVAL) or every such item of
+/// an order (at least one must be), in one transaction: see the module note. Audited per
+/// item (`work_item.cancel`) and, for an order, once more (`work_order.cancel`).
+pub async fn cancel(
+    pool: &PgPool,
+    target: Target,
+    actor: &str,
+    reason: Option<&str>,
+) -> Result<Vec<Cancelled>, OpsError> {
+    let mut tx = pool.begin().await?;
+    // Lock first, in id order (as the completers lock orders), then decide.
+    let rows: Vec<LiveRow> = match target {
+        Target::Item(id) => {
+            sqlx::query_as(
+                "SELECT id, work_order_id, status::text AS status, attempt, locked_by, claimed_at
+                 FROM work_items WHERE id = $1 FOR UPDATE",
+            )
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?
+        }
+        Target::Order(order) => {
+            let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM work_orders WHERE id = $1")
+                .bind(order)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if exists.is_none() {
+                return Err(OpsError::NotFound { what: "work order", id: order });
+            }
+            sqlx::query_as(
+                "SELECT id, work_order_id, status::text AS status, attempt, locked_by, claimed_at
+                 FROM work_items WHERE work_order_id = $1
+                   AND status IN ('QUEUED', 'PROCESSING', 'AWAITING_APPROVAL')
+                 ORDER BY id FOR UPDATE",
+            )
+            .bind(order)
+            .fetch_all(&mut *tx)
+            .await?
+        }
+    };
+    let live: Vec<&LiveRow> = rows
+        .iter()
+        .filter(|r| matches!(r.status, ItemStatus::Queued | ItemStatus::Processing | ItemStatus::AwaitingApproval))
+        .collect();
+    match (target, rows.first()) {
+        (Target::Item(id), None) => return Err(OpsError::NotFound { what: "work item", id }),
+        (Target::Item(id), Some(row)) if live.is_empty() => {
+            return Err(OpsError::Conflict(format!(
+                "work item {id} is {}; only QUEUED, PROCESSING and AWAITING_APPROVAL items can be cancelled",
+                row.status
+            )));
+        }
+        (Target::Order(id), _) if live.is_empty() => {
+            return Err(OpsError::Conflict(format!(
+                "work order {id} has no QUEUED, PROCESSING or AWAITING_APPROVAL item"
+            )));
+        }
+        _ => {}
+    }
+    let message = format!("cancelled by {actor}{}", reason.map(|r| format!(": {r}")).unwrap_or_default());
+    let mut done = Vec::with_capacity(live.len());
+    for row in &live {
+        let interrupted = if row.status == ItemStatus::Processing {
+            // The running attempt's row, written now: its own result will be stale.
+            sqlx::query(
+                "INSERT INTO attempts (work_item_id, attempt_number, agent_id, status, input, error, error_code,
+                                       worker_id, started_at, completed_at, duration_ms)
+                 VALUES ($1, $2, 'operator', 'INTERRUPTED', jsonb_build_object('cancelled_by', $3::text), $4, $5,
+                         $6, coalesce($7, now()), now(),
+                         least(extract(epoch FROM now() - coalesce($7, now())) * 1000, 2147483647)::int)
+                 ON CONFLICT (work_item_id, attempt_number) DO NOTHING",
+            )
+            .bind(row.id)
+            .bind(row.attempt)
+            .bind(actor)
+            .bind(&message)
+            .bind(ErrorCode::Cancelled.as_str())
+            .bind(&row.locked_by)
+            .bind(row.claimed_at)
+            .execute(&mut *tx)
+            .await?;
+            Some(row.attempt)
+        } else {
+            None
+        };
+        // Fenced on the attempt read under the lock.
+        sqlx::query(
+            "UPDATE work_items SET status = 'CANCELLED', processed_at = now(), lease_expires_at = NULL,
+                    locked_by = NULL, last_error = $3, last_error_code = $4
+             WHERE id = $1 AND attempt = $2",
+        )
+        .bind(row.id)
+        .bind(row.attempt)
+        .bind(&message)
+        .bind(ErrorCode::Cancelled.as_str())
+        .execute(&mut *tx)
+        .await?;
+        audit(
+            &mut tx,
+            actor,
+            "work_item.cancel",
+            ("work_item", row.id),
+            json!({ "was": row.status.as_str(), "interrupted_attempt": interrupted, "reason": reason }),
+        )
+        .await?;
+        done.push(Cancelled {
+            work_item_id: row.id,
+            work_order_id: row.work_order_id,
+            was: row.status,
+            interrupted_attempt: interrupted,
+        });
+    }
+    let mut orders: Vec<Uuid> = done.iter().map(|c| c.work_order_id).collect();
+    orders.sort_unstable();
+    orders.dedup();
+    if let Target::Order(order) = target {
+        audit(
+            &mut tx,
+            actor,
+            "work_order.cancel",
+            ("work_order", order),
+            json!({ "items": done.iter().map(|c| c.work_item_id).collect::<Vec<_>>(), "reason": reason }),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    // After the commit, like every writer of items (see roll_up_committed).
+    super::queue::roll_up_committed(pool, &orders).await?;
+    Ok(done)
+}
+
+/// The order's status now (after a cancellation rolled it up).
+pub async fn order_status(pool: &PgPool, id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT status::text FROM work_orders WHERE id = $1").bind(id).fetch_optional(pool).await
+}

@@ -1,0 +1,296 @@
+//! The web page in a real browser: headless Chromium driven through chromedriver's W3C
+//! WebDriver HTTP API (plain reqwest, no client crate), against a running engine's admin
+//! server. Signs in, finds a dead letter, edits its content and replays it, sees the item
+//! complete; approves a held item; acknowledges an escalation. Screenshots go to
+//! `target/screenshots/`; with `ORDERLY_SCREENSHOTS_TO_DOCS=1` the overview also replaces
+//! `docs/screenshot-overview.png` (the README's).
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them; `CHROMIUM` and
+//! `CHROMEDRIVER` override the paths). Without them the test fails when `CI=true` and is
+//! skipped, saying so, elsewhere.
+
+use crate::api::{OPERATE, escalation, held, tokens_toml};
+use crate::common::*;
+use base64::Engine as _;
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+fn binary(env: &str, default: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(std::env::var(env).unwrap_or_else(|_| default.to_owned()));
+    path.exists().then_some(path)
+}
+
+/// chromedriver on a free port, killed when dropped.
+struct Driver {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One browser session; closed (best effort) when dropped, even after a failed assertion.
+struct Browser {
+    http: reqwest::Client,
+    url: String,
+    session: String,
+    profile: PathBuf,
+    driver: Driver,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // A blocking DELETE /session on a plain socket: no runtime is needed in drop.
+        let addr = self.driver.base.trim_start_matches("http://").to_owned();
+        if let Ok(mut stream) = std::net::TcpStream::connect(&addr) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let request = format!(
+                "DELETE /session/{} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.session
+            );
+            if stream.write_all(request.as_bytes()).is_ok() {
+                let _ = stream.read_to_end(&mut Vec::new());
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+impl Browser {
+    async fn start(chromium: &Path, chromedriver: &Path) -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = screenshots_dir().join("chromedriver.log");
+        let child = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .arg(format!("--log-path={}", log.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let driver = Driver { child, base: format!("http://127.0.0.1:{port}") };
+        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(90)).build().unwrap();
+        let start = Instant::now();
+        loop {
+            let ready = match http.get(format!("{}/status", driver.base)).send().await {
+                Ok(r) => r.text().await.ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()),
+                Err(_) => None,
+            };
+            if ready.is_some_and(|v| v["value"]["ready"] == true) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "chromedriver did not get ready (see {})",
+                log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let profile = std::env::temp_dir().join(format!("orderly-chromium-{}", Uuid::new_v4().simple()));
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium.to_str().unwrap(),
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                         "--disable-dev-shm-usage", "--window-size=1280,900",
+                         format!("--user-data-dir={}", profile.display())]
+            }
+        }}});
+        let response = http
+            .post(format!("{}/session", driver.base))
+            .header("content-type", "application/json")
+            .body(capabilities.to_string())
+            .send()
+            .await
+            .expect("chromedriver answers");
+        let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        let session = body["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a browser session starts: {body}"))
+            .to_owned();
+        let url = format!("{}/session/{session}", driver.base);
+        Browser { http, url, session, profile, driver }
+    }
+
+    /// One WebDriver command: its `value`, or the test fails with the driver's error.
+    async fn command(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut request = self.http.request(method.clone(), format!("{}{path}", self.url));
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body.to_string());
+        }
+        let response = request.send().await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = response.status();
+        let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap_or(Value::Null);
+        assert!(status.is_success(), "{method} {path}: {status} {body}");
+        body["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.command(reqwest::Method::POST, "/url", Some(json!({ "url": url }))).await;
+    }
+
+    /// The element matching a CSS selector (the test fails when there is none).
+    async fn find(&self, css: &str) -> String {
+        let value =
+            self.command(reqwest::Method::POST, "/element", Some(json!({"using": "css selector", "value": css}))).await;
+        // The W3C element reference: an object with one entry, the web element identifier.
+        value.as_object().and_then(|o| o.values().next()).and_then(Value::as_str).expect("an element").to_owned()
+    }
+
+    async fn click(&self, css: &str) {
+        let element = self.find(css).await;
+        self.command(reqwest::Method::POST, &format!("/element/{element}/click"), Some(json!({}))).await;
+    }
+
+    async fn replace_text(&self, css: &str, text: &str) {
+        let element = self.find(css).await;
+        self.command(reqwest::Method::POST, &format!("/element/{element}/clear"), Some(json!({}))).await;
+        self.command(reqwest::Method::POST, &format!("/element/{element}/value"), Some(json!({ "text": text }))).await;
+    }
+
+    async fn source(&self) -> String {
+        self.command(reqwest::Method::GET, "/source", None).await.as_str().unwrap_or_default().to_owned()
+    }
+
+    async fn current_url(&self) -> String {
+        self.command(reqwest::Method::GET, "/url", None).await.as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Waits until the page holds `needle` (a page loads after a click's navigation).
+    async fn wait_for(&self, needle: &str) {
+        let start = Instant::now();
+        loop {
+            let source = self.source().await;
+            if source.contains(needle) {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(45), "the page never showed {needle:?}: {source}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn screenshot(&self, name: &str) -> PathBuf {
+        let data = self.command(reqwest::Method::GET, "/screenshot", None).await;
+        let png = base64::engine::general_purpose::STANDARD.decode(data.as_str().unwrap()).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "a PNG");
+        let path = screenshots_dir().join(name);
+        std::fs::write(&path, &png).unwrap();
+        path
+    }
+}
+
+fn screenshots_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn an_operator_signs_in_replays_an_edited_dead_letter_approves_and_acknowledges_in_chromium() {
+    let (Some(chromium), Some(chromedriver)) =
+        (binary("CHROMIUM", "/usr/bin/chromium"), binary("CHROMEDRIVER", "/usr/bin/chromedriver"))
+    else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("chromium and chromedriver are required in CI (apt-get install chromium chromium-driver)");
+        }
+        eprintln!(
+            "SKIPPED: the browser test needs chromium and chromium-driver (apt-get install chromium chromium-driver)"
+        );
+        return;
+    };
+    let db = TestDb::new().await;
+    // What must not move while the engine runs is written first: a held item, an item
+    // scheduled for later with an open escalation.
+    let held_item = held(&db).await;
+    let order = insert_order(&db.pool, "HIGH").await;
+    let later = insert_item(&db.pool, order, "TICKET", r#"{"subject":"quarterly report"}"#).await;
+    sqlx::query("UPDATE work_items SET run_at = now() + interval '2 hours' WHERE id = $1")
+        .bind(later)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let esc = escalation(&db, later).await;
+    let engine = db.engine(&format!("{}[routes]\nTICKET = \"echo\"\nSTATUS_REPORT = \"echo\"\n", tokens_toml())).await;
+    let base = format!("http://{}", engine.admin_addr().unwrap());
+    for n in 0..24 {
+        let order = insert_order(&db.pool, if n % 3 == 0 { "HIGH" } else { "MEDIUM" }).await;
+        let kind = if n % 2 == 0 { "TICKET" } else { "STATUS_REPORT" };
+        insert_item(&db.pool, order, kind, &format!("{{\"n\": {n}}}")).await;
+    }
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    let broken = insert_item(&db.pool, order, "TICKET", "{\"subject\": \"printer on fire\"").await;
+    insert_item(&db.pool, order, "TICKET", "<script>alert('not JSON')</script>").await;
+    insert_item(&db.pool, insert_order(&db.pool, "LOW").await, "INVOICE", "{\"total\": 12}").await;
+    wait_until("three dead letters", Duration::from_secs(30), || async {
+        count(&db.pool, "SELECT count(*) FROM dead_letters WHERE processed_at IS NULL").await == 3
+    })
+    .await;
+    let letter: Uuid = sqlx::query_scalar("SELECT id FROM dead_letters WHERE work_item_id = $1")
+        .bind(broken)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+
+    let browser = Browser::start(&chromium, &chromedriver).await;
+    browser.goto(&format!("{base}/")).await;
+    browser.wait_for("Sign in").await;
+    browser.replace_text("#token", OPERATE).await;
+    browser.click("form.signin button").await;
+    browser.wait_for("<h1>Overview</h1>").await;
+    let overview = browser.screenshot("overview.png").await;
+    if std::env::var("ORDERLY_SCREENSHOTS_TO_DOCS").is_ok_and(|v| v == "1") {
+        std::fs::copy(&overview, Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/screenshot-overview.png")).unwrap();
+    }
+
+    // The dead letters: find the broken one in its group, edit, replay.
+    browser.click("a[href='/dead-letters']").await;
+    browser.wait_for("CONTENT_INVALID_JSON").await;
+    let source = browser.source().await;
+    assert!(source.contains("&lt;script&gt;alert('not JSON')&lt;/script&gt;"), "a payload is text: {source}");
+    assert!(!source.contains("<script>alert"), "{source}");
+    browser.click(&format!("#letter-{letter} > summary")).await;
+    browser.replace_text(&format!("#content-{letter}"), r#"{"subject": "printer on fire", "fixed": true}"#).await;
+    browser.screenshot("dead-letters.png").await;
+    browser.click(&format!("#letter-{letter} form.edit button")).await;
+    browser.wait_for("Replayed dead letter").await;
+    wait_for_status(&db.pool, broken, "COMPLETED").await;
+    browser.goto(&format!("{base}/items/{broken}")).await;
+    browser.wait_for("COMPLETED").await;
+    assert!(browser.source().await.contains("fixed"), "the new content was used");
+    browser.screenshot("item.png").await;
+
+    // The approvals inbox.
+    browser.click("a[href='/approvals']").await;
+    browser.wait_for(&format!("held-{held_item}")).await;
+    browser.screenshot("approvals.png").await;
+    browser.click(&format!("#held-{held_item} form[action$='/approve'] button")).await;
+    browser.wait_for("Approved item").await;
+    assert_eq!(item_status(&db.pool, held_item).await, "COMPLETED");
+
+    // The escalations.
+    browser.click("a[href='/escalations']").await;
+    browser.wait_for(&format!("escalation-{esc}")).await;
+    browser.click(&format!("#escalation-{esc} form[action$='/ack'] button")).await;
+    browser.wait_for("Acknowledged escalation").await;
+    browser.screenshot("escalations.png").await;
+    let (status, by): (String, Option<String>) =
+        sqlx::query_as("SELECT status::text, acknowledged_by FROM escalations WHERE id = $1")
+            .bind(esc)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), by.as_deref()), ("ACKNOWLEDGED", Some("alice")));
+    assert!(browser.current_url().await.ends_with("/escalations"), "POST, then redirect");
+    assert_eq!(crate::api::audit_count(&db, "alice", "dead_letter.replay").await, 1);
+    drop(browser);
+    stop(engine).await;
+}

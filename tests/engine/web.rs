@@ -1,0 +1,324 @@
+//! The web page at /, in process: sign-in into an HttpOnly SameSite=Strict cookie, the
+//! security headers, every page, every form (POST then redirect, with the outcome shown on
+//! the next page), cross-site and token-less POSTs refused, read sessions without actions,
+//! and payloads shown as text.
+
+use crate::api::{OPERATE, READ, app, dead_lettered, escalation, held};
+use crate::common::*;
+use axum::body::Body;
+use axum::http::Request;
+use tower::ServiceExt;
+
+/// A response as a browser sees it.
+pub struct Page {
+    pub status: u16,
+    pub headers: axum::http::HeaderMap,
+    pub body: String,
+}
+
+impl Page {
+    pub fn location(&self) -> &str {
+        self.headers.get("location").map(|v| v.to_str().unwrap()).unwrap_or("")
+    }
+}
+
+const ORIGIN: &str = "http://orderly.test";
+const HOST: &str = "orderly.test";
+
+/// A request from a page of this server (`Origin` = `Host`) unless `headers` says otherwise.
+async fn send(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    headers: &[(&str, &str)],
+    form: Option<&[(&str, &str)]>,
+) -> Page {
+    let mut request = Request::builder().method(method).uri(path).header("host", HOST);
+    if method == "POST" && !headers.iter().any(|(k, _)| *k == "origin" || *k == "sec-fetch-site") {
+        request = request.header("origin", ORIGIN);
+    }
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", format!("orderly_session={cookie}"));
+    }
+    let body = match form {
+        Some(pairs) => {
+            request = request.header("content-type", "application/x-www-form-urlencoded");
+            Body::from(url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish())
+        }
+        None => Body::empty(),
+    };
+    let response = app.clone().oneshot(request.body(body).unwrap()).await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    Page { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() }
+}
+
+async fn get(app: &axum::Router, path: &str, cookie: &str) -> Page {
+    send(app, "GET", path, Some(cookie), &[], None).await
+}
+
+/// Signs in with `token`; returns the session cookie's value.
+async fn sign_in(app: &axum::Router, token: &str) -> String {
+    let page = send(app, "POST", "/login", None, &[], Some(&[("token", token)])).await;
+    assert_eq!((page.status, page.location()), (303, "/"), "{}", page.body);
+    let cookie = page.headers["set-cookie"].to_str().unwrap().to_owned();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    cookie.split(';').next().unwrap().strip_prefix("orderly_session=").unwrap().to_owned()
+}
+
+/// The session's form token, from a page's forms.
+fn csrf(body: &str) -> String {
+    let at = body.find("name=\"csrf\" value=\"").expect("the page has a form") + "name=\"csrf\" value=\"".len();
+    body[at..].split('"').next().unwrap().to_owned()
+}
+
+/// Posts a form of a page, then follows the redirect: the next page, which shows the outcome.
+async fn submit(app: &axum::Router, cookie: &str, path: &str, fields: &[(&str, &str)]) -> Page {
+    let token = csrf(&get(app, "/", cookie).await.body);
+    let mut pairs = vec![("csrf", token.as_str())];
+    pairs.extend_from_slice(fields);
+    let page = send(app, "POST", path, Some(cookie), &[], Some(&pairs)).await;
+    assert_eq!(page.status, 303, "POST {path}: {}", page.body);
+    let next = get(app, page.location(), cookie).await;
+    assert_eq!(next.status, 200, "{}", next.body);
+    next
+}
+
+#[tokio::test]
+async fn sign_in_sets_a_strict_http_only_cookie_and_pages_carry_a_csp() {
+    let db = TestDb::new().await;
+    let app = app(&db, "[routes]\nTICKET = \"echo\"\n");
+    let page = send(&app, "GET", "/", None, &[], None).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("action=\"/login\"") && page.body.contains("type=\"password\""), "{}", page.body);
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("form-action 'self'") && !csp.contains("script-src"),
+        "{csp}"
+    );
+    assert_eq!(page.headers["x-frame-options"], "DENY");
+    assert_eq!(page.headers["x-content-type-options"], "nosniff");
+    assert!(!page.body.contains("<script"), "no script at all");
+
+    let css = send(&app, "GET", "/assets/style.css", None, &[], None).await;
+    assert_eq!((css.status, css.headers["content-type"].to_str().unwrap()), (200, "text/css; charset=utf-8"));
+
+    // Wrong token, cross-site sign-in, a sign-in with no Origin at all.
+    let page = send(&app, "POST", "/login", None, &[], Some(&[("token", "orderly_nope")])).await;
+    assert_eq!(page.status, 401);
+    assert!(page.body.contains("That token is not valid."), "{}", page.body);
+    assert!(page.headers.get("set-cookie").is_none());
+    for headers in [
+        vec![("origin", "http://evil.example")],
+        vec![("sec-fetch-site", "cross-site"), ("origin", ORIGIN)],
+        vec![("sec-fetch-site", "same-site")],
+    ] {
+        let page = send(&app, "POST", "/login", None, &headers, Some(&[("token", OPERATE)])).await;
+        assert_eq!(page.status, 403, "{headers:?}");
+        assert!(page.headers.get("set-cookie").is_none());
+    }
+    let page =
+        send(&app, "POST", "/login", None, &[("sec-fetch-site", "same-origin")], Some(&[("token", OPERATE)])).await;
+    assert_eq!(page.status, 303, "Sec-Fetch-Site: same-origin is enough");
+
+    let cookie = sign_in(&app, OPERATE).await;
+    let page = get(&app, "/", &cookie).await;
+    assert!(page.body.contains("<h1>Overview</h1>") && page.body.contains("alice · operate"), "{}", page.body);
+    assert!(page.headers["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
+    assert_eq!(page.headers["cache-control"], "no-store");
+
+    // A forged or stale cookie is no session; pages then send to the sign-in.
+    for path in ["/dead-letters", "/approvals", "/escalations", "/items"] {
+        let page = send(&app, "GET", path, Some("forged"), &[], None).await;
+        assert_eq!((page.status, page.location()), (303, "/"), "{path}");
+    }
+
+    // Sign out: the cookie is cleared and the session is gone.
+    let token = csrf(&page.body);
+    let out = send(&app, "POST", "/logout", Some(&cookie), &[], Some(&[("csrf", &token)])).await;
+    assert_eq!(out.status, 303);
+    assert!(out.headers["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    assert!(get(&app, "/", &cookie).await.body.contains("action=\"/login\""), "signed out");
+}
+
+#[tokio::test]
+async fn every_page_shows_payloads_as_text_and_every_form_acts_once() {
+    let db = TestDb::new().await;
+    let app = app(&db, "[routes]\nTICKET = \"echo\"\n");
+    let script = "<script>alert('pwned')</script>";
+    let (item, letter) =
+        dead_lettered(&db, "TICKET", &format!("{{\"note\": \"{script}\""), "CONTENT_INVALID_JSON", script).await;
+    sqlx::query("UPDATE dead_letters SET payload = jsonb_set(payload, '{note}', to_jsonb($2::text)) WHERE id = $1")
+        .bind(letter)
+        .bind(script)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (_, second) =
+        dead_lettered(&db, "TICKET", "{broken", "CONTENT_INVALID_JSON", "content is not valid JSON").await;
+    let (third_item, _) =
+        dead_lettered(&db, "TICKET", "{broken", "CONTENT_INVALID_JSON", "content is not valid JSON").await;
+    let held = held(&db).await;
+    let esc = escalation(&db, held).await;
+    let cookie = sign_in(&app, OPERATE).await;
+
+    let page = get(&app, "/", &cookie).await;
+    assert!(page.body.contains("open dead letters") && page.body.contains("awaiting approval"), "{}", page.body);
+    let pages = [
+        "/dead-letters".to_owned(),
+        "/dead-letters?code=CONTENT_INVALID_JSON".to_owned(),
+        format!("/dead-letters/{letter}"),
+        format!("/items/{item}"),
+        format!("/items/{held}"),
+        "/items".to_owned(),
+        "/items?state=FAILED&type=TICKET".to_owned(),
+        "/approvals".to_owned(),
+        "/escalations".to_owned(),
+    ];
+    for path in &pages {
+        let page = get(&app, path, &cookie).await;
+        assert_eq!(page.status, 200, "{path}: {}", page.body);
+        assert!(!page.body.contains("<script"), "{path} holds raw markup from a payload: {}", page.body);
+        assert!(!page.body.contains("<b>yes"), "{path}: {}", page.body);
+    }
+    let letters = get(&app, "/dead-letters", &cookie).await.body;
+    assert!(letters.contains("&lt;script&gt;alert('pwned')&lt;/script&gt;"), "shown as text: {letters}");
+    assert!(letters.contains("CONTENT_INVALID_JSON") && letters.contains("3 open"), "{letters}");
+    assert!(letters.contains("Replay all 3 matching") && letters.contains("Discard all 3 matching"), "{letters}");
+    assert!(letters.contains("Replay with this content") && letters.contains("<textarea"), "{letters}");
+    assert!(get(&app, "/approvals", &cookie).await.body.contains("&lt;b&gt;yes&lt;/b&gt;"));
+    let redirect = get(&app, &format!("/items?id={item}"), &cookie).await;
+    assert_eq!((redirect.status, redirect.location()), (303, format!("/items/{item}").as_str()));
+    assert_eq!(get(&app, "/items/nope", &cookie).await.status, 400);
+    assert_eq!(get(&app, &format!("/items/{}", uuid::Uuid::new_v4()), &cookie).await.status, 404);
+
+    // Replay with content the JSON step refuses: nothing happens and the page says why.
+    let page = submit(
+        &app,
+        &cookie,
+        &format!("/dead-letters/{letter}/replay"),
+        &[("edit", "1"), ("content", "{still broken")],
+    )
+    .await;
+    assert!(page.body.contains("Not replayed: content refused: content is not valid JSON"), "{}", page.body);
+    assert_eq!(item_status(&db.pool, item).await, "FAILED");
+    // Edited content, CRLF from the textarea back to LF.
+    let page = submit(
+        &app,
+        &cookie,
+        &format!("/dead-letters/{letter}/replay"),
+        &[("edit", "1"), ("content", "{\r\n  \"note\": \"fixed\"\r\n}"), ("back", "/dead-letters")],
+    )
+    .await;
+    assert!(page.body.contains("Replayed dead letter") && page.body.contains("with the new content"), "{}", page.body);
+    let content: String = sqlx::query_scalar("SELECT content FROM work_items WHERE id = $1")
+        .bind(item)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(content, "{\n  \"note\": \"fixed\"\n}");
+    assert_eq!(item_status(&db.pool, item).await, "QUEUED");
+    // The same letter again: refused, with who and when.
+    let page = submit(&app, &cookie, &format!("/dead-letters/{letter}/replay"), &[]).await;
+    assert!(page.body.contains("already REPLAYED by alice at"), "{}", page.body);
+
+    // Discard needs a reason; then the bulk form takes what is left.
+    let page = submit(&app, &cookie, &format!("/dead-letters/{second}/discard"), &[("reason", " ")]).await;
+    assert!(page.body.contains("Not discarded: a reason is required"), "{}", page.body);
+    let page = submit(&app, &cookie, &format!("/dead-letters/{second}/discard"), &[("reason", "duplicate")]).await;
+    assert!(page.body.contains("Discarded dead letter"), "{}", page.body);
+    let page = submit(
+        &app,
+        &cookie,
+        "/dead-letters/bulk",
+        &[("action", "replay"), ("error_code", "CONTENT_INVALID_JSON"), ("limit", "5")],
+    )
+    .await;
+    assert!(page.body.contains("Replayed 1 of 1 matching dead letter(s); 0 still open."), "{}", page.body);
+    assert!(dead_letter(&db.pool, third_item).await.is_none());
+    assert_eq!(item_status(&db.pool, third_item).await, "QUEUED");
+
+    // Approvals and escalations.
+    let page = submit(&app, &cookie, &format!("/approvals/{held}/approve"), &[("reason", "checked")]).await;
+    assert!(page.body.contains("Approved item") && page.body.contains("COMPLETED"), "{}", page.body);
+    assert_eq!(item_status(&db.pool, held).await, "COMPLETED");
+    let page = submit(&app, &cookie, &format!("/approvals/{held}/reject"), &[]).await;
+    assert!(
+        page.body.contains("no longer awaiting approval") || page.body.contains("not AWAITING_APPROVAL"),
+        "{}",
+        page.body
+    );
+    let page = submit(&app, &cookie, &format!("/escalations/{esc}/ack"), &[]).await;
+    assert!(page.body.contains("Acknowledged escalation"), "{}", page.body);
+    let status: String = sqlx::query_scalar("SELECT status::text FROM escalations WHERE id = $1")
+        .bind(esc)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "ACKNOWLEDGED");
+    let page = submit(&app, &cookie, &format!("/escalations/{esc}/ack"), &[]).await;
+    assert!(page.body.contains("already acknowledged"), "{}", page.body);
+
+    // Cancel from the item's page.
+    let queued = insert_item(&db.pool, insert_order(&db.pool, "LOW").await, "TICKET", "{}").await;
+    let page = submit(&app, &cookie, &format!("/items/{queued}/cancel"), &[("reason", "not needed")]).await;
+    assert!(page.body.contains("Cancelled item"), "{}", page.body);
+    assert_eq!(item_status(&db.pool, queued).await, "CANCELLED");
+    for (user, action, n) in [
+        ("alice", "dead_letter.replay", 2),
+        ("alice", "dead_letter.discard", 1),
+        ("alice", "dead_letter.bulk_replay", 1),
+        ("alice", "approval.approve", 1),
+        ("alice", "escalation.acknowledge", 1),
+        ("alice", "work_item.cancel", 1),
+    ] {
+        assert_eq!(crate::api::audit_count(&db, user, action).await, n, "{action}");
+    }
+}
+
+#[tokio::test]
+async fn posts_without_the_form_token_from_elsewhere_or_from_a_read_session_are_refused() {
+    let db = TestDb::new().await;
+    let app = app(&db, "[routes]\nTICKET = \"echo\"\n");
+    let (item, letter) = dead_lettered(&db, "TICKET", "{broken", "CONTENT_INVALID_JSON", "bad").await;
+    let operate = sign_in(&app, OPERATE).await;
+    let token = csrf(&get(&app, "/", &operate).await.body);
+    let path = format!("/dead-letters/{letter}/replay");
+    type Attempt<'a> = (&'a str, Vec<(&'a str, &'a str)>, Option<&'a str>, u16);
+    let attempts: [Attempt; 5] = [
+        ("no form token", vec![], Some(&operate), 403),
+        ("another session's form token", vec![("csrf", "0123456789abcdef")], Some(&operate), 403),
+        ("cross-site", vec![("csrf", &token)], Some(&operate), 403),
+        ("no session", vec![("csrf", &token)], None, 401),
+        ("forged session", vec![("csrf", &token)], Some("forged"), 401),
+    ];
+    for (what, form, cookie, status) in attempts {
+        let headers: Vec<(&str, &str)> =
+            if what == "cross-site" { vec![("origin", "http://evil.example")] } else { vec![] };
+        let page = send(&app, "POST", &path, cookie, &headers, Some(&form)).await;
+        assert_eq!(page.status, status, "{what}: {}", page.body);
+    }
+    // No Origin and no Sec-Fetch-Site: refused as well.
+    let page =
+        send(&app, "POST", &path, Some(&operate), &[("sec-fetch-site", "cross-site")], Some(&[("csrf", &token)])).await;
+    assert_eq!(page.status, 403);
+    assert_eq!(item_status(&db.pool, item).await, "FAILED", "nothing was replayed");
+
+    // A read session sees the pages without their forms, and its POSTs are refused.
+    let read = sign_in(&app, READ).await;
+    let page = get(&app, "/dead-letters", &read).await;
+    assert!(page.body.contains("bob · read"), "{}", page.body);
+    assert!(!page.body.contains("Replay as is") && !page.body.contains("Discard all"), "{}", page.body);
+    let token = csrf(&page.body);
+    let page = send(&app, "POST", &path, Some(&read), &[], Some(&[("csrf", &token)])).await;
+    assert_eq!(page.status, 403);
+    assert!(page.body.contains("read scope"), "{}", page.body);
+    assert_eq!(item_status(&db.pool, item).await, "FAILED");
+}
