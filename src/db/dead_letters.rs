@@ -81,32 +81,10 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<DeadLetterDetail, OpsError> 
     .bind(item_id)
     .fetch_optional(pool)
     .await?;
-    let attempts: Vec<Value> = sqlx::query_scalar(
-        "SELECT jsonb_build_object('number', attempt_number, 'status', status, 'agent', agent_id,
-                'error_code', error_code, 'error', error, 'started_at', started_at,
-                'duration_ms', duration_ms, 'worker', worker_id, 'output', output)
-         FROM attempts WHERE work_item_id = $1 ORDER BY attempt_number",
-    )
-    .bind(item_id)
-    .fetch_all(pool)
-    .await?;
-    let eval_results: Vec<Value> = sqlx::query_scalar(
-        "SELECT jsonb_build_object('evaluation_type', evaluation_type, 'score', score,
-                'passed', passed, 'metrics', metrics, 'attempt_id', attempt_id)
-         FROM eval_results WHERE work_item_id = $1 ORDER BY created_at",
-    )
-    .bind(item_id)
-    .fetch_all(pool)
-    .await?;
-    let approvals: Vec<Value> = sqlx::query_scalar(
-        "SELECT jsonb_build_object('decision', decision, 'approver_id', approver_id,
-                'policy_version', policy_version, 'reason', reason, 'source', source,
-                'timestamp', \"timestamp\")
-         FROM approval_events WHERE work_item_id = $1 ORDER BY \"timestamp\"",
-    )
-    .bind(item_id)
-    .fetch_all(pool)
-    .await?;
+    let super::items::Records { attempts, eval_results, approvals } = match item_id {
+        Some(item_id) => super::items::records(pool, item_id).await?,
+        None => super::items::Records::default(),
+    };
     Ok(DeadLetterDetail { dead_letter, payload, item, attempts, eval_results, approvals })
 }
 

@@ -164,33 +164,7 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<ItemDetail, OpsError> {
     .fetch_optional(pool)
     .await?
     .ok_or(OpsError::NotFound { what: "work item", id })?;
-    let attempts: Vec<Value> = sqlx::query_scalar(
-        "SELECT jsonb_build_object('number', attempt_number, 'status', status, 'agent', agent_id,
-                'error_code', error_code, 'error', error, 'started_at', started_at,
-                'completed_at', completed_at, 'duration_ms', duration_ms, 'worker', worker_id,
-                'output', output)
-         FROM attempts WHERE work_item_id = $1 ORDER BY attempt_number",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
-    let eval_results: Vec<Value> = sqlx::query_scalar(
-        "SELECT jsonb_build_object('evaluation_type', evaluation_type, 'score', score, 'passed', passed,
-                'metrics', metrics, 'attempt_id', attempt_id, 'created_at', created_at)
-         FROM eval_results WHERE work_item_id = $1 ORDER BY created_at",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
-    let approvals: Vec<Value> = sqlx::query_scalar(
-        "SELECT jsonb_build_object('decision', decision, 'approver_id', approver_id,
-                'policy_version', policy_version, 'reason', reason, 'source', source,
-                'attempt_id', attempt_id, 'timestamp', \"timestamp\")
-         FROM approval_events WHERE work_item_id = $1 ORDER BY \"timestamp\"",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
+    let Records { attempts, eval_results, approvals } = records(pool, id).await?;
     let escalations: Vec<Value> = sqlx::query_scalar(
         "SELECT jsonb_build_object('id', e.id, 'rule', r.name, 'clock', r.clock, 'level', e.level,
                 'status', e.status, 'reason', e.reason, 'due_at', e.due_at, 'created_at', e.created_at,
@@ -376,4 +350,44 @@ pub async fn cancel(
 /// The order's status now (after a cancellation rolled it up).
 pub async fn order_status(pool: &PgPool, id: Uuid) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar("SELECT status::text FROM work_orders WHERE id = $1").bind(id).fetch_optional(pool).await
+}
+
+/// An item's attempts, eval results and approval events, as JSON, in order.
+#[derive(Default)]
+pub(crate) struct Records {
+    pub attempts: Vec<Value>,
+    pub eval_results: Vec<Value>,
+    pub approvals: Vec<Value>,
+}
+
+/// The records an operator reads beside an item (its detail and its dead letter's).
+pub(crate) async fn records(pool: &PgPool, item_id: Uuid) -> Result<Records, sqlx::Error> {
+    let attempts: Vec<Value> = sqlx::query_scalar(
+        "SELECT jsonb_build_object('number', attempt_number, 'status', status, 'agent', agent_id,
+                'error_code', error_code, 'error', error, 'started_at', started_at,
+                'completed_at', completed_at, 'duration_ms', duration_ms, 'worker', worker_id,
+                'output', output)
+         FROM attempts WHERE work_item_id = $1 ORDER BY attempt_number",
+    )
+    .bind(item_id)
+    .fetch_all(pool)
+    .await?;
+    let eval_results: Vec<Value> = sqlx::query_scalar(
+        "SELECT jsonb_build_object('evaluation_type', evaluation_type, 'score', score, 'passed', passed,
+                'metrics', metrics, 'attempt_id', attempt_id, 'created_at', created_at)
+         FROM eval_results WHERE work_item_id = $1 ORDER BY created_at",
+    )
+    .bind(item_id)
+    .fetch_all(pool)
+    .await?;
+    let approvals: Vec<Value> = sqlx::query_scalar(
+        "SELECT jsonb_build_object('decision', decision, 'approver_id', approver_id,
+                'policy_version', policy_version, 'reason', reason, 'source', source,
+                'attempt_id', attempt_id, 'timestamp', \"timestamp\")
+         FROM approval_events WHERE work_item_id = $1 ORDER BY \"timestamp\"",
+    )
+    .bind(item_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(Records { attempts, eval_results, approvals })
 }

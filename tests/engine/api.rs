@@ -634,12 +634,15 @@ async fn cancelling_a_running_item_fences_out_its_result_and_the_order_rolls_up(
     };
     let order = insert_order(&db.pool, "MEDIUM").await;
     let running = insert_item(&db.pool, order, "TICKET", "{}").await;
-    let later = insert_item(&db.pool, order, "TICKET", "{}").await;
-    sqlx::query("UPDATE work_items SET run_at = now() + interval '1 hour' WHERE id = $1")
-        .bind(later)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    // Delayed in its INSERT: a later UPDATE could lose the race with the running engine's claim.
+    let later: Uuid = sqlx::query_scalar(
+        "INSERT INTO work_items (work_order_id, type, content, run_at)
+         VALUES ($1, 'TICKET', '{}', now() + interval '1 hour') RETURNING id",
+    )
+    .bind(order)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     wait_for_status(&db.pool, running, "PROCESSING").await;
     let (status, body) = send(format!("/api/v1/items/{running}/cancel"), READ, json!({})).await;
     assert_eq!(status, 403, "{body}");

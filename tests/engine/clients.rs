@@ -121,7 +121,7 @@ async fn enqueue_through(script: &str) -> Summary {
     .await
     .unwrap();
     assert_eq!(not_copied, 0, "items take their order's priority");
-    assert_eq!(order_status(&db.pool, order).await, "COMPLETED");
+    wait_for_order(&db.pool, order, "COMPLETED").await;
     eprintln!(
         "{} {}: {} server ids learned, {} client ids kept, {} inserted without a known id",
         summary.library,

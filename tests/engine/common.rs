@@ -178,6 +178,13 @@ pub async fn wait_for_status(pool: &PgPool, id: Uuid, status: &str) {
     wait_until(&what, Duration::from_secs(20), || async { item_status(pool, id).await == status }).await;
 }
 
+/// Waits for an order's status: the roll-up follows its last item's write (after that
+/// write's commit, milliseconds later), so a test that saw the item finish waits for it.
+pub async fn wait_for_order(pool: &PgPool, id: Uuid, status: &str) {
+    let what = format!("order {id} to be {status}");
+    wait_until(&what, Duration::from_secs(20), || async { order_status(pool, id).await == status }).await;
+}
+
 /// Waits until no item is QUEUED-and-runnable or PROCESSING.
 pub async fn wait_quiet(pool: &PgPool) {
     wait_until("queue to drain", Duration::from_secs(60), || async {

@@ -19,7 +19,7 @@ async fn replay_with_fixed_content_completes_the_item_and_is_audited() {
     let item = insert_item(&db.pool, order, "TICKET", "{broken").await;
     let engine = db.engine("[routes]\nTICKET = \"echo\"\n").await;
     wait_for_status(&db.pool, item, "FAILED").await;
-    assert_eq!(order_status(&db.pool, order).await, "FAILED");
+    wait_for_order(&db.pool, order, "FAILED").await;
     let letter = open_letter_id(&db, item).await;
 
     let detail = db::dead_letters::get(&db.pool, letter).await.unwrap();

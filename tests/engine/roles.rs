@@ -170,7 +170,7 @@ async fn each_role_can_do_what_it_needs_and_nothing_more() {
         wait_for_status(&db.pool, item, "COMPLETED").await;
     }
     wait_for_status(&db.pool, unrouted, "FAILED").await; // a dead letter, written as the daemon
-    assert_eq!(order_status(&db.pool, order1).await, "COMPLETED");
+    wait_for_order(&db.pool, order1, "COMPLETED").await;
     assert!(engine.healthy());
     stop(engine).await;
 

@@ -276,12 +276,21 @@ async fn a_running_engine_fires_and_delivers_one_message_per_breach() {
         resolved_total(&sink.received.lock().unwrap()) >= 30
     })
     .await;
+    wait_until("the outbox to be empty", std::time::Duration::from_secs(20), || async {
+        scalar(&db, "SELECT count(*) FROM notifications WHERE status = 'PENDING'").await == 0
+    })
+    .await;
     stop(engine).await;
     let received = sink.received.lock().unwrap().clone();
     let fired: Vec<&Received> = received.iter().filter(|r| r.envelope["kind"] == "FIRED").collect();
     assert_eq!(fired.len(), 1, "one message for the whole breach");
     assert_eq!(fired[0].envelope["count"], 30);
     assert_eq!(resolved_total(&received), 30, "each item's end is told once");
-    let undelivered = scalar(&db, "SELECT count(*) FROM notifications WHERE status <> 'DELIVERED'").await;
-    assert_eq!(undelivered, 0);
+    let undelivered: Vec<String> = sqlx::query_scalar(
+        "SELECT kind || ' ' || status::text || ' ' || payload::text FROM notifications WHERE status <> 'DELIVERED'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(undelivered.is_empty(), "{undelivered:?}");
 }
