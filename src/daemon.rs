@@ -142,6 +142,7 @@ impl Engine {
             settings: settings.clone(),
             worker_id: worker_id.clone(),
             metrics: metrics.clone(),
+            sweeps_since_heal: Default::default(),
         };
         // Delivers the SLA notifications outbox; on every replica (claims with SKIP LOCKED).
         let notifier = crate::sla::notifier::Notifier::new(pool.clone(), settings.notifier.clone())

@@ -98,13 +98,19 @@ macro_rules! items_keeping_order {
 
 /// The pruner's candidates (see [`prune_finished`]); public so the plan test can EXPLAIN it.
 /// Parameters: $1 retention (ms), $2 limit.
+///
+/// Oldest first by `created_at` (its index; an order that finished before the cut-off was
+/// created before it). An order's status and `updated_at` are in no index, so that their
+/// changes stay heap-only updates (migration 0014): a sweep steps over the old orders that are
+/// still open, which are few next to the history it deletes.
 pub const PRUNE_CANDIDATES_SQL: &str = concat!(
     "SELECT o.id FROM work_orders o
-     WHERE o.status IN ('COMPLETED', 'FAILED') AND o.updated_at < now() - $1 * interval '1 millisecond'
+     WHERE o.created_at < now() - $1 * interval '1 millisecond'
+       AND o.status IN ('COMPLETED', 'FAILED') AND o.updated_at < now() - $1 * interval '1 millisecond'
        AND NOT EXISTS (",
     items_keeping_order!(),
     ")
-     ORDER BY o.updated_at
+     ORDER BY o.created_at
      LIMIT $2
      FOR UPDATE OF o SKIP LOCKED"
 );

@@ -498,9 +498,20 @@ pub async fn roll_up_committed(pool: &PgPool, orders: &[Uuid]) -> Result<Vec<Uui
 }
 
 /// The leader's safety net for [`roll_up_committed`]: PROCESSING orders whose items are all
-/// finished (their last writer died between its commit and its roll-up), rolled up.
-/// Reads the PROCESSING orders only (their status index), at most `limit` per call.
+/// finished (their last writer died between its commit and its roll-up), rolled up, `limit`
+/// at a time until none is left. An order's status is in no index (its changes are heap-only
+/// updates, migration 0014), so each round reads `work_orders` through; the leader calls this
+/// rarely (see `maintenance::rescuer`), and probes only the PROCESSING orders' items.
 pub async fn heal_roll_ups(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
-    let stranded: Vec<Uuid> = sqlx::query_scalar(STRANDED_ORDERS_SQL).bind(limit).fetch_all(pool).await?;
-    roll_up_committed(pool, &stranded).await
+    let mut healed = Vec::new();
+    loop {
+        let stranded: Vec<Uuid> = sqlx::query_scalar(STRANDED_ORDERS_SQL).bind(limit).fetch_all(pool).await?;
+        let rolled = roll_up_committed(pool, &stranded).await?;
+        // Fewer than a round's worth, or none of them changed (their items moved meanwhile).
+        if (stranded.len() as i64) < limit || rolled.is_empty() {
+            healed.extend(rolled);
+            return Ok(healed);
+        }
+        healed.extend(rolled);
+    }
 }

@@ -18,6 +18,12 @@ use uuid::Uuid;
 /// Most items rescued per transaction.
 const BATCH: i64 = 500;
 
+/// Sweeps between two reads of `work_orders` for orders a dead writer left PROCESSING (5 min
+/// at the default `rescue_interval`). Orders' statuses are not indexed (their changes are
+/// heap-only updates), so that read covers the table; it also runs on the first sweep of a
+/// new leader and after any sweep that rescued something, when a writer is known to have died.
+const HEAL_EVERY_SWEEPS: u32 = 60;
+
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct RescueReport {
     pub requeued: usize,
@@ -34,6 +40,8 @@ pub struct Rescuer {
     pub worker_id: String,
     /// Rescues, their LOST attempts and their dead letters are counted here.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Sweeps since the last healing read (see [`HEAL_EVERY_SWEEPS`]); 0 heals at once.
+    pub sweeps_since_heal: std::sync::atomic::AtomicU32,
 }
 
 impl Rescuer {
@@ -70,7 +78,13 @@ impl Rescuer {
             if (done.len() as i64) < BATCH {
                 // The safety net of the roll-up after commit: a writer that died between its
                 // commit and its roll-up left its order PROCESSING with every item finished.
-                report.orders_healed = db::queue::heal_roll_ups(&self.pool, BATCH).await?.len();
+                use std::sync::atomic::Ordering::Relaxed;
+                let rescued = report.requeued + report.dead_lettered > 0;
+                if rescued || self.sweeps_since_heal.load(Relaxed) % HEAL_EVERY_SWEEPS == 0 {
+                    report.orders_healed = db::queue::heal_roll_ups(&self.pool, BATCH).await?.len();
+                    self.sweeps_since_heal.store(0, Relaxed);
+                }
+                self.sweeps_since_heal.fetch_add(1, Relaxed);
                 return Ok(report);
             }
         }

@@ -23,7 +23,14 @@ async fn claim_and_vanish(db: &TestDb, worker: &str) -> db::queue::ClaimedItem {
 fn rescuer(db: &TestDb, toml: &str) -> Rescuer {
     let settings = Arc::new(db.settings(toml));
     let catalog = Arc::new(orderly::rules::catalog::Catalog::new(db.pool.clone(), settings.clone()));
-    Rescuer { pool: db.pool.clone(), catalog, settings, worker_id: "test-leader".into(), metrics: Default::default() }
+    Rescuer {
+        pool: db.pool.clone(),
+        catalog,
+        settings,
+        worker_id: "test-leader".into(),
+        metrics: Default::default(),
+        sweeps_since_heal: Default::default(),
+    }
 }
 
 #[tokio::test]

@@ -197,15 +197,16 @@ async fn hot_statements_use_indexes_not_table_scans() {
     assert!(!complete.contains("idx_work_items_leased"), "completion walks the leased index:\n{complete}");
 }
 
-/// A sweep reads the orders it may delete, oldest first, through the partial index of
-/// finished orders, and checks each one's items and dead letters by index: never the
+/// A sweep reads the orders it may delete, oldest first, through the orders' created_at
+/// index, and checks each one's items and dead letters by index: never the
 /// history.
 #[tokio::test]
 async fn the_pruner_reads_finished_orders_through_their_index() {
     let db = TestDb::new().await;
     sqlx::raw_sql(
-        "INSERT INTO work_orders (workflow_id, tenant_id, created_by, status, updated_at)
-           SELECT 'plan', gen_random_uuid(), gen_random_uuid(), 'COMPLETED', now() - g * interval '1 minute'
+        "INSERT INTO work_orders (workflow_id, tenant_id, created_by, status, created_at, updated_at)
+           SELECT 'plan', gen_random_uuid(), gen_random_uuid(), 'COMPLETED', now() - g * interval '1 minute' - interval '1 minute',
+                  now() - g * interval '1 minute'
            FROM generate_series(1, 20000) g;
          INSERT INTO work_items (work_order_id, type, content, status, processed_at)
            SELECT o.id, 'TICKET', '{}', 'COMPLETED', o.updated_at FROM work_orders o, generate_series(1, 5);
@@ -224,7 +225,7 @@ async fn the_pruner_reads_finished_orders_through_their_index() {
         "EXECUTE candidates(86400000, 100)".into(),
     )
     .await;
-    assert!(plan.contains("idx_work_orders_finished"), "candidates come from the finished-orders index:\n{plan}");
+    assert!(plan.contains("idx_work_orders_created_at"), "candidates come from the orders' created_at index:\n{plan}");
     assert!(plan.contains("idx_work_items_composite"), "each order's items are read by index:\n{plan}");
     assert!(plan.contains("dead_letters_open_item"), "open letters are read from their index:\n{plan}");
     assert!(!plan.contains("Seq Scan"), "the pruner scans a table:\n{plan}");

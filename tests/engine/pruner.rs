@@ -11,11 +11,14 @@ use uuid::Uuid;
 
 /// Makes the orders (and their finished items) look as if they finished two days ago.
 async fn age(pool: &PgPool, orders: &[Uuid]) {
-    sqlx::query("UPDATE work_orders SET updated_at = now() - interval '2 days' WHERE id = ANY($1)")
-        .bind(orders)
-        .execute(pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE work_orders SET created_at = now() - interval '3 days', updated_at = now() - interval '2 days'
+         WHERE id = ANY($1)",
+    )
+    .bind(orders)
+    .execute(pool)
+    .await
+    .unwrap();
     sqlx::query(
         "UPDATE work_items SET created_at = now() - interval '3 days', processed_at = now() - interval '2 days'
          WHERE work_order_id = ANY($1) AND processed_at IS NOT NULL",
