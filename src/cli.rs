@@ -116,6 +116,37 @@ pub struct BenchArgs {
     /// Keep the scratch database afterwards.
     #[arg(long)]
     pub keep: bool,
+    /// Route the items to an `http` agent that the bench serves itself on loopback and that
+    /// answers every request after this long (e.g. "100ms"), instead of the `echo` agent.
+    #[arg(long, value_parser = agent_latency)]
+    pub agent_latency: Option<std::time::Duration>,
+    /// The scratch database, dropped before and after the run: another name lets two benches
+    /// share a server. It must start with `orderly_bench` (the bench never drops anything
+    /// else), then lower-case letters, digits and `_`.
+    #[arg(long, default_value = "orderly_bench", value_parser = scratch_database_name)]
+    pub database_name: String,
+}
+
+/// A duration above zero and at most an hour (the bench's agent timeout is 30 s more).
+fn agent_latency(text: &str) -> Result<std::time::Duration, String> {
+    let latency = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if latency.is_zero() || latency > std::time::Duration::from_secs(3600) {
+        return Err("give a latency above 0 and at most 1h".into());
+    }
+    Ok(latency)
+}
+
+/// `orderly_bench` and names that extend it: the bench drops the database it is given, so it
+/// must never be one that holds anything but the bench's own items.
+fn scratch_database_name(name: &str) -> Result<String, String> {
+    let plain = name.len() <= 63 && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain && name.starts_with("orderly_bench") {
+        Ok(name.to_owned())
+    } else {
+        Err("the bench drops this database: name it orderly_bench or orderly_bench_SUFFIX \
+             (lower-case letters, digits and `_`, at most 63)"
+            .into())
+    }
 }
 
 #[derive(Debug, Args)]

@@ -322,6 +322,7 @@ impl Engine {
 pub async fn run(settings: Settings, registry: &Registry) -> anyhow::Result<()> {
     // Handlers first: a signal that arrives while the engine starts is handled gracefully.
     let mut signals = Signals::install();
+    open_files_for(&settings);
     let systemd = SystemdNotify::from_env();
     let engine = Engine::start(settings, registry, None).await?;
     // Migrations are applied and every loop runs (the listener connects on its own).
@@ -357,6 +358,43 @@ pub async fn run(settings: Settings, registry: &Registry) -> anyhow::Result<()> 
         anyhow::bail!("an engine task died (see the log above); exiting so that the process is restarted");
     }
     Ok(())
+}
+
+/// Raises this process's soft limit of open files (`RLIMIT_NOFILE`) to its hard limit, and
+/// returns the soft limit before and after. Every `http` agent execution in flight holds a
+/// socket (a `command` agent's, three pipes), so `worker.concurrency` in the thousands needs
+/// more than the soft limit of 1,024 that systemd and most shells give; the hard limit is
+/// what the administrator allows (systemd's default is 524,288, `LimitNOFILE=` sets it).
+pub fn raise_open_files_limit() -> nix::Result<(u64, u64)> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok((soft, getrlimit(Resource::RLIMIT_NOFILE)?.0))
+}
+
+/// `orderly run`'s start: the open-file limit raised ([`raise_open_files_limit`]), and a
+/// warning when it is still below what the configured concurrency may hold at once.
+fn open_files_for(settings: &Settings) {
+    match raise_open_files_limit() {
+        Ok((before, now)) => {
+            if now > before {
+                tracing::info!(from = before, to = now, "raised the open-file limit (RLIMIT_NOFILE) to its hard limit");
+            }
+            // One descriptor per execution in flight, the pools' connections, and a margin.
+            let wanted = (settings.worker.concurrency + settings.database.max_connections as usize + 128) as u64;
+            if now < wanted {
+                tracing::warn!(
+                    limit = now,
+                    wanted,
+                    "the open-file limit is below worker.concurrency plus the pools; \
+                    agents may fail with \"too many open files\": raise the hard limit (systemd: LimitNOFILE=)"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit (RLIMIT_NOFILE)"),
+    }
 }
 
 /// Runs one of the engine's long-lived tasks. A panic, or an end before `until` was

@@ -3,6 +3,11 @@
 //! as a child process (the production code path: attempts, evals/approval with the default
 //! policy, roll-ups), and report throughput, latencies, the daemon's RSS and CPU, and the
 //! database's work per item. Reports figures; asserts nothing.
+//!
+//! With `--agent-latency`, the items go to an `http` agent instead of `echo`: a server in the
+//! bench's own process, on loopback, that answers every request after that latency
+//! ([`LatencyAgent`]). The report then adds the ideal throughput (concurrency / latency),
+//! the measured share of it, and how many requests the agent held at once.
 
 use super::unreachable_hint;
 use crate::cli::{BenchArgs, BenchShape};
@@ -12,9 +17,9 @@ use anyhow::Context;
 use serde::Serialize;
 use sqlx::PgPool;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-
-const BENCH_DB: &str = "orderly_bench";
 
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct BenchReport {
@@ -24,6 +29,22 @@ pub struct BenchReport {
     /// How the items were enqueued (see `orderly bench --help`).
     pub shape: String,
     pub concurrency: usize,
+    /// `echo`, or `http` (the bench's own server, see [`LatencyAgent`]).
+    pub agent: String,
+    /// How long the `http` agent takes to answer; `None` for `echo`.
+    pub agent_latency_ms: Option<f64>,
+    /// concurrency / latency: the most the daemon can finish with every slot busy.
+    pub ideal_items_per_s: Option<f64>,
+    /// processing_items_per_s / ideal_items_per_s.
+    pub ratio_to_ideal: Option<f64>,
+    /// Requests the `http` agent answered during processing (one per item when none fails).
+    pub agent_requests: Option<u64>,
+    /// Most requests the `http` agent held at once during processing: the daemon's real
+    /// concurrency, at most `concurrency`.
+    pub agent_peak_in_flight: Option<usize>,
+    /// CPU of the bench's process during processing, per item: the `http` agent's server
+    /// almost entirely (on the same cores as the daemon and PostgreSQL).
+    pub bench_cpu_us_per_item: Option<f64>,
     pub history: usize,
     pub fsync: String,
     pub synchronous_commit: String,
@@ -63,7 +84,7 @@ impl Percentiles {
 
 pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
     let mut url = reqwest::Url::parse(&settings.database.url).context("database.url is not a URL")?;
-    url.set_path(&format!("/{BENCH_DB}"));
+    url.set_path(&format!("/{}", args.database_name));
     let url = url.to_string();
     db::drop_database(&url).await.map_err(|e| unreachable_hint(&url, e))?;
     db::ensure_database(&url).await.map_err(|e| unreachable_hint(&url, e))?;
@@ -83,6 +104,9 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
         items_per_order: args.items_per_order,
         shape: format!("{:?}", args.shape).to_lowercase(),
         concurrency: args.concurrency,
+        agent: if args.agent_latency.is_some() { "http" } else { "echo" }.into(),
+        agent_latency_ms: args.agent_latency.map(|l| l.as_secs_f64() * 1e3),
+        ideal_items_per_s: args.agent_latency.map(|l| args.concurrency as f64 / l.as_secs_f64()),
         history: args.history,
         ..BenchReport::default()
     };
@@ -99,24 +123,44 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
     report.enqueue_items_per_s = args.items as f64 / started.elapsed().as_secs_f64();
     upstream.close().await;
 
+    let agent = match args.agent_latency {
+        Some(latency) => {
+            // The agent's server holds a socket per request in flight, as the daemon does.
+            if let Err(e) = crate::daemon::raise_open_files_limit() {
+                say(format!("cannot raise the open-file limit: {e}"));
+            }
+            Some(LatencyAgent::start(latency).await?)
+        }
+        None => None,
+    };
     let config = std::env::temp_dir().join(format!("orderly-bench-{}.toml", std::process::id()));
-    std::fs::write(
-        &config,
-        format!(
-            "[database]\nmigrate_on_start = false\n[worker]\nconcurrency = {}\n[routes]\nTICKET = \"echo\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"warn,sqlx=error\"\n",
-            args.concurrency
-        ),
-    )?;
+    std::fs::write(&config, daemon_config(args.concurrency, agent.as_ref()))?;
     let before = settled_counters(&pool).await?;
-    say("processing with `orderly run`…".into());
+    say(match &agent {
+        Some(agent) => format!(
+            "processing with `orderly run`, an http agent answering after {}…",
+            humantime::format_duration(agent.latency)
+        ),
+        None => "processing with `orderly run`…".into(),
+    });
     let started = db::bench::now(&pool).await?;
+    let (bench_cpu_before, _) = process_usage(std::process::id());
     let daemon = spawn_daemon(&config, &url)?;
     wait_drained(&pool, Duration::from_secs(3600)).await?;
+    if let Some(agent) = &agent {
+        let (bench_cpu, _) = process_usage(std::process::id());
+        report.bench_cpu_us_per_item = Some((bench_cpu - bench_cpu_before) * 1e6 / args.items as f64);
+        report.agent_requests = Some(agent.stats.requests.load(Ordering::Relaxed));
+        report.agent_peak_in_flight = Some(agent.stats.peak.load(Ordering::Relaxed));
+    }
     // The end is the last recorded attempt on the database clock, so the (deliberately
     // infrequent) drain poll does not blur the figure.
     let finished = db::bench::last_completion(&pool).await?.unwrap_or(started);
     report.processing_seconds = (finished - started).num_microseconds().unwrap_or(0) as f64 / 1e6;
     report.processing_items_per_s = args.items as f64 / report.processing_seconds;
+    report.ratio_to_ideal = report.ideal_items_per_s.map(|ideal| report.processing_items_per_s / ideal);
+    // The daemon is still running: its high-water mark covers all of processing, every
+    // slot busy included.
     let (cpu, processing_rss) = process_usage(daemon.id());
     // The daemon's connections publish their statistics when they close.
     stop_daemon(daemon);
@@ -177,6 +221,89 @@ async fn finish(
         print_report(&report);
     }
     Ok(())
+}
+
+/// The daemon's configuration: the given concurrency, TICKET routed to `echo`, or to the
+/// bench's own `http` agent when there is one.
+fn daemon_config(concurrency: usize, agent: Option<&LatencyAgent>) -> String {
+    let route = match agent {
+        None => "[routes]\nTICKET = \"echo\"\n".to_owned(),
+        // Loopback, so allow_private; the timeout leaves room for a loaded machine.
+        Some(agent) => format!(
+            "[agents.bench_http]\nkind = \"http\"\nurl = \"{}\"\nallow_private = true\ntimeout = \"{}\"\n\
+             [routes]\nTICKET = \"bench_http\"\n",
+            agent.url,
+            humantime::format_duration(agent.latency + Duration::from_secs(30))
+        ),
+    };
+    format!(
+        "[database]\nmigrate_on_start = false\n[worker]\nconcurrency = {concurrency}\n{route}\
+         [admin]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"warn,sqlx=error\"\n"
+    )
+}
+
+/// The bench's `http` agent: a server on 127.0.0.1 (a free port) in the bench's own process,
+/// on its multi-threaded runtime, that answers every POST to `/` with `{"ok":true}` after
+/// `latency`. Each request costs it a timer and a small answer (the report gives its CPU per
+/// item, which shares the cores with the daemon and PostgreSQL); [`AgentStats`] counts what
+/// it served.
+pub struct LatencyAgent {
+    pub url: String,
+    pub latency: Duration,
+    pub stats: Arc<AgentStats>,
+}
+
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    /// Requests answered.
+    pub requests: AtomicU64,
+    /// Requests being served now, and the most at once.
+    pub in_flight: AtomicUsize,
+    pub peak: AtomicUsize,
+}
+
+impl LatencyAgent {
+    /// Binds and starts serving; the server lives as long as the runtime.
+    pub async fn start(latency: Duration) -> anyhow::Result<LatencyAgent> {
+        use axum::serve::ListenerExt;
+        let stats = Arc::new(AgentStats::default());
+        let app = axum::Router::new().route("/", axum::routing::post(answer)).with_state((latency, stats.clone()));
+        // A backlog above tokio's default 1,024: a claim starts up to claim_batch requests at once.
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind((std::net::Ipv4Addr::LOCALHOST, 0).into())?;
+        let listener = socket.listen(4096)?;
+        let url = format!("http://{}/", listener.local_addr()?);
+        // Answers are small writes: no Nagle delay waiting for the client's ACK.
+        let listener = listener.tap_io(|stream| {
+            let _ = stream.set_nodelay(true);
+        });
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                eprintln!("the bench's agent server stopped: {e}");
+            }
+        });
+        Ok(LatencyAgent { url, latency, stats })
+    }
+}
+
+/// One request: read the envelope, wait the latency, answer. A request the client gives up
+/// on (its future dropped) leaves the count of those in flight all the same.
+async fn answer(
+    axum::extract::State((latency, stats)): axum::extract::State<(Duration, Arc<AgentStats>)>,
+    _envelope: axum::body::Bytes,
+) -> impl axum::response::IntoResponse {
+    struct Serving<'a>(&'a AgentStats);
+    impl Drop for Serving<'_> {
+        fn drop(&mut self) {
+            self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let now = stats.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+    stats.peak.fetch_max(now, Ordering::Relaxed);
+    let _serving = Serving(&stats);
+    tokio::time::sleep(latency).await;
+    stats.requests.fetch_add(1, Ordering::Relaxed);
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], r#"{"ok":true}"#)
 }
 
 fn spawn_daemon(config: &std::path::Path, url: &str) -> anyhow::Result<Child> {
@@ -292,12 +419,28 @@ fn print_report(r: &BenchReport) {
         "orderly bench {}: {} items, {} per order, concurrency {}, history {}",
         r.date, r.items, r.items_per_order, r.concurrency, r.history
     );
+    match r.agent_latency_ms {
+        Some(latency) => println!(
+            "  agent             http, answering after {latency:.0} ms (served by the bench on loopback; \
+             {} requests, at most {} at once)",
+            r.agent_requests.unwrap_or(0),
+            r.agent_peak_in_flight.unwrap_or(0)
+        ),
+        None => println!("  agent             {}", r.agent),
+    }
     println!("  postgres          fsync={} synchronous_commit={}", r.fsync, r.synchronous_commit);
     println!("  enqueue           {:>10.0} items/s (batched plain INSERTs)", r.enqueue_items_per_s);
     println!(
         "  processing        {:>10.0} items/s ({:.2}s from daemon start to the last item recorded)",
         r.processing_items_per_s, r.processing_seconds
     );
+    if let (Some(ideal), Some(ratio)) = (r.ideal_items_per_s, r.ratio_to_ideal) {
+        println!(
+            "  ideal             {ideal:>10.0} items/s (concurrency / latency): measured {ratio:.2}x; \
+             bench's own CPU {:.0} µs/item",
+            r.bench_cpu_us_per_item.unwrap_or(f64::NAN)
+        );
+    }
     let p = |x: &Percentiles| {
         format!("p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2} ms ({} samples)", x.p50, x.p90, x.p99, x.max, x.samples)
     };
@@ -311,4 +454,52 @@ fn print_report(r: &BenchReport) {
         "  database          {:.3} transactions/item, {:.2} rows written/item, {:.0} bytes of WAL/item",
         r.db_transactions_per_item, r.db_rows_written_per_item, r.db_wal_bytes_per_item
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::{AgentRequest, AttemptView, ContextView, Registry, WorkItemView, WorkOrderView};
+    use serde_json::json;
+
+    /// The configuration the bench gives its daemon routes TICKET to the bench's own server
+    /// through the real `http` agent kind (loopback allowed), which answers `{"ok":true}`.
+    #[tokio::test]
+    async fn the_daemon_config_reaches_the_latency_agent_through_the_http_kind() {
+        let server = LatencyAgent::start(Duration::from_millis(5)).await.unwrap();
+        let settings = Settings::from_toml_over_defaults(&daemon_config(5000, Some(&server))).unwrap();
+        assert_eq!(settings.worker.concurrency, 5000);
+        assert_eq!(settings.routes["TICKET"], "bench_http");
+        let agents = Registry::builtin().build(&settings.agents, settings.agent_limits()).unwrap();
+        let agent = agents.get("bench_http").unwrap();
+        assert!(agent.timeout > server.latency, "the agent's timeout leaves room above the latency");
+        let request = AgentRequest {
+            work_item: WorkItemView {
+                id: uuid::Uuid::now_v7(),
+                item_type: "TICKET".into(),
+                content: json!({"n": 1}),
+                priority: "MEDIUM".into(),
+                created_at: chrono::Utc::now(),
+            },
+            work_order: WorkOrderView {
+                id: uuid::Uuid::now_v7(),
+                workflow_id: "bench".into(),
+                tenant_id: uuid::Uuid::new_v4(),
+                created_by: uuid::Uuid::new_v4(),
+                priority: "MEDIUM".into(),
+                metadata: json!({}),
+            },
+            attempt: AttemptView { id: uuid::Uuid::now_v7(), number: 1, max_attempts: 5 },
+            context: ContextView::default(),
+        };
+        let (a, b) = tokio::join!(agent.executor.execute(&request), agent.executor.execute(&request));
+        assert_eq!(a.unwrap(), json!({"ok": true}));
+        assert_eq!(b.unwrap(), json!({"ok": true}));
+        assert_eq!(server.stats.requests.load(Ordering::Relaxed), 2);
+        assert_eq!(server.stats.in_flight.load(Ordering::Relaxed), 0);
+        assert!((1..=2).contains(&server.stats.peak.load(Ordering::Relaxed)));
+
+        let echo = Settings::from_toml_over_defaults(&daemon_config(256, None)).unwrap();
+        assert_eq!(echo.routes["TICKET"], "echo");
+    }
 }

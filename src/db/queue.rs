@@ -124,10 +124,19 @@ pub async fn mem_docs(pool: &PgPool, item_ids: &[Uuid]) -> Result<Vec<MemDoc>, s
 
 /// The lease renewal statement (see [`renew_leases`]); public so the plan test can EXPLAIN it.
 /// By primary key, never through the partial index of leased rows (see [`COMPLETE_SQL`]).
-pub const RENEW_SQL: &str = "UPDATE work_items w SET lease_expires_at = now() + $3 * interval '1 millisecond'
-         FROM unnest($1::uuid[], $2::int[]) AS u(id, attempt)
-         WHERE w.id = u.id AND w.attempt = u.attempt AND w.status::text = 'PROCESSING'
-           AND w.id IN (SELECT id FROM work_items WHERE id = ANY ($1::uuid[]) FOR UPDATE SKIP LOCKED)
+/// The rows are locked once, in a materialized CTE: as `w.id IN (SELECT … FOR UPDATE SKIP
+/// LOCKED)` the locking subquery was the inner side of a nested loop, run again for every
+/// renewed row, so a renewal cost O(n²) in the items in flight (5,000 in flight: over 30 s,
+/// holding the row locks the completers wait for, longer than the lease).
+pub const RENEW_SQL: &str = "WITH locked AS MATERIALIZED (
+             SELECT w.id, w.attempt FROM work_items w
+             JOIN unnest($1::uuid[], $2::int[]) AS u(id, attempt) ON w.id = u.id
+             WHERE w.attempt = u.attempt AND w.status::text = 'PROCESSING'
+             FOR UPDATE OF w SKIP LOCKED
+         )
+         UPDATE work_items w SET lease_expires_at = now() + $3 * interval '1 millisecond'
+         FROM locked l
+         WHERE w.id = l.id AND w.attempt = l.attempt AND w.status::text = 'PROCESSING'
          RETURNING w.id";
 
 /// Of the given (id, attempt) pairs, those still current and PROCESSING (no lock taken).

@@ -209,6 +209,103 @@ async fn bench_runs_the_daemon_and_reports_what_it_measured() {
     assert_eq!(left, 0, "the scratch database is dropped");
 }
 
+/// `orderly bench --agent-latency`: every item goes through the bench's own `http` agent,
+/// the report says so and derives the ideal throughput from the latency, and the scratch
+/// database it was given by name is dropped.
+#[tokio::test]
+async fn bench_with_an_agent_latency_sends_every_item_to_its_http_agent() {
+    let name = format!("orderly_bench_test_{}", uuid::Uuid::new_v4().simple());
+    let out = orderly(
+        &base_url(),
+        &[
+            "bench",
+            "--items",
+            "200",
+            "--items-per-order",
+            "20",
+            "--concurrency",
+            "50",
+            "--agent-latency",
+            "20ms",
+            "--throughput-only",
+            "--json",
+            "--database-name",
+            &name,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
+    assert_eq!(report["agent"], "http", "{report}");
+    assert_eq!(report["agent_latency_ms"], 20.0, "{report}");
+    assert_eq!(report["ideal_items_per_s"], 2500.0, "50 slots / 20 ms: {report}");
+    assert_eq!(report["agent_requests"], 200, "one request per item: {report}");
+    let peak = report["agent_peak_in_flight"].as_u64().unwrap();
+    assert!((1..=50).contains(&peak), "never more requests at once than slots: {report}");
+    assert!(report["ratio_to_ideal"].as_f64().unwrap() > 0.0, "{report}");
+    let pool = sqlx::PgPool::connect(&base_url()).await.unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+        .bind(&name)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the named scratch database is dropped");
+
+    // The bench drops the database it is given: only orderly_bench and its extensions.
+    for refused in ["orderly", "postgres", "orderly_bench-x", "Orderly_bench"] {
+        let out = orderly(&base_url(), &["bench", "--database-name", refused]);
+        assert_eq!(out.status.code(), Some(2), "--database-name {refused} is refused: {}", text(&out));
+    }
+    let out = orderly(&base_url(), &["bench", "--agent-latency", "0s"]);
+    assert_eq!(out.status.code(), Some(2), "a latency of zero is refused: {}", text(&out));
+}
+
+/// The soft and hard limits of open files of a process, from /proc.
+fn open_files_limits(pid: u32) -> Option<(String, String)> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    Some((fields.next()?.to_owned(), fields.next()?.to_owned()))
+}
+
+/// `orderly run` started under a low soft limit of open files (as systemd's 1,024) raises it
+/// to the hard limit: an execution of an `http` agent in flight holds a socket.
+#[tokio::test]
+async fn orderly_run_raises_its_open_files_limit_to_the_hard_limit() {
+    let db = TestDb::new().await;
+    let (_, hard) = open_files_limits(std::process::id()).unwrap();
+    let mut daemon = Command::new("bash")
+        .args(["-c", "ulimit -S -n 64 && exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_orderly"), "run"])
+        .env("DATABASE_URL", &db.url)
+        .env("ORDERLY__ADMIN__LISTEN", "127.0.0.1:0")
+        .env_remove("ORDERLY_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = daemon.id();
+    // The daemon raises it first thing; by the time it LISTENs it has long been done.
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(20)
+        && count(
+            &db.pool,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+        )
+        .await
+            == 0
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let seen = open_files_limits(pid);
+    let raised = seen.as_ref().is_some_and(|(soft, hard_now)| soft == hard_now);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::task::spawn_blocking(move || daemon.wait()).await.unwrap().unwrap();
+    assert!(raised, "the soft limit was not raised to the hard limit ({hard}): {seen:?}");
+    assert_eq!(seen.map(|(_, h)| h), Some(hard), "the hard limit is left as it was");
+    assert!(status.success(), "SIGTERM exits 0, got {status}");
+}
+
 /// `orderly demo` end to end at a small size: real agents, the summary, and its SLA part
 /// (escalations fired by a slow agent, delivered to the demo's own webhook).
 #[tokio::test]

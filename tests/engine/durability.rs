@@ -169,3 +169,66 @@ async fn a_worker_whose_lease_is_taken_stops_the_work() {
     stop(engine).await;
     assert_eq!(count(&db.pool, "SELECT count(*) FROM attempts").await, 0, "nothing written by the worker that lost");
 }
+
+/// One heartbeat round (`worker::heartbeat::run_once`): a lease still ours is renewed; a row
+/// another transaction holds locked (a completion being written) is skipped, neither renewed
+/// nor stopped, and renewed by the next round; an execution whose attempt was taken over is
+/// stopped. The statement locks the rows once, however many are in flight (tests/engine/plans.rs).
+#[tokio::test]
+async fn a_heartbeat_round_renews_skips_locked_rows_and_stops_what_was_taken() {
+    use orderly::worker::{InFlight, Lease, heartbeat, runner::Stop};
+    let db = TestDb::new().await;
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    for _ in 0..3 {
+        insert_item(&db.pool, order, "TICKET", "{}").await;
+    }
+    let claimed = db::queue::claim(&db.pool, "test-worker", 3, Duration::from_secs(30), 1 << 20).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    let in_flight = InFlight::default();
+    let mut stops = Vec::new();
+    for item in &claimed {
+        let stop = Stop::default();
+        in_flight.insert(
+            item.id,
+            Lease { attempt: item.attempt, confirmed_at: std::time::Instant::now(), stop: stop.clone() },
+        );
+        stops.push(stop);
+    }
+    let (ours, locked, taken) = (claimed[0].id, claimed[1].id, claimed[2].id);
+    sqlx::query("UPDATE work_items SET lease_expires_at = now() + interval '1 second' WHERE id = ANY($1)")
+        .bind(vec![ours, locked, taken])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE work_items SET attempt = attempt + 1, locked_by = 'other' WHERE id = $1")
+        .bind(taken)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut holder = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM work_items WHERE id = $1 FOR UPDATE").bind(locked).execute(&mut *holder).await.unwrap();
+
+    let lease_left = |id: Uuid| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, f64>(
+                "SELECT extract(epoch FROM lease_expires_at - now())::float8 FROM work_items WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let stopped = heartbeat::run_once(&db.pool, &in_flight, Duration::from_secs(30)).await;
+    assert_eq!(stopped, 1, "only the execution whose attempt was taken over stops");
+    assert!(stops[2].lease_lost.is_cancelled());
+    assert!(!stops[0].lease_lost.is_cancelled() && !stops[1].lease_lost.is_cancelled());
+    assert!(lease_left(ours).await > 20.0, "our lease is renewed to the full 30 s");
+    holder.rollback().await.unwrap();
+    assert!(lease_left(locked).await < 2.0, "a row locked elsewhere is skipped, not waited for");
+
+    let stopped = heartbeat::run_once(&db.pool, &in_flight, Duration::from_secs(30)).await;
+    assert_eq!(stopped, 0, "the taken execution is already stopped");
+    assert!(lease_left(locked).await > 20.0, "renewed once its lock is released");
+}

@@ -165,6 +165,12 @@ async fn hot_statements_use_indexes_not_table_scans() {
     .await;
     assert!(!renew.contains("Seq Scan"), "lease renewal scans a table:\n{renew}");
     assert!(!renew.contains("idx_work_items_leased"), "lease renewal walks the leased index:\n{renew}");
+    // The rows are locked once, in the CTE: a locking subquery on the inner side of a join is
+    // run again for every renewed row (O(n²) in the items in flight).
+    let (cte, lock) = (renew.find("CTE locked"), renew.find("LockRows"));
+    assert!(cte.is_some() && lock > cte, "lease renewal locks outside its CTE:\n{renew}");
+    assert_eq!(renew.matches("LockRows").count(), 1, "lease renewal locks twice:\n{renew}");
+    assert!(!renew.contains("Subquery Scan") && !renew.contains("SubPlan"), "a subquery per row:\n{renew}");
     let orders: Vec<uuid::Uuid> =
         sqlx::query_scalar("SELECT id FROM work_orders LIMIT 3").fetch_all(&db.pool).await.unwrap();
     let order_array = uuid_array(&orders);
