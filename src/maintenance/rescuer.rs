@@ -48,14 +48,20 @@ impl Rescuer {
     pub async fn run(self, leading: watch::Receiver<bool>, stop: CancellationToken) {
         super::every_interval_while_leading(self.settings.worker.rescue_interval, leading, stop, || async {
             match self.run_once().await {
-                Ok(report) if report != RescueReport::default() => {
-                    tracing::warn!(
-                        requeued = report.requeued,
-                        dead_lettered = report.dead_lettered,
-                        "rescued expired leases"
-                    );
+                Ok(report) => {
+                    if report.requeued + report.dead_lettered > 0 {
+                        tracing::warn!(
+                            requeued = report.requeued,
+                            dead_lettered = report.dead_lettered,
+                            "rescued expired leases"
+                        );
+                    }
+                    if report.orders_healed > 0 {
+                        // Usually a writer's own roll-up, a moment after its commit, that the
+                        // healing read happened to see first; after a crash, the crash's.
+                        tracing::info!(orders = report.orders_healed, "rolled up orders whose items had all finished");
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => crate::telemetry::warn_limited("rescue", "rescue failed", &e),
             }
         })
