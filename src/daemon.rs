@@ -147,11 +147,13 @@ impl Engine {
         // Delivers the SLA notifications outbox; on every replica (claims with SKIP LOCKED).
         let notifier = crate::sla::notifier::Notifier::new(pool.clone(), settings.notifier.clone())
             .context("building the notifier's HTTP client")?;
+        // The dispatcher says when it waits for work; the listener then holds the wake lock.
+        let (waiting_tx, waiting_rx) = tokio::sync::watch::channel(false);
         let background = vec![
             watched(
                 "listener",
                 &stop_claiming,
-                Box::pin(listener::run(pool.clone(), wake.clone(), metrics.clone(), stop_claiming.clone())),
+                Box::pin(listener::run(pool.clone(), wake.clone(), waiting_rx, metrics.clone(), stop_claiming.clone())),
             ),
             watched(
                 "heartbeat",
@@ -201,6 +203,7 @@ impl Engine {
                     ctx,
                     slots: Arc::new(Semaphore::new(settings.worker.concurrency)),
                     wake,
+                    waiting: waiting_tx,
                     in_flight: in_flight.clone(),
                     metrics: metrics.clone(),
                     completions: tx,

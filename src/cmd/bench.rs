@@ -52,6 +52,14 @@ pub struct BenchReport {
     pub processing_items_per_s: f64,
     pub processing_seconds: f64,
     pub pickup_ms: Percentiles,
+    /// Pickup latency when every INSERT comes on a connection opened for it.
+    pub pickup_new_connection_ms: Percentiles,
+    /// Wall time of a new connection's first INSERT of an item (commit included).
+    pub first_insert_ms: Percentiles,
+    /// The same into a copy of `work_items` without orderly's trigger and queue indexes.
+    pub first_insert_plain_ms: Percentiles,
+    /// Median of `first_insert_ms` over the median of `first_insert_plain_ms`.
+    pub first_insert_ratio: f64,
     pub end_to_end_ms: Percentiles,
     pub end_to_end_offered_per_s: f64,
     pub daemon_peak_rss_mib: f64,
@@ -177,15 +185,41 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
     }
     // A fresh daemon, idle once it listens, for the latency phases.
     let daemon = spawn_daemon(&config, &url)?;
-    wait_listening(&pool, Duration::from_secs(30)).await?;
-    say("pickup latency on an idle engine…".into());
+    if let Err(e) = wait_listening(&pool, Duration::from_secs(30)).await {
+        stop_daemon(daemon);
+        return Err(e);
+    }
+    say("pickup latency on an idle engine (a pooled upstream, then one that connects per INSERT)…".into());
     let mut pickups = Vec::new();
     for _ in 0..args.pickup_samples {
         tokio::time::sleep(Duration::from_millis(15)).await;
-        pickups.push(db::bench::timed_single_insert(&pool).await?);
+        pickups.push(db::bench::timed_single_insert(&mut *pool.acquire().await?).await?);
+    }
+    let mut fresh = Vec::new();
+    for _ in 0..args.pickup_samples {
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await?;
+        fresh.push(db::bench::timed_single_insert(&mut conn).await?);
+        sqlx::Connection::close(conn).await?;
     }
     wait_drained(&pool, Duration::from_secs(60)).await?;
     report.pickup_ms = Percentiles::of(db::bench::pickup_latencies(&pool, &pickups).await?);
+    report.pickup_new_connection_ms = Percentiles::of(db::bench::pickup_latencies(&pool, &fresh).await?);
+
+    // The upstream's first INSERT on a new connection, against the same INSERT into a copy of
+    // the table without orderly's trigger and queue indexes, alternating, on the live engine.
+    say("first INSERT on a new connection: work_items and a plain copy…".into());
+    let order = db::bench::create_plain_copy(&pool).await?;
+    let (mut ours, mut plain) = (Vec::new(), Vec::new());
+    for _ in 0..args.pickup_samples {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        plain.push(db::bench::first_insert_ms(&url, db::bench::InsertTarget::PlainCopy, order).await?);
+        ours.push(db::bench::first_insert_ms(&url, db::bench::InsertTarget::WorkItems, order).await?);
+    }
+    wait_drained(&pool, Duration::from_secs(60)).await?;
+    report.first_insert_ms = Percentiles::of(ours);
+    report.first_insert_plain_ms = Percentiles::of(plain);
+    report.first_insert_ratio = report.first_insert_ms.p50 / report.first_insert_plain_ms.p50;
 
     let offered = (report.processing_items_per_s * 0.5).clamp(100.0, 20_000.0);
     say(format!("end-to-end latency at {offered:.0} items/s offered for 3s…"));
@@ -445,6 +479,13 @@ fn print_report(r: &BenchReport) {
         format!("p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2} ms ({} samples)", x.p50, x.p90, x.p99, x.max, x.samples)
     };
     println!("  pickup latency    {}", p(&r.pickup_ms));
+    println!("    new connection  {}", p(&r.pickup_new_connection_ms));
+    println!("  first INSERT      {} on a new connection", p(&r.first_insert_ms));
+    println!(
+        "    plain copy      {} ({:.2}x: work_items over a copy without orderly's trigger)",
+        p(&r.first_insert_plain_ms),
+        r.first_insert_ratio
+    );
     println!("  end-to-end        {} at {:.0} items/s offered", p(&r.end_to_end_ms), r.end_to_end_offered_per_s);
     println!(
         "  daemon            peak RSS {:.1} MiB, CPU {:.2}s ({:.0} µs/item)",

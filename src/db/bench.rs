@@ -148,11 +148,16 @@ pub async fn other_connections(pool: &PgPool) -> Result<i64, sqlx::Error> {
     .await
 }
 
-/// Whether a connection to this database is listening (a daemon ready for NOTIFY).
+/// Whether a daemon on this database waits for work with its wake lock held (it has
+/// LISTENed, drained the queue, and INSERTs now send it a NOTIFY).
 pub async fn anyone_listening(pool: &PgPool) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%')",
+        "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                        WHERE d.datname = current_database() AND l.locktype = 'advisory' AND l.granted
+                          AND l.mode = 'ExclusiveLock' AND l.objsubid = 1
+                          AND l.classid = ($1 >> 32)::oid AND l.objid = ($1 & 4294967295)::oid)",
     )
+    .bind(super::WAKE_LOCK)
     .fetch_one(pool)
     .await
 }
@@ -163,8 +168,9 @@ pub async fn now(pool: &PgPool) -> Result<DateTime<Utc>, sqlx::Error> {
 
 /// Inserts one item in its own transaction; returns the item and the database time just
 /// before COMMIT was sent.
-pub async fn timed_single_insert(pool: &PgPool) -> Result<(Uuid, DateTime<Utc>), sqlx::Error> {
-    let mut tx = pool.begin().await?;
+pub async fn timed_single_insert(conn: &mut sqlx::PgConnection) -> Result<(Uuid, DateTime<Utc>), sqlx::Error> {
+    use sqlx::Connection;
+    let mut tx = conn.begin().await?;
     let order: Uuid = sqlx::query_scalar(
         "INSERT INTO work_orders (workflow_id, tenant_id, created_by) VALUES ('pickup', gen_random_uuid(), gen_random_uuid()) RETURNING id",
     )
@@ -208,4 +214,51 @@ pub async fn end_to_end_since(pool: &PgPool, since: DateTime<Utc>) -> Result<Vec
     .bind(since)
     .fetch_all(pool)
     .await
+}
+
+/// The table an upstream's INSERT is compared with: `work_items`' columns, defaults and
+/// constraints, its foreign key and the seed's indexes, without orderly's trigger and
+/// queue indexes; and one order for both tables' rows. Returns the order.
+pub async fn create_plain_copy(pool: &PgPool) -> Result<Uuid, sqlx::Error> {
+    sqlx::raw_sql(
+        "CREATE TABLE work_items_plain (LIKE work_items INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+         ALTER TABLE work_items_plain ALTER COLUMN priority SET DEFAULT 'MEDIUM',
+           ALTER COLUMN id SET DEFAULT gen_random_uuid(),
+           ADD PRIMARY KEY (id),
+           ADD FOREIGN KEY (work_order_id) REFERENCES work_orders(id) ON DELETE CASCADE;
+         CREATE INDEX ON work_items_plain (work_order_id, status, type);",
+    )
+    .execute(pool)
+    .await?;
+    sqlx::query_scalar(
+        "INSERT INTO work_orders (workflow_id, tenant_id, created_by) VALUES ('first-insert', gen_random_uuid(), gen_random_uuid()) RETURNING id",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Which table [`first_insert_ms`] writes to.
+#[derive(Debug, Clone, Copy)]
+pub enum InsertTarget {
+    WorkItems,
+    PlainCopy,
+}
+
+/// Opens a connection to `url`, then times (wall clock, milliseconds) its first statement: a
+/// single-row INSERT of an item into `order`, sent as a simple query as psql would, in its
+/// own transaction (so the commit is included). The connection is closed afterwards.
+pub async fn first_insert_ms(url: &str, target: InsertTarget, order: Uuid) -> Result<f64, sqlx::Error> {
+    use sqlx::Connection;
+    let table = match target {
+        InsertTarget::WorkItems => "work_items",
+        InsertTarget::PlainCopy => "work_items_plain",
+    };
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let sql = format!("INSERT INTO {table} (work_order_id, type, content) VALUES ('{order}', 'TICKET', '{{}}')");
+    let started = std::time::Instant::now();
+    // The table comes from the enum and the order is a uuid: nothing from outside.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await?;
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    conn.close().await?;
+    Ok(ms)
 }

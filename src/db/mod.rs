@@ -74,6 +74,32 @@ text_labels!(ItemStatus, OrderStatus, AttemptStatus, Priority, Decision, DeadLet
 /// The channel the NOTIFY trigger on `work_items` signals (migrations/0002).
 pub const WORK_CHANNEL: &str = "orderly_work";
 
+/// The advisory-lock key a daemon holds while it waits for work (migrations/0015): an INSERT
+/// of a runnable item that cannot take it shared sends a NOTIFY. "ordwake" in ASCII.
+pub const WAKE_LOCK: i64 = 0x006f_7264_7761_6b65;
+
+/// Tries to take the wake lock on this session (tagged `orderly listener`, so that
+/// `pg_stat_activity` shows which session listens: its last statement is LISTEN or this) (the LISTEN connection); true when taken.
+pub async fn try_hold_wake_lock<'c, E>(conn: E) -> Result<bool, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    sqlx::query_scalar("SELECT pg_try_advisory_lock($1) /* orderly listener */").bind(WAKE_LOCK).fetch_one(conn).await
+}
+
+/// Lets the wake lock go (a daemon that is working through a backlog needs no NOTIFY);
+/// tagged like [`try_hold_wake_lock`].
+pub async fn release_wake_lock<'c, E>(conn: E) -> Result<(), sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock($1) /* orderly listener */")
+        .bind(WAKE_LOCK)
+        .fetch_one(conn)
+        .await
+        .map(|_| ())
+}
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Planner settings of the engine's connections (sent at connect, no extra round trip).

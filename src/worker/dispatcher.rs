@@ -29,6 +29,9 @@ pub struct Dispatcher {
     pub slots: Arc<Semaphore>,
     /// Woken by the listener (NOTIFY) and by the completer when a retry becomes runnable.
     pub wake: Arc<Notify>,
+    /// Whether this dispatcher waits for work (its last claim came back short): the listener
+    /// then holds the wake lock, so that INSERTs send a NOTIFY (`super::listener`).
+    pub waiting: tokio::sync::watch::Sender<bool>,
     /// Leases this process holds, for the heartbeat and the completer.
     pub in_flight: InFlight,
     pub metrics: Arc<Metrics>,
@@ -81,6 +84,7 @@ impl Dispatcher {
                     recheck = if got > 0 { QUICK_RECHECK.min(poll) } else { (recheck * 2).min(poll) };
                     self.metrics.ready.store(true, std::sync::atomic::Ordering::Relaxed);
                     error_delay = Duration::from_millis(50);
+                    self.waiting.send_if_modified(|waiting| std::mem::replace(waiting, got < want) != (got < want));
                     if got == want {
                         continue; // there may be more ready
                     }

@@ -1,6 +1,12 @@
 //! LISTEN on the work channel and wake the dispatcher. NOTIFY is a hint, the table is the
 //! truth: after any reconnect the dispatcher is woken to catch up by polling.
 //!
+//! The same connection holds the wake lock (`db::WAKE_LOCK`) while the dispatcher says it
+//! waits for work (`waiting`): only then do INSERTs send a NOTIFY. The lock is taken with a
+//! try (another replica may hold it, or INSERTs hold it shared until their commits), retried
+//! with a backoff, and each time it is taken the dispatcher is woken once: an INSERT that
+//! committed without a NOTIFY just before is then claimed. A lost connection lets it go.
+//!
 //! `Metrics::listening` says whether the LISTEN connection is up (`/readyz`): set once LISTEN
 //! succeeded, cleared as soon as the connection is lost and whenever this task ends. A lost
 //! connection is re-established here (not by `PgListener`'s own reconnect inside `try_recv`),
@@ -17,7 +23,13 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-pub async fn run(pool: PgPool, wake: Arc<Notify>, metrics: Arc<crate::metrics::Metrics>, stop: CancellationToken) {
+pub async fn run(
+    pool: PgPool,
+    wake: Arc<Notify>,
+    mut waiting: tokio::sync::watch::Receiver<bool>,
+    metrics: Arc<crate::metrics::Metrics>,
+    stop: CancellationToken,
+) {
     let listening = Listening(&metrics.listening);
     let mut backoff = reconnect_backoff();
     while !stop.is_cancelled() {
@@ -41,9 +53,47 @@ pub async fn run(pool: PgPool, wake: Arc<Notify>, metrics: Arc<crate::metrics::M
         listening.set(true);
         tracing::debug!(channel = db::WORK_CHANNEL, "listening");
         wake.notify_one();
+        // The wake lock on this session, and when to try for it again.
+        let mut held = false;
+        let mut retry: Option<(tokio::time::Instant, Duration)> = Some((tokio::time::Instant::now(), WAKE_RETRY_MIN));
         loop {
+            let want = *waiting.borrow_and_update();
+            if want && !held && retry.is_some_and(|(at, _)| at <= tokio::time::Instant::now()) {
+                match db::try_hold_wake_lock(&mut listener).await {
+                    Ok(true) => {
+                        held = true;
+                        retry = None;
+                        // INSERTs that committed before now sent no NOTIFY: claim once more.
+                        wake.notify_one();
+                    }
+                    Ok(false) => {
+                        let pause = retry.map_or(WAKE_RETRY_MIN, |(_, pause)| pause);
+                        retry = Some((tokio::time::Instant::now() + pause, (pause * 2).min(WAKE_RETRY_MAX)));
+                    }
+                    Err(e) => {
+                        listening.set(false);
+                        tracing::warn!(error = %e, "work notification connection failed; reconnecting");
+                        wake.notify_one();
+                        break;
+                    }
+                }
+            } else if !want && held {
+                if let Err(e) = db::release_wake_lock(&mut listener).await {
+                    listening.set(false);
+                    tracing::warn!(error = %e, "work notification connection failed; reconnecting");
+                    wake.notify_one();
+                    break;
+                }
+                held = false;
+            }
+            if !want {
+                retry = Some((tokio::time::Instant::now(), WAKE_RETRY_MIN));
+            }
+            let retry_at = retry.filter(|_| want && !held).map(|(at, _)| at);
             tokio::select! {
                 _ = stop.cancelled() => return,
+                changed = waiting.changed() => if changed.is_err() { return },
+                _ = async { tokio::time::sleep_until(retry_at.unwrap()).await }, if retry_at.is_some() => {}
                 message = listener.try_recv() => match message {
                     Ok(Some(_)) => wake.notify_one(),
                     // The connection dropped: LISTEN again on a new one (the outer loop).
@@ -63,6 +113,10 @@ pub async fn run(pool: PgPool, wake: Arc<Notify>, metrics: Arc<crate::metrics::M
         }
     }
 }
+
+/// First and longest pause between tries for the wake lock while another session holds it.
+const WAKE_RETRY_MIN: Duration = Duration::from_millis(5);
+const WAKE_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// The `listening` flag, cleared when the task ends (a stop, or a panic unwinding it).
 struct Listening<'a>(&'a AtomicBool);

@@ -460,7 +460,7 @@ async fn four_replicas_first_start_on_a_missing_database() {
         }
         let listening = count(
             &pool,
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND (query ILIKE 'LISTEN%' OR query LIKE '%orderly listener%') AND pid <> pg_backend_pid()",
         )
         .await;
         if listening == 4 {
