@@ -86,7 +86,7 @@ impl Rescuer {
                 // commit and its roll-up left its order PROCESSING with every item finished.
                 use std::sync::atomic::Ordering::Relaxed;
                 let rescued = report.requeued + report.dead_lettered > 0;
-                if rescued || self.sweeps_since_heal.load(Relaxed) % HEAL_EVERY_SWEEPS == 0 {
+                if rescued || self.sweeps_since_heal.load(Relaxed).is_multiple_of(HEAL_EVERY_SWEEPS) {
                     report.orders_healed = db::queue::heal_roll_ups(&self.pool, BATCH).await?.len();
                     self.sweeps_since_heal.store(0, Relaxed);
                 }

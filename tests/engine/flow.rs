@@ -103,6 +103,41 @@ async fn an_insert_wakes_an_idle_engine_through_notify() {
     stop(engine).await;
 }
 
+/// The trigger sends a NOTIFY only while a daemon waits for work, that is while some session
+/// holds the wake lock (as a daemon's listener does after a short claim), and only for an item
+/// that is due now: no daemon waiting (none runs, or all work through a backlog) means no
+/// NOTIFY, so the upstream's commit takes no database-wide lock.
+#[tokio::test]
+async fn an_insert_notifies_only_while_a_daemon_holds_the_wake_lock() {
+    let db = TestDb::new().await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool).await.unwrap();
+    listener.listen(orderly::db::WORK_CHANNEL).await.unwrap();
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    let quiet = async |listener: &mut sqlx::postgres::PgListener, what: &str| {
+        let got = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
+        assert!(got.is_err(), "a NOTIFY {what}");
+    };
+
+    insert_item(&db.pool, order, "TICKET", "{}").await;
+    quiet(&mut listener, "with no daemon waiting").await;
+
+    let mut holder = db.pool.acquire().await.unwrap();
+    assert!(orderly::db::try_hold_wake_lock(&mut *holder).await.unwrap(), "the wake lock is free");
+    insert_item(&db.pool, order, "TICKET", "{}").await;
+    let got = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await;
+    assert!(matches!(got, Ok(Ok(_))), "no NOTIFY while a daemon waits: {got:?}");
+    sqlx::query("INSERT INTO work_items (work_order_id, type, content, run_at) VALUES ($1, 'TICKET', '{}', now() + interval '1 hour')")
+        .bind(order)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    quiet(&mut listener, "for an item that is not due").await;
+
+    orderly::db::release_wake_lock(&mut *holder).await.unwrap();
+    insert_item(&db.pool, order, "TICKET", "{}").await;
+    quiet(&mut listener, "once the daemon stopped waiting").await;
+}
+
 #[tokio::test]
 async fn a_steady_stream_is_picked_up_without_waiting_for_the_poll() {
     let db = TestDb::new().await;
