@@ -32,7 +32,7 @@ WITH next AS (
     UPDATE work_orders o SET status = 'PROCESSING', updated_at = now()
     WHERE o.id IN (SELECT s.id FROM work_orders s
                    WHERE s.id IN (SELECT work_order_id FROM claimed) AND s.status <> 'PROCESSING'
-                   FOR UPDATE SKIP LOCKED)
+                   FOR NO KEY UPDATE SKIP LOCKED)
 )
 SELECT c.id, c.work_order_id, c.type::text AS item_type, c.priority::text AS priority,
        c.attempt, c.attempt_base, c.max_attempts, c.rescues, c.created_at, c.run_at, c.content_bytes,
@@ -84,7 +84,8 @@ pub struct ClaimedItem {
 /// has no other condition: one on `status` would offer the planner the ready index again,
 /// which it takes when its statistics think the index empty (docs/guarantees.md). Orders are taken
 /// with SKIP LOCKED too: an order that another transaction holds is already being moved out
-/// of PENDING or rolled up.
+/// of PENDING or rolled up. Their lock is `FOR NO KEY UPDATE`, which an upstream still adding
+/// items to the order (a key-share lock, from the foreign key) does not hold off.
 pub async fn claim(
     pool: &PgPool,
     worker_id: &str,
@@ -459,7 +460,9 @@ pub const STRANDED_ORDERS_SQL: &str = concat!(
 );
 
 /// Locks orders in id order (see [`roll_up_orders`]).
-pub const LOCK_ORDERS_SQL: &str = "SELECT id FROM work_orders WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+/// `FOR NO KEY UPDATE`, the lock an UPDATE of the status takes: it does not wait for the
+/// key-share locks of upstream transactions still adding items to the order.
+pub const LOCK_ORDERS_SQL: &str = "SELECT id FROM work_orders WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE";
 
 /// Recomputes the status of the given orders from their items, inside the caller's
 /// transaction: the orders are locked first, in id order (no deadlock between writers), and

@@ -298,6 +298,35 @@ async fn an_order_left_behind_by_a_dead_writer_is_rolled_up_by_the_leader() {
     stop(engine).await;
 }
 
+/// An upstream transaction that is still adding items to an order holds a key-share lock on
+/// the order row (the foreign key). The roll-up of the order's finished items does not wait
+/// for it (a wait would hold up the completer for as long as the upstream's transaction),
+/// and the item it adds, once committed, is run and rolled up like any other.
+#[tokio::test]
+async fn an_open_upstream_transaction_does_not_hold_up_the_roll_up() {
+    let db = TestDb::new().await;
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    let first = insert_item(&db.pool, order, "TICKET", "{}").await;
+    let mut upstream = db.pool.begin().await.unwrap();
+    let second: Uuid = sqlx::query_scalar(
+        "INSERT INTO work_items (work_order_id, type, content) VALUES ($1, 'TICKET', '{}') RETURNING id",
+    )
+    .bind(order)
+    .fetch_one(&mut *upstream)
+    .await
+    .unwrap();
+    let engine = db.engine("[routes]\nTICKET = \"echo\"\n").await;
+    wait_for_status(&db.pool, first, "COMPLETED").await;
+    wait_until("the order to roll up while the upstream's transaction is open", Duration::from_secs(10), || async {
+        order_status(&db.pool, order).await == "COMPLETED"
+    })
+    .await;
+    upstream.commit().await.unwrap();
+    wait_for_status(&db.pool, second, "COMPLETED").await;
+    wait_for_order(&db.pool, order, "COMPLETED").await;
+    stop(engine).await;
+}
+
 #[tokio::test]
 async fn an_order_with_a_live_item_stays_processing() {
     let db = TestDb::new().await;
