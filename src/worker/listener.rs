@@ -53,43 +53,16 @@ pub async fn run(
         listening.set(true);
         tracing::debug!(channel = db::WORK_CHANNEL, "listening");
         wake.notify_one();
-        // The wake lock on this session, and when to try for it again.
-        let mut held = false;
-        let mut retry: Option<(tokio::time::Instant, Duration)> = Some((tokio::time::Instant::now(), WAKE_RETRY_MIN));
+        let mut lock = WakeLock::default();
         loop {
             let want = *waiting.borrow_and_update();
-            if want && !held && retry.is_some_and(|(at, _)| at <= tokio::time::Instant::now()) {
-                match db::try_hold_wake_lock(&mut listener).await {
-                    Ok(true) => {
-                        held = true;
-                        retry = None;
-                        // INSERTs that committed before now sent no NOTIFY: claim once more.
-                        wake.notify_one();
-                    }
-                    Ok(false) => {
-                        let pause = retry.map_or(WAKE_RETRY_MIN, |(_, pause)| pause);
-                        retry = Some((tokio::time::Instant::now() + pause, (pause * 2).min(WAKE_RETRY_MAX)));
-                    }
-                    Err(e) => {
-                        listening.set(false);
-                        tracing::warn!(error = %e, "work notification connection failed; reconnecting");
-                        wake.notify_one();
-                        break;
-                    }
-                }
-            } else if !want && held {
-                if let Err(e) = db::release_wake_lock(&mut listener).await {
-                    listening.set(false);
-                    tracing::warn!(error = %e, "work notification connection failed; reconnecting");
-                    wake.notify_one();
-                    break;
-                }
-                held = false;
+            if let Err(e) = lock.follow(want, &mut listener, &wake).await {
+                listening.set(false);
+                tracing::warn!(error = %e, "work notification connection failed; reconnecting");
+                wake.notify_one();
+                break;
             }
-            if !want {
-                retry = Some((tokio::time::Instant::now(), WAKE_RETRY_MIN));
-            }
-            let retry_at = retry.filter(|_| want && !held).map(|(at, _)| at);
+            let retry_at = lock.next_try(want);
             tokio::select! {
                 _ = stop.cancelled() => return,
                 changed = waiting.changed() => if changed.is_err() { return },
@@ -117,6 +90,45 @@ pub async fn run(
 /// First and longest pause between tries for the wake lock while another session holds it.
 const WAKE_RETRY_MIN: Duration = Duration::from_millis(5);
 const WAKE_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// The wake lock on the LISTEN session (a new session holds none), and when to try again.
+#[derive(Default)]
+struct WakeLock {
+    held: bool,
+    /// When a refused try may be repeated, and the pause after the next refusal.
+    retry: Option<(tokio::time::Instant, Duration)>,
+}
+
+impl WakeLock {
+    /// Takes the lock when the dispatcher waits (waking it once on success: INSERTs that
+    /// committed before sent no NOTIFY), lets it go when it does not. Errors are the
+    /// connection's.
+    async fn follow(&mut self, want: bool, listener: &mut PgListener, wake: &Notify) -> Result<(), sqlx::Error> {
+        let now = tokio::time::Instant::now();
+        if want && !self.held && self.retry.is_none_or(|(at, _)| at <= now) {
+            if db::try_hold_wake_lock(&mut *listener).await? {
+                self.held = true;
+                self.retry = None;
+                wake.notify_one();
+            } else {
+                let pause = self.retry.map_or(WAKE_RETRY_MIN, |(_, pause)| pause);
+                self.retry = Some((now + pause, (pause * 2).min(WAKE_RETRY_MAX)));
+            }
+        } else if !want {
+            if self.held {
+                db::release_wake_lock(&mut *listener).await?;
+                self.held = false;
+            }
+            self.retry = None;
+        }
+        Ok(())
+    }
+
+    /// When to try for the lock again, if the dispatcher waits and a try was refused.
+    fn next_try(&self, want: bool) -> Option<tokio::time::Instant> {
+        self.retry.filter(|_| want && !self.held).map(|(at, _)| at)
+    }
+}
 
 /// The `listening` flag, cleared when the task ends (a stop, or a panic unwinding it).
 struct Listening<'a>(&'a AtomicBool);
