@@ -425,12 +425,15 @@ async fn write_completions(
 /// PROCESSING while any item is unfinished, else FAILED if any failed, else COMPLETED. Each
 /// branch is one probe of the composite index (work_order_id, status, type) that stops at the
 /// first match, so the cost is the same for an order of one item or of a million: never an
-/// aggregate over the order's items.
+/// aggregate over the order's items. `OFFSET 0` keeps each probe per order: without it the
+/// planner may turn an EXISTS into a hashed subplan that reads every unfinished (or failed)
+/// item of the whole table once per statement, which it prefers while its statistics say
+/// the table is small (seen on a fresh database; the plan test checks it).
 macro_rules! order_status_from_items {
     () => {
         "CASE WHEN EXISTS (SELECT 1 FROM work_items i WHERE i.work_order_id = o.id
-                           AND i.status IN ('QUEUED', 'PROCESSING', 'AWAITING_APPROVAL')) THEN 'PROCESSING'
-              WHEN EXISTS (SELECT 1 FROM work_items i WHERE i.work_order_id = o.id AND i.status = 'FAILED')
+                           AND i.status IN ('QUEUED', 'PROCESSING', 'AWAITING_APPROVAL') OFFSET 0) THEN 'PROCESSING'
+              WHEN EXISTS (SELECT 1 FROM work_items i WHERE i.work_order_id = o.id AND i.status = 'FAILED' OFFSET 0)
                    THEN 'FAILED'
               ELSE 'COMPLETED' END::work_order_status"
     };

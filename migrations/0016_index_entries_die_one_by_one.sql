@@ -1,0 +1,17 @@
+-- The index the order roll-up probes stops merging equal keys into posting lists, so that
+-- the entry of a row version that has died can be marked dead on its own.
+--
+-- An item's status is in idx_work_items_composite (work_order_id, status, type), so every
+-- claim and every completion adds an entry and leaves the previous one pointing at a dead
+-- row version until VACUUM. A scan that meets such an entry reads the row, and marks the
+-- entry dead once no transaction can see the row any more; later scans step over a dead
+-- entry without reading the table. With deduplication, the entries of an order's items in
+-- one status share a posting list, and a posting list can be marked dead only when every row
+-- it lists is dead. So every roll-up probe of an order ("has it an unfinished item?") read
+-- again every row version its claimed items had left behind, until VACUUM came by: the
+-- probe's cost grew with the size of the order (measured on 1,000 orders of 100 items loaded
+-- in one transaction: 58 buffer reads per item, 9 without deduplication; 61 row reads for an
+-- order 60 of whose 100 items had run, 1 once the dead entries were marked).
+-- Only new entries are affected: entries already merged stay merged until their rows are
+-- vacuumed away (or until REINDEX INDEX CONCURRENTLY, which an operator may run at any time).
+ALTER INDEX idx_work_items_composite SET (deduplicate_items = off);
