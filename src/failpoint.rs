@@ -1,8 +1,10 @@
 //! Fault injection for the fault suite: `ORDERLY_FAILPOINTS=heartbeat,completer` makes the
 //! named engine loops panic when they reach their failpoint, so tests can prove that a dying
 //! task is noticed; `dispatcher_hang` makes the dispatcher stop making progress without dying
-//! (a wedged loop, which only the liveness check notices). Read once; unset (the normal case)
-//! costs one atomic load per call.
+//! (a wedged loop, which only the liveness check notices); `roll_up_before_commit` holds each
+//! order roll-up for a second between its recomputation and its commit (`db::queue`), so a
+//! test can commit a change inside that window. Read once; unset (the normal case) costs one
+//! atomic load per call.
 
 use std::sync::OnceLock;
 
@@ -16,6 +18,12 @@ pub fn armed(name: &str) -> bool {
             .unwrap_or_default()
     });
     armed.iter().any(|a| a == name)
+}
+
+/// Arms failpoints from code instead of the environment, for a test that calls the library
+/// in a process of its own. Returns false when the failpoints were already read.
+pub fn arm(names: &[&str]) -> bool {
+    ARMED.set(names.iter().map(|n| (*n).to_owned()).collect()).is_ok()
 }
 
 /// Panics if the failpoint `name` is armed.

@@ -441,13 +441,15 @@ macro_rules! order_status_from_items {
 
 /// The order roll-up (see [`roll_up_orders`]); public so the plan test can EXPLAIN it.
 /// Orders are found by primary key and their status by index probes: the cost is the
-/// batch's orders, never the table's and never the orders' sizes.
+/// batch's orders, never the table's and never the orders' sizes. Returns the orders whose
+/// status changed.
 pub const ROLL_UP_SQL: &str = concat!(
     "UPDATE work_orders o SET status = r.status, updated_at = now()
      FROM (SELECT o.id, ",
     order_status_from_items!(),
     " AS status FROM work_orders o WHERE o.id = ANY ($1)) r
-     WHERE o.id = r.id AND o.status <> r.status"
+     WHERE o.id = r.id AND o.status <> r.status
+     RETURNING o.id"
 );
 
 /// Of the given orders, those whose status differs from what their committed items say
@@ -478,13 +480,12 @@ pub const LOCK_ORDERS_SQL: &str = "SELECT id FROM work_orders WHERE id = ANY($1)
 pub async fn roll_up_orders(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     orders: &[Uuid],
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<Uuid>, sqlx::Error> {
     if orders.is_empty() {
-        return Ok(());
+        return Ok(vec![]);
     }
     sqlx::query(LOCK_ORDERS_SQL).bind(orders).fetch_all(&mut **tx).await?;
-    sqlx::query(ROLL_UP_SQL).bind(orders).execute(&mut **tx).await?;
-    Ok(())
+    sqlx::query_scalar(ROLL_UP_SQL).bind(orders).fetch_all(&mut **tx).await
 }
 
 /// Rolls up orders whose items changed, after the transactions that changed them have
@@ -494,22 +495,33 @@ pub async fn roll_up_orders(
 ///
 /// Exact under concurrency: every writer probes after its own commit, so whichever of two
 /// writers finishing an order's last items commits second sees both and rolls up; the locked
-/// step re-reads after the lock, so two roll-ups of one order never write a stale status. A
-/// process that dies between its commit and this call leaves the order to [`heal_roll_ups`].
-/// Returns the orders that were rolled up.
+/// step re-reads after the lock, so two roll-ups of one order never write a stale status in
+/// turn. What the locked step writes was read before its own commit, though, and a writer
+/// that committed in between and probed before that commit saw the old status, which its
+/// change may have made right again: it left, and the status written misses its change. So
+/// the orders whose status was changed are probed again after the commit, until a probe
+/// finds nothing to change (test `a_roll_up_corrects_a_status_it_computed_before_another_commit`).
+/// A process that dies between its commit and this call leaves the order to
+/// [`heal_roll_ups`]. Returns the orders whose status changed.
 pub async fn roll_up_committed(pool: &PgPool, orders: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
-    if orders.is_empty() {
-        return Ok(vec![]);
+    let mut rolled = Vec::new();
+    let mut probe = orders.to_vec();
+    while !probe.is_empty() {
+        let mut differ: Vec<Uuid> = sqlx::query_scalar(ROLL_UP_PROBE_SQL).bind(&probe).fetch_all(pool).await?;
+        if differ.is_empty() {
+            break;
+        }
+        differ.sort_unstable();
+        let mut tx = pool.begin().await?;
+        let changed = roll_up_orders(&mut tx, &differ).await?;
+        if crate::failpoint::armed("roll_up_before_commit") {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        tx.commit().await?;
+        rolled.extend_from_slice(&changed);
+        probe = changed;
     }
-    let mut changed: Vec<Uuid> = sqlx::query_scalar(ROLL_UP_PROBE_SQL).bind(orders).fetch_all(pool).await?;
-    if changed.is_empty() {
-        return Ok(changed);
-    }
-    changed.sort_unstable();
-    let mut tx = pool.begin().await?;
-    roll_up_orders(&mut tx, &changed).await?;
-    tx.commit().await?;
-    Ok(changed)
+    Ok(rolled)
 }
 
 /// The leader's safety net for [`roll_up_committed`]: PROCESSING orders whose items are all

@@ -327,6 +327,67 @@ async fn an_open_upstream_transaction_does_not_hold_up_the_roll_up() {
     stop(engine).await;
 }
 
+/// A roll-up recomputes an order from its items after locking it, then commits. A writer
+/// that commits a change to one of the order's items in between, and probes before that
+/// commit, sees the old status; here its change (a replay) makes the old status right again,
+/// so it leaves, and the roll-up commits a status computed without the replay. The roll-up
+/// must find that out itself, by probing what it wrote once more after its commit.
+#[tokio::test]
+async fn a_roll_up_corrects_a_status_it_computed_before_another_commit() {
+    // Each test runs in a process of its own (nextest).
+    assert!(orderly::failpoint::arm(&["roll_up_before_commit"]), "failpoints were read before the test");
+    let db = TestDb::new().await;
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    let done = insert_item(&db.pool, order, "TICKET", "{}").await;
+    let failed = insert_item(&db.pool, order, "TICKET", "{}").await;
+    sqlx::query(
+        "UPDATE work_items SET status = CASE WHEN id = $1 THEN 'COMPLETED' ELSE 'FAILED' END::work_item_status
+         WHERE work_order_id = $2",
+    )
+    .bind(done)
+    .bind(order)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE work_orders SET status = 'PROCESSING' WHERE id = $1")
+        .bind(order)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    // The writer that failed the item rolls up: FAILED, held for a second before its commit.
+    let pool = db.pool.clone();
+    let roll_up = tokio::spawn(async move { orderly::db::queue::roll_up_committed(&pool, &[order]).await.unwrap() });
+    wait_until("the roll-up to hold the order", Duration::from_secs(10), || async {
+        sqlx::query("SELECT 1 FROM work_orders WHERE id = $1 FOR KEY SHARE NOWAIT")
+            .bind(order)
+            .execute(&db.pool)
+            .await
+            .is_ok()
+            && sqlx::query("SELECT 1 FROM work_orders WHERE id = $1 FOR SHARE NOWAIT")
+                .bind(order)
+                .execute(&db.pool)
+                .await
+                .is_err()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Meanwhile the failed item is replayed (for later); the replay commits and rolls up, and
+    // sees the order PROCESSING, as its items say.
+    sqlx::query("UPDATE work_items SET status = 'QUEUED', run_at = now() + interval '1 hour' WHERE id = $1")
+        .bind(failed)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let replay = orderly::db::queue::roll_up_committed(&db.pool, &[order]).await.unwrap();
+    assert!(replay.is_empty(), "the replay's probe saw the roll-up's status before its commit: {replay:?}");
+    assert!(!roll_up.is_finished(), "the roll-up committed before the replay: the test proves nothing");
+
+    let rolled = roll_up.await.unwrap();
+    assert_eq!(rolled, vec![order, order], "FAILED, then PROCESSING again");
+    assert_eq!(order_status(&db.pool, order).await, "PROCESSING", "an order with a queued item");
+}
+
 #[tokio::test]
 async fn an_order_with_a_live_item_stays_processing() {
     let db = TestDb::new().await;

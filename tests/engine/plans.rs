@@ -290,11 +290,13 @@ async fn a_roll_up_probe_does_not_reread_the_rows_of_items_that_already_ran() {
     let db = TestDb::new().await;
     let order = insert_order(&db.pool, "MEDIUM").await;
     // One statement: every item gets the same key, enough of them to fill several leaf pages.
-    sqlx::query("INSERT INTO work_items (work_order_id, type, content) SELECT $1, 'TICKET', '{}' FROM generate_series(1, 2000)")
-        .bind(order)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "INSERT INTO work_items (work_order_id, type, content) SELECT $1, 'TICKET', '{}' FROM generate_series(1, 2000)",
+    )
+    .bind(order)
+    .execute(&db.pool)
+    .await
+    .unwrap();
     // 1,200 of them run: claimed by the engine's statement, then finished, each change committed.
     let claimed = orderly::db::queue::claim(&db.pool, "probe-test", 1200, std::time::Duration::from_secs(60), 1 << 20)
         .await
