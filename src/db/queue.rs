@@ -515,7 +515,7 @@ pub async fn roll_up_committed(pool: &PgPool, orders: &[Uuid]) -> Result<Vec<Uui
         let mut tx = pool.begin().await?;
         let changed = roll_up_orders(&mut tx, &differ).await?;
         if crate::failpoint::armed("roll_up_before_commit") {
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         }
         tx.commit().await?;
         rolled.extend_from_slice(&changed);

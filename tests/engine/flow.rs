@@ -355,7 +355,7 @@ async fn a_roll_up_corrects_a_status_it_computed_before_another_commit() {
         .await
         .unwrap();
 
-    // The writer that failed the item rolls up: FAILED, held for a second before its commit.
+    // The writer that failed the item rolls up: FAILED, held for two seconds before its commit.
     let pool = db.pool.clone();
     let roll_up = tokio::spawn(async move { orderly::db::queue::roll_up_committed(&pool, &[order]).await.unwrap() });
     wait_until("the roll-up to hold the order", Duration::from_secs(10), || async {
