@@ -145,9 +145,10 @@ pub async fn record_human_decision(pool: &PgPool, item: &HeldItem, human: &Human
         json!({ "attempt": item.attempt, "reason": human.reason, "status": human.next.item_status().as_str() }),
     )
     .await?;
+    // The order last, kept to the commit (see db::queue::lock_orders).
+    super::queue::lock_orders(&mut tx, &[item.work_order_id]).await?;
+    super::queue::roll_up_locked(&mut tx, &[item.work_order_id]).await?;
     tx.commit().await?;
-    // After the commit, like every writer of items (see roll_up_committed).
-    super::queue::roll_up_committed(pool, &[item.work_order_id]).await?;
     Ok(())
 }
 

@@ -94,27 +94,24 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<DeadLetterDetail, OpsError> 
 pub async fn replay(pool: &PgPool, id: Uuid, content: Option<&str>, actor: &str) -> Result<Uuid, OpsError> {
     let mut tx = pool.begin().await?;
     let item_id: Uuid = open_dead_letter(&mut tx, id).await?;
-    let requeued = sqlx::query(
+    let order: Option<Uuid> = sqlx::query_scalar(
         "UPDATE work_items SET status = 'QUEUED', run_at = now(), attempt_base = attempt,
                 content = COALESCE($2, content), last_error = NULL, last_error_code = NULL,
                 processed_at = NULL, rescues = 0
-         WHERE id = $1 AND status = 'FAILED'",
+         WHERE id = $1 AND status = 'FAILED'
+         RETURNING work_order_id",
     )
     .bind(item_id)
     .bind(content)
-    .execute(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
-    if requeued.rows_affected() != 1 {
+    let Some(order) = order else {
         return Err(OpsError::Conflict(format!("work item {item_id} is not FAILED; nothing to replay")));
-    }
+    };
     resolve(&mut tx, id, "REPLAYED").await?;
-    sqlx::query(
-        "UPDATE work_orders SET status = 'PROCESSING', updated_at = now()
-         WHERE id = (SELECT work_order_id FROM work_items WHERE id = $1) AND status <> 'PROCESSING'",
-    )
-    .bind(item_id)
-    .execute(&mut *tx)
-    .await?;
+    // Reopened: PROCESSING again. The order last, kept to the commit (db::queue::lock_orders).
+    super::queue::lock_orders(&mut tx, &[order]).await?;
+    super::queue::roll_up_locked(&mut tx, &[order]).await?;
     audit(
         &mut tx,
         actor,

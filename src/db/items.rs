@@ -226,7 +226,8 @@ pub async fn cancel(
     reason: Option<&str>,
 ) -> Result<Vec<Cancelled>, OpsError> {
     let mut tx = pool.begin().await?;
-    // Lock first, in id order (as the completers lock orders), then decide.
+    // Lock the items first, in id order, then decide; the orders are locked last, for the
+    // roll-up (as every writer that finishes items does, see db::queue::lock_orders).
     let rows: Vec<LiveRow> = match target {
         Target::Item(id) => {
             sqlx::query_as(
@@ -341,9 +342,10 @@ pub async fn cancel(
         )
         .await?;
     }
+    // Locked last and kept to the commit (see db::queue::lock_orders).
+    super::queue::lock_orders(&mut tx, &orders).await?;
+    super::queue::roll_up_locked(&mut tx, &orders).await?;
     tx.commit().await?;
-    // After the commit, like every writer of items (see roll_up_committed).
-    super::queue::roll_up_committed(pool, &orders).await?;
     Ok(done)
 }
 

@@ -41,7 +41,8 @@ pub struct ExpiredItem {
 /// attempts), and writes those with the completer's fenced statement, in one transaction.
 /// `decide` may read elsewhere (the routing catalog) while the rows stay locked.
 /// Rows are locked from the SELECT to the commit, so a late heartbeat cannot renew a lease
-/// that is being rescued, and replicas never rescue the same item twice.
+/// that is being rescued, and replicas never rescue the same item twice. The orders of the
+/// items it dead-letters are rolled up in the same transaction (see `complete_in`).
 pub async fn rescue_expired<F>(
     pool: &PgPool,
     limit: i64,
@@ -70,7 +71,6 @@ where
         sqlx::query("SELECT pg_notify($1, '')").bind(super::WORK_CHANNEL).execute(&mut *tx).await?;
     }
     tx.commit().await?;
-    super::queue::roll_up_committed(pool, &report.orders).await?;
     Ok((completions, report))
 }
 

@@ -33,11 +33,13 @@ WITH next AS (
     WHERE o.id IN (SELECT s.id FROM work_orders s
                    WHERE s.id IN (SELECT work_order_id FROM claimed) AND s.status <> 'PROCESSING'
                    FOR NO KEY UPDATE SKIP LOCKED)
+    RETURNING o.id
 )
 SELECT c.id, c.work_order_id, c.type::text AS item_type, c.priority::text AS priority,
        c.attempt, c.attempt_base, c.max_attempts, c.rescues, c.created_at, c.run_at, c.content_bytes,
        c.content, o.workflow_id, o.tenant_id, o.created_by, o.priority::text AS order_priority,
-       o.metadata::text AS metadata, now() AS claimed_at
+       o.metadata::text AS metadata, now() AS claimed_at,
+       o.status <> 'PROCESSING' AND c.work_order_id NOT IN (SELECT id FROM started) AS order_unmarked
 FROM claimed c JOIN work_orders o ON o.id = c.work_order_id
 "#;
 
@@ -71,6 +73,9 @@ pub struct ClaimedItem {
     pub order_metadata: String,
     /// Database time of the claim: the attempt's `started_at`.
     pub claimed_at: DateTime<Utc>,
+    /// The order was not PROCESSING and the claim could not mark it (another transaction
+    /// held it): the dispatcher rolls it up ([`roll_up`]).
+    pub order_unmarked: bool,
 }
 
 /// Claims up to `limit` runnable items for `worker_id`, priority first then oldest run
@@ -83,9 +88,12 @@ pub struct ClaimedItem {
 /// the database's CPU (a bitmap scan re-reads every dead index entry of a key). The update
 /// has no other condition: one on `status` would offer the planner the ready index again,
 /// which it takes when its statistics think the index empty (docs/guarantees.md). Orders are taken
-/// with SKIP LOCKED too: an order that another transaction holds is already being moved out
-/// of PENDING or rolled up. Their lock is `FOR NO KEY UPDATE`, which an upstream still adding
-/// items to the order (a key-share lock, from the foreign key) does not hold off.
+/// with SKIP LOCKED too, so a claim never waits for a writer of an order's items
+/// ([`lock_orders`]); an order it could not mark comes back with `order_unmarked` and the
+/// dispatcher rolls it up after the claim has committed ([`roll_up`]), which waits for that
+/// writer and then sees the claimed item. Their lock is `FOR NO KEY UPDATE`, which an
+/// upstream still adding items to the order (a key-share lock, from the foreign key) does
+/// not hold off.
 pub async fn claim(
     pool: &PgPool,
     worker_id: &str,
@@ -241,25 +249,42 @@ pub struct CompleteReport {
     /// Results whose attempt was no longer current, as (item, attempt): nothing of theirs
     /// was written.
     pub stale: Vec<(Uuid, i32)>,
-    /// The orders of the written results, for [`roll_up_committed`] once committed.
-    pub orders: Vec<Uuid>,
+    /// Orders whose status the batch changed (their last live item finished).
+    pub rolled_up: Vec<Uuid>,
 }
 
 /// Writes a batch of finished executions in one transaction: the fenced item updates, one
-/// attempt row each, eval results, approval events, dead letters. The caller rolls up the
-/// report's orders once it is committed ([`roll_up_committed`]).
+/// attempt row each, eval results, approval events, dead letters, and the roll-up of the
+/// orders whose items it finished.
 /// Every write of an item is conditional on `(id, attempt)` still being current and the
 /// item still PROCESSING; stale results are reported, not written. Side records follow their
 /// own attempt, so a stale result and a fresh one for the same item can share a batch.
 pub async fn complete_batch(pool: &PgPool, batch: &[Completion]) -> Result<CompleteReport, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let report = complete_in(&mut tx, batch).await?;
+    if crate::failpoint::armed("roll_up_before_commit") {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
     tx.commit().await?;
     Ok(report)
 }
 
-/// [`complete_batch`] inside the caller's transaction (the rescuer's); the caller rolls up
-/// the report's orders after its commit.
+/// The orders a batch may finish (items going to COMPLETED or FAILED), sorted: the orders
+/// [`complete_in`] rolls up, of those it wrote. Retries, releases and held results leave their orders' statuses
+/// as they were (an unfinished item stays unfinished), so they lock nothing.
+pub fn finishing_orders(batch: &[Completion]) -> Vec<Uuid> {
+    let mut orders: Vec<Uuid> = batch
+        .iter()
+        .filter(|c| matches!(c.next, NextState::Completed | NextState::DeadLetter { .. }))
+        .map(|c| c.order_id)
+        .collect();
+    orders.sort_unstable();
+    orders.dedup();
+    orders
+}
+
+/// [`complete_batch`] inside the caller's transaction (the rescuer's). After the writes, locks
+/// and recomputes the orders of the items it finished ([`lock_orders`]).
 pub async fn complete_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     batch: &[Completion],
@@ -268,12 +293,13 @@ pub async fn complete_in(
         return Ok(CompleteReport::default());
     }
     let done: Vec<(Uuid, Uuid, i32)> = write_completions(tx, batch).await?;
-    let mut orders: Vec<Uuid> = done.iter().map(|(_, order, _)| *order).collect();
-    orders.sort_unstable();
-    orders.dedup();
     let written: std::collections::HashSet<(Uuid, i32)> = done.iter().map(|(id, _, n)| (*id, *n)).collect();
+    let touched: std::collections::HashSet<Uuid> = done.iter().map(|(_, order, _)| *order).collect();
+    let to_roll: Vec<Uuid> = finishing_orders(batch).into_iter().filter(|order| touched.contains(order)).collect();
+    lock_orders(tx, &to_roll).await?;
+    let rolled_up = roll_up_locked(tx, &to_roll).await?;
     let stale = batch.iter().map(|c| (c.item_id, c.attempt)).filter(|key| !written.contains(key)).collect();
-    Ok(CompleteReport { written: written.into_iter().collect(), stale, orders })
+    Ok(CompleteReport { written: written.into_iter().collect(), stale, rolled_up })
 }
 
 /// Column arrays of a completion batch, bound as `unnest` parameters.
@@ -439,7 +465,7 @@ macro_rules! order_status_from_items {
     };
 }
 
-/// The order roll-up (see [`roll_up_orders`]); public so the plan test can EXPLAIN it.
+/// The order roll-up (see [`roll_up_locked`]); public so the plan test can EXPLAIN it.
 /// Orders are found by primary key and their status by index probes: the cost is the
 /// batch's orders, never the table's and never the orders' sizes. Returns the orders whose
 /// status changed.
@@ -452,11 +478,6 @@ pub const ROLL_UP_SQL: &str = concat!(
      RETURNING o.id"
 );
 
-/// Of the given orders, those whose status differs from what their committed items say
-/// (see [`roll_up_committed`]). No lock, no write.
-pub const ROLL_UP_PROBE_SQL: &str =
-    concat!("SELECT o.id FROM work_orders o WHERE o.id = ANY ($1) AND o.status <> ", order_status_from_items!());
-
 /// PROCESSING orders whose items are all finished (see [`heal_roll_ups`]).
 pub const STRANDED_ORDERS_SQL: &str = concat!(
     "SELECT o.id FROM work_orders o WHERE o.status = 'PROCESSING' AND 'PROCESSING' <> ",
@@ -464,68 +485,69 @@ pub const STRANDED_ORDERS_SQL: &str = concat!(
     " LIMIT $1"
 );
 
-/// Locks orders in id order (see [`roll_up_orders`]).
+/// Locks orders in id order (see [`lock_orders`]).
 /// `FOR NO KEY UPDATE`, the lock an UPDATE of the status takes: it does not wait for the
 /// key-share locks of upstream transactions still adding items to the order.
 pub const LOCK_ORDERS_SQL: &str = "SELECT id FROM work_orders WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE";
 
-/// Recomputes the status of the given orders from their items, inside the caller's
-/// transaction: the orders are locked first, in id order (no deadlock between writers), and
-/// the roll-up is a separate statement, so under READ COMMITTED its snapshot is taken after
-/// the lock was granted and sees every change committed by the previous holder.
+/// Takes the orders' row locks, in id order (two writers never deadlock on them), inside the
+/// caller's transaction: the step before [`roll_up_locked`] in every writer that moves items
+/// into or out of the finished states (docs/states.md, "Who writes an order's status").
 ///
-/// Used by [`roll_up_committed`]. A writer that changes items must roll up AFTER its commit
-/// (with [`roll_up_committed`]): a roll-up inside the writer's own transaction cannot see a
-/// concurrent writer's uncommitted items, and that writer's probe cannot see ours.
-pub async fn roll_up_orders(
+/// The rule that keeps the roll-up exact: such a writer, after its item writes and in the
+/// same transaction, locks the orders of those items, keeps the locks to its commit and
+/// recomputes the orders under them. Of two writers of one order's items, the one that
+/// takes the lock second recomputes after the first has committed (the lock is held until
+/// then, and the recomputation is a statement of its own, whose snapshot is taken after the
+/// lock was granted), so it sees the first's items and its own: no status is written from
+/// a view that misses a committed change, and no commit can slip in between a
+/// recomputation and its commit. Writers lock their items first and the orders last, and
+/// take no item lock once they hold an order's, so the two kinds of lock never wait in a
+/// cycle; the order lock is held only for the recomputation and the commit.
+///
+/// The claim needs no lock to stay exact (QUEUED to PROCESSING leaves an order's status
+/// as it was, PROCESSING); what it does to the order is described at [`CLAIM_SQL`].
+pub async fn lock_orders(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, orders: &[Uuid]) -> Result<(), sqlx::Error> {
+    if orders.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(LOCK_ORDERS_SQL).bind(orders).execute(&mut **tx).await.map(|_| ())
+}
+
+/// Recomputes the status of orders this transaction has locked ([`lock_orders`]) and whose
+/// items it has written; returns those whose status changed.
+pub async fn roll_up_locked(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     orders: &[Uuid],
 ) -> Result<Vec<Uuid>, sqlx::Error> {
     if orders.is_empty() {
         return Ok(vec![]);
     }
-    sqlx::query(LOCK_ORDERS_SQL).bind(orders).fetch_all(&mut **tx).await?;
     sqlx::query_scalar(ROLL_UP_SQL).bind(orders).fetch_all(&mut **tx).await
 }
 
-/// Rolls up orders whose items changed, after the transactions that changed them have
-/// committed. One unlocked probe finds the orders whose status differs from what their items
-/// say; only those are locked and recomputed ([`roll_up_orders`]), usually none: an order
-/// changes status when its first item starts (the claim does it) and when its last one ends.
-///
-/// Exact under concurrency: every writer probes after its own commit, so whichever of two
-/// writers finishing an order's last items commits second sees both and rolls up; the locked
-/// step re-reads after the lock, so two roll-ups of one order never write a stale status in
-/// turn. What the locked step writes was read before its own commit, though, and a writer
-/// that committed in between and probed before that commit saw the old status, which its
-/// change may have made right again: it left, and the status written misses its change. So
-/// the orders whose status was changed are probed again after the commit, until a probe
-/// finds nothing to change (test `a_roll_up_corrects_a_status_it_computed_before_another_commit`).
-/// A process that dies between its commit and this call leaves the order to
-/// [`heal_roll_ups`]. Returns the orders whose status changed.
-pub async fn roll_up_committed(pool: &PgPool, orders: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
-    let mut rolled = Vec::new();
-    let mut probe = orders.to_vec();
-    while !probe.is_empty() {
-        let mut differ: Vec<Uuid> = sqlx::query_scalar(ROLL_UP_PROBE_SQL).bind(&probe).fetch_all(pool).await?;
-        if differ.is_empty() {
-            break;
-        }
-        differ.sort_unstable();
-        let mut tx = pool.begin().await?;
-        let changed = roll_up_orders(&mut tx, &differ).await?;
-        if crate::failpoint::armed("roll_up_before_commit") {
-            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-        }
-        tx.commit().await?;
-        rolled.extend_from_slice(&changed);
-        probe = changed;
+/// Locks and recomputes orders in a transaction of its own, for a change whose writer did
+/// not roll up: an upstream INSERT into a finished order, a claim that found its order
+/// locked (see [`CLAIM_SQL`]), a writer that died or an item changed by hand
+/// ([`heal_roll_ups`]). Exact for the same reason as [`lock_orders`]: the recomputation
+/// starts after the locks are granted, and every writer that could change the orders'
+/// statuses needs those locks first. Returns the orders whose status changed.
+pub async fn roll_up(pool: &PgPool, orders: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
+    if orders.is_empty() {
+        return Ok(vec![]);
     }
-    Ok(rolled)
+    let mut orders = orders.to_vec();
+    orders.sort_unstable();
+    orders.dedup();
+    let mut tx = pool.begin().await?;
+    lock_orders(&mut tx, &orders).await?;
+    let changed = roll_up_locked(&mut tx, &orders).await?;
+    tx.commit().await?;
+    Ok(changed)
 }
 
-/// The leader's safety net for [`roll_up_committed`]: PROCESSING orders whose items are all
-/// finished (their last writer died between its commit and its roll-up), rolled up, `limit`
+/// The leader's safety net: PROCESSING orders whose items are all finished (changed by hand,
+/// or left by a writer that does not follow [`lock_orders`]), rolled up, `limit`
 /// at a time until none is left. An order's status is in no index (its changes are heap-only
 /// updates, migration 0014), so each round reads `work_orders` through; the leader calls this
 /// rarely (see `maintenance::rescuer`), and probes only the PROCESSING orders' items.
@@ -533,7 +555,7 @@ pub async fn heal_roll_ups(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>, sqlx:
     let mut healed = Vec::new();
     loop {
         let stranded: Vec<Uuid> = sqlx::query_scalar(STRANDED_ORDERS_SQL).bind(limit).fetch_all(pool).await?;
-        let rolled = roll_up_committed(pool, &stranded).await?;
+        let rolled = roll_up(pool, &stranded).await?;
         // Fewer than a round's worth, or none of them changed (their items moved meanwhile).
         if (stranded.len() as i64) < limit || rolled.is_empty() {
             healed.extend(rolled);

@@ -82,8 +82,9 @@ impl Rescuer {
                 }
             }
             if (done.len() as i64) < BATCH {
-                // The safety net of the roll-up after commit: a writer that died between its
-                // commit and its roll-up left its order PROCESSING with every item finished.
+                // The roll-up's safety net: every engine writer rolls up in the transaction
+                // that finishes items, so this finds only orders whose items were changed
+                // by hand (or by an older release that rolled up after its commit).
                 use std::sync::atomic::Ordering::Relaxed;
                 let rescued = report.requeued + report.dead_lettered > 0;
                 if rescued || self.sweeps_since_heal.load(Relaxed).is_multiple_of(HEAL_EVERY_SWEEPS) {

@@ -166,20 +166,6 @@ impl Completer {
         loop {
             match db::queue::complete_batch(&self.pool, batch).await {
                 Ok(report) => {
-                    // Committed: now the orders (see db::queue::roll_up_committed), retried
-                    // briefly. A failure here loses nothing: the leader heals an order left
-                    // behind, but only on its healing read (every few minutes).
-                    for pause in [50, 250, 1000, 0] {
-                        match db::queue::roll_up_committed(&self.pool, &report.orders).await {
-                            Ok(_) => break,
-                            Err(e) if pause == 0 => crate::telemetry::warn_limited(
-                                "roll_up",
-                                "rolling up orders failed; the leader will",
-                                &e,
-                            ),
-                            Err(_) => tokio::time::sleep(Duration::from_millis(pause)).await,
-                        }
-                    }
                     return Ok(report.stale.into_iter().collect());
                 }
                 Err(e) if db::is_refusal(&e) => return Err(WriteError::Refused(e)),

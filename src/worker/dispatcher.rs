@@ -126,6 +126,20 @@ impl Dispatcher {
         if items.is_empty() {
             return Ok(0);
         }
+        let mut unmarked: Vec<_> = items.iter().filter(|i| i.order_unmarked).map(|i| i.work_order_id).collect();
+        if !unmarked.is_empty() {
+            // Orders another writer held during the claim (see db::queue::CLAIM_SQL): rolled
+            // up once that writer commits, without holding up this batch. A failure leaves
+            // the order's status behind until the next writer of its items rolls it up.
+            unmarked.sort_unstable();
+            unmarked.dedup();
+            let pool = self.pool.clone();
+            tokio::spawn(async move {
+                if let Err(e) = db::queue::roll_up(&pool, &unmarked).await {
+                    crate::telemetry::warn_limited("roll_up", "rolling up claimed orders failed", &e);
+                }
+            });
+        }
         Metrics::add(&self.metrics.claimed, items.len() as u64);
         Metrics::add(&self.metrics.claim_batches, 1);
         for item in &items {

@@ -268,8 +268,9 @@ async fn concurrent_completions_roll_every_order_up_exactly() {
     assert!(count(&db.pool, "SELECT count(*) FROM work_orders WHERE status = 'COMPLETED'").await > 0);
 }
 
-/// A writer that died between its commit and its roll-up leaves an order PROCESSING with
-/// every item finished; the leader's rescuer heals it on its next sweep.
+/// Items finished by hand (or by an older release, which rolled up after its commit and could
+/// die in between) leave an order PROCESSING with every item finished; the leader's rescuer
+/// heals it on its next sweep.
 #[tokio::test]
 async fn an_order_left_behind_by_a_dead_writer_is_rolled_up_by_the_leader() {
     let db = TestDb::new().await;
@@ -277,7 +278,7 @@ async fn an_order_left_behind_by_a_dead_writer_is_rolled_up_by_the_leader() {
     for _ in 0..3 {
         insert_item(&db.pool, order, "TICKET", "{}").await;
     }
-    // As the completer writes them, without the roll-up that would follow its commit.
+    // The items finished without a roll-up.
     sqlx::query("UPDATE work_orders SET status = 'PROCESSING' WHERE id = $1")
         .bind(order)
         .execute(&db.pool)
@@ -327,65 +328,126 @@ async fn an_open_upstream_transaction_does_not_hold_up_the_roll_up() {
     stop(engine).await;
 }
 
-/// A roll-up recomputes an order from its items after locking it, then commits. A writer
-/// that commits a change to one of the order's items in between, and probes before that
-/// commit, sees the old status; here its change (a replay) makes the old status right again,
-/// so it leaves, and the roll-up commits a status computed without the replay. The roll-up
-/// must find that out itself, by probing what it wrote once more after its commit.
+/// A completion that finishes an item of an order.
+fn finished(item: &orderly::db::queue::ClaimedItem) -> orderly::model::Completion {
+    use orderly::model::{AttemptStatus, Completion, NextState};
+    Completion {
+        item_id: item.id,
+        order_id: item.work_order_id,
+        item_type: item.item_type.clone(),
+        attempt: item.attempt,
+        attempt_id: Uuid::new_v4(),
+        attempts_used: item.attempt,
+        agent: "echo".into(),
+        worker_id: "test-writer".into(),
+        started_at: item.claimed_at,
+        duration_ms: 1,
+        input: json!({}),
+        attempt_status: AttemptStatus::Completed,
+        output: Some(json!({})),
+        usage: None,
+        error: None,
+        evals: vec![],
+        approval: None,
+        next: NextState::Completed,
+    }
+}
+
+/// Two writers finish the last two items of one order at the same moment. Each recomputes
+/// the order inside its own transaction; if the second did so while the first was still
+/// uncommitted, each would see the other's item unfinished and leave the order PROCESSING
+/// for good. A writer locks the order before its item writes (db::queue::lock_orders), so
+/// the second waits for the first's commit and then sees both items finished.
 #[tokio::test]
-async fn a_roll_up_corrects_a_status_it_computed_before_another_commit() {
+async fn two_writers_finishing_an_orders_last_items_roll_it_up_exactly() {
     // Each test runs in a process of its own (nextest).
     assert!(orderly::failpoint::arm(&["roll_up_before_commit"]), "failpoints were read before the test");
     let db = TestDb::new().await;
     let order = insert_order(&db.pool, "MEDIUM").await;
-    let done = insert_item(&db.pool, order, "TICKET", "{}").await;
-    let failed = insert_item(&db.pool, order, "TICKET", "{}").await;
-    sqlx::query(
-        "UPDATE work_items SET status = CASE WHEN id = $1 THEN 'COMPLETED' ELSE 'FAILED' END::work_item_status
-         WHERE work_order_id = $2",
-    )
-    .bind(done)
-    .bind(order)
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    sqlx::query("UPDATE work_orders SET status = 'PROCESSING' WHERE id = $1")
-        .bind(order)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    insert_item(&db.pool, order, "TICKET", "{}").await;
+    insert_item(&db.pool, order, "TICKET", "{}").await;
+    let claimed =
+        orderly::db::queue::claim(&db.pool, "test-writer", 10, Duration::from_secs(60), 1 << 20).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert!(claimed.iter().all(|c| !c.order_unmarked), "the claim marks the order itself");
+    assert_eq!(order_status(&db.pool, order).await, "PROCESSING");
 
-    // The writer that failed the item rolls up: FAILED, held for two seconds before its commit.
+    // The first writer holds its transaction two seconds before its commit (the failpoint).
     let pool = db.pool.clone();
-    let roll_up = tokio::spawn(async move { orderly::db::queue::roll_up_committed(&pool, &[order]).await.unwrap() });
-    wait_until("the roll-up to hold the order", Duration::from_secs(10), || async {
-        sqlx::query("SELECT 1 FROM work_orders WHERE id = $1 FOR KEY SHARE NOWAIT")
+    let first_item = finished(&claimed[0]);
+    let first = tokio::spawn(async move { orderly::db::queue::complete_batch(&pool, &[first_item]).await.unwrap() });
+    wait_until("the first writer to hold the order", Duration::from_secs(10), || async {
+        sqlx::query("SELECT 1 FROM work_orders WHERE id = $1 FOR SHARE NOWAIT")
             .bind(order)
             .execute(&db.pool)
             .await
-            .is_ok()
-            && sqlx::query("SELECT 1 FROM work_orders WHERE id = $1 FOR SHARE NOWAIT")
-                .bind(order)
-                .execute(&db.pool)
-                .await
-                .is_err()
+            .is_err()
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    // Meanwhile the failed item is replayed (for later); the replay commits and rolls up, and
-    // sees the order PROCESSING, as its items say.
-    sqlx::query("UPDATE work_items SET status = 'QUEUED', run_at = now() + interval '1 hour' WHERE id = $1")
-        .bind(failed)
-        .execute(&db.pool)
+    let second = orderly::db::queue::complete_batch(&db.pool, &[finished(&claimed[1])]).await.unwrap();
+    assert!(first.is_finished(), "the second writer did not wait for the first's commit");
+    let first = first.await.unwrap();
+    assert_eq!(first.written.len() + second.written.len(), 2);
+    assert!(first.rolled_up.is_empty(), "the first writer saw an unfinished item: {:?}", first.rolled_up);
+    assert_eq!(second.rolled_up, vec![order], "the second writer saw both items finished");
+    assert_eq!(order_status(&db.pool, order).await, "COMPLETED");
+}
+
+/// The claim never waits for an order's lock: an order another transaction holds is claimed
+/// from without being marked PROCESSING, reported as unmarked, and rolled up once the holder
+/// commits (the dispatcher does it; here by hand).
+#[tokio::test]
+async fn a_claim_reports_an_order_it_could_not_mark() {
+    let db = TestDb::new().await;
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    insert_item(&db.pool, order, "TICKET", "{}").await;
+    let mut holder = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM work_orders WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(order)
+        .execute(&mut *holder)
         .await
         .unwrap();
-    let replay = orderly::db::queue::roll_up_committed(&db.pool, &[order]).await.unwrap();
-    assert!(replay.is_empty(), "the replay's probe saw the roll-up's status before its commit: {replay:?}");
-    assert!(!roll_up.is_finished(), "the roll-up committed before the replay: the test proves nothing");
+    let claimed =
+        orderly::db::queue::claim(&db.pool, "test-writer", 10, Duration::from_secs(60), 1 << 20).await.unwrap();
+    assert_eq!(claimed.len(), 1, "the claim waited for the order's lock or skipped the item");
+    assert!(claimed[0].order_unmarked);
+    assert_eq!(order_status(&db.pool, order).await, "PENDING");
+    let pool = db.pool.clone();
+    let roll_up = tokio::spawn(async move { orderly::db::queue::roll_up(&pool, &[order]).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!roll_up.is_finished(), "the roll-up did not wait for the holder");
+    holder.commit().await.unwrap();
+    assert_eq!(roll_up.await.unwrap(), vec![order]);
+    assert_eq!(order_status(&db.pool, order).await, "PROCESSING");
+}
 
-    let rolled = roll_up.await.unwrap();
-    assert_eq!(rolled, vec![order, order], "FAILED, then PROCESSING again");
-    assert_eq!(order_status(&db.pool, order).await, "PROCESSING", "an order with a queued item");
+/// The same through a running engine: the dispatcher rolls up an order its claim could not
+/// mark as soon as the holder lets go, while the item is still running (here an agent that
+/// runs for a minute, so no completion can be what marks it).
+#[tokio::test]
+async fn an_order_held_during_the_claim_is_marked_once_released() {
+    let db = TestDb::new().await;
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    let mut holder = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM work_orders WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(order)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let item = insert_item(&db.pool, order, "TICKET", "{}").await;
+    let engine = db
+        .engine(
+            "[agents.slow]\nkind = \"command\"\nprogram = \"sleep\"\nargs = [\"60\"]\ntimeout = \"2m\"\n\
+             [worker]\nshutdown_grace = \"1s\"\n[routes]\nTICKET = \"slow\"\n",
+        )
+        .await;
+    wait_for_status(&db.pool, item, "PROCESSING").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(order_status(&db.pool, order).await, "PENDING", "the claim waited for the held order");
+    holder.commit().await.unwrap();
+    wait_for_order(&db.pool, order, "PROCESSING").await;
+    assert_eq!(item_status(&db.pool, item).await, "PROCESSING", "the item is still running");
+    stop(engine).await;
 }
 
 #[tokio::test]
