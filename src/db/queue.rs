@@ -30,9 +30,9 @@ WITH next AS (
               CASE WHEN octet_length(w.content) <= $4 THEN w.content END AS content
 ), started AS (
     UPDATE work_orders o SET status = 'PROCESSING', updated_at = now()
-    WHERE o.id IN (SELECT s.id FROM work_orders s
-                   WHERE s.id IN (SELECT work_order_id FROM claimed) AND s.status <> 'PROCESSING'
-                   FOR NO KEY UPDATE SKIP LOCKED)
+    WHERE o.ctid = ANY (ARRAY (SELECT s.ctid FROM work_orders s
+                               WHERE s.id IN (SELECT work_order_id FROM claimed) AND s.status <> 'PROCESSING'
+                               FOR NO KEY UPDATE SKIP LOCKED))
     RETURNING o.id
 )
 SELECT c.id, c.work_order_id, c.type::text AS item_type, c.priority::text AS priority,
@@ -88,7 +88,8 @@ pub struct ClaimedItem {
 /// the database's CPU (a bitmap scan re-reads every dead index entry of a key). The update
 /// has no other condition: one on `status` would offer the planner the ready index again,
 /// which it takes when its statistics think the index empty (docs/guarantees.md). Orders are taken
-/// with SKIP LOCKED too, so a claim never waits for a writer of an order's items
+/// with SKIP LOCKED too (and updated by `ctid` as the items are), so a claim never waits for
+/// a writer of an order's items
 /// ([`lock_orders`]); an order it could not mark comes back with `order_unmarked` and the
 /// dispatcher rolls it up after the claim has committed ([`roll_up`]), which waits for that
 /// writer and then sees the claimed item. Their lock is `FOR NO KEY UPDATE`, which an
@@ -449,16 +450,26 @@ async fn write_completions(
 
 /// An order's status from its items (docs/states.md), as a SQL expression over `o.id`:
 /// PROCESSING while any item is unfinished, else FAILED if any failed, else COMPLETED. Each
-/// branch is one probe of the composite index (work_order_id, status, type) that stops at the
+/// branch is a probe of the composite index (work_order_id, status, type) that stops at the
 /// first match, so the cost is the same for an order of one item or of a million: never an
-/// aggregate over the order's items. `OFFSET 0` keeps each probe per order: without it the
-/// planner may turn an EXISTS into a hashed subplan that reads every unfinished (or failed)
-/// item of the whole table once per statement, which it prefers while its statistics say
-/// the table is small (seen on a fresh database; the plan test checks it).
+/// aggregate over the order's items.
+///
+/// Every probe bounds `status` in the index condition. QUEUED and PROCESSING are the first
+/// two values of `work_item_status` (a plan test checks the order), so `status <=
+/// 'PROCESSING'` is one range of the index; AWAITING_APPROVAL is probed on its own. Written as
+/// `status IN (...)` the three took a descent each, or the planner kept only `work_order_id`
+/// in the index condition and filtered on `status`, which walks every COMPLETED entry of a
+/// finished order before it can answer: a cost that grows with the order.
+/// `OFFSET 0` keeps each probe per order: without it the planner may turn an EXISTS into a
+/// hashed subplan that reads every unfinished (or failed) item of the whole table once per
+/// statement, which it prefers while its statistics say the table is small (seen on a fresh
+/// database; the plan test checks it).
 macro_rules! order_status_from_items {
     () => {
         "CASE WHEN EXISTS (SELECT 1 FROM work_items i WHERE i.work_order_id = o.id
-                           AND i.status IN ('QUEUED', 'PROCESSING', 'AWAITING_APPROVAL') OFFSET 0) THEN 'PROCESSING'
+                           AND i.status <= 'PROCESSING' OFFSET 0)
+                OR EXISTS (SELECT 1 FROM work_items i WHERE i.work_order_id = o.id
+                           AND i.status = 'AWAITING_APPROVAL' OFFSET 0) THEN 'PROCESSING'
               WHEN EXISTS (SELECT 1 FROM work_items i WHERE i.work_order_id = o.id AND i.status = 'FAILED' OFFSET 0)
                    THEN 'FAILED'
               ELSE 'COMPLETED' END::work_order_status"
@@ -467,14 +478,18 @@ macro_rules! order_status_from_items {
 
 /// The order roll-up (see [`roll_up_locked`]); public so the plan test can EXPLAIN it.
 /// Orders are found by primary key and their status by index probes: the cost is the
-/// batch's orders, never the table's and never the orders' sizes. Returns the orders whose
-/// status changed.
+/// batch's orders, never the table's and never the orders' sizes. The statuses are computed
+/// once per order (`MATERIALIZED`: inlined, the planner evaluated the probes twice, once to
+/// filter and once to set), and each order is updated through the row version just read
+/// (`ctid`, a TID scan): the caller holds its lock, so it cannot have moved. Returns the
+/// orders whose status changed.
 pub const ROLL_UP_SQL: &str = concat!(
-    "UPDATE work_orders o SET status = r.status, updated_at = now()
-     FROM (SELECT o.id, ",
+    "WITH r AS MATERIALIZED (
+         SELECT o.ctid AS row_version, o.status AS was, ",
     order_status_from_items!(),
-    " AS status FROM work_orders o WHERE o.id = ANY ($1)) r
-     WHERE o.id = r.id AND o.status <> r.status
+    " AS status FROM work_orders o WHERE o.id = ANY ($1))
+     UPDATE work_orders o SET status = r.status, updated_at = now()
+     FROM r WHERE o.ctid = r.row_version AND r.was <> r.status
      RETURNING o.id"
 );
 

@@ -184,6 +184,19 @@ async fn hot_statements_use_indexes_not_table_scans() {
     assert!(plan.contains("idx_work_items_composite"), "the roll-up probes the composite index:\n{plan}");
     // Per order, never one pass over every unfinished item of the table.
     assert!(!plan.contains("hashed SubPlan"), "the roll-up hashes the table's items:\n{plan}");
+    // Each probe bounds the status in its index condition: filtered instead, a probe walks
+    // every finished item of the order before it answers.
+    let conditions: Vec<&str> = plan.lines().filter(|l| l.contains("Index Cond: ((work_order_id =")).collect();
+    assert!(conditions.len() >= 2, "the probes of the composite index:\n{plan}");
+    assert!(conditions.iter().all(|c| c.contains("status")), "a probe filters on status:\n{plan}");
+    assert!(!plan.lines().any(|l| l.contains("Filter: (status")), "a probe filters on status:\n{plan}");
+    assert_eq!(plan.matches("SubPlan").count(), 3, "each probe once per order:\n{plan}");
+    // `status <= 'PROCESSING'` is the unfinished range only while these come first.
+    let first: Vec<String> = sqlx::query_scalar("SELECT unnest(enum_range(NULL::work_item_status))::text LIMIT 3")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(first, ["QUEUED", "PROCESSING", "COMPLETED"], "the roll-up's status range depends on this order");
     let stranded =
         explain(&db, format!("PREPARE stranded(bigint) AS {STRANDED_ORDERS_SQL}"), "EXECUTE stranded(500)".into())
             .await;
