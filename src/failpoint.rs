@@ -2,8 +2,8 @@
 //! named engine loops panic when they reach their failpoint, so tests can prove that a dying
 //! task is noticed; `dispatcher_hang` makes the dispatcher stop making progress without dying
 //! (a wedged loop, which only the liveness check notices); `roll_up_before_commit` holds each
-//! order roll-up for two seconds between its recomputation and its commit (`db::queue`), so a
-//! test can commit a change inside that window. Read once; unset (the normal case) costs one
+//! completion batch for two seconds between its roll-up and its commit (`db::queue`), so a
+//! test can finish another item of the order inside that window. Read once; unset (the normal case) costs one
 //! atomic load per call.
 
 use std::sync::OnceLock;
