@@ -33,14 +33,19 @@ WITH next AS (
     WHERE o.ctid = ANY (ARRAY (SELECT s.ctid FROM work_orders s
                                WHERE s.id IN (SELECT work_order_id FROM claimed) AND s.status <> 'PROCESSING'
                                FOR NO KEY UPDATE SKIP LOCKED))
-    RETURNING o.id
+    RETURNING o.id, o.workflow_id, o.tenant_id, o.created_by, o.priority, o.metadata
 )
 SELECT c.id, c.work_order_id, c.type::text AS item_type, c.priority::text AS priority,
        c.attempt, c.attempt_base, c.max_attempts, c.rescues, c.created_at, c.run_at, c.content_bytes,
-       c.content, o.workflow_id, o.tenant_id, o.created_by, o.priority::text AS order_priority,
-       o.metadata::text AS metadata, now() AS claimed_at,
-       o.status <> 'PROCESSING' AND c.work_order_id NOT IN (SELECT id FROM started) AS order_unmarked
-FROM claimed c JOIN work_orders o ON o.id = c.work_order_id
+       c.content, coalesce(s.workflow_id, o.workflow_id) AS workflow_id,
+       coalesce(s.tenant_id, o.tenant_id) AS tenant_id, coalesce(s.created_by, o.created_by) AS created_by,
+       coalesce(s.priority, o.priority)::text AS order_priority,
+       coalesce(s.metadata, o.metadata)::text AS metadata, now() AS claimed_at,
+       s.id IS NULL AND o.status <> 'PROCESSING' AS order_unmarked
+FROM claimed c
+LEFT JOIN started s ON s.id = c.work_order_id
+LEFT JOIN LATERAL (SELECT o.workflow_id, o.tenant_id, o.created_by, o.priority, o.metadata, o.status
+                   FROM work_orders o WHERE o.id = c.work_order_id AND s.id IS NULL OFFSET 0) o ON true
 "#;
 
 /// A claimed item, as the claim statement returns it.

@@ -421,6 +421,41 @@ async fn a_claim_reports_an_order_it_could_not_mark() {
     assert_eq!(order_status(&db.pool, order).await, "PROCESSING");
 }
 
+/// The claim returns each item's order: from the row it marks PROCESSING when it is the
+/// order's first claim, read from the table otherwise. Both give the same fields.
+#[tokio::test]
+async fn a_claim_returns_the_order_whether_it_marks_it_or_not() {
+    let db = TestDb::new().await;
+    let order: Uuid = sqlx::query_scalar(
+        "INSERT INTO work_orders (workflow_id, tenant_id, created_by, priority, metadata)
+         VALUES ('invoices', gen_random_uuid(), gen_random_uuid(), 'HIGH', '{\"batch\": 7}') RETURNING id",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    insert_item(&db.pool, order, "TICKET", "{}").await;
+    insert_item(&db.pool, order, "TICKET", "{}").await;
+    let claim = || orderly::db::queue::claim(&db.pool, "test-writer", 1, Duration::from_secs(60), 1 << 20);
+    let first = claim().await.unwrap();
+    assert_eq!(order_status(&db.pool, order).await, "PROCESSING", "the first claim marks the order");
+    let second = claim().await.unwrap();
+    let (tenant, created_by): (Uuid, Uuid) =
+        sqlx::query_as("SELECT tenant_id, created_by FROM work_orders WHERE id = $1")
+            .bind(order)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    for item in first.iter().chain(&second) {
+        assert_eq!(item.work_order_id, order);
+        assert_eq!(item.workflow_id, "invoices");
+        assert_eq!((item.tenant_id, item.created_by), (tenant, created_by));
+        assert_eq!(item.order_priority.as_str(), "HIGH");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&item.order_metadata).unwrap(), json!({"batch": 7}));
+        assert!(!item.order_unmarked);
+    }
+    assert_eq!(first.len() + second.len(), 2);
+}
+
 /// The same through a running engine: the dispatcher rolls up an order its claim could not
 /// mark as soon as the holder lets go, while the item is still running (here an agent that
 /// runs for a minute, so no completion can be what marks it).
