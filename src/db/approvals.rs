@@ -146,8 +146,8 @@ pub async fn record_human_decision(pool: &PgPool, item: &HeldItem, human: &Human
     )
     .await?;
     // The order last, kept to the commit (see db::queue::lock_orders).
-    super::queue::lock_orders(&mut tx, &[item.work_order_id]).await?;
-    super::queue::roll_up_locked(&mut tx, &[item.work_order_id]).await?;
+    let locked = super::queue::lock_orders(&mut tx, &[item.work_order_id]).await?;
+    super::queue::roll_up_locked(&mut tx, &locked).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -110,8 +110,8 @@ pub async fn replay(pool: &PgPool, id: Uuid, content: Option<&str>, actor: &str)
     };
     resolve(&mut tx, id, "REPLAYED").await?;
     // Reopened: PROCESSING again. The order last, kept to the commit (db::queue::lock_orders).
-    super::queue::lock_orders(&mut tx, &[order]).await?;
-    super::queue::roll_up_locked(&mut tx, &[order]).await?;
+    let locked = super::queue::lock_orders(&mut tx, &[order]).await?;
+    super::queue::roll_up_locked(&mut tx, &locked).await?;
     audit(
         &mut tx,
         actor,

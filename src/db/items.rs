@@ -343,8 +343,8 @@ pub async fn cancel(
         .await?;
     }
     // Locked last and kept to the commit (see db::queue::lock_orders).
-    super::queue::lock_orders(&mut tx, &orders).await?;
-    super::queue::roll_up_locked(&mut tx, &orders).await?;
+    let locked = super::queue::lock_orders(&mut tx, &orders).await?;
+    super::queue::roll_up_locked(&mut tx, &locked).await?;
     tx.commit().await?;
     Ok(done)
 }

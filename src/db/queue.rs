@@ -302,8 +302,8 @@ pub async fn complete_in(
     let written: std::collections::HashSet<(Uuid, i32)> = done.iter().map(|(id, _, n)| (*id, *n)).collect();
     let touched: std::collections::HashSet<Uuid> = done.iter().map(|(_, order, _)| *order).collect();
     let to_roll: Vec<Uuid> = finishing_orders(batch).into_iter().filter(|order| touched.contains(order)).collect();
-    lock_orders(tx, &to_roll).await?;
-    let rolled_up = roll_up_locked(tx, &to_roll).await?;
+    let locked = lock_orders(tx, &to_roll).await?;
+    let rolled_up = roll_up_locked(tx, &locked).await?;
     let stale = batch.iter().map(|c| (c.item_id, c.attempt)).filter(|key| !written.contains(key)).collect();
     Ok(CompleteReport { written: written.into_iter().collect(), stale, rolled_up })
 }
@@ -482,17 +482,16 @@ macro_rules! order_status_from_items {
 }
 
 /// The order roll-up (see [`roll_up_locked`]); public so the plan test can EXPLAIN it.
-/// Orders are found by primary key and their status by index probes: the cost is the
-/// batch's orders, never the table's and never the orders' sizes. The statuses are computed
-/// once per order (`MATERIALIZED`: inlined, the planner evaluated the probes twice, once to
-/// filter and once to set), and each order is updated through the row version just read
-/// (`ctid`, a TID scan): the caller holds its lock, so it cannot have moved. Returns the
-/// orders whose status changed.
+/// `$1`: the row versions [`LOCK_ORDERS_SQL`] locked, as text. Orders are read through those
+/// versions (a TID scan: the lock keeps them in place) and their status by index probes: the
+/// cost is the batch's orders, never the table's and never the orders' sizes. The statuses
+/// are computed once per order (`MATERIALIZED`: inlined, the planner evaluated the probes
+/// twice, once to filter and once to set). Returns the orders whose status changed.
 pub const ROLL_UP_SQL: &str = concat!(
     "WITH r AS MATERIALIZED (
          SELECT o.ctid AS row_version, o.status AS was, ",
     order_status_from_items!(),
-    " AS status FROM work_orders o WHERE o.id = ANY ($1))
+    " AS status FROM work_orders o WHERE o.ctid = ANY ($1::text[]::tid[]))
      UPDATE work_orders o SET status = r.status, updated_at = now()
      FROM r WHERE o.ctid = r.row_version AND r.was <> r.status
      RETURNING o.id"
@@ -508,7 +507,13 @@ pub const STRANDED_ORDERS_SQL: &str = concat!(
 /// Locks orders in id order (see [`lock_orders`]).
 /// `FOR NO KEY UPDATE`, the lock an UPDATE of the status takes: it does not wait for the
 /// key-share locks of upstream transactions still adding items to the order.
-pub const LOCK_ORDERS_SQL: &str = "SELECT id FROM work_orders WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE";
+pub const LOCK_ORDERS_SQL: &str = "SELECT ctid::text FROM work_orders WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE";
+
+/// Orders this transaction has locked ([`lock_orders`]): the row versions it holds, which no
+/// other transaction can replace before the commit. Only [`roll_up_locked`] reads them, so a
+/// roll-up cannot be written without the lock that keeps it exact.
+#[derive(Debug, Default)]
+pub struct LockedOrders(Vec<String>);
 
 /// Takes the orders' row locks, in id order (two writers never deadlock on them), inside the
 /// caller's transaction: the step before [`roll_up_locked`] in every writer that moves items
@@ -527,23 +532,26 @@ pub const LOCK_ORDERS_SQL: &str = "SELECT id FROM work_orders WHERE id = ANY($1)
 ///
 /// The claim needs no lock to stay exact (QUEUED to PROCESSING leaves an order's status
 /// as it was, PROCESSING); what it does to the order is described at [`CLAIM_SQL`].
-pub async fn lock_orders(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, orders: &[Uuid]) -> Result<(), sqlx::Error> {
+pub async fn lock_orders(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    orders: &[Uuid],
+) -> Result<LockedOrders, sqlx::Error> {
     if orders.is_empty() {
-        return Ok(());
+        return Ok(LockedOrders::default());
     }
-    sqlx::query(LOCK_ORDERS_SQL).bind(orders).execute(&mut **tx).await.map(|_| ())
+    sqlx::query_scalar(LOCK_ORDERS_SQL).bind(orders).fetch_all(&mut **tx).await.map(LockedOrders)
 }
 
 /// Recomputes the status of orders this transaction has locked ([`lock_orders`]) and whose
 /// items it has written; returns those whose status changed.
 pub async fn roll_up_locked(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    orders: &[Uuid],
+    orders: &LockedOrders,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    if orders.is_empty() {
+    if orders.0.is_empty() {
         return Ok(vec![]);
     }
-    sqlx::query_scalar(ROLL_UP_SQL).bind(orders).fetch_all(&mut **tx).await
+    sqlx::query_scalar(ROLL_UP_SQL).bind(&orders.0).fetch_all(&mut **tx).await
 }
 
 /// Locks and recomputes orders in a transaction of its own, for a change whose writer did
@@ -560,8 +568,8 @@ pub async fn roll_up(pool: &PgPool, orders: &[Uuid]) -> Result<Vec<Uuid>, sqlx::
     orders.sort_unstable();
     orders.dedup();
     let mut tx = pool.begin().await?;
-    lock_orders(&mut tx, &orders).await?;
-    let changed = roll_up_locked(&mut tx, &orders).await?;
+    let locked = lock_orders(&mut tx, &orders).await?;
+    let changed = roll_up_locked(&mut tx, &locked).await?;
     tx.commit().await?;
     Ok(changed)
 }

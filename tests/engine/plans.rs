@@ -38,6 +38,17 @@ fn uuid_array(ids: &[uuid::Uuid]) -> String {
     format!("ARRAY['{}']::uuid[]", ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("','"))
 }
 
+/// The roll-up's parameter for these orders: their current row versions, as the lock
+/// statement returns them.
+async fn row_versions(pool: &sqlx::PgPool, ids: &[uuid::Uuid]) -> String {
+    let versions: Vec<String> = sqlx::query_scalar("SELECT ctid::text FROM work_orders WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    format!("ARRAY['{}']::text[]", versions.join("','"))
+}
+
 /// A burst after a quiet period: statistics taken while the tables were empty, then a
 /// backlog of 40,000 items. With the planner's defaults the claim's custom plan (the one
 /// a statement gets for its first executions, with `LIMIT 256` known) reads every queued row
@@ -78,12 +89,15 @@ async fn engine_plans_hold_on_statistics_of_an_empty_queue() {
     let orders: Vec<uuid::Uuid> =
         sqlx::query_scalar("SELECT id FROM work_orders LIMIT 3").fetch_all(&db.pool).await.unwrap();
     // Locking a batch's orders, then rolling them up: by key, never a scan of work_orders.
-    for (name, sql) in [("lock_orders", LOCK_ORDERS_SQL), ("roll_up", ROLL_UP_SQL)] {
+    let versions = row_versions(&db.pool, &orders).await;
+    for (name, sql, types, args) in
+        [("lock_orders", LOCK_ORDERS_SQL, "uuid[]", uuid_array(&orders)), ("roll_up", ROLL_UP_SQL, "text[]", versions)]
+    {
         let plan = explain_on(
             &mut conn,
             "force_custom_plan",
-            format!("PREPARE {name}(uuid[]) AS {sql}"),
-            format!("EXECUTE {name}({})", uuid_array(&orders)),
+            format!("PREPARE {name}({types}) AS {sql}"),
+            format!("EXECUTE {name}({args})"),
         )
         .await;
         assert!(!plan.contains("Seq Scan"), "{name} scans a table:\n{plan}");
@@ -172,10 +186,9 @@ async fn hot_statements_use_indexes_not_table_scans() {
     assert!(!renew.contains("Subquery Scan") && !renew.contains("SubPlan"), "a subquery per row:\n{renew}");
     let orders: Vec<uuid::Uuid> =
         sqlx::query_scalar("SELECT id FROM work_orders LIMIT 3").fetch_all(&db.pool).await.unwrap();
-    let order_array = uuid_array(&orders);
+    let versions = row_versions(&db.pool, &orders).await;
     let roll_up =
-        explain(&db, format!("PREPARE roll_up(uuid[]) AS {ROLL_UP_SQL}"), format!("EXECUTE roll_up({order_array})"))
-            .await;
+        explain(&db, format!("PREPARE roll_up(text[]) AS {ROLL_UP_SQL}"), format!("EXECUTE roll_up({versions})")).await;
     assert!(!roll_up.contains("Seq Scan"), "the roll-up scans a table:\n{roll_up}");
     // Probes that stop at the first matching item, never an aggregate over an order's items:
     // the cost of an item must not grow with the size of its order.
@@ -315,8 +328,9 @@ async fn a_roll_up_probe_does_not_reread_the_rows_of_items_that_already_ran() {
 
     // On a connection as the engine opens it (the completer's roll-up runs on the engine's pool).
     let mut conn = engine_connection(&db).await;
+    let version = row_versions(&db.pool, &[order]).await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "SET plan_cache_mode = force_generic_plan; PREPARE probe(uuid[]) AS {ROLL_UP_SQL}"
+        "SET plan_cache_mode = force_generic_plan; PREPARE probe(text[]) AS {ROLL_UP_SQL}"
     )))
     .execute(&mut conn)
     .await
@@ -326,12 +340,11 @@ async fn a_roll_up_probe_does_not_reread_the_rows_of_items_that_already_ran() {
     // moment, hence several probes); from then on a probe reads one live item's row.
     let mut fetches = Vec::new();
     for _ in 0..50 {
-        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "EXPLAIN (ANALYZE, COSTS OFF) EXECUTE probe(ARRAY['{order}']::uuid[])"
-        )))
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
+        let plan: Vec<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN (ANALYZE, COSTS OFF) EXECUTE probe({version})")))
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
         let plan = plan.join("\n");
         assert!(plan.contains("idx_work_items_composite"), "the probe walks the composite index:\n{plan}");
         assert!(!plan.contains("hashed SubPlan"), "the probe reads every unfinished item of the table:\n{plan}");
@@ -349,6 +362,9 @@ async fn a_roll_up_probe_does_not_reread_the_rows_of_items_that_already_ran() {
     assert!(fetches[0] > 100, "the first probe did not meet the dead versions: {fetches:?}");
     assert!(*fetches.last().unwrap() <= 2, "every probe read the dead versions again: {fetches:?}");
     // And it still answers: the order has unfinished items, so there is nothing to roll up.
-    let changed: Vec<uuid::Uuid> = sqlx::query_scalar(ROLL_UP_SQL).bind(vec![order]).fetch_all(&db.pool).await.unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    let locked = orderly::db::queue::lock_orders(&mut tx, &[order]).await.unwrap();
+    let changed = orderly::db::queue::roll_up_locked(&mut tx, &locked).await.unwrap();
+    tx.commit().await.unwrap();
     assert!(changed.is_empty(), "{changed:?}");
 }
