@@ -301,6 +301,7 @@ pub struct Verdict {
     pub duplicates: i64,
     pub concurrent_duplicates: usize,
     pub lost_attempts: i64,
+    pub misrolled_orders: i64,
 }
 
 /// Checks the guarantees (docs/guarantees.md) over the database and the agent's ledger.
@@ -339,6 +340,16 @@ pub async fn oracle(db: &TestDb, inserted: &[Uuid], agent: &TestAgent) -> Verdic
         )
         .await,
         lost_attempts: scalar("SELECT count(*) FROM attempts WHERE status = 'LOST'").await,
+        // An order's status is what its items say, at once: the roll-up commits with the
+        // write that finished its items, so no fault can leave one behind.
+        misrolled_orders: scalar(
+            "SELECT count(*) FROM work_orders o WHERE EXISTS (SELECT 1 FROM work_items i WHERE i.work_order_id = o.id)
+               AND o.status::text <> (
+                 SELECT CASE WHEN bool_or(i.status IN ('QUEUED', 'PROCESSING', 'AWAITING_APPROVAL')) THEN 'PROCESSING'
+                             WHEN bool_or(i.status = 'FAILED') THEN 'FAILED' ELSE 'COMPLETED' END
+                 FROM work_items i WHERE i.work_order_id = o.id)",
+        )
+        .await,
         ..Verdict::default()
     };
     // Executions whose result was recorded: every attempt that ran the agent to an end.
@@ -385,6 +396,7 @@ impl Verdict {
         assert_eq!(self.failed_without_one_letter, 0, "{scenario}: FAILED items without exactly one dead letter");
         assert_eq!(self.letters_without_failure, 0, "{scenario}: open dead letters for items that are not FAILED");
         assert_eq!(self.concurrent_duplicates, 0, "{scenario}: one attempt executed twice");
+        assert_eq!(self.misrolled_orders, 0, "{scenario}: orders whose status disagrees with their items");
         assert!(
             self.duplicates <= max_duplicates,
             "{scenario}: {} duplicate executions > {max_duplicates} explained by faults",
