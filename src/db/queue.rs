@@ -504,6 +504,13 @@ pub const STRANDED_ORDERS_SQL: &str = concat!(
     " LIMIT $1"
 );
 
+/// Orders that are not PROCESSING although one of their items runs (see [`heal_roll_ups`]):
+/// found through the partial index of leased items, so the cost is the items in flight.
+pub const UNMARKED_ORDERS_SQL: &str =
+    "SELECT DISTINCT o.id FROM work_items i JOIN work_orders o ON o.id = i.work_order_id
+     WHERE i.status = 'PROCESSING' AND i.lease_expires_at IS NOT NULL AND o.status <> 'PROCESSING'
+     LIMIT $1";
+
 /// Locks orders in id order (see [`lock_orders`]).
 /// `FOR NO KEY UPDATE`, the lock an UPDATE of the status takes: it does not wait for the
 /// key-share locks of upstream transactions still adding items to the order.
@@ -574,18 +581,24 @@ pub async fn roll_up(pool: &PgPool, orders: &[Uuid]) -> Result<Vec<Uuid>, sqlx::
     Ok(changed)
 }
 
-/// The leader's safety net: PROCESSING orders whose items are all finished (changed by hand,
-/// or left by a writer that does not follow [`lock_orders`]), rolled up, `limit`
-/// at a time until none is left. An order's status is in no index (its changes are heap-only
-/// updates, migration 0014), so each round reads `work_orders` through; the leader calls this
-/// rarely (see `maintenance::rescuer`), and probes only the PROCESSING orders' items.
+/// The leader's safety net, for orders whose status no writer corrected: PROCESSING orders
+/// whose items are all finished (items changed by hand, or by a writer that does not follow
+/// [`lock_orders`]), and orders not PROCESSING while one of their items runs (the
+/// dispatcher's roll-up of an order its claim could not mark failed, say), rolled up
+/// `limit` at a time until none is left. An order's status is in no index (its changes are
+/// heap-only updates, migration 0014), so the first kind reads `work_orders` through; the
+/// leader calls this rarely (see `maintenance::rescuer`), and probes only the PROCESSING
+/// orders' items.
 pub async fn heal_roll_ups(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
     let mut healed = Vec::new();
     loop {
-        let stranded: Vec<Uuid> = sqlx::query_scalar(STRANDED_ORDERS_SQL).bind(limit).fetch_all(pool).await?;
+        let mut stranded: Vec<Uuid> = sqlx::query_scalar(STRANDED_ORDERS_SQL).bind(limit).fetch_all(pool).await?;
+        let unmarked: Vec<Uuid> = sqlx::query_scalar(UNMARKED_ORDERS_SQL).bind(limit).fetch_all(pool).await?;
+        let full = stranded.len() as i64 == limit || unmarked.len() as i64 == limit;
+        stranded.extend(unmarked);
         let rolled = roll_up(pool, &stranded).await?;
         // Fewer than a round's worth, or none of them changed (their items moved meanwhile).
-        if (stranded.len() as i64) < limit || rolled.is_empty() {
+        if !full || rolled.is_empty() {
             healed.extend(rolled);
             return Ok(healed);
         }

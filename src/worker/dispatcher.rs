@@ -130,7 +130,7 @@ impl Dispatcher {
         if !unmarked.is_empty() {
             // Orders another writer held during the claim (see db::queue::CLAIM_SQL): rolled
             // up once that writer commits, without holding up this batch. A failure leaves
-            // the order's status behind until the next writer of its items rolls it up.
+            // the order to the leader's healing read (db::queue::heal_roll_ups).
             unmarked.sort_unstable();
             unmarked.dedup();
             let pool = self.pool.clone();

@@ -268,6 +268,27 @@ async fn concurrent_completions_roll_every_order_up_exactly() {
     assert!(count(&db.pool, "SELECT count(*) FROM work_orders WHERE status = 'COMPLETED'").await > 0);
 }
 
+/// An order left unmarked while its item runs (its status written by hand here; in the
+/// engine, a claim that met the order locked and whose roll-up then failed) is marked
+/// PROCESSING by the leader's healing read.
+#[tokio::test]
+async fn an_order_not_processing_while_its_item_runs_is_healed() {
+    let db = TestDb::new().await;
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    insert_item(&db.pool, order, "TICKET", "{}").await;
+    let claimed =
+        orderly::db::queue::claim(&db.pool, "test-writer", 10, Duration::from_secs(60), 1 << 20).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    sqlx::query("UPDATE work_orders SET status = 'COMPLETED' WHERE id = $1")
+        .bind(order)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let healed = orderly::db::queue::heal_roll_ups(&db.pool, 500).await.unwrap();
+    assert_eq!(healed, vec![order]);
+    assert_eq!(order_status(&db.pool, order).await, "PROCESSING");
+}
+
 /// Items finished by hand (or by an older release, which rolled up after its commit and could
 /// die in between) leave an order PROCESSING with every item finished; the leader's rescuer
 /// heals it on its next sweep.

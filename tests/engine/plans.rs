@@ -6,6 +6,7 @@ use orderly::db::ENGINE_PLANNER_SETTINGS;
 use orderly::db::maintenance::PRUNE_CANDIDATES_SQL;
 use orderly::db::queue::{
     CLAIM_SQL, COMPLETE_PARAM_TYPES, COMPLETE_SQL, LOCK_ORDERS_SQL, RENEW_SQL, ROLL_UP_SQL, STRANDED_ORDERS_SQL,
+    UNMARKED_ORDERS_SQL,
 };
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
@@ -214,6 +215,10 @@ async fn hot_statements_use_indexes_not_table_scans() {
         explain(&db, format!("PREPARE stranded(bigint) AS {STRANDED_ORDERS_SQL}"), "EXECUTE stranded(500)".into())
             .await;
     assert!(!stranded.contains("Seq Scan on work_items"), "the healing sweep scans work_items:\n{stranded}");
+    let unmarked =
+        explain(&db, format!("PREPARE unmarked(bigint) AS {UNMARKED_ORDERS_SQL}"), "EXECUTE unmarked(500)".into())
+            .await;
+    assert!(!unmarked.contains("Seq Scan"), "the healing sweep scans a table for running items:\n{unmarked}");
     // By primary key from each result, never by walking the partial index of leased rows:
     // with statistics that think it empty, the planner nests a loop over it and re-reads the
     // whole batch for each leased row (measured: 2,355 items/s instead of 6,771 over a
