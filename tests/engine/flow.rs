@@ -276,8 +276,7 @@ async fn an_order_not_processing_while_its_item_runs_is_healed() {
     let db = TestDb::new().await;
     let order = insert_order(&db.pool, "MEDIUM").await;
     insert_item(&db.pool, order, "TICKET", "{}").await;
-    let claimed =
-        orderly::db::queue::claim(&db.pool, "test-writer", 10, Duration::from_secs(60), 1 << 20).await.unwrap();
+    let claimed = claim_up_to(&db.pool, 10).await;
     assert_eq!(claimed.len(), 1);
     sqlx::query("UPDATE work_orders SET status = 'COMPLETED' WHERE id = $1")
         .bind(order)
@@ -349,6 +348,23 @@ async fn an_open_upstream_transaction_does_not_hold_up_the_roll_up() {
     stop(engine).await;
 }
 
+/// Claims up to `limit` items with the engine's claim statement, as a writer named
+/// "test-writer" with a one-minute lease.
+async fn claim_up_to(pool: &sqlx::PgPool, limit: i64) -> Vec<orderly::db::queue::ClaimedItem> {
+    orderly::db::queue::claim(pool, "test-writer", limit, Duration::from_secs(60), 1 << 20).await.unwrap()
+}
+
+/// A transaction holding the order's row lock, as a writer rolling it up does, until it ends.
+async fn hold_order(pool: &sqlx::PgPool, order: Uuid) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM work_orders WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(order)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    holder
+}
+
 /// A completion that finishes an item of an order.
 fn finished(item: &orderly::db::queue::ClaimedItem) -> orderly::model::Completion {
     use orderly::model::{AttemptStatus, Completion, NextState};
@@ -387,8 +403,7 @@ async fn two_writers_finishing_an_orders_last_items_roll_it_up_exactly() {
     let order = insert_order(&db.pool, "MEDIUM").await;
     insert_item(&db.pool, order, "TICKET", "{}").await;
     insert_item(&db.pool, order, "TICKET", "{}").await;
-    let claimed =
-        orderly::db::queue::claim(&db.pool, "test-writer", 10, Duration::from_secs(60), 1 << 20).await.unwrap();
+    let claimed = claim_up_to(&db.pool, 10).await;
     assert_eq!(claimed.len(), 2);
     assert!(claimed.iter().all(|c| !c.order_unmarked), "the claim marks the order itself");
     assert_eq!(order_status(&db.pool, order).await, "PROCESSING");
@@ -422,14 +437,8 @@ async fn a_claim_reports_an_order_it_could_not_mark() {
     let db = TestDb::new().await;
     let order = insert_order(&db.pool, "MEDIUM").await;
     insert_item(&db.pool, order, "TICKET", "{}").await;
-    let mut holder = db.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM work_orders WHERE id = $1 FOR NO KEY UPDATE")
-        .bind(order)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-    let claimed =
-        orderly::db::queue::claim(&db.pool, "test-writer", 10, Duration::from_secs(60), 1 << 20).await.unwrap();
+    let holder = hold_order(&db.pool, order).await;
+    let claimed = claim_up_to(&db.pool, 10).await;
     assert_eq!(claimed.len(), 1, "the claim waited for the order's lock or skipped the item");
     assert!(claimed[0].order_unmarked);
     assert_eq!(order_status(&db.pool, order).await, "PENDING");
@@ -456,10 +465,9 @@ async fn a_claim_returns_the_order_whether_it_marks_it_or_not() {
     .unwrap();
     insert_item(&db.pool, order, "TICKET", "{}").await;
     insert_item(&db.pool, order, "TICKET", "{}").await;
-    let claim = || orderly::db::queue::claim(&db.pool, "test-writer", 1, Duration::from_secs(60), 1 << 20);
-    let first = claim().await.unwrap();
+    let first = claim_up_to(&db.pool, 1).await;
     assert_eq!(order_status(&db.pool, order).await, "PROCESSING", "the first claim marks the order");
-    let second = claim().await.unwrap();
+    let second = claim_up_to(&db.pool, 1).await;
     let (tenant, created_by): (Uuid, Uuid) =
         sqlx::query_as("SELECT tenant_id, created_by FROM work_orders WHERE id = $1")
             .bind(order)
@@ -484,12 +492,7 @@ async fn a_claim_returns_the_order_whether_it_marks_it_or_not() {
 async fn an_order_held_during_the_claim_is_marked_once_released() {
     let db = TestDb::new().await;
     let order = insert_order(&db.pool, "MEDIUM").await;
-    let mut holder = db.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM work_orders WHERE id = $1 FOR NO KEY UPDATE")
-        .bind(order)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let holder = hold_order(&db.pool, order).await;
     let item = insert_item(&db.pool, order, "TICKET", "{}").await;
     let engine = db
         .engine(
