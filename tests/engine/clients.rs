@@ -141,13 +141,16 @@ async fn sqlalchemy_automap_upstream_is_processed() {
     assert_eq!(summary.server_ids.len(), 303);
     assert_eq!(summary.client_ids.len(), 1);
     assert_eq!(summary.unidentified_items, 0);
+    // The order's id came from the database's default, learned at flush: time-ordered too.
+    assert_eq!(summary.order_id.get_version_num(), 7, "{}: the order's database-made id", summary.order_id);
 }
 
 #[tokio::test]
 async fn django_inspectdb_upstream_is_processed() {
     let summary = enqueue_through("django_enqueue.py").await;
     assert_eq!(summary.library, "django");
-    // One create and 200 by bulk_create with client ids, all kept.
+    // One create and 200 by bulk_create with client ids, all kept; the order's own id too.
+    assert_eq!(summary.order_id.get_version_num(), 4, "{}: the order's client-chosen id", summary.order_id);
     assert_eq!(summary.client_ids.len(), 201);
     // One create without an id: inserted and completed; Django 5.2 does not learn its id
     // (a non-AutoField primary key), so it is counted, not listed.
