@@ -212,6 +212,47 @@ async fn two_engines_never_execute_the_same_item() {
     assert_eq!(count(&db.pool, "SELECT count(*) FROM work_orders WHERE status = 'COMPLETED'").await, 20);
 }
 
+/// The roll-up's precedence, item statuses set by hand and the order recomputed
+/// (`db::queue::roll_up`): anything unfinished or held keeps the order PROCESSING, else a
+/// failed item makes it FAILED, else it is COMPLETED; however many items it has, and
+/// whichever comes first in the index.
+#[tokio::test]
+async fn the_roll_up_ranks_held_over_failed_over_completed() {
+    let db = TestDb::new().await;
+    let cases: [(&[&str], &str); 8] = [
+        (&["COMPLETED"], "COMPLETED"),
+        (&["COMPLETED", "COMPLETED", "COMPLETED"], "COMPLETED"),
+        (&["COMPLETED", "FAILED"], "FAILED"),
+        (&["FAILED", "FAILED"], "FAILED"),
+        (&["COMPLETED", "AWAITING_APPROVAL"], "PROCESSING"),
+        (&["FAILED", "AWAITING_APPROVAL", "COMPLETED"], "PROCESSING"),
+        (&["FAILED", "QUEUED"], "PROCESSING"),
+        (&["AWAITING_APPROVAL", "FAILED", "PROCESSING"], "PROCESSING"),
+    ];
+    let mut orders = Vec::new();
+    for (statuses, _) in &cases {
+        let order = insert_order(&db.pool, "MEDIUM").await;
+        for status in *statuses {
+            let item = insert_item(&db.pool, order, "TICKET", "{}").await;
+            sqlx::query(
+                "UPDATE work_items SET status = $2::work_item_status,
+                        lease_expires_at = CASE WHEN $2 = 'PROCESSING' THEN now() + interval '1 hour' END
+                 WHERE id = $1",
+            )
+            .bind(item)
+            .bind(*status)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        }
+        orders.push(order);
+    }
+    orderly::db::queue::roll_up(&db.pool, &orders).await.unwrap();
+    for ((statuses, expected), order) in cases.iter().zip(&orders) {
+        assert_eq!(&order_status(&db.pool, *order).await, expected, "an order of {statuses:?}");
+    }
+}
+
 #[tokio::test]
 async fn orders_roll_up_from_their_items() {
     let db = TestDb::new().await;
