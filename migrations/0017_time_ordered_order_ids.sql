@@ -7,6 +7,9 @@
 -- item made that one random leaf per item, in every batch. Time-ordered ids put the orders
 -- being worked on (claimed in about the order they were enqueued) on the few right-hand
 -- leaves of both indexes. An upstream that gives its own id keeps it.
+-- The expression is the items' default of migration 0014, written out again rather than
+-- called: a SQL function in a default is planned for every INSERT (migration 0006), and a
+-- PL/pgSQL one is loaded and compiled on each new connection (migration 0012).
 ALTER TABLE work_orders ALTER COLUMN id SET DEFAULT encode(
     set_bit(set_bit(
         overlay(uuid_send(gen_random_uuid())
