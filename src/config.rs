@@ -64,6 +64,11 @@ pub struct DatabaseSettings {
     pub migrate_on_start: bool,
     #[serde(with = "humantime_serde")]
     pub acquire_timeout: Duration,
+    /// PostgreSQL ends a session of this process that sits inside a transaction for longer
+    /// than this (`idle_in_transaction_session_timeout`): a frozen process must not hold row
+    /// locks that every other replica waits for.
+    #[serde(with = "humantime_serde")]
+    pub idle_in_transaction_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,6 +91,10 @@ pub struct WorkerSettings {
     /// How often the leader looks for expired leases.
     #[serde(with = "humantime_serde")]
     pub rescue_interval: Duration,
+    /// The leader's lease on the database clock: a leader that dies, freezes or loses the
+    /// database hands over within about this long (plus a fifth of it).
+    #[serde(with = "humantime_serde")]
+    pub leader_lease: Duration,
     /// A loop busy with one step for longer than this (the dispatcher in one claim round, a
     /// completer retrying one batch) makes the engine unhealthy (`worker::liveness`).
     #[serde(with = "humantime_serde")]
@@ -314,12 +323,14 @@ mod off_or_duration {
 
 impl fmt::Debug for DatabaseSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let DatabaseSettings { url, max_connections, migrate_on_start, acquire_timeout } = self;
+        let DatabaseSettings { url, max_connections, migrate_on_start, acquire_timeout, idle_in_transaction_timeout } =
+            self;
         f.debug_struct("DatabaseSettings")
             .field("url", &redact_url(url))
             .field("max_connections", max_connections)
             .field("migrate_on_start", migrate_on_start)
             .field("acquire_timeout", acquire_timeout)
+            .field("idle_in_transaction_timeout", idle_in_transaction_timeout)
             .finish()
     }
 }
@@ -355,6 +366,7 @@ impl DatabaseSettings {
             url: &self.url,
             max_connections: self.max_connections,
             acquire_timeout: self.acquire_timeout,
+            idle_in_transaction_timeout: self.idle_in_transaction_timeout,
         }
     }
 }
@@ -414,6 +426,14 @@ impl Settings {
         }
         count_in("database.max_connections", database.max_connections, 2, MAX_CONNECTIONS)?;
         duration_in("database.acquire_timeout", database.acquire_timeout, None, MAX_INTERVAL)?;
+        if !database.idle_in_transaction_timeout.is_zero() {
+            duration_in(
+                "database.idle_in_transaction_timeout",
+                database.idle_in_transaction_timeout,
+                Some(Duration::from_secs(1)),
+                MAX_INTERVAL,
+            )?;
+        }
 
         let worker = &self.worker;
         count_in("worker.concurrency", worker.concurrency, 1, MAX_BATCH)?;
@@ -425,6 +445,12 @@ impl Settings {
         count_in("worker.completers", worker.completers, 1, MAX_COMPLETERS)?;
         count_in("worker.max_rescues", worker.max_rescues, 1, MAX_ATTEMPTS)?;
         duration_in("worker.rescue_interval", worker.rescue_interval, None, MAX_INTERVAL)?;
+        duration_in(
+            "worker.leader_lease",
+            worker.leader_lease,
+            Some(Duration::from_secs(1)),
+            Duration::from_secs(600),
+        )?;
         duration_in("worker.stall_timeout", worker.stall_timeout, Some(Duration::from_secs(1)), MAX_INTERVAL)?;
 
         let retry = &self.retry;

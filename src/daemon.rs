@@ -16,7 +16,7 @@ use anyhow::Context;
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,8 +28,9 @@ pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
 
 /// A running engine.
 pub struct Engine {
-    /// Whether this process is the elected leader (runs the rescuer and the pruner).
-    pub leading: watch::Receiver<bool>,
+    /// Whether this process is the elected leader (runs the rescuer, the SLA sweeper and the
+    /// pruner).
+    pub leadership: crate::leadership::Leadership,
     /// Counters of this process since start (tests, the bench, health checks).
     pub metrics: Arc<Metrics>,
     /// Names this process in `locked_by` and attempt rows: host, pid and a random suffix.
@@ -79,7 +80,7 @@ impl Engine {
         let runners = TaskTracker::new();
         let abandon = CancellationToken::new();
         let failed = CancellationToken::new();
-        let (leading_tx, leading) = watch::channel(false);
+        let (term_tx, leadership) = crate::leadership::Leadership::new(&worker_id, pool.clone());
         // The admin server (src/admin) comes up before migrations and before any engine task:
         // /healthz answers at once, /readyz says what is not ready yet (migrations, LISTEN).
         // Draining is `stop_claiming`, cancelled when shutdown starts.
@@ -100,7 +101,7 @@ impl Engine {
             gauges: Default::default(),
             failed: failed.clone(),
             draining: stop_claiming.clone(),
-            leading: leading.clone(),
+            leadership: leadership.clone(),
             in_flight: in_flight.clone(),
             worker_id: worker_id.clone(),
         })
@@ -168,9 +169,15 @@ impl Engine {
             watched(
                 "leader",
                 &stop_background,
-                Box::pin(leader::run(settings.database.url.clone(), leading_tx, stop_background.clone())),
+                Box::pin(leader::run(
+                    settings.database.url.clone(),
+                    worker_id.clone(),
+                    settings.worker.leader_lease,
+                    term_tx,
+                    stop_background.clone(),
+                )),
             ),
-            watched("rescuer", &stop_background, Box::pin(rescuer.run(leading.clone(), stop_background.clone()))),
+            watched("rescuer", &stop_background, Box::pin(rescuer.run(leadership.clone(), stop_background.clone()))),
             watched(
                 "sla-sweeper",
                 &stop_background,
@@ -180,7 +187,7 @@ impl Engine {
                         settings: settings.clone(),
                         metrics: metrics.clone(),
                     }
-                    .run(leading.clone(), stop_background.clone()),
+                    .run(leadership.clone(), stop_background.clone()),
                 ),
             ),
             watched("notifier", &stop_background, Box::pin(notifier.run(stop_background.clone()))),
@@ -189,7 +196,7 @@ impl Engine {
                 &stop_background,
                 Box::pin(
                     Pruner { pool: pool.clone(), settings: settings.clone() }
-                        .run(leading.clone(), stop_background.clone()),
+                        .run(leadership.clone(), stop_background.clone()),
                 ),
             ),
         ];
@@ -216,7 +223,7 @@ impl Engine {
         );
         tracing::info!(worker = %worker_id, concurrency = settings.worker.concurrency, "engine started");
         Ok(Engine {
-            leading,
+            leadership,
             metrics,
             worker_id,
             pool,

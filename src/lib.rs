@@ -16,6 +16,7 @@ pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod failpoint;
+pub mod leadership;
 pub mod maintenance;
 pub mod metrics;
 pub mod model;

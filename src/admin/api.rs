@@ -273,6 +273,8 @@ pub struct Overview {
     pub escalations_open: i64,
     pub escalations_acknowledged: i64,
     pub in_flight: Vec<db::orders::InFlight>,
+    /// The leader lease (who leads, since when, until when); `None` before any replica led.
+    pub leadership: Option<db::leader::Lease>,
 }
 
 /// Reads the overview: the counts of `orderly status` (every item, so one pass over
@@ -280,6 +282,7 @@ pub struct Overview {
 pub async fn overview(pool: &sqlx::PgPool) -> Result<Overview, sqlx::Error> {
     let queue = db::orders::queue_status(pool, 20).await?;
     let escalations = db::sla::unresolved_counts(pool).await?;
+    let leadership = db::leader::current(pool).await?;
     let mut by_state = BTreeMap::new();
     let mut by_type: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
     for row in &queue.counts {
@@ -297,6 +300,7 @@ pub async fn overview(pool: &sqlx::PgPool) -> Result<Overview, sqlx::Error> {
         escalations_open: escalation("OPEN"),
         escalations_acknowledged: escalation("ACKNOWLEDGED"),
         in_flight: queue.in_flight,
+        leadership,
     })
 }
 
@@ -304,7 +308,7 @@ async fn status(State(state): State<AdminState>, _: Reader) -> ApiResult {
     let overview = overview(&state.ops).await?;
     let mut value = serde_json::to_value(overview).map_err(|e| ApiError::bad_request(e.to_string()))?;
     value["worker_id"] = json!(state.worker_id);
-    value["leader"] = json!(*state.leading.borrow());
+    value["leader"] = json!(state.leadership.is_leader());
     value["version"] = json!(env!("CARGO_PKG_VERSION"));
     Ok(Json(value))
 }

@@ -28,7 +28,7 @@ use sqlx::PgPool;
 use std::fmt::{Display, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+
 use tokio_util::sync::CancellationToken;
 
 /// The content type of the text exposition format.
@@ -74,12 +74,12 @@ pub async fn refresh_gauges(
     pool: PgPool,
     gauges: std::sync::Arc<DbGauges>,
     interval: Duration,
-    mut leading: watch::Receiver<bool>,
+    mut leadership: crate::leadership::Leadership,
     stop: CancellationToken,
 ) {
     let mut election_over = false;
     loop {
-        if *leading.borrow_and_update() {
+        if leadership.is_leader() {
             match tokio::time::timeout(interval, db::admin::gauges(&pool)).await {
                 Ok(Ok((depth, open_dead_letters))) => {
                     gauges.set(Some(Refreshed { at: Instant::now(), depth, open_dead_letters }))
@@ -97,7 +97,7 @@ pub async fn refresh_gauges(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
-            changed = leading.changed(), if !election_over => election_over = changed.is_err(),
+            changed = leadership.changed(), if !election_over => election_over = changed.is_err(),
         }
     }
 }
@@ -207,13 +207,23 @@ pub fn render(state: &AdminState) -> String {
 
     out.family("orderly_in_flight_items", "gauge", "Items this process is executing or about to record.");
     out.sample("orderly_in_flight_items", &[], state.in_flight.len());
-    let leading = *state.leading.borrow();
+    let leading = state.leadership.is_leader();
     out.family(
         "orderly_leader",
         "gauge",
         "1 when this replica is the elected leader (it carries the database gauges).",
     );
     out.sample("orderly_leader", &[], u8::from(leading));
+    if let Some(term) = state.leadership.term() {
+        out.family("orderly_leader_epoch", "gauge", "The leader lease's epoch this replica holds (leader only).");
+        out.sample("orderly_leader_epoch", &[], term.epoch);
+        out.family(
+            "orderly_leader_since_timestamp_seconds",
+            "gauge",
+            "When this replica's term as leader began, in Unix seconds (leader only).",
+        );
+        out.sample("orderly_leader_since_timestamp_seconds", &[], term.since.timestamp());
+    }
     out.family("orderly_build_info", "gauge", "The running build; the value is always 1.");
     out.sample("orderly_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
 

@@ -25,7 +25,7 @@ use sqlx::PgPool;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -47,7 +47,7 @@ pub struct AdminState {
     /// Fired when shutdown starts: the engine stops claiming and drains.
     pub draining: CancellationToken,
     /// Whether this replica is the elected leader.
-    pub leading: watch::Receiver<bool>,
+    pub leadership: crate::leadership::Leadership,
     /// Executions this process holds leases for.
     pub in_flight: InFlight,
     pub worker_id: String,
@@ -72,7 +72,7 @@ impl AdminState {
     /// behind it (`failed`, `draining` and leadership unset): for tests and tools that serve
     /// the API without an engine.
     pub fn standalone(pool: PgPool, ops: PgPool, settings: Arc<Settings>) -> AdminState {
-        let (_, leading) = watch::channel(false);
+        let (_, leadership) = crate::leadership::Leadership::new("standalone", pool.clone());
         AdminState {
             catalog: Arc::new(Catalog::new(ops.clone(), settings.clone())),
             tokens: Arc::new(auth::Tokens::new(&settings.admin.tokens)),
@@ -84,7 +84,7 @@ impl AdminState {
             gauges: Default::default(),
             failed: CancellationToken::new(),
             draining: CancellationToken::new(),
-            leading,
+            leadership,
             in_flight: InFlight::default(),
             worker_id: "standalone".to_owned(),
         }
@@ -137,7 +137,7 @@ impl AdminServer {
             state.pool.clone(),
             state.gauges.clone(),
             state.settings.admin.gauge_interval,
-            state.leading.clone(),
+            state.leadership.clone(),
             stop.clone(),
         ));
         let app = router(state);

@@ -14,6 +14,10 @@
 //!   - `listener`: the LISTEN connection is up (new items wake the engine at once);
 //!   - `engine`: no engine task has died (`Engine::failed`);
 //!   - `draining`: shutdown has not started.
+//!
+//!   Beside the checks, `leader` says whether this replica leads and shows the leader lease
+//!   (holder, epoch, since, expires_at, live) as the database has it; it never fails
+//!   readiness (a replica serves whoever leads).
 
 use super::AdminState;
 use crate::db;
@@ -52,6 +56,16 @@ pub struct Readiness {
     /// The names of the failing checks.
     pub failing: Vec<&'static str>,
     pub checks: BTreeMap<&'static str, Check>,
+    pub leader: Leader,
+}
+
+/// Who leads, in the `/readyz` body.
+#[derive(Debug, Clone, Serialize)]
+pub struct Leader {
+    /// Whether this replica holds a live term.
+    pub this_replica: bool,
+    /// The lease row, when the database answered and some replica has led.
+    pub lease: Option<db::leader::Lease>,
 }
 
 async fn readyz(State(state): State<AdminState>) -> (StatusCode, Json<Readiness>) {
@@ -63,7 +77,7 @@ async fn readyz(State(state): State<AdminState>) -> (StatusCode, Json<Readiness>
 /// Runs every check (the local ones read flags; the database ones take one connection).
 pub async fn readiness(state: &AdminState) -> Readiness {
     let mut checks = BTreeMap::new();
-    let (database, migrations) = database_checks(state).await;
+    let (database, migrations, lease) = database_checks(state).await;
     checks.insert("database", database);
     checks.insert("migrations", migrations);
     let listening = state.metrics.listening.load(Ordering::Relaxed);
@@ -79,7 +93,8 @@ pub async fn readiness(state: &AdminState) -> Readiness {
         check(!draining, "not draining", "shutting down: no new claims, in-flight items finishing"),
     );
     let failing: Vec<&'static str> = checks.iter().filter(|(_, c)| !c.ok).map(|(name, _)| *name).collect();
-    Readiness { ready: failing.is_empty(), failing, checks }
+    let leader = Leader { this_replica: state.leadership.is_leader(), lease };
+    Readiness { ready: failing.is_empty(), failing, checks, leader }
 }
 
 fn check(ok: bool, yes: &str, no: &str) -> Check {
@@ -90,17 +105,18 @@ fn failed(detail: String) -> Check {
     Check { ok: false, detail }
 }
 
-/// `database`, then `migrations` on the same connection, within [`DATABASE_TIMEOUT`].
-async fn database_checks(state: &AdminState) -> (Check, Check) {
+/// `database`, then `migrations` and the leader lease on the same connection, within
+/// [`DATABASE_TIMEOUT`].
+async fn database_checks(state: &AdminState) -> (Check, Check, Option<db::leader::Lease>) {
     let expected = db::newest_migration();
     let unknown = || failed("unknown: the database did not answer".to_owned());
     let reads = async {
         let mut conn = match state.pool.acquire().await {
             Ok(conn) => conn,
-            Err(e) => return (failed(format!("no connection: {}", db::describe_error(&e))), unknown()),
+            Err(e) => return (failed(format!("no connection: {}", db::describe_error(&e))), unknown(), None),
         };
         if let Err(e) = db::admin::ping(&mut conn).await {
-            return (failed(format!("SELECT 1 failed: {}", db::describe_error(&e))), unknown());
+            return (failed(format!("SELECT 1 failed: {}", db::describe_error(&e))), unknown(), None);
         }
         let database = Check { ok: true, detail: "answers".to_owned() };
         let migrations = match db::admin::applied_migration(&mut conn).await {
@@ -114,10 +130,11 @@ async fn database_checks(state: &AdminState) -> (Check, Check) {
             )),
             Err(e) => failed(format!("reading _sqlx_migrations failed: {}", db::describe_error(&e))),
         };
-        (database, migrations)
+        let lease = db::leader::current(&mut *conn).await.ok().flatten();
+        (database, migrations, lease)
     };
     match tokio::time::timeout(DATABASE_TIMEOUT, reads).await {
         Ok(checks) => checks,
-        Err(_) => (failed(format!("no answer within {}ms", DATABASE_TIMEOUT.as_millis())), unknown()),
+        Err(_) => (failed(format!("no answer within {}ms", DATABASE_TIMEOUT.as_millis())), unknown(), None),
     }
 }

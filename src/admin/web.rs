@@ -424,7 +424,15 @@ fn overview_body(state: &AdminState, o: &Overview) -> Markup {
                 }
             }
         }
-        p.hint { "Process " (state.worker_id) (if *state.leading.borrow() { " (leader)" } else { "" }) " · orderly " (env!("CARGO_PKG_VERSION")) }
+        p.hint {
+            "Process " (state.worker_id) (if state.leadership.is_leader() { " (leader)" } else { "" }) " · "
+            @match &o.leadership {
+                Some(l) if l.live => { "led by " (l.holder) " since " (l.since.format("%Y-%m-%d %H:%M:%S UTC")) " (epoch " (l.epoch) ")" }
+                Some(l) => span.bad { "no leader: the lease of " (l.holder) " expired at " (l.expires_at.format("%Y-%m-%d %H:%M:%S UTC")) },
+                None => "no replica has led yet",
+            }
+            " · orderly " (env!("CARGO_PKG_VERSION"))
+        }
     }
 }
 

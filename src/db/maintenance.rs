@@ -1,23 +1,11 @@
-//! Statements of the leader-only maintenance services: leader election, rescue and pruning.
+//! Statements of the leader-only maintenance services: rescue and pruning (the election's
+//! are in `db::leader`).
 
 use super::queue::{CompleteReport, complete_in};
 use crate::model::Completion;
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
-
-/// The advisory-lock key of the leader (one per database): "orderly" in ASCII.
-pub const LEADER_LOCK: i64 = 0x006f_7264_6572_6c79;
-
-/// Tries to take the leader lock on this session; it is held until the session ends.
-pub async fn try_lead(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LEADER_LOCK).fetch_one(conn).await
-}
-
-/// Checks that the session holding the lock is still alive.
-pub async fn ping(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT 1").execute(conn).await.map(|_| ())
-}
 
 /// A PROCESSING item whose lease has expired: its worker is gone or cut off.
 #[derive(Debug, Clone, sqlx::FromRow)]

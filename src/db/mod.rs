@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod dead_letters;
 pub mod demo;
 pub mod items;
+pub mod leader;
 pub mod maintenance;
 pub mod notifications;
 pub mod orders;
@@ -123,6 +124,8 @@ pub struct PoolOptions<'a> {
     pub url: &'a str,
     pub max_connections: u32,
     pub acquire_timeout: std::time::Duration,
+    /// `idle_in_transaction_session_timeout` of every connection (zero: off).
+    pub idle_in_transaction_timeout: std::time::Duration,
 }
 
 /// Opens the pool described by the settings (operators' commands).
@@ -139,7 +142,8 @@ pub async fn connect_engine(settings: &PoolOptions<'_>) -> Result<PgPool, DbErro
 /// PostgreSQL's default planner settings, connections opened on first use and closed after a
 /// minute idle, `application_name = 'orderly-admin'`.
 pub fn connect_lazy(settings: &PoolOptions<'_>) -> Result<PgPool, DbError> {
-    let options = PgConnectOptions::from_str(settings.url)?.application_name("orderly-admin");
+    let options =
+        session_settings(settings, PgConnectOptions::from_str(settings.url)?).application_name("orderly-admin");
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .min_connections(0)
@@ -148,8 +152,14 @@ pub fn connect_lazy(settings: &PoolOptions<'_>) -> Result<PgPool, DbError> {
         .connect_lazy_with(options))
 }
 
+/// The session settings every connection of the daemon carries (sent at connect).
+pub fn session_settings(settings: &PoolOptions<'_>, options: PgConnectOptions) -> PgConnectOptions {
+    let ms = settings.idle_in_transaction_timeout.as_millis().to_string();
+    options.options([("idle_in_transaction_session_timeout", ms.as_str())])
+}
+
 async fn open(settings: &PoolOptions<'_>, options: PgConnectOptions) -> Result<PgPool, DbError> {
-    let options = options.application_name("orderly");
+    let options = session_settings(settings, options).application_name("orderly");
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)

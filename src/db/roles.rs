@@ -120,7 +120,8 @@ impl Roles {
             ("INSERT", &[daemon], &["audit_logs"]),
             ("SELECT, INSERT, UPDATE, DELETE", &[daemon], &["escalations", "notifications"]),
             ("SELECT", &[daemon], &["workflow_templates", "schemas", "sla_rules", "sla_levels", "connectors"]),
-            ("SELECT", &[daemon, oncall], &["_sqlx_migrations"]),
+            ("SELECT", &[daemon, oncall], &["_sqlx_migrations", "orderly_leader"]),
+            ("INSERT, UPDATE", &[daemon], &["orderly_leader"]),
             ("SELECT, INSERT", &[producer], &["work_orders", "work_items"]),
             (
                 "SELECT",

@@ -5,7 +5,6 @@ use crate::config::Settings;
 use crate::db;
 use sqlx::PgPool;
 use std::sync::Arc;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -20,12 +19,12 @@ pub struct Pruner {
 }
 
 impl Pruner {
-    pub async fn run(self, leading: watch::Receiver<bool>, stop: CancellationToken) {
+    pub async fn run(self, leadership: crate::leadership::Leadership, stop: CancellationToken) {
         if self.settings.pruner.retention.is_none() {
             // Off: idle until the engine stops (an engine task that ends early is a failure).
             return stop.cancelled().await;
         }
-        super::every_interval_while_leading(self.settings.pruner.interval, leading, stop, || async {
+        super::every_interval_while_leading(self.settings.pruner.interval, leadership, stop, || async {
             match self.run_once().await {
                 Ok(report) if report != PruneReport::default() => {
                     tracing::info!(orders = report.orders, items = report.items, "pruned finished work orders");

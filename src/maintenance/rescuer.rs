@@ -11,7 +11,6 @@ use serde_json::json;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -45,8 +44,8 @@ pub struct Rescuer {
 }
 
 impl Rescuer {
-    pub async fn run(self, leading: watch::Receiver<bool>, stop: CancellationToken) {
-        super::every_interval_while_leading(self.settings.worker.rescue_interval, leading, stop, || async {
+    pub async fn run(self, leadership: crate::leadership::Leadership, stop: CancellationToken) {
+        super::every_interval_while_leading(self.settings.worker.rescue_interval, leadership, stop, || async {
             match self.run_once().await {
                 Ok(report) => {
                     if report.requeued + report.dead_lettered > 0 {

@@ -10,7 +10,6 @@ use crate::db::{self, sla::Rule};
 use sqlx::PgPool;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -34,8 +33,8 @@ pub struct Sweeper {
 }
 
 impl Sweeper {
-    pub async fn run(self, leading: watch::Receiver<bool>, stop: CancellationToken) {
-        crate::periodic::every_interval_while_leading(self.settings.sla.sweep_interval, leading, stop, || async {
+    pub async fn run(self, leadership: crate::leadership::Leadership, stop: CancellationToken) {
+        crate::periodic::every_interval_while_leading(self.settings.sla.sweep_interval, leadership, stop, || async {
             match self.run_once().await {
                 Ok(report) => {
                     crate::metrics::Metrics::add(&self.metrics.escalations_fired, report.fired as u64);

@@ -124,7 +124,7 @@ async fn one_leader_at_a_time_and_a_new_one_when_it_stops() {
     let a = db.engine("").await;
     let b = db.engine("").await;
     let leaders = |a: &orderly::daemon::Engine, b: &orderly::daemon::Engine| {
-        (*a.leading.borrow() as u8) + (*b.leading.borrow() as u8)
+        (a.leadership.is_leader() as u8) + (b.leadership.is_leader() as u8)
     };
     wait_until("a leader", Duration::from_secs(10), || {
         let n = leaders(&a, &b);
@@ -135,10 +135,10 @@ async fn one_leader_at_a_time_and_a_new_one_when_it_stops() {
         assert!(leaders(&a, &b) <= 1, "never two leaders");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (leader, follower) = if *a.leading.borrow() { (a, b) } else { (b, a) };
+    let (leader, follower) = if a.leadership.is_leader() { (a, b) } else { (b, a) };
     stop(leader).await;
     wait_until("the follower to take over", Duration::from_secs(10), || {
-        let leading = *follower.leading.borrow();
+        let leading = follower.leadership.is_leader();
         async move { leading }
     })
     .await;
@@ -231,4 +231,67 @@ async fn a_heartbeat_round_renews_skips_locked_rows_and_stops_what_was_taken() {
     let stopped = heartbeat::run_once(&db.pool, &in_flight, Duration::from_secs(30)).await;
     assert_eq!(stopped, 0, "the taken execution is already stopped");
     assert!(lease_left(locked).await > 20.0, "renewed once its lock is released");
+}
+
+/// The lease is the truth: when another holder has the lease row (as after this replica froze
+/// and was taken over), the replica's own term does not let it run a leader-only round, and
+/// it steps down within the lease.
+#[tokio::test]
+async fn a_leader_whose_lease_was_taken_acts_no_more() {
+    let db = TestDb::new().await;
+    let engine = db.engine("[worker]\nleader_lease = \"2s\"\nrescue_interval = \"200ms\"\n").await;
+    wait_until("the engine to lead", Duration::from_secs(10), || {
+        let leading = engine.leadership.is_leader();
+        async move { leading }
+    })
+    .await;
+    assert!(engine.leadership.confirm().await.is_some(), "the database confirms a fresh term");
+    // Another replica holds the lease for an hour.
+    sqlx::query(
+        "UPDATE orderly_leader SET holder = 'elsewhere-1-abcdef', epoch = epoch + 1, since = now(),
+                expires_at = now() + interval '1 hour'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert!(engine.leadership.confirm().await.is_none(), "the database no longer confirms the term");
+    wait_until("the engine to step down", Duration::from_secs(10), || {
+        let leading = engine.leadership.is_leader();
+        async move { !leading }
+    })
+    .await;
+    // An expired PROCESSING item appears (inserted and marked in one transaction, so no
+    // claim sees it QUEUED): only a leader may rescue it.
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    let mut tx = db.pool.begin().await.unwrap();
+    let item: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO work_items (work_order_id, type, content) VALUES ($1, 'TICKET', '{}') RETURNING id",
+    )
+    .bind(order)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE work_items SET status = 'PROCESSING', attempt = 1, locked_by = 'gone',
+                lease_expires_at = now() - interval '1 minute' WHERE id = $1",
+    )
+    .bind(item)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(item_status(&db.pool, item).await, "PROCESSING", "no rescue by a replica that does not lead");
+    // The lease runs out: this replica takes it (a new epoch) and rescues.
+    sqlx::query("UPDATE orderly_leader SET expires_at = now()").execute(&db.pool).await.unwrap();
+    wait_until("the rescue after the takeover", Duration::from_secs(10), || {
+        let pool = db.pool.clone();
+        async move { item_status(&pool, item).await != "PROCESSING" }
+    })
+    .await;
+    let (holder, epoch): (String, i64) =
+        sqlx::query_as("SELECT holder, epoch FROM orderly_leader").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(holder, engine.worker_id);
+    assert_eq!(epoch, 3, "first term, the other holder's, this replica's second");
+    stop(engine).await;
 }

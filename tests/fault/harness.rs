@@ -54,8 +54,8 @@ pub fn write_config(agent: &TestAgent, extra: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("orderly.toml");
     let text = format!(
-        "{}[database]\nmigrate_on_start = false\nmax_connections = 6\n\
-         [worker]\nconcurrency = 16\nlease = \"2s\"\nrescue_interval = \"500ms\"\npoll_interval = \"200ms\"\nmax_rescues = 10\nshutdown_grace = \"10s\"\n\
+        "{}[database]\nmigrate_on_start = false\nmax_connections = 6\nidle_in_transaction_timeout = \"1s\"\n\
+         [worker]\nconcurrency = 16\nlease = \"2s\"\nrescue_interval = \"500ms\"\nleader_lease = \"2s\"\npoll_interval = \"200ms\"\nmax_rescues = 10\nshutdown_grace = \"10s\"\n\
          [retry]\nmax_attempts = 4\nbackoff_base = \"50ms\"\nbackoff_max = \"300ms\"\n\
          [routes]\nTICKET = \"ledger\"\n[log]\nformat = \"json\"\nlevel = \"warn,sqlx=error\"\n{extra}",
         agent.config("ledger", "5s")
@@ -410,4 +410,107 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
         return f64::NAN;
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The pid in the live leader lease's holder (worker ids are `host-pid-suffix`), if any
+/// replica holds a live lease.
+pub async fn leader_pid(db: &TestDb) -> Option<i32> {
+    let holder: Option<String> = sqlx::query_scalar("SELECT holder FROM orderly_leader WHERE expires_at > now()")
+        .fetch_optional(&db.pool)
+        .await
+        .ok()
+        .flatten();
+    holder.and_then(|h| h.rsplit('-').nth(1).and_then(|pid| pid.parse().ok()))
+}
+
+/// The leader lease's epoch (0 before any replica led).
+pub async fn leader_epoch(db: &TestDb) -> i64 {
+    sqlx::query_scalar("SELECT coalesce((SELECT epoch FROM orderly_leader), 0)").fetch_one(&db.pool).await.unwrap_or(0)
+}
+
+/// Waits until the process `pid` holds the live leader lease; returns how long that took.
+pub async fn wait_leader(db: &TestDb, pid: i32, what: &str, deadline: Duration) -> Duration {
+    let start = Instant::now();
+    wait_until(what, deadline, || async move { leader_pid(db).await == Some(pid) }).await;
+    start.elapsed()
+}
+
+/// A TCP proxy between a daemon and PostgreSQL that can be frozen: while paused it accepts
+/// nothing new and forwards no byte in either direction, but closes nothing, as a network
+/// partition that sends no FIN or RST would.
+pub struct Proxy {
+    pub addr: std::net::SocketAddr,
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: &str) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let paused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let upstream = upstream.to_owned();
+        let flag = paused.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else { continue };
+                while flag.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { continue };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(forward(cr, sw, flag.clone()));
+                tokio::spawn(forward(sr, cw, flag.clone()));
+            }
+        });
+        Proxy { addr, paused, task }
+    }
+
+    /// `url` (a postgres:// URL) through this proxy.
+    pub fn url(&self, url: &str) -> String {
+        let mut parsed = reqwest::Url::parse(url).unwrap();
+        parsed.set_port(Some(self.addr.port())).unwrap();
+        parsed.to_string()
+    }
+
+    pub fn pause(&self) {
+        self.paused.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn resume(&self) {
+        self.paused.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        while paused.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        // Bytes read just as the pause began are held until it ends, not dropped.
+        while paused.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }

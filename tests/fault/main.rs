@@ -1,6 +1,7 @@
 //! Fault injection against real `orderly run` processes and the real PostgreSQL: kill -9,
 //! PostgreSQL restarts (also while workflow templates are being read), terminated backends,
-//! SIGSTOP past the lease, SIGTERM under load, SIGHUP, engine tasks that panic
+//! SIGSTOP of the leader and of a follower past the lease, a frozen network path between
+//! the leader and PostgreSQL, SIGTERM under load, SIGHUP, engine tasks that panic
 //! (`ORDERLY_FAILPOINTS`), stubborn command agents, four replicas' first start on a missing
 //! database. After each scenario an oracle checks the
 //! guarantees (docs/guarantees.md).
@@ -12,4 +13,5 @@
 #[allow(dead_code)]
 mod common;
 mod harness;
+mod leadership;
 mod scenarios;

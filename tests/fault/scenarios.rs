@@ -136,40 +136,6 @@ async fn terminated_backends_reconnect_and_listen_again() {
     );
 }
 
-/// (d) SIGSTOP past the lease, then SIGCONT: late results are rejected as stale and every
-/// item still has exactly one success.
-#[tokio::test]
-async fn a_paused_daemon_cannot_complete_what_was_rescued() {
-    let db = TestDb::new().await;
-    let agent = ledger_agent().await;
-    let config = write_config(&agent, "");
-    let ids = enqueue_mixed(&db, if long_mode() { 3_000 } else { 600 }, 300).await;
-    let paused = Daemon::start(&db, &config);
-    wait_until("the first daemon to hold items", Duration::from_secs(10), || {
-        let (db, pid) = (&db, paused.pid());
-        async move { held_by(db, pid).await >= 8 }
-    })
-    .await;
-    paused.signal(Signal::SIGSTOP);
-    let other = Daemon::start(&db, &config);
-    // Past the 2s lease: the leader (the other daemon) rescues the paused daemon's items.
-    wait_until("the paused daemon's items to be rescued", Duration::from_secs(20), || {
-        let (db, pid) = (&db, paused.pid());
-        async move { held_by(db, pid).await == 0 }
-    })
-    .await;
-    paused.signal(Signal::SIGCONT);
-    quiesce(&db, Duration::from_secs(120)).await;
-    let log = paused.log_text();
-    assert!(paused.terminate().await);
-    assert!(other.terminate().await);
-    let verdict = oracle(&db, &ids, &agent).await;
-    assert!(verdict.lost_attempts > 0, "the pause was long enough to be rescued");
-    let stale = log.matches("stale result rejected").count() + log.matches("execution abandoned").count();
-    println!("paused daemon: {stale} late results rejected or abandoned");
-    verdict.assert_holds("SIGSTOP past the lease, SIGCONT", "1 pause", CONCURRENCY);
-}
-
 /// (e) SIGTERM during load: no duplicates, nothing for the rescuer, exit 0.
 #[tokio::test]
 async fn sigterm_under_load_is_clean() {
