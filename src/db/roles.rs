@@ -9,7 +9,8 @@
 //!
 //! Row-level security is enabled (not forced: the owner is not subject to it) on
 //! `work_orders` and `work_items`. The producer's policy keys on `tenant_id` =
-//! `current_setting('orderly.tenant_id')` (an item through its order). The daemon has
+//! `current_setting('orderly.tenant_id')` (an item by the tenant the insert trigger copies
+//! from its order). The daemon has
 //! `BYPASSRLS` (RLS adds nothing to the engine's statements) and, like oncall, a policy that
 //! lets everything through, so that login roles granted membership work too.
 //!
@@ -152,11 +153,20 @@ impl Roles {
         }
         // Row-level security: producers see and insert their own tenant's rows only.
         let tenant = "NULLIF(current_setting('orderly.tenant_id', true), '')::uuid";
+        // An item carries its order's tenant (`work_items.tenant_id`, set by the insert trigger
+        // from the order whatever the INSERT sent; migration 0019), so a new item is checked
+        // without a subquery, which could not see an order inserted by the same statement.
+        // Items inserted before that migration have no tenant of their own and are read through
+        // their order.
         let own_order = format!("tenant_id = {tenant}");
         let own_item = format!(
-            "EXISTS (SELECT 1 FROM work_orders o WHERE o.id = work_items.work_order_id AND o.tenant_id = {tenant})"
+            "tenant_id = {tenant} OR (tenant_id IS NULL AND EXISTS (SELECT 1 FROM work_orders o \
+             WHERE o.id = work_items.work_order_id AND o.tenant_id = {tenant}))"
         );
-        for (table, producer_check) in [("work_orders", &own_order), ("work_items", &own_item)] {
+        let new_item = format!("tenant_id = {tenant}");
+        for (table, producer_reads, producer_writes) in
+            [("work_orders", &own_order, &own_order), ("work_items", &own_item, &new_item)]
+        {
             sql.push(format!("ALTER TABLE {table} ENABLE ROW LEVEL SECURITY"));
             sql.push(format!("DROP POLICY IF EXISTS orderly_engine ON {table}"));
             sql.push(format!(
@@ -165,7 +175,7 @@ impl Roles {
             sql.push(format!("DROP POLICY IF EXISTS orderly_tenant ON {table}"));
             sql.push(format!(
                 "CREATE POLICY orderly_tenant ON {table} FOR ALL TO {producer} \
-                 USING ({producer_check}) WITH CHECK ({producer_check})"
+                 USING ({producer_reads}) WITH CHECK ({producer_writes})"
             ));
         }
         sql

@@ -44,6 +44,7 @@ import django
 from django.conf import settings
 
 ITEM_TYPE = "TICKET"
+TENANT = os.environ.get("ORDERLY_TENANT_ID")
 BULK = 200
 APP = "orderly_inspected"
 
@@ -64,6 +65,9 @@ def database_settings(url):
         "PASSWORD": unquote(parts.password or ""),
         "HOST": parts.hostname or "",
         "PORT": str(parts.port or ""),
+        # ORDERLY_TENANT_ID: run as a producer under row-level security (the session names
+        # its tenant; tests/engine/clients.rs logs in as the producer role).
+        "OPTIONS": {"options": f"-c orderly.tenant_id={TENANT}"} if TENANT else {},
     }
 
 
@@ -108,7 +112,7 @@ def enqueue(package):
     order = WorkOrders.objects.create(
         id=uuid.uuid4(),
         workflow_id="default",
-        tenant_id=uuid.uuid4(),
+        tenant_id=TENANT or uuid.uuid4(),
         created_by=uuid.uuid4(),
         priority="HIGH",
         status="PENDING",

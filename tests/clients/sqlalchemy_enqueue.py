@@ -16,6 +16,7 @@ check fails.
 """
 
 import json
+import os
 import sys
 import uuid
 import warnings
@@ -45,7 +46,12 @@ def main():
     # postgres://… (as libpq and sqlx write it) is not a dialect name SQLAlchemy knows.
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://") :]
-    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    # ORDERLY_TENANT_ID: run as a producer under row-level security (tests/engine/clients.rs
+    # logs in as the producer role): the session names its tenant, and the orders are that
+    # tenant's.
+    tenant = os.environ.get("ORDERLY_TENANT_ID")
+    connect_args = {"options": f"-c orderly.tenant_id={tenant}"} if tenant else {}
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1), connect_args=connect_args)
 
     # Reflecting a CHECK constraint marked NOT VALID (migration 0012 adds three) makes
     # SQLAlchemy warn that it cannot validate the "dialect_options" argument its own
@@ -62,7 +68,7 @@ def main():
     check(id_default is not None, "reflection found no server default on work_items.id")
 
     with Session(engine) as session, session.begin():
-        order = WorkOrder(workflow_id="default", tenant_id=uuid.uuid4(), created_by=uuid.uuid4(), priority="HIGH")
+        order = WorkOrder(workflow_id="default", tenant_id=tenant or uuid.uuid4(), created_by=uuid.uuid4(), priority="HIGH")
         session.add(order)
         session.flush()
         check(order.id is not None, "the order's id was not learned at flush")
@@ -109,6 +115,28 @@ def main():
         check(stored == set(server_ids) | {chosen}, "the ids in the database differ from the ids the ORM holds")
         order_id = order.id
 
+        # (d) One statement: a second order and its items, the items by insert().from_select
+        # over the order's INSERT ... RETURNING (a CTE). Under row-level security the item
+        # policy must accept items of an order inserted by the same statement.
+        new_order = (
+            insert(WorkOrder)
+            .values(workflow_id="default", tenant_id=tenant or uuid.uuid4(), created_by=uuid.uuid4())
+            .returning(WorkOrder.id)
+            .cte("new_order")
+        )
+        statement = (
+            insert(WorkItem)
+            .from_select(
+                ["work_order_id", "type", "content"],
+                select(new_order.c.id, sqlalchemy.literal(ITEM_TYPE), sqlalchemy.literal('{"client": "from_select"}')),
+            )
+            .returning(WorkItem.work_order_id)
+        )
+        cte_order_ids = list(session.scalars(statement))
+        check(len(cte_order_ids) == 1, f"from_select inserted {len(cte_order_ids)} items")
+        cte_order_id = cte_order_ids[0]
+        cte_items = session.scalar(select(sqlalchemy.func.count()).select_from(WorkItem).where(WorkItem.work_order_id == cte_order_id))
+
     summary = {
         "library": "sqlalchemy",
         "version": sqlalchemy.__version__,
@@ -117,6 +145,8 @@ def main():
         "server_ids": [str(i) for i in server_ids],
         "client_ids": [str(chosen)],
         "unidentified_items": 0,
+        "cte_order_id": str(cte_order_id),
+        "cte_items": cte_items,
     }
     print(json.dumps(summary))
 

@@ -25,6 +25,12 @@ struct Summary {
     client_ids: Vec<Uuid>,
     /// Items inserted without an id whose id the library did not learn.
     unidentified_items: i64,
+    /// A second order and its items inserted in one statement (SQLAlchemy's
+    /// `insert().from_select` over a CTE that inserts the order).
+    #[serde(default)]
+    cte_order_id: Option<Uuid>,
+    #[serde(default)]
+    cte_items: i64,
 }
 
 impl Summary {
@@ -37,10 +43,16 @@ impl Summary {
     }
 }
 
-/// Runs `python3 tests/clients/<script> <url>` and parses its summary.
-async fn run_client(script: &str, url: &str) -> Summary {
+/// Runs `python3 tests/clients/<script> <url>` and parses its summary; with a tenant, the
+/// script enqueues that tenant's orders and names it on its session (`orderly.tenant_id`).
+async fn run_client(script: &str, url: &str, tenant: Option<Uuid>) -> Summary {
     let path = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
-    let output = tokio::process::Command::new("python3").arg(&path).arg(url).output().await.unwrap_or_else(|e| {
+    let mut command = tokio::process::Command::new("python3");
+    command.arg(&path).arg(url).env_remove("ORDERLY_TENANT_ID");
+    if let Some(tenant) = tenant {
+        command.env("ORDERLY_TENANT_ID", tenant.to_string());
+    }
+    let output = command.output().await.unwrap_or_else(|e| {
         panic!("cannot run `python3 {path}`: {e} (python3 is required; .ci/run installs its packages)")
     });
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -56,13 +68,38 @@ async fn run_client(script: &str, url: &str) -> Summary {
         .unwrap_or_else(|e| panic!("`python3 {script}` printed no summary ({e})\nstdout:\n{stdout}\nstderr:\n{stderr}"))
 }
 
+/// Who the script logs in as.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum As {
+    /// The superuser of the test cluster.
+    Superuser,
+    /// The producer role of `orderly roles`, under row-level security, naming its tenant.
+    Producer,
+}
+
 /// An engine routing ITEM_TYPE to echo runs while the script enqueues; every item it reports
 /// (and any it inserted without learning the id) completes, the ids are as reported, and
 /// the ids the database made are its time-ordered ones.
-async fn enqueue_through(script: &str) -> Summary {
+async fn enqueue_through(script: &str, login: As) -> Summary {
     let db = TestDb::new().await;
     let engine = db.engine(&format!("[routes]\n{ITEM_TYPE} = \"echo\"\n")).await;
-    let summary = run_client(script, &db.url).await;
+    let (summary, roles) = match login {
+        As::Superuser => (run_client(script, &db.url, None).await, None),
+        As::Producer => {
+            let roles = crate::roles::TestRoles::create(&db);
+            let tenant = Uuid::new_v4();
+            let summary = run_client(script, &roles.url(&db, "producer"), Some(tenant)).await;
+            let tenants: Vec<Uuid> =
+                sqlx::query_scalar("SELECT DISTINCT tenant_id FROM work_orders WHERE id = $1 OR id = $2")
+                    .bind(summary.order_id)
+                    .bind(summary.cte_order_id)
+                    .fetch_all(&db.pool)
+                    .await
+                    .unwrap();
+            assert_eq!(tenants, vec![tenant], "{script}: the producer's orders are its tenant's");
+            (summary, Some(roles))
+        }
+    };
     assert_eq!(summary.item_type, ITEM_TYPE, "{script} enqueued a type the engine does not route");
 
     let reported = summary.reported();
@@ -84,6 +121,10 @@ async fn enqueue_through(script: &str) -> Summary {
             == summary.total()
     })
     .await;
+    if let Some(cte_order) = summary.cte_order_id {
+        assert!(summary.cte_items > 0, "{script}: the one-statement order has items");
+        wait_for_order(&db.pool, cte_order, "COMPLETED").await;
+    }
     stop(engine).await;
 
     let on_order: i64 = sqlx::query_scalar("SELECT count(*) FROM work_items WHERE work_order_id = $1")
@@ -122,6 +163,17 @@ async fn enqueue_through(script: &str) -> Summary {
     .unwrap();
     assert_eq!(not_copied, 0, "items take their order's priority");
     wait_for_order(&db.pool, order, "COMPLETED").await;
+    // Every item records its order's tenant (the producers' row-level security checks it).
+    let untenanted: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM work_items i JOIN work_orders o ON o.id = i.work_order_id
+         WHERE i.tenant_id IS DISTINCT FROM o.tenant_id",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(untenanted, 0, "items carry their order's tenant");
+    drop(db);
+    drop(roles);
     eprintln!(
         "{} {}: {} server ids learned, {} client ids kept, {} inserted without a known id",
         summary.library,
@@ -135,7 +187,15 @@ async fn enqueue_through(script: &str) -> Summary {
 
 #[tokio::test]
 async fn sqlalchemy_automap_upstream_is_processed() {
-    let summary = enqueue_through("sqlalchemy_enqueue.py").await;
+    sqlalchemy_checks(enqueue_through("sqlalchemy_enqueue.py", As::Superuser).await);
+}
+
+#[tokio::test]
+async fn sqlalchemy_automap_upstream_is_processed_as_the_producer_role() {
+    sqlalchemy_checks(enqueue_through("sqlalchemy_enqueue.py", As::Producer).await);
+}
+
+fn sqlalchemy_checks(summary: Summary) {
     assert_eq!(summary.library, "sqlalchemy");
     // 3 single adds, 100 by add_all, 200 by a bulk insert(): the ORM learned every id.
     assert_eq!(summary.server_ids.len(), 303);
@@ -143,11 +203,20 @@ async fn sqlalchemy_automap_upstream_is_processed() {
     assert_eq!(summary.unidentified_items, 0);
     // The order's id came from the database's default, learned at flush: time-ordered too.
     assert_eq!(summary.order_id.get_version_num(), 7, "{}: the order's database-made id", summary.order_id);
+    assert_eq!(summary.cte_items, 1, "insert().from_select over the order's INSERT: one item");
 }
 
 #[tokio::test]
 async fn django_inspectdb_upstream_is_processed() {
-    let summary = enqueue_through("django_enqueue.py").await;
+    django_checks(enqueue_through("django_enqueue.py", As::Superuser).await);
+}
+
+#[tokio::test]
+async fn django_inspectdb_upstream_is_processed_as_the_producer_role() {
+    django_checks(enqueue_through("django_enqueue.py", As::Producer).await);
+}
+
+fn django_checks(summary: Summary) {
     assert_eq!(summary.library, "django");
     // One create and 200 by bulk_create with client ids, all kept; the order's own id too.
     assert_eq!(summary.order_id.get_version_num(), 4, "{}: the order's client-chosen id", summary.order_id);

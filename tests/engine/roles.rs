@@ -12,23 +12,33 @@ use std::time::Duration;
 use uuid::Uuid;
 
 /// The roles of one test, dropped after its database.
-struct TestRoles {
-    prefix: String,
+pub struct TestRoles {
+    pub prefix: String,
 }
 
 impl TestRoles {
-    fn new() -> TestRoles {
+    pub fn new() -> TestRoles {
         TestRoles { prefix: format!("orderly_t{}", &Uuid::new_v4().simple().to_string()[..10]) }
     }
-    fn name(&self, role: &str) -> String {
+    pub fn name(&self, role: &str) -> String {
         format!("{}_{role}", self.prefix)
     }
     /// `db`'s URL, logging in as `role` (the test cluster trusts local connections).
-    fn url(&self, db: &TestDb, role: &str) -> String {
+    pub fn url(&self, db: &TestDb, role: &str) -> String {
         let mut url = reqwest::Url::parse(&db.url).unwrap();
         url.set_username(&self.name(role)).unwrap();
         url.set_password(None).unwrap();
         url.to_string()
+    }
+}
+
+impl TestRoles {
+    /// New roles with `orderly roles` on `db`.
+    pub fn create(db: &TestDb) -> TestRoles {
+        let roles = TestRoles::new();
+        let out = orderly(&db.url, &["roles", "--prefix", &roles.prefix]);
+        assert!(out.status.success(), "{}", text(&out));
+        roles
     }
 }
 
@@ -213,4 +223,127 @@ async fn each_role_can_do_what_it_needs_and_nothing_more() {
     exec(&mut owner, "CREATE TABLE owner_may (x int); DROP TABLE owner_may").await.unwrap();
     let out = orderly(&roles.url(&db, "daemon"), &["health"]);
     assert!(out.status.success(), "orderly health as the daemon: {}", text(&out));
+}
+
+/// Every enqueue form an upstream uses works for a producer of the right tenant and is
+/// refused for the wrong one: two statements, one statement (the order's INSERT in a CTE, its
+/// items by `INSERT … SELECT`), a bulk `INSERT … SELECT` of many orders and their items in
+/// one statement, and the `COPY` alternative (PostgreSQL refuses `COPY FROM` into a table
+/// under row-level security; COPY into a temporary table, then one `INSERT … SELECT`).
+#[tokio::test]
+async fn a_producer_enqueues_in_every_form_for_its_own_tenant_only() {
+    let db = TestDb::new().await;
+    let roles = TestRoles::create(&db);
+    let (own, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut producer = as_role(&roles, &db, "producer").await;
+    exec(&mut producer, &format!("SET orderly.tenant_id = '{own}'")).await.unwrap();
+
+    // One statement: the order and its item.
+    let one = |tenant: Uuid| {
+        format!(
+            "WITH o AS (INSERT INTO work_orders (workflow_id, tenant_id, created_by) VALUES ('default', '{tenant}', gen_random_uuid()) RETURNING id)
+             INSERT INTO work_items (work_order_id, type, content) SELECT id, 'TICKET', '{{}}' FROM o"
+        )
+    };
+    assert_eq!(exec(&mut producer, &one(own)).await, Ok(1), "one statement, own tenant");
+    denied(exec(&mut producer, &one(other)).await, "one statement, another tenant");
+
+    // Bulk: 50 orders of 3 items in one statement.
+    let bulk = |tenant: Uuid| {
+        format!(
+            "WITH o AS (INSERT INTO work_orders (workflow_id, tenant_id, created_by)
+                        SELECT 'default', '{tenant}', gen_random_uuid() FROM generate_series(1, 50) RETURNING id)
+             INSERT INTO work_items (work_order_id, type, content)
+             SELECT o.id, 'TICKET', jsonb_build_object('n', n) FROM o CROSS JOIN generate_series(1, 3) n"
+        )
+    };
+    assert_eq!(exec(&mut producer, &bulk(own)).await, Ok(150), "bulk INSERT … SELECT, own tenant");
+    denied(exec(&mut producer, &bulk(other)).await, "bulk INSERT … SELECT, another tenant");
+
+    // Another tenant's order (written by the owner), reached in one statement or with a
+    // tenant_id the item claims for itself: refused either way.
+    let theirs: Uuid = sqlx::query_scalar(
+        "INSERT INTO work_orders (workflow_id, tenant_id, created_by) VALUES ('default', $1, gen_random_uuid()) RETURNING id",
+    )
+    .bind(other)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    denied(
+        exec(
+            &mut producer,
+            &format!("INSERT INTO work_items (work_order_id, type, content) SELECT '{theirs}', 'TICKET', '{{}}'"),
+        )
+        .await,
+        "INSERT … SELECT into another tenant's order",
+    );
+    denied(
+        exec(
+            &mut producer,
+            &format!("INSERT INTO work_items (work_order_id, type, content, tenant_id) VALUES ('{theirs}', 'TICKET', '{{}}', '{own}')"),
+        )
+        .await,
+        "another tenant's order, with the producer's own tenant written on the item",
+    );
+    // The tenant an item claims is overwritten by its order's.
+    let mine: Uuid = sqlx::query_scalar(
+        "INSERT INTO work_orders (workflow_id, tenant_id, created_by) VALUES ('default', $1, gen_random_uuid()) RETURNING id",
+    )
+    .bind(own)
+    .fetch_one(&mut producer)
+    .await
+    .unwrap();
+    let item: Uuid = sqlx::query_scalar(
+        "INSERT INTO work_items (work_order_id, type, content, tenant_id) VALUES ($1, 'TICKET', '{}', $2) RETURNING id",
+    )
+    .bind(mine)
+    .bind(other)
+    .fetch_one(&mut producer)
+    .await
+    .expect("an item of the producer's own order");
+    let recorded: Uuid = sqlx::query_scalar("SELECT tenant_id FROM work_items WHERE id = $1")
+        .bind(item)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, own, "the item carries its order's tenant, not the one it sent");
+
+    // COPY: refused straight into the table, accepted through a temporary table.
+    let refused = match producer.copy_in_raw("COPY work_items (work_order_id, type, content) FROM STDIN").await {
+        Err(sqlx::Error::Database(e)) => e.message().to_owned(),
+        Err(other) => panic!("COPY FROM: unexpected error {other}"),
+        Ok(c) => {
+            let _ = c.abort("not expected").await;
+            panic!("COPY FROM into work_items was accepted under row-level security");
+        }
+    };
+    assert!(refused.contains("COPY FROM not supported with row-level security"), "{refused}");
+    exec(&mut producer, "CREATE TEMPORARY TABLE staged_items (work_order_id uuid, type text, content jsonb)")
+        .await
+        .unwrap();
+    let mut staged = producer.copy_in_raw("COPY staged_items (work_order_id, type, content) FROM STDIN").await.unwrap();
+    let rows: String = (0..20).map(|n| format!("{mine}\tTICKET\t{{\"row\": {n}}}\n")).collect();
+    staged.send(rows.as_bytes()).await.unwrap();
+    assert_eq!(staged.finish().await.unwrap(), 20);
+    assert_eq!(
+        exec(
+            &mut producer,
+            "INSERT INTO work_items (work_order_id, type, content) SELECT work_order_id, type::work_item_type, content FROM staged_items",
+        )
+        .await,
+        Ok(20),
+        "the staged rows, in one INSERT … SELECT"
+    );
+
+    // What the producer can read is its own: 1 + 50 + 1 orders, 1 + 150 + 1 + 20 items.
+    assert_eq!(scalar(&mut producer, "SELECT count(*) FROM work_orders").await, 52);
+    assert_eq!(scalar(&mut producer, "SELECT count(*) FROM work_items").await, 172);
+    let foreign: i64 = sqlx::query_scalar("SELECT count(*) FROM work_items WHERE tenant_id IS DISTINCT FROM $1")
+        .bind(own)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(foreign, 0, "nothing was written for another tenant");
+    drop(producer);
+    drop(db);
 }
