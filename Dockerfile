@@ -1,4 +1,4 @@
-# orderly: a multi-stage build (README "Deploying", "Container").
+# orderly: a multi-stage build (docs/deploying.md, "Container").
 #   buildah bud --isolation chroot --pull=never --format docker -t orderly:dev .   (or docker build -t orderly .)
 #   docker run --rm --network host -e DATABASE_URL=postgres://orderly_daemon:…@db:5432/orderly \
 #       --stop-timeout 60 orderly:dev

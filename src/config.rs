@@ -28,6 +28,8 @@ pub const MAX_ATTEMPTS: i32 = 1_000_000;
 pub const MAX_CONNECTIONS: u32 = 10_000;
 /// Upper bound of `worker.completers` (each holds a connection while it writes).
 pub const MAX_COMPLETERS: usize = 1_000;
+/// Upper bound of `admin.max_connections`.
+pub const MAX_ADMIN_CONNECTIONS: usize = 100_000;
 /// Upper bound of `notifier.concurrency` (deliveries in flight at once in one process).
 pub const MAX_NOTIFIER_CONCURRENCY: usize = 1_000;
 
@@ -194,6 +196,16 @@ pub struct AdminSettings {
     /// queued item, open dead letters, items awaiting approval).
     #[serde(with = "humantime_serde")]
     pub gauge_interval: Duration,
+    /// Most connections open at once; past it the longest-idle one is closed for the new one
+    /// (or the new one is refused when every connection is in a request).
+    pub max_connections: usize,
+    /// A connection that has not sent a whole request head for this long (a new one, or one
+    /// kept alive between requests) is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Longest a request may take, its body included; past it the answer is 408.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// Bearer tokens of the JSON API (`/api/v1`) and the web page's sign-in, each stored as
     /// the SHA-256 of the token (`orderly admin-token NAME` makes one). None: the API and the
     /// page refuse everyone.
@@ -478,6 +490,19 @@ impl Settings {
         duration_in("sla.sweep_interval", self.sla.sweep_interval, None, MAX_INTERVAL)?;
         count_in("sla.batch", self.sla.batch, 1, MAX_BATCH as i64)?;
         duration_in("admin.gauge_interval", self.admin.gauge_interval, Some(Duration::from_secs(1)), MAX_INTERVAL)?;
+        count_in("admin.max_connections", self.admin.max_connections, 1, MAX_ADMIN_CONNECTIONS)?;
+        duration_in(
+            "admin.idle_timeout",
+            self.admin.idle_timeout,
+            Some(Duration::from_secs(1)),
+            Duration::from_secs(3600),
+        )?;
+        duration_in(
+            "admin.request_timeout",
+            self.admin.request_timeout,
+            Some(Duration::from_secs(1)),
+            Duration::from_secs(3600),
+        )?;
         validate_tokens(&self.admin.tokens)?;
 
         let notifier = &self.notifier;

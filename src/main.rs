@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 /// jemalloc instead of glibc's malloc: with thousands of HTTP requests in flight, glibc's
 /// allocator (consolidating and unlinking free chunks across threads) took about a quarter of
-/// the daemon's CPU. Measured in the README (Performance, "Real agents").
+/// the daemon's CPU. Measured in docs/performance.md ("Real agents (HTTP)").
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -116,6 +116,7 @@ labels!(
         Interrupted = "INTERRUPTED",
         ResultRefused = "RESULT_REFUSED",
         DatabaseUnavailable = "DATABASE_UNAVAILABLE",
+        HostResourcesExhausted = "HOST_RESOURCES_EXHAUSTED",
         AgentPanicked = "AGENT_PANICKED",
         ContextInvalid = "CONTEXT_INVALID",
         Cancelled = "CANCELLED",

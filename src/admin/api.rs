@@ -165,7 +165,11 @@ impl FromRequestParts<AdminState> for Operator {
 }
 
 async fn unknown(_: Reader) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route under /api/v1 (see the README for the routes)")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route under /api/v1 (docs/operations.md lists the routes)",
+    )
 }
 
 fn parse_id(text: &str) -> Result<Uuid, ApiError> {

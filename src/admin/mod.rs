@@ -14,6 +14,7 @@ pub mod api;
 pub mod auth;
 pub mod metrics;
 pub mod probes;
+pub mod server;
 pub mod web;
 
 use crate::config::Settings;
@@ -140,13 +141,13 @@ impl AdminServer {
             state.leadership.clone(),
             stop.clone(),
         ));
+        let limits = server::Limits {
+            max_connections: state.settings.admin.max_connections,
+            idle_timeout: state.settings.admin.idle_timeout,
+            request_timeout: state.settings.admin.request_timeout,
+        };
         let app = router(state);
-        let until = stop.clone().cancelled_owned();
-        let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(until).await {
-                tracing::error!(error = %e, "admin server failed");
-            }
-        });
+        let server = tokio::spawn(server::serve(listener, app, limits, stop.clone()));
         Ok(AdminServer { addr, stop, tasks: vec![server, refresher] })
     }
 

@@ -115,8 +115,12 @@ impl CommandAgent {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        // Out of file handles, memory or processes is this host's trouble, not the item's.
         let mut child = command.spawn().map_err(|e| {
-            AgentError::permanent(ErrorCode::CommandSpawnFailed, format!("cannot start {}: {e}", self.program))
+            AgentError::unless_host_exhausted(
+                &e,
+                AgentError::permanent(ErrorCode::CommandSpawnFailed, format!("cannot start {}: {e}", self.program)),
+            )
         })?;
         let mut group = GroupGuard(child.id().map(|pid| Pid::from_raw(pid as i32)));
 
@@ -267,6 +271,7 @@ fn without_nul(error: AgentError) -> AgentError {
             AgentError::Retryable { code, message: clean(message), retry_after }
         }
         AgentError::Permanent { code, message } => AgentError::Permanent { code, message: clean(message) },
+        AgentError::HostExhausted { message } => AgentError::HostExhausted { message: clean(message) },
     }
 }
 

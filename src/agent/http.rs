@@ -1,4 +1,4 @@
-//! The `http` kind: POST the envelope as JSON to a configured URL (README.md, "Agents").
+//! The `http` kind: POST the envelope as JSON to a configured URL (docs/agents.md).
 //!
 //! 2xx + JSON body → output. 408, 429, 5xx, connection errors → retryable (Retry-After is
 //! passed on; the runner clamps it). Other 4xx → permanent. Non-JSON 2xx → permanent.
@@ -136,7 +136,13 @@ fn request_failed(url: &Url, e: reqwest::Error) -> AgentError {
     if let Some(refused) = net::address_refused(&e) {
         return address_refused(refused.clone());
     }
-    AgentError::retryable(ErrorCode::AgentConnection, format!("POST {} failed: {}", redact_url(url), error_chain(e)))
+    let exhausted = crate::agent::host_exhausted(&e);
+    let failed = format!("POST {} failed: {}", redact_url(url), error_chain(e));
+    if exhausted {
+        AgentError::HostExhausted { message: failed }
+    } else {
+        AgentError::retryable(ErrorCode::AgentConnection, failed)
+    }
 }
 
 /// The URL as it may be shown: user name, password, query values and fragment are replaced

@@ -1,5 +1,5 @@
 //! THE PLUG-IN SEAM. An agent executes one work item: it receives an [`AgentRequest`]
-//! (the envelope of README.md, "Agents") and answers JSON output or a classified [`AgentError`].
+//! (the envelope of docs/agents.md) and answers JSON output or a classified [`AgentError`].
 //! The runner (`worker::runner`) calls agents; agents know nothing of the database.
 //!
 //! A Rust user adds a kind by implementing [`Executor`] and registering a factory with
@@ -101,6 +101,10 @@ pub enum AgentError {
     /// Cannot succeed by retrying.
     #[error("{message}")]
     Permanent { code: ErrorCode, message: String },
+    /// This host ran out of something (file handles, memory, processes): not the item's
+    /// fault, so the item is released after a backoff and the attempt is not counted.
+    #[error("{message}")]
+    HostExhausted { message: String },
 }
 
 impl AgentError {
@@ -113,13 +117,42 @@ impl AgentError {
     pub fn code(&self) -> ErrorCode {
         match self {
             AgentError::Retryable { code, .. } | AgentError::Permanent { code, .. } => *code,
+            AgentError::HostExhausted { .. } => ErrorCode::HostResourcesExhausted,
         }
     }
     pub fn message(&self) -> &str {
         match self {
-            AgentError::Retryable { message, .. } | AgentError::Permanent { message, .. } => message,
+            AgentError::Retryable { message, .. }
+            | AgentError::Permanent { message, .. }
+            | AgentError::HostExhausted { message } => message,
         }
     }
+
+    /// `other`, unless `error`'s source chain says this host ran out of file handles, memory
+    /// or processes (EMFILE, ENFILE, ENOMEM, EAGAIN): then [`AgentError::HostExhausted`].
+    pub fn unless_host_exhausted(error: &(dyn std::error::Error + 'static), other: AgentError) -> AgentError {
+        if host_exhausted(error) { AgentError::HostExhausted { message: other.message().to_owned() } } else { other }
+    }
+}
+
+/// Whether an I/O error in `error`'s source chain is the host running out of a resource.
+pub fn host_exhausted(error: &(dyn std::error::Error + 'static)) -> bool {
+    const EXHAUSTED: [i32; 4] = [
+        nix::errno::Errno::EMFILE as i32,
+        nix::errno::Errno::ENFILE as i32,
+        nix::errno::Errno::ENOMEM as i32,
+        nix::errno::Errno::EAGAIN as i32,
+    ];
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.raw_os_error().is_some_and(|code| EXHAUSTED.contains(&code))
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// One `[agents.NAME]` table: a kind plus the kind's own options, which the kind's factory

@@ -87,7 +87,7 @@ pub async fn sla(settings: &Settings, command: SlaCommand) -> anyhow::Result<()>
                 return Ok(());
             }
             if rules.is_empty() {
-                println!("no SLA rules: INSERT INTO sla_rules and sla_levels (see the README)");
+                println!("no SLA rules: INSERT INTO sla_rules and sla_levels (see docs/sla.md)");
             }
             for r in &rules {
                 let any = |v: Option<String>| v.unwrap_or_else(|| "any".into());

@@ -1,4 +1,4 @@
-//! Least-privilege database roles (`orderly roles`, README "Deploying", "Database roles"):
+//! Least-privilege database roles (`orderly roles`, docs/deploying.md, "Database roles"):
 //!
 //! | role | for | may |
 //! |---|---|---|

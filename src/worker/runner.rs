@@ -161,6 +161,20 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, mem_docs: Option<Vec<MemDo
         }
     }
 
+    // This host ran out of file handles, memory or processes: released after a backoff, the
+    // attempt not counted (as when the database was unavailable before the run).
+    if let Err(AgentError::HostExhausted { message }) = &result {
+        let backoff = Backoff { base: settings.retry.backoff_base, max: settings.retry.backoff_max };
+        let delay = backoff.delay(1, fastrand::f64());
+        tracing::warn!(error = %message, retry_in = ?delay,
+            "this host ran out of a resource while running the item; released, not counted");
+        let error = ErrorInfo {
+            code: ErrorCode::HostResourcesExhausted,
+            message: format!("{message}; released to the queue, the attempt not counted"),
+        };
+        let next = NextState::Released { delay_ms: delay.as_millis() as i64 };
+        return Some(finish(input, AttemptStatus::Interrupted, None, Some(error), vec![], None, next));
+    }
     let (outcome, output, error) = match result {
         Ok(output) => {
             let decision = approval.as_ref().map_or(Decision::Approved, |a| a.decision);
@@ -177,6 +191,7 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, mem_docs: Option<Vec<MemDo
                     Outcome::Failed { retryable: true, retry_after: *retry_after }
                 }
                 AgentError::Permanent { .. } => Outcome::Failed { retryable: false, retry_after: None },
+                AgentError::HostExhausted { .. } => unreachable!("released above"),
             };
             (outcome, None, Some(ErrorInfo { code: e.code(), message: e.message().to_owned() }))
         }

@@ -5,6 +5,7 @@
 mod common;
 
 mod admin;
+mod admin_port;
 mod agents;
 mod api;
 mod browser;

@@ -378,7 +378,7 @@ pub async fn oracle(db: &TestDb, inserted: &[Uuid], agent: &TestAgent) -> Verdic
 
 impl Verdict {
     /// Asserts every guarantee; `max_duplicates` is what the injected faults can explain.
-    /// Prints one `FAULTS|` line per scenario (the README's Guarantees table).
+    /// Prints one `FAULTS|` line per scenario (docs/guarantees.md and docs/performance.md).
     pub fn assert_holds(&self, scenario: &str, faults: &str, max_duplicates: i64) {
         println!("{scenario} ({} items): {self:?}", self.items);
         println!(
