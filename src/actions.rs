@@ -18,10 +18,12 @@ use uuid::Uuid;
 
 /// What a human decision on a held item does to it: approved, it is COMPLETED; rejected,
 /// the same rule as the policy's own rejection (a retry after the backoff while the budget
-/// lasts, else a dead letter). Writes it all (see `db::approvals::record_human_decision`).
+/// lasts, else a dead letter). Writes it all (see `db::approvals::record_human_decision`),
+/// and counts it in `metrics` when it runs inside a daemon (the API and the page).
 pub async fn decide_held(
     pool: &PgPool,
     settings: &Arc<Settings>,
+    metrics: Option<&crate::metrics::Metrics>,
     item_id: Uuid,
     decision: Decision,
     actor: &str,
@@ -41,6 +43,9 @@ pub async fn decide_held(
     let (_, next) = next_state(&Outcome::Succeeded(decision), budget, backoff, fastrand::f64());
     let human = db::approvals::HumanDecision { decision, next, actor, reason, attempts_used: budget.used };
     db::approvals::record_human_decision(pool, &item, &human).await?;
+    if let Some(metrics) = metrics {
+        metrics.approval_decided(decision, crate::metrics::SOURCE_HUMAN);
+    }
     Ok(human.next)
 }
 
@@ -134,10 +139,8 @@ pub async fn bulk_dead_letters(
     action: &Bulk,
     actor: &str,
 ) -> Result<BulkReport, OpsError> {
-    if let Bulk::Discard { reason } = action
-        && reason.trim().is_empty()
-    {
-        return Err(reason_required());
+    if let Bulk::Discard { reason } = action {
+        required_reason(Some(reason))?;
     }
     let limit = limit.unwrap_or(BULK_MAX).clamp(0, BULK_MAX);
     let open = db::dead_letters::Filter { open: Some(true), ..filter.clone() };
@@ -185,6 +188,34 @@ pub async fn bulk_dead_letters(
 /// The refusal of an action that needs a reason.
 pub fn reason_required() -> OpsError {
     OpsError::Invalid { code: "REASON_REQUIRED", message: "a reason is required".to_owned() }
+}
+
+/// Longest reason an operator may give (characters): it is shown on pages and in audit rows.
+pub const MAX_REASON_CHARS: usize = 2_000;
+
+/// An operator's reason as every surface takes it: trimmed, empty as none, refused when
+/// longer than [`MAX_REASON_CHARS`] or holding a control character other than a line break
+/// (`REASON_INVALID`).
+pub fn reason(text: Option<&str>) -> Result<Option<&str>, OpsError> {
+    let Some(text) = text.map(str::trim).filter(|t| !t.is_empty()) else { return Ok(None) };
+    if text.chars().count() > MAX_REASON_CHARS {
+        return Err(OpsError::Invalid {
+            code: "REASON_INVALID",
+            message: format!("a reason is at most {MAX_REASON_CHARS} characters"),
+        });
+    }
+    if text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(OpsError::Invalid {
+            code: "REASON_INVALID",
+            message: "a reason cannot hold control characters".to_owned(),
+        });
+    }
+    Ok(Some(text))
+}
+
+/// [`reason`], for an action that needs one (`REASON_REQUIRED` without).
+pub fn required_reason(text: Option<&str>) -> Result<&str, OpsError> {
+    reason(text)?.ok_or_else(reason_required)
 }
 
 /// Why an item is where it is, for an operator: a short `kind`, a sentence, and the times
@@ -322,4 +353,47 @@ pub fn waiting_reason(item: &db::items::ItemRow, route_error: Option<&RouteError
 
 fn secs(d: chrono::TimeDelta) -> std::time::Duration {
     std::time::Duration::from_secs(d.num_seconds().max(0) as u64)
+}
+
+/// The schedule's *when* in a few words.
+pub fn schedule_when(s: &db::schedules::Schedule) -> String {
+    match (&s.cron, s.frequency.as_deref()) {
+        (Some(cron), _) => format!("cron {cron}"),
+        (None, Some("INTERVAL")) => format!("every {} min", s.interval.unwrap_or_default()),
+        (None, Some("WEEKLY")) => format!(
+            "weekly on {:?} at {}",
+            s.days.clone().unwrap_or_default(),
+            s.time.map_or("?".to_owned(), |t| t.to_string())
+        ),
+        (None, Some("MONTHLY")) => {
+            format!(
+                "monthly on day {} at {}",
+                s.date.unwrap_or_default(),
+                s.time.map_or("?".to_owned(), |t| t.to_string())
+            )
+        }
+        (None, Some(f)) => format!("{} at {}", f.to_lowercase(), s.time.map_or("?".to_owned(), |t| t.to_string())),
+        (None, None) => "?".to_owned(),
+    }
+}
+
+/// A schedule with its next `count` runs (in its zone and in UTC), as the CLI's JSON and the
+/// API show it.
+pub fn schedule_view(s: &db::schedules::Schedule, count: usize) -> serde_json::Value {
+    let next_runs: Vec<serde_json::Value> = match crate::calendar::Calendar::new(&s.spec()) {
+        Ok(calendar) if s.enabled && s.last_error.is_none() => {
+            let from = s.next_run.map_or(chrono::Utc::now(), |n| n - chrono::Duration::microseconds(1));
+            calendar
+                .upcoming(from, count)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|t| json!({ "local": crate::calendar::local(t, calendar.zone()), "utc": t.to_rfc3339() }))
+                .collect()
+        }
+        _ => vec![],
+    };
+    let mut value = serde_json::to_value(s).unwrap_or_default();
+    value["when"] = json!(schedule_when(s));
+    value["next_runs"] = json!(next_runs);
+    value
 }

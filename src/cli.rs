@@ -44,6 +44,9 @@ pub enum Command {
     /// List the SLA rules with their escalation chains, and check them.
     #[command(subcommand)]
     Sla(SlaCommand),
+    /// List, show, check, pause and resume schedules; make a slot's order now.
+    #[command(subcommand)]
+    Schedules(ScheduleCommand),
     /// Cancel a work item (QUEUED, AWAITING_APPROVAL, or PROCESSING: its running attempt is
     /// recorded as interrupted and its result will be discarded), or every such item of an
     /// order with --order.
@@ -255,8 +258,9 @@ pub enum DeadLetterCommand {
     /// Close the dead letter without replaying; the item stays FAILED.
     Discard {
         id: Uuid,
+        /// Why the letter is discarded (required, as on the API and the page).
         #[arg(long)]
-        reason: Option<String>,
+        reason: String,
         #[arg(long)]
         actor: Option<String>,
     },
@@ -303,4 +307,46 @@ pub enum SlaCommand {
     /// Run one sweep now (what the leader does every `sla.sweep_interval`) and print what it
     /// did. Safe beside running daemons: each level still fires once.
     Sweep,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Every schedule with its next run (in its zone and in UTC) and its last error.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One schedule: its definition, its next three runs and the orders of its last slots.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The next runs of a schedule, in its zone and in UTC.
+    Next {
+        name: String,
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        count: u16,
+    },
+    /// Make the order of the current minute's slot now (once per minute, whoever asks).
+    RunNow {
+        name: String,
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// Stop making orders (audited).
+    Pause {
+        name: String,
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// Make orders again from the next slot after now; the paused time is not caught up
+    /// (audited).
+    Resume {
+        name: String,
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// Check every schedule's time zone and cron expression; exit 1 when one cannot run.
+    Check,
 }

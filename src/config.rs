@@ -47,6 +47,7 @@ pub struct Settings {
     pub approval: ApprovalSettings,
     pub pruner: PrunerSettings,
     pub sla: SlaSettings,
+    pub schedules: ScheduleSettings,
     pub notifier: NotifierSettings,
     pub admin: AdminSettings,
     #[serde(default)]
@@ -101,6 +102,18 @@ pub struct WorkerSettings {
     /// completer retrying one batch) makes the engine unhealthy (`worker::liveness`).
     #[serde(with = "humantime_serde")]
     pub stall_timeout: Duration,
+}
+
+/// `[schedules]`: the leader's scheduler (see `maintenance::scheduler`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSettings {
+    /// Longest the scheduler sleeps before it looks again (a schedule added or edited by SQL
+    /// is seen within it); it wakes earlier for the earliest `next_run`.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Most schedules handled in one transaction.
+    pub batch: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -206,6 +219,10 @@ pub struct AdminSettings {
     /// Longest a request may take, its body included; past it the answer is 408.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Host names (without port) the server answers to besides IP addresses and `localhost`:
+    /// a request naming another host is refused (DNS rebinding).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
     /// Bearer tokens of the JSON API (`/api/v1`) and the web page's sign-in, each stored as
     /// the SHA-256 of the token (`orderly admin-token NAME` makes one). None: the API and the
     /// page refuse everyone.
@@ -488,6 +505,8 @@ impl Settings {
         duration_in("pruner.interval", self.pruner.interval, None, MAX_INTERVAL)?;
         count_in("pruner.batch", self.pruner.batch, 1, MAX_BATCH as i64)?;
         duration_in("sla.sweep_interval", self.sla.sweep_interval, None, MAX_INTERVAL)?;
+        duration_in("schedules.poll_interval", self.schedules.poll_interval, None, MAX_INTERVAL)?;
+        count_in("schedules.batch", self.schedules.batch, 1, MAX_BATCH as i64)?;
         count_in("sla.batch", self.sla.batch, 1, MAX_BATCH as i64)?;
         duration_in("admin.gauge_interval", self.admin.gauge_interval, Some(Duration::from_secs(1)), MAX_INTERVAL)?;
         count_in("admin.max_connections", self.admin.max_connections, 1, MAX_ADMIN_CONNECTIONS)?;

@@ -94,6 +94,7 @@ impl Engine {
             catalog: Arc::new(Catalog::new(ops.clone(), settings.clone())),
             tokens: Arc::new(crate::admin::auth::Tokens::new(&settings.admin.tokens)),
             sessions: Default::default(),
+            failed_auth: Default::default(),
             ops,
             pool: pool.clone(),
             settings: settings.clone(),
@@ -147,7 +148,8 @@ impl Engine {
         };
         // Delivers the SLA notifications outbox; on every replica (claims with SKIP LOCKED).
         let notifier = crate::sla::notifier::Notifier::new(pool.clone(), settings.notifier.clone())
-            .context("building the notifier's HTTP client")?;
+            .context("building the notifier's HTTP client")?
+            .with_metrics(metrics.clone());
         // The dispatcher says when it waits for work; the listener then holds the wake lock.
         let (waiting_tx, waiting_rx) = tokio::sync::watch::channel(false);
         let background = vec![
@@ -191,6 +193,18 @@ impl Engine {
                 ),
             ),
             watched("notifier", &stop_background, Box::pin(notifier.run(stop_background.clone()))),
+            watched(
+                "scheduler",
+                &stop_background,
+                Box::pin(
+                    crate::maintenance::scheduler::Scheduler {
+                        pool: pool.clone(),
+                        settings: settings.clone(),
+                        metrics: metrics.clone(),
+                    }
+                    .run(leadership.clone(), stop_background.clone()),
+                ),
+            ),
             watched(
                 "pruner",
                 &stop_background,

@@ -10,6 +10,7 @@
 pub mod actions;
 pub mod admin;
 pub mod agent;
+pub mod calendar;
 pub mod cli;
 pub mod cmd;
 pub mod config;
@@ -54,6 +55,7 @@ pub async fn run_command(
         Command::Reject(args) => cmd::decide::run(&settings, model::Decision::Rejected, args).await,
         Command::Escalations(command) => cmd::escalations::run(&settings, command).await,
         Command::Sla(command) => cmd::escalations::sla(&settings, command).await,
+        Command::Schedules(command) => cmd::schedules::run(&settings, command).await,
         Command::Cancel(args) => cmd::cancel::run(&settings, args).await,
         Command::AdminToken(args) => cmd::admin_token::run(args),
         Command::CheckConfig => cmd::check_config::run(&settings, &registry),

@@ -13,7 +13,26 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// Exit status of a command whose reader went away (`orderly escalations list | head -1`):
+/// what a shell reports for a process ended by SIGPIPE.
+const BROKEN_PIPE_EXIT: i32 = 128 + 13;
+
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so printing to a closed pipe panics. A reader that stopped reading
+    // is not an error of ours: end quietly, as a program killed by SIGPIPE would.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(BROKEN_PIPE_EXIT);
+        }
+        default_hook(info);
+    }));
     let cli = Cli::parse();
     let mut settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,

@@ -87,6 +87,11 @@ pub struct Metrics {
     /// From the moment an item became runnable (`run_at`: its INSERT, or the end of its
     /// retry delay) to its claim, on the database clock, by priority.
     pub queue_wait_seconds: Histograms<Priority>,
+    /// Schedule slots this replica handled while leading, by outcome (`materialized`, or
+    /// `skipped` by the catch-up or overlap policy).
+    pub schedule_slots: Counter<&'static str>,
+    /// How late each materialized slot's order was made (database clock), in seconds.
+    pub schedule_late_seconds: Histograms<()>,
 
     agents: Interner,
     item_types: Interner,
@@ -137,6 +142,8 @@ impl Metrics {
             notifications: Counter::default(),
             attempt_seconds: Histograms::new(ATTEMPT_BUCKETS),
             queue_wait_seconds: Histograms::new(QUEUE_WAIT_BUCKETS),
+            schedule_slots: Counter::default(),
+            schedule_late_seconds: Histograms::new(QUEUE_WAIT_BUCKETS),
             agents: Interner::new(agents, MAX_DB_LABELS),
             item_types: Interner::new(None, MAX_DB_LABELS),
             channels: Interner::new(None, MAX_DB_LABELS),
@@ -146,6 +153,10 @@ impl Metrics {
         for state in [ItemStatus::Completed, ItemStatus::Failed, ItemStatus::AwaitingApproval] {
             metrics.finished.add(state, 0);
         }
+        for outcome in ["materialized", "skipped"] {
+            metrics.schedule_slots.add(outcome, 0);
+        }
+        metrics.schedule_late_seconds.touch(());
         for flag in [false, true] {
             metrics.rescues.add(flag, 0);
             metrics.eval_results.add(flag, 0);
@@ -290,6 +301,17 @@ pub struct HistogramSnapshot {
 impl<K: Eq + Hash + Clone + Ord> Histograms<K> {
     pub fn new(bounds: &'static [f64]) -> Self {
         Histograms { bounds, cells: RwLock::new(HashMap::new()) }
+    }
+
+    /// Makes `key`'s histogram exist with nothing in it, so that it is served before the first
+    /// observation.
+    pub fn touch(&self, key: K) {
+        let mut cells = write(&self.cells);
+        cells.entry(key).or_insert_with(|| Histogram {
+            buckets: (0..=self.bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        });
     }
 
     pub fn observe(&self, key: K, seconds: f64) {

@@ -61,7 +61,13 @@ labels!(
 );
 labels!(
     /// `work_orders.status`, rolled up from the order's items.
-    OrderStatus { Pending = "PENDING", Processing = "PROCESSING", Completed = "COMPLETED", Failed = "FAILED" }
+    OrderStatus {
+        Pending = "PENDING",
+        Processing = "PROCESSING",
+        Completed = "COMPLETED",
+        Failed = "FAILED",
+        Cancelled = "CANCELLED",
+    }
 );
 labels!(
     /// `attempts.status`. LOST: the worker vanished and the rescuer closed the attempt.

@@ -54,6 +54,7 @@ pub fn routes() -> axum::Router<AdminState> {
         .route("/api/v1/approvals/{id}/approve", post(approve))
         .route("/api/v1/approvals/{id}/reject", post(reject))
         .route("/api/v1/escalations", get(escalations))
+        .route("/api/v1/schedules", get(schedules))
         .route("/api/v1/escalations/{id}", get(escalation))
         .route("/api/v1/escalations/{id}/ack", post(acknowledge))
         .route("/api/v1/escalations/{id}/resolve", post(resolve))
@@ -67,11 +68,13 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header (429).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), retry_after: None }
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -87,8 +90,30 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"orderly\""));
         }
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response
+    }
+}
+
+/// The client's address, when the request came through the admin server (not in tests
+/// that call the router directly).
+pub fn client_ip(extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())
+}
+
+/// 429 for a client address that failed to authenticate too often lately.
+pub fn too_many_failures(wait: std::time::Duration) -> ApiError {
+    let seconds = wait.as_secs().max(1);
+    ApiError {
+        retry_after: Some(seconds),
+        ..ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_failures",
+            format!("too many failed authentications from this address; try again in {seconds} s"),
+        )
     }
 }
 
@@ -105,8 +130,19 @@ impl From<OpsError> for ApiError {
 }
 
 impl From<sqlx::Error> for ApiError {
+    /// A value the database refuses (a NUL character, a date or interval out of range: class
+    /// 22) is the caller's to fix: 400. A database that cannot serve right now (a lost
+    /// connection, one refusing connections, out of resources, shutting down) is 503. Only
+    /// what is left is a 500, logged as an error.
     fn from(e: sqlx::Error) -> ApiError {
-        if db::is_connection_error(&e) || db::is_retryable_conflict(&e) {
+        let sqlstate = e.as_database_error().and_then(|d| d.code()).map(|c| c.into_owned());
+        if sqlstate.as_deref().is_some_and(|c| c.starts_with("22")) {
+            tracing::info!(error = %db::describe_error(&e), "admin request refused by the database: a value in it");
+            return ApiError::bad_request(format!("the database refused a value: {}", db::describe_error(&e)));
+        }
+        let unavailable =
+            sqlstate.as_deref().is_some_and(|c| c.starts_with("53") || c == "55000" || c == "55006" || c == "57014");
+        if unavailable || db::is_connection_error(&e) || db::is_retryable_conflict(&e) {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -121,9 +157,18 @@ impl From<sqlx::Error> for ApiError {
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
-/// The bearer token's identity (401 without a valid one).
+/// The bearer token's identity (401 without a valid one). Failures are counted and logged by
+/// client address; an address past the limit gets 429 without its token being checked.
 fn bearer(parts: &Parts, state: &AdminState) -> Result<Identity, ApiError> {
-    let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    let client = client_ip(&parts.extensions);
+    if let Some(wait) = client.and_then(|ip| state.failed_auth.blocked(ip)) {
+        return Err(too_many_failures(wait));
+    }
+    let unauthorized = |message: &str| {
+        let failures = client.map(|ip| state.failed_auth.failed(ip));
+        tracing::warn!(client = ?client, failures = ?failures, reason = message, "admin API authentication failed");
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    };
     let header = parts
         .headers
         .get(header::AUTHORIZATION)
@@ -360,14 +405,15 @@ struct ReasonBody {
 }
 
 impl ReasonBody {
-    fn reason(&self) -> Option<&str> {
-        self.reason.as_deref().map(str::trim).filter(|r| !r.is_empty())
+    /// The reason as every surface checks it (`actions::reason`).
+    fn reason(&self) -> Result<Option<&str>, ApiError> {
+        Ok(actions::reason(self.reason.as_deref())?)
     }
 }
 
 async fn cancel(state: &AdminState, target: db::items::Target, who: &Identity, bytes: &Bytes) -> ApiResult {
     let request: ReasonBody = body(bytes)?;
-    let cancelled = db::items::cancel(&state.ops, target, &who.name, request.reason()).await?;
+    let cancelled = db::items::cancel(&state.ops, target, &who.name, request.reason()?).await?;
     let order = cancelled.first().map(|c| c.work_order_id);
     let order_status = match order {
         Some(order) => db::items::order_status(&state.ops, order).await?,
@@ -476,7 +522,7 @@ async fn discard(
 ) -> ApiResult {
     let id = parse_id(&id)?;
     let request: ReasonBody = body(&bytes)?;
-    let reason = request.reason().ok_or_else(actions::reason_required)?;
+    let reason = actions::required_reason(request.reason.as_deref())?;
     let item = db::dead_letters::discard(&state.ops, id, &who.name, Some(reason)).await?;
     Ok(Json(json!({ "dead_letter_id": id, "work_item_id": item, "discarded": true })))
 }
@@ -563,7 +609,16 @@ pub fn describe_next(next: NextState) -> Value {
 async fn decide(state: &AdminState, who: &Identity, id: &str, decision: Decision, bytes: &Bytes) -> ApiResult {
     let id = parse_id(id)?;
     let request: ReasonBody = body(bytes)?;
-    let next = actions::decide_held(&state.ops, &state.settings, id, decision, &who.name, request.reason()).await?;
+    let next = actions::decide_held(
+        &state.ops,
+        &state.settings,
+        Some(&state.metrics),
+        id,
+        decision,
+        &who.name,
+        request.reason()?,
+    )
+    .await?;
     Ok(Json(json!({ "work_item_id": id, "decision": decision.as_str(), "item": describe_next(next) })))
 }
 
@@ -583,6 +638,18 @@ async fn reject(
     bytes: Bytes,
 ) -> ApiResult {
     decide(&state, &who, &id, Decision::Rejected, &bytes).await
+}
+
+/// Every schedule with its next three runs (in its zone and in UTC) and the orders of its
+/// last three slots.
+async fn schedules(State(state): State<AdminState>, _: Reader) -> ApiResult {
+    let mut rows = Vec::new();
+    for schedule in db::schedules::list(&state.ops).await? {
+        let mut row = actions::schedule_view(&schedule, 3);
+        row["recent_orders"] = json!(db::schedules::recent_orders(&state.ops, schedule.id, 3).await?);
+        rows.push(row);
+    }
+    Ok(Json(json!({ "schedules": rows })))
 }
 
 async fn escalations(
@@ -609,7 +676,7 @@ async fn escalation(State(state): State<AdminState>, _: Reader, Path(id): Path<S
 async fn act(state: &AdminState, who: &Identity, id: &str, action: db::sla::Action, bytes: &Bytes) -> ApiResult {
     let id = parse_id(id)?;
     let request: ReasonBody = body(bytes)?;
-    db::sla::act(&state.ops, id, action, &who.name, request.reason()).await?;
+    db::sla::act(&state.ops, id, action, &who.name, request.reason()?).await?;
     let (escalation, _) = db::sla::escalation(&state.ops, id).await?;
     Ok(Json(json!({ "escalation": escalation })))
 }

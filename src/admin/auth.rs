@@ -15,6 +15,7 @@
 use crate::config::{AdminToken, TokenScope};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -24,8 +25,17 @@ pub const TOKEN_PREFIX: &str = "orderly_";
 /// How long a web session lasts after sign-in.
 pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 
-/// Most sessions kept at once; the oldest go first.
-pub const MAX_SESSIONS: usize = 10_000;
+/// Most sessions kept at once per token; past it that token's oldest session ends. Per
+/// token, so that signing in again and again with one token never ends another's sessions.
+pub const MAX_SESSIONS_PER_TOKEN: usize = 100;
+
+/// Failed authentications (sign-ins and bearer tokens) one client address may make within
+/// [`FAILURE_WINDOW`]; past them its attempts are answered 429 until the window ends.
+pub const FAILURES_ALLOWED: u32 = 10;
+/// The window of [`FAILURES_ALLOWED`].
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Client addresses remembered at once (the oldest windows are forgotten first).
+const MAX_FAILING_ADDRESSES: usize = 10_000;
 
 /// The name of the session cookie.
 pub const COOKIE: &str = "orderly_session";
@@ -163,9 +173,12 @@ impl Sessions {
         };
         let mut sessions = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         sessions.retain(|_, s| s.expires > now);
-        while sessions.len() >= MAX_SESSIONS {
-            let oldest = sessions.iter().min_by_key(|(_, s)| s.created).map(|(k, _)| *k);
-            match oldest {
+        loop {
+            let of_token = sessions.iter().filter(|(_, s)| s.identity.name == session.identity.name);
+            if of_token.clone().count() < MAX_SESSIONS_PER_TOKEN {
+                break;
+            }
+            match of_token.min_by_key(|(_, s)| s.created).map(|(k, _)| *k) {
                 Some(key) => sessions.remove(&key),
                 None => break,
             };
@@ -219,9 +232,78 @@ pub fn same_form_token(given: &str, expected: &str) -> bool {
     same(&a, &b)
 }
 
+/// Failed authentications by client address (see [`FAILURES_ALLOWED`]).
+#[derive(Debug, Default)]
+pub struct FailedAuth {
+    inner: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl FailedAuth {
+    /// How long `client` must wait, when it has failed [`FAILURES_ALLOWED`] times in its
+    /// current window.
+    pub fn blocked(&self, client: IpAddr) -> Option<Duration> {
+        let now = Instant::now();
+        let failures = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match failures.get(&client) {
+            Some((start, n)) if *n >= FAILURES_ALLOWED && now.duration_since(*start) < FAILURE_WINDOW => {
+                Some(FAILURE_WINDOW - now.duration_since(*start))
+            }
+            _ => None,
+        }
+    }
+
+    /// Counts a failure of `client`; returns its failures in the current window.
+    pub fn failed(&self, client: IpAddr) -> u32 {
+        let now = Instant::now();
+        let mut failures = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if failures.len() >= MAX_FAILING_ADDRESSES && !failures.contains_key(&client) {
+            failures.retain(|_, (start, _)| now.duration_since(*start) < FAILURE_WINDOW);
+            if failures.len() >= MAX_FAILING_ADDRESSES
+                && let Some(oldest) = failures.iter().min_by_key(|(_, (start, _))| *start).map(|(ip, _)| *ip)
+            {
+                failures.remove(&oldest);
+            }
+        }
+        let entry = failures.entry(client).or_insert((now, 0));
+        if now.duration_since(entry.0) >= FAILURE_WINDOW {
+            *entry = (now, 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+        entry.1
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_token_signing_in_again_and_again_never_ends_another_tokens_sessions() {
+        let sessions = Sessions::default();
+        let who = |name: &str| Identity { name: name.to_owned(), scope: TokenScope::Read };
+        let alice = sessions.create(who("alice"));
+        let first_mallory = sessions.create(who("mallory"));
+        for _ in 0..(MAX_SESSIONS_PER_TOKEN * 3) {
+            sessions.create(who("mallory"));
+        }
+        assert!(sessions.get(&alice).is_some(), "another token's session survives");
+        assert!(sessions.get(&first_mallory).is_none(), "the flooding token's oldest session ended");
+        let of_mallory = sessions.inner.lock().unwrap().values().filter(|s| s.identity.name == "mallory").count();
+        assert_eq!(of_mallory, MAX_SESSIONS_PER_TOKEN);
+    }
+
+    #[test]
+    fn an_address_that_fails_too_often_waits_out_its_window() {
+        let failed = FailedAuth::default();
+        let (bad, other): (IpAddr, IpAddr) = ("192.0.2.7".parse().unwrap(), "192.0.2.8".parse().unwrap());
+        for n in 1..=FAILURES_ALLOWED {
+            assert!(failed.blocked(bad).is_none(), "not yet after {}", n - 1);
+            assert_eq!(failed.failed(bad), n);
+        }
+        let wait = failed.blocked(bad).expect("blocked after the allowed failures");
+        assert!(wait <= FAILURE_WINDOW && wait > Duration::ZERO);
+        assert!(failed.blocked(other).is_none(), "another address is not");
+    }
 
     fn token(name: &str, secret: &str, scope: TokenScope) -> AdminToken {
         AdminToken { name: name.into(), sha256: sha256_hex(secret), scope }

@@ -205,6 +205,21 @@ pub fn render(state: &AdminState) -> String {
         |priority| priority.as_str().to_owned(),
     );
 
+    out.family(
+        "orderly_schedule_slots_total",
+        "counter",
+        "Schedule slots handled by this replica while leading, by outcome (materialized, skipped by policy).",
+    );
+    for (outcome, n) in m.schedule_slots.snapshot() {
+        out.sample("orderly_schedule_slots_total", &[("outcome", outcome)], n);
+    }
+    out.histograms(
+        "orderly_schedule_late_seconds",
+        "How late a schedule slot's order was made, from its slot time (database clock).",
+        "",
+        &m.schedule_late_seconds,
+        |_| String::new(),
+    );
     out.family("orderly_in_flight_items", "gauge", "Items this process is executing or about to record.");
     out.sample("orderly_in_flight_items", &[], state.in_flight.len());
     let leading = state.leadership.is_leader();
@@ -299,12 +314,16 @@ impl Exposition {
         self.family(name, "histogram", help);
         for (key, HistogramSnapshot { cumulative, count, sum }) in histograms.snapshot() {
             let value = show(&key);
+            // An empty label name: a histogram without labels.
+            let labelled: &[(&str, &str)] = if label.is_empty() { &[] } else { &[(label, &value)] };
             for (bound, n) in cumulative {
                 let le = if bound.is_infinite() { "+Inf".to_owned() } else { bound.to_string() };
-                self.sample(&format!("{name}_bucket"), &[(label, &value), ("le", &le)], n);
+                let mut labels = labelled.to_vec();
+                labels.push(("le", &le));
+                self.sample(&format!("{name}_bucket"), &labels, n);
             }
-            self.sample(&format!("{name}_sum"), &[(label, &value)], sum);
-            self.sample(&format!("{name}_count"), &[(label, &value)], count);
+            self.sample(&format!("{name}_sum"), labelled, sum);
+            self.sample(&format!("{name}_count"), labelled, count);
         }
     }
 }

@@ -63,6 +63,8 @@ pub struct AdminState {
     pub tokens: Arc<auth::Tokens>,
     /// The web page's sign-in sessions.
     pub sessions: Arc<auth::Sessions>,
+    /// Failed authentications by client address (the API's bearer tokens, the page's sign-in).
+    pub failed_auth: Arc<auth::FailedAuth>,
 }
 
 /// Connections of [`AdminState::ops`].
@@ -78,6 +80,7 @@ impl AdminState {
             catalog: Arc::new(Catalog::new(ops.clone(), settings.clone())),
             tokens: Arc::new(auth::Tokens::new(&settings.admin.tokens)),
             sessions: Default::default(),
+            failed_auth: Default::default(),
             pool,
             ops,
             metrics: Arc::new(Metrics::new(settings.agents.keys())),
@@ -102,7 +105,53 @@ pub fn router(state: AdminState) -> axum::Router {
         .merge(api::routes())
         .merge(web::routes())
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), host_and_caching))
         .with_state(state)
+}
+
+/// Every answer: refused (421) unless the Host header names an IP address, `localhost` or
+/// one of `admin.allowed_hosts`; never stored by a cache (`Cache-Control: no-store`, unless
+/// the route set its own).
+async fn host_and_caching(
+    axum::extract::State(state): axum::extract::State<AdminState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::{HeaderValue, StatusCode, header};
+    use axum::response::IntoResponse;
+    // A browser always sends Host (a rebinding page cannot leave it out); a client that sends
+    // none (HTTP/1.0, a request made in-process) is not one.
+    let host = request.headers().get(header::HOST).map(|h| h.to_str().unwrap_or("\u{fffd}"));
+    if let Some(host) = host.filter(|h| !host_allowed(h, &state.settings.admin.allowed_hosts)) {
+        crate::telemetry::warn_limited(
+            "admin-host",
+            "admin request refused: its Host is not this server's (admin.allowed_hosts)",
+            &format_args!("Host {host:?}"),
+        );
+        return (StatusCode::MISDIRECTED_REQUEST, "this server does not answer to that host name\n").into_response();
+    }
+    let mut response = next.run(request).await;
+    response.headers_mut().entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Whether a Host header (with or without port) names this server: an IP address,
+/// `localhost`, or a name listed in `allowed` (case-insensitive); an empty one is refused.
+pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, _)) => return v6.parse::<std::net::Ipv6Addr>().is_ok(),
+            None => return false,
+        },
+        None => host
+            .rsplit_once(':')
+            .map_or(host, |(name, port)| if port.chars().all(|c| c.is_ascii_digit()) { name } else { host }),
+    };
+    !name.is_empty()
+        && (name.parse::<std::net::IpAddr>().is_ok()
+            || name.eq_ignore_ascii_case("localhost")
+            || allowed.iter().any(|a| a.eq_ignore_ascii_case(name)))
 }
 
 /// Starts the server on `admin.listen`, or nothing when it is `off`.
@@ -179,6 +228,32 @@ impl Drop for AdminServer {
         self.stop.cancel();
         for task in &self.tasks {
             task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn only_addresses_localhost_and_listed_names_are_this_server() {
+        let allowed = vec!["orderly.internal".to_owned()];
+        for ok in [
+            "127.0.0.1:9187",
+            "127.0.0.1",
+            "[::1]:9187",
+            "localhost:9187",
+            "LOCALHOST",
+            "orderly.internal:80",
+            "10.0.0.7",
+        ] {
+            assert!(host_allowed(ok, &allowed), "{ok}");
+        }
+        for bad in
+            ["evil.example:9187", "evil.example", "", "[::1", "orderly.internal.evil.example", "127.0.0.1.nip.io:9187"]
+        {
+            assert!(!host_allowed(bad, &allowed), "{bad}");
         }
     }
 }

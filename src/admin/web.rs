@@ -65,6 +65,7 @@ pub fn routes() -> axum::Router<AdminState> {
         .route("/approvals", get(approvals))
         .route("/approvals/{id}/{decision}", post(decide))
         .route("/escalations", get(escalations))
+        .route("/schedules", get(schedules))
         .route("/escalations/{id}/{action}", post(escalation_action))
         .layer(axum::middleware::from_fn(security_headers))
         .route("/assets/style.css", get(style))
@@ -135,9 +136,16 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
         return false;
     };
     let (Ok(origin), Ok(host)) = (origin.to_str(), host.to_str()) else { return false };
+    // The scheme this server is reached by: plain HTTP, or HTTPS behind a proxy that says so.
+    let scheme = match headers.get("x-forwarded-proto") {
+        Some(proto) if proto.as_bytes().eq_ignore_ascii_case(b"https") => "https",
+        _ => "http",
+    };
     match origin.split_once("://") {
-        Some(("http" | "https", authority)) => authority.eq_ignore_ascii_case(host),
-        _ => false,
+        Some((origin_scheme, authority)) => {
+            origin_scheme.eq_ignore_ascii_case(scheme) && authority.eq_ignore_ascii_case(host)
+        }
+        None => false,
     }
 }
 
@@ -200,12 +208,21 @@ fn guard_operate(state: &AdminState, headers: &HeaderMap, form: &HashMap<String,
     Ok(signed)
 }
 
-/// Where to go after an action: the form's `back` when it is a path of this server.
+/// Where to go after an action: the form's `back` when it is a path of this server. Parsed
+/// as a browser would parse it (tabs and line breaks dropped, `\` read as `/`) against an
+/// origin of our own, and kept only when it stays on that origin; what goes into `Location` is
+/// the parser's serialization (percent-encoded), never the raw text.
 fn back(form: &HashMap<String, String>, default: &str) -> String {
-    match form.get("back") {
-        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => path.clone(),
-        _ => default.to_owned(),
-    }
+    let Ok(base) = url::Url::parse("http://orderly.invalid/") else { return default.to_owned() };
+    form.get("back")
+        .filter(|path| path.starts_with('/'))
+        .and_then(|path| base.join(path).ok())
+        .filter(|url| url.origin() == base.origin())
+        .map(|url| match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_owned(),
+        })
+        .unwrap_or_else(|| default.to_owned())
 }
 
 /// Records the outcome for the next page and redirects there (POST, then redirect).
@@ -259,8 +276,13 @@ fn q(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
+/// An id as the page shows it in tables, links and messages: its last 8 hex digits, which
+/// are random in every id orderly makes (the first ones of a time-ordered id are its
+/// millisecond timestamp, the same for everything made in the same minute). The full id is
+/// on the item's own page and in every link.
 fn short(id: Uuid) -> String {
-    id.simple().to_string()[..8].to_owned()
+    let hex = id.simple().to_string();
+    format!("…{}", &hex[hex.len() - 8..])
 }
 
 /// JSON as indented text, cut at [`SHOWN_CHARS`].
@@ -295,6 +317,7 @@ fn layout(title: &str, session: Option<&Session>, flash: Option<Flash>, body: Ma
                             a href="/dead-letters" { "Dead letters" }
                             a href="/approvals" { "Approvals" }
                             a href="/escalations" { "Escalations" }
+                            a href="/schedules" { "Schedules" }
                             a href="/items" { "Items" }
                         }
                         form.signout method="post" action="/logout" {
@@ -438,18 +461,29 @@ fn overview_body(state: &AdminState, o: &Overview) -> Markup {
 
 async fn login(
     State(state): State<AdminState>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     if !same_origin(&headers) {
         return refused(StatusCode::FORBIDDEN, "cross-site request refused");
     }
+    let client = api::client_ip(&extensions);
+    if let Some(wait) = client.and_then(|ip| state.failed_auth.blocked(ip)) {
+        let mut response = page(
+            StatusCode::TOO_MANY_REQUESTS,
+            sign_in_page(&state, Some("Too many failed sign-ins from this address; wait a minute.")),
+        );
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+        return response;
+    }
     let token = form.get("token").map(String::as_str).unwrap_or("");
     let Some(identity) = state.tokens.verify(token) else {
-        tracing::info!("admin web sign-in refused: unknown token");
+        let failures = client.map(|ip| state.failed_auth.failed(ip));
+        tracing::warn!(client = ?client, failures = ?failures, "admin web sign-in refused: unknown token");
         return page(StatusCode::UNAUTHORIZED, sign_in_page(&state, Some("That token is not valid.")));
     };
-    tracing::info!(token = %identity.name, "admin web sign-in");
+    tracing::info!(token = %identity.name, client = ?client, "admin web sign-in");
     let value = state.sessions.create(identity);
     let secure = headers.get("x-forwarded-proto").is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
     let cookie = format!(
@@ -475,7 +509,8 @@ async fn logout(
     let mut response = Redirect::to("/").into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_static("orderly_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+        HeaderValue::from_str(&format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"))
+            .expect("cookie is ASCII"),
     );
     response
 }
@@ -666,7 +701,10 @@ async fn cancel(
         Err(refusal) => return refusal.into_response(),
     };
     let Ok(id) = id.parse::<Uuid>() else { return error_page(&signed, api::ApiError::bad_request("not an item id")) };
-    let reason = form.get("reason").map(|r| r.trim()).filter(|r| !r.is_empty());
+    let reason = match actions::reason(form.get("reason").map(String::as_str)) {
+        Ok(reason) => reason,
+        Err(e) => return error_page(&signed, e.into()),
+    };
     let result = db::items::cancel(&state.ops, db::items::Target::Item(id), &signed.session.identity.name, reason)
         .await
         .map(|done| match done.first().and_then(|c| c.interrupted_attempt) {
@@ -903,7 +941,10 @@ async fn discard(
     let Ok(id) = id.parse::<Uuid>() else {
         return error_page(&signed, api::ApiError::bad_request("not a dead letter id"));
     };
-    let reason = form.get("reason").map(|r| r.trim()).filter(|r| !r.is_empty());
+    let reason = match actions::reason(form.get("reason").map(String::as_str)) {
+        Ok(reason) => reason,
+        Err(e) => return error_page(&signed, e.into()),
+    };
     let result = match reason {
         None => Err(describe(&actions::reason_required())),
         Some(reason) => db::dead_letters::discard(&state.ops, id, &signed.session.identity.name, Some(reason))
@@ -1015,15 +1056,72 @@ async fn decide(
         _ => return error_page(&signed, api::ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such action")),
     };
     let Ok(id) = id.parse::<Uuid>() else { return error_page(&signed, api::ApiError::bad_request("not an item id")) };
-    let reason = form.get("reason").map(|r| r.trim()).filter(|r| !r.is_empty());
-    let result = actions::decide_held(&state.ops, &state.settings, id, decision, &signed.session.identity.name, reason)
-        .await
-        .map(|next| {
-            let verb = if decision == Decision::Approved { "Approved" } else { "Rejected" };
-            format!("{verb} item {}: it is {}.", short(id), next.item_status().as_str())
-        })
-        .map_err(|e| describe(&e));
+    let reason = match actions::reason(form.get("reason").map(String::as_str)) {
+        Ok(reason) => reason,
+        Err(e) => return error_page(&signed, e.into()),
+    };
+    let result = actions::decide_held(
+        &state.ops,
+        &state.settings,
+        Some(&state.metrics),
+        id,
+        decision,
+        &signed.session.identity.name,
+        reason,
+    )
+    .await
+    .map(|next| {
+        let verb = if decision == Decision::Approved { "Approved" } else { "Rejected" };
+        format!("{verb} item {}: it is {}.", short(id), next.item_status().as_str())
+    })
+    .map_err(|e| describe(&e));
     done(&state, &signed, result, &back(&form, "/approvals"))
+}
+
+async fn schedules(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    let signed = signed_or_sign_in!(state, headers);
+    let schedules = match db::schedules::list(&state.ops).await {
+        Ok(rows) => rows,
+        Err(e) => return error_page(&signed, e.into()),
+    };
+    let mut recent = Vec::new();
+    for s in &schedules {
+        match db::schedules::recent_orders(&state.ops, s.id, 3).await {
+            Ok(orders) => recent.push(orders),
+            Err(e) => return error_page(&signed, e.into()),
+        }
+    }
+    let body = html! {
+        h1 { "Schedules" }
+        @if schedules.is_empty() { p { "No schedule. Schedules are rows of the schedules table (docs/schedules.md)." } } @else {
+            table.schedules {
+                thead { tr { th { "name" } th { "when" } th { "next runs (its zone · UTC)" } th { "last slots" } } }
+                tbody {
+                    @for (s, orders) in schedules.iter().zip(&recent) {
+                        @let view = actions::schedule_view(s, 3);
+                        tr id=(format!("schedule-{}", s.id)) {
+                            td { (s.name) @if !s.enabled { br; span.state { "paused" } } }
+                            td { (actions::schedule_when(s)) br; small { (s.timezone) } }
+                            td {
+                                @if let Some(error) = &s.last_error { span.bad { "cannot run: " (error) } }
+                                @for next in view["next_runs"].as_array().into_iter().flatten() {
+                                    (next["local"].as_str().unwrap_or("")) " · " small { (next["utc"].as_str().unwrap_or("")) } br;
+                                }
+                            }
+                            td {
+                                @for o in orders {
+                                    (o.slot_at.format("%Y-%m-%d %H:%M:%S UTC")) " "
+                                    a href=(format!("/items?order={}", o.work_order_id)) { code title=(o.work_order_id) { (short(o.work_order_id)) } }
+                                    " " span class=(format!("state {}", o.status)) { (o.status) } br;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(StatusCode::OK, layout("Schedules", Some(&signed.session), signed.flash.clone(), body))
 }
 
 async fn escalations(State(state): State<AdminState>, headers: HeaderMap) -> Response {
@@ -1091,7 +1189,10 @@ async fn escalation_action(
     let Ok(id) = id.parse::<Uuid>() else {
         return error_page(&signed, api::ApiError::bad_request("not an escalation id"));
     };
-    let reason = form.get("reason").map(|r| r.trim()).filter(|r| !r.is_empty());
+    let reason = match actions::reason(form.get("reason").map(String::as_str)) {
+        Ok(reason) => reason,
+        Err(e) => return error_page(&signed, e.into()),
+    };
     let result = db::sla::act(&state.ops, id, action, &signed.session.identity.name, reason)
         .await
         .map(|()| format!("{verb} escalation {}.", short(id)))
@@ -1119,17 +1220,44 @@ mod tests {
         assert!(!same_origin(&headers(&[("sec-fetch-site", "none")])));
         assert!(same_origin(&headers(&[("origin", "http://127.0.0.1:9187"), ("host", "127.0.0.1:9187")])));
         assert!(!same_origin(&headers(&[("origin", "http://evil.example"), ("host", "127.0.0.1:9187")])));
+        assert!(
+            !same_origin(&headers(&[("origin", "https://127.0.0.1:9187"), ("host", "127.0.0.1:9187")])),
+            "another scheme is another origin"
+        );
+        assert!(same_origin(&headers(&[
+            ("origin", "https://orderly.internal"),
+            ("host", "orderly.internal"),
+            ("x-forwarded-proto", "https")
+        ])));
         assert!(!same_origin(&headers(&[("origin", "null"), ("host", "127.0.0.1:9187")])));
         assert!(!same_origin(&headers(&[("host", "127.0.0.1:9187")])), "neither header: refused");
+    }
+
+    #[test]
+    fn short_ids_of_ids_made_together_differ() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        assert_ne!(short(a), short(b));
+        assert!(a.simple().to_string().ends_with(short(a).trim_start_matches('…')));
     }
 
     #[test]
     fn redirects_stay_on_this_server() {
         let form = |b: &str| HashMap::from([("back".to_owned(), b.to_owned())]);
         assert_eq!(back(&form("/approvals"), "/"), "/approvals");
-        for bad in ["//evil.example/", "https://evil.example/", "/\\evil.example", "approvals"] {
-            assert_eq!(back(&form(bad), "/x"), "/x", "{bad}");
+        assert_eq!(back(&form("/items?state=FAILED&type=TICKET"), "/"), "/items?state=FAILED&type=TICKET");
+        for bad in [
+            "//evil.example/",
+            "https://evil.example/",
+            "/\\evil.example",
+            "approvals",
+            "/\t/evil.example/",
+            "/\n/evil.example/",
+            "/\r\n/evil.example",
+        ] {
+            assert_eq!(back(&form(bad), "/x"), "/x", "{bad:?}");
         }
+        // A line break elsewhere cannot reach the Location header: it is dropped.
+        assert_eq!(back(&form("/approvals\r\nSet-Cookie: x=1"), "/"), "/approvalsSet-Cookie:%20x=1");
     }
 
     #[test]

@@ -125,7 +125,8 @@ pub async fn run(settings: &Settings, command: DeadLetterCommand) -> anyhow::Res
             }
         }
         DeadLetterCommand::Discard { id, reason, actor: who } => {
-            let item = db::dead_letters::discard(&pool, id, &actor(who), reason.as_deref()).await?;
+            let reason = crate::actions::required_reason(Some(&reason))?;
+            let item = db::dead_letters::discard(&pool, id, &actor(who), Some(reason)).await?;
             println!("discarded: work item {item} stays FAILED");
         }
     }

@@ -14,6 +14,7 @@ pub mod escalations;
 pub mod health;
 pub mod migrate;
 pub mod roles;
+pub mod schedules;
 pub mod status;
 
 use crate::config::{Settings, redact_url};

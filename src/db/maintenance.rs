@@ -94,7 +94,7 @@ macro_rules! items_keeping_order {
 pub const PRUNE_CANDIDATES_SQL: &str = concat!(
     "SELECT o.id FROM work_orders o
      WHERE o.created_at < now() - $1 * interval '1 millisecond'
-       AND o.status IN ('COMPLETED', 'FAILED') AND o.updated_at < now() - $1 * interval '1 millisecond'
+       AND o.status IN ('COMPLETED', 'FAILED', 'CANCELLED') AND o.updated_at < now() - $1 * interval '1 millisecond'
        AND NOT EXISTS (",
     items_keeping_order!(),
     ")
@@ -135,7 +135,7 @@ pub async fn prune_finished(
     let orders: Vec<Uuid> = sqlx::query_scalar(concat!(
         "DELETE FROM work_orders o
          WHERE o.id = ANY($2)
-           AND o.status IN ('COMPLETED', 'FAILED') AND o.updated_at < now() - $1 * interval '1 millisecond'
+           AND o.status IN ('COMPLETED', 'FAILED', 'CANCELLED') AND o.updated_at < now() - $1 * interval '1 millisecond'
            AND NOT EXISTS (SELECT 1 FROM work_items i WHERE i.work_order_id = o.id AND i.id <> ALL ($3))
            AND NOT EXISTS (",
         items_keeping_order!(),

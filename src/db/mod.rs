@@ -18,6 +18,7 @@ pub mod notifications;
 pub mod orders;
 pub mod queue;
 pub mod roles;
+pub mod schedules;
 pub mod sla;
 
 use crate::model::{AttemptStatus, DeadLetterReason, Decision, ItemStatus, OrderStatus, Priority};

@@ -454,7 +454,8 @@ async fn write_completions(
 }
 
 /// An order's status from its items (docs/states.md), as a SQL expression over `o.id`:
-/// PROCESSING while any item is unfinished, else FAILED if any failed, else COMPLETED. Each
+/// PROCESSING while any item is unfinished, else FAILED if any failed, else CANCELLED if
+/// none completed and some were cancelled, else COMPLETED. Each
 /// branch is a probe of the composite index (work_order_id, status, type) that stops at the
 /// first match, so the cost is the same for an order of one item or of a million: never an
 /// aggregate over the order's items.
@@ -477,6 +478,9 @@ macro_rules! order_status_from_items {
                            AND i.status = 'AWAITING_APPROVAL' OFFSET 0) THEN 'PROCESSING'
               WHEN EXISTS (SELECT 1 FROM work_items i WHERE i.work_order_id = o.id AND i.status = 'FAILED' OFFSET 0)
                    THEN 'FAILED'
+              WHEN NOT EXISTS (SELECT 1 FROM work_items i WHERE i.work_order_id = o.id AND i.status = 'COMPLETED' OFFSET 0)
+                   AND EXISTS (SELECT 1 FROM work_items i WHERE i.work_order_id = o.id AND i.status = 'CANCELLED' OFFSET 0)
+                   THEN 'CANCELLED'
               ELSE 'COMPLETED' END::work_order_status"
     };
 }

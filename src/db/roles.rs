@@ -123,6 +123,7 @@ impl Roles {
             ("SELECT", &[daemon], &["workflow_templates", "schemas", "sla_rules", "sla_levels", "connectors"]),
             ("SELECT", &[daemon, oncall], &["_sqlx_migrations", "orderly_leader"]),
             ("INSERT, UPDATE", &[daemon], &["orderly_leader"]),
+            ("SELECT, UPDATE", &[daemon, oncall], &["schedules"]),
             ("SELECT, INSERT", &[producer], &["work_orders", "work_items"]),
             (
                 "SELECT",
@@ -151,6 +152,12 @@ impl Roles {
         for (privileges, to, tables) in grants {
             sql.push(format!("GRANT {privileges} ON {} TO {}", tables.join(", "), to.join(", ")));
         }
+        // A schedule's slot is made by a SECURITY DEFINER function (the daemon and on-call
+        // cannot INSERT orders themselves); the migration revoked it from PUBLIC.
+        sql.push(format!(
+            "DO $$ BEGIN IF to_regprocedure('orderly_schedule_slot(uuid, timestamptz)') IS NOT NULL THEN \
+               GRANT EXECUTE ON FUNCTION orderly_schedule_slot(uuid, timestamptz) TO {daemon}, {oncall}; END IF; END $$"
+        ));
         // Row-level security: producers see and insert their own tenant's rows only.
         let tenant = "NULLIF(current_setting('orderly.tenant_id', true), '')::uuid";
         // An item carries its order's tenant (`work_items.tenant_id`, set by the insert trigger

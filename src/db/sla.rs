@@ -133,14 +133,17 @@ pub const FIRE_TIME_TO_FINISH_SQL: &str = fire_sql!(
     selectors!()
 );
 
-/// TIME_AWAITING_APPROVAL: held items, timed from the policy's ESCALATED decision.
+/// TIME_AWAITING_APPROVAL: held items, timed from the policy's ESCALATED decision. The
+/// subject is that decision (the hold), not the item: an item rejected, retried and held
+/// again is a new hold and starts a new chain.
 pub const FIRE_TIME_AWAITING_APPROVAL_SQL: &str = fire_sql!(
     "SELECT * FROM (
-        SELECT w.id AS subject_id, w.id AS work_item_id, w.work_order_id, o.tenant_id,
-               w.type::text AS item_type, w.priority::text AS priority,
-               (SELECT max(a.\"timestamp\") FROM approval_events a
-                WHERE a.work_item_id = w.id AND a.decision = 'ESCALATED') AS started_at
+        SELECT hold.id AS subject_id, w.id AS work_item_id, w.work_order_id, o.tenant_id,
+               w.type::text AS item_type, w.priority::text AS priority, hold.\"timestamp\" AS started_at
         FROM work_items w JOIN work_orders o ON o.id = w.work_order_id
+        CROSS JOIN LATERAL (SELECT a.id, a.\"timestamp\" FROM approval_events a
+                            WHERE a.work_item_id = w.id AND a.decision = 'ESCALATED'
+                            ORDER BY a.\"timestamp\" DESC, a.id DESC LIMIT 1) hold
         WHERE w.status = 'AWAITING_APPROVAL'",
     selectors!(),
     ") held WHERE held.started_at <= now() - $7 * interval '1 millisecond'"
@@ -225,8 +228,12 @@ pub const RESOLVE_TIME_TO_FINISH_SQL: &str = resolve_sql!(
     "NOT EXISTS (SELECT 1 FROM work_items w WHERE w.id = e.work_item_id
                  AND w.status IN ('QUEUED', 'PROCESSING', 'AWAITING_APPROVAL'))"
 );
+/// A hold ends when the item leaves AWAITING_APPROVAL, or when a newer hold replaced it.
 pub const RESOLVE_TIME_AWAITING_APPROVAL_SQL: &str = resolve_sql!(
-    "NOT EXISTS (SELECT 1 FROM work_items w WHERE w.id = e.work_item_id AND w.status = 'AWAITING_APPROVAL')"
+    "NOT EXISTS (SELECT 1 FROM work_items w WHERE w.id = e.work_item_id AND w.status = 'AWAITING_APPROVAL'
+                 AND e.subject_id = (SELECT a.id FROM approval_events a
+                                     WHERE a.work_item_id = w.id AND a.decision = 'ESCALATED'
+                                     ORDER BY a.\"timestamp\" DESC, a.id DESC LIMIT 1))"
 );
 pub const RESOLVE_DEAD_LETTER_OPEN_SQL: &str =
     resolve_sql!("NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.id = e.subject_id AND d.processed_at IS NULL)");

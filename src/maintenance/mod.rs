@@ -6,5 +6,6 @@
 pub mod leader;
 pub mod pruner;
 pub mod rescuer;
+pub mod scheduler;
 
 pub use crate::periodic::every_interval_while_leading;

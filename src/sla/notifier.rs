@@ -40,6 +40,8 @@ pub struct Notifier {
     pub pool: PgPool,
     pub settings: NotifierSettings,
     channels: Arc<Channels>,
+    /// This process's counters (`orderly_notifications_total`), when it runs in a daemon.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// What one round did.
@@ -80,7 +82,12 @@ impl DeliveryReport {
 impl Notifier {
     /// A notifier on `pool`. Fails only if the HTTP clients cannot be built (no TLS roots).
     pub fn new(pool: PgPool, settings: NotifierSettings) -> Result<Notifier, reqwest::Error> {
-        Ok(Notifier { pool, settings, channels: Arc::new(Channels::new()?) })
+        Ok(Notifier { pool, settings, channels: Arc::new(Channels::new()?), metrics: None })
+    }
+
+    /// Counts every recorded outcome in `metrics` (by connector type and outcome).
+    pub fn with_metrics(self, metrics: Arc<crate::metrics::Metrics>) -> Notifier {
+        Notifier { metrics: Some(metrics), ..self }
     }
 
     /// Rounds until `stop`: at once again after a round that claimed something, else after
@@ -159,7 +166,19 @@ impl Notifier {
             Err(_) => Delivery::retry(format!("delivery timed out after {}", humantime::format_duration(remaining))),
         };
         match self.record(&notification, delivery).await {
-            Ok(recorded) => recorded,
+            Ok(recorded) => {
+                if let Some(metrics) = &self.metrics {
+                    let outcome = match recorded {
+                        Recorded::Delivered => "delivered",
+                        Recorded::Retried => "retried",
+                        Recorded::Failed => "failed",
+                        Recorded::Released => "released",
+                        Recorded::Unrecorded => "unrecorded",
+                    };
+                    metrics.notification(&notification.connector_type, outcome);
+                }
+                recorded
+            }
             Err(e) => {
                 tracing::warn!(notification = %notification.id, error = %e,
                     "notifier: cannot record a delivery's outcome; its lease hands it on");

@@ -500,3 +500,118 @@ async fn the_binary_serves_healthz_while_orderly_run_runs() {
     assert_eq!(get(addr, "/healthz").await, None, "the server is gone with the process");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every metric family the docs name gets a sample once the engine has done each kind of
+/// thing: items completed, failed and retried, an eval, a policy and a human decision, a
+/// rescue, an escalation fired and its notification delivered, the leader's gauges. And every
+/// family served is documented.
+#[tokio::test]
+async fn every_documented_metric_family_gets_a_sample() {
+    let db = TestDb::new().await;
+    let sink = TestAgent::start(|_| ok_json(serde_json::json!({}))).await;
+    sqlx::query(
+        "INSERT INTO connectors (name, type, config, tenant_id)
+         VALUES ('hook', 'API', jsonb_build_object('url', $1::text, 'secret', 'whsec_c2VjcmV0', 'allow_private', true), gen_random_uuid())",
+    )
+    .bind(&sink.url)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let rule: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO sla_rules (name, clock) VALUES ('decide at once', 'TIME_AWAITING_APPROVAL') RETURNING id",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO sla_levels (rule_id, level, after, connectors) VALUES ($1, 1, '1 millisecond', '{hook}')")
+        .bind(rule)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO schemas (name, version, document_type, schema_definition) VALUES ('ticket-output', '1', 'TICKET', '{\"type\": \"object\"}')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // A held item (made before the engine runs, so that no claim races the test's writes):
+    // the rule escalates it at once, the hook hears of it, then a human approves.
+    let held = crate::api::held(&db).await;
+    let engine = db
+        .engine(&format!(
+            "{}[agents.failer]\nkind = \"fail\"\nmessage = \"no\"\n\
+             [routes]\nTICKET = \"echo\"\nINVOICE = \"failer\"\n\
+             [worker]\nrescue_interval = \"200ms\"\n[sla]\nsweep_interval = \"200ms\"\n\
+             [notifier]\npoll_interval = \"100ms\"\n[admin]\ngauge_interval = \"1s\"\n",
+            crate::api::tokens_toml()
+        ))
+        .await;
+    let addr = engine.admin_addr().unwrap();
+    let order = insert_order(&db.pool, "HIGH").await;
+    let ticket = insert_item(&db.pool, order, "TICKET", "{}").await;
+    insert_item(&db.pool, order, "INVOICE", "{}").await;
+    wait_for_status(&db.pool, ticket, "COMPLETED").await;
+    // A lease left behind by a vanished worker, for the leader's rescuer.
+    let mut tx = db.pool.begin().await.unwrap();
+    let lost: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO work_items (work_order_id, type, content) VALUES ($1, 'TICKET', '{}') RETURNING id",
+    )
+    .bind(order)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE work_items SET status = 'PROCESSING', attempt = 1, locked_by = 'gone', lease_expires_at = now() - interval '1 minute' WHERE id = $1",
+    )
+    .bind(lost)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    wait_until("the escalation to be delivered", Duration::from_secs(20), || async {
+        !sink.received.lock().unwrap().is_empty()
+    })
+    .await;
+    let approved = reqwest::Client::new()
+        .post(format!("http://{addr}/api/v1/approvals/{held}/approve"))
+        .bearer_auth(crate::api::OPERATE)
+        .header("content-type", "application/json")
+        .body(serde_json::json!({"reason": "looks right"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(approved.status(), 200, "{}", approved.text().await.unwrap_or_default());
+    wait_for_status(&db.pool, lost, "COMPLETED").await;
+    wait_quiet(&db.pool).await;
+
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).unwrap();
+    // The leader's gauges and the notifier's counts may lag a moment behind the database.
+    let start = std::time::Instant::now();
+    loop {
+        let scraped = scrape(addr).await;
+        let missing: Vec<&String> = scraped
+            .types
+            .keys()
+            .filter(|name| {
+                !scraped.samples.iter().any(|(n, _, _)| {
+                    n == *name
+                        || n.strip_prefix(name.as_str()).is_some_and(|s| ["_bucket", "_sum", "_count"].contains(&s))
+                })
+            })
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "families without a sample: {missing:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let scraped = scrape(addr).await;
+    for name in scraped.types.keys() {
+        assert!(docs.contains(name.as_str()), "{name} is served but not documented in docs/operations.md");
+    }
+    let v = |name: &str, labels: &[(&str, &str)]| scraped.value(name, labels).unwrap_or(0.0);
+    assert_eq!(v("orderly_approval_decisions_total", &[("decision", "APPROVED"), ("source", "HUMAN")]), 1.0);
+    assert!(v("orderly_notifications_total", &[("channel", "API"), ("outcome", "delivered")]) >= 1.0);
+    assert_eq!(v("orderly_rescues_total", &[("outcome", "requeued")]), 1.0);
+    stop(engine).await;
+}

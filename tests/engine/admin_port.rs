@@ -183,3 +183,39 @@ async fn out_of_file_handles_is_transient_for_the_admin_port_and_the_agents() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     assert!(daemon.wait().unwrap().success(), "{}", std::fs::read_to_string(&log).unwrap());
 }
+
+/// Failed bearer tokens and sign-ins are counted by client address: past the allowance the
+/// address gets 429 with Retry-After, whatever it sends.
+#[tokio::test]
+async fn guessing_tokens_is_limited_per_client_address() {
+    let db = TestDb::new().await;
+    let engine = db.engine(&tokens_toml()).await;
+    let addr = engine.admin_addr().unwrap();
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().unwrap();
+    let mut statuses = Vec::new();
+    for n in 0..(orderly::admin::auth::FAILURES_ALLOWED + 2) {
+        let answer = client
+            .get(format!("http://{addr}/api/v1/status"))
+            .bearer_auth(format!("orderly_guess{n}"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(answer.status().as_u16());
+        if answer.status() == 429 {
+            assert!(answer.headers().contains_key("retry-after"), "429 says when to come back");
+        }
+    }
+    let allowed = orderly::admin::auth::FAILURES_ALLOWED as usize;
+    assert!(statuses[..allowed].iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(statuses[allowed..].iter().all(|s| *s == 429), "{statuses:?}");
+    // The sign-in form is refused too, from the same address.
+    let sign_in = client
+        .post(format!("http://{addr}/login"))
+        .header("origin", format!("http://{addr}"))
+        .form(&[("token", READ)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sign_in.status(), 429);
+    stop(engine).await;
+}

@@ -166,6 +166,10 @@ async fn enqueue_run_status_and_dead_letters_from_the_command_line() {
     let shown = text(&out);
     assert!(shown.contains("no route for item type INVOICE") && shown.contains("attempts:"), "{shown}");
     let out = orderly(&db.url, &["dead-letters", "discard", &id, "--actor", "oncall"]);
+    assert!(!out.status.success(), "a discard needs a reason on the CLI too");
+    let out = orderly(&db.url, &["dead-letters", "discard", &id, "--actor", "oncall", "--reason", "   "]);
+    assert!(!out.status.success() && text(&out).contains("a reason is required"), "{}", text(&out));
+    let out = orderly(&db.url, &["dead-letters", "discard", &id, "--actor", "oncall", "--reason", "known bad input"]);
     assert!(out.status.success(), "{}", text(&out));
     let out = orderly(&db.url, &["dead-letters", "replay", &id]);
     assert!(!out.status.success(), "a discarded letter cannot be replayed");
@@ -316,4 +320,38 @@ async fn the_demo_runs_and_shows_its_sla() {
     assert!(shown.contains("orderly demo summary"), "{shown}");
     assert!(shown.contains("SLA \"status reports finish quickly\""), "{shown}");
     assert!(shown.contains("messages received by the on-call webhook"), "{shown}");
+}
+
+/// A reader that stops reading (`| head -1`) ends the command quietly, as SIGPIPE would, never
+/// with a panic.
+#[tokio::test]
+async fn output_into_a_closed_pipe_ends_quietly() {
+    let db = TestDb::new().await;
+    // More output than a pipe holds (64 KiB), so the writer meets the closed pipe.
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    sqlx::query("INSERT INTO work_items (work_order_id, type, content) SELECT $1, 'INVOICE', '{}' FROM generate_series(1, 1000)")
+        .bind(order)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let engine = db.engine("").await;
+    wait_quiet(&db.pool).await;
+    stop(engine).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orderly"))
+        .args(["dead-letters", "list", "--limit", "1000", "--json"])
+        .env("DATABASE_URL", &db.url)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one line, then close the pipe.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "no panic: {stderr}");
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
 }

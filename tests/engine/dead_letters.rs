@@ -146,7 +146,7 @@ async fn cli_replay_refuses_content_the_item_would_fail_on_and_says_who_closed_a
     let shown = crate::cli::text(&out);
     assert!(!out.status.success());
     assert!(shown.contains("was already REPLAYED by carol at "), "{shown}");
-    let out = crate::cli::orderly(&db.url, &["dead-letters", "discard", &letter.to_string()]);
+    let out = crate::cli::orderly(&db.url, &["dead-letters", "discard", &letter.to_string(), "--reason", "x"]);
     assert!(crate::cli::text(&out).contains("already REPLAYED by carol"), "{}", crate::cli::text(&out));
     std::fs::remove_dir_all(&dir).ok();
 }

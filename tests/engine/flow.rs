@@ -707,3 +707,46 @@ async fn upstream_items_get_time_ordered_ids_unless_the_upstream_chose_one() {
     stop(engine).await;
     assert_eq!(attempts(&db.pool, chosen).await, vec![(1, "COMPLETED".into(), None)]);
 }
+
+/// An order whose items were all cancelled is CANCELLED (no work was done); cancelled and
+/// completed items together roll up COMPLETED; a failed item still makes it FAILED.
+#[tokio::test]
+async fn an_order_of_cancelled_items_is_cancelled_not_completed() {
+    use orderly::db::items::{Target, cancel};
+    let db = TestDb::new().await;
+    // Items delayed an hour: nothing runs them before the cancel.
+    let delayed = |order: Uuid| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Uuid>(
+                "INSERT INTO work_items (work_order_id, type, content, run_at) VALUES ($1, 'TICKET', '{}', now() + interval '1 hour') RETURNING id",
+            )
+            .bind(order)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let all_cancelled = insert_order(&db.pool, "MEDIUM").await;
+    delayed(all_cancelled).await;
+    delayed(all_cancelled).await;
+    cancel(&db.pool, Target::Order(all_cancelled), "oncall", Some("not needed")).await.unwrap();
+    assert_eq!(order_status(&db.pool, all_cancelled).await, "CANCELLED");
+
+    let mixed = insert_order(&db.pool, "MEDIUM").await;
+    let keep = insert_item(&db.pool, mixed, "TICKET", "{}").await;
+    let drop_it = delayed(mixed).await;
+    cancel(&db.pool, Target::Item(drop_it), "oncall", None).await.unwrap();
+    let engine = db.engine("[routes]\nTICKET = \"echo\"\n").await;
+    wait_for_status(&db.pool, keep, "COMPLETED").await;
+    wait_for_order(&db.pool, mixed, "COMPLETED").await;
+    stop(engine).await;
+
+    // A cancelled order is finished work for the pruner too (it takes CANCELLED orders).
+    let finished: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM work_orders WHERE status IN ('COMPLETED', 'CANCELLED')")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(finished, 2);
+}

@@ -210,7 +210,7 @@ async fn a_human_approves_a_held_item_once() {
 
     let settings = std::sync::Arc::new(db.settings(""));
     let next =
-        orderly::actions::decide_held(&db.pool, &settings, item, Decision::Approved, "dana", Some("looks right"))
+        orderly::actions::decide_held(&db.pool, &settings, None, item, Decision::Approved, "dana", Some("looks right"))
             .await
             .unwrap();
     assert_eq!(next, NextState::Completed);
@@ -237,11 +237,18 @@ async fn a_human_approves_a_held_item_once() {
     assert_eq!(audited, 1);
 
     // A second decision, and a decision on something not held, are refused and change nothing.
-    let again = orderly::actions::decide_held(&db.pool, &settings, item, Decision::Rejected, "erin", None).await;
+    let again = orderly::actions::decide_held(&db.pool, &settings, None, item, Decision::Rejected, "erin", None).await;
     assert!(matches!(again, Err(OpsError::Conflict(_))), "{again:?}");
-    let unknown =
-        orderly::actions::decide_held(&db.pool, &settings, uuid::Uuid::new_v4(), Decision::Approved, "erin", None)
-            .await;
+    let unknown = orderly::actions::decide_held(
+        &db.pool,
+        &settings,
+        None,
+        uuid::Uuid::new_v4(),
+        Decision::Approved,
+        "erin",
+        None,
+    )
+    .await;
     assert!(matches!(unknown, Err(OpsError::NotFound { .. })), "{unknown:?}");
     assert_eq!(approvals(&db, item).await.len(), 2);
 }
@@ -257,9 +264,16 @@ async fn a_human_rejection_retries_then_dead_letters() {
 
     // First rejection: the attempt fails, the item runs again after the backoff (and the
     // same output is held again).
-    let next =
-        orderly::actions::decide_held(&db.pool, &settings, item, Decision::Rejected, "dana", Some("wrong customer"))
-            .await;
+    let next = orderly::actions::decide_held(
+        &db.pool,
+        &settings,
+        None,
+        item,
+        Decision::Rejected,
+        "dana",
+        Some("wrong customer"),
+    )
+    .await;
     assert!(matches!(next, Ok(NextState::Retry { .. })), "{next:?}");
     wait_until("the second attempt to be held", std::time::Duration::from_secs(20), || async {
         attempts(&db.pool, item).await.len() == 2 && item_status(&db.pool, item).await == "AWAITING_APPROVAL"
@@ -267,7 +281,7 @@ async fn a_human_rejection_retries_then_dead_letters() {
     .await;
 
     // Second rejection: the budget is spent, the item is dead-lettered.
-    let next = orderly::actions::decide_held(&db.pool, &settings, item, Decision::Rejected, "dana", None).await;
+    let next = orderly::actions::decide_held(&db.pool, &settings, None, item, Decision::Rejected, "dana", None).await;
     assert!(matches!(next, Ok(NextState::DeadLetter { .. })), "{next:?}");
     stop(engine).await;
     assert_eq!(item_status(&db.pool, item).await, "FAILED");

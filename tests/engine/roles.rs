@@ -156,6 +156,11 @@ async fn each_role_can_do_what_it_needs_and_nothing_more() {
     denied(exec(&mut producer, "SELECT count(*) FROM dead_letters").await, "producer reads dead letters");
     denied(exec(&mut producer, "TRUNCATE work_items").await, "producer TRUNCATE");
     denied(exec(&mut producer, "CREATE TABLE evil (x int)").await, "producer CREATE TABLE");
+    denied(
+        exec(&mut producer, "SELECT orderly_schedule_slot(gen_random_uuid(), now())").await,
+        "producer makes a schedule's slot",
+    );
+    denied(exec(&mut producer, "SELECT count(*) FROM schedules").await, "producer reads schedules");
     exec(&mut producer, &format!("SET orderly.tenant_id = '{t2}'")).await.unwrap();
     assert_eq!(scalar(&mut producer, "SELECT count(*) FROM work_items").await, 2, "tenant 2 sees its own two");
     exec(&mut producer, "RESET orderly.tenant_id").await.unwrap();
@@ -164,6 +169,11 @@ async fn each_role_can_do_what_it_needs_and_nothing_more() {
     // --- daemon: an engine with only the daemon's grants processes every tenant's items ----
     let mut daemon = as_role(&roles, &db, "daemon").await;
     denied(exec(&mut daemon, "INSERT INTO work_orders (workflow_id, tenant_id, created_by) VALUES ('default', gen_random_uuid(), gen_random_uuid())").await, "daemon enqueues");
+    assert_eq!(
+        exec(&mut daemon, "SELECT orderly_schedule_slot(gen_random_uuid(), now())").await,
+        Ok(1),
+        "the daemon makes schedule slots through the function (an unknown schedule makes nothing)"
+    );
     denied(exec(&mut daemon, "CREATE TABLE evil (x int)").await, "daemon CREATE TABLE");
     denied(exec(&mut daemon, "TRUNCATE work_items").await, "daemon TRUNCATE");
     denied(exec(&mut daemon, "ALTER TABLE work_items ADD COLUMN evil int").await, "daemon ALTER TABLE");

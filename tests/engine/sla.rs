@@ -294,3 +294,91 @@ async fn a_running_engine_fires_and_delivers_one_message_per_breach() {
     .unwrap();
     assert!(undelivered.is_empty(), "{undelivered:?}");
 }
+
+/// Restartable clocks name the episode: an item held, decided, then held again is escalated
+/// again (the subject is the hold's ESCALATED event); a dead letter replayed and dead-lettered
+/// again is escalated again (the subject is the letter).
+#[tokio::test]
+async fn a_second_hold_and_a_second_dead_letter_escalate_again() {
+    let db = TestDb::new().await;
+    connector(&db, "hook").await;
+    rule(&db, "decide within 1h", "TIME_AWAITING_APPROVAL", &[(1, "1 hour", &["hook"])]).await;
+    rule(&db, "triage letters within 1h", "DEAD_LETTER_OPEN", &[(1, "1 hour", &["hook"])]).await;
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    let held = insert_item(&db.pool, order, "TICKET", "{}").await;
+    let failed = insert_item(&db.pool, order, "TICKET", "not json").await;
+    let engine = db.engine("[routes]\nTICKET = \"echo\"\n[sla]\nsweep_interval = \"1h\"\n").await;
+    wait_quiet(&db.pool).await;
+    stop(engine).await;
+    let hold = |minutes_ago: i64| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query("UPDATE work_items SET status = 'AWAITING_APPROVAL' WHERE id = $1")
+                .bind(held)
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query(
+                "INSERT INTO approval_events (work_item_id, approver_id, decision, policy_version, \"timestamp\")
+                 VALUES ($1, 'policy', 'ESCALATED', 'v1', now() - $2 * interval '1 minute')",
+            )
+            .bind(held)
+            .bind(minutes_ago)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    let open_letter = || {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query("UPDATE dead_letters SET created_at = now() - interval '90 minutes' WHERE work_item_id = $1 AND processed_at IS NULL")
+                .bind(failed)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    };
+    let escalations_of = |item: Uuid| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM escalations WHERE work_item_id = $1")
+                .bind(item)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    // First episode of each: held 90 minutes ago, a letter 90 minutes old.
+    hold(90).await;
+    open_letter().await;
+    let report = sweeper(&db).run_once().await.unwrap();
+    assert_eq!(report.fired, 2, "{report:?}");
+    // The human rejects; the item is retried and held again, 90 minutes ago as well. The
+    // letter is replayed, the item fails again and gets a new letter.
+    sqlx::query("UPDATE work_items SET status = 'QUEUED' WHERE id = $1").bind(held).execute(&db.pool).await.unwrap();
+    let report = sweeper(&db).run_once().await.unwrap();
+    assert_eq!(report.resolved, 1, "the first hold's escalation resolves: {report:?}");
+    hold(80).await;
+    let letter: Uuid = sqlx::query_scalar("SELECT id FROM dead_letters WHERE work_item_id = $1")
+        .bind(failed)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    db::dead_letters::replay(&db.pool, letter, None, "oncall").await.unwrap();
+    let engine = db.engine("[routes]\nTICKET = \"echo\"\n[sla]\nsweep_interval = \"1h\"\n").await;
+    wait_quiet(&db.pool).await;
+    stop(engine).await;
+    let letters: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE work_item_id = $1 AND processed_at IS NULL")
+            .bind(failed)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(letters, 1, "a second, open letter");
+    open_letter().await;
+    let report = sweeper(&db).run_once().await.unwrap();
+    assert_eq!(report.fired, 2, "the second hold and the second letter escalate: {report:?}");
+    assert_eq!(escalations_of(held).await, 2);
+    assert_eq!(escalations_of(failed).await, 2);
+}

@@ -58,12 +58,12 @@ async fn send(
     Page { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() }
 }
 
-async fn get(app: &axum::Router, path: &str, cookie: &str) -> Page {
+pub async fn get(app: &axum::Router, path: &str, cookie: &str) -> Page {
     send(app, "GET", path, Some(cookie), &[], None).await
 }
 
 /// Signs in with `token`; returns the session cookie's value.
-async fn sign_in(app: &axum::Router, token: &str) -> String {
+pub async fn sign_in(app: &axum::Router, token: &str) -> String {
     let page = send(app, "POST", "/login", None, &[], Some(&[("token", token)])).await;
     assert_eq!((page.status, page.location()), (303, "/"), "{}", page.body);
     let cookie = page.headers["set-cookie"].to_str().unwrap().to_owned();

@@ -346,7 +346,9 @@ pub async fn oracle(db: &TestDb, inserted: &[Uuid], agent: &TestAgent) -> Verdic
             "SELECT count(*) FROM work_orders o WHERE EXISTS (SELECT 1 FROM work_items i WHERE i.work_order_id = o.id)
                AND o.status::text <> (
                  SELECT CASE WHEN bool_or(i.status IN ('QUEUED', 'PROCESSING', 'AWAITING_APPROVAL')) THEN 'PROCESSING'
-                             WHEN bool_or(i.status = 'FAILED') THEN 'FAILED' ELSE 'COMPLETED' END
+                             WHEN bool_or(i.status = 'FAILED') THEN 'FAILED'
+                             WHEN NOT bool_or(i.status = 'COMPLETED') AND bool_or(i.status = 'CANCELLED') THEN 'CANCELLED'
+                             ELSE 'COMPLETED' END
                  FROM work_items i WHERE i.work_order_id = o.id)",
         )
         .await,
