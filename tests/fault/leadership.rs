@@ -179,3 +179,71 @@ async fn a_partitioned_leader_loses_the_lead_within_the_lease() {
     assert!(verdict.lost_attempts > 0, "the partition was long enough to be rescued");
     verdict.assert_holds("the leader's network path frozen, then restored", "1 partition", held);
 }
+
+/// A schedule due every second, two daemons, the leader killed with -9 again and again (at
+/// whatever moment, slot times included): every slot from the first order to the last has
+/// exactly one order, none twice, none missing (catch-up ALL covers the takeovers).
+#[tokio::test]
+async fn schedule_slots_survive_leader_kills_exactly_once() {
+    let db = TestDb::new().await;
+    let agent = ledger_agent().await;
+    let config = write_config(&agent, "[schedules]\npoll_interval = \"200ms\"\n");
+    sqlx::query(
+        "INSERT INTO schedules (name, cron, timezone, tenant_id, created_by, items, catch_up, catch_up_limit)
+         VALUES ('every second', '* * * * * *', 'UTC', gen_random_uuid(), gen_random_uuid(),
+                 '[{\"type\": \"TICKET\", \"content\": {\"n\": 0, \"ms\": 0, \"outcome\": \"ok\"}}]', 'ALL', 1000)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mut daemons: Vec<Daemon> = (0..2).map(|_| Daemon::start(&db, &config)).collect();
+    let slots = |db: &TestDb| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM work_orders WHERE schedule_id IS NOT NULL")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    wait_until("the first slots", Duration::from_secs(20), || {
+        let counted = slots(&db);
+        async move { counted.await > 2 }
+    })
+    .await;
+    let kills = if long_mode() { 10 } else { 4 };
+    for _ in 0..kills {
+        let Some(pid) = leader_pid(&db).await else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        let index = daemons.iter().position(|d| d.pid() == pid).expect("the leader is one of ours");
+        let victim = daemons.swap_remove(index);
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..1000))).await;
+        victim.kill9();
+        daemons.push(Daemon::start(&db, &config));
+        wait_until("a new leader", Duration::from_secs(20), || {
+            let db = &db;
+            async move { leader_pid(db).await.is_some_and(|p| p != pid) }
+        })
+        .await;
+    }
+    // Let the last leader catch up, then stop everyone and look at the slots.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for d in daemons {
+        assert!(d.terminate().await);
+    }
+    let (made, first, last, distinct): (i64, chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>, i64) =
+        sqlx::query_as(
+            "SELECT count(*), min(slot_at), max(slot_at), count(DISTINCT slot_at) FROM work_orders WHERE schedule_id IS NOT NULL",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let expected = (last - first).num_seconds() + 1;
+    println!(
+        "SCHEDULE| every second, {kills} leader kills | {made} orders for {expected} slots ({first} .. {last}) | {distinct} distinct |"
+    );
+    assert_eq!(made, distinct, "no slot has two orders");
+    assert_eq!(made, expected, "no slot between the first and the last is missing");
+}
