@@ -36,6 +36,7 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     let pool = engine.pool.clone();
     seed_catalog(&pool).await?;
     db::demo::seed_demo_sla(&pool, &format!("{}/oncall", agents.base), 600).await?;
+    db::demo::seed_demo_schedule(&pool).await?;
 
     let started = Instant::now();
     let total = enqueue_orders(&pool, args.orders).await?;
@@ -105,6 +106,7 @@ impl DemoAgents {
              [retry]\nmax_attempts = 3\nbackoff_base = \"100ms\"\nbackoff_max = \"1s\"\n\
              [routes]\nINVOICE = \"extractor\"\nTICKET = \"triage\"\nSTATUS_REPORT = \"reporter\"\n\
              [sla]\nsweep_interval = \"200ms\"\n[notifier]\npoll_interval = \"100ms\"\n\
+             [schedules]\npoll_interval = \"200ms\"\n\
              [log]\nlevel = \"warn,sqlx=error\"\n",
             agent("extractor", "extract", "2s"),
             agent("triage", "triage", "2s"),
@@ -308,6 +310,11 @@ async fn print_summary(pool: &PgPool, elapsed: Duration) -> anyhow::Result<()> {
     println!(
         "    messages received by the on-call webhook: {}",
         ONCALL_MESSAGES.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    let (orders, completed) = db::demo::demo_schedule(pool).await?;
+    println!("  schedule \"demo heartbeat\" (cron */2 * * * * *, every 2 s in UTC):");
+    println!(
+        "    orders made {orders}, completed {completed} (one per slot; `orderly schedules show \"demo heartbeat\"`)"
     );
     Ok(())
 }

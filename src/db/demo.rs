@@ -54,6 +54,29 @@ pub async fn seed_demo_sla(pool: &PgPool, sink_url: &str, after_ms: i64) -> Resu
     tx.commit().await
 }
 
+/// The demo's schedule: a heartbeat ticket every 2 seconds while the demo runs.
+pub async fn seed_demo_schedule(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO schedules (name, cron, timezone, tenant_id, created_by, items)
+         VALUES ('demo heartbeat', '*/2 * * * * *', 'UTC', '00000000-0000-0000-0000-000000000000',
+                 '00000000-0000-0000-0000-000000000000',
+                 '[{\"type\": \"TICKET\", \"content\": {\"subject\": \"heartbeat at {{slot}}\"}}]')",
+    )
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// The orders the demo's schedule made, and how many of them completed.
+pub async fn demo_schedule(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE o.status = 'COMPLETED') FROM work_orders o
+         JOIN schedules s ON s.id = o.schedule_id WHERE s.name = 'demo heartbeat'",
+    )
+    .fetch_one(pool)
+    .await
+}
+
 /// What the demo's SLA did: escalations by status, notifications by status.
 pub async fn demo_sla(pool: &PgPool) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>), sqlx::Error> {
     let escalations =

@@ -91,6 +91,48 @@ pub async fn make_slot(
     sqlx::query_scalar("SELECT orderly_schedule_slot($1, $2)").bind(schedule).bind(slot).fetch_one(&mut **tx).await
 }
 
+/// Makes the orders of many slots in one statement (`schedules[i]`'s slot `slots[i]`); for
+/// each, its order's id when made now, `None` when it existed.
+pub async fn make_slots(
+    tx: &mut Transaction<'_, Postgres>,
+    schedules: &[Uuid],
+    slots: &[DateTime<Utc>],
+) -> Result<Vec<Option<Uuid>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT orderly_schedule_slot(s, t) FROM unnest($1::uuid[], $2::timestamptz[]) WITH ORDINALITY AS u(s, t, n)
+         ORDER BY n",
+    )
+    .bind(schedules)
+    .bind(slots)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Records what the scheduler decided for many schedules, in one statement: the last slot
+/// each handled, the next one, and an error when it could not compute one (then `next_run`
+/// stays NULL and the schedule waits for an edit). The checks trigger clears `next_run` only
+/// when *when* changes, which this never does.
+pub async fn record_all(
+    tx: &mut Transaction<'_, Postgres>,
+    schedules: &[Uuid],
+    last_runs: &[Option<DateTime<Utc>>],
+    next_runs: &[Option<DateTime<Utc>>],
+    errors: &[Option<String>],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE schedules s SET last_run = coalesce(u.last_run, s.last_run), next_run = u.next_run, last_error = u.error
+         FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::text[]) AS u(id, last_run, next_run, error)
+         WHERE s.id = u.id",
+    )
+    .bind(schedules)
+    .bind(last_runs)
+    .bind(next_runs)
+    .bind(errors)
+    .execute(&mut **tx)
+    .await
+    .map(|_| ())
+}
+
 /// Whether the order of the schedule's latest slot before `slot` is still unfinished (the
 /// overlap policy SKIP), through the unique index on `(schedule_id, slot_at)`.
 pub async fn previous_unfinished(
@@ -106,27 +148,6 @@ pub async fn previous_unfinished(
     .bind(slot)
     .fetch_one(&mut **tx)
     .await
-}
-
-/// Records what the scheduler decided for a schedule: the last slot it handled, the next one,
-/// and an error when it could not compute one (then `next_run` stays NULL and the schedule
-/// waits for an edit).
-pub async fn record(
-    tx: &mut Transaction<'_, Postgres>,
-    schedule: Uuid,
-    last_run: Option<DateTime<Utc>>,
-    next_run: Option<DateTime<Utc>>,
-    error: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    // The checks trigger clears next_run when `when` changes; this UPDATE changes none of it.
-    sqlx::query("UPDATE schedules SET last_run = coalesce($2, last_run), next_run = $3, last_error = $4 WHERE id = $1")
-        .bind(schedule)
-        .bind(last_run)
-        .bind(next_run)
-        .bind(error)
-        .execute(&mut **tx)
-        .await
-        .map(|_| ())
 }
 
 /// Every schedule, by name.

@@ -76,47 +76,74 @@ impl Scheduler {
         }
     }
 
-    /// One round over at most `schedules.batch` schedules (tests call it directly).
+    /// One round over at most `schedules.batch` schedules (tests call it directly). The
+    /// slots of schedules that overlap freely are made in one statement, and every schedule's
+    /// `last_run` and `next_run` recorded in another; a schedule whose overlap policy is SKIP
+    /// has its slots made one by one, each after the check of the one before.
     pub async fn run_once(&self) -> Result<Report, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let now = db::schedules::now(&mut tx).await?;
         let due = db::schedules::lock_due(&mut tx, self.settings.schedules.batch).await?;
-        let mut report = Report { locked: due.len(), ..Report::default() };
+        let mut round = Round { report: Report { locked: due.len(), ..Report::default() }, ..Round::default() };
         for schedule in &due {
-            self.handle(&mut tx, schedule, now, &mut report).await?;
+            self.plan(&mut tx, schedule, now, &mut round).await?;
         }
+        let made = db::schedules::make_slots(&mut tx, &round.make_ids, &round.make_slots).await?;
+        for (slot, order) in round.make_slots.iter().zip(&made) {
+            if order.is_some() {
+                self.materialized(&mut round.report, now, *slot);
+            }
+        }
+        db::schedules::record_all(&mut tx, &round.ids, &round.last_runs, &round.next_runs, &round.errors).await?;
         tx.commit().await?;
+        let report = round.report;
         if report.materialized + report.skipped > 0 {
             tracing::info!(materialized = report.materialized, skipped = report.skipped, "schedule slots handled");
         }
         Ok(report)
     }
 
-    async fn handle(
+    fn materialized(&self, report: &mut Report, now: DateTime<Utc>, slot: DateTime<Utc>) {
+        report.materialized += 1;
+        self.metrics.schedule_slots.add("materialized", 1);
+        let late = (now - slot).to_std().unwrap_or(Duration::ZERO);
+        self.metrics.schedule_late_seconds.observe((), late.as_secs_f64());
+    }
+
+    /// Decides one schedule's slots (made at once when its overlap policy is SKIP, else
+    /// queued for the round's one statement) and its record.
+    async fn plan(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         schedule: &Schedule,
         now: DateTime<Utc>,
-        report: &mut Report,
+        round: &mut Round,
     ) -> Result<(), sqlx::Error> {
         let calendar = match Calendar::new(&schedule.spec()) {
             Ok(calendar) => calendar,
-            Err(e) => return self.invalid(tx, schedule, &e.to_string(), report).await,
+            Err(e) => {
+                self.invalid(schedule, &e.to_string(), round);
+                return Ok(());
+            }
         };
         let Some(first) = schedule.next_run else {
             // New or edited: the first slot after now (never one in the past).
             let from = schedule.last_run.map_or(now, |last| last.max(now));
-            return match calendar.next_after(from) {
+            match calendar.next_after(from) {
                 Ok(next) => {
-                    report.computed += 1;
-                    db::schedules::record(tx, schedule.id, None, next, None).await
+                    round.report.computed += 1;
+                    round.record(schedule.id, None, next, None);
                 }
-                Err(e) => self.invalid(tx, schedule, &e.to_string(), report).await,
-            };
+                Err(e) => self.invalid(schedule, &e.to_string(), round),
+            }
+            return Ok(());
         };
         let (due, total) = match due_slots(&calendar, first, now, keep(schedule)) {
             Ok(found) => found,
-            Err(e) => return self.invalid(tx, schedule, &e.to_string(), report).await,
+            Err(e) => {
+                self.invalid(schedule, &e.to_string(), round);
+                return Ok(());
+            }
         };
         let chosen: Vec<DateTime<Utc>> = match schedule.catch_up.as_str() {
             "NONE" => due.last().copied().filter(|slot| now - *slot <= on_time()).into_iter().collect(),
@@ -125,40 +152,61 @@ impl Scheduler {
         };
         let mut skipped = total - chosen.len();
         for slot in &chosen {
-            if schedule.overlap == "SKIP" && db::schedules::previous_unfinished(tx, schedule.id, *slot).await? {
-                skipped += 1;
-                continue;
-            }
-            if db::schedules::make_slot(tx, schedule.id, *slot).await?.is_some() {
-                report.materialized += 1;
-                self.metrics.schedule_slots.add("materialized", 1);
-                let late = (now - *slot).to_std().unwrap_or(Duration::ZERO);
-                self.metrics.schedule_late_seconds.observe((), late.as_secs_f64());
+            if schedule.overlap == "SKIP" {
+                if db::schedules::previous_unfinished(tx, schedule.id, *slot).await? {
+                    skipped += 1;
+                } else if db::schedules::make_slot(tx, schedule.id, *slot).await?.is_some() {
+                    self.materialized(&mut round.report, now, *slot);
+                }
+            } else {
+                round.make_ids.push(schedule.id);
+                round.make_slots.push(*slot);
             }
         }
         if skipped > 0 {
-            report.skipped += skipped;
+            round.report.skipped += skipped;
             self.metrics.schedule_slots.add("skipped", skipped as u64);
             tracing::info!(schedule = %schedule.name, skipped, catch_up = %schedule.catch_up,
                 overlap = %schedule.overlap, "schedule slots skipped by policy");
         }
-        let next = match calendar.next_after(now) {
-            Ok(next) => next,
-            Err(e) => return self.invalid(tx, schedule, &e.to_string(), report).await,
-        };
-        db::schedules::record(tx, schedule.id, due.last().copied(), next, None).await
+        match calendar.next_after(now) {
+            Ok(next) => round.record(schedule.id, due.last().copied(), next, None),
+            Err(e) => self.invalid(schedule, &e.to_string(), round),
+        }
+        Ok(())
     }
 
-    async fn invalid(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-        schedule: &Schedule,
-        error: &str,
-        report: &mut Report,
-    ) -> Result<(), sqlx::Error> {
-        report.invalid += 1;
+    fn invalid(&self, schedule: &Schedule, error: &str, round: &mut Round) {
+        round.report.invalid += 1;
         tracing::warn!(schedule = %schedule.name, error, "schedule cannot run; fix it (orderly schedules check)");
-        db::schedules::record(tx, schedule.id, None, None, Some(error)).await
+        round.record(schedule.id, None, None, Some(error.to_owned()));
+    }
+}
+
+/// What a round writes at its end, column by column (one statement each).
+#[derive(Default)]
+struct Round {
+    report: Report,
+    make_ids: Vec<uuid::Uuid>,
+    make_slots: Vec<DateTime<Utc>>,
+    ids: Vec<uuid::Uuid>,
+    last_runs: Vec<Option<DateTime<Utc>>>,
+    next_runs: Vec<Option<DateTime<Utc>>>,
+    errors: Vec<Option<String>>,
+}
+
+impl Round {
+    fn record(
+        &mut self,
+        id: uuid::Uuid,
+        last: Option<DateTime<Utc>>,
+        next: Option<DateTime<Utc>>,
+        error: Option<String>,
+    ) {
+        self.ids.push(id);
+        self.last_runs.push(last);
+        self.next_runs.push(next);
+        self.errors.push(error);
     }
 }
 

@@ -100,6 +100,11 @@ impl Sweeper {
                 let Some(level) = rule.levels.iter().find(|l| l.level == *level_no) else { continue };
                 let payload = rules::fired_payload(rule, level, group);
                 let ids: Vec<Uuid> = group.iter().map(|f| f.id).collect();
+                // One line per rule and level fired: the journal tells the story at 3 a.m.
+                let sample: Vec<String> = group.iter().take(5).map(|f| f.work_item_id.to_string()).collect();
+                tracing::warn!(rule = %rule.name, level = *level_no, escalations = group.len(),
+                    work_item.ids = %sample.join(","), connectors = %level.connectors.join(","),
+                    "SLA escalation fired");
                 for name in &level.connectors {
                     if let Some(connector) = connectors.get(name) {
                         db::sla::enqueue_notification(

@@ -113,6 +113,11 @@ impl Completer {
             } else {
                 // Counted once the batch is written: attempts, outcomes, evals, approvals.
                 self.metrics.result_written(done);
+                if matches!(done.next, NextState::DeadLetter { .. }) {
+                    tracing::warn!(work_item.id = %done.item_id, work_order.id = %done.order_id, attempt = done.attempt,
+                        agent = %done.agent, error.code = %done.error.as_ref().map_or("", |e| e.code.as_str()),
+                        "item dead-lettered");
+                }
                 if let Some(error) = &done.error {
                     tracing::debug!(work_item.id = %done.item_id, attempt = done.attempt, agent = %done.agent,
                         error.code = %error.code, error = %error.message, "attempt failed");

@@ -320,6 +320,7 @@ async fn the_demo_runs_and_shows_its_sla() {
     assert!(shown.contains("orderly demo summary"), "{shown}");
     assert!(shown.contains("SLA \"status reports finish quickly\""), "{shown}");
     assert!(shown.contains("messages received by the on-call webhook"), "{shown}");
+    assert!(shown.contains("schedule \"demo heartbeat\"") && shown.contains("orders made"), "{shown}");
 }
 
 /// A reader that stops reading (`| head -1`) ends the command quietly, as SIGPIPE would, never
