@@ -60,32 +60,21 @@ pub async fn run(settings: &Settings, command: DeadLetterCommand) -> anyhow::Res
             for a in &detail.attempts {
                 println!(
                     "  #{} {} agent={} {}ms {} {}",
-                    a["number"],
-                    a["status"].as_str().unwrap_or("?"),
-                    a["agent"].as_str().unwrap_or("?"),
-                    a["duration_ms"],
-                    a["error_code"].as_str().unwrap_or(""),
-                    a["error"].as_str().unwrap_or("")
+                    a.number,
+                    a.status,
+                    a.agent,
+                    a.duration_ms.map_or("?".to_owned(), |ms| ms.to_string()),
+                    a.error_code.as_deref().unwrap_or(""),
+                    a.error.as_deref().unwrap_or("")
                 );
             }
             println!("\neval results:");
             for e in &detail.eval_results {
-                println!(
-                    "  {} passed={} score={} {}",
-                    e["evaluation_type"].as_str().unwrap_or("?"),
-                    e["passed"],
-                    e["score"],
-                    e["metrics"]
-                );
+                println!("  {} passed={} score={} {}", e.evaluation_type, e.passed, e.score, e.metrics);
             }
             println!("\napprovals:");
             for a in &detail.approvals {
-                println!(
-                    "  {} by {} ({})",
-                    a["decision"].as_str().unwrap_or("?"),
-                    a["approver_id"].as_str().unwrap_or("?"),
-                    a["policy_version"].as_str().unwrap_or("?")
-                );
+                println!("  {} by {} ({})", a.decision, a.approver_id, a.policy_version);
             }
             println!("\npayload:\n{}", serde_json::to_string_pretty(&detail.payload)?);
         }

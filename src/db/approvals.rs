@@ -171,7 +171,17 @@ pub struct Held {
     /// The held attempt's output.
     pub output: Option<serde_json::Value>,
     /// The held attempt's eval results.
-    pub evals: serde_json::Value,
+    #[sqlx(json)]
+    pub evals: Vec<HeldEval>,
+}
+
+/// One eval result of a held attempt.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HeldEval {
+    pub evaluation_type: String,
+    pub passed: bool,
+    pub score: f64,
+    pub metrics: serde_json::Value,
 }
 
 /// Items waiting in AWAITING_APPROVAL, oldest first, after `cursor` (`created_at`, `id`);

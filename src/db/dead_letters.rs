@@ -46,9 +46,9 @@ pub struct DeadLetterDetail {
     pub dead_letter: DeadLetterSummary,
     pub payload: Value,
     pub item: Option<Value>,
-    pub attempts: Vec<Value>,
-    pub eval_results: Vec<Value>,
-    pub approvals: Vec<Value>,
+    pub attempts: Vec<super::items::AttemptRow>,
+    pub eval_results: Vec<super::items::EvalRow>,
+    pub approvals: Vec<super::items::ApprovalRow>,
 }
 
 /// A dead letter's row: its summary and its payload.

@@ -133,12 +133,12 @@ pub struct ItemRow {
 #[derive(Debug, Clone, Serialize)]
 pub struct ItemDetail {
     pub item: ItemRow,
-    pub attempts: Vec<Value>,
-    pub eval_results: Vec<Value>,
-    pub approvals: Vec<Value>,
-    pub escalations: Vec<Value>,
+    pub attempts: Vec<AttemptRow>,
+    pub eval_results: Vec<EvalRow>,
+    pub approvals: Vec<ApprovalRow>,
+    pub escalations: Vec<EscalationRow>,
     /// Every dead letter of the item, newest first (at most one is open).
-    pub dead_letters: Vec<Value>,
+    pub dead_letters: Vec<LetterRow>,
 }
 
 /// Largest content the detail view carries inline.
@@ -165,21 +165,19 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<ItemDetail, OpsError> {
     .await?
     .ok_or(OpsError::NotFound { what: "work item", id })?;
     let Records { attempts, eval_results, approvals } = records(pool, id).await?;
-    let escalations: Vec<Value> = sqlx::query_scalar(
-        "SELECT jsonb_build_object('id', e.id, 'rule', r.name, 'clock', r.clock, 'level', e.level,
-                'status', e.status, 'reason', e.reason, 'due_at', e.due_at, 'created_at', e.created_at,
-                'acknowledged_at', e.acknowledged_at, 'acknowledged_by', e.acknowledged_by,
-                'resolved_at', e.resolved_at, 'resolved_by', e.resolved_by, 'resolution', e.resolution)
+    let escalations = sqlx::query_as(
+        "SELECT e.id, r.name AS rule, r.clock::text AS clock, e.level, e.status::text AS status, e.reason,
+                e.due_at, e.created_at, e.acknowledged_at, e.acknowledged_by, e.resolved_at, e.resolved_by,
+                e.resolution
          FROM escalations e JOIN sla_rules r ON r.id = e.rule_id
          WHERE e.work_item_id = $1 ORDER BY e.created_at, e.level",
     )
     .bind(id)
     .fetch_all(pool)
     .await?;
-    let dead_letters: Vec<Value> = sqlx::query_scalar(
-        "SELECT jsonb_build_object('id', id, 'error_code', error_code, 'reason', reason, 'error', error,
-                'retry_count', retry_count, 'created_at', created_at, 'processed_at', processed_at,
-                'resolution', resolution, 'open', processed_at IS NULL)
+    let dead_letters = sqlx::query_as(
+        "SELECT id, error_code, reason::text AS reason, error, retry_count, created_at, processed_at,
+                resolution::text AS resolution, processed_at IS NULL AS open
          FROM dead_letters WHERE work_item_id = $1 ORDER BY created_at DESC",
     )
     .bind(id)
@@ -354,38 +352,104 @@ pub async fn order_status(pool: &PgPool, id: Uuid) -> Result<Option<String>, sql
     sqlx::query_scalar("SELECT status::text FROM work_orders WHERE id = $1").bind(id).fetch_optional(pool).await
 }
 
-/// An item's attempts, eval results and approval events, as JSON, in order.
+/// One attempt, as operators read it (the item's page, its dead letter, the API).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AttemptRow {
+    pub number: i32,
+    pub status: String,
+    pub agent: String,
+    pub error_code: Option<String>,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i32>,
+    pub worker: Option<String>,
+    pub output: Option<Value>,
+}
+
+/// One eval result.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct EvalRow {
+    pub evaluation_type: String,
+    pub score: f64,
+    pub passed: bool,
+    pub metrics: Value,
+    pub attempt_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One approval decision.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ApprovalRow {
+    pub decision: String,
+    pub approver_id: String,
+    pub policy_version: String,
+    pub reason: Option<String>,
+    pub source: String,
+    pub attempt_id: Option<Uuid>,
+    pub timestamp: DateTime<Utc>,
+}
+
+/// One escalation of the item.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct EscalationRow {
+    pub id: Uuid,
+    pub rule: String,
+    pub clock: String,
+    pub level: i32,
+    pub status: String,
+    pub reason: Option<String>,
+    pub due_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    pub acknowledged_by: Option<String>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub resolved_by: Option<String>,
+    pub resolution: Option<String>,
+}
+
+/// One dead letter of the item.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct LetterRow {
+    pub id: Uuid,
+    pub error_code: Option<String>,
+    pub reason: Option<String>,
+    pub error: Option<String>,
+    pub retry_count: Option<i32>,
+    pub created_at: DateTime<Utc>,
+    pub processed_at: Option<DateTime<Utc>>,
+    pub resolution: Option<String>,
+    pub open: bool,
+}
+
+/// An item's attempts, eval results and approval events, in order.
 #[derive(Default)]
 pub(crate) struct Records {
-    pub attempts: Vec<Value>,
-    pub eval_results: Vec<Value>,
-    pub approvals: Vec<Value>,
+    pub attempts: Vec<AttemptRow>,
+    pub eval_results: Vec<EvalRow>,
+    pub approvals: Vec<ApprovalRow>,
 }
 
 /// The records an operator reads beside an item (its detail and its dead letter's).
 pub(crate) async fn records(pool: &PgPool, item_id: Uuid) -> Result<Records, sqlx::Error> {
-    let attempts: Vec<Value> = sqlx::query_scalar(
-        "SELECT jsonb_build_object('number', attempt_number, 'status', status, 'agent', agent_id,
-                'error_code', error_code, 'error', error, 'started_at', started_at,
-                'completed_at', completed_at, 'duration_ms', duration_ms, 'worker', worker_id,
-                'output', output)
+    let attempts = sqlx::query_as(
+        "SELECT attempt_number AS number, status::text AS status, agent_id AS agent, error_code, error,
+                started_at, completed_at, duration_ms, worker_id AS worker, output
          FROM attempts WHERE work_item_id = $1 ORDER BY attempt_number",
     )
     .bind(item_id)
     .fetch_all(pool)
     .await?;
-    let eval_results: Vec<Value> = sqlx::query_scalar(
-        "SELECT jsonb_build_object('evaluation_type', evaluation_type, 'score', score, 'passed', passed,
-                'metrics', metrics, 'attempt_id', attempt_id, 'created_at', created_at)
+    let eval_results = sqlx::query_as(
+        "SELECT evaluation_type, score::float8 AS score, passed, metrics, attempt_id, created_at
          FROM eval_results WHERE work_item_id = $1 ORDER BY created_at",
     )
     .bind(item_id)
     .fetch_all(pool)
     .await?;
-    let approvals: Vec<Value> = sqlx::query_scalar(
-        "SELECT jsonb_build_object('decision', decision, 'approver_id', approver_id,
-                'policy_version', policy_version, 'reason', reason, 'source', source,
-                'attempt_id', attempt_id, 'timestamp', \"timestamp\")
+    let approvals = sqlx::query_as(
+        "SELECT decision::text AS decision, approver_id, policy_version, reason, source::text AS source,
+                attempt_id, \"timestamp\"
          FROM approval_events WHERE work_item_id = $1 ORDER BY \"timestamp\"",
     )
     .bind(item_id)

@@ -1,0 +1,87 @@
+//! `/approvals`: the items held for a human, with approve and reject.
+
+use super::*;
+
+pub(super) async fn approvals(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    let signed = signed_or_sign_in!(state, headers);
+    let rows = match db::approvals::inbox(&state.ops, None, 100).await {
+        Ok(rows) => rows,
+        Err(e) => return error_page(&signed, e.into()),
+    };
+    let operate = signed.session.identity.may_operate();
+    let body = html! {
+        h1 { "Approvals" }
+        @if rows.is_empty() { p { "Nothing is waiting for approval." } }
+        @for h in &rows {
+            article.held id=(format!("held-{}", h.id)) {
+                h2 {
+                    a href=(format!("/items/{}", h.id)) { code { (short(h.id)) } } " "
+                    span.type { (h.item_type) } " · attempt " (h.attempt)
+                    @if let Some(since) = h.held_since { " · held since " (ts(since)) }
+                }
+                @if let Some(reason) = &h.policy_reason { p { "Policy: " (reason) } }
+                @if !h.evals.is_empty() {
+                    ul.evals { @for e in &h.evals {
+                        li { (e.evaluation_type) ": " @if e.passed { "passed" } @else { span.bad { "failed" } }
+                             " " code { (cut(&e.metrics.to_string())) } }
+                    } }
+                }
+                h3 { "Output" }
+                pre { (h.output.as_ref().map(json_text).unwrap_or_default()) }
+                @if operate {
+                    div.actions {
+                        form.inline method="post" action=(format!("/approvals/{}/approve", h.id)) {
+                            (hidden(&signed.session, "/approvals"))
+                            input type="text" name="reason" placeholder="reason (optional)";
+                            button type="submit" { "Approve" }
+                        }
+                        form.inline method="post" action=(format!("/approvals/{}/reject", h.id)) {
+                            (hidden(&signed.session, "/approvals"))
+                            input type="text" name="reason" placeholder="reason (optional)";
+                            button.danger type="submit" { "Reject" }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(StatusCode::OK, layout("Approvals", Some(&signed.session), signed.flash.clone(), body))
+}
+
+pub(super) async fn decide(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path((id, decision)): Path<(String, String)>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let signed = match guard_operate(&state, &headers, &form) {
+        Ok(signed) => signed,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let decision = match decision.as_str() {
+        "approve" => Decision::Approved,
+        "reject" => Decision::Rejected,
+        _ => return error_page(&signed, api::ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such action")),
+    };
+    let Ok(id) = id.parse::<Uuid>() else { return error_page(&signed, api::ApiError::bad_request("not an item id")) };
+    let reason = match actions::reason(form.get("reason").map(String::as_str)) {
+        Ok(reason) => reason,
+        Err(e) => return error_page(&signed, e.into()),
+    };
+    let result = actions::decide_held(
+        &state.ops,
+        &state.settings,
+        Some(&state.metrics),
+        id,
+        decision,
+        &signed.session.identity.name,
+        reason,
+    )
+    .await
+    .map(|next| {
+        let verb = if decision == Decision::Approved { "Approved" } else { "Rejected" };
+        format!("{verb} item {}: it is {}.", short(id), next.item_status().as_str())
+    })
+    .map_err(|e| describe(&e));
+    done(&state, &signed, result, &back(&form, "/approvals"))
+}

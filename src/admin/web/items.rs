@@ -1,0 +1,186 @@
+//! `/items` and `/items/ID`: items by state and type, one item with its records and why it
+//! waits, and cancel.
+
+use super::*;
+
+pub(super) async fn items(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let signed = signed_or_sign_in!(state, headers);
+    let mut query: HashMap<String, String> = query.into_iter().filter(|(_, v)| !v.trim().is_empty()).collect();
+    if let Some(id) = query.remove("id") {
+        return match id.trim().parse::<Uuid>() {
+            Ok(id) => Redirect::to(&format!("/items/{id}")).into_response(),
+            Err(_) => error_page(&signed, api::ApiError::bad_request(format!("`{id}` is not an item id"))),
+        };
+    }
+    let filter = match api::item_filter(&query) {
+        Ok(filter) => filter,
+        Err(e) => return error_page(&signed, e),
+    };
+    let cursor = match query.get("cursor").map(|c| api::decode_cursor(c)).transpose() {
+        Ok(cursor) => cursor,
+        Err(e) => return error_page(&signed, e),
+    };
+    let limit = 50;
+    let mut rows = match db::items::list(&state.ops, &filter, cursor, limit + 1).await {
+        Ok(rows) => rows,
+        Err(e) => return error_page(&signed, e.into()),
+    };
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next = more.then(|| rows.last().map(|r| api::encode_cursor(r.created_at, r.id))).flatten();
+    let state_value = filter.status.map(|s| s.as_str().to_owned()).unwrap_or_default();
+    let type_value = filter.item_type.clone().unwrap_or_default();
+    let body = html! {
+        h1 { "Items" }
+        form.filters method="get" action="/items" {
+            label { "id " input type="text" name="id" placeholder="item id" size="38"; }
+            button type="submit" { "Open" }
+        }
+        form.filters method="get" action="/items" {
+            label { "state "
+                select name="state" {
+                    option value="" { "any" }
+                    @for s in ItemStatus::ALL { option value=(s.as_str()) selected[state_value == s.as_str()] { (s.as_str()) } }
+                }
+            }
+            label { "type " input type="text" name="type" value=(type_value) size="14"; }
+            button type="submit" { "Filter" }
+        }
+        @if rows.is_empty() { p { "No item matches." } } @else {
+            table {
+                thead { tr { th { "item" } th { "type" } th { "state" } th.num { "attempt" } th { "last error" } th { "created" } } }
+                tbody {
+                    @for r in &rows {
+                        tr {
+                            td { a href=(format!("/items/{}", r.id)) { code { (short(r.id)) } } }
+                            td { (r.item_type) }
+                            td { span class=(format!("state {}", r.status.as_str())) { (r.status.as_str()) } }
+                            td.num { (r.attempt) }
+                            td { (r.last_error_code.as_deref().unwrap_or("")) }
+                            td { (ts(r.created_at)) }
+                        }
+                    }
+                }
+            }
+            @if let Some(next) = next {
+                p { a href=(format!("/items?state={}&type={}&cursor={next}", q(&state_value), q(&type_value))) { "Older items →" } }
+            }
+        }
+    };
+    page(StatusCode::OK, layout("Items", Some(&signed.session), signed.flash.clone(), body))
+}
+
+pub(super) async fn item(State(state): State<AdminState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let signed = signed_or_sign_in!(state, headers);
+    let Ok(id) = id.parse::<Uuid>() else {
+        return error_page(&signed, api::ApiError::bad_request(format!("`{id}` is not an item id")));
+    };
+    let view = match actions::item_view(&state.ops, &state.catalog, id).await {
+        Ok(view) => view,
+        Err(e) => return error_page(&signed, e.into()),
+    };
+    let i = &view.detail.item;
+    let here = format!("/items/{id}");
+    let live = matches!(i.status, ItemStatus::Queued | ItemStatus::Processing | ItemStatus::AwaitingApproval);
+    let operate = signed.session.identity.may_operate();
+    let body = html! {
+        h1 { "Item " code { (i.id) } }
+        dl.facts {
+            dt { "state" } dd { span class=(format!("state {}", i.status.as_str())) { (i.status.as_str()) } }
+            dt { "why" } dd.why { (view.waiting_reason.detail) }
+            dt { "type" } dd { (i.item_type) " · priority " (i.priority) }
+            dt { "order" } dd { code { (i.work_order_id) } " (" (i.order_status) ") · workflow " (i.workflow_id) }
+            dt { "route" } dd {
+                @if let Some(agent) = view.route["agent"].as_str() { "agent " (agent) " · content " (s(&view.route, "content")) }
+                @else { span.bad { (s(&view.route, "error")) } }
+            }
+            dt { "attempts" } dd { (i.attempt) " (" (i.attempt - i.attempt_base) " counted in the budget) · rescues " (i.rescues) }
+            dt { "created" } dd { (ts(i.created_at)) }
+            @if let Some(at) = i.processed_at { dt { "finished" } dd { (ts(at)) } }
+            @if let Some(code) = &i.last_error_code { dt { "last error" } dd { (code) ": " (i.last_error.as_deref().unwrap_or("")) } }
+        }
+        @if live && operate {
+            form.inline method="post" action=(format!("/items/{id}/cancel")) {
+                (hidden(&signed.session, &here))
+                input type="text" name="reason" placeholder="reason (optional)";
+                button.danger type="submit" { "Cancel item" }
+            }
+        }
+        h2 { "Content (" (i.content_bytes) " bytes)" }
+        @match &i.content { Some(c) => pre { (cut(c)) }, None => p { "Too large to show." } }
+        @if let Some(result) = &i.result { h2 { "Result" } pre { (json_text(result)) } }
+        (attempts_table(&view.detail.attempts))
+        @if !view.detail.eval_results.is_empty() {
+            h2 { "Eval results" }
+            ul { @for e in &view.detail.eval_results { li { (e.evaluation_type) " passed=" (e.passed) " score=" (e.score) " " code { (cut(&e.metrics.to_string())) } } } }
+        }
+        @if !view.detail.approvals.is_empty() {
+            h2 { "Approvals" }
+            ul { @for a in &view.detail.approvals { li { (a.decision) " by " (a.approver_id) " (" (a.source) ") " (a.reason.as_deref().unwrap_or("")) } } }
+        }
+        @if !view.detail.escalations.is_empty() {
+            h2 { "Escalations" }
+            ul { @for e in &view.detail.escalations { li { (e.rule) " level " (e.level) ": " (e.status) } } }
+        }
+        @if !view.detail.dead_letters.is_empty() {
+            h2 { "Dead letters" }
+            ul { @for d in &view.detail.dead_letters {
+                li { a href=(format!("/dead-letters/{}", d.id)) { code title=(d.id) { (short(d.id)) } } " " (d.error_code.as_deref().unwrap_or("")) " "
+                     (if d.open { "open" } else { d.resolution.as_deref().unwrap_or("") }) }
+            } }
+        }
+    };
+    page(StatusCode::OK, layout("Item", Some(&signed.session), signed.flash.clone(), body))
+}
+
+pub(super) fn attempts_table(attempts: &[db::items::AttemptRow]) -> Markup {
+    html! {
+        h2 { "Attempts" }
+        @if attempts.is_empty() { p { "None recorded yet." } } @else {
+            table.attempts {
+                thead { tr { th.num { "#" } th { "status" } th { "agent" } th { "error" } th.num { "ms" } th { "started" } } }
+                tbody {
+                    @for a in attempts {
+                        tr {
+                            td.num { (a.number) }
+                            td { (a.status) }
+                            td { (a.agent) }
+                            td { @if let Some(code) = &a.error_code { code { (code) } " " } (cut(a.error.as_deref().unwrap_or(""))) }
+                            td.num { (a.duration_ms.map_or(String::new(), |ms| ms.to_string())) }
+                            td { (ts(a.started_at)) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub(super) async fn cancel(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let signed = match guard_operate(&state, &headers, &form) {
+        Ok(signed) => signed,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let Ok(id) = id.parse::<Uuid>() else { return error_page(&signed, api::ApiError::bad_request("not an item id")) };
+    let reason = match actions::reason(form.get("reason").map(String::as_str)) {
+        Ok(reason) => reason,
+        Err(e) => return error_page(&signed, e.into()),
+    };
+    let result = db::items::cancel(&state.ops, db::items::Target::Item(id), &signed.session.identity.name, reason)
+        .await
+        .map(|done| match done.first().and_then(|c| c.interrupted_attempt) {
+            Some(n) => format!("Cancelled item {}: its running attempt {n} was interrupted.", short(id)),
+            None => format!("Cancelled item {}.", short(id)),
+        })
+        .map_err(|e| describe(&e));
+    done(&state, &signed, result, &back(&form, &format!("/items/{id}")))
+}
