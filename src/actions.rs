@@ -29,6 +29,7 @@ pub async fn decide_held(
     actor: &str,
     reason: Option<&str>,
 ) -> Result<NextState, db::OpsError> {
+    let reason = self::reason(reason)?;
     let item = db::approvals::held_item(pool, item_id).await?;
     // The budget as the runner computes it: the item's own, the template step's, the config's.
     let step = match Catalog::new(pool.clone(), settings.clone()).resolve(&item.workflow_id, &item.item_type).await {
@@ -211,6 +212,36 @@ pub fn reason(text: Option<&str>) -> Result<Option<&str>, OpsError> {
         });
     }
     Ok(Some(text))
+}
+
+/// Cancels an item or every unfinished item of an order (see `db::items::cancel`), with the
+/// reason checked as every surface checks it.
+pub async fn cancel(
+    pool: &PgPool,
+    target: db::items::Target,
+    actor: &str,
+    reason: Option<&str>,
+) -> Result<Vec<db::items::Cancelled>, OpsError> {
+    let reason = self::reason(reason)?;
+    db::items::cancel(pool, target, actor, reason).await
+}
+
+/// Discards an open dead letter: a reason is required, on every surface. Returns its item.
+pub async fn discard_dead_letter(pool: &PgPool, id: Uuid, actor: &str, reason: Option<&str>) -> Result<Uuid, OpsError> {
+    let reason = required_reason(reason)?;
+    db::dead_letters::discard(pool, id, actor, Some(reason)).await
+}
+
+/// Acknowledges or resolves an escalation, with the reason checked.
+pub async fn act_on_escalation(
+    pool: &PgPool,
+    id: Uuid,
+    action: db::sla::Action,
+    actor: &str,
+    reason: Option<&str>,
+) -> Result<(), OpsError> {
+    let reason = self::reason(reason)?;
+    db::sla::act(pool, id, action, actor, reason).await
 }
 
 /// [`reason`], for an action that needs one (`REASON_REQUIRED` without).

@@ -405,15 +405,15 @@ struct ReasonBody {
 }
 
 impl ReasonBody {
-    /// The reason as every surface checks it (`actions::reason`).
-    fn reason(&self) -> Result<Option<&str>, ApiError> {
-        Ok(actions::reason(self.reason.as_deref())?)
+    /// The reason as given; `actions` checks it, as for every surface.
+    fn reason(&self) -> Option<&str> {
+        self.reason.as_deref()
     }
 }
 
 async fn cancel(state: &AdminState, target: db::items::Target, who: &Identity, bytes: &Bytes) -> ApiResult {
     let request: ReasonBody = body(bytes)?;
-    let cancelled = db::items::cancel(&state.ops, target, &who.name, request.reason()?).await?;
+    let cancelled = actions::cancel(&state.ops, target, &who.name, request.reason()).await?;
     let order = cancelled.first().map(|c| c.work_order_id);
     let order_status = match order {
         Some(order) => db::items::order_status(&state.ops, order).await?,
@@ -522,8 +522,7 @@ async fn discard(
 ) -> ApiResult {
     let id = parse_id(&id)?;
     let request: ReasonBody = body(&bytes)?;
-    let reason = actions::required_reason(request.reason.as_deref())?;
-    let item = db::dead_letters::discard(&state.ops, id, &who.name, Some(reason)).await?;
+    let item = actions::discard_dead_letter(&state.ops, id, &who.name, request.reason()).await?;
     Ok(Json(json!({ "dead_letter_id": id, "work_item_id": item, "discarded": true })))
 }
 
@@ -616,7 +615,7 @@ async fn decide(state: &AdminState, who: &Identity, id: &str, decision: Decision
         id,
         decision,
         &who.name,
-        request.reason()?,
+        request.reason(),
     )
     .await?;
     Ok(Json(json!({ "work_item_id": id, "decision": decision.as_str(), "item": describe_next(next) })))
@@ -676,7 +675,7 @@ async fn escalation(State(state): State<AdminState>, _: Reader, Path(id): Path<S
 async fn act(state: &AdminState, who: &Identity, id: &str, action: db::sla::Action, bytes: &Bytes) -> ApiResult {
     let id = parse_id(id)?;
     let request: ReasonBody = body(bytes)?;
-    db::sla::act(&state.ops, id, action, &who.name, request.reason()?).await?;
+    actions::act_on_escalation(&state.ops, id, action, &who.name, request.reason()).await?;
     let (escalation, _) = db::sla::escalation(&state.ops, id).await?;
     Ok(Json(json!({ "escalation": escalation })))
 }

@@ -14,8 +14,7 @@ pub async fn run(settings: &Settings, args: CancelArgs) -> anyhow::Result<()> {
         (None, Some(order)) => Target::Order(order),
         _ => anyhow::bail!("give an item id or --order ORDER"),
     };
-    let reason = crate::actions::reason(args.reason.as_deref())?;
-    let cancelled = db::items::cancel(&pool, target, &actor(args.actor), reason).await?;
+    let cancelled = crate::actions::cancel(&pool, target, &actor(args.actor), args.reason.as_deref()).await?;
     for c in &cancelled {
         match c.interrupted_attempt {
             Some(n) => println!(

@@ -114,8 +114,7 @@ pub async fn run(settings: &Settings, command: DeadLetterCommand) -> anyhow::Res
             }
         }
         DeadLetterCommand::Discard { id, reason, actor: who } => {
-            let reason = crate::actions::required_reason(Some(&reason))?;
-            let item = db::dead_letters::discard(&pool, id, &actor(who), Some(reason)).await?;
+            let item = crate::actions::discard_dead_letter(&pool, id, &actor(who), Some(&reason)).await?;
             println!("discarded: work item {item} stays FAILED");
         }
     }

@@ -12,8 +12,7 @@ pub async fn run(settings: &Settings, decision: Decision, args: DecisionArgs) ->
     let pool = connect(settings).await?;
     let actor = actor(args.actor);
     let settings = Arc::new(settings.clone());
-    let reason = crate::actions::reason(args.reason.as_deref())?;
-    let next = decide_held(&pool, &settings, None, args.item, decision, &actor, reason).await?;
+    let next = decide_held(&pool, &settings, None, args.item, decision, &actor, args.reason.as_deref()).await?;
     let verb = if decision == Decision::Approved { "approved" } else { "rejected" };
     let outcome = match next {
         NextState::Completed => "is COMPLETED".to_owned(),

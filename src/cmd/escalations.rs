@@ -63,12 +63,11 @@ pub async fn run(settings: &Settings, command: EscalationCommand) -> anyhow::Res
             }
         }
         EscalationCommand::Ack { id, reason, actor: who } => {
-            db::sla::act(&pool, id, Action::Acknowledge, &actor(who), crate::actions::reason(reason.as_deref())?)
-                .await?;
+            crate::actions::act_on_escalation(&pool, id, Action::Acknowledge, &actor(who), reason.as_deref()).await?;
             println!("acknowledged: escalation {id}; the rule's later levels will not fire for this item");
         }
         EscalationCommand::Resolve { id, reason, actor: who } => {
-            db::sla::act(&pool, id, Action::Resolve, &actor(who), crate::actions::reason(reason.as_deref())?).await?;
+            crate::actions::act_on_escalation(&pool, id, Action::Resolve, &actor(who), reason.as_deref()).await?;
             println!("resolved: escalation {id}");
         }
     }

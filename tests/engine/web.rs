@@ -322,3 +322,54 @@ async fn posts_without_the_form_token_from_elsewhere_or_from_a_read_session_are_
     assert!(page.body.contains("read scope"), "{}", page.body);
     assert_eq!(item_status(&db.pool, item).await, "FAILED");
 }
+
+/// The operators' rules live once (`actions`) and hold on every surface: a discard needs a
+/// reason, and a reason is at most 2,000 characters, on the page, the API and the CLI alike.
+#[tokio::test]
+async fn operator_rules_hold_on_the_page_the_api_and_the_cli() {
+    let db = TestDb::new().await;
+    let app = app(&db, "");
+    let (_, letter) = crate::api::dead_lettered(&db, "TICKET", "{}", "AGENT_ERROR", "no").await;
+    let open = |db: &TestDb| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM dead_letters WHERE processed_at IS NULL")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let long = "x".repeat(orderly::actions::MAX_REASON_CHARS + 1);
+    // The page.
+    let cookie = sign_in(&app, crate::api::OPERATE).await;
+    let shown = get(&app, &format!("/dead-letters/{letter}"), &cookie).await;
+    let token = csrf(&shown.body);
+    let path = format!("/dead-letters/{letter}/discard");
+    for reason in ["", long.as_str()] {
+        let page = send(&app, "POST", &path, Some(&cookie), &[], Some(&[("csrf", &token), ("reason", reason)])).await;
+        assert!(page.status == 303 || (400..500).contains(&page.status), "{}", page.status);
+        assert_eq!(open(&db).await, 1, "the page refused a discard with reason of {} chars", reason.len());
+    }
+    // The API.
+    for body in [serde_json::json!({}), serde_json::json!({"reason": long})] {
+        let (status, answer) =
+            crate::api::post(&app, &path.replace("/dead-letters", "/api/v1/dead-letters"), body).await;
+        assert_eq!(status, 422, "{answer}");
+        assert!(["REASON_REQUIRED", "REASON_INVALID"].contains(&answer["error"].as_str().unwrap()), "{answer}");
+    }
+    // The CLI.
+    for args in [vec![], vec!["--reason", long.as_str()]] {
+        let mut all = vec!["dead-letters", "discard"];
+        let id = letter.to_string();
+        all.push(&id);
+        all.extend(args);
+        let out = crate::cli::orderly(&db.url, &all);
+        assert!(!out.status.success(), "{}", crate::cli::text(&out));
+    }
+    assert_eq!(open(&db).await, 1, "no surface discarded it");
+    // With a reason, each works (the page shown here).
+    let page =
+        send(&app, "POST", &path, Some(&cookie), &[], Some(&[("csrf", &token), ("reason", "known bad input")])).await;
+    assert_eq!(page.status, 303);
+    assert_eq!(open(&db).await, 0);
+}

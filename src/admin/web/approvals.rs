@@ -64,10 +64,7 @@ pub(super) async fn decide(
         _ => return error_page(&signed, api::ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such action")),
     };
     let Ok(id) = id.parse::<Uuid>() else { return error_page(&signed, api::ApiError::bad_request("not an item id")) };
-    let reason = match actions::reason(form.get("reason").map(String::as_str)) {
-        Ok(reason) => reason,
-        Err(e) => return error_page(&signed, e.into()),
-    };
+    let reason = form.get("reason").map(String::as_str);
     let result = actions::decide_held(
         &state.ops,
         &state.settings,

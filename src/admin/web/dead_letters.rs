@@ -234,17 +234,11 @@ pub(super) async fn discard(
     let Ok(id) = id.parse::<Uuid>() else {
         return error_page(&signed, api::ApiError::bad_request("not a dead letter id"));
     };
-    let reason = match actions::reason(form.get("reason").map(String::as_str)) {
-        Ok(reason) => reason,
-        Err(e) => return error_page(&signed, e.into()),
-    };
-    let result = match reason {
-        None => Err(describe(&actions::reason_required())),
-        Some(reason) => db::dead_letters::discard(&state.ops, id, &signed.session.identity.name, Some(reason))
-            .await
-            .map(|item| format!("Discarded dead letter {}: item {} stays FAILED.", short(id), short(item)))
-            .map_err(|e| describe(&e)),
-    };
+    let reason = form.get("reason").map(String::as_str);
+    let result = actions::discard_dead_letter(&state.ops, id, &signed.session.identity.name, reason)
+        .await
+        .map(|item| format!("Discarded dead letter {}: item {} stays FAILED.", short(id), short(item)))
+        .map_err(|e| describe(&e));
     let result = result.map_err(|e| format!("Not discarded: {e}"));
     done(&state, &signed, result, &back(&form, "/dead-letters"))
 }

@@ -67,11 +67,8 @@ pub(super) async fn escalation_action(
     let Ok(id) = id.parse::<Uuid>() else {
         return error_page(&signed, api::ApiError::bad_request("not an escalation id"));
     };
-    let reason = match actions::reason(form.get("reason").map(String::as_str)) {
-        Ok(reason) => reason,
-        Err(e) => return error_page(&signed, e.into()),
-    };
-    let result = db::sla::act(&state.ops, id, action, &signed.session.identity.name, reason)
+    let reason = form.get("reason").map(String::as_str);
+    let result = actions::act_on_escalation(&state.ops, id, action, &signed.session.identity.name, reason)
         .await
         .map(|()| format!("{verb} escalation {}.", short(id)))
         .map_err(|e| describe(&e));

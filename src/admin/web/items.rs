@@ -171,11 +171,8 @@ pub(super) async fn cancel(
         Err(refusal) => return refusal.into_response(),
     };
     let Ok(id) = id.parse::<Uuid>() else { return error_page(&signed, api::ApiError::bad_request("not an item id")) };
-    let reason = match actions::reason(form.get("reason").map(String::as_str)) {
-        Ok(reason) => reason,
-        Err(e) => return error_page(&signed, e.into()),
-    };
-    let result = db::items::cancel(&state.ops, db::items::Target::Item(id), &signed.session.identity.name, reason)
+    let reason = form.get("reason").map(String::as_str);
+    let result = actions::cancel(&state.ops, db::items::Target::Item(id), &signed.session.identity.name, reason)
         .await
         .map(|done| match done.first().and_then(|c| c.interrupted_attempt) {
             Some(n) => format!("Cancelled item {}: its running attempt {n} was interrupted.", short(id)),
