@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
 use sqlx::PgPool;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -427,4 +428,49 @@ pub fn schedule_view(s: &db::schedules::Schedule, count: usize) -> serde_json::V
     value["when"] = json!(schedule_when(s));
     value["next_runs"] = json!(next_runs);
     value
+}
+
+/// The queue at a glance: `orderly status`, the API's status route and the page's overview.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Overview {
+    pub by_state: BTreeMap<String, i64>,
+    /// type → state → count.
+    pub by_type: BTreeMap<String, BTreeMap<String, i64>>,
+    pub oldest_queued_seconds: Option<f64>,
+    /// QUEUED items waiting for a future run_at (retries, delayed items).
+    pub scheduled: i64,
+    pub open_dead_letters: i64,
+    pub awaiting_approval: i64,
+    pub escalations_open: i64,
+    pub escalations_acknowledged: i64,
+    pub in_flight: Vec<db::orders::InFlight>,
+    /// The leader lease (who leads, since when, until when); `None` before any replica led.
+    pub leadership: Option<db::leader::Lease>,
+}
+
+/// Reads the overview: the counts of `orderly status` (every item, so one pass over
+/// `work_items`) and the unresolved escalations (their partial index).
+pub async fn overview(pool: &sqlx::PgPool) -> Result<Overview, sqlx::Error> {
+    let queue = db::orders::queue_status(pool, 20).await?;
+    let escalations = db::sla::unresolved_counts(pool).await?;
+    let leadership = db::leader::current(pool).await?;
+    let mut by_state = BTreeMap::new();
+    let mut by_type: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+    for row in &queue.counts {
+        *by_state.entry(row.status.as_str().to_owned()).or_insert(0) += row.count;
+        by_type.entry(row.item_type.clone()).or_default().insert(row.status.as_str().to_owned(), row.count);
+    }
+    let escalation = |status: &str| escalations.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
+    Ok(Overview {
+        awaiting_approval: by_state.get(ItemStatus::AwaitingApproval.as_str()).copied().unwrap_or(0),
+        by_state,
+        by_type,
+        oldest_queued_seconds: queue.oldest_queued_seconds,
+        scheduled: queue.scheduled,
+        open_dead_letters: queue.open_dead_letters,
+        escalations_open: escalation("OPEN"),
+        escalations_acknowledged: escalation("ACKNOWLEDGED"),
+        in_flight: queue.in_flight,
+        leadership,
+    })
 }

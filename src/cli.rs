@@ -30,6 +30,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The items held for a human decision (approve or reject them with `approve`/`reject`).
+    #[command(subcommand)]
+    Approvals(ApprovalCommand),
+    /// One item with its attempts, evals, approvals, escalations, dead letters and why it waits.
+    #[command(subcommand)]
+    Items(ItemCommand),
     /// Inspect, replay and discard dead letters.
     #[command(subcommand, name = "dead-letters")]
     DeadLetters(DeadLetterCommand),
@@ -349,4 +355,26 @@ pub enum ScheduleCommand {
     },
     /// Check every schedule's time zone and cron expression; exit 1 when one cannot run.
     Check,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApprovalCommand {
+    /// The held items, oldest first, with the policy's reason and the failed evals.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ItemCommand {
+    /// One item: its state and why it waits, its route, attempts, evals, approvals,
+    /// escalations and dead letters (the same view as `GET /api/v1/items/ID`).
+    Show {
+        id: Uuid,
+        #[arg(long)]
+        json: bool,
+    },
 }

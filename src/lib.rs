@@ -56,6 +56,8 @@ pub async fn run_command(
         Command::Escalations(command) => cmd::escalations::run(&settings, command).await,
         Command::Sla(command) => cmd::escalations::sla(&settings, command).await,
         Command::Schedules(command) => cmd::schedules::run(&settings, command).await,
+        Command::Approvals(command) => cmd::items::approvals(&settings, command).await,
+        Command::Items(command) => cmd::items::run(&settings, command).await,
         Command::Cancel(args) => cmd::cancel::run(&settings, args).await,
         Command::AdminToken(args) => cmd::admin_token::run(args),
         Command::CheckConfig => cmd::check_config::run(&settings, &registry),

@@ -24,8 +24,9 @@ pub async fn run(settings: &Settings, command: DeadLetterCommand) -> anyhow::Res
             }
             for row in rows {
                 println!(
-                    "{}  {:<14} {:<18} {:<24} tries {:<3} {}{}",
+                    "{}  item {}  {:<14} {:<18} {:<24} tries {:<3} {}{}",
                     row.id,
+                    row.work_item_id.map_or("-".to_owned(), |i| i.to_string()),
                     row.event_type,
                     row.reason.map(describe_reason).unwrap_or("?"),
                     row.error_code.as_deref().unwrap_or("-"),
@@ -36,7 +37,14 @@ pub async fn run(settings: &Settings, command: DeadLetterCommand) -> anyhow::Res
             }
         }
         DeadLetterCommand::Show { id, json } => {
-            let detail = db::dead_letters::get(&pool, id).await?;
+            // A letter's id, or an item's (its open letter, else its newest).
+            let detail = match db::dead_letters::get(&pool, id).await {
+                Err(db::OpsError::NotFound { .. }) => match db::dead_letters::of_item(&pool, id).await? {
+                    Some(letter) => db::dead_letters::get(&pool, letter).await?,
+                    None => anyhow::bail!("{id} is neither a dead letter nor an item with one"),
+                },
+                other => other?,
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&detail)?);
                 return Ok(());

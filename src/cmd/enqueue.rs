@@ -44,6 +44,14 @@ pub async fn run(settings: &Settings, args: EnqueueArgs) -> anyhow::Result<()> {
         bail!("the order has no items");
     }
     let pool = connect(settings).await?;
+    let known = db::orders::item_types(&pool).await?;
+    if let Some(unknown) = order.items.iter().find(|i| !known.contains(&i.item_type)) {
+        bail!(
+            "unknown item type {:?}: the database knows {} (add one with ALTER TYPE work_item_type ADD VALUE '...')",
+            unknown.item_type,
+            known.join(", ")
+        );
+    }
     let (order_id, items) = db::orders::enqueue(&pool, &order).await.context("enqueueing")?;
     println!("work order {order_id}");
     for (id, item) in items.iter().zip(&order.items) {

@@ -1,6 +1,6 @@
 //! `orderly migrate`: create the database if it is missing, apply the migrations.
 
-use super::{connect, unreachable_hint};
+use super::unreachable_hint;
 use crate::config::{Settings, redact_url};
 use crate::db;
 use anyhow::Context;
@@ -8,7 +8,7 @@ use anyhow::Context;
 pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     let created =
         db::ensure_database(&settings.database.url).await.map_err(|e| unreachable_hint(&settings.database.url, e))?;
-    let pool = connect(settings).await?;
+    let pool = super::connect_unmigrated(settings).await?;
     db::migrate(&pool).await.context("applying migrations")?;
     println!(
         "{} {}: migrations applied",

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod enqueue;
 pub mod escalations;
 pub mod health;
+pub mod items;
 pub mod migrate;
 pub mod roles;
 pub mod schedules;
@@ -21,9 +22,25 @@ use crate::config::{Settings, redact_url};
 use crate::db;
 use sqlx::PgPool;
 
-/// Connects, explaining how to fix an unreachable database.
-pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
+/// Connects, explaining how to fix an unreachable database (`orderly migrate`, `orderly
+/// roles`: a database that may not be migrated yet).
+pub async fn connect_unmigrated(settings: &Settings) -> anyhow::Result<PgPool> {
     db::connect(&settings.database.pool()).await.map_err(|e| unreachable_hint(&settings.database.url, e))
+}
+
+/// Connects to a migrated database: one that orderly never migrated is said once, with what
+/// to run, instead of the first statement's error about a missing table.
+pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
+    let pool = connect_unmigrated(settings).await?;
+    let mut conn = pool.acquire().await?;
+    if db::admin::applied_migration(&mut conn).await?.is_none() {
+        anyhow::bail!(
+            "the database at {} has no orderly tables: run `orderly migrate` first",
+            redact_url(&settings.database.url)
+        );
+    }
+    drop(conn);
+    Ok(pool)
 }
 
 /// Turns a failure to connect into a message that names the cause and the next step.

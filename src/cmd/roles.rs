@@ -12,7 +12,7 @@ pub async fn run(settings: &Settings, prefix: &str, print: bool) -> anyhow::Resu
         }
         return Ok(());
     }
-    let pool = super::connect(settings).await?;
+    let pool = super::connect_unmigrated(settings).await?;
     roles::apply(&pool, &roles).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot set up the roles in {}: {} (run it as a superuser, after `orderly migrate`)",

@@ -1,4 +1,6 @@
-//! `orderly status`: counts by status and type, the oldest runnable item, what is in flight.
+//! `orderly status`: counts by status and type, the oldest runnable item, what is in flight,
+//! approvals and escalations waiting, who leads. `--json` prints the same object as
+//! `GET /api/v1/status` (without the serving process's own fields).
 
 use super::connect;
 use crate::config::Settings;
@@ -7,11 +9,12 @@ use std::fmt::Write as _;
 
 pub async fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
     let pool = connect(settings).await?;
-    let status = db::orders::queue_status(&pool, 20).await?;
+    let overview = crate::actions::overview(&pool).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        println!("{}", serde_json::to_string_pretty(&overview)?);
         return Ok(());
     }
+    let status = db::orders::queue_status(&pool, 20).await?;
     let mut out = String::new();
     writeln!(out, "{:<18} {:<16} {:>10}", "STATUS", "TYPE", "ITEMS")?;
     for row in &status.counts {
@@ -26,6 +29,17 @@ pub async fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
     }
     writeln!(out, "scheduled for retry: {}", status.scheduled)?;
     writeln!(out, "open dead letters: {}", status.open_dead_letters)?;
+    writeln!(out, "awaiting approval: {}", overview.awaiting_approval)?;
+    writeln!(
+        out,
+        "escalations: {} open, {} acknowledged",
+        overview.escalations_open, overview.escalations_acknowledged
+    )?;
+    match &overview.leadership {
+        Some(l) if l.live => writeln!(out, "leader: {} since {} (epoch {})", l.holder, l.since, l.epoch)?,
+        Some(l) => writeln!(out, "leader: none (the lease of {} expired at {})", l.holder, l.expires_at)?,
+        None => writeln!(out, "leader: no replica has led yet")?,
+    }
     writeln!(out, "in flight: {}", status.in_flight.len())?;
     for item in &status.in_flight {
         writeln!(

@@ -59,6 +59,16 @@ struct DeadLetterRow {
     payload: Value,
 }
 
+/// The dead letter of an item: its open one, else its newest (`None`: it has none).
+pub async fn of_item(pool: &PgPool, item_id: Uuid) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM dead_letters WHERE work_item_id = $1 ORDER BY processed_at IS NULL DESC, created_at DESC LIMIT 1",
+    )
+    .bind(item_id)
+    .fetch_optional(pool)
+    .await
+}
+
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<DeadLetterDetail, OpsError> {
     let DeadLetterRow { summary: dead_letter, payload } = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {DEAD_LETTER_COLUMNS}, payload FROM dead_letters WHERE id = $1"

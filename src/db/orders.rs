@@ -32,6 +32,11 @@ pub struct NewItem {
 }
 
 /// Enqueues an order and its items with the same two INSERTs an upstream uses.
+/// The item types the database knows (`work_item_type`'s values, in their order).
+pub async fn item_types(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT unnest(enum_range(NULL::work_item_type))::text").fetch_all(pool).await
+}
+
 pub async fn enqueue(pool: &PgPool, order: &NewOrder) -> Result<(Uuid, Vec<Uuid>), sqlx::Error> {
     let mut tx = pool.begin().await?;
     let order_id: Uuid = sqlx::query_scalar(

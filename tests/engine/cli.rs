@@ -356,3 +356,49 @@ async fn output_into_a_closed_pipe_ends_quietly() {
     assert!(!stderr.contains("panicked"), "no panic: {stderr}");
     assert_ne!(out.status.code(), Some(101), "{stderr}");
 }
+
+/// The CLI at parity with the API and the page: `items show`, `approvals list`, `status
+/// --json` in the API's shape, `dead-letters show` by item id, the item id in
+/// `dead-letters list`; an unmigrated database and an unknown item type say what to do.
+#[tokio::test]
+async fn the_cli_shows_what_the_api_and_the_page_show() {
+    let db = TestDb::new().await;
+    let (item, letter) = crate::api::dead_lettered(&db, "TICKET", "{}", "AGENT_ERROR", "no").await;
+    let held = crate::api::held(&db).await;
+    let out = orderly(&db.url, &["items", "show", &item.to_string()]);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("status FAILED") && shown.contains("waiting:") && shown.contains(&letter.to_string()),
+        "{shown}"
+    );
+    let out = orderly(&db.url, &["items", "show", &item.to_string(), "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&text(&out)).unwrap();
+    assert_eq!(json["item"]["id"], item.to_string());
+    assert!(json["waiting_reason"]["kind"].is_string());
+    let out = orderly(&db.url, &["approvals", "list"]);
+    assert!(text(&out).contains(&held.to_string()) && text(&out).contains("failed: json_schema"), "{}", text(&out));
+    let out = orderly(&db.url, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&text(&out)).unwrap();
+    let app = crate::api::app(&db, "");
+    let (_, api) = crate::api::get(&app, "/api/v1/status").await;
+    for key in ["by_state", "by_type", "open_dead_letters", "awaiting_approval", "escalations_open", "leadership"] {
+        assert_eq!(status[key], api[key], "{key}: the CLI and the API agree");
+    }
+    let out = orderly(&db.url, &["dead-letters", "list"]);
+    assert!(text(&out).contains(&format!("item {item}")), "{}", text(&out));
+    let out = orderly(&db.url, &["dead-letters", "show", &item.to_string()]);
+    assert!(out.status.success() && text(&out).contains(&format!("dead letter {letter}")), "{}", text(&out));
+    let out = orderly(&db.url, &["enqueue", "--item", "SPACESHIP={}"]);
+    assert!(!out.status.success() && text(&out).contains("TICKET"), "names the known types: {}", text(&out));
+    // A database orderly never migrated.
+    let mut bare = reqwest::Url::parse(&db.url).unwrap();
+    let name = format!("orderly_bare_{}", uuid::Uuid::new_v4().simple());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&db.pool).await.unwrap();
+    bare.set_path(&format!("/{name}"));
+    let out = orderly(bare.as_str(), &["status"]);
+    let said = text(&out);
+    assert!(!out.status.success() && said.contains("run `orderly migrate`"), "{said}");
+    assert_eq!(said.matches("error").count(), 1, "said once: {said}");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}"))).execute(&db.pool).await.unwrap();
+}

@@ -17,9 +17,10 @@
 //! at all, only this server's stylesheet, and forms posting only here.
 
 use super::AdminState;
-use super::api::{self, Overview};
+use super::api;
 use super::auth::{self, COOKIE, Flash, Session};
 use crate::actions;
+use crate::actions::Overview;
 use crate::config::TokenScope;
 use crate::db::{self, OpsError};
 use crate::model::{Decision, ItemStatus};

@@ -7,7 +7,7 @@ pub(super) async fn home(State(state): State<AdminState>, headers: HeaderMap) ->
     let Some(signed) = signed_in(&state, &headers) else {
         return page(StatusCode::OK, sign_in_page(&state, None));
     };
-    match api::overview(&state.ops).await {
+    match actions::overview(&state.ops).await {
         Ok(overview) => page(
             StatusCode::OK,
             layout("Overview", Some(&signed.session), signed.flash.clone(), overview_body(&state, &overview)),

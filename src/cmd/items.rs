@@ -1,0 +1,98 @@
+//! `orderly items show ID` and `orderly approvals list`: the same views as the API's, in text
+//! or JSON.
+
+use super::connect;
+use crate::actions;
+use crate::cli::{ApprovalCommand, ItemCommand};
+use crate::config::Settings;
+use crate::db;
+use crate::rules::catalog::Catalog;
+use std::sync::Arc;
+
+pub async fn run(settings: &Settings, command: ItemCommand) -> anyhow::Result<()> {
+    let pool = connect(settings).await?;
+    match command {
+        ItemCommand::Show { id, json } => {
+            let catalog = Catalog::new(pool.clone(), Arc::new(settings.clone()));
+            let view = actions::item_view(&pool, &catalog, id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+                return Ok(());
+            }
+            let i = &view.detail.item;
+            println!("item {} ({}) of order {}", i.id, i.item_type, i.work_order_id);
+            println!("  status {}  priority {}  attempt {}", i.status, i.priority, i.attempt);
+            println!("  waiting: {} ({})", view.waiting_reason.detail, view.waiting_reason.kind);
+            match (view.route["agent"].as_str(), view.route["error"].as_str()) {
+                (Some(agent), _) => println!("  route: agent {agent}"),
+                (None, Some(error)) => println!("  route: cannot route: {error}"),
+                _ => {}
+            }
+            if let Some(code) = &i.last_error_code {
+                println!("  last error: {code} {}", i.last_error.as_deref().unwrap_or(""));
+            }
+            println!("attempts:");
+            for a in &view.detail.attempts {
+                println!(
+                    "  #{} {} agent={} {}ms {} {}",
+                    a.number,
+                    a.status,
+                    a.agent,
+                    a.duration_ms.map_or("?".to_owned(), |ms| ms.to_string()),
+                    a.error_code.as_deref().unwrap_or(""),
+                    a.error.as_deref().unwrap_or("")
+                );
+            }
+            for e in &view.detail.eval_results {
+                println!("eval {} passed={} score={}", e.evaluation_type, e.passed, e.score);
+            }
+            for a in &view.detail.approvals {
+                println!(
+                    "approval {} by {} ({}) {}",
+                    a.decision,
+                    a.approver_id,
+                    a.source,
+                    a.reason.as_deref().unwrap_or("")
+                );
+            }
+            for e in &view.detail.escalations {
+                println!("escalation {} level {} of {}: {}", e.id, e.level, e.rule, e.status);
+            }
+            for d in &view.detail.dead_letters {
+                let state = if d.open { "open" } else { d.resolution.as_deref().unwrap_or("closed") };
+                println!("dead letter {} {} {state}", d.id, d.error_code.as_deref().unwrap_or(""));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn approvals(settings: &Settings, command: ApprovalCommand) -> anyhow::Result<()> {
+    let pool = connect(settings).await?;
+    match command {
+        ApprovalCommand::List { limit, json } => {
+            let held = db::approvals::inbox(&pool, None, limit.clamp(1, 1000)).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&held)?);
+                return Ok(());
+            }
+            if held.is_empty() {
+                println!("no items awaiting approval");
+            }
+            for h in &held {
+                let failed: Vec<&str> =
+                    h.evals.iter().filter(|e| !e.passed).map(|e| e.evaluation_type.as_str()).collect();
+                println!(
+                    "{}  {:<14} attempt {:<2} held since {}  {}{}",
+                    h.id,
+                    h.item_type,
+                    h.attempt,
+                    h.held_since.map_or("?".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
+                    h.policy_reason.as_deref().unwrap_or(""),
+                    if failed.is_empty() { String::new() } else { format!(" (failed: {})", failed.join(", ")) }
+                );
+            }
+        }
+    }
+    Ok(())
+}
