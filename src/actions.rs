@@ -7,8 +7,8 @@ use crate::config::Settings;
 use crate::db;
 use crate::db::OpsError;
 use crate::model::{Budget, Decision, ItemStatus, NextState};
-use crate::rules::catalog::{Catalog, ContentFormat, RouteError};
-use crate::rules::decision::{Backoff, Outcome, next_state};
+use crate::policy::catalog::{Catalog, ContentFormat, RouteError};
+use crate::policy::decision::{Backoff, Outcome, next_state};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
@@ -94,7 +94,7 @@ pub async fn replay_dead_letter(
 /// Content for an item whose step takes `format`, refused as `OpsError::Invalid` with the
 /// error code the runner would record.
 pub fn check_content(text: &str, format: ContentFormat, limit: usize) -> Result<(), OpsError> {
-    crate::rules::content::parse(text, format, limit)
+    crate::policy::content::parse(text, format, limit)
         .map(|_| ())
         .map_err(|e| OpsError::Invalid { code: e.code.as_str(), message: format!("content refused: {}", e.message) })
 }

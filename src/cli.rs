@@ -136,25 +136,32 @@ pub struct BenchArgs {
     pub database_name: String,
 }
 
+/// A command-line value refused by its parser (clap prints it with the flag's name).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadValue(String);
+
 /// A duration above zero and at most an hour (the bench's agent timeout is 30 s more).
-fn agent_latency(text: &str) -> Result<std::time::Duration, String> {
-    let latency = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+fn agent_latency(text: &str) -> Result<std::time::Duration, BadValue> {
+    let latency = humantime::parse_duration(text).map_err(|e| BadValue(e.to_string()))?;
     if latency.is_zero() || latency > std::time::Duration::from_secs(3600) {
-        return Err("give a latency above 0 and at most 1h".into());
+        return Err(BadValue("give a latency above 0 and at most 1h".into()));
     }
     Ok(latency)
 }
 
 /// `orderly_bench` and names that extend it: the bench drops the database it is given, so it
 /// must never be one that holds anything but the bench's own items.
-fn scratch_database_name(name: &str) -> Result<String, String> {
+fn scratch_database_name(name: &str) -> Result<String, BadValue> {
     let plain = name.len() <= 63 && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if plain && name.starts_with("orderly_bench") {
         Ok(name.to_owned())
     } else {
-        Err("the bench drops this database: name it orderly_bench or orderly_bench_SUFFIX \
+        Err(BadValue(
+            "the bench drops this database: name it orderly_bench or orderly_bench_SUFFIX \
              (lower-case letters, digits and `_`, at most 63)"
-            .into())
+                .into(),
+        ))
     }
 }
 

@@ -14,8 +14,7 @@ use std::time::Duration;
 /// The documented defaults, shipped inside the binary so it runs from anywhere.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
-/// Upper bound of every interval, timeout and grace period (and of agent `timeout`s).
-pub const MAX_INTERVAL: Duration = Duration::from_secs(86_400);
+use crate::model::MAX_INTERVAL;
 /// Upper bound of `pruner.retention`: 100 years of 365.25 days, as humantime counts them.
 pub const MAX_RETENTION: Duration = Duration::from_secs(100 * 31_557_600);
 /// Upper bound of `limits.*` sizes: PostgreSQL stores no field larger than 1 GiB.
@@ -33,9 +32,9 @@ pub const MAX_ADMIN_CONNECTIONS: usize = 100_000;
 /// Upper bound of `notifier.concurrency` (deliveries in flight at once in one process).
 pub const MAX_NOTIFIER_CONCURRENCY: usize = 1_000;
 
-pub use crate::agent::AgentSettings;
-pub use crate::model::ConfigError;
-pub use crate::net::{REDACTED, redact_agent_url, redact_url};
+use crate::agent::AgentSettings;
+use crate::model::ConfigError;
+use crate::net::redact_url;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -648,6 +647,7 @@ pub use crate::agent::parse_duration;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::REDACTED;
 
     #[test]
     fn defaults_load_and_validate() {

@@ -6,7 +6,7 @@ use crate::agent::Registry;
 use crate::config::Settings;
 use crate::db;
 use crate::maintenance::{leader, pruner::Pruner, rescuer::Rescuer};
-use crate::rules::catalog::Catalog;
+use crate::policy::catalog::Catalog;
 use crate::worker::completer::Completer;
 use crate::worker::dispatcher::Dispatcher;
 use crate::worker::liveness::Health;
@@ -67,7 +67,7 @@ impl Engine {
             Some(pool) => pool,
             None => db::connect_engine(&settings.database.pool())
                 .await
-                .with_context(|| format!("connecting to {}", crate::config::redact_url(&settings.database.url)))?,
+                .with_context(|| format!("connecting to {}", crate::net::redact_url(&settings.database.url)))?,
         };
         let settings = Arc::new(settings);
         let worker_id =
@@ -429,7 +429,7 @@ async fn watch_task(
     failed: CancellationToken,
     task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 ) {
-    match crate::failpoint::CatchUnwind(task).await {
+    match crate::panic::CatchUnwind(task).await {
         Err(panic) => {
             tracing::error!(task = name, panic = %panic, "engine task panicked");
             failed.cancel();

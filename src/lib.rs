@@ -4,26 +4,29 @@
 //! executed by an agent (`agent`, `worker::runner`) → evaluated and approved
 //! (`worker::review`) → recorded by the only writer after a run (`worker::completer`). `daemon`
 //! composes the pieces; `db` holds every SQL statement; `model` is the shared vocabulary;
-//! `rules` (routing catalog, state rules) is read by the hot path, the rescuer and operators
+//! `policy` (routing catalog, content formats, state rules) is read by the hot path, the rescuer and operators
 //! alike; `cmd` holds the subcommands and `actions` what operators do through any surface.
 
 pub mod actions;
 pub mod admin;
 pub mod agent;
+pub mod bench;
 pub mod calendar;
 pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod daemon;
 pub mod db;
+pub mod demo;
 pub mod failpoint;
 pub mod leadership;
 pub mod maintenance;
 pub mod metrics;
 pub mod model;
 pub mod net;
+pub mod panic;
 pub mod periodic;
-pub mod rules;
+pub mod policy;
 pub mod sdnotify;
 pub mod sla;
 pub mod telemetry;
@@ -47,7 +50,7 @@ pub async fn run_command(
             }
             daemon::run(settings, &registry).await
         }
-        Command::Demo(args) => cmd::demo::run(settings, args).await,
+        Command::Demo(args) => demo::run(settings, args).await,
         Command::Enqueue(args) => cmd::enqueue::run(&settings, args).await,
         Command::Status { json } => cmd::status::run(&settings, json).await,
         Command::DeadLetters(command) => cmd::dead_letters::run(&settings, command).await,
@@ -63,6 +66,6 @@ pub async fn run_command(
         Command::CheckConfig => cmd::check_config::run(&settings, &registry),
         Command::Health { timeout } => cmd::health::run(&settings, timeout).await,
         Command::Roles { prefix, print } => cmd::roles::run(&settings, &prefix, print).await,
-        Command::Bench(args) => cmd::bench::run(settings, args).await,
+        Command::Bench(args) => bench::run(settings, args).await,
     }
 }

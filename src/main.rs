@@ -51,7 +51,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // Exit codes: 2 for what the operator must fix in the configuration (as at load),
         // 1 for everything that failed at run time.
-        Err(e) if e.downcast_ref::<orderly::config::ConfigError>().is_some() => {
+        Err(e) if e.downcast_ref::<orderly::model::ConfigError>().is_some() => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }

@@ -129,6 +129,10 @@ labels!(
     }
 );
 
+/// Upper bound of every interval, timeout and grace period in the configuration, and of an
+/// agent's or a workflow step's `timeout`: one day.
+pub const MAX_INTERVAL: std::time::Duration = std::time::Duration::from_secs(86_400);
+
 /// A configuration the operator must fix: the key and what is wrong with it (exit code 2).
 /// Shared by the configuration and the agent kinds that validate their own options.
 #[derive(Debug, thiserror::Error)]

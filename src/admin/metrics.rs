@@ -9,7 +9,7 @@
 //! - database gauges (queue depth by status and type, the oldest runnable item's age, open
 //!   dead letters, items awaiting approval), which describe the whole database, not this
 //!   process: only the elected leader refreshes them, every `admin.gauge_interval`, with
-//!   statements that read the partial indexes of live rows (`db::admin`); the other
+//!   statements that read the partial indexes of live rows (`db::gauges`); the other
 //!   replicas omit them, and so does a leader whose last good refresh is older than three
 //!   intervals (the database is unreachable). Scrape every replica and the series exist
 //!   exactly once; `orderly_leader` says which one carries them.
@@ -18,7 +18,7 @@
 
 use super::AdminState;
 use crate::db;
-use crate::db::admin::Depth;
+use crate::db::gauges::Depth;
 use crate::metrics::{HistogramSnapshot, Histograms, Metrics};
 use crate::model::ItemStatus;
 use axum::extract::State;
@@ -80,7 +80,7 @@ pub async fn refresh_gauges(
     let mut election_over = false;
     loop {
         if leadership.is_leader() {
-            match tokio::time::timeout(interval, db::admin::gauges(&pool)).await {
+            match tokio::time::timeout(interval, db::gauges::gauges(&pool)).await {
                 Ok(Ok((depth, open_dead_letters))) => {
                     gauges.set(Some(Refreshed { at: Instant::now(), depth, open_dead_letters }))
                 }

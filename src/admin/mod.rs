@@ -19,7 +19,7 @@ pub mod web;
 
 use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::rules::catalog::Catalog;
+use crate::policy::catalog::Catalog;
 use crate::worker::InFlight;
 use anyhow::Context;
 use sqlx::PgPool;

@@ -115,11 +115,11 @@ async fn database_checks(state: &AdminState) -> (Check, Check, Option<db::leader
             Ok(conn) => conn,
             Err(e) => return (failed(format!("no connection: {}", db::describe_error(&e))), unknown(), None),
         };
-        if let Err(e) = db::admin::ping(&mut conn).await {
+        if let Err(e) = db::gauges::ping(&mut conn).await {
             return (failed(format!("SELECT 1 failed: {}", db::describe_error(&e))), unknown(), None);
         }
         let database = Check { ok: true, detail: "answers".to_owned() };
-        let migrations = match db::admin::applied_migration(&mut conn).await {
+        let migrations = match db::gauges::applied_migration(&mut conn).await {
             Ok(applied) if applied.is_some() && applied == expected => {
                 Check { ok: true, detail: format!("at version {}", applied.unwrap_or_default()) }
             }

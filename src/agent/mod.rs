@@ -205,18 +205,18 @@ fn looks_like_url(text: &str) -> bool {
     text.contains("://") && reqwest::Url::parse(text).is_ok_and(|u| u.has_host())
 }
 
-/// Upper bound of an agent's `timeout` (and of a workflow step's): one day.
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
-
 /// Parses a duration option of an agent (`timeout = "30s"`), naming the key on error. It must
-/// be greater than zero and at most [`MAX_TIMEOUT`].
+/// be greater than zero and at most [`crate::model::MAX_INTERVAL`].
 pub fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
     let duration =
         humantime::parse_duration(value).map_err(|e| ConfigError::invalid(key, format!("`{value}`: {e}")))?;
-    if duration.is_zero() || duration > MAX_TIMEOUT {
+    if duration.is_zero() || duration > crate::model::MAX_INTERVAL {
         return Err(ConfigError::invalid(
             key,
-            format!("must be greater than 0 and at most {}, not {value}", humantime::format_duration(MAX_TIMEOUT)),
+            format!(
+                "must be greater than 0 and at most {}, not {value}",
+                humantime::format_duration(crate::model::MAX_INTERVAL)
+            ),
         ));
     }
     Ok(duration)

@@ -3,7 +3,8 @@
 
 use crate::admin::auth::{generate_token, sha256_hex};
 use crate::cli::AdminTokenArgs;
-use crate::config::{AdminToken, ConfigError, TokenScope, validate_tokens};
+use crate::config::{AdminToken, TokenScope, validate_tokens};
+use crate::model::ConfigError;
 
 pub fn run(args: AdminTokenArgs) -> anyhow::Result<()> {
     let scope = if args.scope == "operate" { TokenScope::Operate } else { TokenScope::Read };

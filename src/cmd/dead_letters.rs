@@ -6,7 +6,7 @@ use crate::cli::DeadLetterCommand;
 use crate::config::Settings;
 use crate::db;
 use crate::model::DeadLetterReason;
-use crate::rules::catalog::Catalog;
+use crate::policy::catalog::Catalog;
 use anyhow::Context;
 use std::sync::Arc;
 
@@ -92,7 +92,7 @@ pub async fn run(settings: &Settings, command: DeadLetterCommand) -> anyhow::Res
                 Some(path) => {
                     // Refuse what is over the limit before reading it.
                     let size = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?.len();
-                    if let Err(e) = crate::rules::content::check_size(size.try_into().unwrap_or(usize::MAX), limit) {
+                    if let Err(e) = crate::policy::content::check_size(size.try_into().unwrap_or(usize::MAX), limit) {
                         anyhow::bail!("content refused: {} ({}); nothing was replayed", e.message, e.code);
                     }
                     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;

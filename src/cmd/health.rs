@@ -4,8 +4,9 @@
 //! (`/readyz`) exists. It checks the database and the schema, not a running daemon's loops
 //! (under systemd, the watchdog does that: docs/operations.md).
 
-use crate::config::{Settings, redact_url};
+use crate::config::Settings;
 use crate::db;
+use crate::net::redact_url;
 use std::time::Duration;
 
 pub async fn run(settings: &Settings, timeout: Duration) -> anyhow::Result<()> {

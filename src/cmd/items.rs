@@ -6,7 +6,7 @@ use crate::actions;
 use crate::cli::{ApprovalCommand, ItemCommand};
 use crate::config::Settings;
 use crate::db;
-use crate::rules::catalog::Catalog;
+use crate::policy::catalog::Catalog;
 use std::sync::Arc;
 
 pub async fn run(settings: &Settings, command: ItemCommand) -> anyhow::Result<()> {

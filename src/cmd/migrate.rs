@@ -1,8 +1,9 @@
 //! `orderly migrate`: create the database if it is missing, apply the migrations.
 
 use super::unreachable_hint;
-use crate::config::{Settings, redact_url};
+use crate::config::Settings;
 use crate::db;
+use crate::net::redact_url;
 use anyhow::Context;
 
 pub async fn run(settings: &Settings) -> anyhow::Result<()> {

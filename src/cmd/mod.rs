@@ -3,12 +3,10 @@
 //! an operator can do, shared with the admin API) or `db`.
 
 pub mod admin_token;
-pub mod bench;
 pub mod cancel;
 pub mod check_config;
 pub mod dead_letters;
 pub mod decide;
-pub mod demo;
 pub mod enqueue;
 pub mod escalations;
 pub mod health;
@@ -18,8 +16,9 @@ pub mod roles;
 pub mod schedules;
 pub mod status;
 
-use crate::config::{Settings, redact_url};
+use crate::config::Settings;
 use crate::db;
+use crate::net::redact_url;
 use sqlx::PgPool;
 
 /// Connects, explaining how to fix an unreachable database (`orderly migrate`, `orderly
@@ -33,7 +32,7 @@ pub async fn connect_unmigrated(settings: &Settings) -> anyhow::Result<PgPool> {
 pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
     let pool = connect_unmigrated(settings).await?;
     let mut conn = pool.acquire().await?;
-    if db::admin::applied_migration(&mut conn).await?.is_none() {
+    if db::gauges::applied_migration(&mut conn).await?.is_none() {
         anyhow::bail!(
             "the database at {} has no orderly tables: run `orderly migrate` first",
             redact_url(&settings.database.url)

@@ -1,8 +1,9 @@
 //! `orderly roles`: create or update the least-privilege roles, their grants and the
 //! row-level security policies in the configured database (`db::roles`), or print the SQL.
 
-use crate::config::{Settings, redact_url};
+use crate::config::Settings;
 use crate::db::roles::{self, Roles};
+use crate::net::redact_url;
 
 pub async fn run(settings: &Settings, prefix: &str, print: bool) -> anyhow::Result<()> {
     let roles = Roles::new(prefix).map_err(|e| anyhow::anyhow!(e))?;

@@ -4,13 +4,11 @@
 //! model's label enums by the `Decode` impls below. Rows are mapped by
 //! `#[derive(sqlx::FromRow)]` structs (by column name) or tuples (by position).
 
-pub mod admin;
 pub mod approvals;
 mod audit;
-pub mod bench;
 pub mod catalog;
 pub mod dead_letters;
-pub mod demo;
+pub mod gauges;
 pub mod items;
 pub mod leader;
 pub mod maintenance;

@@ -19,6 +19,11 @@
 
 use sqlx::PgPool;
 
+/// A role prefix that is not a plain SQL identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadPrefix(String);
+
 /// The four roles' names, from a prefix (`orderly` → `orderly_owner`, …).
 #[derive(Debug, Clone)]
 pub struct Roles {
@@ -30,13 +35,15 @@ pub struct Roles {
 
 impl Roles {
     /// `prefix` must be a plain SQL identifier (letters, digits, `_`), checked here.
-    pub fn new(prefix: &str) -> Result<Roles, String> {
+    pub fn new(prefix: &str) -> Result<Roles, BadPrefix> {
         let valid = !prefix.is_empty()
             && prefix.len() <= 40
             && prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
             && !prefix.starts_with(|c: char| c.is_ascii_digit());
         if !valid {
-            return Err(format!("role prefix {prefix:?} must be lower-case letters, digits and _ (at most 40)"));
+            return Err(BadPrefix(format!(
+                "role prefix {prefix:?} must be lower-case letters, digits and _ (at most 40)"
+            )));
         }
         Ok(Roles {
             owner: format!("{prefix}_owner"),

@@ -6,7 +6,7 @@ use crate::config::Settings;
 use crate::db;
 use crate::db::maintenance::ExpiredItem;
 use crate::model::{AttemptStatus, Budget, Completion, DeadLetterReason, ErrorCode, ErrorInfo, NextState};
-use crate::rules::catalog::{Catalog, RouteError};
+use crate::policy::catalog::{Catalog, RouteError};
 use serde_json::json;
 use sqlx::PgPool;
 use std::collections::HashMap;

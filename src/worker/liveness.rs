@@ -14,6 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// Why the engine is not healthy, for the log (and the watchdog's silence).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unhealthy(pub String);
+
 /// The engine's health, cloneable so that a watchdog task can read it while the engine runs.
 #[derive(Clone, Debug)]
 pub struct Health {
@@ -49,9 +54,9 @@ impl Health {
 
     /// `Ok` while no engine task failed and no loop has been busy with one step for longer
     /// than the stall timeout; otherwise why not, for the log.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), Unhealthy> {
         if self.failed.is_cancelled() {
-            return Err("an engine task died".into());
+            return Err(Unhealthy("an engine task died".into()));
         }
         let now = self.origin.elapsed().as_millis() as u64 + 1;
         let beats = self.beats.lock().unwrap_or_else(|p| p.into_inner());
@@ -60,11 +65,11 @@ impl Health {
             if since != 0 {
                 let busy = Duration::from_millis(now.saturating_sub(since));
                 if busy > self.stall_timeout {
-                    return Err(format!(
+                    return Err(Unhealthy(format!(
                         "the {name} has been stuck in one step for {} (worker.stall_timeout = {})",
                         humantime::format_duration(Duration::from_secs(busy.as_secs())),
                         humantime::format_duration(self.stall_timeout)
-                    ));
+                    )));
                 }
             }
         }
@@ -102,7 +107,7 @@ mod tests {
         assert!(health.healthy());
         std::thread::sleep(Duration::from_millis(80));
         let why = health.check().unwrap_err();
-        assert!(why.contains("dispatcher"), "{why}");
+        assert!(why.0.contains("dispatcher"), "{why}");
         dispatcher.idle();
         assert!(health.healthy(), "waiting is never wedged");
         dispatcher.busy();

@@ -3,7 +3,7 @@
 
 use crate::config::PolicyKind;
 use crate::model::{ApprovalRecord, Decision, EvalRecord};
-use crate::rules::catalog::{JSON_SCHEMA, SchemaState};
+use crate::policy::catalog::{JSON_SCHEMA, SchemaState};
 use serde_json::{Value, json};
 
 /// Most validation errors kept in an eval's metrics.

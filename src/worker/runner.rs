@@ -8,10 +8,10 @@ use crate::agent::{
 };
 use crate::config::Settings;
 use crate::db::queue::{ClaimedItem, MemDoc};
-use crate::failpoint::CatchUnwind;
 use crate::model::{AttemptStatus, Completion, Decision, ErrorCode, ErrorInfo, NextState};
-use crate::rules::catalog::{Catalog, ContentFormat, JSON_SCHEMA, RouteError, SchemaState};
-use crate::rules::decision::{self, Backoff, Budget, Outcome};
+use crate::panic::CatchUnwind;
+use crate::policy::catalog::{Catalog, ContentFormat, JSON_SCHEMA, RouteError, SchemaState};
+use crate::policy::decision::{self, Backoff, Budget, Outcome};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Instant;
@@ -269,19 +269,19 @@ fn completion(
 
 /// The content as the agent receives it, or the permanent error that makes it unusable.
 pub fn content_value(item: &ClaimedItem, format: ContentFormat, limit: usize) -> Result<Value, AgentError> {
-    let refused = |e: crate::rules::content::ContentRefused| AgentError::permanent(e.code, e.message);
+    let refused = |e: crate::policy::content::ContentRefused| AgentError::permanent(e.code, e.message);
     let Some(text) = item.content.as_deref() else {
         // Not loaded: larger than the limit.
         return Err(refused(
-            crate::rules::content::check_size(item.content_bytes.max(0) as usize, limit).err().unwrap_or_else(|| {
-                crate::rules::content::ContentRefused {
+            crate::policy::content::check_size(item.content_bytes.max(0) as usize, limit).err().unwrap_or_else(|| {
+                crate::policy::content::ContentRefused {
                     code: ErrorCode::ContentTooLarge,
                     message: format!("content is {} bytes; limits.max_content_bytes is {limit}", item.content_bytes),
                 }
             }),
         ));
     };
-    crate::rules::content::parse(text, format, limit).map_err(refused)
+    crate::policy::content::parse(text, format, limit).map_err(refused)
 }
 
 fn envelope(

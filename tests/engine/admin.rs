@@ -4,7 +4,7 @@
 
 use crate::common::*;
 use orderly::db::ENGINE_PLANNER_SETTINGS;
-use orderly::db::admin::{OPEN_DEAD_LETTERS_SQL, QUEUE_DEPTH_SQL};
+use orderly::db::gauges::{OPEN_DEAD_LETTERS_SQL, QUEUE_DEPTH_SQL};
 use serde_json::Value;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
@@ -420,7 +420,7 @@ async fn gauge_statements_read_only_the_partial_indexes() {
     assert!(!dead.contains("Seq Scan"), "open dead letters scan the table:\n{dead}");
 
     // And the statements give the right numbers.
-    let (rows, open) = orderly::db::admin::gauges(&db.pool).await.unwrap();
+    let (rows, open) = orderly::db::gauges::gauges(&db.pool).await.unwrap();
     let by_status: BTreeMap<String, i64> = rows.iter().map(|d| (d.status.to_string(), d.count)).collect();
     assert_eq!(
         by_status,

@@ -22,7 +22,7 @@ async fn claim_and_vanish(db: &TestDb, worker: &str) -> db::queue::ClaimedItem {
 
 fn rescuer(db: &TestDb, toml: &str) -> Rescuer {
     let settings = Arc::new(db.settings(toml));
-    let catalog = Arc::new(orderly::rules::catalog::Catalog::new(db.pool.clone(), settings.clone()));
+    let catalog = Arc::new(orderly::policy::catalog::Catalog::new(db.pool.clone(), settings.clone()));
     Rescuer {
         pool: db.pool.clone(),
         catalog,

@@ -4,8 +4,8 @@
 
 use crate::common::*;
 use orderly::agent::{Agent, AgentError, AgentRequest, AgentSpec, BoxFuture, Executor, Registry};
-use orderly::config::ConfigError;
 use orderly::daemon::Engine;
+use orderly::model::ConfigError;
 use orderly::model::ErrorCode;
 use serde_json::{Value, json};
 use std::sync::Arc;

@@ -78,7 +78,6 @@ pub(super) async fn decide(
     .map(|next| {
         let verb = if decision == Decision::Approved { "Approved" } else { "Rejected" };
         format!("{verb} item {}: it is {}.", short(id), next.item_status().as_str())
-    })
-    .map_err(|e| describe(&e));
-    done(&state, &signed, result, &back(&form, "/approvals"))
+    });
+    done(&state, &signed, said(result, None), &back(&form, "/approvals"))
 }

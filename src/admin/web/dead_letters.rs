@@ -212,13 +212,12 @@ pub(super) async fn replay(
             if r.content_replaced { " with the new content" } else { "" },
             r.warning.map(|w| format!(" Warning: {w}")).unwrap_or_default()
         )
-    })
-    .map_err(|e| format!("Not replayed: {}", describe(&e)));
+    });
     let to = match &result {
         Ok(_) => back(&form, "/dead-letters"),
         Err(_) => format!("/dead-letters/{id}"),
     };
-    done(&state, &signed, result, &to)
+    done(&state, &signed, said(result, Some("Not replayed")), &to)
 }
 
 pub(super) async fn discard(
@@ -237,10 +236,8 @@ pub(super) async fn discard(
     let reason = form.get("reason").map(String::as_str);
     let result = actions::discard_dead_letter(&state.ops, id, &signed.session.identity.name, reason)
         .await
-        .map(|item| format!("Discarded dead letter {}: item {} stays FAILED.", short(id), short(item)))
-        .map_err(|e| describe(&e));
-    let result = result.map_err(|e| format!("Not discarded: {e}"));
-    done(&state, &signed, result, &back(&form, "/dead-letters"))
+        .map(|item| format!("Discarded dead letter {}: item {} stays FAILED.", short(id), short(item)));
+    done(&state, &signed, said(result, Some("Not discarded")), &back(&form, "/dead-letters"))
 }
 
 pub(super) async fn bulk(
@@ -266,9 +263,8 @@ pub(super) async fn bulk(
         Some("discard") => actions::Bulk::Discard { reason: get("reason").unwrap_or("").trim().to_owned() },
         _ => return error_page(&signed, api::ApiError::bad_request("action must be replay or discard")),
     };
-    let result = actions::bulk_dead_letters(&state.ops, &filter, limit, &action, &signed.session.identity.name)
-        .await
-        .map(|r| {
+    let result =
+        actions::bulk_dead_letters(&state.ops, &filter, limit, &action, &signed.session.identity.name).await.map(|r| {
             let verb = if r.action == "replay" { "Replayed" } else { "Discarded" };
             let mut text = format!("{verb} {} of {} matching dead letter(s)", r.done.len(), r.matched);
             if !r.failed.is_empty() {
@@ -276,7 +272,6 @@ pub(super) async fn bulk(
             }
             text.push_str(&format!("; {} still open.", r.left));
             text
-        })
-        .map_err(|e| describe(&e));
-    done(&state, &signed, result, &back(&form, "/dead-letters"))
+        });
+    done(&state, &signed, said(result, None), &back(&form, "/dead-letters"))
 }

@@ -70,7 +70,6 @@ pub(super) async fn escalation_action(
     let reason = form.get("reason").map(String::as_str);
     let result = actions::act_on_escalation(&state.ops, id, action, &signed.session.identity.name, reason)
         .await
-        .map(|()| format!("{verb} escalation {}.", short(id)))
-        .map_err(|e| describe(&e));
-    done(&state, &signed, result, &back(&form, "/escalations"))
+        .map(|()| format!("{verb} escalation {}.", short(id)));
+    done(&state, &signed, said(result, None), &back(&form, "/escalations"))
 }

@@ -138,12 +138,23 @@ pub(super) fn back(form: &HashMap<String, String>, default: &str) -> String {
         .unwrap_or_else(|| default.to_owned())
 }
 
-/// Records the outcome for the next page and redirects there (POST, then redirect).
-pub(super) fn done(state: &AdminState, signed: &Signed, result: Result<String, String>, to: &str) -> Response {
-    let flash = match result {
+/// What an action did, for the next page: its message, or why it was refused (after
+/// `refused`, what was not done, when given).
+pub(super) fn said(result: Result<String, OpsError>, refused: Option<&str>) -> Flash {
+    match result {
         Ok(text) => Flash { ok: true, text },
-        Err(text) => Flash { ok: false, text },
-    };
+        Err(e) => Flash {
+            ok: false,
+            text: match refused {
+                Some(what) => format!("{what}: {}", describe(&e)),
+                None => describe(&e),
+            },
+        },
+    }
+}
+
+/// Records the outcome for the next page and redirects there (POST, then redirect).
+pub(super) fn done(state: &AdminState, signed: &Signed, flash: Flash, to: &str) -> Response {
     state.sessions.set_flash(&signed.cookie, flash);
     Redirect::to(to).into_response()
 }

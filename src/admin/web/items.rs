@@ -177,7 +177,6 @@ pub(super) async fn cancel(
         .map(|done| match done.first().and_then(|c| c.interrupted_attempt) {
             Some(n) => format!("Cancelled item {}: its running attempt {n} was interrupted.", short(id)),
             None => format!("Cancelled item {}.", short(id)),
-        })
-        .map_err(|e| describe(&e));
-    done(&state, &signed, result, &back(&form, &format!("/items/{id}")))
+        });
+    done(&state, &signed, said(result, None), &back(&form, &format!("/items/{id}")))
 }

@@ -16,8 +16,8 @@ pub mod email;
 pub mod slack;
 pub mod webhook;
 
-use crate::config::REDACTED;
 use crate::db::notifications::Claimed;
+use crate::net::REDACTED;
 use crate::net::{self, Redirects};
 use reqwest::{StatusCode, Url};
 use serde::de::DeserializeOwned;
@@ -140,7 +140,7 @@ fn http_url(text: &str) -> Result<Url, Delivery> {
 /// What a delivery's errors may show of a URL: the agents' redaction (user name, password,
 /// query values and fragment hidden).
 fn shown_url(url: &Url) -> String {
-    crate::config::redact_agent_url(url.as_str())
+    crate::net::redact_agent_url(url.as_str())
 }
 
 /// Sends a prepared POST and classifies the answer: 2xx delivered; 408, 429, 5xx and

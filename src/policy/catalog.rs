@@ -237,13 +237,13 @@ pub fn resolve_step(
         ));
     }
     if let Some(timeout) = step.timeout
-        && (timeout.is_zero() || timeout > crate::config::MAX_INTERVAL)
+        && (timeout.is_zero() || timeout > crate::model::MAX_INTERVAL)
     {
         return Err(RouteError::invalid(
             ErrorCode::WorkflowInvalid,
             format!(
                 "workflow template `{workflow_id}` step {item_type}: timeout must be greater than 0 and at most {}",
-                humantime::format_duration(crate::config::MAX_INTERVAL)
+                humantime::format_duration(crate::model::MAX_INTERVAL)
             ),
         ));
     }

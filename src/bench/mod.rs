@@ -9,8 +9,10 @@
 //! ([`LatencyAgent`]). The report then adds the ideal throughput (concurrency / latency),
 //! the measured share of it, and how many requests the agent held at once.
 
-use super::unreachable_hint;
+pub mod sql;
+
 use crate::cli::{BenchArgs, BenchShape};
+use crate::cmd::unreachable_hint;
 use crate::config::Settings;
 use crate::db;
 use anyhow::Context;
@@ -118,10 +120,10 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
         history: args.history,
         ..BenchReport::default()
     };
-    (report.fsync, report.synchronous_commit) = db::bench::durability_settings(&pool).await?;
+    (report.fsync, report.synchronous_commit) = sql::durability_settings(&pool).await?;
     if args.history > 0 {
         say(format!("pre-filling {} finished items with their attempts…", args.history));
-        db::bench::prefill_history(&pool, args.history as i64).await?;
+        sql::prefill_history(&pool, args.history as i64).await?;
     }
 
     say(format!("enqueueing {} items ({} per order) with batched INSERTs…", args.items, args.items_per_order));
@@ -151,7 +153,7 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
         ),
         None => "processing with `orderly run`…".into(),
     });
-    let started = db::bench::now(&pool).await?;
+    let started = sql::now(&pool).await?;
     let (bench_cpu_before, _) = process_usage(std::process::id());
     let daemon = spawn_daemon(&config, &url)?;
     wait_drained(&pool, Duration::from_secs(3600)).await?;
@@ -163,7 +165,7 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
     }
     // The end is the last recorded attempt on the database clock, so the (deliberately
     // infrequent) drain poll does not blur the figure.
-    let finished = db::bench::last_completion(&pool).await?.unwrap_or(started);
+    let finished = sql::last_completion(&pool).await?.unwrap_or(started);
     report.processing_seconds = (finished - started).num_microseconds().unwrap_or(0) as f64 / 1e6;
     report.processing_items_per_s = args.items as f64 / report.processing_seconds;
     report.ratio_to_ideal = report.ideal_items_per_s.map(|ideal| report.processing_items_per_s / ideal);
@@ -193,28 +195,28 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
     let mut pickups = Vec::new();
     for _ in 0..args.pickup_samples {
         tokio::time::sleep(Duration::from_millis(15)).await;
-        pickups.push(db::bench::timed_single_insert(&mut *pool.acquire().await?).await?);
+        pickups.push(sql::timed_single_insert(&mut *pool.acquire().await?).await?);
     }
     let mut fresh = Vec::new();
     for _ in 0..args.pickup_samples {
         tokio::time::sleep(Duration::from_millis(15)).await;
         let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await?;
-        fresh.push(db::bench::timed_single_insert(&mut conn).await?);
+        fresh.push(sql::timed_single_insert(&mut conn).await?);
         sqlx::Connection::close(conn).await?;
     }
     wait_drained(&pool, Duration::from_secs(60)).await?;
-    report.pickup_ms = Percentiles::of(db::bench::pickup_latencies(&pool, &pickups).await?);
-    report.pickup_new_connection_ms = Percentiles::of(db::bench::pickup_latencies(&pool, &fresh).await?);
+    report.pickup_ms = Percentiles::of(sql::pickup_latencies(&pool, &pickups).await?);
+    report.pickup_new_connection_ms = Percentiles::of(sql::pickup_latencies(&pool, &fresh).await?);
 
     // The upstream's first INSERT on a new connection, against the same INSERT into a copy of
     // the table without orderly's trigger and queue indexes, alternating, on the live engine.
     say("first INSERT on a new connection: work_items and a plain copy…".into());
-    let order = db::bench::create_plain_copy(&pool).await?;
+    let order = sql::create_plain_copy(&pool).await?;
     let (mut ours, mut plain) = (Vec::new(), Vec::new());
     for _ in 0..args.pickup_samples {
         tokio::time::sleep(Duration::from_millis(5)).await;
-        plain.push(db::bench::first_insert_ms(&url, db::bench::InsertTarget::PlainCopy, order).await?);
-        ours.push(db::bench::first_insert_ms(&url, db::bench::InsertTarget::WorkItems, order).await?);
+        plain.push(sql::first_insert_ms(&url, sql::InsertTarget::PlainCopy, order).await?);
+        ours.push(sql::first_insert_ms(&url, sql::InsertTarget::WorkItems, order).await?);
     }
     wait_drained(&pool, Duration::from_secs(60)).await?;
     report.first_insert_ms = Percentiles::of(ours);
@@ -223,11 +225,11 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
 
     let offered = (report.processing_items_per_s * 0.5).clamp(100.0, 20_000.0);
     say(format!("end-to-end latency at {offered:.0} items/s offered for 3s…"));
-    let marker = db::bench::now(&pool).await?;
+    let marker = sql::now(&pool).await?;
     offer_load(&pool, offered, Duration::from_secs(3)).await?;
     wait_drained(&pool, Duration::from_secs(120)).await?;
     report.end_to_end_offered_per_s = offered;
-    report.end_to_end_ms = Percentiles::of(db::bench::end_to_end_since(&pool, marker).await?);
+    report.end_to_end_ms = Percentiles::of(sql::end_to_end_since(&pool, marker).await?);
 
     let (_, latency_rss) = process_usage(daemon.id());
     stop_daemon(daemon);
@@ -360,18 +362,18 @@ fn stop_daemon(mut daemon: Child) {
 /// The database's counters once every other connection has closed. A backend publishes its
 /// transaction and row counts at most once a second, an idle one after up to 10 s, and
 /// always when it exits; the bench's own connection is told to publish first.
-async fn settled_counters(pool: &PgPool) -> anyhow::Result<db::bench::DbCounters> {
+async fn settled_counters(pool: &PgPool) -> anyhow::Result<sql::DbCounters> {
     let start = Instant::now();
-    while db::bench::other_connections(pool).await? > 0 {
+    while sql::other_connections(pool).await? > 0 {
         anyhow::ensure!(start.elapsed() < Duration::from_secs(30), "other connections still open after 30s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(db::bench::flushed_counters(pool).await?)
+    Ok(sql::flushed_counters(pool).await?)
 }
 
 async fn wait_listening(pool: &PgPool, deadline: Duration) -> anyhow::Result<()> {
     let start = Instant::now();
-    while !db::bench::anyone_listening(pool).await? {
+    while !sql::anyone_listening(pool).await? {
         anyhow::ensure!(start.elapsed() < deadline, "the daemon did not LISTEN within {deadline:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -399,7 +401,7 @@ async fn enqueue(pool: &PgPool, items: usize, per_order: usize, shape: BenchShap
     let per_order = per_order.max(1);
     let orders = items.div_ceil(per_order);
     if shape == BenchShape::Bulk {
-        db::bench::insert_bulk_interleaved(pool, orders, per_order).await?;
+        sql::insert_bulk_interleaved(pool, orders, per_order).await?;
         return Ok(());
     }
     // Upstreams insert in their own transactions; a few run concurrently here.
@@ -413,7 +415,7 @@ async fn enqueue(pool: &PgPool, items: usize, per_order: usize, shape: BenchShap
                 let n = per_order.min(items - o * per_order);
                 let priority = (shape == BenchShape::Priorities).then(|| ["LOW", "MEDIUM", "HIGH", "URGENT"][o % 4]);
                 let delayed = if shape == BenchShape::Delayed { 0.1 } else { 0.0 };
-                db::bench::insert_order_with_items(&pool, n, priority, delayed).await?;
+                sql::insert_order_with_items(&pool, n, priority, delayed).await?;
                 o += chunks;
             }
             Ok::<_, sqlx::Error>(())
@@ -428,7 +430,7 @@ async fn enqueue(pool: &PgPool, items: usize, per_order: usize, shape: BenchShap
 async fn wait_drained(pool: &PgPool, deadline: Duration) -> anyhow::Result<()> {
     let start = Instant::now();
     // Polled every 100ms: a tight poll would itself load the database being measured.
-    while db::bench::any_live(pool).await? {
+    while sql::any_live(pool).await? {
         anyhow::ensure!(start.elapsed() < deadline, "items still live after {deadline:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -441,7 +443,7 @@ async fn offer_load(pool: &PgPool, per_second: f64, duration: Duration) -> anyho
     let start = Instant::now();
     let mut next = start;
     while start.elapsed() < duration {
-        db::bench::insert_order_with_items(pool, batch, None, 0.0).await?;
+        sql::insert_order_with_items(pool, batch, None, 0.0).await?;
         next += interval;
         tokio::time::sleep_until(next.into()).await;
     }

@@ -157,13 +157,13 @@ pub async fn anyone_listening(pool: &PgPool) -> Result<bool, sqlx::Error> {
                           AND l.mode = 'ExclusiveLock' AND l.objsubid = 1
                           AND l.classid = ($1 >> 32)::oid AND l.objid = ($1 & 4294967295)::oid)",
     )
-    .bind(super::WAKE_LOCK)
+    .bind(crate::db::WAKE_LOCK)
     .fetch_one(pool)
     .await
 }
 
 pub async fn now(pool: &PgPool) -> Result<DateTime<Utc>, sqlx::Error> {
-    super::now(pool).await
+    crate::db::now(pool).await
 }
 
 /// Inserts one item in its own transaction; returns the item and the database time just

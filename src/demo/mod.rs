@@ -3,9 +3,11 @@
 //! one that is sometimes too slow, one answering garbage), enqueues realistic work orders with
 //! plain INSERTs, runs the engine, shows progress and ends with a summary.
 
-use super::unreachable_hint;
+pub mod sql;
+
 use crate::agent::Registry;
 use crate::cli::DemoArgs;
+use crate::cmd::unreachable_hint;
 use crate::config::Settings;
 use crate::daemon::Engine;
 use crate::db;
@@ -21,7 +23,7 @@ const DEMO_DB: &str = "orderly_demo";
 
 pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     let url = scratch_url(&settings.database.url)?;
-    println!("orderly demo: scratch database {}", crate::config::redact_url(&url));
+    println!("orderly demo: scratch database {}", crate::net::redact_url(&url));
     db::drop_database(&url).await.map_err(|e| unreachable_hint(&url, e))?;
     db::ensure_database(&url).await.map_err(|e| unreachable_hint(&url, e))?;
 
@@ -35,8 +37,8 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     let engine = Engine::start(demo_settings, &Registry::builtin(), None).await?;
     let pool = engine.pool.clone();
     seed_catalog(&pool).await?;
-    db::demo::seed_demo_sla(&pool, &format!("{}/oncall", agents.base), 600).await?;
-    db::demo::seed_demo_schedule(&pool).await?;
+    sql::seed_demo_sla(&pool, &format!("{}/oncall", agents.base), 600).await?;
+    sql::seed_demo_schedule(&pool).await?;
 
     let started = Instant::now();
     let total = enqueue_orders(&pool, args.orders).await?;
@@ -47,7 +49,7 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     // at most).
     tokio::time::sleep(Duration::from_millis(600)).await;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while db::demo::pending_notifications(&pool).await? > 0 && Instant::now() < deadline {
+    while sql::pending_notifications(&pool).await? > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     engine.shutdown(CancellationToken::new()).await;
@@ -183,7 +185,7 @@ async fn seed_catalog(pool: &PgPool) -> anyhow::Result<()> {
         "required": ["vendor", "total", "currency"],
         "properties": {"vendor": {"type": "string"}, "total": {"type": "number"}, "currency": {"type": "string"}}
     });
-    db::demo::seed_demo_catalog(
+    sql::seed_demo_catalog(
         pool,
         invoice_schema,
         json!({"steps": {"INVOICE": {"agent": "extractor", "approval": "require_passing_evals"}}}),
@@ -218,7 +220,7 @@ async fn enqueue_orders(pool: &PgPool, orders: usize) -> anyhow::Result<i64> {
             })
             .collect();
         total += items.len() as i64;
-        db::demo::insert_order_sql(pool, workflow, priority, &items).await?;
+        sql::insert_order_sql(pool, workflow, priority, &items).await?;
     }
     Ok(total)
 }
@@ -237,7 +239,7 @@ async fn show_progress(pool: &PgPool, total: i64) -> anyhow::Result<()> {
     });
     let mut last_line = Instant::now() - Duration::from_secs(2);
     loop {
-        let p = db::demo::demo_progress(pool).await?;
+        let p = sql::demo_progress(pool).await?;
         let finished = p.completed + p.failed + p.awaiting;
         let msg = format!(
             "completed {} · dead-lettered {} · retrying {} · running {}",
@@ -266,7 +268,7 @@ async fn show_progress(pool: &PgPool, total: i64) -> anyhow::Result<()> {
 }
 
 async fn print_summary(pool: &PgPool, elapsed: Duration) -> anyhow::Result<()> {
-    let s = db::demo::demo_summary(pool).await?;
+    let s = sql::demo_summary(pool).await?;
     let rate = s.items as f64 / elapsed.as_secs_f64();
     println!(
         "\norderly demo summary ({} items, {} work orders, {:.1}s, {:.0} items/s)",
@@ -299,7 +301,7 @@ async fn print_summary(pool: &PgPool, elapsed: Duration) -> anyhow::Result<()> {
     for (status, code, n) in &s.attempt_outcomes {
         println!("    {:<10} {:<22} {n}", status.as_str(), code.as_deref().unwrap_or(""));
     }
-    let (escalations, notifications) = db::demo::demo_sla(pool).await?;
+    let (escalations, notifications) = sql::demo_sla(pool).await?;
     println!("  SLA \"status reports finish quickly\" (within 600 ms):");
     for (status, n) in &escalations {
         println!("    escalations {status:<16} {n}");
@@ -311,7 +313,7 @@ async fn print_summary(pool: &PgPool, elapsed: Duration) -> anyhow::Result<()> {
         "    messages received by the on-call webhook: {}",
         ONCALL_MESSAGES.load(std::sync::atomic::Ordering::Relaxed)
     );
-    let (orders, completed) = db::demo::demo_schedule(pool).await?;
+    let (orders, completed) = sql::demo_schedule(pool).await?;
     println!("  schedule \"demo heartbeat\" (cron */2 * * * * *, every 2 s in UTC):");
     println!(
         "    orders made {orders}, completed {completed} (one per slot; `orderly schedules show \"demo heartbeat\"`)"
