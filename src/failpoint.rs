@@ -1,10 +1,9 @@
 //! Fault injection for the fault suite: `ORDERLY_FAILPOINTS=heartbeat,completer` makes the
 //! named engine loops panic when they reach their failpoint, so tests can prove that a dying
 //! task is noticed; `dispatcher_hang` makes the dispatcher stop making progress without dying
-//! (a wedged loop, which only the liveness check notices); `roll_up_before_commit` holds each
-//! completion batch for two seconds between its roll-up and its commit (`db::queue`), so a
-//! test can finish another item of the order inside that window. Read once; unset (the normal case) costs one
-//! atomic load per call.
+//! (a wedged loop, which only the liveness check notices). Failpoints sit at the edges of the
+//! engine's loops, never inside a statement's function. Read once; unset (the normal case)
+//! costs one atomic load per call.
 
 use std::sync::OnceLock;
 

@@ -145,9 +145,9 @@ pub async fn record_human_decision(pool: &PgPool, item: &HeldItem, human: &Human
         json!({ "attempt": item.attempt, "reason": human.reason, "status": human.next.item_status().as_str() }),
     )
     .await?;
-    // The order last, kept to the commit (see db::queue::lock_orders).
-    let locked = super::queue::lock_orders(&mut tx, &[item.work_order_id]).await?;
-    super::queue::roll_up_locked(&mut tx, &locked).await?;
+    // The order last, kept to the commit (see db::rollup::lock_orders).
+    let locked = super::rollup::lock_orders(&mut tx, &[item.work_order_id]).await?;
+    super::rollup::roll_up_locked(&mut tx, &locked).await?;
     tx.commit().await?;
     Ok(())
 }

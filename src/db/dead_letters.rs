@@ -119,9 +119,9 @@ pub async fn replay(pool: &PgPool, id: Uuid, content: Option<&str>, actor: &str)
         return Err(OpsError::Conflict(format!("work item {item_id} is not FAILED; nothing to replay")));
     };
     resolve(&mut tx, id, "REPLAYED").await?;
-    // Reopened: PROCESSING again. The order last, kept to the commit (db::queue::lock_orders).
-    let locked = super::queue::lock_orders(&mut tx, &[order]).await?;
-    super::queue::roll_up_locked(&mut tx, &locked).await?;
+    // Reopened: PROCESSING again. The order last, kept to the commit (db::rollup::lock_orders).
+    let locked = super::rollup::lock_orders(&mut tx, &[order]).await?;
+    super::rollup::roll_up_locked(&mut tx, &locked).await?;
     audit(
         &mut tx,
         actor,

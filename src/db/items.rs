@@ -225,7 +225,7 @@ pub async fn cancel(
 ) -> Result<Vec<Cancelled>, OpsError> {
     let mut tx = pool.begin().await?;
     // Lock the items first, in id order, then decide; the orders are locked last, for the
-    // roll-up (as every writer that finishes items does, see db::queue::lock_orders).
+    // roll-up (as every writer that finishes items does, see db::rollup::lock_orders).
     let rows: Vec<LiveRow> = match target {
         Target::Item(id) => {
             sqlx::query_as(
@@ -340,9 +340,9 @@ pub async fn cancel(
         )
         .await?;
     }
-    // Locked last and kept to the commit (see db::queue::lock_orders).
-    let locked = super::queue::lock_orders(&mut tx, &orders).await?;
-    super::queue::roll_up_locked(&mut tx, &locked).await?;
+    // Locked last and kept to the commit (see db::rollup::lock_orders).
+    let locked = super::rollup::lock_orders(&mut tx, &orders).await?;
+    super::rollup::roll_up_locked(&mut tx, &locked).await?;
     tx.commit().await?;
     Ok(done)
 }

@@ -16,6 +16,7 @@ pub mod notifications;
 pub mod orders;
 pub mod queue;
 pub mod roles;
+pub mod rollup;
 pub mod schedules;
 pub mod sla;
 

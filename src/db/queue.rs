@@ -95,7 +95,7 @@ pub struct ClaimedItem {
 /// which it takes when its statistics think the index empty (docs/guarantees.md). Orders are taken
 /// with SKIP LOCKED too (and updated by `ctid` as the items are), so a claim never waits for
 /// a writer of an order's items
-/// ([`lock_orders`]); an order it could not mark comes back with `order_unmarked` and the
+/// ([`super::rollup::lock_orders`]); an order it could not mark comes back with `order_unmarked` and the
 /// dispatcher rolls it up after the claim has committed ([`roll_up`]), which waits for that
 /// writer and then sees the claimed item. Their lock is `FOR NO KEY UPDATE`, which an
 /// upstream still adding items to the order (a key-share lock, from the foreign key) does
@@ -244,9 +244,6 @@ WITH done AS (
 SELECT id, work_order_id, attempt FROM done
 "#;
 
-/// Parameter types of [`COMPLETE_SQL`], for PREPARE.
-pub const COMPLETE_PARAM_TYPES: &str = "uuid[], int[], text[], jsonb[], bigint[], bool[], text[], text[], uuid[], text[], text[], jsonb[], text[], jsonb[], timestamptz[], int[], uuid[], uuid[], text[], float8[], jsonb[], bool[], uuid[], uuid[], text[], text[], text[], text[], uuid[], text[], text[], text[], text[], text[], int[], uuid[]";
-
 /// What a completion batch did.
 #[derive(Debug, Default, Clone)]
 pub struct CompleteReport {
@@ -268,9 +265,6 @@ pub struct CompleteReport {
 pub async fn complete_batch(pool: &PgPool, batch: &[Completion]) -> Result<CompleteReport, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let report = complete_in(&mut tx, batch).await?;
-    if crate::failpoint::armed("roll_up_before_commit") {
-        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    }
     tx.commit().await?;
     Ok(report)
 }
@@ -290,7 +284,7 @@ pub fn finishing_orders(batch: &[Completion]) -> Vec<Uuid> {
 }
 
 /// [`complete_batch`] inside the caller's transaction (the rescuer's). After the writes, locks
-/// and recomputes the orders of the items it finished ([`lock_orders`]).
+/// and recomputes the orders of the items it finished ([`super::rollup::lock_orders`]).
 pub async fn complete_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     batch: &[Completion],
@@ -302,51 +296,76 @@ pub async fn complete_in(
     let written: std::collections::HashSet<(Uuid, i32)> = done.iter().map(|(id, _, n)| (*id, *n)).collect();
     let touched: std::collections::HashSet<Uuid> = done.iter().map(|(_, order, _)| *order).collect();
     let to_roll: Vec<Uuid> = finishing_orders(batch).into_iter().filter(|order| touched.contains(order)).collect();
-    let locked = lock_orders(tx, &to_roll).await?;
-    let rolled_up = roll_up_locked(tx, &locked).await?;
+    let locked = super::rollup::lock_orders(tx, &to_roll).await?;
+    let rolled_up = super::rollup::roll_up_locked(tx, &locked).await?;
     let stale = batch.iter().map(|c| (c.item_id, c.attempt)).filter(|key| !written.contains(key)).collect();
     Ok(CompleteReport { written: written.into_iter().collect(), stale, rolled_up })
 }
 
-/// Column arrays of a completion batch, bound as `unnest` parameters.
-#[derive(Default)]
-struct Columns<'a> {
-    id: Vec<Uuid>,
-    attempt: Vec<i32>,
-    status: Vec<&'static str>,
-    output: Vec<Option<&'a Value>>,
-    delay_ms: Vec<i64>,
-    released: Vec<bool>,
-    error: Vec<Option<&'a str>>,
-    error_code: Vec<Option<&'static str>>,
-    attempt_id: Vec<Uuid>,
-    agent: Vec<&'a str>,
-    attempt_status: Vec<&'static str>,
-    input: Vec<&'a Value>,
-    worker: Vec<&'a str>,
-    usage: Vec<Option<&'a Value>>,
-    started_at: Vec<DateTime<Utc>>,
-    duration_ms: Vec<i32>,
-    ev_item: Vec<Uuid>,
-    ev_attempt: Vec<Uuid>,
-    ev_type: Vec<&'a str>,
-    ev_score: Vec<f64>,
-    ev_metrics: Vec<&'a Value>,
-    ev_passed: Vec<bool>,
-    ap_item: Vec<Uuid>,
-    ap_attempt: Vec<Uuid>,
-    ap_approver: Vec<&'a str>,
-    ap_decision: Vec<&'static str>,
-    ap_reason: Vec<Option<&'a str>>,
-    ap_policy: Vec<&'a str>,
-    dl_item: Vec<Uuid>,
-    dl_source: Vec<&'a str>,
-    dl_type: Vec<&'a str>,
-    dl_error: Vec<&'a str>,
-    dl_code: Vec<Option<&'static str>>,
-    dl_reason: Vec<&'static str>,
-    dl_retries: Vec<i32>,
-    dl_attempt: Vec<Uuid>,
+/// The completion statement's parameters, written once: each line is a field of
+/// [`Columns`] (one array, bound in this order as `$1`, `$2`, …) with its element type and the
+/// PostgreSQL array type [`COMPLETE_PARAM_TYPES`] lists for PREPARE (the plan test).
+macro_rules! completion_columns {
+    ($first:ident: $first_ty:ty => $first_sql:literal $(, $field:ident: $ty:ty => $sql:literal)* $(,)?) => {
+        /// Column arrays of a completion batch, bound as `unnest` parameters.
+        #[derive(Default)]
+        struct Columns<'a> {
+            $first: Vec<$first_ty>,
+            $($field: Vec<$ty>,)*
+        }
+
+        /// Parameter types of [`COMPLETE_SQL`], for PREPARE.
+        pub const COMPLETE_PARAM_TYPES: &str = concat!($first_sql, "[]" $(, ", ", $sql, "[]")*);
+
+        impl<'a> Columns<'a> {
+            /// Binds every column, in order.
+            fn bind<'q>(
+                &'q self,
+                query: sqlx::query::QueryAs<'q, sqlx::Postgres, (Uuid, Uuid, i32), sqlx::postgres::PgArguments>,
+            ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, (Uuid, Uuid, i32), sqlx::postgres::PgArguments> {
+                query.bind(&self.$first)$(.bind(&self.$field))*
+            }
+        }
+    };
+}
+
+completion_columns! {
+    id: Uuid => "uuid",
+    attempt: i32 => "int",
+    status: &'static str => "text",
+    output: Option<&'a Value> => "jsonb",
+    delay_ms: i64 => "bigint",
+    released: bool => "bool",
+    error: Option<&'a str> => "text",
+    error_code: Option<&'static str> => "text",
+    attempt_id: Uuid => "uuid",
+    agent: &'a str => "text",
+    attempt_status: &'static str => "text",
+    input: &'a Value => "jsonb",
+    worker: &'a str => "text",
+    usage: Option<&'a Value> => "jsonb",
+    started_at: DateTime<Utc> => "timestamptz",
+    duration_ms: i32 => "int",
+    ev_item: Uuid => "uuid",
+    ev_attempt: Uuid => "uuid",
+    ev_type: &'a str => "text",
+    ev_score: f64 => "float8",
+    ev_metrics: &'a Value => "jsonb",
+    ev_passed: bool => "bool",
+    ap_item: Uuid => "uuid",
+    ap_attempt: Uuid => "uuid",
+    ap_approver: &'a str => "text",
+    ap_decision: &'static str => "text",
+    ap_reason: Option<&'a str> => "text",
+    ap_policy: &'a str => "text",
+    dl_item: Uuid => "uuid",
+    dl_source: &'a str => "text",
+    dl_type: &'a str => "text",
+    dl_error: &'a str => "text",
+    dl_code: Option<&'static str> => "text",
+    dl_reason: &'static str => "text",
+    dl_retries: i32 => "int",
+    dl_attempt: Uuid => "uuid",
 }
 
 impl<'a> Columns<'a> {
@@ -412,200 +431,5 @@ async fn write_completions(
     // One statement: the fenced UPDATE decides which items are current (`done`); every
     // side record is inserted only for those. The dead-letter payload carries what a replay
     // needs (the item id; content stays in work_items) plus what an operator reads first.
-    sqlx::query_as(COMPLETE_SQL)
-        .bind(&c.id)
-        .bind(&c.attempt)
-        .bind(&c.status)
-        .bind(&c.output)
-        .bind(&c.delay_ms)
-        .bind(&c.released)
-        .bind(&c.error)
-        .bind(&c.error_code)
-        .bind(&c.attempt_id)
-        .bind(&c.agent)
-        .bind(&c.attempt_status)
-        .bind(&c.input)
-        .bind(&c.worker)
-        .bind(&c.usage)
-        .bind(&c.started_at)
-        .bind(&c.duration_ms)
-        .bind(&c.ev_item)
-        .bind(&c.ev_attempt)
-        .bind(&c.ev_type)
-        .bind(&c.ev_score)
-        .bind(&c.ev_metrics)
-        .bind(&c.ev_passed)
-        .bind(&c.ap_item)
-        .bind(&c.ap_attempt)
-        .bind(&c.ap_approver)
-        .bind(&c.ap_decision)
-        .bind(&c.ap_reason)
-        .bind(&c.ap_policy)
-        .bind(&c.dl_item)
-        .bind(&c.dl_source)
-        .bind(&c.dl_type)
-        .bind(&c.dl_error)
-        .bind(&c.dl_code)
-        .bind(&c.dl_reason)
-        .bind(&c.dl_retries)
-        .bind(&c.dl_attempt)
-        .fetch_all(&mut **tx)
-        .await
-}
-
-/// An order's status from its items (docs/states.md), as a SQL expression over `o.id`:
-/// PROCESSING while any item is unfinished, else FAILED if any failed, else CANCELLED if
-/// none completed and some were cancelled, else COMPLETED. Each
-/// branch is a probe of the composite index (work_order_id, status, type) that stops at the
-/// first match, so the cost is the same for an order of one item or of a million: never an
-/// aggregate over the order's items.
-///
-/// Every probe bounds `status` in the index condition. QUEUED and PROCESSING are the first
-/// two values of `work_item_status` (a plan test checks the order), so `status <=
-/// 'PROCESSING'` is one range of the index; AWAITING_APPROVAL is probed on its own. Written as
-/// `status IN (...)` the three took a descent each, or the planner kept only `work_order_id`
-/// in the index condition and filtered on `status`, which walks every COMPLETED entry of a
-/// finished order before it can answer: a cost that grows with the order.
-/// `OFFSET 0` keeps each probe per order: without it the planner may turn an EXISTS into a
-/// hashed subplan that reads every unfinished (or failed) item of the whole table once per
-/// statement, which it prefers while its statistics say the table is small (seen on a fresh
-/// database; the plan test checks it).
-macro_rules! order_status_from_items {
-    () => {
-        "CASE WHEN EXISTS (SELECT 1 FROM work_items i WHERE i.work_order_id = o.id
-                           AND i.status <= 'PROCESSING' OFFSET 0)
-                OR EXISTS (SELECT 1 FROM work_items i WHERE i.work_order_id = o.id
-                           AND i.status = 'AWAITING_APPROVAL' OFFSET 0) THEN 'PROCESSING'
-              WHEN EXISTS (SELECT 1 FROM work_items i WHERE i.work_order_id = o.id AND i.status = 'FAILED' OFFSET 0)
-                   THEN 'FAILED'
-              WHEN NOT EXISTS (SELECT 1 FROM work_items i WHERE i.work_order_id = o.id AND i.status = 'COMPLETED' OFFSET 0)
-                   AND EXISTS (SELECT 1 FROM work_items i WHERE i.work_order_id = o.id AND i.status = 'CANCELLED' OFFSET 0)
-                   THEN 'CANCELLED'
-              ELSE 'COMPLETED' END::work_order_status"
-    };
-}
-
-/// The order roll-up (see [`roll_up_locked`]); public so the plan test can EXPLAIN it.
-/// `$1`: the row versions [`LOCK_ORDERS_SQL`] locked, as text. Orders are read through those
-/// versions (a TID scan: the lock keeps them in place) and their status by index probes: the
-/// cost is the batch's orders, never the table's and never the orders' sizes. The statuses
-/// are computed once per order (`MATERIALIZED`: inlined, the planner evaluated the probes
-/// twice, once to filter and once to set). Returns the orders whose status changed.
-pub const ROLL_UP_SQL: &str = concat!(
-    "WITH r AS MATERIALIZED (
-         SELECT o.ctid AS row_version, o.status AS was, ",
-    order_status_from_items!(),
-    " AS status FROM work_orders o WHERE o.ctid = ANY ($1::text[]::tid[]))
-     UPDATE work_orders o SET status = r.status, updated_at = now()
-     FROM r WHERE o.ctid = r.row_version AND r.was <> r.status
-     RETURNING o.id"
-);
-
-/// PROCESSING orders whose items are all finished (see [`heal_roll_ups`]).
-pub const STRANDED_ORDERS_SQL: &str = concat!(
-    "SELECT o.id FROM work_orders o WHERE o.status = 'PROCESSING' AND 'PROCESSING' <> ",
-    order_status_from_items!(),
-    " LIMIT $1"
-);
-
-/// Orders that are not PROCESSING although one of their items runs (see [`heal_roll_ups`]):
-/// found through the partial index of leased items, so the cost is the items in flight.
-pub const UNMARKED_ORDERS_SQL: &str =
-    "SELECT DISTINCT o.id FROM work_items i JOIN work_orders o ON o.id = i.work_order_id
-     WHERE i.status = 'PROCESSING' AND i.lease_expires_at IS NOT NULL AND o.status <> 'PROCESSING'
-     LIMIT $1";
-
-/// Locks orders in id order (see [`lock_orders`]).
-/// `FOR NO KEY UPDATE`, the lock an UPDATE of the status takes: it does not wait for the
-/// key-share locks of upstream transactions still adding items to the order.
-pub const LOCK_ORDERS_SQL: &str = "SELECT ctid::text FROM work_orders WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE";
-
-/// Orders this transaction has locked ([`lock_orders`]): the row versions it holds, which no
-/// other transaction can replace before the commit. Only [`roll_up_locked`] reads them, so a
-/// roll-up cannot be written without the lock that keeps it exact.
-#[derive(Debug, Default)]
-pub struct LockedOrders(Vec<String>);
-
-/// Takes the orders' row locks, in id order (two writers never deadlock on them), inside the
-/// caller's transaction: the step before [`roll_up_locked`] in every writer that moves items
-/// into or out of the finished states (docs/states.md, "Who writes an order's status").
-///
-/// The rule that keeps the roll-up exact: such a writer, after its item writes and in the
-/// same transaction, locks the orders of those items, keeps the locks to its commit and
-/// recomputes the orders under them. Of two writers of one order's items, the one that
-/// takes the lock second recomputes after the first has committed (the lock is held until
-/// then, and the recomputation is a statement of its own, whose snapshot is taken after the
-/// lock was granted), so it sees the first's items and its own: no status is written from
-/// a view that misses a committed change, and no commit can slip in between a
-/// recomputation and its commit. Writers lock their items first and the orders last, and
-/// take no item lock once they hold an order's, so the two kinds of lock never wait in a
-/// cycle; the order lock is held only for the recomputation and the commit.
-///
-/// The claim needs no lock to stay exact (QUEUED to PROCESSING leaves an order's status
-/// as it was, PROCESSING); what it does to the order is described at [`CLAIM_SQL`].
-pub async fn lock_orders(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    orders: &[Uuid],
-) -> Result<LockedOrders, sqlx::Error> {
-    if orders.is_empty() {
-        return Ok(LockedOrders::default());
-    }
-    sqlx::query_scalar(LOCK_ORDERS_SQL).bind(orders).fetch_all(&mut **tx).await.map(LockedOrders)
-}
-
-/// Recomputes the status of orders this transaction has locked ([`lock_orders`]) and whose
-/// items it has written; returns those whose status changed.
-pub async fn roll_up_locked(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    orders: &LockedOrders,
-) -> Result<Vec<Uuid>, sqlx::Error> {
-    if orders.0.is_empty() {
-        return Ok(vec![]);
-    }
-    sqlx::query_scalar(ROLL_UP_SQL).bind(&orders.0).fetch_all(&mut **tx).await
-}
-
-/// Locks and recomputes orders in a transaction of its own, for a change whose writer did
-/// not roll up: an upstream INSERT into a finished order, a claim that found its order
-/// locked (see [`CLAIM_SQL`]), a writer that died or an item changed by hand
-/// ([`heal_roll_ups`]). Exact for the same reason as [`lock_orders`]: the recomputation
-/// starts after the locks are granted, and every writer that could change the orders'
-/// statuses needs those locks first. Returns the orders whose status changed.
-pub async fn roll_up(pool: &PgPool, orders: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
-    if orders.is_empty() {
-        return Ok(vec![]);
-    }
-    let mut orders = orders.to_vec();
-    orders.sort_unstable();
-    orders.dedup();
-    let mut tx = pool.begin().await?;
-    let locked = lock_orders(&mut tx, &orders).await?;
-    let changed = roll_up_locked(&mut tx, &locked).await?;
-    tx.commit().await?;
-    Ok(changed)
-}
-
-/// The leader's safety net, for orders whose status no writer corrected: PROCESSING orders
-/// whose items are all finished (items changed by hand, or by a writer that does not follow
-/// [`lock_orders`]), and orders not PROCESSING while one of their items runs (the
-/// dispatcher's roll-up of an order its claim could not mark failed, say), rolled up
-/// `limit` at a time until none is left. An order's status is in no index (its changes are
-/// heap-only updates, migration 0014), so the first kind reads `work_orders` through; the
-/// leader calls this rarely (see `maintenance::rescuer`), and probes only the PROCESSING
-/// orders' items.
-pub async fn heal_roll_ups(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
-    let mut healed = Vec::new();
-    loop {
-        let mut stranded: Vec<Uuid> = sqlx::query_scalar(STRANDED_ORDERS_SQL).bind(limit).fetch_all(pool).await?;
-        let unmarked: Vec<Uuid> = sqlx::query_scalar(UNMARKED_ORDERS_SQL).bind(limit).fetch_all(pool).await?;
-        let full = stranded.len() as i64 == limit || unmarked.len() as i64 == limit;
-        stranded.extend(unmarked);
-        let rolled = roll_up(pool, &stranded).await?;
-        // Fewer than a round's worth, or none of them changed (their items moved meanwhile).
-        if !full || rolled.is_empty() {
-            healed.extend(rolled);
-            return Ok(healed);
-        }
-        healed.extend(rolled);
-    }
+    c.bind(sqlx::query_as(COMPLETE_SQL)).fetch_all(&mut **tx).await
 }

@@ -27,7 +27,7 @@ const HEAL_EVERY_SWEEPS: u32 = 60;
 pub struct RescueReport {
     pub requeued: usize,
     pub dead_lettered: usize,
-    /// Orders whose roll-up a dead writer left undone, rolled up (see `db::queue::heal_roll_ups`).
+    /// Orders whose roll-up a dead writer left undone, rolled up (see `db::rollup::heal_roll_ups`).
     pub orders_healed: usize,
 }
 
@@ -87,7 +87,7 @@ impl Rescuer {
                 use std::sync::atomic::Ordering::Relaxed;
                 let rescued = report.requeued + report.dead_lettered > 0;
                 if rescued || self.sweeps_since_heal.load(Relaxed).is_multiple_of(HEAL_EVERY_SWEEPS) {
-                    report.orders_healed = db::queue::heal_roll_ups(&self.pool, BATCH).await?.len();
+                    report.orders_healed = db::rollup::heal_roll_ups(&self.pool, BATCH).await?.len();
                     self.sweeps_since_heal.store(0, Relaxed);
                 }
                 self.sweeps_since_heal.fetch_add(1, Relaxed);

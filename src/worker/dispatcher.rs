@@ -130,12 +130,12 @@ impl Dispatcher {
         if !unmarked.is_empty() {
             // Orders another writer held during the claim (see db::queue::CLAIM_SQL): rolled
             // up once that writer commits, without holding up this batch. A failure leaves
-            // the order to the leader's healing read (db::queue::heal_roll_ups).
+            // the order to the leader's healing read (db::rollup::heal_roll_ups).
             unmarked.sort_unstable();
             unmarked.dedup();
             let pool = self.pool.clone();
             tokio::spawn(async move {
-                if let Err(e) = db::queue::roll_up(&pool, &unmarked).await {
+                if let Err(e) = db::rollup::roll_up(&pool, &unmarked).await {
                     crate::telemetry::warn_limited("roll_up", "rolling up claimed orders failed", &e);
                 }
             });

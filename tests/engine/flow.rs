@@ -247,7 +247,7 @@ async fn the_roll_up_ranks_held_over_failed_over_completed() {
         }
         orders.push(order);
     }
-    orderly::db::queue::roll_up(&db.pool, &orders).await.unwrap();
+    orderly::db::rollup::roll_up(&db.pool, &orders).await.unwrap();
     for ((statuses, expected), order) in cases.iter().zip(&orders) {
         assert_eq!(&order_status(&db.pool, *order).await, expected, "an order of {statuses:?}");
     }
@@ -324,7 +324,7 @@ async fn an_order_not_processing_while_its_item_runs_is_healed() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let healed = orderly::db::queue::heal_roll_ups(&db.pool, 500).await.unwrap();
+    let healed = orderly::db::rollup::heal_roll_ups(&db.pool, 500).await.unwrap();
     assert_eq!(healed, vec![order]);
     assert_eq!(order_status(&db.pool, order).await, "PROCESSING");
 }
@@ -434,12 +434,10 @@ fn finished(item: &orderly::db::queue::ClaimedItem) -> orderly::model::Completio
 /// Two writers finish the last two items of one order at the same moment. Each recomputes
 /// the order inside its own transaction; if the second did so while the first was still
 /// uncommitted, each would see the other's item unfinished and leave the order PROCESSING
-/// for good. A writer locks the order before its item writes (db::queue::lock_orders), so
+/// for good. A writer locks the order before its item writes (db::rollup::lock_orders), so
 /// the second waits for the first's commit and then sees both items finished.
 #[tokio::test]
 async fn two_writers_finishing_an_orders_last_items_roll_it_up_exactly() {
-    // Each test runs in a process of its own (nextest).
-    assert!(orderly::failpoint::arm(&["roll_up_before_commit"]), "failpoints were read before the test");
     let db = TestDb::new().await;
     let order = insert_order(&db.pool, "MEDIUM").await;
     insert_item(&db.pool, order, "TICKET", "{}").await;
@@ -449,10 +447,16 @@ async fn two_writers_finishing_an_orders_last_items_roll_it_up_exactly() {
     assert!(claimed.iter().all(|c| !c.order_unmarked), "the claim marks the order itself");
     assert_eq!(order_status(&db.pool, order).await, "PROCESSING");
 
-    // The first writer holds its transaction two seconds before its commit (the failpoint).
+    // The first writer holds its transaction two seconds before its commit.
     let pool = db.pool.clone();
     let first_item = finished(&claimed[0]);
-    let first = tokio::spawn(async move { orderly::db::queue::complete_batch(&pool, &[first_item]).await.unwrap() });
+    let first = tokio::spawn(async move {
+        let mut tx = pool.begin().await.unwrap();
+        let report = orderly::db::queue::complete_in(&mut tx, &[first_item]).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        tx.commit().await.unwrap();
+        report
+    });
     wait_until("the first writer to hold the order", Duration::from_secs(10), || async {
         sqlx::query("SELECT 1 FROM work_orders WHERE id = $1 FOR SHARE NOWAIT")
             .bind(order)
@@ -484,7 +488,7 @@ async fn a_claim_reports_an_order_it_could_not_mark() {
     assert!(claimed[0].order_unmarked);
     assert_eq!(order_status(&db.pool, order).await, "PENDING");
     let pool = db.pool.clone();
-    let roll_up = tokio::spawn(async move { orderly::db::queue::roll_up(&pool, &[order]).await.unwrap() });
+    let roll_up = tokio::spawn(async move { orderly::db::rollup::roll_up(&pool, &[order]).await.unwrap() });
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!roll_up.is_finished(), "the roll-up did not wait for the holder");
     holder.commit().await.unwrap();

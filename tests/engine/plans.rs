@@ -4,10 +4,8 @@
 use crate::common::*;
 use orderly::db::ENGINE_PLANNER_SETTINGS;
 use orderly::db::maintenance::PRUNE_CANDIDATES_SQL;
-use orderly::db::queue::{
-    CLAIM_SQL, COMPLETE_PARAM_TYPES, COMPLETE_SQL, LOCK_ORDERS_SQL, RENEW_SQL, ROLL_UP_SQL, STRANDED_ORDERS_SQL,
-    UNMARKED_ORDERS_SQL,
-};
+use orderly::db::queue::{CLAIM_SQL, COMPLETE_PARAM_TYPES, COMPLETE_SQL, RENEW_SQL};
+use orderly::db::rollup::{LOCK_ORDERS_SQL, ROLL_UP_SQL, STRANDED_ORDERS_SQL, UNMARKED_ORDERS_SQL};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 use std::str::FromStr;
@@ -368,8 +366,8 @@ async fn a_roll_up_probe_does_not_reread_the_rows_of_items_that_already_ran() {
     assert!(*fetches.last().unwrap() <= 2, "every probe read the dead versions again: {fetches:?}");
     // And it still answers: the order has unfinished items, so there is nothing to roll up.
     let mut tx = db.pool.begin().await.unwrap();
-    let locked = orderly::db::queue::lock_orders(&mut tx, &[order]).await.unwrap();
-    let changed = orderly::db::queue::roll_up_locked(&mut tx, &locked).await.unwrap();
+    let locked = orderly::db::rollup::lock_orders(&mut tx, &[order]).await.unwrap();
+    let changed = orderly::db::rollup::roll_up_locked(&mut tx, &locked).await.unwrap();
     tx.commit().await.unwrap();
     assert!(changed.is_empty(), "{changed:?}");
 }
