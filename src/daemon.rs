@@ -24,6 +24,9 @@ use tokio_util::task::TaskTracker;
 /// How long shutdown may take past `worker.shutdown_grace`: interrupted runs hand over their
 /// results and the completers write them. Past it, what is unwritten is left to the rescuer
 /// (the items stay PROCESSING under leases that expire) and the process exits anyway.
+mod process;
+use process::{Signals, SystemdNotify};
+
 pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
 
 /// A running engine.
@@ -439,96 +442,6 @@ async fn watch_task(
             failed.cancel();
         }
         Ok(()) => {}
-    }
-}
-
-/// `orderly run`'s side of systemd's notify protocol (`crate::sdnotify`): nothing at all
-/// outside systemd, and a warning, never a failure, when the socket cannot be used.
-struct SystemdNotify(Option<Arc<crate::sdnotify::Notifier>>);
-
-impl SystemdNotify {
-    fn from_env() -> SystemdNotify {
-        match crate::sdnotify::Notifier::from_env() {
-            Ok(notifier) => SystemdNotify(notifier.map(Arc::new)),
-            Err(e) => {
-                tracing::warn!(error = %e, "NOTIFY_SOCKET is set but unusable; not notifying systemd");
-                SystemdNotify(None)
-            }
-        }
-    }
-
-    fn send(&self, state: &str) {
-        if let Some(notifier) = &self.0
-            && let Err(e) = notifier.notify(state)
-        {
-            tracing::warn!(error = %e, state, "cannot notify systemd");
-        }
-    }
-
-    /// When systemd set a watchdog (`WatchdogSec=`): pings `WATCHDOG=1` every half period
-    /// while the engine is healthy, and withholds them (logging why, once) while it is not,
-    /// so that systemd kills and restarts a wedged process.
-    fn watchdog(&self, health: crate::worker::liveness::Health) -> Option<JoinHandle<()>> {
-        let notifier = self.0.clone()?;
-        let every = crate::sdnotify::watchdog_interval()?;
-        tracing::debug!(every = %humantime::format_duration(every), "systemd watchdog enabled");
-        Some(tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut was_healthy = true;
-            loop {
-                ticks.tick().await;
-                match health.check() {
-                    Ok(()) => {
-                        if !was_healthy {
-                            tracing::info!("engine healthy again; resuming watchdog pings");
-                        }
-                        was_healthy = true;
-                        if let Err(e) = notifier.notify("WATCHDOG=1") {
-                            tracing::warn!(error = %e, "cannot send the watchdog ping to systemd");
-                        }
-                    }
-                    Err(why) => {
-                        if was_healthy {
-                            tracing::error!(reason = %why, "engine unhealthy; withholding systemd watchdog pings");
-                        }
-                        was_healthy = false;
-                    }
-                }
-            }
-        }))
-    }
-}
-
-/// SIGTERM and SIGINT (stop), SIGHUP (ignored), installed once.
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn install() -> Signals {
-        use tokio::signal::unix::{SignalKind, signal};
-        Signals {
-            term: signal(SignalKind::terminate()).expect("installing SIGTERM handler"),
-            int: signal(SignalKind::interrupt()).expect("installing SIGINT handler"),
-            hup: signal(SignalKind::hangup()).expect("installing SIGHUP handler"),
-        }
-    }
-
-    /// Waits for SIGTERM or SIGINT. SIGHUP's default action would kill the process at once
-    /// and orphan running agents; it is logged instead.
-    async fn recv(&mut self) {
-        loop {
-            tokio::select! {
-                _ = self.term.recv() => return,
-                _ = self.int.recv() => return,
-                _ = self.hup.recv() => {
-                    tracing::info!("SIGHUP ignored: the configuration is read at start; restart to apply changes");
-                }
-            }
-        }
     }
 }
 

@@ -133,6 +133,20 @@ labels!(
 /// agent's or a workflow step's `timeout`: one day.
 pub const MAX_INTERVAL: std::time::Duration = std::time::Duration::from_secs(86_400);
 
+/// Parses a duration option (an agent's or a connector's `timeout = "30s"`), naming the key
+/// on error. It must be greater than zero and at most [`MAX_INTERVAL`].
+pub fn parse_duration(key: &str, value: &str) -> Result<std::time::Duration, ConfigError> {
+    let duration =
+        humantime::parse_duration(value).map_err(|e| ConfigError::invalid(key, format!("`{value}`: {e}")))?;
+    if duration.is_zero() || duration > MAX_INTERVAL {
+        return Err(ConfigError::invalid(
+            key,
+            format!("must be greater than 0 and at most {}, not {value}", humantime::format_duration(MAX_INTERVAL)),
+        ));
+    }
+    Ok(duration)
+}
+
 /// A configuration the operator must fix: the key and what is wrong with it (exit code 2).
 /// Shared by the configuration and the agent kinds that validate their own options.
 #[derive(Debug, thiserror::Error)]

@@ -32,32 +32,41 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use uuid::Uuid;
 
+mod dead_letters;
+mod decisions;
+mod items;
+
+pub use dead_letters::letter_filter;
+pub use decisions::describe_next;
+pub use items::item_filter;
+
 /// Largest page of a listing.
 pub const MAX_PAGE: i64 = 500;
+
 /// The page size when `limit` is not given.
 pub const DEFAULT_PAGE: i64 = 50;
 
 pub fn routes() -> axum::Router<AdminState> {
     axum::Router::new()
         .route("/api/v1/status", get(status))
-        .route("/api/v1/items", get(items))
-        .route("/api/v1/items/{id}", get(item))
-        .route("/api/v1/items/{id}/cancel", post(cancel_item))
-        .route("/api/v1/orders/{id}/cancel", post(cancel_order))
-        .route("/api/v1/dead-letters", get(dead_letters))
-        .route("/api/v1/dead-letters/bulk-replay", post(bulk_replay))
-        .route("/api/v1/dead-letters/bulk-discard", post(bulk_discard))
-        .route("/api/v1/dead-letters/{id}", get(dead_letter))
-        .route("/api/v1/dead-letters/{id}/replay", post(replay))
-        .route("/api/v1/dead-letters/{id}/discard", post(discard))
-        .route("/api/v1/approvals", get(approvals))
-        .route("/api/v1/approvals/{id}/approve", post(approve))
-        .route("/api/v1/approvals/{id}/reject", post(reject))
-        .route("/api/v1/escalations", get(escalations))
-        .route("/api/v1/schedules", get(schedules))
-        .route("/api/v1/escalations/{id}", get(escalation))
-        .route("/api/v1/escalations/{id}/ack", post(acknowledge))
-        .route("/api/v1/escalations/{id}/resolve", post(resolve))
+        .route("/api/v1/items", get(items::items))
+        .route("/api/v1/items/{id}", get(items::item))
+        .route("/api/v1/items/{id}/cancel", post(items::cancel_item))
+        .route("/api/v1/orders/{id}/cancel", post(items::cancel_order))
+        .route("/api/v1/dead-letters", get(dead_letters::dead_letters))
+        .route("/api/v1/dead-letters/bulk-replay", post(dead_letters::bulk_replay))
+        .route("/api/v1/dead-letters/bulk-discard", post(dead_letters::bulk_discard))
+        .route("/api/v1/dead-letters/{id}", get(dead_letters::dead_letter))
+        .route("/api/v1/dead-letters/{id}/replay", post(dead_letters::replay))
+        .route("/api/v1/dead-letters/{id}/discard", post(dead_letters::discard))
+        .route("/api/v1/approvals", get(decisions::approvals))
+        .route("/api/v1/approvals/{id}/approve", post(decisions::approve))
+        .route("/api/v1/approvals/{id}/reject", post(decisions::reject))
+        .route("/api/v1/escalations", get(decisions::escalations))
+        .route("/api/v1/schedules", get(decisions::schedules))
+        .route("/api/v1/escalations/{id}", get(decisions::escalation))
+        .route("/api/v1/escalations/{id}/ack", post(decisions::acknowledge))
+        .route("/api/v1/escalations/{id}/resolve", post(decisions::resolve))
         .route("/api/v1", any(unknown))
         .route("/api/v1/{*rest}", any(unknown))
 }
@@ -317,42 +326,6 @@ async fn status(State(state): State<AdminState>, _: Reader) -> ApiResult {
     Ok(Json(value))
 }
 
-/// The item filter of a query string (the API's and the web page's).
-pub fn item_filter(query: &HashMap<String, String>) -> Result<db::items::Filter, ApiError> {
-    let status = query
-        .get("state")
-        .map(|s| {
-            s.to_ascii_uppercase().parse::<ItemStatus>().map_err(|_| {
-                let all: Vec<&str> = ItemStatus::ALL.iter().map(|s| s.as_str()).collect();
-                ApiError::bad_request(format!("state: `{s}` is not one of {}", all.join(", ")))
-            })
-        })
-        .transpose()?;
-    Ok(db::items::Filter {
-        status,
-        item_type: query.get("type").cloned(),
-        work_order_id: uuid_param(query, "order")?,
-        tenant_id: uuid_param(query, "tenant")?,
-        created_since: time_param(query, "created_since")?,
-        created_until: time_param(query, "created_until")?,
-    })
-}
-
-async fn items(State(state): State<AdminState>, _: Reader, Query(query): Query<HashMap<String, String>>) -> ApiResult {
-    let query =
-        params(query, &["state", "type", "order", "tenant", "created_since", "created_until", "limit", "cursor"])?;
-    let filter = item_filter(&query)?;
-    let limit = page_limit(&query)?;
-    let rows = db::items::list(&state.ops, &filter, cursor(&query)?, limit + 1).await?;
-    let (rows, next) = page(rows, limit, |r| (r.created_at, r.id));
-    Ok(Json(json!({ "items": rows, "next_cursor": next, "limit": limit })))
-}
-
-async fn item(State(state): State<AdminState>, _: Reader, Path(id): Path<String>) -> ApiResult {
-    let view = actions::item_view(&state.ops, &state.catalog, parse_id(&id)?).await?;
-    Ok(Json(json!(view)))
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReasonBody {
@@ -366,321 +339,5 @@ impl ReasonBody {
     }
 }
 
-async fn cancel(state: &AdminState, target: db::items::Target, who: &Identity, bytes: &Bytes) -> ApiResult {
-    let request: ReasonBody = body(bytes)?;
-    let cancelled = actions::cancel(&state.ops, target, &who.name, request.reason()).await?;
-    let order = cancelled.first().map(|c| c.work_order_id);
-    let order_status = match order {
-        Some(order) => db::items::order_status(&state.ops, order).await?,
-        None => None,
-    };
-    Ok(Json(json!({ "cancelled": cancelled, "work_order_id": order, "order_status": order_status })))
-}
-
-async fn cancel_item(
-    State(state): State<AdminState>,
-    Operator(who): Operator,
-    Path(id): Path<String>,
-    bytes: Bytes,
-) -> ApiResult {
-    cancel(&state, db::items::Target::Item(parse_id(&id)?), &who, &bytes).await
-}
-
-async fn cancel_order(
-    State(state): State<AdminState>,
-    Operator(who): Operator,
-    Path(id): Path<String>,
-    bytes: Bytes,
-) -> ApiResult {
-    cancel(&state, db::items::Target::Order(parse_id(&id)?), &who, &bytes).await
-}
-
-/// The dead-letter filter of a query string or a bulk body's fields.
-pub fn letter_filter(
-    state: Option<&str>,
-    error_code: Option<&str>,
-    item_type: Option<&str>,
-    older_than: Option<&str>,
-    newer_than: Option<&str>,
-) -> Result<db::dead_letters::Filter, ApiError> {
-    let open = match state.unwrap_or("open") {
-        "open" => Some(true),
-        "closed" => Some(false),
-        "all" => None,
-        other => return Err(ApiError::bad_request(format!("state: `{other}` is not open, closed or all"))),
-    };
-    let nonempty = |v: Option<&str>| v.map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
-    Ok(db::dead_letters::Filter {
-        open,
-        error_code: nonempty(error_code),
-        item_type: nonempty(item_type),
-        older_than_secs: nonempty(older_than).map(|v| duration_secs("older_than", &v)).transpose()?,
-        newer_than_secs: nonempty(newer_than).map(|v| duration_secs("newer_than", &v)).transpose()?,
-    })
-}
-
-async fn dead_letters(
-    State(state): State<AdminState>,
-    _: Reader,
-    Query(query): Query<HashMap<String, String>>,
-) -> ApiResult {
-    let query = params(query, &["state", "error_code", "type", "older_than", "newer_than", "limit", "cursor"])?;
-    let get = |k: &str| query.get(k).map(String::as_str);
-    let filter = letter_filter(get("state"), get("error_code"), get("type"), get("older_than"), get("newer_than"))?;
-    let limit = page_limit(&query)?;
-    let rows = db::dead_letters::list_filtered(&state.ops, &filter, cursor(&query)?, limit + 1).await?;
-    let total = db::dead_letters::count_filtered(&state.ops, &filter).await?;
-    let (rows, next) = page(rows, limit, |r| (r.created_at, r.id));
-    Ok(Json(json!({ "dead_letters": rows, "total": total, "next_cursor": next, "limit": limit })))
-}
-
-async fn dead_letter(State(state): State<AdminState>, _: Reader, Path(id): Path<String>) -> ApiResult {
-    Ok(Json(json!(db::dead_letters::get(&state.ops, parse_id(&id)?).await?)))
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReplayBody {
-    /// The item's new content: a string is stored as it is; any other JSON value as its JSON
-    /// text.
-    content: Option<Value>,
-}
-
-async fn replay(
-    State(state): State<AdminState>,
-    Operator(who): Operator,
-    Path(id): Path<String>,
-    bytes: Bytes,
-) -> ApiResult {
-    let request: ReplayBody = body(&bytes)?;
-    let content = request.content.map(|c| match c {
-        Value::String(text) => text,
-        other => other.to_string(),
-    });
-    let replayed = actions::replay_dead_letter(
-        &state.ops,
-        &state.catalog,
-        &state.settings,
-        parse_id(&id)?,
-        content.as_deref(),
-        &who.name,
-    )
-    .await?;
-    Ok(Json(json!(replayed)))
-}
-
-async fn discard(
-    State(state): State<AdminState>,
-    Operator(who): Operator,
-    Path(id): Path<String>,
-    bytes: Bytes,
-) -> ApiResult {
-    let id = parse_id(&id)?;
-    let request: ReasonBody = body(&bytes)?;
-    let item = actions::discard_dead_letter(&state.ops, id, &who.name, request.reason()).await?;
-    Ok(Json(json!({ "dead_letter_id": id, "work_item_id": item, "discarded": true })))
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BulkBody {
-    error_code: Option<String>,
-    #[serde(rename = "type")]
-    item_type: Option<String>,
-    older_than: Option<String>,
-    newer_than: Option<String>,
-    /// Act on at most this many (capped at `actions::BULK_MAX`).
-    limit: Option<i64>,
-    /// Required when no other field narrows the filter: every open letter.
-    #[serde(default)]
-    all: bool,
-    reason: Option<String>,
-}
-
-async fn bulk(state: &AdminState, who: &Identity, bytes: &Bytes, discard: bool) -> ApiResult {
-    let request: BulkBody = body(bytes)?;
-    let filter = letter_filter(
-        Some("open"),
-        request.error_code.as_deref(),
-        request.item_type.as_deref(),
-        request.older_than.as_deref(),
-        request.newer_than.as_deref(),
-    )?;
-    let narrowed = filter.error_code.is_some()
-        || filter.item_type.is_some()
-        || filter.older_than_secs.is_some()
-        || filter.newer_than_secs.is_some();
-    if !narrowed && !request.all {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "FILTER_REQUIRED",
-            "give error_code, type, older_than or newer_than, or \"all\": true to take every open dead letter",
-        ));
-    }
-    if request.limit.is_some_and(|l| l < 1) {
-        return Err(ApiError::bad_request("limit must be at least 1"));
-    }
-    let action = if discard {
-        Bulk::Discard { reason: request.reason.clone().unwrap_or_default().trim().to_owned() }
-    } else {
-        if request.reason.is_some() {
-            return Err(ApiError::bad_request("a bulk replay takes no reason"));
-        }
-        Bulk::Replay
-    };
-    let report = actions::bulk_dead_letters(&state.ops, &filter, request.limit, &action, &who.name).await?;
-    Ok(Json(json!(report)))
-}
-
-async fn bulk_replay(State(state): State<AdminState>, Operator(who): Operator, bytes: Bytes) -> ApiResult {
-    bulk(&state, &who, &bytes, false).await
-}
-
-async fn bulk_discard(State(state): State<AdminState>, Operator(who): Operator, bytes: Bytes) -> ApiResult {
-    bulk(&state, &who, &bytes, true).await
-}
-
-async fn approvals(
-    State(state): State<AdminState>,
-    _: Reader,
-    Query(query): Query<HashMap<String, String>>,
-) -> ApiResult {
-    let query = params(query, &["limit", "cursor"])?;
-    let limit = page_limit(&query)?;
-    let rows = db::approvals::inbox(&state.ops, cursor(&query)?, limit + 1).await?;
-    let (rows, next) = page(rows, limit, |r| (r.created_at, r.id));
-    Ok(Json(json!({ "approvals": rows, "next_cursor": next, "limit": limit })))
-}
-
-/// A human decision through the API: what the item became.
-pub fn describe_next(next: NextState) -> Value {
-    match next {
-        NextState::Retry { delay_ms } => json!({ "status": "QUEUED", "retry_in_ms": delay_ms }),
-        other => json!({ "status": other.item_status().as_str() }),
-    }
-}
-
-async fn decide(state: &AdminState, who: &Identity, id: &str, decision: Decision, bytes: &Bytes) -> ApiResult {
-    let id = parse_id(id)?;
-    let request: ReasonBody = body(bytes)?;
-    let next = actions::decide_held(
-        &state.ops,
-        &state.settings,
-        Some(&state.metrics),
-        id,
-        decision,
-        &who.name,
-        request.reason(),
-    )
-    .await?;
-    Ok(Json(json!({ "work_item_id": id, "decision": decision.as_str(), "item": describe_next(next) })))
-}
-
-async fn approve(
-    State(state): State<AdminState>,
-    Operator(who): Operator,
-    Path(id): Path<String>,
-    bytes: Bytes,
-) -> ApiResult {
-    decide(&state, &who, &id, Decision::Approved, &bytes).await
-}
-
-async fn reject(
-    State(state): State<AdminState>,
-    Operator(who): Operator,
-    Path(id): Path<String>,
-    bytes: Bytes,
-) -> ApiResult {
-    decide(&state, &who, &id, Decision::Rejected, &bytes).await
-}
-
-/// Every schedule with its next three runs (in its zone and in UTC) and the orders of its
-/// last three slots.
-async fn schedules(State(state): State<AdminState>, _: Reader) -> ApiResult {
-    let mut rows = Vec::new();
-    for schedule in db::schedules::list(&state.ops).await? {
-        let mut row = actions::schedule_view(&schedule, 3);
-        row["recent_orders"] = json!(db::schedules::recent_orders(&state.ops, schedule.id, 3).await?);
-        rows.push(row);
-    }
-    Ok(Json(json!({ "schedules": rows })))
-}
-
-async fn escalations(
-    State(state): State<AdminState>,
-    _: Reader,
-    Query(query): Query<HashMap<String, String>>,
-) -> ApiResult {
-    let query = params(query, &["all", "limit"])?;
-    let all = match query.get("all").map(String::as_str) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => return Err(ApiError::bad_request(format!("all: `{other}` is not true or false"))),
-    };
-    let limit = page_limit(&query)?;
-    let rows = db::sla::escalations(&state.ops, all, limit).await?;
-    Ok(Json(json!({ "escalations": rows, "limit": limit })))
-}
-
-async fn escalation(State(state): State<AdminState>, _: Reader, Path(id): Path<String>) -> ApiResult {
-    let (escalation, notifications) = db::sla::escalation(&state.ops, parse_id(&id)?).await?;
-    Ok(Json(json!({ "escalation": escalation, "notifications": notifications })))
-}
-
-async fn act(state: &AdminState, who: &Identity, id: &str, action: db::sla::Action, bytes: &Bytes) -> ApiResult {
-    let id = parse_id(id)?;
-    let request: ReasonBody = body(bytes)?;
-    actions::act_on_escalation(&state.ops, id, action, &who.name, request.reason()).await?;
-    let (escalation, _) = db::sla::escalation(&state.ops, id).await?;
-    Ok(Json(json!({ "escalation": escalation })))
-}
-
-async fn acknowledge(
-    State(state): State<AdminState>,
-    Operator(who): Operator,
-    Path(id): Path<String>,
-    bytes: Bytes,
-) -> ApiResult {
-    act(&state, &who, &id, db::sla::Action::Acknowledge, &bytes).await
-}
-
-async fn resolve(
-    State(state): State<AdminState>,
-    Operator(who): Operator,
-    Path(id): Path<String>,
-    bytes: Bytes,
-) -> ApiResult {
-    act(&state, &who, &id, db::sla::Action::Resolve, &bytes).await
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_round_trip_and_refuse_garbage() {
-        let at = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
-        let id = Uuid::new_v4();
-        assert_eq!(decode_cursor(&encode_cursor(at, id)).unwrap(), (at, id));
-        for bad in ["", "x", "MTIz", &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("12:nope")] {
-            assert_eq!(decode_cursor(bad).unwrap_err().status, StatusCode::BAD_REQUEST, "{bad}");
-        }
-    }
-
-    #[test]
-    fn filters_are_parsed_strictly() {
-        let q = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let f = item_filter(&q(&[("state", "queued"), ("type", "TICKET")])).unwrap();
-        assert_eq!((f.status, f.item_type.as_deref()), (Some(ItemStatus::Queued), Some("TICKET")));
-        assert!(item_filter(&q(&[("state", "sleeping")])).unwrap_err().message.contains("QUEUED"));
-        assert!(item_filter(&q(&[("order", "12")])).is_err());
-        assert!(item_filter(&q(&[("created_since", "yesterday")])).is_err());
-        assert!(params(q(&[("stat", "QUEUED")]), &["state"]).unwrap_err().message.contains("`stat`"));
-        assert_eq!(page_limit(&q(&[("limit", "100000")])).unwrap(), MAX_PAGE);
-        assert!(page_limit(&q(&[("limit", "0")])).is_err());
-        let f = letter_filter(None, Some("NO_ROUTE"), None, Some("1h"), None).unwrap();
-        assert_eq!((f.open, f.older_than_secs), (Some(true), Some(3600.0)));
-        assert!(letter_filter(Some("maybe"), None, None, None, None).is_err());
-        assert!(letter_filter(None, None, None, Some("soon"), None).is_err());
-    }
-}
+mod tests;

@@ -205,23 +205,6 @@ fn looks_like_url(text: &str) -> bool {
     text.contains("://") && reqwest::Url::parse(text).is_ok_and(|u| u.has_host())
 }
 
-/// Parses a duration option of an agent (`timeout = "30s"`), naming the key on error. It must
-/// be greater than zero and at most [`crate::model::MAX_INTERVAL`].
-pub fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
-    let duration =
-        humantime::parse_duration(value).map_err(|e| ConfigError::invalid(key, format!("`{value}`: {e}")))?;
-    if duration.is_zero() || duration > crate::model::MAX_INTERVAL {
-        return Err(ConfigError::invalid(
-            key,
-            format!(
-                "must be greater than 0 and at most {}, not {value}",
-                humantime::format_duration(crate::model::MAX_INTERVAL)
-            ),
-        ));
-    }
-    Ok(duration)
-}
-
 /// What the agent kinds need of the configuration beyond their own table.
 #[derive(Debug, Clone, Copy)]
 pub struct AgentLimits {
@@ -247,7 +230,7 @@ impl AgentSpec<'_> {
     pub fn duration(&self, key: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
         match value {
             None => Ok(default),
-            Some(text) => parse_duration(&format!("agents.{}.{key}", self.name), text),
+            Some(text) => crate::model::parse_duration(&format!("agents.{}.{key}", self.name), text),
         }
     }
 }

@@ -9,12 +9,14 @@
 //! ([`LatencyAgent`]). The report then adds the ideal throughput (concurrency / latency),
 //! the measured share of it, and how many requests the agent held at once.
 
+pub mod agent;
 pub mod sql;
 
 use crate::cli::{BenchArgs, BenchShape};
 use crate::cmd::unreachable_hint;
 use crate::config::Settings;
 use crate::db;
+use agent::LatencyAgent;
 use anyhow::Context;
 use serde::Serialize;
 use sqlx::PgPool;
@@ -278,70 +280,6 @@ fn daemon_config(concurrency: usize, agent: Option<&LatencyAgent>) -> String {
     )
 }
 
-/// The bench's `http` agent: a server on 127.0.0.1 (a free port) in the bench's own process,
-/// on its multi-threaded runtime, that answers every POST to `/` with `{"ok":true}` after
-/// `latency`. Each request costs it a timer and a small answer (the report gives its CPU per
-/// item, which shares the cores with the daemon and PostgreSQL); [`AgentStats`] counts what
-/// it served.
-pub struct LatencyAgent {
-    pub url: String,
-    pub latency: Duration,
-    pub stats: Arc<AgentStats>,
-}
-
-#[derive(Debug, Default)]
-pub struct AgentStats {
-    /// Requests answered.
-    pub requests: AtomicU64,
-    /// Requests being served now, and the most at once.
-    pub in_flight: AtomicUsize,
-    pub peak: AtomicUsize,
-}
-
-impl LatencyAgent {
-    /// Binds and starts serving; the server lives as long as the runtime.
-    pub async fn start(latency: Duration) -> anyhow::Result<LatencyAgent> {
-        use axum::serve::ListenerExt;
-        let stats = Arc::new(AgentStats::default());
-        let app = axum::Router::new().route("/", axum::routing::post(answer)).with_state((latency, stats.clone()));
-        // A backlog above tokio's default 1,024: a claim starts up to claim_batch requests at once.
-        let socket = tokio::net::TcpSocket::new_v4()?;
-        socket.bind((std::net::Ipv4Addr::LOCALHOST, 0).into())?;
-        let listener = socket.listen(4096)?;
-        let url = format!("http://{}/", listener.local_addr()?);
-        // Answers are small writes: no Nagle delay waiting for the client's ACK.
-        let listener = listener.tap_io(|stream| {
-            let _ = stream.set_nodelay(true);
-        });
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                eprintln!("the bench's agent server stopped: {e}");
-            }
-        });
-        Ok(LatencyAgent { url, latency, stats })
-    }
-}
-
-/// One request: read the envelope, wait the latency, answer. A request the client gives up
-/// on (its future dropped) leaves the count of those in flight all the same.
-async fn answer(
-    axum::extract::State((latency, stats)): axum::extract::State<(Duration, Arc<AgentStats>)>,
-    _envelope: axum::body::Bytes,
-) -> impl axum::response::IntoResponse {
-    struct Serving<'a>(&'a AgentStats);
-    impl Drop for Serving<'_> {
-        fn drop(&mut self) {
-            self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-    let now = stats.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-    stats.peak.fetch_max(now, Ordering::Relaxed);
-    let _serving = Serving(&stats);
-    tokio::time::sleep(latency).await;
-    stats.requests.fetch_add(1, Ordering::Relaxed);
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], r#"{"ok":true}"#)
-}
-
 fn spawn_daemon(config: &std::path::Path, url: &str) -> anyhow::Result<Child> {
     Command::new(std::env::current_exe()?)
         .args(["--config", config.to_str().unwrap_or_default(), "run"])
@@ -500,49 +438,4 @@ fn print_report(r: &BenchReport) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::agent::{AgentRequest, AttemptView, ContextView, Registry, WorkItemView, WorkOrderView};
-    use serde_json::json;
-
-    /// The configuration the bench gives its daemon routes TICKET to the bench's own server
-    /// through the real `http` agent kind (loopback allowed), which answers `{"ok":true}`.
-    #[tokio::test]
-    async fn the_daemon_config_reaches_the_latency_agent_through_the_http_kind() {
-        let server = LatencyAgent::start(Duration::from_millis(5)).await.unwrap();
-        let settings = Settings::from_toml_over_defaults(&daemon_config(5000, Some(&server))).unwrap();
-        assert_eq!(settings.worker.concurrency, 5000);
-        assert_eq!(settings.routes["TICKET"], "bench_http");
-        let agents = Registry::builtin().build(&settings.agents, settings.agent_limits()).unwrap();
-        let agent = agents.get("bench_http").unwrap();
-        assert!(agent.timeout > server.latency, "the agent's timeout leaves room above the latency");
-        let request = AgentRequest {
-            work_item: WorkItemView {
-                id: uuid::Uuid::now_v7(),
-                item_type: "TICKET".into(),
-                content: json!({"n": 1}),
-                priority: "MEDIUM".into(),
-                created_at: chrono::Utc::now(),
-            },
-            work_order: WorkOrderView {
-                id: uuid::Uuid::now_v7(),
-                workflow_id: "bench".into(),
-                tenant_id: uuid::Uuid::new_v4(),
-                created_by: uuid::Uuid::new_v4(),
-                priority: "MEDIUM".into(),
-                metadata: json!({}),
-            },
-            attempt: AttemptView { id: uuid::Uuid::now_v7(), number: 1, max_attempts: 5 },
-            context: ContextView::default(),
-        };
-        let (a, b) = tokio::join!(agent.executor.execute(&request), agent.executor.execute(&request));
-        assert_eq!(a.unwrap(), json!({"ok": true}));
-        assert_eq!(b.unwrap(), json!({"ok": true}));
-        assert_eq!(server.stats.requests.load(Ordering::Relaxed), 2);
-        assert_eq!(server.stats.in_flight.load(Ordering::Relaxed), 0);
-        assert!((1..=2).contains(&server.stats.peak.load(Ordering::Relaxed)));
-
-        let echo = Settings::from_toml_over_defaults(&daemon_config(256, None)).unwrap();
-        assert_eq!(echo.routes["TICKET"], "echo");
-    }
-}
+mod tests;

@@ -1,0 +1,129 @@
+//! The approvals inbox with approve and reject, the escalations with acknowledge and
+//! resolve, and the schedules.
+
+use super::*;
+
+pub(super) async fn approvals(
+    State(state): State<AdminState>,
+    _: Reader,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let query = params(query, &["limit", "cursor"])?;
+    let limit = page_limit(&query)?;
+    let rows = db::approvals::inbox(&state.ops, cursor(&query)?, limit + 1).await?;
+    let (rows, next) = page(rows, limit, |r| (r.created_at, r.id));
+    Ok(Json(json!({ "approvals": rows, "next_cursor": next, "limit": limit })))
+}
+
+/// A human decision through the API: what the item became.
+pub fn describe_next(next: NextState) -> Value {
+    match next {
+        NextState::Retry { delay_ms } => json!({ "status": "QUEUED", "retry_in_ms": delay_ms }),
+        other => json!({ "status": other.item_status().as_str() }),
+    }
+}
+
+pub(super) async fn decide(
+    state: &AdminState,
+    who: &Identity,
+    id: &str,
+    decision: Decision,
+    bytes: &Bytes,
+) -> ApiResult {
+    let id = parse_id(id)?;
+    let request: ReasonBody = body(bytes)?;
+    let next = actions::decide_held(
+        &state.ops,
+        &state.settings,
+        Some(&state.metrics),
+        id,
+        decision,
+        &who.name,
+        request.reason(),
+    )
+    .await?;
+    Ok(Json(json!({ "work_item_id": id, "decision": decision.as_str(), "item": describe_next(next) })))
+}
+
+pub(super) async fn approve(
+    State(state): State<AdminState>,
+    Operator(who): Operator,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> ApiResult {
+    decide(&state, &who, &id, Decision::Approved, &bytes).await
+}
+
+pub(super) async fn reject(
+    State(state): State<AdminState>,
+    Operator(who): Operator,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> ApiResult {
+    decide(&state, &who, &id, Decision::Rejected, &bytes).await
+}
+
+/// Every schedule with its next three runs (in its zone and in UTC) and the orders of its
+/// last three slots.
+pub(super) async fn schedules(State(state): State<AdminState>, _: Reader) -> ApiResult {
+    let mut rows = Vec::new();
+    for schedule in db::schedules::list(&state.ops).await? {
+        let mut row = actions::schedule_view(&schedule, 3);
+        row["recent_orders"] = json!(db::schedules::recent_orders(&state.ops, schedule.id, 3).await?);
+        rows.push(row);
+    }
+    Ok(Json(json!({ "schedules": rows })))
+}
+
+pub(super) async fn escalations(
+    State(state): State<AdminState>,
+    _: Reader,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let query = params(query, &["all", "limit"])?;
+    let all = match query.get("all").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(ApiError::bad_request(format!("all: `{other}` is not true or false"))),
+    };
+    let limit = page_limit(&query)?;
+    let rows = db::sla::escalations(&state.ops, all, limit).await?;
+    Ok(Json(json!({ "escalations": rows, "limit": limit })))
+}
+
+pub(super) async fn escalation(State(state): State<AdminState>, _: Reader, Path(id): Path<String>) -> ApiResult {
+    let (escalation, notifications) = db::sla::escalation(&state.ops, parse_id(&id)?).await?;
+    Ok(Json(json!({ "escalation": escalation, "notifications": notifications })))
+}
+
+pub(super) async fn act(
+    state: &AdminState,
+    who: &Identity,
+    id: &str,
+    action: db::sla::Action,
+    bytes: &Bytes,
+) -> ApiResult {
+    let id = parse_id(id)?;
+    let request: ReasonBody = body(bytes)?;
+    actions::act_on_escalation(&state.ops, id, action, &who.name, request.reason()).await?;
+    let (escalation, _) = db::sla::escalation(&state.ops, id).await?;
+    Ok(Json(json!({ "escalation": escalation })))
+}
+
+pub(super) async fn acknowledge(
+    State(state): State<AdminState>,
+    Operator(who): Operator,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> ApiResult {
+    act(&state, &who, &id, db::sla::Action::Acknowledge, &bytes).await
+}
+
+pub(super) async fn resolve(
+    State(state): State<AdminState>,
+    Operator(who): Operator,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> ApiResult {
+    act(&state, &who, &id, db::sla::Action::Resolve, &bytes).await
+}
