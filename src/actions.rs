@@ -272,7 +272,20 @@ pub struct ItemView {
     pub detail: db::items::ItemDetail,
     pub waiting_reason: WaitingReason,
     /// The agent the catalog routes it to now, or why it cannot.
-    pub route: serde_json::Value,
+    pub route: RouteView,
+}
+
+/// Where the catalog routes an item now: its agent and content format, or why it cannot.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RouteView {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Reads an item and explains its state (see [`WaitingReason`]).
@@ -281,8 +294,12 @@ pub async fn item_view(pool: &PgPool, catalog: &Catalog, id: Uuid) -> Result<Ite
     let route = catalog.resolve(&detail.item.workflow_id, &detail.item.item_type).await;
     let waiting_reason = waiting_reason(&detail.item, route.as_ref().err());
     let route = match route {
-        Ok(step) => json!({ "agent": step.agent, "content": format!("{:?}", step.content).to_lowercase() }),
-        Err(e) => json!({ "error_code": e.code().as_str(), "error": e.to_string() }),
+        Ok(step) => RouteView {
+            agent: Some(step.agent.clone()),
+            content: Some(format!("{:?}", step.content).to_lowercase()),
+            ..RouteView::default()
+        },
+        Err(e) => RouteView { error_code: Some(e.code().as_str()), error: Some(e.to_string()), ..RouteView::default() },
     };
     Ok(ItemView { detail, waiting_reason, route })
 }
@@ -409,25 +426,45 @@ pub fn schedule_when(s: &db::schedules::Schedule) -> String {
     }
 }
 
-/// A schedule with its next `count` runs (in its zone and in UTC), as the CLI's JSON and the
-/// API show it.
-pub fn schedule_view(s: &db::schedules::Schedule, count: usize) -> serde_json::Value {
-    let next_runs: Vec<serde_json::Value> = match crate::calendar::Calendar::new(&s.spec()) {
-        Ok(calendar) if s.enabled && s.last_error.is_none() => {
-            let from = s.next_run.map_or(chrono::Utc::now(), |n| n - chrono::Duration::microseconds(1));
+/// A schedule with its next runs and the orders of its last slots: what `orderly schedules
+/// show`, the API and the page show.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScheduleView {
+    #[serde(flatten)]
+    pub schedule: db::schedules::Schedule,
+    pub when: String,
+    pub next_runs: Vec<NextRun>,
+    pub recent_orders: Vec<db::schedules::SlotOrder>,
+}
+
+/// One coming run, in the schedule's zone and in UTC.
+#[derive(Debug, Clone, Serialize)]
+pub struct NextRun {
+    pub local: String,
+    pub utc: String,
+}
+
+/// `schedule` with its next `count` runs (none while paused or unable to run) and the orders
+/// of its last `count` slots.
+pub async fn schedule_view(
+    pool: &PgPool,
+    schedule: db::schedules::Schedule,
+    count: usize,
+) -> Result<ScheduleView, sqlx::Error> {
+    let next_runs = match crate::calendar::Calendar::new(&schedule.spec()) {
+        Ok(calendar) if schedule.enabled && schedule.last_error.is_none() => {
+            let from = schedule.next_run.map_or(chrono::Utc::now(), |n| n - chrono::Duration::microseconds(1));
             calendar
                 .upcoming(from, count)
                 .unwrap_or_default()
                 .into_iter()
-                .map(|t| json!({ "local": crate::calendar::local(t, calendar.zone()), "utc": t.to_rfc3339() }))
+                .map(|t| NextRun { local: crate::calendar::local(t, calendar.zone()), utc: t.to_rfc3339() })
                 .collect()
         }
         _ => vec![],
     };
-    let mut value = serde_json::to_value(s).unwrap_or_default();
-    value["when"] = json!(schedule_when(s));
-    value["next_runs"] = json!(next_runs);
-    value
+    let recent_orders = db::schedules::recent_orders(pool, schedule.id, count as i64).await?;
+    Ok(ScheduleView { when: schedule_when(&schedule), schedule, next_runs, recent_orders })
 }
 
 /// The queue at a glance: `orderly status`, the API's status route and the page's overview.

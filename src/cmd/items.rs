@@ -23,7 +23,7 @@ pub async fn run(settings: &Settings, command: ItemCommand) -> anyhow::Result<()
             println!("item {} ({}) of order {}", i.id, i.item_type, i.work_order_id);
             println!("  status {}  priority {}  attempt {}", i.status, i.priority, i.attempt);
             println!("  waiting: {} ({})", view.waiting_reason.detail, view.waiting_reason.kind);
-            match (view.route["agent"].as_str(), view.route["error"].as_str()) {
+            match (view.route.agent.as_deref(), view.route.error.as_deref()) {
                 (Some(agent), _) => println!("  route: agent {agent}"),
                 (None, Some(error)) => println!("  route: cannot route: {error}"),
                 _ => {}

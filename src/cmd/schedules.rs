@@ -8,7 +8,6 @@ use crate::config::Settings;
 use crate::db;
 use crate::db::schedules::Schedule;
 use chrono::Utc;
-use serde_json::json;
 
 pub async fn run(settings: &Settings, command: ScheduleCommand) -> anyhow::Result<()> {
     let pool = connect(settings).await?;
@@ -16,7 +15,10 @@ pub async fn run(settings: &Settings, command: ScheduleCommand) -> anyhow::Resul
         ScheduleCommand::List { json } => {
             let schedules = db::schedules::list(&pool).await?;
             if json {
-                let rows: Vec<_> = schedules.iter().map(|s| view(s, 3)).collect();
+                let mut rows = Vec::new();
+                for s in schedules {
+                    rows.push(view(&pool, s, 3).await?);
+                }
                 println!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(());
             }
@@ -40,25 +42,23 @@ pub async fn run(settings: &Settings, command: ScheduleCommand) -> anyhow::Resul
             }
         }
         ScheduleCommand::Show { name, json } => {
-            let s = find(&pool, &name).await?;
-            let orders = db::schedules::recent_orders(&pool, s.id, 10).await?;
-            let mut shown = view(&s, 3);
-            shown["recent_orders"] = json!(orders);
+            let shown = view(&pool, find(&pool, &name).await?, 3).await?;
+            let s = &shown.schedule;
             if json {
                 println!("{}", serde_json::to_string_pretty(&shown)?);
                 return Ok(());
             }
-            println!("{}: {} in {}{}", s.name, when(&s), s.timezone, if s.enabled { "" } else { " (paused)" });
+            println!("{}: {} in {}{}", s.name, shown.when, s.timezone, if s.enabled { "" } else { " (paused)" });
             println!("  makes: workflow {} for tenant {}", s.workflow_id, s.tenant_id);
             println!("  catch-up {} (limit {}), overlap {}", s.catch_up, s.catch_up_limit, s.overlap);
             if let Some(error) = &s.last_error {
                 println!("  CANNOT RUN: {error}");
             }
             println!("  last run: {}", s.last_run.map_or("never".to_owned(), |t| t.to_rfc3339()));
-            for line in shown["next_runs"].as_array().into_iter().flatten() {
-                println!("  next: {} ({})", line["local"].as_str().unwrap_or("?"), line["utc"].as_str().unwrap_or("?"));
+            for next in &shown.next_runs {
+                println!("  next: {} ({})", next.local, next.utc);
             }
-            for o in &orders {
+            for o in &shown.recent_orders {
                 println!("  slot {}  order {}  {}", o.slot_at.to_rfc3339(), o.work_order_id, o.status);
             }
         }

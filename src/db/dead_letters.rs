@@ -45,7 +45,7 @@ pub async fn list(pool: &PgPool, include_processed: bool, limit: i64) -> Result<
 pub struct DeadLetterDetail {
     pub dead_letter: DeadLetterSummary,
     pub payload: Value,
-    pub item: Option<Value>,
+    pub item: Option<LetterItem>,
     pub attempts: Vec<super::items::AttemptRow>,
     pub eval_results: Vec<super::items::EvalRow>,
     pub approvals: Vec<super::items::ApprovalRow>,
@@ -69,6 +69,27 @@ pub async fn of_item(pool: &PgPool, item_id: Uuid) -> Result<Option<Uuid>, sqlx:
     .await
 }
 
+/// The item of a dead letter, as the letter's page shows it (content up to 64 KiB inline).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct LetterItem {
+    pub id: Uuid,
+    pub work_order_id: Uuid,
+    #[serde(rename = "type")]
+    pub item_type: String,
+    pub status: String,
+    pub priority: String,
+    pub attempt: i32,
+    pub attempt_base: i32,
+    pub rescues: i32,
+    pub run_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_error_code: Option<String>,
+    pub last_error: Option<String>,
+    pub content_bytes: i32,
+    pub content: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub processed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<DeadLetterDetail, OpsError> {
     let DeadLetterRow { summary: dead_letter, payload } = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {DEAD_LETTER_COLUMNS}, payload FROM dead_letters WHERE id = $1"
@@ -78,14 +99,12 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<DeadLetterDetail, OpsError> 
     .await?
     .ok_or_else(|| OpsError::NotFound { what: "dead letter", id })?;
     let item_id = dead_letter.work_item_id;
-    let item: Option<Value> = sqlx::query_scalar(
-        "SELECT jsonb_build_object('id', id, 'work_order_id', work_order_id, 'type', type,
-                'status', status, 'priority', priority, 'attempt', attempt,
-                'attempt_base', attempt_base, 'rescues', rescues, 'run_at', run_at,
-                'last_error_code', last_error_code, 'last_error', last_error,
-                'content_bytes', octet_length(content),
-                'content', CASE WHEN octet_length(content) <= 65536 THEN content END,
-                'created_at', created_at, 'processed_at', processed_at)
+    let item: Option<LetterItem> = sqlx::query_as(
+        "SELECT id, work_order_id, type::text AS item_type, status::text AS status, priority::text AS priority,
+                attempt, attempt_base, rescues, CASE WHEN isfinite(run_at) THEN run_at END AS run_at,
+                last_error_code, last_error, octet_length(content) AS content_bytes,
+                CASE WHEN octet_length(content) <= 65536 THEN content END AS content,
+                created_at, processed_at
          FROM work_items WHERE id = $1",
     )
     .bind(item_id)

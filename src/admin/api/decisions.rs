@@ -68,9 +68,7 @@ pub(super) async fn reject(
 pub(super) async fn schedules(State(state): State<AdminState>, _: Reader) -> ApiResult {
     let mut rows = Vec::new();
     for schedule in db::schedules::list(&state.ops).await? {
-        let mut row = actions::schedule_view(&schedule, 3);
-        row["recent_orders"] = json!(db::schedules::recent_orders(&state.ops, schedule.id, 3).await?);
-        rows.push(row);
+        rows.push(actions::schedule_view(&state.ops, schedule, 3).await?);
     }
     Ok(Json(json!({ "schedules": rows })))
 }

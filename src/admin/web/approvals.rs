@@ -2,8 +2,7 @@
 
 use super::*;
 
-pub(super) async fn approvals(State(state): State<AdminState>, headers: HeaderMap) -> Response {
-    let signed = signed_or_sign_in!(state, headers);
+pub(super) async fn approvals(State(state): State<AdminState>, Viewer(signed): Viewer) -> Response {
     let rows = match db::approvals::inbox(&state.ops, None, 100).await {
         Ok(rows) => rows,
         Err(e) => return error_page(&signed, e.into()),
@@ -50,14 +49,9 @@ pub(super) async fn approvals(State(state): State<AdminState>, headers: HeaderMa
 
 pub(super) async fn decide(
     State(state): State<AdminState>,
-    headers: HeaderMap,
     Path((id, decision)): Path<(String, String)>,
-    Form(form): Form<HashMap<String, String>>,
+    OperatorForm { signed, form }: OperatorForm,
 ) -> Response {
-    let signed = match guard_operate(&state, &headers, &form) {
-        Ok(signed) => signed,
-        Err(refusal) => return refusal.into_response(),
-    };
     let decision = match decision.as_str() {
         "approve" => Decision::Approved,
         "reject" => Decision::Rejected,

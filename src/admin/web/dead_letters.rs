@@ -6,10 +6,9 @@ use super::*;
 
 pub(super) async fn dead_letters(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    Viewer(signed): Viewer,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let signed = signed_or_sign_in!(state, headers);
     let code = query.get("code").map(|c| c.trim().to_owned()).filter(|c| !c.is_empty());
     let groups = match db::dead_letters::open_by_code(&state.ops).await {
         Ok(groups) => groups,
@@ -105,7 +104,7 @@ pub(super) fn letter(
 ) -> Markup {
     let l = &d.dead_letter;
     let item = d.item.as_ref();
-    let content = item.and_then(|i| i["content"].as_str());
+    let content = item.and_then(|i| i.content.as_deref());
     let is_open = l.processed_at.is_none();
     html! {
         details.letter open[open] id=(format!("letter-{}", l.id)) {
@@ -160,10 +159,9 @@ pub(super) fn letter(
 
 pub(super) async fn dead_letter(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    Viewer(signed): Viewer,
     Path(id): Path<String>,
 ) -> Response {
-    let signed = signed_or_sign_in!(state, headers);
     let Ok(id) = id.parse::<Uuid>() else {
         return error_page(&signed, api::ApiError::bad_request(format!("`{id}` is not a dead letter id")));
     };
@@ -182,14 +180,9 @@ pub(super) async fn dead_letter(
 
 pub(super) async fn replay(
     State(state): State<AdminState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    OperatorForm { signed, form }: OperatorForm,
 ) -> Response {
-    let signed = match guard_operate(&state, &headers, &form) {
-        Ok(signed) => signed,
-        Err(refusal) => return refusal.into_response(),
-    };
     let Ok(id) = id.parse::<Uuid>() else {
         return error_page(&signed, api::ApiError::bad_request("not a dead letter id"));
     };
@@ -222,14 +215,9 @@ pub(super) async fn replay(
 
 pub(super) async fn discard(
     State(state): State<AdminState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    OperatorForm { signed, form }: OperatorForm,
 ) -> Response {
-    let signed = match guard_operate(&state, &headers, &form) {
-        Ok(signed) => signed,
-        Err(refusal) => return refusal.into_response(),
-    };
     let Ok(id) = id.parse::<Uuid>() else {
         return error_page(&signed, api::ApiError::bad_request("not a dead letter id"));
     };
@@ -240,15 +228,7 @@ pub(super) async fn discard(
     done(&state, &signed, said(result, Some("Not discarded")), &back(&form, "/dead-letters"))
 }
 
-pub(super) async fn bulk(
-    State(state): State<AdminState>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let signed = match guard_operate(&state, &headers, &form) {
-        Ok(signed) => signed,
-        Err(refusal) => return refusal.into_response(),
-    };
+pub(super) async fn bulk(State(state): State<AdminState>, OperatorForm { signed, form }: OperatorForm) -> Response {
     let get = |k: &str| form.get(k).map(String::as_str);
     let filter = match api::letter_filter(Some("open"), get("error_code"), get("type"), None, None) {
         Ok(filter) => filter,

@@ -2,8 +2,7 @@
 
 use super::*;
 
-pub(super) async fn escalations(State(state): State<AdminState>, headers: HeaderMap) -> Response {
-    let signed = signed_or_sign_in!(state, headers);
+pub(super) async fn escalations(State(state): State<AdminState>, Viewer(signed): Viewer) -> Response {
     let rows = match db::sla::escalations(&state.ops, false, 200).await {
         Ok(rows) => rows,
         Err(e) => return error_page(&signed, e.into()),
@@ -51,14 +50,9 @@ pub(super) async fn escalations(State(state): State<AdminState>, headers: Header
 
 pub(super) async fn escalation_action(
     State(state): State<AdminState>,
-    headers: HeaderMap,
     Path((id, action)): Path<(String, String)>,
-    Form(form): Form<HashMap<String, String>>,
+    OperatorForm { signed, form }: OperatorForm,
 ) -> Response {
-    let signed = match guard_operate(&state, &headers, &form) {
-        Ok(signed) => signed,
-        Err(refusal) => return refusal.into_response(),
-    };
     let (action, verb) = match action.as_str() {
         "ack" => (db::sla::Action::Acknowledge, "Acknowledged"),
         "resolve" => (db::sla::Action::Resolve, "Resolved"),

@@ -32,7 +32,3 @@ pub(super) fn json_text(value: &Value) -> String {
 pub(super) fn cut(text: &str) -> String {
     crate::model::printable(text, SHOWN_CHARS)
 }
-
-pub(super) fn s<'a>(value: &'a Value, key: &str) -> &'a str {
-    value[key].as_str().unwrap_or("")
-}

@@ -1,5 +1,7 @@
 //! Who may use the page: the session cookie, the same-origin check and form token of every
-//! POST, the redirect after an action and the error pages. Every page's handler starts here.
+//! POST, the redirect after an action and the error pages. Handlers take an extractor, as the
+//! API's take `Reader`/`Operator`: [`Viewer`] for a page, [`OperatorForm`] for an action,
+//! [`SignedForm`] for signing out.
 
 use super::*;
 
@@ -180,4 +182,54 @@ pub(super) fn error_page(signed: &Signed, e: api::ApiError) -> Response {
             },
         ),
     )
+}
+
+/// A page for a signed-in operator (every GET but the overview, which shows the sign-in form
+/// instead): without a session, a redirect to the sign-in.
+pub(super) struct Viewer(pub(super) Signed);
+
+impl axum::extract::FromRequestParts<AdminState> for Viewer {
+    type Rejection = Response;
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &AdminState) -> Result<Self, Response> {
+        signed_in(state, &parts.headers).map(Viewer).ok_or_else(|| Redirect::to("/").into_response())
+    }
+}
+
+/// A POST of a form that passed [`guard`]: same origin, signed in, the session's form token.
+pub(super) struct SignedForm(pub(super) Signed);
+
+/// A [`SignedForm`] whose token may operate ([`guard_operate`]): every action.
+pub(super) struct OperatorForm {
+    pub(super) signed: Signed,
+    pub(super) form: HashMap<String, String>,
+}
+
+/// The form of a POST, or the refusal of a body that is not one.
+async fn form_of(
+    request: axum::extract::Request,
+    state: &AdminState,
+) -> Result<(HeaderMap, HashMap<String, String>), Refusal> {
+    let headers = request.headers().clone();
+    let Form(form) =
+        <Form<HashMap<String, String>> as axum::extract::FromRequest<AdminState>>::from_request(request, state)
+            .await
+            .map_err(|e| Refusal(StatusCode::BAD_REQUEST, format!("not a form: {e}")))?;
+    Ok((headers, form))
+}
+
+impl axum::extract::FromRequest<AdminState> for SignedForm {
+    type Rejection = Refusal;
+    async fn from_request(request: axum::extract::Request, state: &AdminState) -> Result<Self, Refusal> {
+        let (headers, form) = form_of(request, state).await?;
+        Ok(SignedForm(guard(state, &headers, &form)?))
+    }
+}
+
+impl axum::extract::FromRequest<AdminState> for OperatorForm {
+    type Rejection = Refusal;
+    async fn from_request(request: axum::extract::Request, state: &AdminState) -> Result<Self, Refusal> {
+        let (headers, form) = form_of(request, state).await?;
+        let signed = guard_operate(state, &headers, &form)?;
+        Ok(OperatorForm { signed, form })
+    }
 }

@@ -5,10 +5,9 @@ use super::*;
 
 pub(super) async fn items(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    Viewer(signed): Viewer,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let signed = signed_or_sign_in!(state, headers);
     let mut query: HashMap<String, String> = query.into_iter().filter(|(_, v)| !v.trim().is_empty()).collect();
     if let Some(id) = query.remove("id") {
         return match id.trim().parse::<Uuid>() {
@@ -74,8 +73,7 @@ pub(super) async fn items(
     page(StatusCode::OK, layout("Items", Some(&signed.session), signed.flash.clone(), body))
 }
 
-pub(super) async fn item(State(state): State<AdminState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let signed = signed_or_sign_in!(state, headers);
+pub(super) async fn item(State(state): State<AdminState>, Viewer(signed): Viewer, Path(id): Path<String>) -> Response {
     let Ok(id) = id.parse::<Uuid>() else {
         return error_page(&signed, api::ApiError::bad_request(format!("`{id}` is not an item id")));
     };
@@ -95,8 +93,8 @@ pub(super) async fn item(State(state): State<AdminState>, headers: HeaderMap, Pa
             dt { "type" } dd { (i.item_type) " · priority " (i.priority) }
             dt { "order" } dd { code { (i.work_order_id) } " (" (i.order_status) ") · workflow " (i.workflow_id) }
             dt { "route" } dd {
-                @if let Some(agent) = view.route["agent"].as_str() { "agent " (agent) " · content " (s(&view.route, "content")) }
-                @else { span.bad { (s(&view.route, "error")) } }
+                @if let Some(agent) = &view.route.agent { "agent " (agent) " · content " (view.route.content.as_deref().unwrap_or("")) }
+                @else { span.bad { (view.route.error.as_deref().unwrap_or("")) } }
             }
             dt { "attempts" } dd { (i.attempt) " (" (i.attempt - i.attempt_base) " counted in the budget) · rescues " (i.rescues) }
             dt { "created" } dd { (ts(i.created_at)) }
@@ -162,14 +160,9 @@ pub(super) fn attempts_table(attempts: &[db::items::AttemptRow]) -> Markup {
 
 pub(super) async fn cancel(
     State(state): State<AdminState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    OperatorForm { signed, form }: OperatorForm,
 ) -> Response {
-    let signed = match guard_operate(&state, &headers, &form) {
-        Ok(signed) => signed,
-        Err(refusal) => return refusal.into_response(),
-    };
     let Ok(id) = id.parse::<Uuid>() else { return error_page(&signed, api::ApiError::bad_request("not an item id")) };
     let reason = form.get("reason").map(String::as_str);
     let result = actions::cancel(&state.ops, db::items::Target::Item(id), &signed.session.identity.name, reason)

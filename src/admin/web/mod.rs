@@ -35,16 +35,6 @@ use serde_json::Value;
 use std::collections::HashMap;
 use uuid::Uuid;
 
-/// A GET page that needs a session: redirects to the sign-in otherwise.
-macro_rules! signed_or_sign_in {
-    ($state:expr, $headers:expr) => {
-        match signed_in(&$state, &$headers) {
-            Some(signed) => signed,
-            None => return Redirect::to("/").into_response(),
-        }
-    };
-}
-
 mod approvals;
 mod dead_letters;
 mod escalations;

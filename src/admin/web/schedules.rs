@@ -2,38 +2,37 @@
 
 use super::*;
 
-pub(super) async fn schedules(State(state): State<AdminState>, headers: HeaderMap) -> Response {
-    let signed = signed_or_sign_in!(state, headers);
+pub(super) async fn schedules(State(state): State<AdminState>, Viewer(signed): Viewer) -> Response {
     let schedules = match db::schedules::list(&state.ops).await {
         Ok(rows) => rows,
         Err(e) => return error_page(&signed, e.into()),
     };
-    let mut recent = Vec::new();
-    for s in &schedules {
-        match db::schedules::recent_orders(&state.ops, s.id, 3).await {
-            Ok(orders) => recent.push(orders),
+    let mut views = Vec::new();
+    for schedule in schedules {
+        match actions::schedule_view(&state.ops, schedule, 3).await {
+            Ok(view) => views.push(view),
             Err(e) => return error_page(&signed, e.into()),
         }
     }
     let body = html! {
         h1 { "Schedules" }
-        @if schedules.is_empty() { p { "No schedule. Schedules are rows of the schedules table (docs/schedules.md)." } } @else {
+        @if views.is_empty() { p { "No schedule. Schedules are rows of the schedules table (docs/schedules.md)." } } @else {
             table.schedules {
                 thead { tr { th { "name" } th { "when" } th { "next runs (its zone · UTC)" } th { "last slots" } } }
                 tbody {
-                    @for (s, orders) in schedules.iter().zip(&recent) {
-                        @let view = actions::schedule_view(s, 3);
+                    @for view in &views {
+                        @let s = &view.schedule;
                         tr id=(format!("schedule-{}", s.id)) {
                             td { (s.name) @if !s.enabled { br; span.state { "paused" } } }
-                            td { (actions::schedule_when(s)) br; small { (s.timezone) } }
+                            td { (view.when) br; small { (s.timezone) } }
                             td {
                                 @if let Some(error) = &s.last_error { span.bad { "cannot run: " (error) } }
-                                @for next in view["next_runs"].as_array().into_iter().flatten() {
-                                    (next["local"].as_str().unwrap_or("")) " · " small { (next["utc"].as_str().unwrap_or("")) } br;
+                                @for next in &view.next_runs {
+                                    (next.local) " · " small { (next.utc) } br;
                                 }
                             }
                             td {
-                                @for o in orders {
+                                @for o in &view.recent_orders {
                                     (o.slot_at.format("%Y-%m-%d %H:%M:%S UTC")) " "
                                     a href=(format!("/items?order={}", o.work_order_id)) { code title=(o.work_order_id) { (short(o.work_order_id)) } }
                                     " " span class=(format!("state {}", o.status)) { (o.status) } br;

@@ -62,15 +62,7 @@ pub(super) async fn login(
     response
 }
 
-pub(super) async fn logout(
-    State(state): State<AdminState>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let signed = match guard(&state, &headers, &form) {
-        Ok(signed) => signed,
-        Err(refusal) => return refusal.into_response(),
-    };
+pub(super) async fn logout(State(state): State<AdminState>, SignedForm(signed): SignedForm) -> Response {
     state.sessions.remove(&signed.cookie);
     let mut response = Redirect::to("/").into_response();
     response.headers_mut().insert(
