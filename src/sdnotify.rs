@@ -13,29 +13,29 @@ use std::time::Duration;
 
 /// A connection to the service manager's notification socket.
 #[derive(Debug)]
-pub struct Notifier {
+pub struct SystemdSocket {
     socket: UnixDatagram,
     addr: SocketAddr,
 }
 
-impl Notifier {
+impl SystemdSocket {
     /// The notifier `NOTIFY_SOCKET` names, or `None` when it is unset or empty (not started by
     /// systemd with `Type=notify`, or not allowed to notify). A value that is not a usable
     /// address is an error.
-    pub fn from_env() -> io::Result<Option<Notifier>> {
+    pub fn from_env() -> io::Result<Option<SystemdSocket>> {
         match std::env::var_os("NOTIFY_SOCKET") {
             None => Ok(None),
             Some(path) if path.is_empty() => Ok(None),
-            Some(path) => Notifier::connect(&path.to_string_lossy()).map(Some),
+            Some(path) => SystemdSocket::connect(&path.to_string_lossy()).map(Some),
         }
     }
 
     /// A notifier for the socket at `path` (`@name` for the abstract namespace).
-    pub fn connect(path: &str) -> io::Result<Notifier> {
+    pub fn connect(path: &str) -> io::Result<SystemdSocket> {
         let addr = parse_address(path)?;
         let socket = UnixDatagram::unbound()?;
         socket.set_nonblocking(true)?;
-        Ok(Notifier { socket, addr })
+        Ok(SystemdSocket { socket, addr })
     }
 
     /// Sends one notification: newline-separated `KEY=VALUE` assignments (`READY=1`).
@@ -94,7 +94,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("notify.sock");
         let receiver = UnixDatagram::bind(&path).unwrap();
-        Notifier::connect(path.to_str().unwrap()).unwrap().notify("READY=1").unwrap();
+        SystemdSocket::connect(path.to_str().unwrap()).unwrap().notify("READY=1").unwrap();
         let mut buf = [0u8; 64];
         let n = receiver.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1");
@@ -105,7 +105,7 @@ mod tests {
             use std::os::linux::net::SocketAddrExt;
             let name = format!("orderly-sdnotify-{}", uuid::Uuid::new_v4().simple());
             let receiver = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
-            Notifier::connect(&format!("@{name}")).unwrap().notify("WATCHDOG=1").unwrap();
+            SystemdSocket::connect(&format!("@{name}")).unwrap().notify("WATCHDOG=1").unwrap();
             let n = receiver.recv(&mut buf).unwrap();
             assert_eq!(&buf[..n], b"WATCHDOG=1");
         }
@@ -113,6 +113,6 @@ mod tests {
 
     #[test]
     fn a_relative_path_is_refused() {
-        assert!(Notifier::connect("run/notify").is_err());
+        assert!(SystemdSocket::connect("run/notify").is_err());
     }
 }

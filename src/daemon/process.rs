@@ -5,11 +5,11 @@ use super::*;
 
 /// `orderly run`'s side of systemd's notify protocol (`crate::sdnotify`): nothing at all
 /// outside systemd, and a warning, never a failure, when the socket cannot be used.
-pub(super) struct SystemdNotify(Option<Arc<crate::sdnotify::Notifier>>);
+pub(super) struct SystemdNotify(Option<Arc<crate::sdnotify::SystemdSocket>>);
 
 impl SystemdNotify {
     pub(super) fn from_env() -> SystemdNotify {
-        match crate::sdnotify::Notifier::from_env() {
+        match crate::sdnotify::SystemdSocket::from_env() {
             Ok(notifier) => SystemdNotify(notifier.map(Arc::new)),
             Err(e) => {
                 tracing::warn!(error = %e, "NOTIFY_SOCKET is set but unusable; not notifying systemd");
