@@ -1,7 +1,7 @@
 //! `orderly schedules list | show | next | run-now | pause | resume | check`.
 
 use super::{actor, connect};
-use crate::actions::{schedule_view as view, schedule_when as when};
+use crate::actions::schedules::{schedule_view as view, schedule_when as when};
 use crate::calendar::{Calendar, local};
 use crate::cli::ScheduleCommand;
 use crate::config::Settings;

@@ -68,7 +68,7 @@ pub(super) async fn reject(
 pub(super) async fn schedules(State(state): State<AdminState>, _: Reader) -> ApiResult {
     let mut rows = Vec::new();
     for schedule in db::schedules::list(&state.ops).await? {
-        rows.push(actions::schedule_view(&state.ops, schedule, 3).await?);
+        rows.push(actions::schedules::schedule_view(&state.ops, schedule, 3).await?);
     }
     Ok(Json(json!({ "schedules": rows })))
 }

@@ -9,7 +9,7 @@ pub(super) async fn schedules(State(state): State<AdminState>, Viewer(signed): V
     };
     let mut views = Vec::new();
     for schedule in schedules {
-        match actions::schedule_view(&state.ops, schedule, 3).await {
+        match actions::schedules::schedule_view(&state.ops, schedule, 3).await {
             Ok(view) => views.push(view),
             Err(e) => return error_page(&signed, e.into()),
         }
