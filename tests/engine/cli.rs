@@ -294,7 +294,7 @@ async fn orderly_run_raises_its_open_files_limit_to_the_hard_limit() {
     while start.elapsed() < std::time::Duration::from_secs(20)
         && count(
             &db.pool,
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND (query ILIKE 'LISTEN%' OR query LIKE '%orderly listener%') AND pid <> pg_backend_pid()",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'orderly' AND (query ILIKE 'LISTEN%' OR query LIKE '%orderly listener%')",
         )
         .await
             == 0

@@ -165,7 +165,7 @@ pub async fn wait_listening(db: &TestDb) {
     wait_until("the engine to LISTEN", Duration::from_secs(10), || async {
         count(
             &db.pool,
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND (query ILIKE 'LISTEN%' OR query LIKE '%orderly listener%') AND pid <> pg_backend_pid()",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'orderly' AND (query ILIKE 'LISTEN%' OR query LIKE '%orderly listener%')",
         )
         .await
             > 0

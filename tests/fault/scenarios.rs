@@ -426,7 +426,7 @@ async fn four_replicas_first_start_on_a_missing_database() {
         }
         let listening = count(
             &pool,
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND (query ILIKE 'LISTEN%' OR query LIKE '%orderly listener%') AND pid <> pg_backend_pid()",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'orderly' AND (query ILIKE 'LISTEN%' OR query LIKE '%orderly listener%')",
         )
         .await;
         if listening == 4 {
