@@ -65,17 +65,7 @@ pub async fn run(settings: &Settings, command: DeadLetterCommand) -> anyhow::Res
             }
             println!("\nitem:\n{}", serde_json::to_string_pretty(&detail.item)?);
             println!("\nattempts:");
-            for a in &detail.attempts {
-                println!(
-                    "  #{} {} agent={} {}ms {} {}",
-                    a.number,
-                    a.status,
-                    a.agent,
-                    a.duration_ms.map_or("?".to_owned(), |ms| ms.to_string()),
-                    a.error_code.as_deref().unwrap_or(""),
-                    a.error.as_deref().unwrap_or("")
-                );
-            }
+            super::print_attempts(&detail.attempts);
             println!("\neval results:");
             for e in &detail.eval_results {
                 println!("  {} passed={} score={} {}", e.evaluation_type, e.passed, e.score, e.metrics);

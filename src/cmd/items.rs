@@ -32,17 +32,7 @@ pub async fn run(settings: &Settings, command: ItemCommand) -> anyhow::Result<()
                 println!("  last error: {code} {}", i.last_error.as_deref().unwrap_or(""));
             }
             println!("attempts:");
-            for a in &view.detail.attempts {
-                println!(
-                    "  #{} {} agent={} {}ms {} {}",
-                    a.number,
-                    a.status,
-                    a.agent,
-                    a.duration_ms.map_or("?".to_owned(), |ms| ms.to_string()),
-                    a.error_code.as_deref().unwrap_or(""),
-                    a.error.as_deref().unwrap_or("")
-                );
-            }
+            super::print_attempts(&view.detail.attempts);
             for e in &view.detail.eval_results {
                 println!("eval {} passed={} score={}", e.evaluation_type, e.passed, e.score);
             }

@@ -73,3 +73,18 @@ pub fn unreachable_hint(url: &str, e: sqlx::Error) -> anyhow::Error {
 pub fn actor(given: Option<String>) -> String {
     given.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "cli".into())
 }
+
+/// An item's attempts, one line each (`items show`, `dead-letters show`).
+pub fn print_attempts(attempts: &[db::items::AttemptRow]) {
+    for a in attempts {
+        println!(
+            "  #{} {} agent={} {}ms {} {}",
+            a.number,
+            a.status,
+            a.agent,
+            a.duration_ms.map_or("?".to_owned(), |ms| ms.to_string()),
+            a.error_code.as_deref().unwrap_or(""),
+            a.error.as_deref().unwrap_or("")
+        );
+    }
+}

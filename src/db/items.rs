@@ -136,7 +136,7 @@ pub struct ItemDetail {
     pub attempts: Vec<AttemptRow>,
     pub eval_results: Vec<EvalRow>,
     pub approvals: Vec<ApprovalRow>,
-    pub escalations: Vec<EscalationRow>,
+    pub escalations: Vec<super::sla::Escalation>,
     /// Every dead letter of the item, newest first (at most one is open).
     pub dead_letters: Vec<LetterRow>,
 }
@@ -165,16 +165,7 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<ItemDetail, OpsError> {
     .await?
     .ok_or(OpsError::NotFound { what: "work item", id })?;
     let Records { attempts, eval_results, approvals } = records(pool, id).await?;
-    let escalations = sqlx::query_as(
-        "SELECT e.id, r.name AS rule, r.clock::text AS clock, e.level, e.status::text AS status, e.reason,
-                e.due_at, e.created_at, e.acknowledged_at, e.acknowledged_by, e.resolved_at, e.resolved_by,
-                e.resolution
-         FROM escalations e JOIN sla_rules r ON r.id = e.rule_id
-         WHERE e.work_item_id = $1 ORDER BY e.created_at, e.level",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
+    let escalations = super::sla::of_item(pool, id).await?;
     let dead_letters = sqlx::query_as(
         "SELECT id, error_code, reason::text AS reason, error, retry_count, created_at, processed_at,
                 resolution::text AS resolution, processed_at IS NULL AS open
@@ -388,24 +379,6 @@ pub struct ApprovalRow {
     pub source: String,
     pub attempt_id: Option<Uuid>,
     pub timestamp: DateTime<Utc>,
-}
-
-/// One escalation of the item.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct EscalationRow {
-    pub id: Uuid,
-    pub rule: String,
-    pub clock: String,
-    pub level: i32,
-    pub status: String,
-    pub reason: Option<String>,
-    pub due_at: DateTime<Utc>,
-    pub created_at: DateTime<Utc>,
-    pub acknowledged_at: Option<DateTime<Utc>>,
-    pub acknowledged_by: Option<String>,
-    pub resolved_at: Option<DateTime<Utc>>,
-    pub resolved_by: Option<String>,
-    pub resolution: Option<String>,
 }
 
 /// One dead letter of the item.

@@ -343,6 +343,15 @@ pub async fn escalations(pool: &PgPool, include_resolved: bool, limit: i64) -> R
     sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(include_resolved).bind(limit).fetch_all(pool).await
 }
 
+/// The escalations of one item, oldest first (its page, `orderly items show`).
+pub async fn of_item(pool: &PgPool, item: Uuid) -> Result<Vec<Escalation>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {ESCALATION_COLUMNS} FROM escalations e JOIN sla_rules r ON r.id = e.rule_id
+         WHERE e.work_item_id = $1 ORDER BY e.created_at, e.level"
+    );
+    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(item).fetch_all(pool).await
+}
+
 /// One escalation with the notifications sent for it.
 pub async fn escalation(pool: &PgPool, id: Uuid) -> Result<(Escalation, Vec<Value>), OpsError> {
     let sql =

@@ -20,15 +20,29 @@ async fn held_at_the_fault(db: &TestDb, pid: i32) -> i64 {
     held_by(db, pid).await
 }
 
+/// How many items a daemon should hold.
+enum Held {
+    AtLeast(i64),
+    Exactly(i64),
+}
+
+/// Waits until the daemon `pid` holds as many items as `held` says.
+async fn wait_held(db: &TestDb, pid: i32, held: Held, what: &str, deadline: Duration) {
+    wait_until(what, deadline, || async {
+        let n = held_by(db, pid).await;
+        match held {
+            Held::AtLeast(min) => n >= min,
+            Held::Exactly(want) => n == want,
+        }
+    })
+    .await;
+}
+
 /// Starts the first daemon, waits until it leads and holds `min_held` items.
 async fn leader_with_work(db: &TestDb, config: &std::path::Path, min_held: i64) -> Daemon {
     let leader = Daemon::start(db, config);
     wait_leader(db, leader.pid(), "the first daemon to lead", Duration::from_secs(15)).await;
-    wait_until("the leader to hold items", Duration::from_secs(15), || {
-        let pid = leader.pid();
-        async move { held_by(db, pid).await >= min_held }
-    })
-    .await;
+    wait_held(db, leader.pid(), Held::AtLeast(min_held), "the leader to hold items", Duration::from_secs(15)).await;
     leader
 }
 
@@ -43,24 +57,15 @@ async fn a_paused_leader_hands_over_and_cannot_complete_what_was_rescued() {
     let ids = enqueue_mixed(&db, if long_mode() { 3_000 } else { 600 }, 300).await;
     let paused = leader_with_work(&db, &config, 8).await;
     let other = Daemon::start(&db, &config);
-    wait_until("the second daemon to run", Duration::from_secs(15), || {
-        let pid = other.pid();
-        let db = &db;
-        async move { held_by(db, pid).await > 0 }
-    })
-    .await;
+    wait_held(&db, other.pid(), Held::AtLeast(1), "the second daemon to run", Duration::from_secs(15)).await;
     let epoch = leader_epoch(&db).await;
     paused.signal(Signal::SIGSTOP);
     let stopped = Instant::now();
     let held = held_at_the_fault(&db, paused.pid()).await;
     let takeover = wait_leader(&db, other.pid(), "the other daemon to take the lead", Duration::from_secs(20)).await;
     assert!(leader_epoch(&db).await > epoch, "the takeover began a new epoch");
-    wait_until("the paused leader's items to be rescued", Duration::from_secs(20), || {
-        let pid = paused.pid();
-        let db = &db;
-        async move { held_by(db, pid).await == 0 }
-    })
-    .await;
+    wait_held(&db, paused.pid(), Held::Exactly(0), "the paused leader's items to be rescued", Duration::from_secs(20))
+        .await;
     let rescued = stopped.elapsed();
     paused.signal(Signal::SIGCONT);
     quiesce(&db, Duration::from_secs(120)).await;
@@ -92,19 +97,16 @@ async fn a_paused_follower_is_rescued_by_the_leader_that_keeps_its_lease() {
     let leader = leader_with_work(&db, &config, 1).await;
     let epoch = leader_epoch(&db).await;
     let paused = Daemon::start(&db, &config);
-    wait_until("the follower to hold items", Duration::from_secs(15), || {
-        let pid = paused.pid();
-        let db = &db;
-        async move { held_by(db, pid).await >= 8 }
-    })
-    .await;
+    wait_held(&db, paused.pid(), Held::AtLeast(8), "the follower to hold items", Duration::from_secs(15)).await;
     paused.signal(Signal::SIGSTOP);
     let held = held_at_the_fault(&db, paused.pid()).await;
-    wait_until("the paused follower's items to be rescued", Duration::from_secs(20), || {
-        let pid = paused.pid();
-        let db = &db;
-        async move { held_by(db, pid).await == 0 }
-    })
+    wait_held(
+        &db,
+        paused.pid(),
+        Held::Exactly(0),
+        "the paused follower's items to be rescued",
+        Duration::from_secs(20),
+    )
     .await;
     assert_eq!(leader_pid(&db).await, Some(leader.pid()), "the leader kept the lead");
     assert_eq!(leader_epoch(&db).await, epoch, "in the same epoch");
@@ -137,19 +139,9 @@ async fn a_partitioned_leader_loses_the_lead_within_the_lease() {
     let proxy = Proxy::start(&upstream).await;
     let cut_off = Daemon::start_with(&proxy.url(&db.url), &config, &[]);
     wait_leader(&db, cut_off.pid(), "the proxied daemon to lead", Duration::from_secs(15)).await;
-    wait_until("the proxied leader to hold items", Duration::from_secs(15), || {
-        let pid = cut_off.pid();
-        let db = &db;
-        async move { held_by(db, pid).await >= 8 }
-    })
-    .await;
+    wait_held(&db, cut_off.pid(), Held::AtLeast(8), "the proxied leader to hold items", Duration::from_secs(15)).await;
     let other = Daemon::start(&db, &config);
-    wait_until("the second daemon to run", Duration::from_secs(15), || {
-        let pid = other.pid();
-        let db = &db;
-        async move { held_by(db, pid).await > 0 }
-    })
-    .await;
+    wait_held(&db, other.pid(), Held::AtLeast(1), "the second daemon to run", Duration::from_secs(15)).await;
     proxy.pause();
     let held = held_at_the_fault(&db, cut_off.pid()).await;
     let takeover = wait_leader(&db, other.pid(), "the other daemon to take the lead", Duration::from_secs(20)).await;
@@ -158,11 +150,13 @@ async fn a_partitioned_leader_loses_the_lead_within_the_lease() {
         async move { !lost.is_empty() }
     })
     .await;
-    wait_until("the cut-off leader's items to be rescued", Duration::from_secs(20), || {
-        let pid = cut_off.pid();
-        let db = &db;
-        async move { held_by(db, pid).await == 0 }
-    })
+    wait_held(
+        &db,
+        cut_off.pid(),
+        Held::Exactly(0),
+        "the cut-off leader's items to be rescued",
+        Duration::from_secs(20),
+    )
     .await;
     proxy.resume();
     quiesce(&db, Duration::from_secs(120)).await;
