@@ -59,7 +59,15 @@ pub async fn run(settings: &Settings, command: EscalationCommand) -> anyhow::Res
             }
             println!("\nnotifications:");
             for n in notifications {
-                println!("  {n}");
+                println!(
+                    "  {} {} to {}: {} after {} attempt(s){}",
+                    n.id,
+                    n.kind,
+                    n.connector,
+                    n.status,
+                    n.attempts,
+                    n.last_error.map(|e| format!(" ({e})")).unwrap_or_default()
+                );
             }
         }
         EscalationCommand::Ack { id, reason, actor: who } => {

@@ -353,7 +353,19 @@ pub async fn of_item(pool: &PgPool, item: Uuid) -> Result<Vec<Escalation>, sqlx:
 }
 
 /// One escalation with the notifications sent for it.
-pub async fn escalation(pool: &PgPool, id: Uuid) -> Result<(Escalation, Vec<Value>), OpsError> {
+/// A notification sent (or being sent) for an escalation.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct SentNotification {
+    pub id: Uuid,
+    pub connector: String,
+    pub kind: String,
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+pub async fn escalation(pool: &PgPool, id: Uuid) -> Result<(Escalation, Vec<SentNotification>), OpsError> {
     let sql =
         format!("SELECT {ESCALATION_COLUMNS} FROM escalations e JOIN sla_rules r ON r.id = e.rule_id WHERE e.id = $1");
     let escalation: Escalation = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -361,10 +373,8 @@ pub async fn escalation(pool: &PgPool, id: Uuid) -> Result<(Escalation, Vec<Valu
         .fetch_optional(pool)
         .await?
         .ok_or(OpsError::NotFound { what: "escalation", id })?;
-    let notifications: Vec<Value> = sqlx::query_scalar(
-        "SELECT jsonb_build_object('id', n.id, 'connector', c.name, 'kind', n.kind, 'status', n.status,
-                                   'attempts', n.attempts, 'last_error', n.last_error,
-                                   'delivered_at', n.delivered_at)
+    let notifications = sqlx::query_as(
+        "SELECT n.id, c.name AS connector, n.kind, n.status::text AS status, n.attempts, n.last_error, n.delivered_at
          FROM notifications n JOIN connectors c ON c.id = n.connector_id
          WHERE $1 = ANY (n.escalation_ids) ORDER BY n.created_at",
     )

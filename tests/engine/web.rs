@@ -373,3 +373,53 @@ async fn operator_rules_hold_on_the_page_the_api_and_the_cli() {
     assert_eq!(page.status, 303);
     assert_eq!(open(&db).await, 0);
 }
+
+/// A held item's own page offers approve and reject, and the decision brings the operator
+/// back to the item.
+#[tokio::test]
+async fn a_held_items_page_approves_it() {
+    let db = TestDb::new().await;
+    let app = app(&db, "");
+    let held = crate::api::held(&db).await;
+    let reader = sign_in(&app, crate::api::READ).await;
+    let page = get(&app, &format!("/items/{held}"), &reader).await;
+    assert!(!page.body.contains(&format!("/approvals/{held}/approve")), "a read token sees no decision form");
+    let cookie = sign_in(&app, crate::api::OPERATE).await;
+    let page = get(&app, &format!("/items/{held}"), &cookie).await;
+    assert!(page.body.contains("Held for a decision"), "{}", page.body);
+    assert!(page.body.contains(&format!("action=\"/approvals/{held}/approve\"")), "{}", page.body);
+    assert!(page.body.contains("&lt;b&gt;yes&lt;/b&gt;"), "the held output is shown, as text");
+    let token = csrf(&page.body);
+    let back = format!("/items/{held}");
+    let done = send(
+        &app,
+        "POST",
+        &format!("/approvals/{held}/approve"),
+        Some(&cookie),
+        &[],
+        Some(&[("csrf", &token), ("back", &back), ("reason", "checked by hand")]),
+    )
+    .await;
+    assert_eq!((done.status, done.location()), (303, back.as_str()));
+    assert_eq!(item_status(&db.pool, held).await, "COMPLETED");
+}
+
+/// An escalation has a page of its own, linked from the list: its subject and the
+/// notifications sent for it.
+#[tokio::test]
+async fn an_escalation_has_a_page_with_its_subject() {
+    let db = TestDb::new().await;
+    let app = app(&db, "");
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    let item = insert_item(&db.pool, order, "TICKET", "{}").await;
+    let escalation = crate::api::escalation(&db, item).await;
+    let cookie = sign_in(&app, crate::api::READ).await;
+    let list = get(&app, "/escalations", &cookie).await;
+    assert!(list.body.contains(&format!("href=\"/escalations/{escalation}\"")), "{}", list.body);
+    let page = get(&app, &format!("/escalations/{escalation}"), &cookie).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains(&format!("href=\"/items/{item}\"")), "{}", page.body);
+    assert!(page.body.contains("None sent."), "{}", page.body);
+    let missing = get(&app, &format!("/escalations/{}", uuid::Uuid::new_v4()), &cookie).await;
+    assert_eq!(missing.status, 404);
+}

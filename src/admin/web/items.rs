@@ -91,7 +91,10 @@ pub(super) async fn item(State(state): State<AdminState>, Viewer(signed): Viewer
             dt { "state" } dd { span class=(format!("state {}", i.status.as_str())) { (i.status.as_str()) } }
             dt { "why" } dd.why { (view.waiting_reason.detail) }
             dt { "type" } dd { (i.item_type) " · priority " (i.priority) }
-            dt { "order" } dd { code { (i.work_order_id) } " (" (i.order_status) ") · workflow " (i.workflow_id) }
+            dt { "order" } dd {
+                a href=(format!("/items?order={}", i.work_order_id)) { code { (i.work_order_id) } }
+                " (" (i.order_status) ") · workflow " (i.workflow_id)
+            }
             dt { "route" } dd {
                 @if let Some(agent) = &view.route.agent { "agent " (agent) " · content " (view.route.content.as_deref().unwrap_or("")) }
                 @else { span.bad { (view.route.error.as_deref().unwrap_or("")) } }
@@ -100,6 +103,19 @@ pub(super) async fn item(State(state): State<AdminState>, Viewer(signed): Viewer
             dt { "created" } dd { (ts(i.created_at)) }
             @if let Some(at) = i.processed_at { dt { "finished" } dd { (ts(at)) } }
             @if let Some(code) = &i.last_error_code { dt { "last error" } dd { (code) ": " (i.last_error.as_deref().unwrap_or("")) } }
+        }
+        @if i.status == ItemStatus::AwaitingApproval && operate {
+            section.decide {
+                h2 { "Held for a decision" }
+                p { "The output below waits for a human. Approve completes the item; reject fails this attempt (a retry while the budget lasts, else a dead letter)." }
+                @for (verb, label) in [("approve", "Approve"), ("reject", "Reject")] {
+                    form.inline method="post" action=(format!("/approvals/{id}/{verb}")) {
+                        (hidden(&signed.session, &here))
+                        input type="text" name="reason" placeholder="reason (optional)";
+                        button type="submit" { (label) }
+                    }
+                }
+            }
         }
         @if live && operate {
             form.inline method="post" action=(format!("/items/{id}/cancel")) {

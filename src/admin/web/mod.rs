@@ -84,6 +84,7 @@ pub fn routes() -> axum::Router<AdminState> {
         .route("/approvals/{id}/{decision}", post(approvals::decide))
         .route("/escalations", get(escalations::escalations))
         .route("/schedules", get(schedules::schedules))
+        .route("/escalations/{id}", get(escalations::escalation))
         .route("/escalations/{id}/{action}", post(escalations::escalation_action))
         .layer(axum::middleware::from_fn(security_headers))
         .route("/assets/style.css", get(style))
