@@ -268,6 +268,15 @@ pub enum DeadLetterCommand {
         #[arg(long)]
         actor: Option<String>,
     },
+    /// Replay every open letter a filter takes (as the API's bulk-replay), oldest first.
+    BulkReplay(BulkArgs),
+    /// Discard every open letter a filter takes (a reason is required), oldest first.
+    BulkDiscard {
+        #[command(flatten)]
+        filter: BulkArgs,
+        #[arg(long)]
+        reason: String,
+    },
     /// Close the dead letter without replaying; the item stays FAILED.
     Discard {
         id: Uuid,
@@ -384,4 +393,27 @@ pub enum ItemCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Which open dead letters a bulk action takes: at least one filter, or `--all`.
+#[derive(Debug, Args)]
+pub struct BulkArgs {
+    #[arg(long)]
+    pub error_code: Option<String>,
+    #[arg(long = "type")]
+    pub item_type: Option<String>,
+    /// Created at least this long ago (e.g. 1h).
+    #[arg(long)]
+    pub older_than: Option<humantime::Duration>,
+    /// Created at most this long ago.
+    #[arg(long)]
+    pub newer_than: Option<humantime::Duration>,
+    /// Every open letter (when no filter is given).
+    #[arg(long)]
+    pub all: bool,
+    /// Most letters taken (at most the server's cap).
+    #[arg(long)]
+    pub limit: Option<i64>,
+    #[arg(long)]
+    pub actor: Option<String>,
 }

@@ -76,6 +76,10 @@ pub async fn run(settings: &Settings, command: DeadLetterCommand) -> anyhow::Res
             }
             println!("\npayload:\n{}", serde_json::to_string_pretty(&detail.payload)?);
         }
+        DeadLetterCommand::BulkReplay(args) => bulk(&pool, args, crate::actions::Bulk::Replay).await?,
+        DeadLetterCommand::BulkDiscard { filter, reason } => {
+            bulk(&pool, filter, crate::actions::Bulk::Discard { reason }).await?
+        }
         DeadLetterCommand::Replay { id, content, actor: who } => {
             let limit = settings.limits.max_content_bytes;
             let content = match content {
@@ -125,4 +129,34 @@ fn describe_reason(reason: DeadLetterReason) -> &'static str {
         DeadLetterReason::RetriesExhausted => "retries exhausted",
         DeadLetterReason::CrashLoop => "crash loop",
     }
+}
+
+/// `bulk-replay` and `bulk-discard`: the same action as the API's, on the letters the filter
+/// takes (one is required, or `--all`).
+async fn bulk(pool: &sqlx::PgPool, args: crate::cli::BulkArgs, action: crate::actions::Bulk) -> anyhow::Result<()> {
+    let crate::cli::BulkArgs { error_code, item_type, older_than, newer_than, all, limit, actor: who } = args;
+    if !all && error_code.is_none() && item_type.is_none() && older_than.is_none() && newer_than.is_none() {
+        anyhow::bail!(
+            "give --error-code, --type, --older-than or --newer-than, or --all to take every open dead letter"
+        );
+    }
+    let filter = db::dead_letters::Filter {
+        open: Some(true),
+        error_code,
+        item_type,
+        older_than_secs: older_than.map(|d| std::time::Duration::from(d).as_secs_f64()),
+        newer_than_secs: newer_than.map(|d| std::time::Duration::from(d).as_secs_f64()),
+    };
+    let report = crate::actions::bulk_dead_letters(pool, &filter, limit, &action, &actor(who)).await?;
+    println!(
+        "{} {} of {} matching open dead letter(s); {} still open",
+        if report.action == "replay" { "replayed" } else { "discarded" },
+        report.done.len(),
+        report.matched,
+        report.left
+    );
+    for failed in &report.failed {
+        println!("  not done: {} ({})", failed.id, failed.error);
+    }
+    Ok(())
 }

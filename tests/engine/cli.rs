@@ -402,3 +402,26 @@ async fn the_cli_shows_what_the_api_and_the_page_show() {
     assert_eq!(said.matches("error").count(), 1, "said once: {said}");
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}"))).execute(&db.pool).await.unwrap();
 }
+
+/// Bulk replay and discard by filter from the command line, as the API's: a filter (or
+/// `--all`) is required, a discard needs a reason, each letter is audited.
+#[tokio::test]
+async fn dead_letters_are_replayed_and_discarded_in_bulk_by_filter() {
+    let db = TestDb::new().await;
+    let (_, first) = crate::api::dead_lettered(&db, "TICKET", "{}", "AGENT_ERROR", "no").await;
+    let (_, second) = crate::api::dead_lettered(&db, "INVOICE", "{}", "AGENT_REJECTED", "no").await;
+    let out = orderly(&db.url, &["dead-letters", "bulk-replay"]);
+    assert!(!out.status.success() && text(&out).contains("--all"), "{}", text(&out));
+    let out =
+        orderly(&db.url, &["dead-letters", "bulk-discard", "--error-code", "AGENT_REJECTED", "--reason", "known"]);
+    assert!(out.status.success() && text(&out).contains("discarded 1 of 1"), "{}", text(&out));
+    let out = orderly(&db.url, &["dead-letters", "bulk-replay", "--all", "--actor", "carol"]);
+    assert!(out.status.success() && text(&out).contains("replayed 1 of 1"), "{}", text(&out));
+    let resolutions: Vec<(uuid::Uuid, Option<String>)> =
+        sqlx::query_as("SELECT id, resolution::text FROM dead_letters ORDER BY created_at")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert!(resolutions.contains(&(first, Some("REPLAYED".into()))), "{resolutions:?}");
+    assert!(resolutions.contains(&(second, Some("DISCARDED".into()))), "{resolutions:?}");
+}
