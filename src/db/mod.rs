@@ -128,9 +128,13 @@ pub struct PoolOptions<'a> {
     pub idle_in_transaction_timeout: std::time::Duration,
 }
 
-/// Opens the pool described by the settings (operators' commands).
+/// Opens the pool described by the settings (operators' commands). One connection is tried
+/// first, so that a database that refuses connections is said at once rather than after the
+/// pool's `acquire_timeout` of retries.
 pub async fn connect(settings: &PoolOptions<'_>) -> Result<PgPool, DbError> {
-    open(settings, PgConnectOptions::from_str(settings.url)?).await
+    let options = PgConnectOptions::from_str(settings.url)?;
+    sqlx::Connection::close(<sqlx::PgConnection as sqlx::Connection>::connect_with(&options).await?).await?;
+    open(settings, options).await
 }
 
 /// Opens the engine's pool: [`connect`] with [`ENGINE_PLANNER_SETTINGS`].

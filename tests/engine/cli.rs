@@ -107,6 +107,9 @@ async fn an_unreachable_database_is_explained() {
     let shown = text(&out);
     assert!(shown.contains("cannot reach PostgreSQL at postgres://postgres@127.0.0.1:1/orderly"), "{shown}");
     assert!(shown.contains("DATABASE_URL"), "{shown}");
+    // The refusal itself, at once (as `orderly run` says it), not the pool giving up after
+    // its acquire timeout of retries.
+    assert!(shown.contains("Connection refused") && !shown.contains("pool timed out"), "{shown}");
 }
 
 #[tokio::test]
