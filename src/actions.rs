@@ -422,6 +422,8 @@ pub struct Overview {
     pub in_flight: Vec<db::orders::InFlight>,
     /// The leader lease (who leads, since when, until when); `None` before any replica led.
     pub leadership: Option<db::leader::Lease>,
+    /// The replicas alive: seen by the database within the last 30 seconds.
+    pub replicas: Vec<db::leader::Replica>,
 }
 
 /// Reads the overview: the counts of `orderly status` (every item, so one pass over
@@ -430,6 +432,7 @@ pub async fn overview(pool: &sqlx::PgPool) -> Result<Overview, sqlx::Error> {
     let queue = db::orders::queue_status(pool, 20).await?;
     let escalations = db::sla::unresolved_counts(pool).await?;
     let leadership = db::leader::current(pool).await?;
+    let replicas = db::leader::replicas(pool, std::time::Duration::from_secs(30)).await?;
     let mut by_state = BTreeMap::new();
     let mut by_type: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
     for row in &queue.counts {
@@ -448,5 +451,6 @@ pub async fn overview(pool: &sqlx::PgPool) -> Result<Overview, sqlx::Error> {
         escalations_acknowledged: escalation("ACKNOWLEDGED"),
         in_flight: queue.in_flight,
         leadership,
+        replicas,
     })
 }

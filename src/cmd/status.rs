@@ -40,6 +40,10 @@ pub async fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
         Some(l) => writeln!(out, "leader: none (the lease of {} expired at {})", l.holder, l.expires_at)?,
         None => writeln!(out, "leader: no replica has led yet")?,
     }
+    writeln!(out, "replicas alive: {}", overview.replicas.len())?;
+    for r in &overview.replicas {
+        writeln!(out, "  {} (orderly {}, started {})", r.worker_id, r.version, r.started_at)?;
+    }
     writeln!(out, "in flight: {}", status.in_flight.len())?;
     for item in &status.in_flight {
         writeln!(

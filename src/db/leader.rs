@@ -78,3 +78,45 @@ pub async fn current(db: impl sqlx::PgExecutor<'_>) -> Result<Option<Lease>, sql
 fn interval(d: Duration) -> String {
     format!("{} microseconds", d.as_micros())
 }
+
+/// Records that this replica is alive (every election round, on every replica); the leader
+/// also removes replicas not seen for an hour.
+pub async fn heartbeat(conn: &mut PgConnection, worker_id: &str, leading: bool) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH seen AS (
+             INSERT INTO orderly_replicas (worker_id, version) VALUES ($1, $2)
+             ON CONFLICT (worker_id) DO UPDATE SET last_seen = now())
+         DELETE FROM orderly_replicas WHERE $3 AND last_seen < now() - interval '1 hour'",
+    )
+    .bind(worker_id)
+    .bind(env!("CARGO_PKG_VERSION"))
+    .bind(leading)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// Removes this replica (a clean shutdown).
+pub async fn leave(conn: &mut PgConnection, worker_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM orderly_replicas WHERE worker_id = $1").bind(worker_id).execute(conn).await.map(|_| ())
+}
+
+/// A replica that is alive.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct Replica {
+    pub worker_id: String,
+    pub version: String,
+    pub started_at: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+}
+
+/// The replicas seen within `within` (on the database clock), oldest first.
+pub async fn replicas(db: impl sqlx::PgExecutor<'_>, within: Duration) -> Result<Vec<Replica>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT worker_id, version, started_at, last_seen FROM orderly_replicas
+         WHERE last_seen > now() - $1::interval ORDER BY started_at",
+    )
+    .bind(interval(within))
+    .fetch_all(db)
+    .await
+}

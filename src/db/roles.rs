@@ -130,6 +130,8 @@ impl Roles {
             ("SELECT", &[daemon], &["workflow_templates", "schemas", "sla_rules", "sla_levels", "connectors"]),
             ("SELECT", &[daemon, oncall], &["_sqlx_migrations", "orderly_leader"]),
             ("INSERT, UPDATE", &[daemon], &["orderly_leader"]),
+            ("SELECT, INSERT, UPDATE, DELETE", &[daemon], &["orderly_replicas"]),
+            ("SELECT", &[oncall], &["orderly_replicas"]),
             ("SELECT, UPDATE", &[daemon, oncall], &["schedules"]),
             ("SELECT, INSERT", &[producer], &["work_orders", "work_items"]),
             (

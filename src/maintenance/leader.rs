@@ -31,6 +31,8 @@ pub async fn run(
         }
         if let Some(conn) = session.as_mut() {
             let sent = Instant::now();
+            // Alive, whether or not this replica leads (a failure shows in the campaign next).
+            let _ = tokio::time::timeout(every, db::leader::heartbeat(conn, &holder, term.is_some())).await;
             match tokio::time::timeout(every, db::leader::campaign(conn, &holder, lease)).await {
                 Ok(Ok(Some(granted))) => {
                     let next =
@@ -96,7 +98,8 @@ pub async fn run(
             ),
         }
     }
-    if let Some(conn) = session {
+    if let Some(mut conn) = session {
+        let _ = tokio::time::timeout(every, db::leader::leave(&mut conn, &holder)).await;
         let _ = sqlx::Connection::close(conn).await;
     }
 }

@@ -295,3 +295,23 @@ async fn a_leader_whose_lease_was_taken_acts_no_more() {
     assert_eq!(epoch, 3, "first term, the other holder's, this replica's second");
     stop(engine).await;
 }
+
+/// Every replica reports itself alive through its election loop, and a clean shutdown removes
+/// it: the overview (the page, the status API, `orderly status`) lists who runs.
+#[tokio::test]
+async fn the_replicas_alive_are_listed_and_a_stopped_one_leaves() {
+    let db = TestDb::new().await;
+    let a = db.engine("[worker]\nleader_lease = \"1s\"\n").await;
+    let b = db.engine("[worker]\nleader_lease = \"1s\"\n").await;
+    let (a_id, b_id) = (a.worker_id.clone(), b.worker_id.clone());
+    wait_until("both replicas to report", Duration::from_secs(10), || async {
+        let o = orderly::actions::overview(&db.pool).await.unwrap();
+        o.replicas.iter().any(|r| r.worker_id == a_id) && o.replicas.iter().any(|r| r.worker_id == b_id)
+    })
+    .await;
+    stop(b).await;
+    let o = orderly::actions::overview(&db.pool).await.unwrap();
+    let ids: Vec<&str> = o.replicas.iter().map(|r| r.worker_id.as_str()).collect();
+    assert_eq!(ids, vec![a_id.as_str()], "the stopped replica left at once");
+    stop(a).await;
+}

@@ -100,5 +100,19 @@ pub(super) fn overview_body(state: &AdminState, o: &Overview) -> Markup {
             }
             " · orderly " (env!("CARGO_PKG_VERSION"))
         }
+        h2 { "Replicas alive (" (o.replicas.len()) ")" }
+        @if o.replicas.is_empty() { p { "No replica has reported in the last 30 seconds." } } @else {
+            table.replicas {
+                thead { tr { th { "worker" } th { "version" } th { "started" } th { "last seen" } } }
+                tbody {
+                    @for r in &o.replicas {
+                        tr {
+                            td { code { (r.worker_id) } @if o.leadership.as_ref().is_some_and(|l| l.live && l.holder == r.worker_id) { " (leader)" } }
+                            td { (r.version) } td { (ts(r.started_at)) } td { (ts(r.last_seen)) }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
