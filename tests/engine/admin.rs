@@ -517,17 +517,7 @@ async fn every_documented_metric_family_gets_a_sample() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let rule: uuid::Uuid = sqlx::query_scalar(
-        "INSERT INTO sla_rules (name, clock) VALUES ('decide at once', 'TIME_AWAITING_APPROVAL') RETURNING id",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    sqlx::query("INSERT INTO sla_levels (rule_id, level, after, connectors) VALUES ($1, 1, '1 millisecond', '{hook}')")
-        .bind(rule)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    crate::sla::rule(&db, "decide at once", "TIME_AWAITING_APPROVAL", &[(1, "1 millisecond", &["hook"])]).await;
     sqlx::query(
         "INSERT INTO schemas (name, version, document_type, schema_definition) VALUES ('ticket-output', '1', 'TICKET', '{\"type\": \"object\"}')",
     )
@@ -552,22 +542,7 @@ async fn every_documented_metric_family_gets_a_sample() {
     insert_item(&db.pool, order, "INVOICE", "{}").await;
     wait_for_status(&db.pool, ticket, "COMPLETED").await;
     // A lease left behind by a vanished worker, for the leader's rescuer.
-    let mut tx = db.pool.begin().await.unwrap();
-    let lost: uuid::Uuid = sqlx::query_scalar(
-        "INSERT INTO work_items (work_order_id, type, content) VALUES ($1, 'TICKET', '{}') RETURNING id",
-    )
-    .bind(order)
-    .fetch_one(&mut *tx)
-    .await
-    .unwrap();
-    sqlx::query(
-        "UPDATE work_items SET status = 'PROCESSING', attempt = 1, locked_by = 'gone', lease_expires_at = now() - interval '1 minute' WHERE id = $1",
-    )
-    .bind(lost)
-    .execute(&mut *tx)
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    let lost = insert_expired_lease(&db.pool, order).await;
     wait_until("the escalation to be delivered", Duration::from_secs(20), || async {
         !sink.received.lock().unwrap().is_empty()
     })

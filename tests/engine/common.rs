@@ -286,3 +286,26 @@ impl TestAgent {
 pub fn ok_json(body: Value) -> (Answer, Duration) {
     ((200, vec![], body.to_string()), Duration::ZERO)
 }
+
+/// A PROCESSING item of `order` whose lease expired a minute ago, as a vanished worker leaves
+/// it: inserted and marked in one transaction, so no claim sees it QUEUED.
+pub async fn insert_expired_lease(pool: &PgPool, order: Uuid) -> Uuid {
+    let mut tx = pool.begin().await.unwrap();
+    let item: Uuid = sqlx::query_scalar(
+        "INSERT INTO work_items (work_order_id, type, content) VALUES ($1, 'TICKET', '{}') RETURNING id",
+    )
+    .bind(order)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE work_items SET status = 'PROCESSING', attempt = 1, locked_by = 'gone',
+                lease_expires_at = now() - interval '1 minute' WHERE id = $1",
+    )
+    .bind(item)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    item
+}

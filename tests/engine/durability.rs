@@ -263,23 +263,7 @@ async fn a_leader_whose_lease_was_taken_acts_no_more() {
     // An expired PROCESSING item appears (inserted and marked in one transaction, so no
     // claim sees it QUEUED): only a leader may rescue it.
     let order = insert_order(&db.pool, "MEDIUM").await;
-    let mut tx = db.pool.begin().await.unwrap();
-    let item: uuid::Uuid = sqlx::query_scalar(
-        "INSERT INTO work_items (work_order_id, type, content) VALUES ($1, 'TICKET', '{}') RETURNING id",
-    )
-    .bind(order)
-    .fetch_one(&mut *tx)
-    .await
-    .unwrap();
-    sqlx::query(
-        "UPDATE work_items SET status = 'PROCESSING', attempt = 1, locked_by = 'gone',
-                lease_expires_at = now() - interval '1 minute' WHERE id = $1",
-    )
-    .bind(item)
-    .execute(&mut *tx)
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    let item = insert_expired_lease(&db.pool, order).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(item_status(&db.pool, item).await, "PROCESSING", "no rescue by a replica that does not lead");
     // The lease runs out: this replica takes it (a new epoch) and rescues.

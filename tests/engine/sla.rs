@@ -28,7 +28,7 @@ async fn connector(db: &TestDb, name: &str) -> Uuid {
 }
 
 /// A rule with levels given as (level, after, connectors).
-async fn rule(db: &TestDb, name: &str, clock: &str, levels: &[(i32, &str, &[&str])]) -> Uuid {
+pub async fn rule(db: &TestDb, name: &str, clock: &str, levels: &[(i32, &str, &[&str])]) -> Uuid {
     let id: Uuid = sqlx::query_scalar("INSERT INTO sla_rules (name, clock) VALUES ($1, $2::sla_clock) RETURNING id")
         .bind(name)
         .bind(clock)
