@@ -128,6 +128,8 @@ pub struct RetrySettings {
 pub struct LimitSettings {
     pub max_content_bytes: usize,
     pub max_output_bytes: usize,
+    /// The dependencies' results in one envelope, together (docs/dependencies.md).
+    pub max_dependency_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -75,6 +75,28 @@ pub struct AttemptView {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ContextView {
     pub mem_docs: Vec<MemDocView>,
+    /// The item's dependencies and their outcomes (docs/dependencies.md); empty for an item
+    /// without any.
+    pub dependencies: Vec<DependencyView>,
+}
+
+/// One dependency of the item, as its agent sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DependencyView {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub item_type: String,
+    /// BLOCKS, SOFT or RELATED.
+    pub kind: String,
+    /// Its status when this item was claimed (a SOFT dependency may have failed).
+    pub status: String,
+    pub result: Option<Value>,
+    /// Set when the result was left out: the results before it filled
+    /// `limits.max_dependency_bytes`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result_omitted: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result_bytes: Option<i32>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -95,6 +95,7 @@ impl Settings {
 
         count_in("limits.max_content_bytes", self.limits.max_content_bytes, 1, MAX_SIZE_BYTES)?;
         count_in("limits.max_output_bytes", self.limits.max_output_bytes, 1, MAX_SIZE_BYTES)?;
+        count_in("limits.max_dependency_bytes", self.limits.max_dependency_bytes, 0, MAX_SIZE_BYTES)?;
 
         for (item_type, agent) in &self.routes {
             if !self.agents.contains_key(agent) {

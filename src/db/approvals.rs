@@ -145,8 +145,19 @@ pub async fn record_human_decision(pool: &PgPool, item: &HeldItem, human: &Human
         json!({ "attempt": item.attempt, "reason": human.reason, "status": human.next.item_status().as_str() }),
     )
     .await?;
-    // The order last, kept to the commit (see db::rollup::lock_orders).
-    let locked = super::rollup::lock_orders(&mut tx, &[item.work_order_id]).await?;
+    // Approved (or dead-lettered): what waits on the item is settled, then the orders last,
+    // kept to the commit (see db::rollup::lock_orders).
+    let mut orders = vec![item.work_order_id];
+    if matches!(human.next, NextState::Completed | NextState::DeadLetter { .. }) {
+        for settled in super::dependencies::settle(&mut tx, &[item.id], human.actor).await? {
+            if settled.became == super::dependencies::Settled::Cancelled {
+                orders.push(settled.work_order_id);
+            }
+        }
+        orders.sort_unstable();
+        orders.dedup();
+    }
+    let locked = super::rollup::lock_orders(&mut tx, &orders).await?;
     super::rollup::roll_up_locked(&mut tx, &locked).await?;
     tx.commit().await?;
     Ok(())

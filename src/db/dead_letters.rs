@@ -159,6 +159,17 @@ pub async fn discard(pool: &PgPool, id: Uuid, actor: &str, reason: Option<&str>)
     let mut tx = pool.begin().await?;
     let item_id = open_dead_letter(&mut tx, id).await?;
     resolve(&mut tx, id, "DISCARDED").await?;
+    // The item will never complete: what BLOCKS on it is cancelled (transitively, audited).
+    let mut orders: Vec<Uuid> = super::dependencies::settle(&mut tx, &[item_id], actor)
+        .await?
+        .into_iter()
+        .filter(|s| s.became == super::dependencies::Settled::Cancelled)
+        .map(|s| s.work_order_id)
+        .collect();
+    orders.sort_unstable();
+    orders.dedup();
+    let locked = super::rollup::lock_orders(&mut tx, &orders).await?;
+    super::rollup::roll_up_locked(&mut tx, &locked).await?;
     audit(
         &mut tx,
         actor,

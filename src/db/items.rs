@@ -318,6 +318,19 @@ pub async fn cancel(
             interrupted_attempt: interrupted,
         });
     }
+    // What waited on the cancelled items: SOFT dependents released, BLOCKS ones cancelled in
+    // turn (transitively, audited by the function), before the orders are locked.
+    let ids: Vec<Uuid> = done.iter().map(|c| c.work_item_id).collect();
+    for item in super::dependencies::settle(&mut tx, &ids, actor).await? {
+        if item.became == super::dependencies::Settled::Cancelled {
+            done.push(Cancelled {
+                work_item_id: item.work_item_id,
+                work_order_id: item.work_order_id,
+                was: ItemStatus::Queued,
+                interrupted_attempt: None,
+            });
+        }
+    }
     let mut orders: Vec<Uuid> = done.iter().map(|c| c.work_order_id).collect();
     orders.sort_unstable();
     orders.dedup();

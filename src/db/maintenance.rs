@@ -72,15 +72,19 @@ pub struct PruneBatch {
 }
 
 /// The items of order `o` that keep it from being pruned: not finished, finished within the
-/// retention (`$1`, milliseconds), or with an open dead letter (waiting for replay or
-/// discard). An order may be pruned when this finds nothing.
+/// retention (`$1`, milliseconds), with an open dead letter (waiting for replay or
+/// discard), or with an unfinished dependent (in any order: its envelope will carry this
+/// item's result). An order may be pruned when this finds nothing.
 macro_rules! items_keeping_order {
     () => {
         "SELECT 1 FROM work_items i
          WHERE i.work_order_id = o.id
            AND (i.status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')
                 OR coalesce(i.processed_at, i.created_at) >= now() - $1 * interval '1 millisecond'
-                OR EXISTS (SELECT 1 FROM dead_letters d WHERE d.work_item_id = i.id AND d.processed_at IS NULL))"
+                OR EXISTS (SELECT 1 FROM dead_letters d WHERE d.work_item_id = i.id AND d.processed_at IS NULL)
+                OR (i.has_dependents AND EXISTS (
+                        SELECT 1 FROM work_item_dependencies e JOIN work_items c ON c.id = e.work_item_id
+                        WHERE e.depends_on_id = i.id AND c.status IN ('QUEUED', 'PROCESSING', 'AWAITING_APPROVAL'))))"
     };
 }
 

@@ -8,6 +8,7 @@ pub mod approvals;
 mod audit;
 pub mod catalog;
 pub mod dead_letters;
+pub mod dependencies;
 pub mod gauges;
 pub mod items;
 pub mod leader;

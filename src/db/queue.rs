@@ -12,7 +12,7 @@ use uuid::Uuid;
 pub const CLAIM_SQL: &str = r#"
 WITH next AS (
     SELECT ctid FROM work_items
-    WHERE status = 'QUEUED' AND run_at <= now()
+    WHERE status = 'QUEUED' AND deps_pending = 0 AND run_at <= now()
     ORDER BY priority DESC, run_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -25,7 +25,7 @@ WITH next AS (
         claimed_at = now()
     WHERE w.ctid = ANY (ARRAY (SELECT ctid FROM next))
     RETURNING w.id, w.work_order_id, w.type, w.priority, w.attempt, w.attempt_base,
-              w.max_attempts, w.rescues, w.created_at, w.run_at,
+              w.max_attempts, w.rescues, w.created_at, w.run_at, w.has_dependencies,
               octet_length(w.content) AS content_bytes,
               CASE WHEN octet_length(w.content) <= $4 THEN w.content END AS content
 ), started AS (
@@ -36,7 +36,8 @@ WITH next AS (
     RETURNING o.id, o.workflow_id, o.tenant_id, o.created_by, o.priority, o.metadata
 )
 SELECT c.id, c.work_order_id, c.type::text AS item_type, c.priority::text AS priority,
-       c.attempt, c.attempt_base, c.max_attempts, c.rescues, c.created_at, c.run_at, c.content_bytes,
+       c.attempt, c.attempt_base, c.max_attempts, c.rescues, c.created_at, c.run_at, c.has_dependencies,
+       c.content_bytes,
        c.content, coalesce(s.workflow_id, o.workflow_id) AS workflow_id,
        coalesce(s.tenant_id, o.tenant_id) AS tenant_id, coalesce(s.created_by, o.created_by) AS created_by,
        coalesce(s.priority, o.priority)::text AS order_priority,
@@ -64,6 +65,8 @@ pub struct ClaimedItem {
     /// When the item became runnable (its INSERT, the end of a retry delay, a delayed
     /// item's chosen time): the claim's queue wait starts here.
     pub run_at: DateTime<Utc>,
+    /// Edges name dependencies of this item: its envelope carries their results.
+    pub has_dependencies: bool,
     pub content_bytes: i32,
     /// None when the content is larger than the limit (it is then not loaded at all).
     pub content: Option<String>,
@@ -202,7 +205,7 @@ WITH done AS (
          AS u(id, attempt, status, output, delay_ms, released, error, error_code, attempt_status,
               attempt_id)
     WHERE w.id = u.id AND w.attempt = u.attempt AND w.status::text = 'PROCESSING'
-    RETURNING w.id, w.work_order_id, w.attempt, u.attempt_id
+    RETURNING w.id, w.work_order_id, w.attempt, u.attempt_id, w.has_dependents
 ), attempts_written AS (
     INSERT INTO attempts (id, work_item_id, attempt_number, agent_id, status, input, output,
                           error, error_code, worker_id, usage, started_at, completed_at, duration_ms)
@@ -241,7 +244,7 @@ WITH done AS (
          AS d(item_id, source, event_type, error, error_code, reason, retries, attempt_id)
     JOIN done ON done.attempt_id = d.attempt_id
 )
-SELECT id, work_order_id, attempt FROM done
+SELECT id, work_order_id, attempt, has_dependents FROM done
 "#;
 
 /// What a completion batch did.
@@ -254,6 +257,8 @@ pub struct CompleteReport {
     pub stale: Vec<(Uuid, i32)>,
     /// Orders whose status the batch changed (their last live item finished).
     pub rolled_up: Vec<Uuid>,
+    /// Dependents the batch released or cancelled (db::dependencies::settle).
+    pub settled: Vec<super::dependencies::SettledItem>,
 }
 
 /// Writes a batch of finished executions in one transaction: the fenced item updates, one
@@ -292,14 +297,32 @@ pub async fn complete_in(
     if batch.is_empty() {
         return Ok(CompleteReport::default());
     }
-    let done: Vec<(Uuid, Uuid, i32)> = write_completions(tx, batch).await?;
-    let written: std::collections::HashSet<(Uuid, i32)> = done.iter().map(|(id, _, n)| (*id, *n)).collect();
-    let touched: std::collections::HashSet<Uuid> = done.iter().map(|(_, order, _)| *order).collect();
-    let to_roll: Vec<Uuid> = finishing_orders(batch).into_iter().filter(|order| touched.contains(order)).collect();
+    let done: Vec<(Uuid, Uuid, i32, bool)> = write_completions(tx, batch).await?;
+    let written: std::collections::HashSet<(Uuid, i32)> = done.iter().map(|(id, _, n, _)| (*id, *n)).collect();
+    let touched: std::collections::HashSet<Uuid> = done.iter().map(|(_, order, _, _)| *order).collect();
+    // Items this batch finished that others depend on: their edges are settled in this
+    // transaction, a statement after the one that finished them (migration 0023).
+    let finishing: std::collections::HashSet<(Uuid, i32)> = batch
+        .iter()
+        .filter(|c| matches!(c.next, NextState::Completed | NextState::DeadLetter { .. }))
+        .map(|c| (c.item_id, c.attempt))
+        .collect();
+    let with_dependents: Vec<Uuid> = done
+        .iter()
+        .filter(|(id, _, n, has_dependents)| *has_dependents && finishing.contains(&(*id, *n)))
+        .map(|(id, ..)| *id)
+        .collect();
+    let settled = super::dependencies::settle(tx, &with_dependents, "orderly").await?;
+    let mut to_roll: Vec<Uuid> = finishing_orders(batch).into_iter().filter(|order| touched.contains(order)).collect();
+    to_roll.extend(
+        settled.iter().filter(|s| s.became == super::dependencies::Settled::Cancelled).map(|s| s.work_order_id),
+    );
+    to_roll.sort_unstable();
+    to_roll.dedup();
     let locked = super::rollup::lock_orders(tx, &to_roll).await?;
     let rolled_up = super::rollup::roll_up_locked(tx, &locked).await?;
     let stale = batch.iter().map(|c| (c.item_id, c.attempt)).filter(|key| !written.contains(key)).collect();
-    Ok(CompleteReport { written: written.into_iter().collect(), stale, rolled_up })
+    Ok(CompleteReport { written: written.into_iter().collect(), stale, rolled_up, settled })
 }
 
 /// The completion statement's parameters, written once: each line is a field of
@@ -321,8 +344,8 @@ macro_rules! completion_columns {
             /// Binds every column, in order.
             fn bind<'q>(
                 &'q self,
-                query: sqlx::query::QueryAs<'q, sqlx::Postgres, (Uuid, Uuid, i32), sqlx::postgres::PgArguments>,
-            ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, (Uuid, Uuid, i32), sqlx::postgres::PgArguments> {
+                query: sqlx::query::QueryAs<'q, sqlx::Postgres, (Uuid, Uuid, i32, bool), sqlx::postgres::PgArguments>,
+            ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, (Uuid, Uuid, i32, bool), sqlx::postgres::PgArguments> {
                 query.bind(&self.$first)$(.bind(&self.$field))*
             }
         }
@@ -426,7 +449,7 @@ impl<'a> Columns<'a> {
 async fn write_completions(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     batch: &[Completion],
-) -> Result<Vec<(Uuid, Uuid, i32)>, sqlx::Error> {
+) -> Result<Vec<(Uuid, Uuid, i32, bool)>, sqlx::Error> {
     let c = Columns::from_batch(batch);
     // One statement: the fenced UPDATE decides which items are current (`done`); every
     // side record is inserted only for those. The dead-letter payload carries what a replay

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `PREFIX_owner` | `orderly migrate`, upgrades | owns every orderly object: DDL, everything |
 //! | `PREFIX_daemon` | `orderly run` | what the engine does: claim and update items and orders, write attempts, evals, approvals, dead letters, audit rows, escalations; delete what the pruner prunes; read templates, schemas, SLA rules. No DDL, no TRUNCATE, no INSERT of orders or items |
-//! | `PREFIX_producer` | upstream systems | INSERT and SELECT `work_orders` and `work_items` of its own tenant only (row-level security on `orderly.tenant_id`); nothing else |
+//! | `PREFIX_producer` | upstream systems | INSERT and SELECT `work_orders`, `work_items` and `work_item_dependencies` of its own tenant only (row-level security on `orderly.tenant_id`); nothing else |
 //! | `PREFIX_oncall` | operators' commands | read everything; replay/discard dead letters, approve/reject, acknowledge escalations (UPDATE, audit rows); no DELETE, no DDL, no enqueue |
 //!
 //! Row-level security is enabled (not forced: the owner is not subject to it) on
@@ -133,7 +133,9 @@ impl Roles {
             ("SELECT, INSERT, UPDATE, DELETE", &[daemon], &["orderly_replicas"]),
             ("SELECT", &[oncall], &["orderly_replicas"]),
             ("SELECT, UPDATE", &[daemon, oncall], &["schedules"]),
-            ("SELECT, INSERT", &[producer], &["work_orders", "work_items"]),
+            ("SELECT, INSERT", &[producer], &["work_orders", "work_items", "work_item_dependencies"]),
+            ("SELECT", &[daemon, oncall], &["work_item_dependencies"]),
+            ("SELECT", &[daemon, producer, oncall], &["workflow_step_needs"]),
             (
                 "SELECT",
                 &[oncall],
@@ -167,6 +169,12 @@ impl Roles {
             "DO $$ BEGIN IF to_regprocedure('orderly_schedule_slot(uuid, timestamptz)') IS NOT NULL THEN \
                GRANT EXECUTE ON FUNCTION orderly_schedule_slot(uuid, timestamptz) TO {daemon}, {oncall}; END IF; END $$"
         ));
+        // Dependencies are settled by a SECURITY DEFINER function (it writes the edges and
+        // the dependents' counters); the migration revoked it from PUBLIC.
+        sql.push(format!(
+            "DO $$ BEGIN IF to_regprocedure('orderly_settle_dependencies(uuid[], text)') IS NOT NULL THEN \
+               GRANT EXECUTE ON FUNCTION orderly_settle_dependencies(uuid[], text) TO {daemon}, {oncall}; END IF; END $$"
+        ));
         // Row-level security: producers see and insert their own tenant's rows only.
         let tenant = "NULLIF(current_setting('orderly.tenant_id', true), '')::uuid";
         // An item carries its order's tenant (`work_items.tenant_id`, set by the insert trigger
@@ -194,6 +202,20 @@ impl Roles {
                  USING ({producer_reads}) WITH CHECK ({producer_writes})"
             ));
         }
+        // A producer's edges start from an item it can see (its own tenant's; the edge
+        // trigger refuses an edge between tenants).
+        sql.push("ALTER TABLE work_item_dependencies ENABLE ROW LEVEL SECURITY".to_owned());
+        for policy in ["orderly_engine", "orderly_tenant"] {
+            sql.push(format!("DROP POLICY IF EXISTS {policy} ON work_item_dependencies"));
+        }
+        sql.push(format!(
+            "CREATE POLICY orderly_engine ON work_item_dependencies FOR ALL TO {daemon}, {oncall} USING (true) WITH CHECK (true)"
+        ));
+        sql.push(format!(
+            "CREATE POLICY orderly_tenant ON work_item_dependencies FOR ALL TO {producer} \
+             USING (EXISTS (SELECT 1 FROM work_items w WHERE w.id = work_item_id)) \
+             WITH CHECK (EXISTS (SELECT 1 FROM work_items w WHERE w.id = work_item_id))"
+        ));
         sql
     }
 }

@@ -48,6 +48,10 @@ struct StepDefinition {
     evaluators: Option<Vec<String>>,
     approval: Option<PolicyKind>,
     content: Option<ContentFormat>,
+    /// The steps (item types) this one waits for in its order (BLOCKS edges, made by the
+    /// database when the items are inserted: migration 0023). Read here only to be checked.
+    #[serde(default)]
+    needs: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -210,7 +214,14 @@ pub fn resolve_step(
         evaluators: None,
         approval: None,
         content: None,
+        needs: Vec::new(),
     });
+    if step.needs.iter().any(|need| need == item_type) {
+        return Err(RouteError::invalid(
+            ErrorCode::WorkflowInvalid,
+            format!("workflow template `{workflow_id}` step {item_type} needs itself"),
+        ));
+    }
     let agent = step.agent.clone().or_else(|| settings.routes.get(item_type).cloned()).ok_or_else(|| {
         // Route keys match the type exactly as the database spells it.
         let near = settings.routes.keys().find(|k| k.eq_ignore_ascii_case(item_type) && k.as_str() != item_type);

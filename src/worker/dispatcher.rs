@@ -113,6 +113,27 @@ impl Dispatcher {
         tracing::debug!("dispatcher stopped claiming");
     }
 
+    /// The claimed items' mem_docs and, for those with dependencies, the dependencies'
+    /// results: one statement each per claim batch, the second only when needed.
+    async fn contexts(
+        &self,
+        items: &[db::queue::ClaimedItem],
+        ids: &[uuid::Uuid],
+    ) -> Result<HashMap<uuid::Uuid, runner::ItemContext>, sqlx::Error> {
+        let mut contexts: HashMap<uuid::Uuid, runner::ItemContext> = HashMap::new();
+        for doc in db::queue::mem_docs(&self.pool, ids).await? {
+            contexts.entry(doc.work_item_id).or_default().mem_docs.push(doc);
+        }
+        let waited: Vec<uuid::Uuid> = items.iter().filter(|i| i.has_dependencies).map(|i| i.id).collect();
+        if !waited.is_empty() {
+            let budget = self.ctx.settings.limits.max_dependency_bytes as i64;
+            for input in db::dependencies::inputs(&self.pool, &waited, budget).await? {
+                contexts.entry(input.work_item_id).or_default().dependencies.push(input);
+            }
+        }
+        Ok(contexts)
+    }
+
     async fn claim_and_start(&self, want: usize) -> Result<usize, sqlx::Error> {
         let settings = &self.ctx.settings;
         let items = db::queue::claim(
@@ -150,16 +171,14 @@ impl Dispatcher {
         let ids: Vec<_> = items.iter().map(|i| i.id).collect();
         // A failure here must not strand claimed items, nor run them without their context:
         // each runner then releases its item to be run again after a backoff.
-        let mut docs: Option<HashMap<_, Vec<_>>> = match db::queue::mem_docs(&self.pool, &ids).await {
-            Ok(rows) => {
-                let mut docs: HashMap<_, Vec<_>> = HashMap::new();
-                for doc in rows {
-                    docs.entry(doc.work_item_id).or_default().push(doc);
-                }
-                Some(docs)
-            }
+        let mut contexts: Option<HashMap<uuid::Uuid, runner::ItemContext>> = match self.contexts(&items, &ids).await {
+            Ok(contexts) => Some(contexts),
             Err(e) => {
-                crate::telemetry::warn_limited("mem_docs", "cannot read mem_docs; releasing the claimed items", &e);
+                crate::telemetry::warn_limited(
+                    "mem_docs",
+                    "cannot read mem_docs or dependencies; releasing the claimed items",
+                    &e,
+                );
                 None
             }
         };
@@ -173,14 +192,14 @@ impl Dispatcher {
             let completions = self.completions.clone();
             let in_flight = self.in_flight.clone();
             let metrics = self.metrics.clone();
-            let item_docs = docs.as_mut().map(|docs| docs.remove(&item.id).unwrap_or_default());
+            let item_context = contexts.as_mut().map(|c| c.remove(&item.id).unwrap_or_default());
             // Every line of the item's life carries these (the agent is known once routed).
             let span = tracing::info_span!("item", work_item.id = %item.id, work_order.id = %item.work_order_id,
                 attempt, agent = tracing::field::Empty);
             self.tasks.spawn(tracing::Instrument::instrument(
                 async move {
                     let id = item.id;
-                    let run = std::pin::pin!(runner::run(&ctx, item, item_docs, stop));
+                    let run = std::pin::pin!(runner::run(&ctx, item, item_context, stop));
                     match CatchUnwind(run).await {
                         Ok(Some(done)) => {
                             // The slot frees once the result is handed over; the lease stays

@@ -4,9 +4,10 @@
 
 use super::review;
 use crate::agent::{
-    AgentError, AgentRequest, Agents, AttemptView, ContextView, MemDocView, WorkItemView, WorkOrderView,
+    AgentError, AgentRequest, Agents, AttemptView, ContextView, DependencyView, MemDocView, WorkItemView, WorkOrderView,
 };
 use crate::config::Settings;
+use crate::db::dependencies::Input;
 use crate::db::queue::{ClaimedItem, MemDoc};
 use crate::model::{AttemptStatus, Completion, Decision, ErrorCode, ErrorInfo, NextState};
 use crate::panic::CatchUnwind;
@@ -41,9 +42,9 @@ pub struct Stop {
 /// Runs one item to a [`Completion`], or `None` when its lease was lost mid-run. Runs inside
 /// the item's span (see the dispatcher), so every line it logs names the item, its order,
 /// the attempt and the agent.
-/// `mem_docs` is `None` when they could not be read: the run is then deferred, never made
+/// `context` is `None` when it could not be read: the run is then deferred, never made
 /// without the context it should have had.
-pub async fn run(ctx: &RunContext, item: ClaimedItem, mem_docs: Option<Vec<MemDoc>>, stop: Stop) -> Option<Completion> {
+pub async fn run(ctx: &RunContext, item: ClaimedItem, context: Option<ItemContext>, stop: Stop) -> Option<Completion> {
     let started = Instant::now();
     let attempt_id = Uuid::now_v7();
     let settings = &ctx.settings;
@@ -55,7 +56,8 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, mem_docs: Option<Vec<MemDo
     let agent_name = step.as_ref().map(|s| s.agent.clone()).unwrap_or_else(|_| crate::metrics::ROUTER_AGENT.to_owned());
     tracing::Span::current().record("agent", agent_name.as_str());
     let mut input = json!({ "agent": agent_name, "content_bytes": item.content_bytes,
-                            "mem_docs": mem_docs.as_ref().map_or(0, Vec::len) });
+                            "mem_docs": context.as_ref().map_or(0, |c| c.mem_docs.len()),
+                            "dependencies": context.as_ref().map_or(0, |c| c.dependencies.len()) });
     let finish = |input, attempt_status, output, error: Option<ErrorInfo>, evals, approval, next| {
         completion(
             ctx,
@@ -79,9 +81,9 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, mem_docs: Option<Vec<MemDo
         Ok(step) if step.evaluators.iter().any(|e| e == JSON_SCHEMA) => ctx.catalog.schema(&item.item_type).await,
         _ => Ok(SchemaState::Absent),
     };
-    let unavailable = match (&step, &schema, &mem_docs) {
+    let unavailable = match (&step, &schema, &context) {
         (Err(e @ RouteError::Unavailable { .. }), _, _) | (_, Err(e), _) => Some(e.to_string()),
-        (_, _, None) => Some("reading the item's mem_docs failed".to_owned()),
+        (_, _, None) => Some("reading the item's mem_docs and dependencies failed".to_owned()),
         _ => None,
     };
     if let Some(why) = unavailable {
@@ -112,7 +114,7 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, mem_docs: Option<Vec<MemDo
 
     let prepared = step.map_err(|e| AgentError::permanent(e.code(), e.to_string())).and_then(|step| {
         let content = content_value(&item, step.content, settings.limits.max_content_bytes)?;
-        let request = envelope(&item, content, mem_docs.unwrap_or_default(), attempt_id, max_attempts)?;
+        let request = envelope(&item, content, context.unwrap_or_default(), attempt_id, max_attempts)?;
         Ok((step, request))
     });
     match prepared {
@@ -284,10 +286,18 @@ pub fn content_value(item: &ClaimedItem, format: ContentFormat, limit: usize) ->
     crate::policy::content::parse(text, format, limit).map_err(refused)
 }
 
+/// What the dispatcher reads for a claimed item before it runs.
+#[derive(Debug, Default)]
+pub struct ItemContext {
+    pub mem_docs: Vec<MemDoc>,
+    /// Its dependencies with their results (db::dependencies::inputs).
+    pub dependencies: Vec<Input>,
+}
+
 fn envelope(
     item: &ClaimedItem,
     content: Value,
-    mem_docs: Vec<MemDoc>,
+    context: ItemContext,
     attempt_id: Uuid,
     max_attempts: i32,
 ) -> Result<AgentRequest, AgentError> {
@@ -296,6 +306,26 @@ fn envelope(
     };
     let metadata = serde_json::from_str(&item.order_metadata)
         .map_err(|e| context_invalid(format!("work order {} metadata", item.work_order_id), e))?;
+    let ItemContext { mem_docs, dependencies } = context;
+    let dependencies = dependencies
+        .into_iter()
+        .map(|d| {
+            let result = d
+                .result
+                .map(|text| serde_json::from_str(&text))
+                .transpose()
+                .map_err(|e| context_invalid(format!("dependency {}'s result", d.depends_on_id), e))?;
+            Ok(DependencyView {
+                id: d.depends_on_id,
+                item_type: d.item_type,
+                kind: d.kind,
+                status: d.status.as_str().to_owned(),
+                result,
+                result_omitted: d.omitted.then_some(true),
+                result_bytes: d.omitted.then_some(d.result_bytes).flatten(),
+            })
+        })
+        .collect::<Result<_, AgentError>>()?;
     let mem_docs = mem_docs
         .into_iter()
         .map(|d| {
@@ -321,6 +351,6 @@ fn envelope(
             metadata,
         },
         attempt: AttemptView { id: attempt_id, number: item.attempt, max_attempts },
-        context: ContextView { mem_docs },
+        context: ContextView { mem_docs, dependencies },
     })
 }

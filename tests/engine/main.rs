@@ -13,6 +13,7 @@ mod cli;
 mod clients;
 mod command_agent;
 mod dead_letters;
+mod dependencies;
 mod deploy;
 mod docs;
 mod durability;
