@@ -42,6 +42,8 @@ ALTER TABLE work_items
 DROP INDEX idx_work_items_ready;
 CREATE INDEX idx_work_items_ready ON work_items (priority DESC, run_at)
     WHERE status = 'QUEUED' AND deps_pending = 0;
+-- The waiting items, for the gauges and the overview (counted without reading the history).
+CREATE INDEX idx_work_items_waiting ON work_items (type) WHERE status = 'QUEUED' AND deps_pending > 0;
 
 -- Template steps' needs, by workflow: {"SUMMARISE": ["EXTRACT", "CLASSIFY"], ...}. Derived
 -- from the active templates by the trigger below (the newest active template of a name

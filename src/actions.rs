@@ -294,7 +294,7 @@ pub struct RouteView {
 pub async fn item_view(pool: &PgPool, catalog: &Catalog, id: Uuid) -> Result<ItemView, OpsError> {
     let detail = db::items::get(pool, id).await?;
     let route = catalog.resolve(&detail.item.workflow_id, &detail.item.item_type).await;
-    let waiting_reason = waiting_reason(&detail.item, route.as_ref().err());
+    let waiting_reason = waiting_reason(&detail.item, &detail.dependencies, route.as_ref().err());
     let route = match route {
         Ok(step) => RouteView {
             agent: Some(step.agent.clone()),
@@ -306,9 +306,13 @@ pub async fn item_view(pool: &PgPool, catalog: &Catalog, id: Uuid) -> Result<Ite
     Ok(ItemView { detail, waiting_reason, route })
 }
 
-/// The pure part of [`item_view`]: the item's row (times on the database clock) and, when
-/// the catalog could not route it, why.
-pub fn waiting_reason(item: &db::items::ItemRow, route_error: Option<&RouteError>) -> WaitingReason {
+/// The pure part of [`item_view`]: the item's row (times on the database clock), its
+/// dependencies and, when the catalog could not route it, why.
+pub fn waiting_reason(
+    item: &db::items::ItemRow,
+    edges: &db::dependencies::Edges,
+    route_error: Option<&RouteError>,
+) -> WaitingReason {
     let at = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
     let ago = |t: DateTime<Utc>| humantime::format_duration(secs(item.now - t)).to_string();
     let reason = |kind, detail: String| WaitingReason { kind, detail, since: None, until: None, worker: None };
@@ -319,6 +323,10 @@ pub fn waiting_reason(item: &db::items::ItemRow, route_error: Option<&RouteError
                     "never",
                     "run_at is 'infinity': the item will never become runnable (cancel it, or set run_at)".to_owned(),
                 );
+            }
+            if let Some(detail) = db::dependencies::waiting_reason(item.status, edges) {
+                let kind = if detail.starts_with("blocked") { "blocked" } else { "dependencies" };
+                return reason(kind, detail);
             }
             if let Some(RouteError::Invalid { code, message }) = route_error {
                 return reason("no_route", format!("{message}; it fails with {code} when it is claimed"));
@@ -415,6 +423,8 @@ pub struct Overview {
     pub oldest_queued_seconds: Option<f64>,
     /// QUEUED items waiting for a future run_at (retries, delayed items).
     pub scheduled: i64,
+    /// QUEUED items waiting for their dependencies.
+    pub waiting_for_dependencies: i64,
     pub open_dead_letters: i64,
     pub awaiting_approval: i64,
     pub escalations_open: i64,
@@ -446,6 +456,7 @@ pub async fn overview(pool: &sqlx::PgPool) -> Result<Overview, sqlx::Error> {
         by_type,
         oldest_queued_seconds: queue.oldest_queued_seconds,
         scheduled: queue.scheduled,
+        waiting_for_dependencies: queue.waiting,
         open_dead_letters: queue.open_dead_letters,
         escalations_open: escalation("OPEN"),
         escalations_acknowledged: escalation("ACKNOWLEDGED"),

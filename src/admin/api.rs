@@ -52,6 +52,7 @@ pub fn routes() -> axum::Router<AdminState> {
         .route("/api/v1/items", get(items::items))
         .route("/api/v1/items/{id}", get(items::item))
         .route("/api/v1/items/{id}/cancel", post(items::cancel_item))
+        .route("/api/v1/orders/{id}", get(items::order))
         .route("/api/v1/orders/{id}/cancel", post(items::cancel_order))
         .route("/api/v1/dead-letters", get(dead_letters::dead_letters))
         .route("/api/v1/dead-letters/bulk-replay", post(dead_letters::bulk_replay))

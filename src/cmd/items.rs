@@ -31,6 +31,22 @@ pub async fn run(settings: &Settings, command: ItemCommand) -> anyhow::Result<()
             if let Some(code) = &i.last_error_code {
                 println!("  last error: {code} {}", i.last_error.as_deref().unwrap_or(""));
             }
+            let edges = &view.detail.dependencies;
+            for (title, list) in [("depends on", &edges.dependencies), ("dependents", &edges.dependents)] {
+                if !list.is_empty() {
+                    println!("{title}:");
+                }
+                for e in list {
+                    let met = if e.satisfied {
+                        "met"
+                    } else if e.kind == "RELATED" {
+                        ""
+                    } else {
+                        "unmet"
+                    };
+                    println!("  {} {:<14} {:<17} {:<7} {met}", e.work_item_id, e.item_type, e.status, e.kind);
+                }
+            }
             println!("attempts:");
             super::print_attempts(&view.detail.attempts);
             for e in &view.detail.eval_results {

@@ -28,6 +28,7 @@ pub async fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
         None => writeln!(out, "\nnothing runnable is waiting")?,
     }
     writeln!(out, "scheduled for retry: {}", status.scheduled)?;
+    writeln!(out, "waiting for dependencies: {}", status.waiting)?;
     writeln!(out, "open dead letters: {}", status.open_dead_letters)?;
     writeln!(out, "awaiting approval: {}", overview.awaiting_approval)?;
     writeln!(

@@ -21,8 +21,9 @@ pub async fn applied_migration(conn: &mut PgConnection) -> Result<Option<i64>, s
 /// Live items by status and type, with the age of the oldest runnable QUEUED item of each
 /// type. Public so the plan test can EXPLAIN it.
 ///
-/// Cost: each branch names one status with `status = '…'`, which is the predicate of that
-/// status's partial index (`idx_work_items_ready`, `idx_work_items_leased`,
+/// Cost: each branch names one status with `status = '…'` (and QUEUED items with or
+/// without unmet dependencies), which is the predicate of a partial index
+/// (`idx_work_items_ready`, `idx_work_items_waiting`, `idx_work_items_leased`,
 /// `idx_work_items_held`), and the engine's connections price sequential and bitmap scans
 /// out (`ENGINE_PLANNER_SETTINGS`), so the statement walks exactly the live rows of the
 /// three statuses: the backlog, what is in flight and what waits for a human. COMPLETED and
@@ -30,9 +31,13 @@ pub async fn applied_migration(conn: &mut PgConnection) -> Result<Option<i64>, s
 /// they counted: their totals are the counters `orderly_items_finished_total`. The plan
 /// test `admin::gauge_statements_read_only_the_partial_indexes` holds this.
 pub const QUEUE_DEPTH_SQL: &str = r#"
-SELECT 'QUEUED' AS status, type::text AS item_type, count(*) AS count,
-       extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now()))::float8 AS oldest_seconds
-FROM work_items WHERE status = 'QUEUED' GROUP BY type
+SELECT 'QUEUED' AS status, item_type, sum(count)::bigint AS count, max(oldest_seconds) AS oldest_seconds FROM (
+    SELECT type::text AS item_type, count(*) AS count,
+           extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now()))::float8 AS oldest_seconds
+    FROM work_items WHERE status = 'QUEUED' AND deps_pending = 0 GROUP BY type
+    UNION ALL
+    SELECT type::text, count(*), NULL FROM work_items WHERE status = 'QUEUED' AND deps_pending > 0 GROUP BY type
+) queued GROUP BY item_type
 UNION ALL
 SELECT 'PROCESSING', type::text, count(*), NULL FROM work_items WHERE status = 'PROCESSING' GROUP BY type
 UNION ALL

@@ -139,6 +139,8 @@ pub struct ItemDetail {
     pub escalations: Vec<super::sla::Escalation>,
     /// Every dead letter of the item, newest first (at most one is open).
     pub dead_letters: Vec<LetterRow>,
+    /// What it waits for and what waits for it (the first 200 of each).
+    pub dependencies: super::dependencies::Edges,
 }
 
 /// Largest content the detail view carries inline.
@@ -174,7 +176,8 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<ItemDetail, OpsError> {
     .bind(id)
     .fetch_all(pool)
     .await?;
-    Ok(ItemDetail { item, attempts, eval_results, approvals, escalations, dead_letters })
+    let dependencies = super::dependencies::of_item(pool, id, 200).await?;
+    Ok(ItemDetail { item, attempts, eval_results, approvals, escalations, dead_letters, dependencies })
 }
 
 /// One item a cancellation changed.

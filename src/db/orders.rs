@@ -99,6 +99,8 @@ pub struct QueueStatus {
     pub oldest_queued_seconds: Option<f64>,
     /// QUEUED items waiting for a future run time (retries).
     pub scheduled: i64,
+    /// QUEUED items waiting for their dependencies.
+    pub waiting: i64,
     pub in_flight: Vec<InFlight>,
     pub open_dead_letters: i64,
 }
@@ -110,10 +112,11 @@ pub async fn queue_status(pool: &PgPool, in_flight_limit: i64) -> Result<QueueSt
     )
     .fetch_all(pool)
     .await?;
-    let (oldest_queued_seconds, scheduled, open_dead_letters): (Option<f64>, i64, i64) = sqlx::query_as(
+    let (oldest_queued_seconds, scheduled, waiting, open_dead_letters): (Option<f64>, i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT extract(epoch FROM now() - min(run_at))::float8 FROM work_items
-                  WHERE status = 'QUEUED' AND run_at <= now()) AS oldest,
-                (SELECT count(*) FROM work_items WHERE status = 'QUEUED' AND run_at > now()) AS scheduled,
+                  WHERE status = 'QUEUED' AND deps_pending = 0 AND run_at <= now()) AS oldest,
+                (SELECT count(*) FROM work_items WHERE status = 'QUEUED' AND deps_pending = 0 AND run_at > now()) AS scheduled,
+                (SELECT count(*) FROM work_items WHERE status = 'QUEUED' AND deps_pending > 0) AS waiting,
                 (SELECT count(*) FROM dead_letters WHERE processed_at IS NULL) AS dead",
     )
     .fetch_one(pool)
@@ -126,5 +129,36 @@ pub async fn queue_status(pool: &PgPool, in_flight_limit: i64) -> Result<QueueSt
     .bind(in_flight_limit)
     .fetch_all(pool)
     .await?;
-    Ok(QueueStatus { counts, oldest_queued_seconds, scheduled, in_flight, open_dead_letters })
+    Ok(QueueStatus { counts, oldest_queued_seconds, scheduled, waiting, in_flight, open_dead_letters })
+}
+
+/// One work order as operators see it, with its items' counts by status.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct OrderRow {
+    pub id: Uuid,
+    pub status: String,
+    pub workflow_id: String,
+    pub tenant_id: Uuid,
+    pub created_by: Uuid,
+    pub priority: String,
+    pub metadata: Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// status → count of its items.
+    #[sqlx(json)]
+    pub items_by_status: std::collections::BTreeMap<String, i64>,
+}
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT o.id, o.status::text AS status, o.workflow_id, o.tenant_id, o.created_by, o.priority::text AS priority,
+                o.metadata, o.created_at, o.updated_at,
+                (SELECT coalesce(jsonb_object_agg(s.status, s.n), '{}') FROM
+                   (SELECT status::text AS status, count(*) AS n FROM work_items WHERE work_order_id = o.id GROUP BY status) s)
+                  AS items_by_status
+         FROM work_orders o WHERE o.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
 }

@@ -110,22 +110,26 @@ macro_rules! selectors {
     };
 }
 
-/// TIME_TO_START: runnable items never claimed (the partial index of QUEUED items).
+/// TIME_TO_START: runnable items never claimed (the partial index of QUEUED items). An
+/// item waiting for its dependencies is not runnable: its clock starts when they are met
+/// (their release sets its run_at).
 pub const FIRE_TIME_TO_START_SQL: &str = fire_sql!(
     "SELECT w.id AS subject_id, w.id AS work_item_id, w.work_order_id, o.tenant_id,
             w.type::text AS item_type, w.priority::text AS priority, w.run_at AS started_at
      FROM work_items w JOIN work_orders o ON o.id = w.work_order_id
-     WHERE w.status = 'QUEUED' AND w.attempt = 0
+     WHERE w.status = 'QUEUED' AND w.deps_pending = 0 AND w.attempt = 0
        AND w.run_at <= now() - $7 * interval '1 millisecond'",
     selectors!()
 );
 
-/// TIME_TO_FINISH: items not terminal yet, through the three partial indexes of unfinished
-/// states (QUEUED, PROCESSING, AWAITING_APPROVAL), never the history.
+/// TIME_TO_FINISH: items not terminal yet, through the partial indexes of unfinished
+/// states (QUEUED runnable or waiting for dependencies, PROCESSING, AWAITING_APPROVAL),
+/// never the history.
 pub const FIRE_TIME_TO_FINISH_SQL: &str = fire_sql!(
     "SELECT w.id AS subject_id, w.id AS work_item_id, w.work_order_id, o.tenant_id,
             w.type::text AS item_type, w.priority::text AS priority, w.created_at AS started_at
-     FROM (SELECT * FROM work_items WHERE status = 'QUEUED'
+     FROM (SELECT * FROM work_items WHERE status = 'QUEUED' AND deps_pending = 0
+           UNION ALL SELECT * FROM work_items WHERE status = 'QUEUED' AND deps_pending > 0
            UNION ALL SELECT * FROM work_items WHERE status = 'PROCESSING'
            UNION ALL SELECT * FROM work_items WHERE status = 'AWAITING_APPROVAL') w
      JOIN work_orders o ON o.id = w.work_order_id

@@ -411,7 +411,7 @@ async fn gauge_statements_read_only_the_partial_indexes() {
         lines.join("\n")
     };
     let depth = explain(&mut conn, QUEUE_DEPTH_SQL).await;
-    for index in ["idx_work_items_ready", "idx_work_items_leased", "idx_work_items_held"] {
+    for index in ["idx_work_items_ready", "idx_work_items_waiting", "idx_work_items_leased", "idx_work_items_held"] {
         assert!(depth.contains(index), "queue depth reads {index}:\n{depth}");
     }
     assert!(!depth.contains("Seq Scan") && !depth.contains("Bitmap"), "queue depth scans the table:\n{depth}");

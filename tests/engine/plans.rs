@@ -371,3 +371,61 @@ async fn a_roll_up_probe_does_not_reread_the_rows_of_items_that_already_ran() {
     tx.commit().await.unwrap();
     assert!(changed.is_empty(), "{changed:?}");
 }
+
+/// A million items waiting for a dependency cost the claim nothing: they are not in its
+/// index. Loaded in bulk (triggers off) as the edge trigger would leave them: each counts
+/// one unmet dependency on a parent still queued. A claim of the 100 runnable items then
+/// reads a few buffers per claimed item, however many wait.
+#[tokio::test]
+async fn the_claim_reads_no_waiting_item_however_many_wait() {
+    let db = TestDb::new().await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    sqlx::raw_sql(
+        "SET session_replication_role = replica;
+         INSERT INTO work_orders (id, workflow_id, tenant_id, created_by)
+           VALUES ('00000000-0000-0000-0000-000000000001', 'plan', gen_random_uuid(), gen_random_uuid());
+         INSERT INTO work_items (id, work_order_id, type, content, priority, tenant_id, has_dependents, run_at)
+           SELECT '00000000-0000-0000-0000-000000000002', id, 'TICKET', '{}', 'MEDIUM', tenant_id, true, now() + interval '1 day'
+           FROM work_orders;
+         INSERT INTO work_items (work_order_id, type, content, priority, tenant_id, deps_pending, has_dependencies)
+           SELECT o.id, 'TICKET', '{}', 'URGENT', o.tenant_id, 1, true FROM work_orders o, generate_series(1, 1000000);
+         INSERT INTO work_item_dependencies (work_item_id, depends_on_id)
+           SELECT id, '00000000-0000-0000-0000-000000000002' FROM work_items WHERE deps_pending = 1;
+         INSERT INTO work_items (work_order_id, type, content, priority, tenant_id)
+           SELECT o.id, 'TICKET', '{}', 'LOW', o.tenant_id FROM work_orders o, generate_series(1, 100);
+         SET session_replication_role = origin;
+         ANALYZE work_items; ANALYZE work_item_dependencies;",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    drop(conn);
+    let mut conn = engine_connection(&db).await;
+    sqlx::raw_sql("BEGIN").execute(&mut conn).await.unwrap();
+    let plan = explain_on(
+        &mut conn,
+        "force_generic_plan",
+        format!("PREPARE claim_waiting(bigint, float8, text, int) AS {CLAIM_SQL}"),
+        "EXECUTE claim_waiting(256, 30000, 'plan-test', 1048576)".into(),
+    )
+    .await;
+    assert!(plan.contains("idx_work_items_ready"), "claim walks the ready index:\n{plan}");
+    let analyzed: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF) EXECUTE claim_waiting(256, 30000, 'plan-test', 1048576)",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    sqlx::raw_sql("ROLLBACK").execute(&mut conn).await.unwrap();
+    let analyzed = analyzed.join("\n");
+    // Only the 100 runnable (LOW) items are claimed, ahead of a million URGENT waiting ones.
+    let top = analyzed.lines().next().unwrap_or_default();
+    assert!(top.contains("rows=100 "), "the claim takes exactly the runnable items:\n{analyzed}");
+    let buffers: u64 = analyzed
+        .lines()
+        .find(|l| l.trim_start().starts_with("Buffers:"))
+        .and_then(|l| l.split_whitespace().filter_map(|w| w.split('=').nth(1)).map(|n| n.parse::<u64>().ok()).sum())
+        .unwrap_or(u64::MAX);
+    // A scan that met the waiting items would read tens of thousands of pages.
+    assert!(buffers < 5_000, "the claim of 100 items read {buffers} buffers beside a million waiting:\n{analyzed}");
+}

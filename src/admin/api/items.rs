@@ -1,5 +1,6 @@
-//! `/api/v1/items`: items by state, type, order and tenant; one item with its records and why
-//! it waits; cancelling an item or an order.
+//! `/api/v1/items` and `/api/v1/orders`: items by state, type, order and tenant; one item with
+//! its records, its dependencies and why it waits; one order with its graph; cancelling an
+//! item or an order.
 
 use super::*;
 
@@ -36,6 +37,15 @@ pub(super) async fn items(
     let rows = db::items::list(&state.ops, &filter, cursor(&query)?, limit + 1).await?;
     let (rows, next) = page(rows, limit, |r| (r.created_at, r.id));
     Ok(Json(json!({ "items": rows, "next_cursor": next, "limit": limit })))
+}
+
+/// One order: its row, its items' counts by status and its dependency graph (items and the
+/// edges among them, the first 1,000 items).
+pub(super) async fn order(State(state): State<AdminState>, _: Reader, Path(id): Path<String>) -> ApiResult {
+    let id = parse_id(&id)?;
+    let order = db::orders::get(&state.ops, id).await?.ok_or(OpsError::NotFound { what: "work order", id })?;
+    let graph = db::dependencies::of_order(&state.ops, id, 1000).await?;
+    Ok(Json(json!({ "order": order, "graph": graph })))
 }
 
 pub(super) async fn item(State(state): State<AdminState>, _: Reader, Path(id): Path<String>) -> ApiResult {

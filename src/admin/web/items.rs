@@ -1,5 +1,5 @@
-//! `/items` and `/items/ID`: items by state and type, one item with its records and why it
-//! waits, and cancel.
+//! `/items`, `/items/ID` and `/orders/ID`: items by state and type, one item with its
+//! records, its dependencies and why it waits, one order with its dependency graph, and cancel.
 
 use super::*;
 
@@ -92,7 +92,7 @@ pub(super) async fn item(State(state): State<AdminState>, Viewer(signed): Viewer
             dt { "why" } dd.why { (view.waiting_reason.detail) }
             dt { "type" } dd { (i.item_type) " · priority " (i.priority) }
             dt { "order" } dd {
-                a href=(format!("/items?order={}", i.work_order_id)) { code { (i.work_order_id) } }
+                a href=(format!("/orders/{}", i.work_order_id)) { code { (i.work_order_id) } }
                 " (" (i.order_status) ") · workflow " (i.workflow_id)
             }
             dt { "route" } dd {
@@ -124,6 +124,7 @@ pub(super) async fn item(State(state): State<AdminState>, Viewer(signed): Viewer
                 button.danger type="submit" { "Cancel item" }
             }
         }
+        (edges_tables(&view.detail.dependencies))
         h2 { "Content (" (i.content_bytes) " bytes)" }
         @match &i.content { Some(c) => pre { (cut(c)) }, None => p { "Too large to show." } }
         @if let Some(result) = &i.result { h2 { "Result" } pre { (json_text(result)) } }
@@ -149,6 +150,95 @@ pub(super) async fn item(State(state): State<AdminState>, Viewer(signed): Viewer
         }
     };
     page(StatusCode::OK, layout("Item", Some(&signed.session), signed.flash.clone(), body))
+}
+
+fn edges_tables(edges: &db::dependencies::Edges) -> Markup {
+    html! {
+        @for (title, list) in [("Depends on", &edges.dependencies), ("Dependents", &edges.dependents)] {
+            @if !list.is_empty() {
+                h2 { (title) }
+                table.edges {
+                    thead { tr { th { "item" } th { "type" } th { "state" } th { "kind" } th { "edge" } } }
+                    tbody {
+                        @for e in list {
+                            tr {
+                                td { a href=(format!("/items/{}", e.work_item_id)) { code title=(e.work_item_id) { (short(e.work_item_id)) } } }
+                                td { (e.item_type) }
+                                td {
+                                    span class=(format!("state {}", e.status.as_str())) { (e.status.as_str()) }
+                                    @if let Some(letter) = e.dead_letter_id {
+                                        " " a href=(format!("/dead-letters/{letter}")) { "dead letter " (short(letter)) }
+                                    }
+                                }
+                                td { (e.kind) }
+                                td { @if e.kind == "RELATED" { "recorded" } @else if e.satisfied { "met" } @else { "waiting" } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub(super) async fn order(State(state): State<AdminState>, Viewer(signed): Viewer, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<Uuid>() else {
+        return error_page(&signed, api::ApiError::bad_request(format!("`{id}` is not an order id")));
+    };
+    let order = match db::orders::get(&state.ops, id).await {
+        Ok(Some(order)) => order,
+        Ok(None) => return error_page(&signed, OpsError::NotFound { what: "work order", id }.into()),
+        Err(e) => return error_page(&signed, OpsError::from(e).into()),
+    };
+    let graph = match db::dependencies::of_order(&state.ops, id, 5000).await {
+        Ok(graph) => graph,
+        Err(e) => return error_page(&signed, OpsError::from(e).into()),
+    };
+    let here = format!("/orders/{id}");
+    let live = ["QUEUED", "PROCESSING", "AWAITING_APPROVAL"].iter().any(|s| order.items_by_status.contains_key(*s));
+    let body = html! {
+        h1 { "Order " code { (order.id) } }
+        dl.facts {
+            dt { "state" } dd { span class=(format!("state {}", order.status)) { (order.status) } }
+            dt { "workflow" } dd { (order.workflow_id) " · priority " (order.priority) }
+            dt { "tenant" } dd { code { (order.tenant_id) } " · created by " code { (order.created_by) } }
+            dt { "items" } dd {
+                @for (status, n) in &order.items_by_status {
+                    a href=(format!("/items?order={id}&state={status}")) { (n) " " (status) } " "
+                }
+            }
+            dt { "created" } dd { (ts(order.created_at)) " · updated " (ts(order.updated_at)) }
+        }
+        @if live && signed.session.identity.may_operate() {
+            form.inline method="post" action=(format!("/orders/{id}/cancel")) {
+                (hidden(&signed.session, &here))
+                input type="text" name="reason" placeholder="reason (optional)";
+                button.danger type="submit" { "Cancel every unfinished item" }
+            }
+        }
+        h2 { "Dependencies" }
+        @if graph.edges.is_empty() {
+            p { "No dependencies between this order's items." }
+        } @else {
+            p.legend { "Left to right: an item runs after those it points from. Solid: BLOCKS, dashed: SOFT, dotted: RELATED; a dashed box waits for its dependencies." }
+            (super::graph::svg(id, &graph))
+        }
+        p { a href=(format!("/items?order={id}")) { "The order's items →" } }
+    };
+    page(StatusCode::OK, layout("Order", Some(&signed.session), signed.flash.clone(), body))
+}
+
+pub(super) async fn cancel_order(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+    OperatorForm { signed, form }: OperatorForm,
+) -> Response {
+    let Ok(id) = id.parse::<Uuid>() else { return error_page(&signed, api::ApiError::bad_request("not an order id")) };
+    let reason = form.get("reason").map(String::as_str);
+    let result = actions::cancel(&state.ops, db::items::Target::Order(id), &signed.session.identity.name, reason)
+        .await
+        .map(|done| format!("Cancelled {} item(s) of order {}.", done.len(), short(id)));
+    done(&state, &signed, said(result, None), &back(&form, &format!("/orders/{id}")))
 }
 
 pub(super) fn attempts_table(attempts: &[db::items::AttemptRow]) -> Markup {
@@ -183,9 +273,15 @@ pub(super) async fn cancel(
     let reason = form.get("reason").map(String::as_str);
     let result = actions::cancel(&state.ops, db::items::Target::Item(id), &signed.session.identity.name, reason)
         .await
-        .map(|done| match done.first().and_then(|c| c.interrupted_attempt) {
-            Some(n) => format!("Cancelled item {}: its running attempt {n} was interrupted.", short(id)),
-            None => format!("Cancelled item {}.", short(id)),
+        .map(|done| {
+            let also = match done.len() {
+                1 => String::new(),
+                n => format!(" {} item(s) that waited on it were cancelled with it (DEPENDENCY_FAILED).", n - 1),
+            };
+            match done.first().and_then(|c| c.interrupted_attempt) {
+                Some(n) => format!("Cancelled item {}: its running attempt {n} was interrupted.{also}", short(id)),
+                None => format!("Cancelled item {}.{also}", short(id)),
+            }
         });
     done(&state, &signed, said(result, None), &back(&form, &format!("/items/{id}")))
 }

@@ -39,6 +39,7 @@ mod approvals;
 mod dead_letters;
 mod escalations;
 mod format;
+mod graph;
 mod guard;
 mod items;
 mod overview;
@@ -75,6 +76,8 @@ pub fn routes() -> axum::Router<AdminState> {
         .route("/items", get(items::items))
         .route("/items/{id}", get(items::item))
         .route("/items/{id}/cancel", post(items::cancel))
+        .route("/orders/{id}", get(items::order))
+        .route("/orders/{id}/cancel", post(items::cancel_order))
         .route("/dead-letters", get(dead_letters::dead_letters))
         .route("/dead-letters/bulk", post(dead_letters::bulk))
         .route("/dead-letters/{id}", get(dead_letters::dead_letter))

@@ -65,7 +65,8 @@ pub(super) fn overview_body(state: &AdminState, o: &Overview) -> Markup {
                 }
             }
         }
-        p { (o.scheduled) " queued item(s) wait for a future run time (retries, delayed items)." }
+        p { (o.scheduled) " queued item(s) wait for a future run time (retries, delayed items); "
+            (o.waiting_for_dependencies) " wait for their dependencies." }
         h2 { "In flight (up to 20)" }
         @if o.in_flight.is_empty() {
             p { "Nothing is running." }
