@@ -109,13 +109,18 @@ BEGIN
         NEW.priority := order_priority;
     END IF;
     NEW.tenant_id := order_tenant;
+    -- The dependency columns are orderly's bookkeeping, whatever the INSERT sent (an ORM
+    -- that reflects the table sends NULL for every column it was not given): edges are
+    -- counted by their own trigger.
+    NEW.deps_pending := 0;
+    NEW.has_dependencies := false;
+    NEW.has_dependents := false;
     IF step_needs IS NOT NULL THEN
         -- This step needs others / others need this step.
-        NEW.has_dependencies := NEW.has_dependencies OR step_needs ? NEW.type::text;
-        NEW.has_dependents := NEW.has_dependents
-            OR EXISTS (SELECT 1 FROM jsonb_each(step_needs) e WHERE e.value ? NEW.type::text);
+        NEW.has_dependencies := step_needs ? NEW.type::text;
+        NEW.has_dependents := EXISTS (SELECT 1 FROM jsonb_each(step_needs) e WHERE e.value ? NEW.type::text);
     END IF;
-    IF NEW.status = 'QUEUED' AND NEW.run_at <= now() AND NEW.deps_pending = 0
+    IF NEW.status = 'QUEUED' AND NEW.run_at <= now()
        AND NOT pg_try_advisory_xact_lock_shared(31369498240052069) THEN
         PERFORM pg_notify('orderly_work', '');
     END IF;
@@ -235,6 +240,39 @@ BEGIN
     RETURN NULL;
 END
 $$;
+-- What an INSERT may leave out or get wrong: an ORM that reflects the table sends NULL for
+-- columns it was not given; `satisfied_at` is orderly's to write, never the upstream's.
+CREATE FUNCTION orderly_dependency_defaults() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.kind := coalesce(NEW.kind, 'BLOCKS');
+    NEW.created_at := coalesce(NEW.created_at, now());
+    NEW.satisfied_at := NULL;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER work_item_dependencies_defaults BEFORE INSERT ON work_item_dependencies
+    FOR EACH ROW EXECUTE FUNCTION orderly_dependency_defaults();
+-- Edges are written once: changing or deleting one would leave its dependent's count wrong.
+CREATE FUNCTION orderly_dependency_frozen() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        -- Deleting an item deletes its edges (ON DELETE CASCADE): allowed.
+        IF EXISTS (SELECT 1 FROM work_items WHERE id = OLD.work_item_id)
+           AND EXISTS (SELECT 1 FROM work_items WHERE id = OLD.depends_on_id) THEN
+            RAISE EXCEPTION 'dependencies cannot be deleted (work item % on %): cancel the item instead',
+                OLD.work_item_id, OLD.depends_on_id USING ERRCODE = 'check_violation';
+        END IF;
+        RETURN OLD;
+    END IF;
+    IF (NEW.work_item_id, NEW.depends_on_id, NEW.kind) IS DISTINCT FROM (OLD.work_item_id, OLD.depends_on_id, OLD.kind) THEN
+        RAISE EXCEPTION 'a dependency''s items and kind cannot be changed (work item % on %)',
+            OLD.work_item_id, OLD.depends_on_id USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER work_item_dependencies_frozen BEFORE UPDATE OR DELETE ON work_item_dependencies
+    FOR EACH ROW EXECUTE FUNCTION orderly_dependency_frozen();
 CREATE TRIGGER work_item_dependencies_inserted AFTER INSERT ON work_item_dependencies
     FOR EACH ROW EXECUTE FUNCTION orderly_dependency_inserted();
 

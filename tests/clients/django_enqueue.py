@@ -94,7 +94,7 @@ def enqueue(package):
     from django.core.management import call_command
 
     models_source = io.StringIO()
-    call_command("inspectdb", "work_orders", "work_items", stdout=models_source)
+    call_command("inspectdb", "work_orders", "work_items", "work_item_dependencies", stdout=models_source)
     # inspectdb's output is used unchanged. What it marks for review does not stop an
     # INSERT: the enum columns are guessed as TextField ("This field type is a guess."),
     # and their values go to PostgreSQL as untyped literals, which it casts to the enum;
@@ -103,7 +103,7 @@ def enqueue(package):
     with open(os.path.join(package, "models.py"), "w") as f:
         f.write(models_source.getvalue())
     models = importlib.import_module(f"{APP}.models")
-    WorkOrders, WorkItems = models.WorkOrders, models.WorkItems
+    WorkOrders, WorkItems, Dependencies = models.WorkOrders, models.WorkItems, models.WorkItemDependencies
     check(WorkItems._meta.pk.name == "id", "inspectdb gave work_items no id primary key")
     print(f"django_enqueue: inspectdb models, work_items.id is {type(WorkItems._meta.pk).__name__}", file=sys.stderr)
 
@@ -173,7 +173,24 @@ def enqueue(package):
     bulk_ids = [uuid.uuid4() for _ in range(BULK)]
     created = WorkItems.objects.bulk_create([WorkItems(**item(n, id=i)) for n, i in enumerate(bulk_ids)])
     check([obj.pk for obj in created] == bulk_ids, "bulk_create changed client-chosen ids")
-    client_ids = [chosen] + bulk_ids
+    # A diamond (b and c need a, d needs b and c) and its edges, in one transaction: an item
+    # committed without its edges could start before they are inserted.
+    from django.db import transaction
+
+    graph = [uuid.uuid4() for _ in range(4)]
+    with transaction.atomic():
+        a, b, c, d = (WorkItems.objects.create(**item(100 + n, id=i)) for n, i in enumerate(graph))
+        Dependencies.objects.bulk_create(
+            [
+                Dependencies(work_item=b, depends_on=a, kind="BLOCKS", created_at=Now()),
+                Dependencies(work_item=c, depends_on=a, kind="BLOCKS", created_at=Now()),
+                Dependencies(work_item=d, depends_on=b, kind="BLOCKS", created_at=Now()),
+                Dependencies(work_item=d, depends_on=c, kind="SOFT", created_at=Now()),
+            ]
+        )
+    check(Dependencies.objects.filter(work_item_id=d.pk).count() == 2, "the diamond's edges are not stored")
+
+    client_ids = [chosen] + bulk_ids + graph
     check(WorkItems.objects.filter(pk__in=client_ids).count() == len(client_ids), "a client-chosen id is not stored")
     check(stored() == len(client_ids) + len(server_ids) + unidentified, "stored items do not add up")
 
@@ -186,6 +203,7 @@ def enqueue(package):
         "client_ids": [str(i) for i in client_ids],
         "unidentified_items": unidentified,
         "bulk_create_without_ids": bulk_without_ids,
+        "graph": [str(i) for i in graph],
     }
 
 

@@ -10,7 +10,9 @@ as an upstream that owns neither schema would. It adds one order and
       flush failed with "FlushError: Instance <work_items> has a NULL identity key");
   (b) one item with a client-chosen id, which must be kept;
   (c) bulk inserts: session.add_all of many objects without ids, and an ORM bulk insert()
-      with a list of parameter sets and RETURNING.
+      with a list of parameter sets and RETURNING;
+  (e) a small graph: four items (a diamond: b and c need a, d needs b and c) and their
+      edges in work_item_dependencies, reflected too, in the same transaction.
 It prints a JSON summary on stdout (diagnostics go to stderr) and exits non-zero if any
 check fails.
 """
@@ -58,7 +60,7 @@ def main():
     # PostgreSQL dialect returned; the constraint is reflected and nothing else is affected.
     warnings.filterwarnings("ignore", message=r"Can't validate argument 'dialect_options'", category=sqlalchemy.exc.SAWarning)
     metadata = MetaData()
-    metadata.reflect(engine, only=["work_orders", "work_items"])
+    metadata.reflect(engine, only=["work_orders", "work_items", "work_item_dependencies"])
     Base = automap_base(metadata=metadata)
     Base.prepare()
     WorkOrder = Base.classes.work_orders
@@ -107,7 +109,28 @@ def main():
         bulk_ids = list(session.scalars(insert(WorkItem).returning(WorkItem.id, sort_by_parameter_order=True), rows))
         check(len(bulk_ids) == BULK and None not in bulk_ids, f"bulk insert returned {len(bulk_ids)} ids")
 
-        server_ids = [item.id for item in single + many] + bulk_ids
+        # (e) A diamond and its edges, through the reflected edge table (an association
+        # table, written with Core inside the ORM's transaction).
+        graph = []
+        for n in range(4):
+            item = WorkItem(work_order_id=order.id, type=ITEM_TYPE, content=json.dumps({"client": "graph", "n": n}))
+            session.add(item)
+            session.flush()
+            graph.append(item)
+        a, b, c, d = (item.id for item in graph)
+        graph_ids = [a, b, c, d]
+        edges = metadata.tables["work_item_dependencies"]
+        session.execute(
+            insert(edges),
+            [
+                {"work_item_id": b, "depends_on_id": a},
+                {"work_item_id": c, "depends_on_id": a},
+                {"work_item_id": d, "depends_on_id": b, "kind": "BLOCKS"},
+                {"work_item_id": d, "depends_on_id": c, "kind": "SOFT"},
+            ],
+        )
+
+        server_ids = [item.id for item in single + many + graph] + bulk_ids
         check(len(set(server_ids)) == len(server_ids), "server-generated ids repeat")
 
         # What the database holds for this order, read back in the same transaction.
@@ -147,6 +170,7 @@ def main():
         "unidentified_items": 0,
         "cte_order_id": str(cte_order_id),
         "cte_items": cte_items,
+        "graph": [str(i) for i in graph_ids],
     }
     print(json.dumps(summary))
 

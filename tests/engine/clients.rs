@@ -31,6 +31,8 @@ struct Summary {
     cte_order_id: Option<Uuid>,
     #[serde(default)]
     cte_items: i64,
+    /// A diamond inserted with its edges: [a, b, c, d], b and c need a, d needs b and c.
+    graph: Vec<Uuid>,
 }
 
 impl Summary {
@@ -152,6 +154,27 @@ async fn enqueue_through(script: &str, login: As) -> Summary {
     for id in &summary.client_ids {
         assert_eq!(id.get_version_num(), 4, "{id}: the client's own (v4) id was kept");
     }
+    // The diamond ran in its order: each item started after what it needs had finished.
+    assert_eq!(summary.graph.len(), 4, "{script}: the diamond's items");
+    let (a, b, c, d) = (summary.graph[0], summary.graph[1], summary.graph[2], summary.graph[3]);
+    let edges: i64 = sqlx::query_scalar("SELECT count(*) FROM work_item_dependencies WHERE work_item_id = ANY($1)")
+        .bind(&summary.graph)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(edges, 4, "{script}: the diamond's edges");
+    for (item, needs) in [(b, a), (c, a), (d, b), (d, c)] {
+        let early: bool = sqlx::query_scalar(
+            "SELECT (SELECT min(started_at) FROM attempts WHERE work_item_id = $1)
+                    < (SELECT processed_at FROM work_items WHERE id = $2)",
+        )
+        .bind(item)
+        .bind(needs)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert!(!early, "{script}: {item} started before {needs} finished");
+    }
     // Both scripts leave the item's priority to the database (omitted or NULL).
     let not_copied: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM work_items i JOIN work_orders o ON o.id = i.work_order_id
@@ -197,8 +220,9 @@ async fn sqlalchemy_automap_upstream_is_processed_as_the_producer_role() {
 
 fn sqlalchemy_checks(summary: Summary) {
     assert_eq!(summary.library, "sqlalchemy");
-    // 3 single adds, 100 by add_all, 200 by a bulk insert(): the ORM learned every id.
-    assert_eq!(summary.server_ids.len(), 303);
+    // 3 single adds, 100 by add_all, 4 for the diamond, 200 by a bulk insert(): the ORM
+    // learned every id.
+    assert_eq!(summary.server_ids.len(), 307);
     assert_eq!(summary.client_ids.len(), 1);
     assert_eq!(summary.unidentified_items, 0);
     // The order's id came from the database's default, learned at flush: time-ordered too.
@@ -218,9 +242,10 @@ async fn django_inspectdb_upstream_is_processed_as_the_producer_role() {
 
 fn django_checks(summary: Summary) {
     assert_eq!(summary.library, "django");
-    // One create and 200 by bulk_create with client ids, all kept; the order's own id too.
+    // One create, 200 by bulk_create and the diamond's 4 with client ids, all kept; the
+    // order's own id too.
     assert_eq!(summary.order_id.get_version_num(), 4, "{}: the order's client-chosen id", summary.order_id);
-    assert_eq!(summary.client_ids.len(), 201);
+    assert_eq!(summary.client_ids.len(), 205);
     // One create without an id: inserted and completed; Django 5.2 does not learn its id
     // (a non-AutoField primary key), so it is counted, not listed.
     assert_eq!(summary.server_ids.len() as i64 + summary.unidentified_items, 1);

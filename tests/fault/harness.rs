@@ -48,6 +48,48 @@ pub async fn enqueue_mixed(db: &TestDb, n: usize, max_ms: u64) -> Vec<Uuid> {
     ids
 }
 
+/// Inserts `orders` orders of 20 items shaped as a graph: a root, a fan-out of 9 that each
+/// need it, a fan-in that needs all 9, then a chain of 9 after it. Outcomes are mixed as in
+/// [`enqueue_mixed`], so some dependencies are dead-lettered and hold their dependents.
+pub async fn enqueue_graph(db: &TestDb, orders: usize, max_ms: u64) -> Vec<Uuid> {
+    let mut ids = Vec::with_capacity(orders * 20);
+    for o in 0..orders {
+        let order = insert_order(&db.pool, ["LOW", "MEDIUM", "HIGH", "URGENT"][o % 4]).await;
+        let mut tx = db.pool.begin().await.unwrap();
+        let mut items = Vec::with_capacity(20);
+        for i in 0..20 {
+            let outcome = match fastrand::u8(0..100) {
+                0..=97 => "ok",
+                98 => "retry",
+                _ => "fatal",
+            };
+            let content = json!({"n": o * 20 + i, "ms": fastrand::u64(0..=max_ms), "outcome": outcome}).to_string();
+            let id: Uuid = sqlx::query_scalar(
+                "INSERT INTO work_items (work_order_id, type, content) VALUES ($1, 'TICKET', $2) RETURNING id",
+            )
+            .bind(order)
+            .bind(content)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+            items.push(id);
+        }
+        let mut edges: Vec<(usize, usize)> = (1..10).map(|i| (i, 0)).collect();
+        edges.extend((1..10).map(|i| (10, i)));
+        edges.extend((11..20).map(|i| (i, i - 1)));
+        let (from, to): (Vec<Uuid>, Vec<Uuid>) = edges.iter().map(|(a, b)| (items[*a], items[*b])).unzip();
+        sqlx::query("INSERT INTO work_item_dependencies (work_item_id, depends_on_id) SELECT * FROM unnest($1::uuid[], $2::uuid[])")
+            .bind(&from)
+            .bind(&to)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        ids.extend(items);
+    }
+    ids
+}
+
 /// The daemons' configuration file: short leases so faults recover quickly.
 pub fn write_config(agent: &TestAgent, extra: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("orderly-fault-{}", Uuid::new_v4().simple()));
@@ -275,10 +317,13 @@ pub async fn quiesce(db: &TestDb, deadline: Duration) {
 pub async fn quiesce_pool(pool: &sqlx::PgPool, deadline: Duration) {
     let start = Instant::now();
     loop {
-        let live: i64 = sqlx::query_scalar("SELECT count(*) FROM work_items WHERE status IN ('QUEUED', 'PROCESSING')")
-            .fetch_one(pool)
-            .await
-            .unwrap_or(i64::MAX);
+        // Items held by a dead-lettered dependency stay QUEUED: the oracle checks they should.
+        let live: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM work_items WHERE status = 'PROCESSING' OR (status = 'QUEUED' AND deps_pending = 0)",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap_or(i64::MAX);
         if live == 0 {
             return;
         }
@@ -302,6 +347,11 @@ pub struct Verdict {
     pub concurrent_duplicates: usize,
     pub lost_attempts: i64,
     pub misrolled_orders: i64,
+    /// QUEUED items whose count of unmet dependencies disagrees with their dependencies'
+    /// statuses (waiting although released, or released early).
+    pub miscounted_waits: i64,
+    /// Attempts started before a BLOCKS dependency of their item had completed.
+    pub started_early: i64,
 }
 
 /// Checks the guarantees (docs/guarantees.md) over the database and the agent's ledger.
@@ -316,7 +366,26 @@ pub async fn oracle(db: &TestDb, inserted: &[Uuid], agent: &TestAgent) -> Verdic
     let mut v = Verdict {
         items: inserted.len(),
         lost: inserted.len() as i64 - present,
-        stuck: scalar("SELECT count(*) FROM work_items WHERE status = 'PROCESSING' OR (status = 'QUEUED' AND run_at <= now() - interval '5 seconds')").await,
+        stuck: scalar(
+            "SELECT count(*) FROM work_items WHERE status = 'PROCESSING'
+                OR (status = 'QUEUED' AND deps_pending = 0 AND run_at <= now() - interval '5 seconds')",
+        )
+        .await,
+        // Recomputed from the dependencies' statuses, not from the edges' own bookkeeping.
+        miscounted_waits: scalar(
+            "SELECT count(*) FROM work_items w WHERE w.status = 'QUEUED' AND w.deps_pending <> (
+                 SELECT count(*) FROM work_item_dependencies d JOIN work_items p ON p.id = d.depends_on_id
+                 WHERE d.work_item_id = w.id AND d.kind <> 'RELATED'
+                   AND NOT (p.status = 'COMPLETED' OR (d.kind = 'SOFT' AND p.status IN ('FAILED', 'CANCELLED'))))",
+        )
+        .await,
+        started_early: scalar(
+            "SELECT count(*) FROM attempts a
+             JOIN work_item_dependencies d ON d.work_item_id = a.work_item_id AND d.kind = 'BLOCKS'
+             JOIN work_items p ON p.id = d.depends_on_id
+             WHERE p.status <> 'COMPLETED' OR a.started_at < p.processed_at",
+        )
+        .await,
         misnumbered: scalar(
             "SELECT count(*) FROM work_items w
              WHERE (SELECT count(*) FROM attempts a WHERE a.work_item_id = w.id) <> w.attempt
@@ -399,6 +468,11 @@ impl Verdict {
         assert_eq!(self.letters_without_failure, 0, "{scenario}: open dead letters for items that are not FAILED");
         assert_eq!(self.concurrent_duplicates, 0, "{scenario}: one attempt executed twice");
         assert_eq!(self.misrolled_orders, 0, "{scenario}: orders whose status disagrees with their items");
+        assert_eq!(
+            self.miscounted_waits, 0,
+            "{scenario}: items waiting on dependencies already met (or released early)"
+        );
+        assert_eq!(self.started_early, 0, "{scenario}: items started before a BLOCKS dependency completed");
         assert!(
             self.duplicates <= max_duplicates,
             "{scenario}: {} duplicate executions > {max_duplicates} explained by faults",

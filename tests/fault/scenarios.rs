@@ -51,6 +51,46 @@ async fn kill_9_at_random_moments_loses_nothing() {
     verdict.assert_holds("kill -9 of 1 of 3 daemons", &format!("{kills} kills"), kills as i64 * CONCURRENCY);
 }
 
+/// A dependency graph (fan-out, fan-in, chain in every order) under kill -9 of one of three
+/// daemons and a PostgreSQL restart: every dependent runs when its dependencies allow, never
+/// twice, never early, never stuck (the oracle's dependency checks).
+#[tokio::test]
+async fn dependencies_hold_under_kill_9_and_a_postgres_restart() {
+    let (orders, kills) = if long_mode() { (250, 10) } else { (50, 3) };
+    let db = TestDb::new().await;
+    let agent = ledger_agent().await;
+    let config = write_config(&agent, "");
+    let ids = enqueue_graph(&db, orders, 40).await;
+    let mut daemons: Vec<Daemon> = (0..3).map(|_| Daemon::start(&db, &config)).collect();
+    for k in 0..kills {
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(300..900))).await;
+        if k == kills / 2 {
+            restart_postgres("immediate");
+        }
+        let victim = daemons.swap_remove(fastrand::usize(..daemons.len()));
+        victim.kill9();
+        daemons.push(Daemon::start(&db, &config));
+    }
+    quiesce(&db, Duration::from_secs(180)).await;
+    for d in daemons {
+        assert!(d.terminate().await, "daemon exits 0 on SIGTERM");
+    }
+    let verdict = oracle(&db, &ids, &agent).await;
+    let (held, ran): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'QUEUED'), count(*) FILTER (WHERE status = 'COMPLETED') FROM work_items",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    println!("dependencies: {ran} completed, {held} held by a dead-lettered dependency");
+    assert!(ran > (orders as i64) * 5, "the graph ran: {ran} completed");
+    verdict.assert_holds(
+        "dependency graph, kill -9 and a restart",
+        &format!("{kills} kills, 1 restart"),
+        (kills as i64 + 2) * CONCURRENCY,
+    );
+}
+
 fn restart_postgres(mode: &str) {
     let version = std::fs::read_dir("/etc/postgresql")
         .expect("a Debian PostgreSQL cluster")
