@@ -159,9 +159,10 @@ CREATE TRIGGER work_items_template_edges AFTER INSERT ON work_items
     FOR EACH ROW WHEN (NEW.has_dependencies OR NEW.has_dependents)
     EXECUTE FUNCTION orderly_template_edges();
 
--- Every edge, however inserted: checked and counted. Runs as the owner (it updates the
--- items' counters, which a producer may not), so it checks the tenant itself; the producer's
--- row-level policy on this table admits only edges from its own tenant's items.
+-- Every edge, however inserted: checked before it is written, counted once it is. Both run
+-- as the owner (they update the items' counters, which a producer may not), so they check
+-- the tenant themselves; the producer's row-level policy on this table admits only edges
+-- from its own tenant's items.
 --
 -- Locks: the dependency FOR SHARE first, then the dependent FOR UPDATE. The share lock makes
 -- a concurrent finish of the dependency wait for this transaction, and the finish settles
@@ -170,14 +171,27 @@ CREATE TRIGGER work_items_template_edges AFTER INSERT ON work_items
 -- Two transactions that would close a cycle between items committed earlier conflict on
 -- these locks, so the second waits and its cycle check, a statement taken after the wait,
 -- sees the first's edge (under READ COMMITTED, the isolation upstreams use).
-CREATE FUNCTION orderly_dependency_inserted() RETURNS trigger LANGUAGE plpgsql
+--
+-- The checks run BEFORE the row is written, so they see the edges inserted earlier by the
+-- same statement and not the later ones: a graph inserted in either topological order (each
+-- dependent after its dependencies, or the reverse) never walks for cycles. The count runs
+-- AFTER, for rows actually written (an INSERT ... ON CONFLICT DO NOTHING that skips a row
+-- counts nothing).
+CREATE FUNCTION orderly_dependency_check() RETURNS trigger LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     parent record;
     child record;
-    met boolean;
 BEGIN
-    SELECT w.id, w.status, w.has_dependents, coalesce(w.tenant_id, o.tenant_id) AS tenant,
+    -- What an INSERT may leave out or get wrong: an ORM that reflects the table sends NULL
+    -- for columns it was not given; `satisfied_at` is orderly's to write, never the upstream's.
+    NEW.kind := coalesce(NEW.kind, 'BLOCKS');
+    NEW.created_at := coalesce(NEW.created_at, now());
+    NEW.satisfied_at := NULL;
+    IF NEW.work_item_id = NEW.depends_on_id THEN
+        RETURN NEW;  -- the CHECK constraint an_item_cannot_depend_on_itself refuses it
+    END IF;
+    SELECT w.id, w.status, coalesce(w.tenant_id, o.tenant_id) AS tenant,
            w.status = 'FAILED' AND NOT EXISTS (SELECT 1 FROM dead_letters l
                                                WHERE l.work_item_id = w.id AND l.processed_at IS NULL) AS gone
       INTO parent
@@ -196,7 +210,7 @@ BEGIN
             USING ERRCODE = 'check_violation';
     END IF;
     IF NEW.kind = 'RELATED' THEN
-        RETURN NULL;
+        RETURN NEW;
     END IF;
     IF child.status <> 'QUEUED' OR child.attempt > 0 THEN
         RAISE EXCEPTION 'work item % has already started (%): insert its dependencies in the transaction that inserts it',
@@ -204,8 +218,7 @@ BEGIN
             USING ERRCODE = 'check_violation';
     END IF;
     -- A cycle needs a path from the dependency back to the dependent: none when the
-    -- dependent has no dependents or the dependency no dependencies (items inserted in
-    -- either topological order take this shortcut).
+    -- dependent has no dependents or the dependency no dependencies.
     IF EXISTS (SELECT 1 FROM work_item_dependencies d WHERE d.depends_on_id = NEW.work_item_id AND d.kind <> 'RELATED')
        AND EXISTS (SELECT 1 FROM work_item_dependencies d WHERE d.work_item_id = NEW.depends_on_id AND d.kind <> 'RELATED')
        AND EXISTS (
@@ -225,33 +238,36 @@ BEGIN
             NEW.depends_on_id, CASE WHEN parent.gone THEN 'dead-lettered and discarded' ELSE 'cancelled' END
             USING ERRCODE = 'check_violation';
     END IF;
-    met := parent.status = 'COMPLETED'
-        OR (NEW.kind = 'SOFT' AND parent.status IN ('FAILED', 'CANCELLED'));
-    IF met THEN
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER work_item_dependencies_check BEFORE INSERT ON work_item_dependencies
+    FOR EACH ROW EXECUTE FUNCTION orderly_dependency_check();
+
+CREATE FUNCTION orderly_dependency_inserted() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    parent_status work_item_status;
+    parent_has_dependents boolean;
+BEGIN
+    IF NEW.kind = 'RELATED' THEN
+        RETURN NULL;
+    END IF;
+    -- Locked by the check above, in this transaction: the status cannot have moved.
+    SELECT status, has_dependents INTO parent_status, parent_has_dependents FROM work_items WHERE id = NEW.depends_on_id;
+    IF parent_status = 'COMPLETED' OR (NEW.kind = 'SOFT' AND parent_status IN ('FAILED', 'CANCELLED')) THEN
         UPDATE work_item_dependencies SET satisfied_at = now()
          WHERE work_item_id = NEW.work_item_id AND depends_on_id = NEW.depends_on_id;
         UPDATE work_items SET has_dependencies = true WHERE id = NEW.work_item_id AND NOT has_dependencies;
     ELSE
         UPDATE work_items SET deps_pending = deps_pending + 1, has_dependencies = true WHERE id = NEW.work_item_id;
-        IF NOT parent.has_dependents THEN
+        IF NOT parent_has_dependents THEN
             UPDATE work_items SET has_dependents = true WHERE id = NEW.depends_on_id;
         END IF;
     END IF;
     RETURN NULL;
 END
 $$;
--- What an INSERT may leave out or get wrong: an ORM that reflects the table sends NULL for
--- columns it was not given; `satisfied_at` is orderly's to write, never the upstream's.
-CREATE FUNCTION orderly_dependency_defaults() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    NEW.kind := coalesce(NEW.kind, 'BLOCKS');
-    NEW.created_at := coalesce(NEW.created_at, now());
-    NEW.satisfied_at := NULL;
-    RETURN NEW;
-END
-$$;
-CREATE TRIGGER work_item_dependencies_defaults BEFORE INSERT ON work_item_dependencies
-    FOR EACH ROW EXECUTE FUNCTION orderly_dependency_defaults();
 -- Edges are written once: changing or deleting one would leave its dependent's count wrong.
 CREATE FUNCTION orderly_dependency_frozen() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

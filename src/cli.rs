@@ -92,6 +92,14 @@ pub enum BenchShape {
     Bulk,
     Priorities,
     Delayed,
+    /// Each order a chain: item k needs item k-1.
+    Chain,
+    /// Each order a fan-out and fan-in: one root, every middle item needs it, one last item
+    /// needs every middle one.
+    Fanout,
+    /// Each order a square lattice (side √items-per-order): item (i, j) needs (i-1, j) and
+    /// (i, j-1).
+    Lattice,
 }
 
 #[derive(Debug, Args)]
@@ -107,7 +115,8 @@ pub struct BenchArgs {
     /// How the upstream shapes its work: `orders` (one order per transaction), `bulk` (every
     /// order in one transaction, rows of different orders interleaved), `priorities` (as
     /// `orders`, each order a random priority), `delayed` (as `orders`, 10% of the items
-    /// with a run_at up to 1 s ahead).
+    /// with a run_at up to 1 s ahead), and the dependency shapes `chain`, `fanout` and
+    /// `lattice` (each order one graph of `items-per-order` items, docs/dependencies.md).
     #[arg(long, value_enum, default_value = "orders")]
     pub shape: BenchShape,
     /// Measure processing only (skip the pickup and end-to-end latency phases).

@@ -56,6 +56,8 @@ pub struct BenchReport {
     pub processing_items_per_s: f64,
     pub processing_seconds: f64,
     pub pickup_ms: Percentiles,
+    /// Dependency shapes: from the finish of an item's last dependency to its start.
+    pub release_ms: Option<Percentiles>,
     /// Pickup latency when every INSERT comes on a connection opened for it.
     pub pickup_new_connection_ms: Percentiles,
     /// Wall time of a new connection's first INSERT of an item (commit included).
@@ -176,6 +178,9 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
     let (cpu, processing_rss) = process_usage(daemon.id());
     // The daemon's connections publish their statistics when they close.
     stop_daemon(daemon);
+    if graph_edges(args.shape, 1).is_some() {
+        report.release_ms = Some(Percentiles::of(sql::release_latencies(&pool).await?));
+    }
     let after = settled_counters(&pool).await?;
     report.daemon_cpu_seconds = cpu;
     report.daemon_cpu_us_per_item = cpu * 1e6 / args.items as f64;
@@ -335,11 +340,48 @@ fn process_usage(pid: u32) -> (f64, f64) {
     (cpu, rss)
 }
 
+/// The edges of one order of `n` items in a dependency shape, as (dependent, dependency)
+/// positions, each dependent after its dependencies; `None` for the other shapes.
+pub fn graph_edges(shape: BenchShape, n: usize) -> Option<Vec<(usize, usize)>> {
+    match shape {
+        BenchShape::Chain => Some((1..n).map(|k| (k, k - 1)).collect()),
+        BenchShape::Fanout if n >= 3 => {
+            let mut edges: Vec<(usize, usize)> = (1..n - 1).map(|k| (k, 0)).collect();
+            edges.extend((1..n - 1).map(|k| (n - 1, k)));
+            Some(edges)
+        }
+        BenchShape::Fanout => Some((1..n).map(|k| (k, 0)).collect()),
+        BenchShape::Lattice => {
+            let side = (n as f64).sqrt().floor().max(1.0) as usize;
+            let mut edges = Vec::new();
+            for k in 0..n {
+                let (i, j) = (k / side, k % side);
+                if i > 0 {
+                    edges.push((k, k - side));
+                }
+                if j > 0 {
+                    edges.push((k, k - 1));
+                }
+            }
+            Some(edges)
+        }
+        _ => None,
+    }
+}
+
 async fn enqueue(pool: &PgPool, items: usize, per_order: usize, shape: BenchShape) -> anyhow::Result<()> {
     let per_order = per_order.max(1);
     let orders = items.div_ceil(per_order);
     if shape == BenchShape::Bulk {
         sql::insert_bulk_interleaved(pool, orders, per_order).await?;
+        return Ok(());
+    }
+    if graph_edges(shape, 1).is_some() {
+        for o in 0..orders {
+            let n = per_order.min(items - o * per_order);
+            let edges = graph_edges(shape, n).unwrap_or_default();
+            sql::insert_graph_order(pool, n, &edges).await?;
+        }
         return Ok(());
     }
     // Upstreams insert in their own transactions; a few run concurrently here.
@@ -418,6 +460,9 @@ fn print_report(r: &BenchReport) {
     let p = |x: &Percentiles| {
         format!("p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2} ms ({} samples)", x.p50, x.p90, x.p99, x.max, x.samples)
     };
+    if let Some(release) = &r.release_ms {
+        println!("  release to start  {} (last dependency finished → first attempt)", p(release));
+    }
     println!("  pickup latency    {}", p(&r.pickup_ms));
     println!("    new connection  {}", p(&r.pickup_new_connection_ms));
     println!("  first INSERT      {} on a new connection", p(&r.first_insert_ms));

@@ -40,6 +40,47 @@ pub async fn insert_order_with_items(
     tx.commit().await
 }
 
+/// One order of `n` items and the edges among them ((dependent, dependency) by position), in
+/// one transaction, edges inserted in the order given.
+pub async fn insert_graph_order(pool: &PgPool, n: usize, edges: &[(usize, usize)]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "WITH o AS (INSERT INTO work_orders (workflow_id, tenant_id, created_by)
+                    VALUES ('bench', gen_random_uuid(), gen_random_uuid()) RETURNING id),
+              i AS (INSERT INTO work_items (work_order_id, type, content)
+                    SELECT o.id, 'TICKET', '{\"n\":' || g || '}' FROM o, generate_series(0, $1 - 1) g
+                    RETURNING id, content)
+         SELECT id FROM i ORDER BY (content::jsonb->>'n')::int",
+    )
+    .bind(n as i32)
+    .fetch_all(&mut *tx)
+    .await?;
+    let (dependents, dependencies): (Vec<Uuid>, Vec<Uuid>) = edges.iter().map(|(a, b)| (ids[*a], ids[*b])).unzip();
+    sqlx::query(
+        "INSERT INTO work_item_dependencies (work_item_id, depends_on_id)
+         SELECT * FROM unnest($1::uuid[], $2::uuid[])",
+    )
+    .bind(&dependents)
+    .bind(&dependencies)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// For every item with dependencies: milliseconds from the finish of its last dependency to
+/// the start of its first attempt (the release-to-start latency).
+pub async fn release_latencies(pool: &PgPool) -> Result<Vec<f64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT (extract(epoch FROM (SELECT min(a.started_at) FROM attempts a WHERE a.work_item_id = d.item) - d.released)
+                 * 1000)::float8
+         FROM (SELECT e.work_item_id AS item, max(p.processed_at) AS released
+               FROM work_item_dependencies e JOIN work_items p ON p.id = e.depends_on_id
+               GROUP BY e.work_item_id) d",
+    )
+    .fetch_all(pool)
+    .await
+}
+
 /// `orders` orders of `per_order` items in ONE transaction, the rows of different orders
 /// interleaved (a nightly bulk load written row by row across its orders).
 pub async fn insert_bulk_interleaved(pool: &PgPool, orders: usize, per_order: usize) -> Result<(), sqlx::Error> {

@@ -44,3 +44,17 @@ async fn the_daemon_config_reaches_the_latency_agent_through_the_http_kind() {
     let echo = Settings::from_toml_over_defaults(&daemon_config(256, None)).unwrap();
     assert_eq!(echo.routes["TICKET"], "echo");
 }
+
+#[test]
+fn dependency_shapes_have_the_edges_they_promise() {
+    assert_eq!(graph_edges(BenchShape::Chain, 4).unwrap(), vec![(1, 0), (2, 1), (3, 2)]);
+    let fan = graph_edges(BenchShape::Fanout, 5).unwrap();
+    assert_eq!(fan, vec![(1, 0), (2, 0), (3, 0), (4, 1), (4, 2), (4, 3)]);
+    // A 3 × 3 lattice: 2 × 3 × 2 = 12 edges, the corner (2, 2) needs (1, 2) and (2, 1).
+    let lattice = graph_edges(BenchShape::Lattice, 9).unwrap();
+    assert_eq!(lattice.len(), 12);
+    assert!(lattice.contains(&(8, 5)) && lattice.contains(&(8, 7)));
+    // Every dependent comes after its dependencies (the order edges are inserted in).
+    assert!(lattice.iter().chain(&fan).all(|(a, b)| a > b));
+    assert!(graph_edges(BenchShape::Orders, 9).is_none());
+}
