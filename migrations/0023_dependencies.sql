@@ -175,8 +175,8 @@ CREATE TRIGGER work_items_template_edges AFTER INSERT ON work_items
 -- The checks run BEFORE the row is written, so they see the edges inserted earlier by the
 -- same statement and not the later ones: a graph inserted in either topological order (each
 -- dependent after its dependencies, or the reverse) never walks for cycles. The count runs
--- AFTER, for rows actually written (an INSERT ... ON CONFLICT DO NOTHING that skips a row
--- counts nothing).
+-- AFTER the statement, over the rows actually written (an INSERT ... ON CONFLICT DO NOTHING
+-- that skips a row counts nothing).
 CREATE FUNCTION orderly_dependency_check() RETURNS trigger LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
@@ -244,27 +244,36 @@ $$;
 CREATE TRIGGER work_item_dependencies_check BEFORE INSERT ON work_item_dependencies
     FOR EACH ROW EXECUTE FUNCTION orderly_dependency_check();
 
-CREATE FUNCTION orderly_dependency_inserted() RETURNS trigger LANGUAGE plpgsql
+-- Counted once per statement (a transition table): a dependent that gains 10,000 edges in one
+-- INSERT is updated once, not 10,000 times (each update of a row leaves a version that the
+-- next lookup of that row in the same transaction steps over: quadratic).
+CREATE FUNCTION orderly_dependencies_inserted() RETURNS trigger LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = public, pg_temp AS $$
-DECLARE
-    parent_status work_item_status;
-    parent_has_dependents boolean;
 BEGIN
-    IF NEW.kind = 'RELATED' THEN
-        RETURN NULL;
-    END IF;
-    -- Locked by the check above, in this transaction: the status cannot have moved.
-    SELECT status, has_dependents INTO parent_status, parent_has_dependents FROM work_items WHERE id = NEW.depends_on_id;
-    IF parent_status = 'COMPLETED' OR (NEW.kind = 'SOFT' AND parent_status IN ('FAILED', 'CANCELLED')) THEN
-        UPDATE work_item_dependencies SET satisfied_at = now()
-         WHERE work_item_id = NEW.work_item_id AND depends_on_id = NEW.depends_on_id;
-        UPDATE work_items SET has_dependencies = true WHERE id = NEW.work_item_id AND NOT has_dependencies;
-    ELSE
-        UPDATE work_items SET deps_pending = deps_pending + 1, has_dependencies = true WHERE id = NEW.work_item_id;
-        IF NOT parent_has_dependents THEN
-            UPDATE work_items SET has_dependents = true WHERE id = NEW.depends_on_id;
-        END IF;
-    END IF;
+    -- The dependencies were locked by the check above, in this transaction: their statuses
+    -- cannot have moved. One statement, one update per item (an item may be both a
+    -- dependent and a dependency of this INSERT).
+    WITH e AS MATERIALIZED (
+        SELECT n.work_item_id, n.depends_on_id,
+               p.status = 'COMPLETED' OR (n.kind = 'SOFT' AND p.status IN ('FAILED', 'CANCELLED')) AS met
+          FROM new_edges n JOIN work_items p ON p.id = n.depends_on_id
+         WHERE n.kind <> 'RELATED'
+    ), met AS (
+        UPDATE work_item_dependencies d SET satisfied_at = now()
+          FROM e WHERE e.met AND d.work_item_id = e.work_item_id AND d.depends_on_id = e.depends_on_id
+    ), c AS (
+        SELECT id, sum(unmet) AS unmet, bool_or(dependent) AS dependent, bool_or(waited_on) AS waited_on
+          FROM (SELECT work_item_id AS id, CASE WHEN met THEN 0 ELSE 1 END AS unmet, true AS dependent,
+                       false AS waited_on FROM e
+                UNION ALL
+                SELECT depends_on_id, 0, false, NOT met FROM e) x
+         GROUP BY id
+    )
+    UPDATE work_items w SET deps_pending = w.deps_pending + c.unmet,
+                            has_dependencies = w.has_dependencies OR c.dependent,
+                            has_dependents = w.has_dependents OR c.waited_on
+      FROM c
+     WHERE w.id = c.id AND (c.dependent OR (c.waited_on AND NOT w.has_dependents));
     RETURN NULL;
 END
 $$;
@@ -290,7 +299,8 @@ $$;
 CREATE TRIGGER work_item_dependencies_frozen BEFORE UPDATE OR DELETE ON work_item_dependencies
     FOR EACH ROW EXECUTE FUNCTION orderly_dependency_frozen();
 CREATE TRIGGER work_item_dependencies_inserted AFTER INSERT ON work_item_dependencies
-    FOR EACH ROW EXECUTE FUNCTION orderly_dependency_inserted();
+    REFERENCING NEW TABLE AS new_edges
+    FOR EACH STATEMENT EXECUTE FUNCTION orderly_dependencies_inserted();
 
 -- Settles the edges that name the given items as dependency, by each item's status now:
 --   COMPLETED                         -> BLOCKS and SOFT edges met

@@ -171,6 +171,11 @@ impl Completer {
         loop {
             match db::queue::complete_batch(&self.pool, batch).await {
                 Ok(report) => {
+                    // Dependents this batch released are runnable now: this process claims
+                    // them without waiting for its NOTIFY to come back (other replicas get it).
+                    if report.settled.iter().any(|s| s.became == db::dependencies::Settled::Released) {
+                        self.wake.notify_one();
+                    }
                     return Ok(report.stale.into_iter().collect());
                 }
                 Err(e) if db::is_refusal(&e) => return Err(WriteError::Refused(e)),
