@@ -9,7 +9,7 @@
 //! `CHROMEDRIVER` override the paths). Without them the test fails when `CI=true` and is
 //! skipped, saying so, elsewhere.
 
-use crate::api::{OPERATE, escalation, held, tokens_toml};
+use crate::api::{OPERATE, READ, escalation, held, tokens_toml};
 use crate::common::*;
 use base64::Engine as _;
 use serde_json::{Value, json};
@@ -291,6 +291,74 @@ async fn an_operator_signs_in_replays_an_edited_dead_letter_approves_and_acknowl
     assert_eq!((status.as_str(), by.as_deref()), ("ACKNOWLEDGED", Some("alice")));
     assert!(browser.current_url().await.ends_with("/escalations"), "POST, then redirect");
     assert_eq!(crate::api::audit_count(&db, "alice", "dead_letter.replay").await, 1);
+    drop(browser);
+    stop(engine).await;
+}
+
+/// The order page draws the order's dependency graph as SVG (no script): it renders with a
+/// size, every item is a node that links to the item's page, and a click follows the link.
+#[tokio::test]
+async fn the_order_page_draws_its_dependency_graph_and_each_node_links_to_its_item_in_chromium() {
+    let (Some(chromium), Some(chromedriver)) =
+        (binary("CHROMIUM", "/usr/bin/chromium"), binary("CHROMEDRIVER", "/usr/bin/chromedriver"))
+    else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("chromium and chromedriver are required in CI (apt-get install chromium chromium-driver)");
+        }
+        eprintln!(
+            "SKIPPED: the browser test needs chromium and chromium-driver (apt-get install chromium chromium-driver)"
+        );
+        return;
+    };
+    let db = TestDb::new().await;
+    // A pipeline of five items: extract → (classify, translate) → summarise → review, the
+    // first scheduled two hours ahead, so nothing moves while the page is read.
+    let order = insert_order(&db.pool, "HIGH").await;
+    let mut items = Vec::new();
+    for step in ["extract", "classify", "translate", "summarise", "review"] {
+        items.push(insert_item(&db.pool, order, "TICKET", &format!("{{\"step\": \"{step}\"}}")).await);
+    }
+    sqlx::query("UPDATE work_items SET run_at = now() + interval '2 hours' WHERE id = $1")
+        .bind(items[0])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    for (item, on, kind) in [(1, 0, "BLOCKS"), (2, 0, "BLOCKS"), (3, 1, "BLOCKS"), (3, 2, "SOFT"), (4, 3, "BLOCKS")] {
+        crate::dependencies::depend(&db.pool, items[item], items[on], kind).await.unwrap();
+    }
+    let engine = db.engine(&format!("{}[routes]\nTICKET = \"echo\"\n", tokens_toml())).await;
+    let base = format!("http://{}", engine.admin_addr().unwrap());
+
+    let browser = Browser::start(&chromium, &chromedriver).await;
+    browser.goto(&format!("{base}/")).await;
+    browser.wait_for("Sign in").await;
+    browser.replace_text("#token", READ).await;
+    browser.click("form.signin button").await;
+    browser.wait_for("<h1>Overview</h1>").await;
+    browser.goto(&format!("{base}/orders/{order}")).await;
+    browser.wait_for("svg").await;
+    let svg = browser.find("svg.graph").await;
+    let rect = browser.command(reqwest::Method::GET, &format!("/element/{svg}/rect"), None).await;
+    assert!(
+        rect["width"].as_f64().unwrap_or(0.0) > 300.0 && rect["height"].as_f64().unwrap_or(0.0) > 50.0,
+        "the graph renders with a size: {rect}"
+    );
+    let source = browser.source().await;
+    for item in &items {
+        assert!(source.contains(&format!("href=\"/items/{item}\"")), "every item is a node linking to it: {item}");
+    }
+    assert_eq!(source.matches("<path").count(), 5, "one line per edge");
+    assert!(source.contains("stroke-dasharray=\"6 4\""), "the SOFT edge is dashed");
+    assert!(source.contains("waiting"), "waiting items say so");
+    let shot = browser.screenshot("order-graph.png").await;
+    if std::env::var("ORDERLY_SCREENSHOTS_TO_DOCS").is_ok_and(|v| v == "1") {
+        std::fs::copy(&shot, Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/screenshot-order-graph.png")).unwrap();
+    }
+    // A click on the last node opens its item, which says what it waits for.
+    browser.click(&format!("svg.graph a[href='/items/{}']", items[4])).await;
+    browser.wait_for("Depends on").await;
+    assert!(browser.current_url().await.ends_with(&format!("/items/{}", items[4])));
+    assert!(browser.source().await.contains("waiting for 1 dependency"), "the item page says why it waits");
     drop(browser);
     stop(engine).await;
 }
