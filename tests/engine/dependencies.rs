@@ -393,3 +393,65 @@ async fn dependency_results_past_the_budget_are_left_out_and_marked() {
     assert_eq!(deps[1]["result_omitted"], json!(true));
     assert!(deps[1]["result_bytes"].as_i64().unwrap() > 300);
 }
+
+/// What on-call reads: the API's item (edges both ways, why it waits), the API's order (its
+/// graph), the CLI's `items show`, and the page's item and order.
+#[tokio::test]
+async fn on_call_sees_why_an_item_waits_and_the_orders_graph() {
+    let db = TestDb::new().await;
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    let parent = insert_item(&db.pool, order, "TICKET", "{}").await;
+    let child = insert_item(&db.pool, order, "INVOICE", "{}").await;
+    let related = insert_item(&db.pool, order, "STATUS_REPORT", "{}").await;
+    depend(&db.pool, child, parent, "BLOCKS").await.unwrap();
+    depend(&db.pool, related, child, "RELATED").await.unwrap();
+    let app = crate::api::app(&db, "[routes]\nTICKET = \"echo\"\nINVOICE = \"echo\"\nSTATUS_REPORT = \"echo\"\n");
+
+    let (status, item) = crate::api::get(&app, &format!("/api/v1/items/{child}")).await;
+    assert_eq!(status, 200, "{item}");
+    assert_eq!(item["waiting_reason"]["kind"], json!("dependencies"));
+    assert_eq!(item["waiting_reason"]["detail"], json!(format!("waiting for 1 dependency: {parent} (QUEUED)")));
+    assert_eq!(item["dependencies"]["dependencies"][0]["work_item_id"], json!(parent.to_string()));
+    assert_eq!(item["dependencies"]["dependencies"][0]["satisfied"], json!(false));
+    assert_eq!(item["dependencies"]["dependents"][0]["work_item_id"], json!(related.to_string()));
+    assert_eq!(item["dependencies"]["dependents"][0]["kind"], json!("RELATED"));
+    // A RELATED edge holds nothing back: the related item is simply runnable.
+    let (_, other) = crate::api::get(&app, &format!("/api/v1/items/{related}")).await;
+    assert_eq!(other["waiting_reason"]["kind"], json!("runnable"), "{other}");
+
+    let (status, body) = crate::api::get(&app, &format!("/api/v1/orders/{order}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["order"]["items_by_status"]["QUEUED"], json!(3));
+    assert_eq!(body["graph"]["nodes"].as_array().unwrap().len(), 3);
+    assert_eq!(body["graph"]["edges"].as_array().unwrap().len(), 2);
+    let waiting: Vec<bool> =
+        body["graph"]["nodes"].as_array().unwrap().iter().map(|n| n["waiting"].as_bool().unwrap()).collect();
+    assert_eq!(waiting, vec![false, true, false]);
+    let (status, _) = crate::api::get(&app, &format!("/api/v1/orders/{}", Uuid::now_v7())).await;
+    assert_eq!(status, 404);
+    let (status, _) = crate::api::get(&app, "/api/v1/orders/not-an-id").await;
+    assert_eq!(status, 400);
+
+    let shown = crate::cli::text(&crate::cli::orderly(&db.url, &["items", "show", &child.to_string()]));
+    assert!(shown.contains(&format!("waiting: waiting for 1 dependency: {parent} (QUEUED) (dependencies)")), "{shown}");
+    assert!(shown.contains("depends on:") && shown.contains("dependents:"), "{shown}");
+    assert!(shown.contains(&format!("{parent} TICKET")), "{shown}");
+
+    // The parent dead-lettered: the child says it is blocked, on every surface.
+    sqlx::query("UPDATE work_items SET status = 'FAILED', processed_at = now() WHERE id = $1")
+        .bind(parent)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let letter: Uuid = sqlx::query_scalar(
+        "INSERT INTO dead_letters (work_item_id, source, event_type, payload, error, reason)
+         VALUES ($1, 'test', 'TICKET', '{}', 'broken', 'PERMANENT') RETURNING id",
+    )
+    .bind(parent)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let (_, item) = crate::api::get(&app, &format!("/api/v1/items/{child}")).await;
+    assert_eq!(item["waiting_reason"]["kind"], json!("blocked"));
+    assert_eq!(item["waiting_reason"]["detail"], json!(format!("blocked by dead letter {letter}")));
+}
