@@ -196,6 +196,48 @@ mod tests {
         assert_eq!([l["a"], l["b"], l["c"], l["d"]], [0, 1, 2, 3]);
     }
 
+    fn node(n: usize, item_type: &str, status: ItemStatus, waiting: bool) -> Node {
+        Node {
+            id: Uuid::from_u128(n as u128 + 1),
+            item_type: item_type.to_owned(),
+            status,
+            created_at: chrono::Utc::now(),
+            waiting,
+        }
+    }
+
+    #[test]
+    fn a_small_order_is_drawn_item_by_item() {
+        let nodes =
+            vec![node(0, "EXTRACT", ItemStatus::Completed, false), node(1, "SUMMARISE", ItemStatus::Queued, true)];
+        let graph = Graph { edges: vec![(nodes[1].id, nodes[0].id, "SOFT".into())], nodes, truncated: false };
+        let svg = svg(Uuid::nil(), &graph).into_string();
+        assert_eq!(svg.matches("<rect").count(), 2);
+        assert!(svg.contains(&format!("href=\"/items/{}\"", Uuid::from_u128(2))));
+        assert!(svg.contains("stroke-dasharray=\"6 4\""), "SOFT is dashed: {svg}");
+        assert!(svg.contains("#e7f5ec"), "COMPLETED is green");
+    }
+
+    #[test]
+    fn a_large_order_is_drawn_by_step_with_counts() {
+        // 400 items: 1 root, 398 in the middle (half done), 1 sink.
+        let mut nodes = vec![node(0, "EXTRACT", ItemStatus::Completed, false)];
+        nodes.extend((1..399).map(|n| {
+            node(n, "CLASSIFY", if n % 2 == 0 { ItemStatus::Completed } else { ItemStatus::Processing }, false)
+        }));
+        nodes.push(node(399, "SUMMARISE", ItemStatus::Queued, true));
+        let mut edges: Vec<(Uuid, Uuid, String)> =
+            (1..399).map(|n| (nodes[n].id, nodes[0].id, "BLOCKS".into())).collect();
+        edges.extend((1..399).map(|n| (nodes[399].id, nodes[n].id, "BLOCKS".into())));
+        let svg = svg(Uuid::nil(), &Graph { nodes, edges, truncated: false }).into_string();
+        assert!(svg.contains("Drawn by step: the order has 400 items."), "{svg}");
+        assert_eq!(svg.matches("<rect").count(), 3, "one box per step");
+        assert_eq!(svg.matches("<path").count(), 2, "one line per pair of steps");
+        assert!(svg.contains("199 COMPLETED, 199 PROCESSING"), "{svg}");
+        assert!(svg.contains("1 WAITING"));
+        assert!(svg.contains("type=SUMMARISE"), "each step links to its items");
+    }
+
     #[test]
     fn a_long_chain_is_layered_without_recursion() {
         let nodes: Vec<u32> = (0..100_000).collect();
