@@ -331,6 +331,16 @@ async fn cancelling_an_item_cancels_what_blocks_on_it() {
 async fn template_needs_give_an_orders_items_their_edges_in_any_insert_order() {
     let db = TestDb::new().await;
     let agent = step_agent().await;
+    // The trigger that reads templates' needs runs only while some template has them.
+    let needs_trigger = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT tgenabled::text FROM pg_trigger WHERE tgrelid = 'work_items'::regclass AND tgname = 'work_items_needs'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(needs_trigger().await, "D", "no template needs anything: the trigger is off");
     insert_template(
         &db.pool,
         "pipeline",
@@ -364,6 +374,9 @@ async fn template_needs_give_an_orders_items_their_edges_in_any_insert_order() {
     assert_eq!(runs, vec![first, later[1], later[0]]);
     let last: Value = agent.received.lock().unwrap()[2].envelope["context"]["dependencies"].clone();
     assert_eq!(last.as_array().unwrap().len(), 2, "{last}");
+    assert_eq!(needs_trigger().await, "O");
+    sqlx::query("UPDATE workflow_templates SET is_active = false").execute(&db.pool).await.unwrap();
+    assert_eq!(needs_trigger().await, "D", "the last template with needs retired: the trigger is off again");
 }
 
 #[tokio::test]
