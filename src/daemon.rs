@@ -197,6 +197,17 @@ impl Engine {
             ),
             watched("notifier", &stop_background, Box::pin(notifier.run(stop_background.clone()))),
             watched(
+                "activity",
+                &stop_background,
+                Box::pin(crate::worker::activity::run(
+                    pool.clone(),
+                    worker_id.clone(),
+                    metrics.clone(),
+                    crate::worker::activity::interval(settings.worker.poll_interval),
+                    stop_background.clone(),
+                )),
+            ),
+            watched(
                 "scheduler",
                 &stop_background,
                 Box::pin(

@@ -334,6 +334,18 @@ impl<K: Eq + Hash + Clone + Ord> Histograms<K> {
         record(h);
     }
 
+    /// Observations per bucket (not cumulative; the last is past the largest bound), summed
+    /// over every label set.
+    pub fn bucket_totals(&self) -> Vec<u64> {
+        let mut totals = vec![0; self.bounds.len() + 1];
+        for h in read(&self.cells).values() {
+            for (total, bucket) in totals.iter_mut().zip(h.buckets.iter()) {
+                *total += bucket.load(Ordering::Relaxed);
+            }
+        }
+        totals
+    }
+
     /// Every label set seen, in order. A snapshot taken while observations land may show a
     /// count one ahead of its buckets; the renderer takes the buckets' total as the count.
     pub fn snapshot(&self) -> Vec<(K, HistogramSnapshot)> {

@@ -4,6 +4,7 @@
 //! model's label enums by the `Decode` impls below. Rows are mapped by
 //! `#[derive(sqlx::FromRow)]` structs (by column name) or tuples (by position).
 
+pub mod activity;
 pub mod approvals;
 mod audit;
 pub mod catalog;

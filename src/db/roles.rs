@@ -132,6 +132,8 @@ impl Roles {
             ("INSERT, UPDATE", &[daemon], &["orderly_leader"]),
             ("SELECT, INSERT, UPDATE, DELETE", &[daemon], &["orderly_replicas"]),
             ("SELECT", &[oncall], &["orderly_replicas"]),
+            ("SELECT, INSERT, UPDATE, DELETE", &[daemon], &["orderly_activity"]),
+            ("SELECT", &[oncall], &["orderly_activity"]),
             ("SELECT, UPDATE", &[daemon, oncall], &["schedules"]),
             ("SELECT, INSERT", &[producer], &["work_orders", "work_items", "work_item_dependencies"]),
             ("SELECT", &[daemon, oncall], &["work_item_dependencies"]),

@@ -3,6 +3,7 @@
 //! completer, the only writer after a run, records results in batched, fenced transactions.
 //! The heartbeat renews leases of what is in flight; the listener turns NOTIFY into wake-ups.
 
+pub mod activity;
 pub mod completer;
 pub mod dispatcher;
 pub mod heartbeat;

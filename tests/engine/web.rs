@@ -423,3 +423,50 @@ async fn an_escalation_has_a_page_with_its_subject() {
     let missing = get(&app, &format!("/escalations/{}", uuid::Uuid::new_v4()), &cookie).await;
     assert_eq!(missing.status, 404);
 }
+
+/// The overview's charts come from every replica's activity rows: two engines on one
+/// database each record what they did, and the page sums them (the last hour per minute, the
+/// last day per hour); `?refresh=` reloads the page without script.
+#[tokio::test]
+async fn the_overview_charts_every_replicas_activity() {
+    let db = TestDb::new().await;
+    let config = "[routes]\nTICKET = \"echo\"\n";
+    let engines = [db.engine(config).await, db.engine(config).await];
+    let mut items = Vec::new();
+    for n in 0..40 {
+        let order = insert_order(&db.pool, "MEDIUM").await;
+        items.push(insert_item(&db.pool, order, "TICKET", &format!("{{\"n\": {n}}}")).await);
+    }
+    // Two dead letters (content that is not JSON) and their failed attempts.
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    insert_item(&db.pool, order, "TICKET", "not json").await;
+    insert_item(&db.pool, order, "TICKET", "nor this").await;
+    wait_until("every replica's activity recorded", std::time::Duration::from_secs(30), || async {
+        count(&db.pool, "SELECT coalesce(sum(completed), 0)::bigint FROM orderly_activity").await == 40
+            && count(&db.pool, "SELECT coalesce(sum(dead_lettered), 0)::bigint FROM orderly_activity").await == 2
+    })
+    .await;
+    let replicas = count(&db.pool, "SELECT count(DISTINCT worker_id) FROM orderly_activity WHERE completed > 0").await;
+    for engine in engines {
+        stop(engine).await;
+    }
+
+    let app = crate::api::app(&db, config);
+    let cookie = sign_in(&app, crate::api::READ).await;
+    let page = get(&app, "/", &cookie).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("Items completed per minute: 40 in all"), "{}", page.body);
+    assert!(page.body.contains("Dead letters per minute: 2 in all"));
+    assert!(page.body.contains("Attempts failed per minute: 2 in all"));
+    assert!(page.body.contains("Queue wait per minute: p50 "), "a quantile from the claims' buckets");
+    assert_eq!(page.body.matches("<svg").count(), 4);
+    assert!(!page.body.contains("http-equiv=\"refresh\""));
+    let day = get(&app, "/?range=day", &cookie).await;
+    assert!(day.body.contains("Items completed per hour: 40 in all"), "{}", day.body);
+    let refreshing = get(&app, "/?refresh=30", &cookie).await;
+    assert!(refreshing.body.contains("<meta http-equiv=\"refresh\" content=\"30\">"), "{}", refreshing.body);
+    assert!(refreshing.body.contains("reloads every 30 s"));
+    let too_fast = get(&app, "/?refresh=1", &cookie).await;
+    assert_eq!(too_fast.status, 400);
+    eprintln!("activity recorded by {replicas} replica(s)");
+}

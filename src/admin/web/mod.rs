@@ -36,6 +36,7 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 mod approvals;
+mod charts;
 mod dead_letters;
 mod escalations;
 mod format;
@@ -121,12 +122,24 @@ fn page(status: StatusCode, markup: Markup) -> Response {
 }
 
 fn layout(title: &str, session: Option<&Session>, flash: Option<Flash>, body: Markup) -> Markup {
+    layout_refreshing(title, session, flash, body, None)
+}
+
+/// [`layout`] that reloads itself every `refresh` seconds (a meta refresh: no script).
+fn layout_refreshing(
+    title: &str,
+    session: Option<&Session>,
+    flash: Option<Flash>,
+    body: Markup,
+    refresh: Option<u32>,
+) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
+                @if let Some(seconds) = refresh { meta http-equiv="refresh" content=(seconds); }
                 title { (title) " · orderly" }
                 link rel="stylesheet" href="/assets/style.css";
             }

@@ -1,22 +1,83 @@
-//! `/`: the overview of the queue (or the sign-in form).
+//! `/`: the overview of the queue (or the sign-in form): counts, the activity charts of every
+//! replica (`?range=hour|day`), what is in flight; `?refresh=SECONDS` reloads it on its own.
 
+use super::charts::{self, Range};
 use super::sign_in::sign_in_page;
 use super::*;
 
-pub(super) async fn home(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+/// Shortest auto-refresh period the page accepts, and the one its link offers.
+const MIN_REFRESH_SECONDS: u32 = 5;
+const OFFERED_REFRESH_SECONDS: u32 = 30;
+
+pub(super) async fn home(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
     let Some(signed) = signed_in(&state, &headers) else {
         return page(StatusCode::OK, sign_in_page(&state, None));
     };
-    match actions::overview(&state.ops).await {
-        Ok(overview) => page(
-            StatusCode::OK,
-            layout("Overview", Some(&signed.session), signed.flash.clone(), overview_body(&state, &overview)),
-        ),
-        Err(e) => error_page(&signed, e.into()),
+    let range = Range::parse(query.get("range").map(String::as_str));
+    let refresh = match query.get("refresh").filter(|v| !v.is_empty()).map(|v| v.parse::<u32>()) {
+        None => None,
+        Some(Ok(seconds)) if seconds >= MIN_REFRESH_SECONDS => Some(seconds),
+        Some(_) => {
+            return error_page(
+                &signed,
+                api::ApiError::bad_request(format!("refresh: a number of seconds, at least {MIN_REFRESH_SECONDS}")),
+            );
+        }
+    };
+    let activity = db::activity::last_day(&state.ops).await;
+    match (actions::overview(&state.ops).await, activity) {
+        (Ok(overview), Ok((minutes, now))) => {
+            let charts = Charts { range, refresh, minutes: &minutes, now };
+            page(
+                StatusCode::OK,
+                layout_refreshing(
+                    "Overview",
+                    Some(&signed.session),
+                    signed.flash.clone(),
+                    overview_body(&state, &overview, Some(&charts)),
+                    refresh,
+                ),
+            )
+        }
+        (Err(e), _) | (_, Err(e)) => error_page(&signed, e.into()),
     }
 }
 
-pub(super) fn overview_body(state: &AdminState, o: &Overview) -> Markup {
+/// What the overview's charts are drawn from, and how.
+pub(super) struct Charts<'a> {
+    range: Range,
+    refresh: Option<u32>,
+    minutes: &'a [db::activity::Minute],
+    now: DateTime<Utc>,
+}
+
+fn charts_section(c: &Charts) -> Markup {
+    let link = |range: &str, refresh: Option<u32>| match refresh {
+        Some(seconds) => format!("/?range={range}&refresh={seconds}"),
+        None => format!("/?range={range}"),
+    };
+    let here = if c.range == Range::Day { "day" } else { "hour" };
+    html! {
+        h2 { "Activity, every replica" }
+        p.legend {
+            @if c.range == Range::Hour { strong { "last hour" } } @else { a href=(link("hour", c.refresh)) { "last hour" } }
+            " · "
+            @if c.range == Range::Day { strong { "last day" } } @else { a href=(link("day", c.refresh)) { "last day" } }
+            " · "
+            @match c.refresh {
+                Some(seconds) => { "reloads every " (seconds) " s (" a href=(link(here, None)) { "stop" } ")" },
+                None => a href=(link(here, Some(OFFERED_REFRESH_SECONDS))) { "reload every " (OFFERED_REFRESH_SECONDS) " s" },
+            }
+        }
+        div.charts { (charts::all(c.minutes, c.now, c.range)) }
+    }
+}
+
+pub(super) fn overview_body(state: &AdminState, o: &Overview, charts: Option<&Charts>) -> Markup {
     let states: Vec<&str> = ItemStatus::ALL.iter().map(|s| s.as_str()).collect();
     html! {
         h1 { "Overview" }
@@ -38,6 +99,7 @@ pub(super) fn overview_body(state: &AdminState, o: &Overview) -> Markup {
                 @if o.escalations_acknowledged > 0 { span.l { (o.escalations_acknowledged) " acknowledged" } }
             }
         }
+        @if let Some(charts) = charts { (charts_section(charts)) }
         h2 { "Items by type and state" }
         @if o.by_type.is_empty() {
             p { "No work items." }
