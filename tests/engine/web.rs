@@ -199,15 +199,25 @@ async fn every_page_shows_payloads_as_text_and_every_form_acts_once() {
     assert_eq!(get(&app, "/items/nope", &cookie).await.status, 400);
     assert_eq!(get(&app, &format!("/items/{}", uuid::Uuid::new_v4()), &cookie).await.status, 404);
 
-    // Replay with content the JSON step refuses: nothing happens and the page says why.
-    let page = submit(
+    // Replay with content the JSON step refuses: nothing happens, the page says why at once
+    // (422, no redirect) and the box still holds the operator's edit.
+    let token = csrf(&get(&app, "/", &cookie).await.body);
+    let page = send(
         &app,
-        &cookie,
+        "POST",
         &format!("/dead-letters/{letter}/replay"),
-        &[("edit", "1"), ("content", "{still broken")],
+        Some(&cookie),
+        &[],
+        Some(&[("csrf", token.as_str()), ("edit", "1"), ("content", r#"{still broken, "but": "mine""#)]),
     )
     .await;
+    assert_eq!(page.status, 422, "{}", page.body);
     assert!(page.body.contains("Not replayed: content refused: content is not valid JSON"), "{}", page.body);
+    assert!(
+        page.body.contains("{still broken, &quot;but&quot;: &quot;mine&quot;</textarea>"),
+        "the edit is kept: {}",
+        page.body
+    );
     assert_eq!(item_status(&db.pool, item).await, "FAILED");
     // Edited content, CRLF from the textarea back to LF.
     let page = submit(

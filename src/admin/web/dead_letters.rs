@@ -80,7 +80,7 @@ pub(super) async fn dead_letters(
                         }
                     }
                 }
-                @for d in details { (letter(d, &signed.session, operate, max_content, &here, false)) }
+                @for d in details { (letter(d, &signed.session, operate, max_content, &here, false, None)) }
                 @if (details.len() as i64) < *count {
                     @if let Some(c) = group_code {
                         p { a href=(format!("/dead-letters?code={}", q(c))) { "Showing " (details.len()) " of " (count) ": open this code's page" } }
@@ -101,10 +101,13 @@ pub(super) fn letter(
     max_content: usize,
     back: &str,
     open: bool,
+    draft: Option<&str>,
 ) -> Markup {
     let l = &d.dead_letter;
     let item = d.item.as_ref();
     let content = item.and_then(|i| i.content.as_deref());
+    // A refused edit comes back as the operator left it.
+    let editable = draft.or(content);
     let is_open = l.processed_at.is_none();
     html! {
         details.letter open[open] id=(format!("letter-{}", l.id)) {
@@ -142,7 +145,7 @@ pub(super) fn letter(
                             button.danger type="submit" { "Discard" }
                         }
                     }
-                    @if let Some(c) = content {
+                    @if let Some(c) = editable {
                         form.edit method="post" action=(format!("/dead-letters/{}/replay", l.id)) {
                             (hidden(session, back))
                             input type="hidden" name="edit" value="1";
@@ -165,17 +168,32 @@ pub(super) async fn dead_letter(
     let Ok(id) = id.parse::<Uuid>() else {
         return error_page(&signed, api::ApiError::bad_request(format!("`{id}` is not a dead letter id")));
     };
+    letter_page(&state, &signed, id, None, signed.flash.clone(), StatusCode::OK).await
+}
+
+/// One letter's page; `draft` is an edit to show instead of the stored content (a refused
+/// replay's), with `flash` saying why it was refused.
+async fn letter_page(
+    state: &AdminState,
+    signed: &Signed,
+    id: Uuid,
+    draft: Option<&str>,
+    flash: Option<Flash>,
+    status: StatusCode,
+) -> Response {
     let detail = match db::dead_letters::get(&state.ops, id).await {
         Ok(detail) => detail,
-        Err(e) => return error_page(&signed, e.into()),
+        Err(e) => return error_page(signed, e.into()),
     };
     let here = format!("/dead-letters/{id}");
+    let operate = signed.session.identity.may_operate();
+    let max = state.settings.limits.max_content_bytes;
     let body = html! {
         h1 { "Dead letter " code { (short(id)) } }
         p { a href="/dead-letters" { "← every dead letter" } }
-        (letter(&detail, &signed.session, signed.session.identity.may_operate(), state.settings.limits.max_content_bytes, &here, true))
+        (letter(&detail, &signed.session, operate, max, &here, true, draft))
     };
-    page(StatusCode::OK, layout("Dead letter", Some(&signed.session), signed.flash.clone(), body))
+    page(status, layout("Dead letter", Some(&signed.session), flash, body))
 }
 
 pub(super) async fn replay(
@@ -206,11 +224,15 @@ pub(super) async fn replay(
             r.warning.map(|w| format!(" Warning: {w}")).unwrap_or_default()
         )
     });
-    let to = match &result {
-        Ok(_) => back(&form, "/dead-letters"),
-        Err(_) => format!("/dead-letters/{id}"),
-    };
-    done(&state, &signed, said(result, Some("Not replayed")), &to)
+    match (result, content) {
+        // Refused content: the page again, at once, with the operator's edit in the box.
+        (Err(e @ OpsError::Invalid { .. }), Some(draft)) => {
+            let flash = said(Err(e), Some("Not replayed"));
+            letter_page(&state, &signed, id, Some(&draft), Some(flash), StatusCode::UNPROCESSABLE_ENTITY).await
+        }
+        (Ok(text), _) => done(&state, &signed, said(Ok(text), None), &back(&form, "/dead-letters")),
+        (Err(e), _) => done(&state, &signed, said(Err(e), Some("Not replayed")), &format!("/dead-letters/{id}")),
+    }
 }
 
 pub(super) async fn discard(
