@@ -245,7 +245,7 @@ pub type Cursor = (DateTime<Utc>, Uuid);
 /// The WHERE clause of [`Filter`]; parameters $1 to $5.
 const FILTER_SQL: &str = "($1::bool IS NULL OR (processed_at IS NULL) = $1)
     AND ($2::text IS NULL OR error_code = $2)
-    AND ($3::text IS NULL OR event_type = $3)
+    AND ($3::text IS NULL OR lower(event_type) = lower($3))
     AND ($4::float8 IS NULL OR created_at <= now() - $4 * interval '1 second')
     AND ($5::float8 IS NULL OR created_at >= now() - $5 * interval '1 second')";
 

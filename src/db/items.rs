@@ -72,7 +72,7 @@ pub async fn list(
     let sql = format!(
         "SELECT {SUMMARY_COLUMNS} FROM work_items w JOIN work_orders o ON o.id = w.work_order_id
          WHERE ($1::text IS NULL OR w.status = $1::work_item_status)
-           AND ($2::text IS NULL OR w.type::text = $2)
+           AND ($2::text IS NULL OR lower(w.type::text) = lower($2))
            AND ($3::uuid IS NULL OR w.work_order_id = $3)
            AND ($4::uuid IS NULL OR o.tenant_id = $4)
            AND ($5::timestamptz IS NULL OR w.created_at >= $5)

@@ -480,3 +480,65 @@ async fn the_overview_charts_every_replicas_activity() {
     assert_eq!(too_fast.status, 400);
     eprintln!("activity recorded by {replicas} replica(s)");
 }
+
+/// Escalations are acted on in bulk: every open level of one item at once, or the rows
+/// ticked; each through the one action path (audited one by one). Lists filter by the API's
+/// parameter names, types in any case, and say how long ago.
+#[tokio::test]
+async fn escalations_are_acknowledged_by_item_and_by_the_rows_ticked() {
+    let db = TestDb::new().await;
+    let app = app(&db, "[routes]\nTICKET = \"echo\"\n");
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    let item = insert_item(&db.pool, order, "TICKET", "{}").await;
+    let other = insert_item(&db.pool, order, "TICKET", "{}").await;
+    let first = escalation(&db, item).await;
+    let second = escalation(&db, item).await;
+    let third = escalation(&db, other).await;
+    let cookie = sign_in(&app, OPERATE).await;
+    let list = get(&app, "/escalations", &cookie).await;
+    assert!(list.body.contains("Acknowledge all 2 of this item"), "{}", list.body);
+    assert!(list.body.contains("ago</small>"), "relative times: {}", list.body);
+    let page = submit(&app, &cookie, "/escalations/bulk", &[("item", &item.to_string()), ("action", "ack")]).await;
+    assert!(page.body.contains("Acknowledged 2 escalation(s)."), "{}", page.body);
+    let status = |id: uuid::Uuid| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT status::text FROM escalations WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        (status(first).await, status(second).await, status(third).await),
+        ("ACKNOWLEDGED".into(), "ACKNOWLEDGED".into(), "OPEN".into())
+    );
+    // Ticked rows: the third and the first, resolved.
+    let page = submit(
+        &app,
+        &cookie,
+        "/escalations/bulk",
+        &[(&format!("pick-{third}"), "1"), (&format!("pick-{first}"), "1"), ("action", "resolve")],
+    )
+    .await;
+    assert!(page.body.contains("Resolved 2 escalation(s)."), "{}", page.body);
+    assert_eq!(
+        (status(first).await, status(second).await, status(third).await),
+        ("RESOLVED".into(), "ACKNOWLEDGED".into(), "RESOLVED".into())
+    );
+    assert_eq!(crate::api::audit_count(&db, "alice", "escalation.acknowledge").await, 2);
+    assert_eq!(crate::api::audit_count(&db, "alice", "escalation.resolve").await, 2);
+    let nothing = submit(&app, &cookie, "/escalations/bulk", &[("action", "ack")]).await;
+    assert!(nothing.body.contains("no escalation was ticked"), "{}", nothing.body);
+
+    // The items list takes the API's filters; a type in any case.
+    let items = get(&app, &format!("/items?type=ticket&order={order}"), &cookie).await;
+    assert!(
+        items.body.contains(&format!("/items/{item}")) && items.body.contains(&format!("/items/{other}")),
+        "{}",
+        items.body
+    );
+    let none = get(&app, &format!("/items?type=ticket&order={}", uuid::Uuid::now_v7()), &cookie).await;
+    assert!(none.body.contains("No item matches."));
+}

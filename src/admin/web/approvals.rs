@@ -16,7 +16,7 @@ pub(super) async fn approvals(State(state): State<AdminState>, Viewer(signed): V
                 h2 {
                     a href=(format!("/items/{}", h.id)) { code { (short(h.id)) } } " "
                     span.type { (h.item_type) } " · attempt " (h.attempt)
-                    @if let Some(since) = h.held_since { " · held since " (ts(since)) }
+                    @if let Some(since) = h.held_since { " · held since " (ts(since)) " (" (ago(since)) ")" }
                 }
                 @if let Some(reason) = &h.policy_reason { p { "Policy: " (reason) } }
                 @if !h.evals.is_empty() {

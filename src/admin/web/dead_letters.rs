@@ -53,7 +53,7 @@ pub(super) async fn dead_letters(
                     tr {
                         td { @match c { Some(c) => a href=(format!("/dead-letters?code={}", q(c))) { code { (c) } }, None => "(none)" } }
                         td.num { (n) }
-                        td { (ts(*oldest)) }
+                        td { (ts(*oldest)) br; small { (ago(*oldest)) } }
                     }
                 } }
             }
@@ -115,7 +115,7 @@ pub(super) fn letter(
                 code { (short(l.id)) } " "
                 span.type { (l.event_type) } " "
                 (l.reason.map(|r| r.as_str()).unwrap_or("?")) " · "
-                (l.retry_count) " tries · " (ts(l.created_at))
+                (l.retry_count) " tries · " (ts(l.created_at)) " (" (ago(l.created_at)) ")"
                 @if let Some(resolution) = &l.resolution { " · " strong { (resolution) } }
                 span.err { (cut(&l.error)) }
             }

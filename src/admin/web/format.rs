@@ -6,6 +6,21 @@ pub(super) fn ts(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
+/// How long ago (or, for a time ahead, how soon) `t` is, in words: "3m 20s ago", "in 2h".
+pub(super) fn ago(t: DateTime<Utc>) -> String {
+    let seconds = (Utc::now() - t).num_seconds();
+    let words = |s: i64| {
+        let s = s.unsigned_abs();
+        match s {
+            0..60 => format!("{s}s"),
+            60..3600 => format!("{}m {}s", s / 60, s % 60),
+            3600..86_400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+            _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+        }
+    };
+    if seconds >= 0 { format!("{} ago", words(seconds)) } else { format!("in {}", words(seconds)) }
+}
+
 pub(super) fn age(seconds: f64) -> String {
     humantime::format_duration(std::time::Duration::from_secs(seconds.max(0.0) as u64)).to_string()
 }

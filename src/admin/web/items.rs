@@ -60,7 +60,7 @@ pub(super) async fn items(
                             td { span class=(format!("state {}", r.status.as_str())) { (r.status.as_str()) } }
                             td.num { (r.attempt) }
                             td { (r.last_error_code.as_deref().unwrap_or("")) }
-                            td { (ts(r.created_at)) }
+                            td { (ts(r.created_at)) br; small { (ago(r.created_at)) } }
                         }
                     }
                 }
@@ -100,8 +100,8 @@ pub(super) async fn item(State(state): State<AdminState>, Viewer(signed): Viewer
                 @else { span.bad { (view.route.error.as_deref().unwrap_or("")) } }
             }
             dt { "attempts" } dd { (i.attempt) " (" (i.attempt - i.attempt_base) " counted in the budget) · rescues " (i.rescues) }
-            dt { "created" } dd { (ts(i.created_at)) }
-            @if let Some(at) = i.processed_at { dt { "finished" } dd { (ts(at)) } }
+            dt { "created" } dd { (ts(i.created_at)) " (" (ago(i.created_at)) ")" }
+            @if let Some(at) = i.processed_at { dt { "finished" } dd { (ts(at)) " (" (ago(at)) ")" } }
             @if let Some(code) = &i.last_error_code { dt { "last error" } dd { (code) ": " (i.last_error.as_deref().unwrap_or("")) } }
         }
         @if i.status == ItemStatus::AwaitingApproval && operate {
@@ -207,7 +207,7 @@ pub(super) async fn order(State(state): State<AdminState>, Viewer(signed): Viewe
                     a href=(format!("/items?order={id}&state={status}")) { (n) " " (status) } " "
                 }
             }
-            dt { "created" } dd { (ts(order.created_at)) " · updated " (ts(order.updated_at)) }
+            dt { "created" } dd { (ts(order.created_at)) " · updated " (ts(order.updated_at)) " (" (ago(order.updated_at)) ")" }
         }
         @if live && signed.session.identity.may_operate() {
             form.inline method="post" action=(format!("/orders/{id}/cancel")) {

@@ -88,6 +88,7 @@ pub fn routes() -> axum::Router<AdminState> {
         .route("/approvals/{id}/{decision}", post(approvals::decide))
         .route("/escalations", get(escalations::escalations))
         .route("/schedules", get(schedules::schedules))
+        .route("/escalations/bulk", post(escalations::bulk))
         .route("/escalations/{id}", get(escalations::escalation))
         .route("/escalations/{id}/{action}", post(escalations::escalation_action))
         .layer(axum::middleware::from_fn(security_headers))

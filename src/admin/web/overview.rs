@@ -171,7 +171,7 @@ pub(super) fn overview_body(state: &AdminState, o: &Overview, charts: Option<&Ch
                     @for r in &o.replicas {
                         tr {
                             td { code { (r.worker_id) } @if o.leadership.as_ref().is_some_and(|l| l.live && l.holder == r.worker_id) { " (leader)" } }
-                            td { (r.version) } td { (ts(r.started_at)) } td { (ts(r.last_seen)) }
+                            td { (r.version) } td { (ts(r.started_at)) } td { (ts(r.last_seen)) br; small { (ago(r.last_seen)) } }
                         }
                     }
                 }
