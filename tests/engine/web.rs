@@ -542,3 +542,35 @@ async fn escalations_are_acknowledged_by_item_and_by_the_rows_ticked() {
     let none = get(&app, &format!("/items?type=ticket&order={}", uuid::Uuid::now_v7()), &cookie).await;
     assert!(none.body.contains("No item matches."));
 }
+
+/// Dead letters ticked on the list are replayed or discarded together, each through the one
+/// action path; a discard without a reason is refused for each, and nothing changes.
+#[tokio::test]
+async fn dead_letters_ticked_on_the_list_are_discarded_or_replayed_together() {
+    let db = TestDb::new().await;
+    let app = app(&db, "[routes]\nTICKET = \"echo\"\n");
+    let (_, a) = dead_lettered(&db, "TICKET", "{}", "AGENT_TIMEOUT", "too slow").await;
+    let (_, b) = dead_lettered(&db, "TICKET", "{}", "AGENT_TIMEOUT", "too slow").await;
+    let (c_item, c) = dead_lettered(&db, "TICKET", "{}", "AGENT_REJECTED", "refused").await;
+    let cookie = sign_in(&app, OPERATE).await;
+    let list = get(&app, "/dead-letters?error_code=AGENT_TIMEOUT", &cookie).await;
+    assert!(
+        list.body.contains(&format!("name=\"pick-{a}\"")) && list.body.contains(&format!("name=\"pick-{b}\"")),
+        "{}",
+        list.body
+    );
+    assert!(!list.body.contains(&format!("name=\"pick-{c}\"")), "the API's error_code filter applies");
+    let picks = [(format!("pick-{a}"), "1"), (format!("pick-{b}"), "1")];
+    let mut fields: Vec<(&str, &str)> = picks.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    fields.push(("action", "discard"));
+    let refused = submit(&app, &cookie, "/dead-letters/picked", &fields).await;
+    assert!(refused.body.contains("Discarded 0 of 2 dead letter(s)"), "{}", refused.body);
+    fields.push(("reason", "the partner fixed their endpoint"));
+    let page = submit(&app, &cookie, "/dead-letters/picked", &fields).await;
+    assert!(page.body.contains("Discarded 2 dead letter(s)."), "{}", page.body);
+    assert_eq!(crate::api::audit_count(&db, "alice", "dead_letter.discard").await, 2);
+    let page =
+        submit(&app, &cookie, "/dead-letters/picked", &[(&format!("pick-{c}"), "1"), ("action", "replay")]).await;
+    assert!(page.body.contains("Replayed 1 dead letter(s)."), "{}", page.body);
+    assert_eq!(item_status(&db.pool, c_item).await, "QUEUED");
+}

@@ -9,7 +9,8 @@ pub(super) async fn dead_letters(
     Viewer(signed): Viewer,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let code = query.get("code").map(|c| c.trim().to_owned()).filter(|c| !c.is_empty());
+    // `error_code` is the API's name for it.
+    let code = query.get("code").or(query.get("error_code")).map(|c| c.trim().to_owned()).filter(|c| !c.is_empty());
     let groups = match db::dead_letters::open_by_code(&state.ops).await {
         Ok(groups) => groups,
         Err(e) => return error_page(&signed, e.into()),
@@ -56,6 +57,17 @@ pub(super) async fn dead_letters(
                         td { (ts(*oldest)) br; small { (ago(*oldest)) } }
                     }
                 } }
+            }
+        }
+        @if operate && sections.iter().any(|(_, _, _, d)| !d.is_empty()) {
+            // Each letter's checkbox belongs to this form (its `form` attribute).
+            form.bulk #picked method="post" action="/dead-letters/picked" {
+                (hidden(&signed.session, &here))
+                "The letters ticked: "
+                button type="submit" name="action" value="replay" { "Replay" }
+                " "
+                input type="text" name="reason" placeholder="reason (to discard)";
+                button.danger type="submit" name="action" value="discard" { "Discard" }
             }
         }
         @for (group_code, count, _, details) in &sections {
@@ -112,6 +124,11 @@ pub(super) fn letter(
     html! {
         details.letter open[open] id=(format!("letter-{}", l.id)) {
             summary {
+                @if operate && is_open && !open {
+                    input type="checkbox" form="picked" name=(format!("pick-{}", l.id)) value="1"
+                        aria-label=(format!("dead letter {}", short(l.id)));
+                    " "
+                }
                 code { (short(l.id)) } " "
                 span.type { (l.event_type) } " "
                 (l.reason.map(|r| r.as_str()).unwrap_or("?")) " · "
@@ -248,6 +265,46 @@ pub(super) async fn discard(
         .await
         .map(|item| format!("Discarded dead letter {}: item {} stays FAILED.", short(id), short(item)));
     done(&state, &signed, said(result, Some("Not discarded")), &back(&form, "/dead-letters"))
+}
+
+/// `POST /dead-letters/picked`: replay (as is) or discard (with the reason) the letters ticked
+/// (`pick-ID`), each through the one action path in its own transaction.
+pub(super) async fn picked(State(state): State<AdminState>, OperatorForm { signed, form }: OperatorForm) -> Response {
+    let replay = match form.get("action").map(String::as_str) {
+        Some("replay") => true,
+        Some("discard") => false,
+        _ => return error_page(&signed, api::ApiError::bad_request("action: replay or discard")),
+    };
+    let mut ids: Vec<Uuid> =
+        form.iter().filter_map(|(k, _)| k.strip_prefix("pick-")).filter_map(|id| id.parse().ok()).collect();
+    ids.sort_unstable();
+    if ids.is_empty() {
+        let flash = said(Err(OpsError::Conflict("no dead letter was ticked".into())), None);
+        return done(&state, &signed, flash, &back(&form, "/dead-letters"));
+    }
+    let actor = signed.session.identity.name.clone();
+    let reason = form.get("reason").map(String::as_str).filter(|r| !r.trim().is_empty());
+    let (mut acted, mut refused) = (0, Vec::new());
+    for id in &ids {
+        let result = if replay {
+            actions::replay_dead_letter(&state.ops, &state.catalog, &state.settings, *id, None, &actor)
+                .await
+                .map(|_| ())
+        } else {
+            actions::discard_dead_letter(&state.ops, *id, &actor, reason).await.map(|_| ())
+        };
+        match result {
+            Ok(()) => acted += 1,
+            Err(e) => refused.push(format!("{}: {}", short(*id), describe(&e))),
+        }
+    }
+    let verb = if replay { "Replayed" } else { "Discarded" };
+    let text = if refused.is_empty() {
+        format!("{verb} {acted} dead letter(s).")
+    } else {
+        format!("{verb} {acted} of {} dead letter(s); not: {}", ids.len(), refused.join("; "))
+    };
+    done(&state, &signed, Flash { ok: refused.is_empty(), text }, &back(&form, "/dead-letters"))
 }
 
 pub(super) async fn bulk(State(state): State<AdminState>, OperatorForm { signed, form }: OperatorForm) -> Response {

@@ -47,6 +47,9 @@ pub(super) async fn items(
                 }
             }
             label { "type " input type="text" name="type" value=(type_value) size="14"; }
+            label { "order " input type="text" name="order" value=(query.get("order").map(String::as_str).unwrap_or("")) size="38"; }
+            label { "tenant " input type="text" name="tenant" value=(query.get("tenant").map(String::as_str).unwrap_or("")) size="38"; }
+            label { "created since " input type="text" name="created_since" placeholder="RFC 3339" value=(query.get("created_since").map(String::as_str).unwrap_or("")) size="22"; }
             button type="submit" { "Filter" }
         }
         @if rows.is_empty() { p { "No item matches." } } @else {
@@ -66,7 +69,9 @@ pub(super) async fn items(
                 }
             }
             @if let Some(next) = next {
-                p { a href=(format!("/items?state={}&type={}&cursor={next}", q(&state_value), q(&type_value))) { "Older items →" } }
+                @let kept: String = ["order", "tenant", "created_since", "created_until"].iter()
+                    .filter_map(|k| query.get(*k).map(|v| format!("&{k}={}", q(v)))).collect();
+                p { a href=(format!("/items?state={}&type={}{kept}&cursor={next}", q(&state_value), q(&type_value))) { "Older items →" } }
             }
         }
     };

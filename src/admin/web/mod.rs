@@ -81,6 +81,7 @@ pub fn routes() -> axum::Router<AdminState> {
         .route("/orders/{id}/cancel", post(items::cancel_order))
         .route("/dead-letters", get(dead_letters::dead_letters))
         .route("/dead-letters/bulk", post(dead_letters::bulk))
+        .route("/dead-letters/picked", post(dead_letters::picked))
         .route("/dead-letters/{id}", get(dead_letters::dead_letter))
         .route("/dead-letters/{id}/replay", post(dead_letters::replay))
         .route("/dead-letters/{id}/discard", post(dead_letters::discard))
