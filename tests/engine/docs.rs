@@ -66,3 +66,113 @@ async fn every_sql_example_in_the_docs_runs() {
     assert!(failed.is_empty(), "SQL examples that fail:\n{}", failed.join("\n"));
     println!("{} SQL examples ran", blocks.len());
 }
+
+/// Every `orderly` command in a shell example of the README and docs/ names a command the
+/// binary has, with options it takes: each is checked against the command's own `--help`
+/// (placeholders such as `ID` or `[--all]` are read as the synopsis they are). The examples
+/// that need a running service (systemctl, curl against a daemon, container builds) are
+/// exercised by their own tests (deploy, api, the container smoke script), not here.
+#[test]
+fn every_orderly_command_in_the_docs_exists_with_its_options() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut files = vec![format!("{root}/README.md")];
+    for entry in std::fs::read_dir(format!("{root}/docs")).unwrap().filter_map(|e| e.ok()) {
+        let path = entry.path().to_string_lossy().into_owned();
+        if path.ends_with(".md") {
+            files.push(path);
+        }
+    }
+    let mut checked = 0;
+    let mut problems = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let mut in_shell = false;
+        for (n, line) in text.lines().enumerate() {
+            let trimmed = line.trim_start();
+            if matches!(trimmed, "```sh" | "```bash" | "```shell") {
+                in_shell = true;
+                continue;
+            }
+            if trimmed.starts_with("```") {
+                in_shell = false;
+                continue;
+            }
+            if !in_shell {
+                continue;
+            }
+            // The command, without its comment, and `;`-separated commands one by one.
+            let command = line.split(" #").next().unwrap_or_default();
+            for command in command.split(';') {
+                let words: Vec<&str> = command.split_whitespace().collect();
+                let Some(start) = words.iter().position(|w| w.ends_with("orderly") && !w.starts_with('-')) else {
+                    continue;
+                };
+                // `sudo -u orderly orderly …`: the binary is the last `orderly` before the command.
+                let start = words[start..].iter().rposition(|w| w.ends_with("orderly")).map_or(start, |i| start + i);
+                if words.get(start.wrapping_sub(1)) == Some(&"-u") {
+                    continue;
+                }
+                let rest = &words[start + 1..];
+                // `a [--x] | b ID | c`: alternatives of one parent command.
+                let alternatives: Vec<Vec<&str>> =
+                    rest.split(|w| *w == "|").map(|part| part.to_vec()).filter(|p| !p.is_empty()).collect();
+                let Some(first) = alternatives.first() else { continue };
+                let path_of = |part: &[&str]| -> Vec<String> {
+                    part.iter()
+                        .take_while(|w| {
+                            w.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+                                && !w.starts_with('-')
+                                && !w.is_empty()
+                        })
+                        .map(|w| w.to_string())
+                        .collect()
+                };
+                let skip_global = |part: &[&str]| -> usize {
+                    // `--config FILE` before the command is the global option.
+                    if part.first() == Some(&"--config") { 2 } else { 0 }
+                };
+                let first_path = path_of(&first[skip_global(first)..]);
+                // `dead-letters list | show ID`: the alternatives are subcommands of the
+                // first one's parent (none for `approve … | reject …`).
+                let parent: Vec<String> = first_path[..first_path.len().saturating_sub(1)].to_vec();
+                for (i, part) in alternatives.iter().enumerate() {
+                    let part = &part[skip_global(part)..];
+                    let mut path = path_of(part);
+                    if i > 0 && !path.is_empty() {
+                        let mut full = parent.clone();
+                        full.extend(path);
+                        path = full;
+                    }
+                    if path.is_empty() {
+                        continue;
+                    }
+                    let help = std::process::Command::new(env!("CARGO_BIN_EXE_orderly"))
+                        .args(&path)
+                        .arg("--help")
+                        .output()
+                        .unwrap();
+                    let text = String::from_utf8_lossy(&help.stdout).into_owned();
+                    let place = format!("{}:{}", file.strip_prefix(&format!("{root}/")).unwrap_or(file), n + 1);
+                    if !help.status.success() {
+                        problems.push(format!("{place}: `orderly {}` is not a command", path.join(" ")));
+                        continue;
+                    }
+                    checked += 1;
+                    for option in part.iter().filter(|w| w.starts_with("--") || w.starts_with("[--")) {
+                        let option: String = option
+                            .trim_start_matches('[')
+                            .chars()
+                            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                            .collect();
+                        if option.len() > 2 && !text.contains(&option) {
+                            problems.push(format!("{place}: `orderly {}` has no option {option}", path.join(" ")));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "shell examples that do not match the binary:\n{}", problems.join("\n"));
+    assert!(checked >= 40, "the docs' orderly commands were found ({checked})");
+    eprintln!("{checked} orderly commands in the docs checked against their --help");
+}
