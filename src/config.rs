@@ -194,6 +194,10 @@ pub struct NotifierSettings {
     pub backoff_max: Duration,
     /// Deliveries in flight at once in this process.
     pub concurrency: usize,
+    /// `admin.public_url`, copied here when the settings load: where messages link to. Not a
+    /// key of `[notifier]`.
+    #[serde(skip)]
+    pub public_url: Option<reqwest::Url>,
 }
 
 /// The admin HTTP server of `orderly run`: probes and metrics (src/admin).
@@ -227,6 +231,10 @@ pub struct AdminSettings {
     /// page refuse everyone.
     #[serde(default)]
     pub tokens: Vec<AdminToken>,
+    /// Where people reach the web interface (`https://orderly.example.com`, behind whatever
+    /// proxy): notifications link to the escalation's page under it. None: no links.
+    #[serde(default, with = "public_url", skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<reqwest::Url>,
 }
 
 /// One `[[admin.tokens]]` entry: who (`name`, written to `audit_logs` for every action taken
@@ -323,6 +331,45 @@ mod off_or_address {
                  (port 0 takes a free port), or \"off\""
             ))
         })
+    }
+}
+
+/// An absolute `http://` or `https://` URL without credentials, query or fragment (it is put
+/// in messages), or nothing; shown without a trailing `/`.
+mod public_url {
+    use reqwest::Url;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<Url>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            None => s.serialize_none(),
+            Some(url) => s.serialize_str(url.as_str().trim_end_matches('/')),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Url>, D::Error> {
+        let text = String::deserialize(d)?;
+        parse(&text).map(Some).map_err(|why| {
+            // Credentials and query values are not repeated in the error.
+            let shown = if Url::parse(text.trim()).is_ok() { crate::net::redact_agent_url(text.trim()) } else { text };
+            serde::de::Error::custom(format!(
+                "`{shown}` {why}: expected the web interface's address, such as \"https://orderly.example.com\""
+            ))
+        })
+    }
+
+    fn parse(text: &str) -> Result<Url, &'static str> {
+        let url = Url::parse(text.trim()).map_err(|_| "is not an absolute URL")?;
+        if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
+            return Err("is not an http:// or https:// URL");
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("must not carry credentials (they would be in every message)");
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err("must not have a query or a fragment");
+        }
+        Ok(url)
     }
 }
 

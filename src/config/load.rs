@@ -39,11 +39,13 @@ impl Settings {
     }
 
     pub(super) fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
-        let settings: Settings = figment.extract().map_err(|e| {
+        let mut settings: Settings = figment.extract().map_err(|e| {
             let messages: Vec<String> = e.into_iter().map(describe_figment_error).collect();
             ConfigError::Load(messages.join("; "))
         })?;
         settings.validate()?;
+        // The notifier builds the links of its messages (it is handed `[notifier]` alone).
+        settings.notifier.public_url = settings.admin.public_url.clone();
         Ok(settings)
     }
 

@@ -145,6 +145,37 @@ fn admin_listen_is_an_address_or_off() {
 }
 
 #[test]
+fn admin_public_url_is_an_absolute_http_url_that_the_notifier_links_to() {
+    let s = Settings::from_toml_over_defaults("").unwrap();
+    assert_eq!((s.admin.public_url.clone(), s.notifier.public_url.clone()), (None, None));
+    assert!(!s.redacted_toml().contains("public_url"), "{}", s.redacted_toml());
+    for (given, shown) in [
+        ("https://orderly.example.com", "https://orderly.example.com"),
+        ("https://ops.example.com/orderly/", "https://ops.example.com/orderly"),
+        ("http://10.0.0.5:9187", "http://10.0.0.5:9187"),
+    ] {
+        let s = Settings::from_toml_over_defaults(&format!("[admin]\npublic_url = \"{given}\"\n")).unwrap();
+        assert_eq!(s.notifier.public_url, s.admin.public_url, "the notifier links where the admin says");
+        let url = s.admin.public_url.clone().unwrap();
+        assert_eq!(crate::sla::channels::page_link(&url, &[]), format!("{shown}/escalations"));
+        assert!(s.redacted_toml().contains(&format!("public_url = \"{shown}\"")), "{}", s.redacted_toml());
+    }
+    for bad in [
+        "orderly.example.com",
+        "/escalations",
+        "ftp://orderly.example.com",
+        "https://user:pass@orderly.example.com",
+        "https://orderly.example.com/?x=1",
+        "https://orderly.example.com/#top",
+        "",
+    ] {
+        let err = Settings::from_toml_over_defaults(&format!("[admin]\npublic_url = \"{bad}\"\n")).unwrap_err();
+        assert!(err.to_string().contains("admin.public_url"), "{bad}: {err}");
+        assert!(!err.to_string().contains("pass@"), "{bad}: {err}");
+    }
+}
+
+#[test]
 fn admin_tokens_are_hashes_with_unique_names_and_a_scope() {
     let hash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
     let other = "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752";

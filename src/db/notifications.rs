@@ -9,6 +9,11 @@
 //! its interval, under a row lock, so replicas claiming at once never send to it together.
 //! The outcome statements after a failure are fenced by the attempt count: a notifier whose
 //! lease was taken over writes nothing over the newer claim's outcome.
+//!
+//! An incident's events (a PagerDuty connector's notifications of one `dedup_key`: its
+//! trigger, then its acknowledge, then its resolve; migration 0024) go out in that order: an
+//! acknowledge is not claimed while its trigger is PENDING, a resolve while its trigger or its
+//! acknowledge is, whatever their retries.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -24,12 +29,16 @@ pub struct Claimed {
     pub payload: Value,
     pub rule_id: Option<Uuid>,
     pub level: Option<i32>,
+    /// The escalations it tells about (one escalation: its page is linked).
+    pub escalation_ids: Vec<Uuid>,
+    /// The incident key of a PagerDuty connector's notification (migration 0024).
+    pub dedup_key: Option<String>,
     /// Deliveries so far, this one included.
     pub attempts: i32,
     pub created_at: DateTime<Utc>,
     pub connector_id: Uuid,
     pub connector_name: String,
-    /// `connectors.type`: `API`, `SLACK`, `EMAIL`, `DATABASE`.
+    /// `connectors.type`: `API`, `SLACK`, `EMAIL`, `PAGERDUTY`, `TELEGRAM`, `DATABASE`.
     pub connector_type: String,
     /// The connector's `config`; holds secrets, never log it.
     pub config: Value,
@@ -38,7 +47,8 @@ pub struct Claimed {
 /// The claim statement ([`claim`]): `$1` batch, `$2` lease in seconds, `$3` paced connector
 /// types, `$4` their intervals in seconds. It reads notifications through the partial index
 /// of PENDING ones and connectors by key (no table scan, which the engine's planner settings
-/// would price out of reach and then JIT-compile on every call).
+/// would price out of reach and then JIT-compile on every call); an incident's earlier
+/// events through their unique key (`notifications_dedup_key`).
 pub const CLAIM_SQL: &str = "WITH due AS (
         SELECT DISTINCT n.connector_id FROM notifications n
         WHERE n.status = 'PENDING' AND n.next_attempt_at <= now()
@@ -53,6 +63,11 @@ pub const CLAIM_SQL: &str = "WITH due AS (
             SELECT n.id FROM notifications n
             WHERE n.connector_id = c.id AND n.status = 'PENDING' AND n.next_attempt_at <= now()
               AND (n.locked_until IS NULL OR n.locked_until <= now())
+              AND (n.dedup_key IS NULL OR n.kind = 'FIRED' OR NOT EXISTS (
+                  SELECT 1 FROM notifications earlier
+                  WHERE earlier.connector_id = n.connector_id AND earlier.dedup_key = n.dedup_key
+                    AND earlier.status = 'PENDING'
+                    AND (earlier.kind = 'FIRED' OR (earlier.kind = 'ACKNOWLEDGED' AND n.kind = 'RESOLVED'))))
             ORDER BY n.next_attempt_at, n.id
             LIMIT 1
             FOR NO KEY UPDATE SKIP LOCKED
@@ -70,6 +85,11 @@ pub const CLAIM_SQL: &str = "WITH due AS (
           AND (n.locked_until IS NULL OR n.locked_until <= now())
           AND c.next_send_at <= now()
           AND NOT c.type::text = ANY($3::text[])
+          AND (n.dedup_key IS NULL OR n.kind = 'FIRED' OR NOT EXISTS (
+              SELECT 1 FROM notifications earlier
+              WHERE earlier.connector_id = n.connector_id AND earlier.dedup_key = n.dedup_key
+                AND earlier.status = 'PENDING'
+                AND (earlier.kind = 'FIRED' OR (earlier.kind = 'ACKNOWLEDGED' AND n.kind = 'RESOLVED'))))
         ORDER BY n.next_attempt_at, n.id
         LIMIT $1
         FOR NO KEY UPDATE OF n SKIP LOCKED
@@ -82,7 +102,7 @@ pub const CLAIM_SQL: &str = "WITH due AS (
     SET locked_until = now() + make_interval(secs => $2), attempts = n.attempts + 1
     FROM connectors c
     WHERE c.id = n.connector_id AND n.id IN (SELECT id FROM paced UNION ALL SELECT id FROM unpaced)
-    RETURNING n.id, n.kind, n.payload, n.rule_id, n.level, n.attempts, n.created_at,
+    RETURNING n.id, n.kind, n.payload, n.rule_id, n.level, n.escalation_ids, n.dedup_key, n.attempts, n.created_at,
               c.id AS connector_id, c.name AS connector_name, c.type::text AS connector_type, c.config";
 
 /// Claims up to `batch` due notifications (PENDING, `next_attempt_at` passed, not under a
@@ -115,6 +135,8 @@ pub async fn claim(
                 payload: r.try_get("payload")?,
                 rule_id: r.try_get("rule_id")?,
                 level: r.try_get("level")?,
+                escalation_ids: r.try_get("escalation_ids")?,
+                dedup_key: r.try_get("dedup_key")?,
                 attempts: r.try_get("attempts")?,
                 created_at: r.try_get("created_at")?,
                 connector_id: r.try_get("connector_id")?,

@@ -177,6 +177,12 @@ impl Roles {
             "DO $$ BEGIN IF to_regprocedure('orderly_settle_dependencies(uuid[], text)') IS NOT NULL THEN \
                GRANT EXECUTE ON FUNCTION orderly_settle_dependencies(uuid[], text) TO {daemon}, {oncall}; END IF; END $$"
         ));
+        // PagerDuty's acknowledge and resolve are queued by a SECURITY DEFINER function
+        // (migration 0024) in on-call's and the sweeper's transactions.
+        sql.push(format!(
+            "DO $$ BEGIN IF to_regprocedure('orderly_incident_events(uuid[])') IS NOT NULL THEN \
+               GRANT EXECUTE ON FUNCTION orderly_incident_events(uuid[]) TO {daemon}, {oncall}; END IF; END $$"
+        ));
         // Row-level security: producers see and insert their own tenant's rows only.
         let tenant = "NULLIF(current_setting('orderly.tenant_id', true), '')::uuid";
         // An item carries its order's tenant (`work_items.tenant_id`, set by the insert trigger

@@ -1,7 +1,8 @@
 //! SLA statements: the active rules with their chains, firing a rule's due levels (one
 //! statement per clock, each reading only the items its clock can still be running for),
 //! resolving escalations whose subject reached the awaited state, grouping their
-//! notifications into the outbox, and on-call's acknowledge and resolve.
+//! notifications into the outbox, on-call's acknowledge and resolve, and the incident events
+//! (PagerDuty's acknowledge and resolve) that follow them.
 
 use super::OpsError;
 use super::audit::audit;
@@ -263,54 +264,101 @@ pub async fn resolve_stopped(tx: &mut Transaction<'_, Postgres>, rule: &Rule) ->
     sqlx::query_as(sql).bind(rule.id).fetch_all(&mut **tx).await
 }
 
+/// Where a group's notification goes: a connector, and whether it follows the escalations as
+/// an incident (PagerDuty: its notifications carry a `dedup_key`, and acknowledging or
+/// resolving the group queues the incident's acknowledge or resolve; migration 0024).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recipient {
+    pub connector: Uuid,
+    pub incident: bool,
+}
+
 /// Adds a group of escalations to the outbox for one connector: merged into that
 /// connector's undelivered, never-attempted message for the same rule, level and kind when
 /// there is one (so a backlog breaching over several sweeps is still one message), else a
 /// new message. `payload` is the group's message; when merged, counts add up and the
 /// sample keeps the first ones.
+///
+/// An incident's trigger gets its `dedup_key` here (`orderly:{rule}:L{level}:{notification}`),
+/// the same for its acknowledge and resolve. It takes new escalations only until one of those
+/// is queued: the candidate is locked before that is checked, by a statement of its own, so
+/// [`incident_events`] (which takes the same lock) either sees the merged escalations or has
+/// committed its event before the check.
 pub async fn enqueue_notification(
     tx: &mut Transaction<'_, Postgres>,
-    connector: Uuid,
+    recipient: Recipient,
     rule: Uuid,
     level: Option<i32>,
     kind: &str,
     escalations: &[Uuid],
     payload: &Value,
 ) -> Result<Uuid, sqlx::Error> {
-    let merged: Option<Uuid> = sqlx::query_scalar(
-        "UPDATE notifications n
-         SET escalation_ids = n.escalation_ids || $5,
-             payload = jsonb_set(n.payload, '{count}', to_jsonb((n.payload->>'count')::bigint + $6))
-         WHERE n.id = (SELECT id FROM notifications
-                       WHERE connector_id = $1 AND rule_id = $2 AND level IS NOT DISTINCT FROM $3
-                         AND kind = $4 AND status = 'PENDING' AND attempts = 0
-                       ORDER BY created_at DESC LIMIT 1
-                       FOR UPDATE SKIP LOCKED)
-         RETURNING n.id",
+    let candidate: Option<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM notifications
+         WHERE connector_id = $1 AND rule_id = $2 AND level IS NOT DISTINCT FROM $3
+           AND kind = $4 AND status = 'PENDING' AND attempts = 0 AND (dedup_key IS NOT NULL) = $5
+         ORDER BY created_at DESC LIMIT 1
+         FOR UPDATE SKIP LOCKED",
     )
-    .bind(connector)
+    .bind(recipient.connector)
     .bind(rule)
     .bind(level)
     .bind(kind)
-    .bind(escalations)
-    .bind(escalations.len() as i64)
+    .bind(recipient.incident)
     .fetch_optional(&mut **tx)
     .await?;
-    if let Some(id) = merged {
-        return Ok(id);
+    if let Some(candidate) = candidate {
+        let merged: Option<Uuid> = sqlx::query_scalar(
+            "UPDATE notifications n
+             SET escalation_ids = n.escalation_ids || $2,
+                 payload = jsonb_set(n.payload, '{count}', to_jsonb((n.payload->>'count')::bigint + $3))
+             WHERE n.id = $1
+               AND NOT EXISTS (SELECT 1 FROM notifications later
+                               WHERE later.connector_id = n.connector_id AND later.dedup_key = n.dedup_key
+                                 AND later.kind <> 'FIRED')
+             RETURNING n.id",
+        )
+        .bind(candidate)
+        .bind(escalations)
+        .bind(escalations.len() as i64)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(id) = merged {
+            return Ok(id);
+        }
     }
     sqlx::query_scalar(
-        "INSERT INTO notifications (connector_id, rule_id, level, kind, escalation_ids, payload)
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        "WITH new AS (SELECT orderly_uuid_v7() AS id)
+         INSERT INTO notifications (id, connector_id, rule_id, level, kind, escalation_ids, payload, dedup_key)
+         SELECT new.id, $1, $2, $3, $4, $5, $6,
+                CASE WHEN $7::boolean
+                     THEN 'orderly:' || $2::uuid::text || ':L' || coalesce($3::int::text, '-') || ':' || new.id::text
+                END
+         FROM new
+         RETURNING id",
     )
-    .bind(connector)
+    .bind(recipient.connector)
     .bind(rule)
     .bind(level)
     .bind(kind)
     .bind(escalations)
     .bind(payload)
+    .bind(recipient.incident)
     .fetch_one(&mut **tx)
     .await
+}
+
+/// Queues, inside the caller's transaction, the acknowledge or resolve of every incident
+/// (a PagerDuty trigger) that one of `changed` belongs to, once the whole incident is
+/// acknowledged (none OPEN) or resolved: `orderly_incident_events` (migration 0024), which
+/// locks the incidents first so that two transactions changing one incident at once cannot
+/// both miss it. Call it after acknowledging or resolving `changed`. Returns how many events
+/// it queued.
+pub async fn incident_events(tx: &mut Transaction<'_, Postgres>, changed: &[Uuid]) -> Result<i32, sqlx::Error> {
+    if changed.is_empty() {
+        return Ok(0);
+    }
+    sqlx::query_scalar("SELECT orderly_incident_events($1)").bind(changed).fetch_one(&mut **tx).await
 }
 
 /// An escalation as on-call sees it.
@@ -398,7 +446,9 @@ pub enum Action {
 }
 
 /// Acknowledges or resolves an escalation, audited, in one transaction. A resolved one
-/// cannot be acted on again; acknowledging twice is a conflict.
+/// cannot be acted on again; acknowledging twice is a conflict. When that completes an
+/// incident's acknowledgement or resolution (a PagerDuty connector was told), the incident's
+/// event is queued in the same transaction ([`incident_events`]).
 pub async fn act(pool: &PgPool, id: Uuid, action: Action, actor: &str, reason: Option<&str>) -> Result<(), OpsError> {
     let mut tx = pool.begin().await?;
     let status: Option<String> = sqlx::query_scalar("SELECT status::text FROM escalations WHERE id = $1 FOR UPDATE")
@@ -427,6 +477,7 @@ pub async fn act(pool: &PgPool, id: Uuid, action: Action, actor: &str, reason: O
     };
     sqlx::query(sql).bind(id).bind(actor).bind(reason).execute(&mut *tx).await?;
     audit(&mut tx, actor, verb, ("escalation", id), json!({ "reason": reason })).await?;
+    incident_events(&mut tx, &[id]).await?;
     tx.commit().await?;
     Ok(())
 }

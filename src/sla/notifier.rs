@@ -7,13 +7,17 @@
 //! - delivered → `DELIVERED`;
 //! - retryable (connection errors, timeouts, 408, 429, 5xx, SMTP 4xx) → due again after the
 //!   backoff (exponential from `backoff_base`, capped at `backoff_max`, 50–100% jitter) or
-//!   after the receiver's Retry-After (clamped to `backoff_max`), on the database clock; a
-//!   paced connector (Slack) answering with Retry-After is held that long as a whole;
+//!   after the receiver's Retry-After (Telegram's `retry_after`; clamped to `backoff_max`), on
+//!   the database clock; a paced connector (Slack, Telegram) answering with one is held that
+//!   long as a whole;
 //! - permanent (other 4xx, Slack's codes of a dead webhook, SMTP 5xx, an invalid connector
 //!   config), or retryable after `max_attempts` deliveries → `FAILED`.
 //!
 //! `last_error` says which connector and what happened, never a secret of its config (the
-//! channels scrub their errors). A delivery never runs past its claim's lease: a claim
+//! channels scrub their errors). PagerDuty's acknowledge and resolve of an incident are
+//! notifications like the others, with the same retries; the claim holds them back until the
+//! incident's trigger is delivered. With `admin.public_url` set, messages link to the
+//! escalation's page. A delivery never runs past its claim's lease: a claim
 //! whose turn comes too late is handed back uncounted. A notifier killed mid-delivery leaves
 //! its claims to any notifier once their lease has passed, under the same id (the
 //! webhook-id and Message-ID receivers de-duplicate on); stopping [`Notifier::run`] does the
@@ -82,7 +86,8 @@ impl DeliveryReport {
 impl Notifier {
     /// A notifier on `pool`. Fails only if the HTTP clients cannot be built (no TLS roots).
     pub fn new(pool: PgPool, settings: NotifierSettings) -> Result<Notifier, reqwest::Error> {
-        Ok(Notifier { pool, settings, channels: Arc::new(Channels::new()?), metrics: None })
+        let channels = Channels::new(settings.public_url.clone())?;
+        Ok(Notifier { pool, settings, channels: Arc::new(channels), metrics: None })
     }
 
     /// Counts every recorded outcome in `metrics` (by connector type and outcome).

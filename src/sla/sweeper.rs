@@ -1,12 +1,16 @@
-//! The SLA sweeper (leader only). Each sweep, for every active rule: fire the levels whose
-//! threshold has passed (once per subject, rule and level: the unique key decides, whichever
-//! replica gets there first), queue one grouped notification per connector in the same
-//! transaction, and resolve the escalations whose clock stopped, notifying whoever was told.
-//! A rule with a problem is reported (at a bounded rate) and skipped, never fatal.
+//! The SLA sweeper (leader only). Each sweep, for every active rule: resolve the escalations
+//! whose clock stopped, notifying whoever was told (a PagerDuty connector gets its incidents'
+//! resolve instead, once a whole incident is resolved), then fire the levels whose threshold
+//! has passed (once per subject, rule and level: the unique key decides, whichever replica
+//! gets there first) and queue one grouped notification per connector, in one transaction.
+//! Resolving comes first so that the transaction locks escalations before incidents, as an
+//! operator's acknowledge does. A rule with a problem is reported (at a bounded rate) and
+//! skipped, never fatal.
 
 use super::rules::{self, Problem};
 use crate::config::Settings;
-use crate::db::{self, sla::Rule};
+use crate::db::{self, sla::Recipient, sla::Rule};
+use crate::sla::channels::INCIDENT_TYPES;
 use sqlx::PgPool;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -67,8 +71,13 @@ impl Sweeper {
         let rules = db::sla::rules(&self.pool, true).await?;
         let names: Vec<String> =
             rules.iter().flat_map(|r| r.levels.iter().flat_map(|l| l.connectors.iter().cloned())).collect();
-        let connectors: HashMap<String, Uuid> =
-            db::sla::connectors_named(&self.pool, &names).await?.into_iter().map(|(id, name, _)| (name, id)).collect();
+        let connectors: HashMap<String, Recipient> = db::sla::connectors_named(&self.pool, &names)
+            .await?
+            .into_iter()
+            .map(|(connector, name, kind)| {
+                (name, Recipient { connector, incident: INCIDENT_TYPES.contains(&kind.as_str()) })
+            })
+            .collect();
         let active: BTreeSet<String> = connectors.keys().cloned().collect();
         for rule in &rules {
             let problems = rules::check(rule, &active);
@@ -84,12 +93,40 @@ impl Sweeper {
     async fn sweep_rule(
         &self,
         rule: &Rule,
-        connectors: &HashMap<String, Uuid>,
+        connectors: &HashMap<String, Recipient>,
         report: &mut SweepReport,
     ) -> Result<(), sqlx::Error> {
         let mut first = true;
         loop {
             let mut tx = self.pool.begin().await?;
+            if first {
+                // The resolved notice goes to every connector of a level that fired for them;
+                // an incident (PagerDuty) hears once all of its escalations are resolved.
+                let resolved = db::sla::resolve_stopped(&mut tx, rule).await?;
+                let mut by_connector: BTreeMap<Uuid, ResolvedGroup> = BTreeMap::new();
+                for r in &resolved {
+                    let Some(level) = rule.levels.iter().find(|l| l.level == r.level) else { continue };
+                    for name in &level.connectors {
+                        if let Some(recipient) = connectors.get(name).filter(|c| !c.incident) {
+                            let entry = by_connector.entry(recipient.connector).or_default();
+                            if !entry.1.contains(&(r.work_item_id, r.work_order_id)) {
+                                entry.1.push((r.work_item_id, r.work_order_id));
+                            }
+                            entry.0.push(r.id);
+                        }
+                    }
+                }
+                for (connector, (ids, items)) in &by_connector {
+                    let payload = rules::resolved_payload(rule, items);
+                    let recipient = Recipient { connector: *connector, incident: false };
+                    db::sla::enqueue_notification(&mut tx, recipient, rule.id, None, "RESOLVED", ids, &payload).await?;
+                    report.notifications += 1;
+                }
+                let ids: Vec<Uuid> = resolved.iter().map(|r| r.id).collect();
+                report.notifications += db::sla::incident_events(&mut tx, &ids).await? as usize;
+                report.resolved += resolved.len();
+                first = false;
+            }
             let fired = db::sla::fire(&mut tx, rule, self.settings.sla.batch).await?;
             // Per level: its escalations, to each of its connectors, as one message.
             let mut by_level: BTreeMap<i32, Vec<&db::sla::Fired>> = BTreeMap::new();
@@ -106,10 +143,10 @@ impl Sweeper {
                     work_item.ids = %sample.join(","), connectors = %level.connectors.join(","),
                     "SLA escalation fired");
                 for name in &level.connectors {
-                    if let Some(connector) = connectors.get(name) {
+                    if let Some(recipient) = connectors.get(name) {
                         db::sla::enqueue_notification(
                             &mut tx,
-                            *connector,
+                            *recipient,
                             rule.id,
                             Some(*level_no),
                             "FIRED",
@@ -122,31 +159,6 @@ impl Sweeper {
                 }
             }
             report.fired += fired.len();
-            if first {
-                // The resolved notice goes to every connector of a level that fired for them.
-                let resolved = db::sla::resolve_stopped(&mut tx, rule).await?;
-                let mut by_connector: BTreeMap<Uuid, ResolvedGroup> = BTreeMap::new();
-                for r in &resolved {
-                    let Some(level) = rule.levels.iter().find(|l| l.level == r.level) else { continue };
-                    for name in &level.connectors {
-                        if let Some(connector) = connectors.get(name) {
-                            let entry = by_connector.entry(*connector).or_default();
-                            if !entry.1.contains(&(r.work_item_id, r.work_order_id)) {
-                                entry.1.push((r.work_item_id, r.work_order_id));
-                            }
-                            entry.0.push(r.id);
-                        }
-                    }
-                }
-                for (connector, (ids, items)) in &by_connector {
-                    let payload = rules::resolved_payload(rule, items);
-                    db::sla::enqueue_notification(&mut tx, *connector, rule.id, None, "RESOLVED", ids, &payload)
-                        .await?;
-                    report.notifications += 1;
-                }
-                report.resolved += resolved.len();
-                first = false;
-            }
             tx.commit().await?;
             if (fired.len() as i64) < self.settings.sla.batch {
                 return Ok(());

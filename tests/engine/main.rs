@@ -12,6 +12,7 @@ mod browser;
 mod cli;
 mod clients;
 mod command_agent;
+mod connectors;
 mod dead_letters;
 mod dependencies;
 mod deploy;

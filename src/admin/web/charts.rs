@@ -249,7 +249,7 @@ mod tests {
         *buckets.last_mut().unwrap() = 1;
         assert!(quantile(&buckets, 0.99).unwrap() <= 0.005);
         assert_eq!(quantile(&buckets, 1.0), Some(86_400.0));
-        assert_eq!(quantile(&vec![0; 3], 0.5), None);
+        assert_eq!(quantile(&[0; 3], 0.5), None);
     }
 
     #[test]

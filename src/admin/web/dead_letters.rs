@@ -276,7 +276,7 @@ pub(super) async fn picked(State(state): State<AdminState>, OperatorForm { signe
         _ => return error_page(&signed, api::ApiError::bad_request("action: replay or discard")),
     };
     let mut ids: Vec<Uuid> =
-        form.iter().filter_map(|(k, _)| k.strip_prefix("pick-")).filter_map(|id| id.parse().ok()).collect();
+        form.keys().filter_map(|k| k.strip_prefix("pick-")).filter_map(|id| id.parse().ok()).collect();
     ids.sort_unstable();
     if ids.is_empty() {
         let flash = said(Err(OpsError::Conflict("no dead letter was ticked".into())), None);

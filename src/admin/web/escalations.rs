@@ -107,7 +107,7 @@ pub(super) async fn bulk(State(state): State<AdminState>, OperatorForm { signed,
         _ => return error_page(&signed, api::ApiError::bad_request("action: ack or resolve")),
     };
     let mut ids: Vec<Uuid> =
-        form.iter().filter_map(|(k, _)| k.strip_prefix("pick-")).filter_map(|id| id.parse().ok()).collect();
+        form.keys().filter_map(|k| k.strip_prefix("pick-")).filter_map(|id| id.parse().ok()).collect();
     if let Some(item) = form.get("item") {
         let Ok(item) = item.parse::<Uuid>() else {
             return error_page(&signed, api::ApiError::bad_request("item: not an item id"));

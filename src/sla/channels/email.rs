@@ -5,7 +5,8 @@
 //! to `starttls` (port 587; `tls` is implicit TLS on 465, `none` plain SMTP on 25);
 //! certificates are checked against the webpki roots unless `accept_invalid_certs` (for
 //! tests). A password is refused with `tls = "none"`: it would cross the network in clear.
-//! The Message-ID is derived from the notification's id, the same on every retry. SMTP 4xx
+//! The Message-ID is derived from the notification's id, the same on every retry; the body
+//! links to the escalation's page when `admin.public_url` is set. SMTP 4xx
 //! and connection, TLS and timeout errors are retried; SMTP 5xx and the client's own
 //! refusals (no common authentication mechanism, say) are permanent.
 
@@ -44,7 +45,7 @@ struct EmailConfig {
     timeout: Option<String>,
 }
 
-pub(super) async fn deliver(notification: &Claimed, cap: Duration) -> Delivery {
+pub(super) async fn deliver(notification: &Claimed, link: Option<String>, cap: Duration) -> Delivery {
     let config: EmailConfig = match parse_config(&notification.config) {
         Ok(config) => config,
         Err(invalid) => return invalid,
@@ -53,10 +54,15 @@ pub(super) async fn deliver(notification: &Claimed, cap: Duration) -> Delivery {
     if let Some(password) = &config.password {
         secrets.add(password);
     }
-    send(notification, &config, cap).await.unwrap_or_else(|failed| failed).scrubbed(&secrets)
+    send(notification, &config, link, cap).await.unwrap_or_else(|failed| failed).scrubbed(&secrets)
 }
 
-async fn send(notification: &Claimed, config: &EmailConfig, cap: Duration) -> Result<Delivery, Delivery> {
+async fn send(
+    notification: &Claimed,
+    config: &EmailConfig,
+    link: Option<String>,
+    cap: Duration,
+) -> Result<Delivery, Delivery> {
     let invalid = |what: String| Delivery::permanent(format!("invalid connector config: {what}"));
     let timeout = timeout(config.timeout.as_deref(), cap)?;
     if config.host.trim().is_empty() {
@@ -69,7 +75,7 @@ async fn send(notification: &Claimed, config: &EmailConfig, cap: Duration) -> Re
     if config.to.is_empty() {
         return Err(invalid("to must name at least one address".into()));
     }
-    let rendered = render(&notification.kind, &notification.payload);
+    let rendered = render(&notification.kind, &notification.payload).with_link(link);
     let mut builder = Message::builder()
         .from(from)
         .subject(rendered.subject.clone())

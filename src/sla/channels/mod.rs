@@ -1,19 +1,26 @@
-//! Delivery channels, chosen by `connectors.type`: `API` ([`webhook`]: the payload as JSON,
-//! signed per Standard Webhooks), `SLACK` ([`slack`]: an incoming webhook message) and
-//! `EMAIL` ([`email`]: SMTP through lettre, rustls only). Each reads its connector's `config`
-//! JSON strictly (an invalid config is a permanent failure that names the key) and answers
-//! a [`Delivery`]: delivered, retryable (connection errors, timeouts, 408, 429, 5xx, SMTP
-//! 4xx; with the receiver's Retry-After) or permanent (anything else).
+//! Delivery channels of the notifier (`sla::notifier`), chosen by `connectors.type`: `API`
+//! ([`webhook`]: the payload as JSON, signed per Standard Webhooks), `SLACK` ([`slack`]: an
+//! incoming webhook message), `EMAIL` ([`email`]: SMTP through lettre, rustls only),
+//! `PAGERDUTY` ([`pagerduty`]: Events API v2 trigger, acknowledge and resolve) and `TELEGRAM`
+//! ([`telegram`]: a bot's sendMessage). Each reads its connector's `config` JSON strictly (an
+//! invalid config is a permanent failure that names the key) and answers a [`Delivery`]:
+//! delivered, retryable (connection errors, timeouts, 408, 429, 5xx, SMTP 4xx; with the
+//! receiver's Retry-After) or permanent (anything else).
 //!
-//! Connector configs hold secrets (tokens in URLs, the webhook secret, the SMTP password):
-//! every message a channel returns has gone through its [`Secrets`], and URLs are shown
-//! redacted, so nothing the notifier logs or stores in `last_error` shows them.
+//! Connector configs hold secrets (tokens in URLs, the webhook secret, the SMTP password,
+//! PagerDuty's routing key, the Telegram bot token): every message a channel returns has gone
+//! through its [`Secrets`], and URLs are shown redacted, so nothing the notifier logs or
+//! stores in `last_error` shows them.
 //!
-//! The human message (Slack, email) is rendered from the payload by [`render`]; the payload
-//! contract is the sweeper's (`{kind, rule, level, after_seconds, count, sample, act}`).
+//! The human message (Slack, email, Telegram) is rendered from the payload by [`render`]; the
+//! payload contract is the sweeper's (`{kind, rule, level, after_seconds, count, sample,
+//! act}`). With `admin.public_url` set, messages link to the escalation's page
+//! ([`page_link`]).
 
 pub mod email;
+pub mod pagerduty;
 pub mod slack;
+pub mod telegram;
 pub mod webhook;
 
 use crate::db::notifications::Claimed;
@@ -23,10 +30,17 @@ use reqwest::{StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::time::Duration;
+use uuid::Uuid;
 
 /// Connector types whose deliveries are paced, with their minimum interval: Slack accepts
-/// about one message a second per incoming webhook.
-pub const PACING: [(&str, Duration); 1] = [("SLACK", Duration::from_secs(1))];
+/// about one message a second per incoming webhook, Telegram about one a second per chat.
+pub const PACING: [(&str, Duration); 2] = [("SLACK", Duration::from_secs(1)), ("TELEGRAM", Duration::from_secs(1))];
+
+/// Connector types that follow escalations as incidents: each group a level fires is
+/// triggered with a `dedup_key`, and acknowledged and resolved under it when orderly
+/// acknowledges and resolves the group (`db::sla::incident_events`), instead of receiving the
+/// sweeper's resolved notices.
+pub const INCIDENT_TYPES: [&str; 1] = ["PAGERDUTY"];
 
 /// A connector's delivery timeout unless its config sets `timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,16 +89,23 @@ impl Delivery {
 pub struct Channels {
     public: reqwest::Client,
     private: reqwest::Client,
+    /// `admin.public_url`: where messages link to.
+    public_url: Option<Url>,
 }
 
 impl Channels {
-    pub fn new() -> reqwest::Result<Channels> {
+    pub fn new(public_url: Option<Url>) -> reqwest::Result<Channels> {
         let build = |allow_private| {
             net::client_builder(DEFAULT_TIMEOUT, allow_private, Redirects::Refuse)
                 .user_agent(concat!("orderly/", env!("CARGO_PKG_VERSION")))
                 .build()
         };
-        Ok(Channels { public: build(false)?, private: build(true)? })
+        Ok(Channels { public: build(false)?, private: build(true)?, public_url })
+    }
+
+    /// The page a notification links to, when `admin.public_url` is set.
+    fn link(&self, notification: &Claimed) -> Option<String> {
+        self.public_url.as_ref().map(|base| page_link(base, &notification.escalation_ids))
     }
 
     fn client(&self, allow_private: bool) -> &reqwest::Client {
@@ -98,9 +119,11 @@ impl Channels {
         match notification.connector_type.as_str() {
             "API" => webhook::deliver(self, notification, cap).await,
             "SLACK" => slack::deliver(self, notification, cap).await,
-            "EMAIL" => email::deliver(notification, cap).await,
+            "EMAIL" => email::deliver(notification, self.link(notification), cap).await,
+            "PAGERDUTY" => pagerduty::deliver(self, notification, cap).await,
+            "TELEGRAM" => telegram::deliver(self, notification, cap).await,
             other => Delivery::permanent(format!(
-                "connector type {other} cannot deliver notifications (API, SLACK and EMAIL can)"
+                "connector type {other} cannot deliver notifications (API, SLACK, EMAIL, PAGERDUTY and TELEGRAM can)"
             )),
         }
     }
@@ -143,25 +166,60 @@ fn shown_url(url: &Url) -> String {
     crate::net::redact_agent_url(url.as_str())
 }
 
+/// The page of one escalation (`{public_url}/escalations/{id}`), or the escalations list when
+/// a message is about several (or none).
+pub fn page_link(public_url: &Url, escalations: &[Uuid]) -> String {
+    let base = public_url.as_str().trim_end_matches('/');
+    match escalations {
+        [one] => format!("{base}/escalations/{one}"),
+        _ => format!("{base}/escalations"),
+    }
+}
+
 /// Sends a prepared POST and classifies the answer: 2xx delivered; 408, 429, 5xx and
 /// connection errors retryable (with Retry-After); 3xx (redirects are not followed) and
 /// other 4xx permanent. `permanent_body` lets a channel call a failure permanent by its
 /// body (Slack's error codes). A refused private address is permanent.
 async fn post(request: reqwest::RequestBuilder, shown: &str, permanent_body: impl Fn(&str) -> bool) -> Delivery {
+    match send(request, shown).await {
+        Ok(answer) => classify(answer.status, answer.retry_after, &answer.preview(), shown, permanent_body),
+        Err(failed) => failed,
+    }
+}
+
+/// What a receiver answered a POST.
+struct Answer {
+    status: StatusCode,
+    /// The `Retry-After` header.
+    retry_after: Option<Duration>,
+    /// The first [`BODY_PREVIEW_BYTES`] of the body, as sent (lossy UTF-8).
+    body: String,
+}
+
+impl Answer {
+    /// The body for an error message: control characters out, at most 300 characters.
+    fn preview(&self) -> String {
+        preview(&self.body)
+    }
+}
+
+/// Sends a prepared POST. A connection error or a timeout is retryable, a refused private
+/// address permanent.
+async fn send(request: reqwest::RequestBuilder, shown: &str) -> Result<Answer, Delivery> {
     let response = match request.send().await {
         Ok(response) => response,
         Err(e) => {
             if let Some(refused) = net::address_refused(&e) {
-                return Delivery::permanent(format!("POST {shown} refused: {refused}"));
+                return Err(Delivery::permanent(format!("POST {shown} refused: {refused}")));
             }
             let what = if e.is_timeout() { "timed out" } else { "failed" };
-            return Delivery::retry(format!("POST {shown} {what}: {}", net::error_chain(e)));
+            return Err(Delivery::retry(format!("POST {shown} {what}: {}", net::error_chain(e))));
         }
     };
     let status = response.status();
     let retry_after = net::retry_after(response.headers());
-    let body = read_preview(response).await;
-    classify(status, retry_after, &body, shown, permanent_body)
+    let body = read_body(response).await;
+    Ok(Answer { status, retry_after, body })
 }
 
 fn classify(
@@ -190,7 +248,7 @@ fn classify(
 
 /// The first [`BODY_PREVIEW_BYTES`] of a body (lossy UTF-8); a body that cannot be read
 /// counts as empty (the status decides).
-async fn read_preview(mut response: reqwest::Response) -> String {
+async fn read_body(mut response: reqwest::Response) -> String {
     let mut body = Vec::new();
     while body.len() < BODY_PREVIEW_BYTES {
         match response.chunk().await {
@@ -199,8 +257,13 @@ async fn read_preview(mut response: reqwest::Response) -> String {
         }
     }
     body.truncate(BODY_PREVIEW_BYTES);
-    let text = String::from_utf8_lossy(&body);
-    truncate(&clean(&text, true), 300)
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// A body as an error shows it: control characters out (newlines kept), at most 300
+/// characters.
+fn preview(body: &str) -> String {
+    truncate(&clean(body, true), 300)
 }
 
 /// Secret strings of one connector's config, replaced by `<redacted>` in every error.
@@ -302,6 +365,8 @@ pub struct Rendered {
     pub tenants: Vec<String>,
     /// How on-call acts (a CLI command), if the payload says.
     pub act: Option<String>,
+    /// The page in orderly's web interface (`admin.public_url`), if set.
+    pub link: Option<String>,
 }
 
 /// Most sample items rendered (the sweeper writes at most 10).
@@ -389,16 +454,24 @@ pub fn render(kind: &str, payload: &Value) -> Rendered {
         .collect();
     let more_items = count.map_or(0, |c| c.saturating_sub(items.len() as u64));
     let act = field(&payload["act"], 1000);
-    Rendered { fired, subject: truncate(&subject, 250), headline, details, items, more_items, tenants, act }
+    Rendered { fired, subject: truncate(&subject, 250), headline, details, items, more_items, tenants, act, link: None }
 }
 
 impl Rendered {
-    /// The plain-text message (email body, Slack fallback text).
+    /// The same message linking to `link` (a page of orderly's web interface).
+    pub fn with_link(self, link: Option<String>) -> Rendered {
+        Rendered { link, ..self }
+    }
+
+    /// The plain-text message (email body, Slack fallback text, Telegram message).
     pub fn text(&self) -> String {
         let mut text = format!("{}\n", self.headline);
         for line in &self.details {
             text.push_str(line);
             text.push('\n');
+        }
+        if let Some(link) = &self.link {
+            text.push_str(&format!("Open in orderly: {link}\n"));
         }
         if !self.items.is_empty() {
             text.push_str(&format!("\n{}:\n", self.items_heading()));

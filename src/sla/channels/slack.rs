@@ -7,7 +7,8 @@
 //! `channel_not_found`, `no_service`, `invalid_token` and the other codes of a webhook
 //! that can never work are permanent whatever the status; 429 and 5xx are retried (with
 //! Retry-After). Deliveries are paced to one a second per connector (`PACING`). The
-//! webhook URL's path is its secret: errors show only its scheme and host.
+//! webhook URL's path is its secret: errors show only its scheme and host. With
+//! `admin.public_url` set, the message links to the escalation's page.
 
 use super::{Channels, Delivery, Rendered, Secrets, http_url, parse_config, post, render, timeout};
 use crate::db::notifications::Claimed;
@@ -71,7 +72,7 @@ async fn send(
         crate::net::refuse_private_literal(&url)
             .map_err(|refused| Delivery::permanent(format!("POST {shown} refused: {refused}")))?;
     }
-    let message = message(&render(&notification.kind, &notification.payload));
+    let message = message(&render(&notification.kind, &notification.payload).with_link(channels.link(notification)));
     let request = channels
         .client(config.allow_private)
         .post(url)
@@ -100,6 +101,10 @@ pub fn message(rendered: &Rendered) -> Value {
         summary.push_str(&escape(line));
     }
     blocks.push(section(&summary));
+    if let Some(link) = &rendered.link {
+        // `<url|text>`: the URL escaped as message text is.
+        blocks.push(section(&format!("*<{}|Open in orderly>*", escape(link))));
+    }
     if !rendered.items.is_empty() {
         let mut items = format!("*{}*", escape(&rendered.items_heading()));
         for item in &rendered.items {
@@ -202,6 +207,18 @@ mod tests {
         {
             assert!(all.contains(expected), "missing {expected} in {all}");
         }
+    }
+
+    #[test]
+    fn a_message_links_to_the_page_when_there_is_one() {
+        let payload = json!({"kind": "FIRED", "rule": {"name": "tickets"}, "level": 1, "count": 1});
+        let link = "https://orderly.example/escalations/0190aaaa-0000-7000-8000-000000000001";
+        let message = message(&render("FIRED", &payload).with_link(Some(link.into())));
+        let blocks = message["blocks"].as_array().unwrap();
+        assert!(blocks.iter().any(|b| b["text"]["text"] == format!("*<{link}|Open in orderly>*")), "{message}");
+        assert!(message["text"].as_str().unwrap().contains(&format!("Open in orderly: {link}")), "{message}");
+        let unlinked = super::message(&render("FIRED", &payload));
+        assert!(!unlinked.to_string().contains("Open in orderly"), "{unlinked}");
     }
 
     #[test]

@@ -115,3 +115,19 @@ fn http_answers_are_classified() {
         }
     );
 }
+
+#[test]
+fn links_name_the_escalation_or_the_list() {
+    let id: uuid::Uuid = "0190aaaa-0000-7000-8000-000000000001".parse().unwrap();
+    for base in ["https://orderly.example.com", "https://orderly.example.com/", "https://ops.example.com/orderly/"] {
+        let base = Url::parse(base).unwrap();
+        let shown = base.as_str().trim_end_matches('/');
+        assert_eq!(page_link(&base, &[id]), format!("{shown}/escalations/{id}"));
+        assert_eq!(page_link(&base, &[id, id]), format!("{shown}/escalations"));
+        assert_eq!(page_link(&base, &[]), format!("{shown}/escalations"));
+    }
+    let link = format!("https://orderly.example.com/escalations/{id}");
+    let text = render("FIRED", &payload()).with_link(Some(link.clone())).text();
+    assert!(text.contains(&format!("\nOpen in orderly: {link}\n")), "{text}");
+    assert!(!render("FIRED", &payload()).text().contains("Open in orderly"));
+}
