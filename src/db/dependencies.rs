@@ -124,23 +124,22 @@ const EDGE_COLUMNS: &str = "w.id AS work_item_id, w.work_order_id, w.type::text 
 
 /// Both ends of an item's edges (at most `limit` each).
 pub async fn of_item(pool: &PgPool, id: Uuid, limit: i64) -> Result<Edges, sqlx::Error> {
-    let dependencies = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {EDGE_COLUMNS} FROM work_item_dependencies d JOIN work_items w ON w.id = d.depends_on_id
-         WHERE d.work_item_id = $1 ORDER BY d.created_at, w.id LIMIT $2"
+    Ok(Edges {
+        dependencies: ends(pool, id, limit, "depends_on_id", "work_item_id").await?,
+        dependents: ends(pool, id, limit, "work_item_id", "depends_on_id").await?,
+    })
+}
+
+/// The items at the `other` end of the edges whose `own` end is `id`.
+async fn ends(pool: &PgPool, id: Uuid, limit: i64, other: &str, own: &str) -> Result<Vec<Edge>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {EDGE_COLUMNS} FROM work_item_dependencies d JOIN work_items w ON w.id = d.{other}
+         WHERE d.{own} = $1 ORDER BY d.created_at, w.id LIMIT $2"
     )))
     .bind(id)
     .bind(limit)
     .fetch_all(pool)
-    .await?;
-    let dependents = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {EDGE_COLUMNS} FROM work_item_dependencies d JOIN work_items w ON w.id = d.work_item_id
-         WHERE d.depends_on_id = $1 ORDER BY d.created_at, w.id LIMIT $2"
-    )))
-    .bind(id)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
-    Ok(Edges { dependencies, dependents })
+    .await
 }
 
 /// Why a QUEUED item is not claimed, from its unmet edges ([`Edges::dependencies`]).

@@ -188,6 +188,22 @@ impl Browser {
     }
 }
 
+/// Chromium and its driver; without them the test says SKIPPED (and fails in CI).
+fn browser_binaries() -> Option<(PathBuf, PathBuf)> {
+    match (binary("CHROMIUM", "/usr/bin/chromium"), binary("CHROMEDRIVER", "/usr/bin/chromedriver")) {
+        (Some(chromium), Some(chromedriver)) => Some((chromium, chromedriver)),
+        _ => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("chromium and chromedriver are required in CI (apt-get install chromium chromium-driver)");
+            }
+            eprintln!(
+                "SKIPPED: the browser test needs chromium and chromium-driver (apt-get install chromium chromium-driver)"
+            );
+            None
+        }
+    }
+}
+
 fn screenshots_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("screenshots");
     std::fs::create_dir_all(&dir).unwrap();
@@ -196,17 +212,7 @@ fn screenshots_dir() -> PathBuf {
 
 #[tokio::test]
 async fn an_operator_signs_in_replays_an_edited_dead_letter_approves_and_acknowledges_in_chromium() {
-    let (Some(chromium), Some(chromedriver)) =
-        (binary("CHROMIUM", "/usr/bin/chromium"), binary("CHROMEDRIVER", "/usr/bin/chromedriver"))
-    else {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("chromium and chromedriver are required in CI (apt-get install chromium chromium-driver)");
-        }
-        eprintln!(
-            "SKIPPED: the browser test needs chromium and chromium-driver (apt-get install chromium chromium-driver)"
-        );
-        return;
-    };
+    let Some((chromium, chromedriver)) = browser_binaries() else { return };
     let db = TestDb::new().await;
     // What must not move while the engine runs is written first: a held item, an item
     // scheduled for later with an open escalation.
@@ -299,17 +305,7 @@ async fn an_operator_signs_in_replays_an_edited_dead_letter_approves_and_acknowl
 /// size, every item is a node that links to the item's page, and a click follows the link.
 #[tokio::test]
 async fn the_order_page_draws_its_dependency_graph_and_each_node_links_to_its_item_in_chromium() {
-    let (Some(chromium), Some(chromedriver)) =
-        (binary("CHROMIUM", "/usr/bin/chromium"), binary("CHROMEDRIVER", "/usr/bin/chromedriver"))
-    else {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("chromium and chromedriver are required in CI (apt-get install chromium chromium-driver)");
-        }
-        eprintln!(
-            "SKIPPED: the browser test needs chromium and chromium-driver (apt-get install chromium chromium-driver)"
-        );
-        return;
-    };
+    let Some((chromium, chromedriver)) = browser_binaries() else { return };
     let db = TestDb::new().await;
     // A pipeline of five items: extract → (classify, translate) → summarise → review, the
     // first scheduled two hours ahead, so nothing moves while the page is read.

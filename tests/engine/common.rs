@@ -264,9 +264,7 @@ impl TestAgent {
         let received = Arc::new(Mutex::new(Vec::new()));
         let shared: Shared = (Arc::new(behaviour), received.clone());
         let app = axum::Router::new().route("/", axum::routing::post(handle)).with_state(shared);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let url = format!("{}/", serve(app).await);
         TestAgent { url, received }
     }
 
@@ -281,6 +279,15 @@ impl TestAgent {
     pub fn executions_of(&self, id: Uuid) -> usize {
         self.received.lock().unwrap().iter().filter(|r| r.item_id == id).count()
     }
+}
+
+/// Serves `app` on a free port of 127.0.0.1 for the rest of the test: its base URL
+/// (`http://127.0.0.1:PORT`, no trailing slash).
+pub async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
 }
 
 pub fn ok_json(body: Value) -> (Answer, Duration) {

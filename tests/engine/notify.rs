@@ -162,9 +162,7 @@ impl Sink {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let shared: Shared = (Arc::new(Mutex::new(answers.into())), requests.clone());
         let app = axum::Router::new().fallback(handle).with_state(shared);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let base = serve(app).await;
         Sink { base, requests }
     }
 

@@ -127,6 +127,21 @@ fn number(n: f64) -> String {
     if n >= 10_000.0 { format!("{:.0}k", n / 1000.0) } else { format!("{n:.0}") }
 }
 
+/// The axes of a chart: the top and bottom values on the left, the first and last times
+/// below.
+fn axes(points: &[Point], range: Range, top: &str, bottom: &str) -> Markup {
+    html! {
+        line x1=(LEFT) y1=(TOP) x2=(LEFT) y2=(H - BOTTOM) stroke="#c7ced6" {}
+        line x1=(LEFT) y1=(H - BOTTOM) x2=(W) y2=(H - BOTTOM) stroke="#c7ced6" {}
+        text x=(LEFT - 4.0) y=(TOP + 8.0) font-size="10" text-anchor="end" fill="#5f6b7a" { (top) }
+        text x=(LEFT - 4.0) y=(H - BOTTOM) font-size="10" text-anchor="end" fill="#5f6b7a" { (bottom) }
+        @if let (Some(first), Some(last)) = (points.first(), points.last()) {
+            text x=(LEFT) y=(H - 4.0) font-size="10" fill="#5f6b7a" { (axis_label(first.at, range)) }
+            text x=(W) y=(H - 4.0) font-size="10" text-anchor="end" fill="#5f6b7a" { (axis_label(last.at, range)) }
+        }
+    }
+}
+
 /// Bars of one count per point.
 pub(super) fn bars(title: &str, points: &[Point], range: Range, value: fn(&Point) -> i64, fill: &str) -> Markup {
     let max = points.iter().map(value).max().unwrap_or(0).max(1) as f64;
@@ -138,10 +153,7 @@ pub(super) fn bars(title: &str, points: &[Point], range: Range, value: fn(&Point
             figcaption { (title) " per " (range.per()) ": " (total) " in all" }
             svg xmlns="http://www.w3.org/2000/svg" width=(W) height=(H) viewBox=(format!("0 0 {W} {H}"))
                 role="img" aria-label=(format!("{title} per {}, {total} in all", range.per())) {
-                line x1=(LEFT) y1=(TOP) x2=(LEFT) y2=(H - BOTTOM) stroke="#c7ced6" {}
-                line x1=(LEFT) y1=(H - BOTTOM) x2=(W) y2=(H - BOTTOM) stroke="#c7ced6" {}
-                text x=(LEFT - 4.0) y=(TOP + 8.0) font-size="10" text-anchor="end" fill="#5f6b7a" { (number(max)) }
-                text x=(LEFT - 4.0) y=(H - BOTTOM) font-size="10" text-anchor="end" fill="#5f6b7a" { "0" }
+                (axes(points, range, &number(max), "0"))
                 @for (i, p) in points.iter().enumerate() {
                     @let v = value(p);
                     @if v > 0 {
@@ -151,10 +163,6 @@ pub(super) fn bars(title: &str, points: &[Point], range: Range, value: fn(&Point
                             title { (axis_label(p.at, range)) ": " (v) }
                         }
                     }
-                }
-                @if let (Some(first), Some(last)) = (points.first(), points.last()) {
-                    text x=(LEFT) y=(H - 4.0) font-size="10" fill="#5f6b7a" { (axis_label(first.at, range)) }
-                    text x=(W) y=(H - 4.0) font-size="10" text-anchor="end" fill="#5f6b7a" { (axis_label(last.at, range)) }
                 }
             }
         }
@@ -199,16 +207,9 @@ pub(super) fn wait_lines(points: &[Point], range: Range) -> Markup {
             }
             svg xmlns="http://www.w3.org/2000/svg" width=(W) height=(H) viewBox=(format!("0 0 {W} {H}"))
                 role="img" aria-label=(format!("queue wait p50 and p99 per {}", range.per())) {
-                line x1=(LEFT) y1=(TOP) x2=(LEFT) y2=(H - BOTTOM) stroke="#c7ced6" {}
-                line x1=(LEFT) y1=(H - BOTTOM) x2=(W) y2=(H - BOTTOM) stroke="#c7ced6" {}
-                text x=(LEFT - 4.0) y=(TOP + 8.0) font-size="10" text-anchor="end" fill="#5f6b7a" { (seconds(top)) }
-                text x=(LEFT - 4.0) y=(H - BOTTOM) font-size="10" text-anchor="end" fill="#5f6b7a" { "1 ms" }
+                (axes(points, range, &seconds(top), "1 ms"))
                 polyline points=(path(&p99)) fill="none" stroke="#b3261e" stroke-width="1.5" { title { "p99" } }
                 polyline points=(path(&p50)) fill="none" stroke="#1a56b0" stroke-width="1.5" { title { "p50" } }
-                @if let (Some(first), Some(last)) = (points.first(), points.last()) {
-                    text x=(LEFT) y=(H - 4.0) font-size="10" fill="#5f6b7a" { (axis_label(first.at, range)) }
-                    text x=(W) y=(H - 4.0) font-size="10" text-anchor="end" fill="#5f6b7a" { (axis_label(last.at, range)) }
-                }
             }
             p.legend { span.p50 { "— p50" } " " span.p99 { "— p99" } " (log scale)" }
         }
