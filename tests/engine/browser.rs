@@ -246,6 +246,11 @@ async fn an_operator_signs_in_replays_an_edited_dead_letter_approves_and_acknowl
         .await
         .unwrap();
 
+    // The overview's charts draw what the engine recorded (every 2 s here).
+    wait_until("the engine's activity recorded", Duration::from_secs(30), || async {
+        count(&db.pool, "SELECT coalesce(sum(dead_lettered), 0)::bigint FROM orderly_activity").await == 3
+    })
+    .await;
     let browser = Browser::start(&chromium, &chromedriver).await;
     browser.goto(&format!("{base}/")).await;
     browser.wait_for("Sign in").await;

@@ -210,6 +210,16 @@ pub(super) fn wait_lines(points: &[Point], range: Range) -> Markup {
                 (axes(points, range, &seconds(top), "1 ms"))
                 polyline points=(path(&p99)) fill="none" stroke="#b3261e" stroke-width="1.5" { title { "p99" } }
                 polyline points=(path(&p50)) fill="none" stroke="#1a56b0" stroke-width="1.5" { title { "p50" } }
+                // A dot per point: a minute alone (no neighbour to join) still shows.
+                @for (values, colour) in [(&p99, "#b3261e"), (&p50, "#1a56b0")] {
+                    @for (i, v) in values.iter().enumerate() {
+                        @if let Some(v) = v {
+                            circle cx=(format!("{:.1}", LEFT + (i as f64 + 0.5) * slot)) cy=(format!("{:.1}", y(*v))) r="2" fill=(colour) {
+                                title { (axis_label(points[i].at, range)) ": " (seconds(*v)) }
+                            }
+                        }
+                    }
+                }
             }
             p.legend { span.p50 { "— p50" } " " span.p99 { "— p99" } " (log scale)" }
         }
