@@ -30,6 +30,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What the agents' attempts cost since a time ago, grouped (docs/costs.md).
+    Costs {
+        /// Group by tenant, agent, workflow or model.
+        #[arg(long, value_enum, default_value = "tenant")]
+        by: crate::db::costs::By,
+        /// How far back: "24h", "7d", "30d".
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        since: std::time::Duration,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The items held for a human decision (approve or reject them with `approve`/`reject`).
     #[command(subcommand)]
     Approvals(ApprovalCommand),

@@ -52,7 +52,22 @@ pub struct Settings {
     /// Item type → agent name; keys are matched exactly as the database spells the type.
     #[serde(default)]
     pub routes: BTreeMap<String, String>,
+    /// Model → prices, for the cost entries of agents that report tokens only
+    /// (`policy::costs`, docs/costs.md).
+    #[serde(default)]
+    pub prices: BTreeMap<String, Price>,
     pub log: LogSettings,
+}
+
+/// `[prices.MODEL]`: what a million tokens of a model cost. Decimals as text (`"2.50"`), so
+/// that no float ever touches money.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input_per_million: String,
+    pub output_per_million: String,
+    /// ISO 4217, three letters.
+    pub currency: String,
 }
 
 /// `Debug` shows the URL redacted (see [`redact_url`]).

@@ -53,6 +53,7 @@ pub async fn run_command(
         Command::Demo(args) => demo::run(settings, args).await,
         Command::Enqueue(args) => cmd::enqueue::run(&settings, args).await,
         Command::Status { json } => cmd::status::run(&settings, json).await,
+        Command::Costs { by, since, json } => cmd::costs::run(&settings, by, since, json).await,
         Command::DeadLetters(command) => cmd::dead_letters::run(&settings, command).await,
         Command::Approve(args) => cmd::decide::run(&settings, model::Decision::Approved, args).await,
         Command::Reject(args) => cmd::decide::run(&settings, model::Decision::Rejected, args).await,

@@ -235,6 +235,8 @@ pub struct Completion {
     pub attempt_status: AttemptStatus,
     pub output: Option<Value>,
     pub usage: Option<Value>,
+    /// What the attempt cost (from `usage` and the price table), written with it.
+    pub costs: Vec<crate::policy::costs::CostRecord>,
     pub error: Option<ErrorInfo>,
     pub evals: Vec<EvalRecord>,
     pub approval: Option<ApprovalRecord>,

@@ -5,6 +5,7 @@
 pub mod admin_token;
 pub mod cancel;
 pub mod check_config;
+pub mod costs;
 pub mod dead_letters;
 pub mod decide;
 pub mod enqueue;

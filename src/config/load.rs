@@ -97,6 +97,28 @@ impl Settings {
 
         count_in("limits.max_content_bytes", self.limits.max_content_bytes, 1, MAX_SIZE_BYTES)?;
         count_in("limits.max_output_bytes", self.limits.max_output_bytes, 1, MAX_SIZE_BYTES)?;
+        for (model, price) in &self.prices {
+            for (key, value) in
+                [("input_per_million", &price.input_per_million), ("output_per_million", &price.output_per_million)]
+            {
+                let decimal = !value.is_empty()
+                    && value.len() <= 40
+                    && value.chars().all(|c| c.is_ascii_digit() || c == '.')
+                    && value.chars().filter(|c| *c == '.').count() <= 1;
+                if !decimal {
+                    return Err(ConfigError::invalid(
+                        format!("prices.{model}.{key}"),
+                        format!("`{value}` is not a non-negative decimal (write it as a string, \"2.50\")"),
+                    ));
+                }
+            }
+            if price.currency.len() != 3 || !price.currency.chars().all(|c| c.is_ascii_uppercase()) {
+                return Err(ConfigError::invalid(
+                    format!("prices.{model}.currency"),
+                    format!("`{}` is not a three-letter ISO 4217 code such as USD", price.currency),
+                ));
+            }
+        }
         count_in("limits.max_dependency_bytes", self.limits.max_dependency_bytes, 0, MAX_SIZE_BYTES)?;
 
         for (item_type, agent) in &self.routes {

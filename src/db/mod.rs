@@ -8,6 +8,7 @@ pub mod activity;
 pub mod approvals;
 mod audit;
 pub mod catalog;
+pub mod costs;
 pub mod dead_letters;
 pub mod dependencies;
 pub mod gauges;

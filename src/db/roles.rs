@@ -134,6 +134,8 @@ impl Roles {
             ("SELECT", &[oncall], &["orderly_replicas"]),
             ("SELECT, INSERT, UPDATE, DELETE", &[daemon], &["orderly_activity"]),
             ("SELECT", &[oncall], &["orderly_activity"]),
+            ("SELECT, INSERT", &[daemon], &["cost_entries"]),
+            ("SELECT", &[oncall], &["cost_entries"]),
             ("SELECT, UPDATE", &[daemon, oncall], &["schedules"]),
             ("SELECT, INSERT", &[producer], &["work_orders", "work_items", "work_item_dependencies"]),
             ("SELECT", &[daemon, oncall], &["work_item_dependencies"]),

@@ -7,4 +7,5 @@
 
 pub mod catalog;
 pub mod content;
+pub mod costs;
 pub mod decision;

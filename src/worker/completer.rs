@@ -221,6 +221,7 @@ pub fn refused(original: Completion, error: &sqlx::Error) -> Completion {
         attempt_status: AttemptStatus::Failed,
         output: None,
         usage: None,
+        costs: vec![],
         error: Some(ErrorInfo { code: ErrorCode::ResultRefused, message: crate::model::printable(&message, 2000) }),
         evals: vec![],
         approval: None,

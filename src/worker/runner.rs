@@ -261,6 +261,11 @@ fn completion(
         input,
         attempt_status,
         output,
+        costs: usage
+            .as_ref()
+            .and_then(|u| u.get("usage"))
+            .map(|u| crate::policy::costs::from_usage(u, &ctx.settings.prices))
+            .unwrap_or_default(),
         usage,
         error: error.map(|e| ErrorInfo { message: crate::model::printable(&e.message, ERROR_KEEP_CHARS), ..e }),
         evals,

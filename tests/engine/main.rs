@@ -13,6 +13,7 @@ mod cli;
 mod clients;
 mod command_agent;
 mod connectors;
+mod costs;
 mod dead_letters;
 mod dependencies;
 mod deploy;

@@ -1,0 +1,127 @@
+//! Cost entries (migration 0026): written by the completer with the attempts they belong to,
+//! read by `orderly costs`.
+
+use crate::model::Completion;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Writes the cost entries of the written attempts of a batch (`written`: their attempt
+/// ids), inside the completer's transaction. The order's tenant and workflow are read here;
+/// amounts are computed by numeric arithmetic from the decimal texts.
+pub async fn record(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    batch: &[Completion],
+    written: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    let mut c = Columns::default();
+    for done in batch.iter().filter(|d| written.contains(&d.attempt_id)) {
+        for cost in &done.costs {
+            c.attempt.push(done.attempt_id);
+            c.item.push(done.item_id);
+            c.order.push(done.order_id);
+            c.agent.push(done.agent.as_str());
+            c.model.push(cost.model.as_deref());
+            c.cost_type.push(cost.cost_type);
+            c.quantity.push(cost.quantity.as_str());
+            c.unit.push(cost.unit);
+            c.unit_price.push(cost.unit_price.as_deref());
+            c.per.push(cost.per);
+            c.amount.push(cost.amount.as_deref());
+            c.currency.push(cost.currency.as_deref());
+        }
+    }
+    if c.attempt.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO cost_entries (attempt_id, work_item_id, work_order_id, tenant_id, workflow_id, agent_id, model,
+                                   cost_type, quantity, unit, amount, currency)
+         SELECT u.attempt, u.item, u.ord, o.tenant_id, o.workflow_id, u.agent, u.model, u.cost_type::cost_type,
+                u.quantity::numeric, u.unit,
+                coalesce(u.amount::numeric, u.quantity::numeric * u.unit_price::numeric / u.per),
+                CASE WHEN u.amount IS NOT NULL OR u.unit_price IS NOT NULL THEN u.currency END
+         FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                     $9::text[], $10::bigint[], $11::text[], $12::text[])
+              AS u(attempt, item, ord, agent, model, cost_type, quantity, unit, unit_price, per, amount, currency)
+         JOIN work_orders o ON o.id = u.ord",
+    )
+    .bind(&c.attempt)
+    .bind(&c.item)
+    .bind(&c.order)
+    .bind(&c.agent)
+    .bind(&c.model)
+    .bind(&c.cost_type)
+    .bind(&c.quantity)
+    .bind(&c.unit)
+    .bind(&c.unit_price)
+    .bind(&c.per)
+    .bind(&c.amount)
+    .bind(&c.currency)
+    .execute(&mut **tx)
+    .await
+    .map(|_| ())
+}
+
+#[derive(Default)]
+struct Columns<'a> {
+    attempt: Vec<Uuid>,
+    item: Vec<Uuid>,
+    order: Vec<Uuid>,
+    agent: Vec<&'a str>,
+    model: Vec<Option<&'a str>>,
+    cost_type: Vec<&'static str>,
+    quantity: Vec<&'a str>,
+    unit: Vec<&'static str>,
+    unit_price: Vec<Option<&'a str>>,
+    per: Vec<i64>,
+    amount: Vec<Option<&'a str>>,
+    currency: Vec<Option<&'a str>>,
+}
+
+/// What a report groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum By {
+    Tenant,
+    Agent,
+    Workflow,
+    Model,
+}
+
+impl By {
+    fn column(self) -> &'static str {
+        match self {
+            By::Tenant => "tenant_id::text",
+            By::Agent => "agent_id",
+            By::Workflow => "workflow_id",
+            By::Model => "coalesce(model, '(none)')",
+        }
+    }
+}
+
+/// One line of a cost report: a group, its currency, the amount (exact decimal text) and
+/// the attempts it covers; entries without a price are counted apart.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Line {
+    pub key: String,
+    pub currency: Option<String>,
+    /// Sum of the priced entries, as decimal text (NULL currency: unpriced entries).
+    pub amount: Option<String>,
+    pub entries: i64,
+    pub attempts: i64,
+}
+
+/// Spend since `since`, grouped, largest first.
+pub async fn report(pool: &PgPool, by: By, since: DateTime<Utc>) -> Result<Vec<Line>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {key} AS key, currency::text AS currency, sum(amount)::text AS amount, count(*) AS entries,
+                count(DISTINCT attempt_id) AS attempts
+         FROM cost_entries WHERE created_at >= $1
+         GROUP BY 1, 2 ORDER BY sum(amount) DESC NULLS LAST, 1",
+        key = by.column()
+    )))
+    .bind(since)
+    .fetch_all(pool)
+    .await
+}

@@ -1,0 +1,145 @@
+//! What an attempt cost, from the usage its agent reported (the output's `usage` object) and
+//! the configuration's price table (`[prices.MODEL]`): the cost entries the completer writes
+//! (db::costs). Quantities and prices stay decimal text, multiplied by PostgreSQL's numeric:
+//! never a float.
+//!
+//! The usage shape (docs/costs.md): `{"model": "…", "input_tokens": N, "output_tokens": N}`
+//! (priced per million tokens), and/or `{"amount": "0.0123", "currency": "USD"}` (a cost the
+//! agent states itself, as one `external_api` call), either at the top of `usage` or as a list
+//! under `usage.costs`.
+
+use crate::config::Price;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// One cost entry of an attempt, before it is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CostRecord {
+    /// `api_tokens`, `compute`, `storage` or `external_api`.
+    pub cost_type: &'static str,
+    pub model: Option<String>,
+    /// A non-negative decimal, as text.
+    pub quantity: String,
+    pub unit: &'static str,
+    /// The price of one million units (tokens) or of one unit (anything else), as text;
+    /// `None` with `amount` when the agent stated the amount.
+    pub unit_price: Option<String>,
+    /// Units the unit price is for: 1,000,000 for tokens, 1 otherwise.
+    pub per: i64,
+    /// The amount the agent stated (already the total).
+    pub amount: Option<String>,
+    pub currency: Option<String>,
+}
+
+/// A JSON number or a string holding a non-negative decimal, as its text; anything else is
+/// ignored (a usage report never fails an attempt).
+fn decimal(value: Option<&Value>) -> Option<String> {
+    let text = match value? {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.trim().to_owned(),
+        _ => return None,
+    };
+    let valid = !text.is_empty()
+        && text.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && text.chars().filter(|c| *c == '.').count() <= 1
+        && text.len() <= 40;
+    valid.then_some(text)
+}
+
+fn currency(value: Option<&Value>) -> Option<String> {
+    let c = value?.as_str()?.trim().to_ascii_uppercase();
+    (c.len() == 3 && c.chars().all(|ch| ch.is_ascii_uppercase())).then_some(c)
+}
+
+/// The cost entries of one usage report.
+pub fn from_usage(usage: &Value, prices: &BTreeMap<String, Price>) -> Vec<CostRecord> {
+    let reports: Vec<&Value> = match usage.get("costs").and_then(Value::as_array) {
+        Some(list) => list.iter().collect(),
+        None => vec![usage],
+    };
+    let mut out = Vec::new();
+    for report in reports {
+        let model = report.get("model").and_then(Value::as_str).map(|m| m.chars().take(200).collect::<String>());
+        let price = model.as_deref().and_then(|m| prices.get(m));
+        for (key, unit, unit_price) in [
+            ("input_tokens", "input_token", price.map(|p| p.input_per_million.clone())),
+            ("output_tokens", "output_token", price.map(|p| p.output_per_million.clone())),
+        ] {
+            if let Some(quantity) = decimal(report.get(key)) {
+                out.push(CostRecord {
+                    cost_type: "api_tokens",
+                    model: model.clone(),
+                    quantity,
+                    unit,
+                    currency: unit_price.as_ref().and(price.map(|p| p.currency.clone())),
+                    unit_price,
+                    per: 1_000_000,
+                    amount: None,
+                });
+            }
+        }
+        if let Some(amount) = decimal(report.get("amount")) {
+            let currency = currency(report.get("currency")).or_else(|| price.map(|p| p.currency.clone()));
+            if let Some(currency) = currency {
+                out.push(CostRecord {
+                    cost_type: "external_api",
+                    model: model.clone(),
+                    quantity: "1".into(),
+                    unit: "call",
+                    unit_price: None,
+                    per: 1,
+                    amount: Some(amount),
+                    currency: Some(currency),
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn prices() -> BTreeMap<String, Price> {
+        BTreeMap::from([(
+            "small".to_owned(),
+            Price { input_per_million: "2.50".into(), output_per_million: "10".into(), currency: "USD".into() },
+        )])
+    }
+
+    #[test]
+    fn tokens_are_priced_by_the_table_and_stated_amounts_kept() {
+        let rows = from_usage(&json!({"model": "small", "input_tokens": 1200, "output_tokens": "300"}), &prices());
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].quantity.as_str(), rows[0].unit_price.as_deref()), ("1200", Some("2.50")));
+        assert_eq!((rows[1].unit, rows[1].currency.as_deref()), ("output_token", Some("USD")));
+        let stated = from_usage(&json!({"amount": "0.0123", "currency": "eur"}), &prices());
+        assert_eq!(stated[0].amount.as_deref(), Some("0.0123"));
+        assert_eq!(stated[0].currency.as_deref(), Some("EUR"));
+        // An unknown model: quantities recorded, no price.
+        let unknown = from_usage(&json!({"model": "big", "input_tokens": 5}), &prices());
+        assert_eq!((unknown[0].unit_price.clone(), unknown[0].currency.clone()), (None, None));
+        let listed = from_usage(
+            &json!({"costs": [{"model": "small", "input_tokens": 1}, {"amount": 1, "currency": "USD"}]}),
+            &prices(),
+        );
+        assert_eq!(listed.len(), 2);
+    }
+
+    #[test]
+    fn garbage_in_a_usage_report_is_ignored() {
+        for usage in [
+            json!({"input_tokens": -5}),
+            json!({"input_tokens": "1e9"}),
+            json!({"input_tokens": {"n": 1}}),
+            json!({"amount": "1.0.0", "currency": "USD"}),
+            json!({"amount": "3", "currency": "dollars"}),
+            json!("tokens"),
+            json!([1, 2]),
+        ] {
+            assert!(from_usage(&usage, &prices()).is_empty(), "{usage}");
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Cost entries (docs/costs.md): what an agent reports in `usage`, priced by the
+//! configuration's table in exact decimals, written with the attempt, reported by
+//! `orderly costs`.
+
+use crate::common::*;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn reported_usage_becomes_exact_cost_entries_and_a_report() {
+    let db = TestDb::new().await;
+    // Tokens of a priced model, a stated amount, and garbage that must not fail anything.
+    let agent = TestAgent::start(|envelope| {
+        let usage = match envelope["work_item"]["content"]["kind"].as_str() {
+            Some("tokens") => json!({"model": "small", "input_tokens": 1200, "output_tokens": 300}),
+            Some("stated") => json!({"amount": "0.0123", "currency": "usd"}),
+            _ => json!({"input_tokens": -1, "amount": "lots"}),
+        };
+        ok_json(json!({"answer": 42, "usage": usage}))
+    })
+    .await;
+    let config = format!(
+        "{}[routes]\nTICKET = \"paid\"\n[prices.small]\ninput_per_million = \"2.50\"\noutput_per_million = \"10\"\ncurrency = \"USD\"\n",
+        agent.config("paid", "5s")
+    );
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    let mut items = Vec::new();
+    for kind in ["tokens", "tokens", "stated", "garbage"] {
+        items.push(insert_item(&db.pool, order, "TICKET", &json!({"kind": kind}).to_string()).await);
+    }
+    let engine = db.engine(&config).await;
+    wait_for_order(&db.pool, order, "COMPLETED").await;
+    stop(engine).await;
+
+    type Entry = (String, String, String, Option<String>, Option<String>);
+    let rows: Vec<Entry> = sqlx::query_as(
+        "SELECT cost_type::text, unit, quantity::text, amount::text, currency::text FROM cost_entries
+         WHERE work_item_id = $1 ORDER BY unit",
+    )
+    .bind(items[0])
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "api_tokens".into(),
+                "input_token".into(),
+                "1200".into(),
+                Some("0.00300000000000000000".into()),
+                Some("USD".into())
+            ),
+            (
+                "api_tokens".into(),
+                "output_token".into(),
+                "300".into(),
+                Some("0.00300000000000000000".into()),
+                Some("USD".into())
+            ),
+        ]
+    );
+    let garbage: i64 = sqlx::query_scalar("SELECT count(*) FROM cost_entries WHERE work_item_id = $1")
+        .bind(items[3])
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(garbage, 0, "a usage report that makes no sense records nothing, and fails nothing");
+
+    // 2 × (0.003 + 0.003) + 0.0123, exactly.
+    let out = crate::cli::orderly(&db.url, &["costs", "--by", "tenant", "--since", "1h", "--json"]);
+    assert!(out.status.success(), "{}", crate::cli::text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let total: Vec<&str> = report.as_array().unwrap().iter().filter_map(|l| l["amount"].as_str()).collect();
+    assert_eq!(report.as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(total[0].trim_end_matches('0'), "0.0243", "{report}");
+    assert_eq!(report[0]["attempts"], json!(3));
+    let by_model = crate::cli::text(&crate::cli::orderly(&db.url, &["costs", "--by", "model"]));
+    assert!(by_model.contains("small") && by_model.contains("(none)"), "{by_model}");
+}
+
+#[test]
+fn a_price_must_be_a_decimal_string_and_a_currency_code() {
+    for (toml, key) in [
+        (
+            "[prices.m]\ninput_per_million = \"2,50\"\noutput_per_million = \"1\"\ncurrency = \"USD\"\n",
+            "prices.m.input_per_million",
+        ),
+        (
+            "[prices.m]\ninput_per_million = \"2.5\"\noutput_per_million = \"-1\"\ncurrency = \"USD\"\n",
+            "prices.m.output_per_million",
+        ),
+        (
+            "[prices.m]\ninput_per_million = \"2.5\"\noutput_per_million = \"1\"\ncurrency = \"dollars\"\n",
+            "prices.m.currency",
+        ),
+    ] {
+        let e = orderly::config::Settings::from_toml_over_defaults(toml).unwrap_err().to_string();
+        assert!(e.contains(key), "{e}");
+    }
+}
