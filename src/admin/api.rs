@@ -37,7 +37,7 @@ mod decisions;
 mod items;
 
 pub use dead_letters::letter_filter;
-pub use decisions::describe_next;
+pub use decisions::{cost_query, describe_next};
 pub use items::item_filter;
 
 /// Largest page of a listing.
@@ -65,6 +65,7 @@ pub fn routes() -> axum::Router<AdminState> {
         .route("/api/v1/approvals/{id}/reject", post(decisions::reject))
         .route("/api/v1/escalations", get(decisions::escalations))
         .route("/api/v1/schedules", get(decisions::schedules))
+        .route("/api/v1/costs", get(decisions::costs))
         .route("/api/v1/escalations/{id}", get(decisions::escalation))
         .route("/api/v1/escalations/{id}/ack", post(decisions::acknowledge))
         .route("/api/v1/escalations/{id}/resolve", post(decisions::resolve))

@@ -90,6 +90,17 @@ pub enum By {
 }
 
 impl By {
+    /// From the API's and the page's `by` parameter.
+    pub fn parse(value: &str) -> Option<By> {
+        match value {
+            "tenant" => Some(By::Tenant),
+            "agent" => Some(By::Agent),
+            "workflow" => Some(By::Workflow),
+            "model" => Some(By::Model),
+            _ => None,
+        }
+    }
+
     fn column(self) -> &'static str {
         match self {
             By::Tenant => "tenant_id::text",
@@ -122,6 +133,27 @@ pub async fn report(pool: &PgPool, by: By, since: DateTime<Utc>) -> Result<Vec<L
         key = by.column()
     )))
     .bind(since)
+    .fetch_all(pool)
+    .await
+}
+
+/// One day's spend in one currency (UTC days), exact.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Day {
+    pub day: DateTime<Utc>,
+    pub currency: String,
+    pub amount: String,
+}
+
+/// The priced spend per UTC day over the last `days` days, oldest first.
+pub async fn per_day(pool: &PgPool, days: i32) -> Result<Vec<Day>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT date_trunc('day', created_at, 'UTC') AS day, currency::text AS currency, sum(amount)::text AS amount
+         FROM cost_entries
+         WHERE created_at >= date_trunc('day', now(), 'UTC') - make_interval(days => $1 - 1) AND amount IS NOT NULL
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .bind(days)
     .fetch_all(pool)
     .await
 }

@@ -76,6 +76,24 @@ async fn reported_usage_becomes_exact_cost_entries_and_a_report() {
     assert_eq!(report[0]["attempts"], json!(3));
     let by_model = crate::cli::text(&crate::cli::orderly(&db.url, &["costs", "--by", "model"]));
     assert!(by_model.contains("small") && by_model.contains("(none)"), "{by_model}");
+
+    // The API and the page say the same, with the spend per day.
+    let app = crate::api::app(&db, &config);
+    let (status, body) = crate::api::get(&app, "/api/v1/costs?by=agent&since=1h").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["lines"][0]["key"], json!("paid"));
+    assert_eq!(body["lines"][0]["amount"].as_str().unwrap().trim_end_matches('0'), "0.0243");
+    assert_eq!(body["per_day"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["per_day"][0]["currency"], json!("USD"));
+    let (status, _) = crate::api::get(&app, "/api/v1/costs?by=planet").await;
+    assert_eq!(status, 400);
+    let (status, _) = crate::api::get(&app, "/api/v1/costs?since=forever").await;
+    assert_eq!(status, 400);
+    let cookie = crate::web::sign_in(&app, crate::api::READ).await;
+    let page = crate::web::get(&app, "/costs?by=model&since=1h", &cookie).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("Spend per day, USD, last 30 days"), "{}", page.body);
+    assert!(page.body.contains("<code>small</code>") && page.body.contains("<svg"), "{}", page.body);
 }
 
 #[test]

@@ -73,6 +73,36 @@ pub(super) async fn schedules(State(state): State<AdminState>, _: Reader) -> Api
     Ok(Json(json!({ "schedules": rows })))
 }
 
+/// Spend since `since` (default 7d) grouped `by` tenant, agent, workflow or model, and the
+/// priced spend per UTC day over the last 30 days (docs/costs.md).
+pub(super) async fn costs(
+    State(state): State<AdminState>,
+    _: Reader,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let query = params(query, &["by", "since"])?;
+    let (by, since) = cost_query(&query)?;
+    let lines = db::costs::report(&state.ops, by, since).await?;
+    let days = db::costs::per_day(&state.ops, 30).await?;
+    Ok(Json(json!({ "lines": lines, "per_day": days })))
+}
+
+/// `by` and `since` of a costs request (the API's and the page's).
+pub fn cost_query(query: &HashMap<String, String>) -> Result<(db::costs::By, DateTime<Utc>), ApiError> {
+    let by = match query.get("by").map(String::as_str) {
+        None | Some("") => db::costs::By::Tenant,
+        Some(value) => db::costs::By::parse(value).ok_or_else(|| {
+            ApiError::bad_request(format!("by: `{value}` is not one of tenant, agent, workflow, model"))
+        })?,
+    };
+    let secs =
+        duration_secs("since", query.get("since").map(String::as_str).filter(|s| !s.is_empty()).unwrap_or("7d"))?;
+    let since = chrono::TimeDelta::try_milliseconds((secs * 1000.0) as i64)
+        .and_then(|d| Utc::now().checked_sub_signed(d))
+        .ok_or_else(|| ApiError::bad_request("since: too far back"))?;
+    Ok((by, since))
+}
+
 pub(super) async fn escalations(
     State(state): State<AdminState>,
     _: Reader,

@@ -226,6 +226,53 @@ pub(super) fn wait_lines(points: &[Point], range: Range) -> Markup {
     }
 }
 
+/// One currency's spend per UTC day (the last `days` days, today last): bars whose heights
+/// are drawn from the amounts (a float is fine for a pixel), whose labels are the exact text.
+pub(super) fn spend_per_day(
+    currency: &str,
+    days: &[(DateTime<Utc>, String)],
+    today: DateTime<Utc>,
+    count: usize,
+) -> Markup {
+    let today = today.duration_trunc(TimeDelta::days(1)).unwrap_or(today);
+    let first = today - TimeDelta::days(count as i64 - 1);
+    let mut slots: Vec<Option<&str>> = vec![None; count];
+    for (day, amount) in days {
+        let index = (*day - first).num_days();
+        if (0..count as i64).contains(&index) {
+            slots[index as usize] = Some(amount.as_str());
+        }
+    }
+    let value = |a: Option<&str>| a.and_then(|a| a.parse::<f64>().ok()).unwrap_or(0.0);
+    let max = slots.iter().map(|a| value(*a)).fold(0.0_f64, f64::max);
+    let slot = (W - LEFT) / count.max(1) as f64;
+    let plot = H - BOTTOM - TOP;
+    let label = |i: usize| (first + TimeDelta::days(i as i64)).format("%m-%d").to_string();
+    html! {
+        figure.chart {
+            figcaption { "Spend per day, " (currency) ", last " (count) " days" }
+            svg xmlns="http://www.w3.org/2000/svg" width=(W) height=(H) viewBox=(format!("0 0 {W} {H}"))
+                role="img" aria-label=(format!("spend per day in {currency}")) {
+                line x1=(LEFT) y1=(TOP) x2=(LEFT) y2=(H - BOTTOM) stroke="#c7ced6" {}
+                line x1=(LEFT) y1=(H - BOTTOM) x2=(W) y2=(H - BOTTOM) stroke="#c7ced6" {}
+                text x=(LEFT - 4.0) y=(TOP + 8.0) font-size="10" text-anchor="end" fill="#5f6b7a" { (format!("{max:.2}")) }
+                text x=(LEFT - 4.0) y=(H - BOTTOM) font-size="10" text-anchor="end" fill="#5f6b7a" { "0" }
+                @for (i, amount) in slots.iter().enumerate() {
+                    @if let Some(amount) = amount {
+                        @let h = if max > 0.0 { (value(Some(amount)) / max * plot).max(1.0) } else { 1.0 };
+                        rect x=(format!("{:.1}", LEFT + i as f64 * slot + 1.0)) y=(format!("{:.1}", H - BOTTOM - h))
+                            width=(format!("{:.1}", (slot - 2.0).max(1.0))) height=(format!("{h:.1}")) fill="#1a56b0" {
+                            title { (label(i)) ": " (amount) " " (currency) }
+                        }
+                    }
+                }
+                text x=(LEFT) y=(H - 4.0) font-size="10" fill="#5f6b7a" { (label(0)) }
+                text x=(W) y=(H - 4.0) font-size="10" text-anchor="end" fill="#5f6b7a" { (label(count - 1)) }
+            }
+        }
+    }
+}
+
 /// The four charts of a range.
 pub(super) fn all(minutes: &[Minute], now: DateTime<Utc>, range: Range) -> Markup {
     let points = series(minutes, now, range);

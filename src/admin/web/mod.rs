@@ -37,6 +37,7 @@ use uuid::Uuid;
 
 mod approvals;
 mod charts;
+mod costs;
 mod dead_letters;
 mod escalations;
 mod format;
@@ -89,6 +90,7 @@ pub fn routes() -> axum::Router<AdminState> {
         .route("/approvals/{id}/{decision}", post(approvals::decide))
         .route("/escalations", get(escalations::escalations))
         .route("/schedules", get(schedules::schedules))
+        .route("/costs", get(costs::costs))
         .route("/escalations/bulk", post(escalations::bulk))
         .route("/escalations/{id}", get(escalations::escalation))
         .route("/escalations/{id}/{action}", post(escalations::escalation_action))
@@ -156,6 +158,7 @@ fn layout_refreshing(
                             a href="/escalations" { "Escalations" }
                             a href="/schedules" { "Schedules" }
                             a href="/items" { "Items" }
+                            a href="/costs" { "Costs" }
                         }
                         form.signout method="post" action="/logout" {
                             span.who { (session.identity.name) " · " (session.identity.scope.as_str()) }
