@@ -414,6 +414,13 @@ pub enum ItemCommand {
         #[arg(long)]
         json: bool,
     },
+    /// What the item's agents logged, attempt by attempt (the last 200 lines), and the
+    /// artifacts they named.
+    Logs {
+        id: Uuid,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Which open dead letters a bulk action takes: at least one filter, or `--all`.

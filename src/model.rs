@@ -235,8 +235,9 @@ pub struct Completion {
     pub attempt_status: AttemptStatus,
     pub output: Option<Value>,
     pub usage: Option<Value>,
-    /// What the attempt cost (from `usage` and the price table), written with it.
-    pub costs: Vec<crate::policy::costs::CostRecord>,
+    /// What the attempt cost (from `usage` and the price table), its log and its artifacts,
+    /// written with it.
+    pub report: crate::policy::report::RunReport,
     pub error: Option<ErrorInfo>,
     pub evals: Vec<EvalRecord>,
     pub approval: Option<ApprovalRecord>,

@@ -64,9 +64,42 @@ pub async fn run(settings: &Settings, command: ItemCommand) -> anyhow::Result<()
             for e in &view.detail.escalations {
                 println!("escalation {} level {} of {}: {}", e.id, e.level, e.rule, e.status);
             }
+            if !view.detail.logs.is_empty() {
+                println!("log: {} line(s), `orderly items logs {}` prints them", view.detail.logs.len(), i.id);
+            }
+            for a in &view.detail.artifacts {
+                println!("artifact {} {} {}", a.name, a.kind.as_deref().unwrap_or(""), a.url.as_deref().unwrap_or(""));
+            }
             for d in &view.detail.dead_letters {
                 let state = if d.open { "open" } else { d.resolution.as_deref().unwrap_or("closed") };
                 println!("dead letter {} {} {state}", d.id, d.error_code.as_deref().unwrap_or(""));
+            }
+        }
+        ItemCommand::Logs { id, json } => {
+            let (logs, artifacts) = db::runs::of_item(&pool, id, 200).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "logs": logs, "artifacts": artifacts }))?
+                );
+                return Ok(());
+            }
+            if logs.is_empty() && artifacts.is_empty() {
+                println!("no log lines or artifacts recorded for item {id}");
+            }
+            for l in &logs {
+                let at = l.logged_at.map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f ").to_string()).unwrap_or_default();
+                println!("#{} {:<5} {at}{}", l.attempt_number.unwrap_or(0), l.level, l.message);
+            }
+            for a in &artifacts {
+                println!(
+                    "artifact #{} {} {} {} {}",
+                    a.attempt_number.unwrap_or(0),
+                    a.name,
+                    a.kind.as_deref().unwrap_or("-"),
+                    a.size_bytes.map(|s| format!("{s} bytes")).unwrap_or_default(),
+                    a.url.as_deref().unwrap_or("")
+                );
             }
         }
     }

@@ -17,7 +17,7 @@ pub async fn record(
 ) -> Result<(), sqlx::Error> {
     let mut c = Columns::default();
     for done in batch.iter().filter(|d| written.contains(&d.attempt_id)) {
-        for cost in &done.costs {
+        for cost in &done.report.costs {
             c.attempt.push(done.attempt_id);
             c.item.push(done.item_id);
             c.order.push(done.order_id);

@@ -141,6 +141,9 @@ pub struct ItemDetail {
     pub dead_letters: Vec<LetterRow>,
     /// What it waits for and what waits for it (the first 200 of each).
     pub dependencies: super::dependencies::Edges,
+    /// What its agents logged (the last 200 lines) and the artifacts they named.
+    pub logs: Vec<super::runs::LogRow>,
+    pub artifacts: Vec<super::runs::ArtifactRow>,
 }
 
 /// Largest content the detail view carries inline.
@@ -177,7 +180,8 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<ItemDetail, OpsError> {
     .fetch_all(pool)
     .await?;
     let dependencies = super::dependencies::of_item(pool, id, 200).await?;
-    Ok(ItemDetail { item, attempts, eval_results, approvals, escalations, dead_letters, dependencies })
+    let (logs, artifacts) = super::runs::of_item(pool, id, 200).await?;
+    Ok(ItemDetail { item, attempts, eval_results, approvals, escalations, dead_letters, dependencies, logs, artifacts })
 }
 
 /// One item a cancellation changed.

@@ -20,6 +20,7 @@ pub mod orders;
 pub mod queue;
 pub mod roles;
 pub mod rollup;
+pub mod runs;
 pub mod schedules;
 pub mod sla;
 

@@ -313,11 +313,12 @@ pub async fn complete_in(
         .map(|(id, ..)| *id)
         .collect();
     let settled = super::dependencies::settle(tx, &with_dependents, "orderly").await?;
-    // What the written attempts cost (db::costs), with them.
-    if batch.iter().any(|c| !c.costs.is_empty()) {
+    // What the written attempts reported beside their results: costs, logs, artifacts.
+    if batch.iter().any(|c| !c.report.is_empty()) {
         let attempts: Vec<Uuid> =
             batch.iter().filter(|c| written.contains(&(c.item_id, c.attempt))).map(|c| c.attempt_id).collect();
         super::costs::record(tx, batch, &attempts).await?;
+        super::runs::record(tx, batch, &attempts).await?;
     }
     let mut to_roll: Vec<Uuid> = finishing_orders(batch).into_iter().filter(|order| touched.contains(order)).collect();
     to_roll.extend(

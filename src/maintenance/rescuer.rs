@@ -139,7 +139,7 @@ impl Rescuer {
                     attempt_status: AttemptStatus::Lost,
                     output: None,
                     usage: None,
-                    costs: vec![],
+                    report: Default::default(),
                     error: Some(ErrorInfo {
                         code: ErrorCode::WorkerLost,
                         message: format!(

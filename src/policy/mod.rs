@@ -9,3 +9,4 @@ pub mod catalog;
 pub mod content;
 pub mod costs;
 pub mod decision;
+pub mod report;

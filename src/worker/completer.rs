@@ -221,7 +221,7 @@ pub fn refused(original: Completion, error: &sqlx::Error) -> Completion {
         attempt_status: AttemptStatus::Failed,
         output: None,
         usage: None,
-        costs: vec![],
+        report: Default::default(),
         error: Some(ErrorInfo { code: ErrorCode::ResultRefused, message: crate::model::printable(&message, 2000) }),
         evals: vec![],
         approval: None,

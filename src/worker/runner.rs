@@ -247,6 +247,15 @@ fn completion(
         let progress = o.get("progress").cloned();
         (usage.is_some() || progress.is_some()).then(|| json!({ "usage": usage, "progress": progress }))
     });
+    let report = crate::policy::report::RunReport {
+        costs: usage
+            .as_ref()
+            .and_then(|u| u.get("usage"))
+            .map(|u| crate::policy::costs::from_usage(u, &ctx.settings.prices))
+            .unwrap_or_default(),
+        logs: output.as_ref().map(crate::policy::report::logs).unwrap_or_default(),
+        artifacts: output.as_ref().map(crate::policy::report::artifacts).unwrap_or_default(),
+    };
     Completion {
         item_id: item.id,
         order_id: item.work_order_id,
@@ -261,11 +270,7 @@ fn completion(
         input,
         attempt_status,
         output,
-        costs: usage
-            .as_ref()
-            .and_then(|u| u.get("usage"))
-            .map(|u| crate::policy::costs::from_usage(u, &ctx.settings.prices))
-            .unwrap_or_default(),
+        report,
         usage,
         error: error.map(|e| ErrorInfo { message: crate::model::printable(&e.message, ERROR_KEEP_CHARS), ..e }),
         evals,

@@ -116,3 +116,60 @@ fn a_price_must_be_a_decimal_string_and_a_currency_code() {
         assert!(e.contains(key), "{e}");
     }
 }
+
+/// What an agent logs and the artifacts it names are kept with the attempt, bounded: ten
+/// thousand lines become 200 and a marker, a URL's credentials are dropped, and the item's
+/// page, API and `orderly items logs` show them.
+#[tokio::test]
+async fn an_agents_logs_and_artifacts_are_kept_bounded_and_shown() {
+    let db = TestDb::new().await;
+    let agent = TestAgent::start(|envelope| {
+        let lines: Vec<Value> = match envelope["work_item"]["content"]["lines"].as_u64() {
+            Some(n) => (0..n).map(|i| json!(format!("step {i}"))).collect(),
+            None => vec![json!({"level": "warn", "time": "2026-12-07T10:00:00Z", "message": "slow upstream"})],
+        };
+        ok_json(json!({"answer": 1, "logs": lines,
+                       "artifacts": [{"name": "summary.pdf", "type": "application/pdf", "size": 1200,
+                                      "url": "https://alice:s3cret@files.example/summary.pdf"}]}))
+    })
+    .await;
+    let config = format!("{}[routes]\nTICKET = \"a\"\n", agent.config("a", "5s"));
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    let chatty = insert_item(&db.pool, order, "TICKET", r#"{"lines": 10000}"#).await;
+    let quiet = insert_item(&db.pool, order, "TICKET", "{}").await;
+    let engine = db.engine(&config).await;
+    wait_for_order(&db.pool, order, "COMPLETED").await;
+    stop(engine).await;
+
+    let lines: i64 = sqlx::query_scalar("SELECT count(*) FROM run_logs WHERE work_item_id = $1")
+        .bind(chatty)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(lines, 201, "200 lines and the marker");
+    let secrets: i64 = sqlx::query_scalar("SELECT count(*) FROM run_artifacts WHERE url LIKE '%s3cret%'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(secrets, 0, "no credentials kept");
+
+    let out = crate::cli::orderly(&db.url, &["items", "logs", &quiet.to_string()]);
+    let text = crate::cli::text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("#1 WARN  2026-12-07 10:00:00.000 slow upstream"), "{text}");
+    assert!(
+        text.contains("artifact #1 summary.pdf application/pdf 1200 bytes https://files.example/summary.pdf"),
+        "{text}"
+    );
+    let chatty_text = crate::cli::text(&crate::cli::orderly(&db.url, &["items", "logs", &chatty.to_string()]));
+    assert!(chatty_text.contains("log cut: 9800 more line(s) left out"), "{chatty_text}");
+
+    let app = crate::api::app(&db, &config);
+    let (status, body) = crate::api::get(&app, &format!("/api/v1/items/{quiet}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["logs"][0]["message"], json!("slow upstream"));
+    assert_eq!(body["artifacts"][0]["url"], json!("https://files.example/summary.pdf"));
+    let cookie = crate::web::sign_in(&app, crate::api::READ).await;
+    let page = crate::web::get(&app, &format!("/items/{quiet}"), &cookie).await;
+    assert!(page.body.contains("slow upstream") && page.body.contains("summary.pdf"), "{}", page.body);
+}

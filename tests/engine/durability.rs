@@ -105,7 +105,7 @@ async fn stale_runner_cannot_complete_after_rescue() {
         attempt_status: AttemptStatus::Completed,
         output: Some(serde_json::json!({"late": true})),
         usage: None,
-        costs: vec![],
+        report: Default::default(),
         error: None,
         evals: vec![],
         approval: None,

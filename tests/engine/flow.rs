@@ -424,7 +424,7 @@ fn finished(item: &orderly::db::queue::ClaimedItem) -> orderly::model::Completio
         attempt_status: AttemptStatus::Completed,
         output: Some(json!({})),
         usage: None,
-        costs: vec![],
+        report: Default::default(),
         error: None,
         evals: vec![],
         approval: None,

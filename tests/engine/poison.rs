@@ -165,7 +165,7 @@ async fn a_stale_and_a_fresh_result_for_one_item_share_a_batch_without_mixing() 
         attempt_status: if next == NextState::Completed { AttemptStatus::Completed } else { AttemptStatus::Failed },
         output: Some(json!({ "attempt": attempt })),
         usage: None,
-        costs: vec![],
+        report: Default::default(),
         error: (next != NextState::Completed)
             .then(|| ErrorInfo { code: ErrorCode::AgentError, message: "late failure".into() }),
         evals: vec![EvalRecord { evaluation_type: "json_schema".into(), score: 1.0, passed: true, metrics: json!({}) }],

@@ -134,6 +134,29 @@ pub(super) async fn item(State(state): State<AdminState>, Viewer(signed): Viewer
         @match &i.content { Some(c) => pre { (cut(c)) }, None => p { "Too large to show." } }
         @if let Some(result) = &i.result { h2 { "Result" } pre { (json_text(result)) } }
         (attempts_table(&view.detail.attempts))
+        @if !view.detail.logs.is_empty() {
+            h2 { "Log" }
+            pre.log {
+                @for l in &view.detail.logs {
+                    "#" (l.attempt_number.unwrap_or(0)) " " (l.level) " "
+                    @if let Some(at) = l.logged_at { (at.format("%H:%M:%S%.3f").to_string()) " " }
+                    (l.message) "\n"
+                }
+            }
+        }
+        @if !view.detail.artifacts.is_empty() {
+            h2 { "Artifacts" }
+            ul {
+                @for a in &view.detail.artifacts {
+                    li {
+                        "#" (a.attempt_number.unwrap_or(0)) " "
+                        @match &a.url { Some(url) => a href=(url) rel="noreferrer" { (a.name) }, None => (a.name) }
+                        @if let Some(kind) = &a.kind { " · " (kind) }
+                        @if let Some(size) = a.size_bytes { " · " (size) " bytes" }
+                    }
+                }
+            }
+        }
         @if !view.detail.eval_results.is_empty() {
             h2 { "Eval results" }
             ul { @for e in &view.detail.eval_results { li { (e.evaluation_type) " passed=" (e.passed) " score=" (e.score) " " code { (cut(&e.metrics.to_string())) } } } }

@@ -1,0 +1,115 @@
+//! Run logs and artifacts (migration 0027): written by the completer with the attempts they
+//! belong to, read by the item page and `orderly items logs`.
+
+use crate::model::Completion;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Writes the logs and artifacts of the written attempts of a batch, in the completer's
+/// transaction: one statement each, for the whole batch.
+pub async fn record(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    batch: &[Completion],
+    written: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    let (mut attempt, mut item, mut line, mut level, mut at, mut message) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut a_attempt, mut a_item, mut position, mut name, mut kind, mut size, mut url) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for done in batch.iter().filter(|d| written.contains(&d.attempt_id)) {
+        for (n, l) in done.report.logs.iter().enumerate() {
+            attempt.push(done.attempt_id);
+            item.push(done.item_id);
+            line.push(n as i32 + 1);
+            level.push(l.level.as_str());
+            at.push(l.at);
+            message.push(l.message.as_str());
+        }
+        for (n, a) in done.report.artifacts.iter().enumerate() {
+            a_attempt.push(done.attempt_id);
+            a_item.push(done.item_id);
+            position.push(n as i32 + 1);
+            name.push(a.name.as_str());
+            kind.push(a.kind.as_deref());
+            size.push(a.size);
+            url.push(a.url.as_deref());
+        }
+    }
+    if !attempt.is_empty() {
+        sqlx::query(
+            "INSERT INTO run_logs (attempt_id, work_item_id, line, level, logged_at, message)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::timestamptz[], $6::text[])",
+        )
+        .bind(&attempt)
+        .bind(&item)
+        .bind(&line)
+        .bind(&level)
+        .bind(&at)
+        .bind(&message)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !a_attempt.is_empty() {
+        sqlx::query(
+            "INSERT INTO run_artifacts (attempt_id, work_item_id, position, name, type, size_bytes, url)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[], $6::bigint[], $7::text[])",
+        )
+        .bind(&a_attempt)
+        .bind(&a_item)
+        .bind(&position)
+        .bind(&name)
+        .bind(&kind)
+        .bind(&size)
+        .bind(&url)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// One log line as on-call reads it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct LogRow {
+    pub attempt_number: Option<i32>,
+    pub line: i32,
+    pub level: String,
+    pub logged_at: Option<DateTime<Utc>>,
+    pub message: String,
+}
+
+/// One artifact reference.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ArtifactRow {
+    pub attempt_number: Option<i32>,
+    pub name: String,
+    #[sqlx(rename = "type")]
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub size_bytes: Option<i64>,
+    pub url: Option<String>,
+}
+
+/// An item's log lines and artifacts, attempt by attempt (the last `limit` lines).
+pub async fn of_item(pool: &PgPool, item: Uuid, limit: i64) -> Result<(Vec<LogRow>, Vec<ArtifactRow>), sqlx::Error> {
+    let logs = sqlx::query_as(
+        "SELECT * FROM (SELECT a.attempt_number, l.line, l.level, l.logged_at, l.message
+                        FROM run_logs l LEFT JOIN attempts a ON a.id = l.attempt_id
+                        WHERE l.work_item_id = $1 ORDER BY a.attempt_number DESC NULLS LAST, l.line DESC LIMIT $2) t
+         ORDER BY attempt_number NULLS FIRST, line",
+    )
+    .bind(item)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let artifacts = sqlx::query_as(
+        "SELECT a.attempt_number, r.name, r.type, r.size_bytes, r.url
+         FROM run_artifacts r LEFT JOIN attempts a ON a.id = r.attempt_id
+         WHERE r.work_item_id = $1 ORDER BY a.attempt_number, r.position",
+    )
+    .bind(item)
+    .fetch_all(pool)
+    .await?;
+    Ok((logs, artifacts))
+}
