@@ -153,6 +153,12 @@ async fn out_of_file_handles_is_transient_for_the_admin_port_and_the_agents() {
         .await;
         found.unwrap()
     };
+    // One item through first, so that the engine's pool holds the connections a run needs
+    // (a flood that beats the pool to the file handles makes every database read fail
+    // instead: released as DATABASE_UNAVAILABLE, which is not what this test is about).
+    let warm = insert_order(&db.pool, "MEDIUM").await;
+    let warm_item = insert_item(&db.pool, warm, "TICKET", "{}").await;
+    wait_for_status(&db.pool, warm_item, "COMPLETED").await;
     // Take every file handle the daemon has left.
     let flood = half_sent_within(addr, 100, Duration::from_millis(200));
     tokio::time::sleep(Duration::from_millis(500)).await;
