@@ -13,7 +13,7 @@ use uuid::Uuid;
 pub async fn record(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     batch: &[Completion],
-    written: &[Uuid],
+    written: &std::collections::HashSet<Uuid>,
 ) -> Result<(), sqlx::Error> {
     let mut c = Columns::default();
     for done in batch.iter().filter(|d| written.contains(&d.attempt_id)) {

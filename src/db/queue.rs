@@ -315,7 +315,7 @@ pub async fn complete_in(
     let settled = super::dependencies::settle(tx, &with_dependents, "orderly").await?;
     // What the written attempts reported beside their results: costs, logs, artifacts.
     if batch.iter().any(|c| !c.report.is_empty()) {
-        let attempts: Vec<Uuid> =
+        let attempts: std::collections::HashSet<Uuid> =
             batch.iter().filter(|c| written.contains(&(c.item_id, c.attempt))).map(|c| c.attempt_id).collect();
         super::costs::record(tx, batch, &attempts).await?;
         super::runs::record(tx, batch, &attempts).await?;

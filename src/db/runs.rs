@@ -12,7 +12,7 @@ use uuid::Uuid;
 pub async fn record(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     batch: &[Completion],
-    written: &[Uuid],
+    written: &std::collections::HashSet<Uuid>,
 ) -> Result<(), sqlx::Error> {
     let (mut attempt, mut item, mut line, mut level, mut at, mut message) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());

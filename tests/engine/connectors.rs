@@ -6,6 +6,7 @@
 //! database clock, never waited for); the notifier runs as in the daemon.
 
 use crate::common::*;
+use crate::notify::insert_connector;
 use crate::sla::rule;
 use orderly::db;
 use orderly::db::notifications;
@@ -133,19 +134,6 @@ async fn telegram() -> Receiver {
     .await
 }
 
-async fn insert_connector(db: &TestDb, name: &str, kind: &str, config: Value) -> Uuid {
-    sqlx::query_scalar(
-        "INSERT INTO connectors (name, type, config, tenant_id) VALUES ($1, $2::connector_type, $3, gen_random_uuid())
-         RETURNING id",
-    )
-    .bind(name)
-    .bind(kind)
-    .bind(config)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap()
-}
-
 fn events(receiver: &Receiver) -> Vec<(String, String)> {
     receiver
         .seen()
@@ -164,7 +152,7 @@ async fn pagerduty_follows_orderly_and_telegram_hears_the_breach() {
     let db = TestDb::new().await;
     let (pd, tg) = (pagerduty().await, telegram().await);
     insert_connector(
-        &db,
+        &db.pool,
         "pager",
         "PAGERDUTY",
         json!({"routing_key": ROUTING_KEY, "url": format!("{}/v2/enqueue", pd.base), "severity": "error",
@@ -172,7 +160,7 @@ async fn pagerduty_follows_orderly_and_telegram_hears_the_breach() {
     )
     .await;
     insert_connector(
-        &db,
+        &db.pool,
         "oncall-telegram",
         "TELEGRAM",
         json!({"bot_token": BOT_TOKEN, "chat_id": CHAT_ID, "api_url": tg.base, "allow_private": true}),
@@ -308,8 +296,8 @@ async fn pagerduty_follows_orderly_and_telegram_hears_the_breach() {
 #[tokio::test]
 async fn an_incidents_acknowledge_and_resolve_wait_for_its_trigger() {
     let db = TestDb::new().await;
-    let pager = insert_connector(&db, "pager", "PAGERDUTY", json!({"routing_key": ROUTING_KEY})).await;
-    let other = insert_connector(&db, "pager-2", "PAGERDUTY", json!({"routing_key": ROUTING_KEY})).await;
+    let pager = insert_connector(&db.pool, "pager", "PAGERDUTY", json!({"routing_key": ROUTING_KEY})).await;
+    let other = insert_connector(&db.pool, "pager-2", "PAGERDUTY", json!({"routing_key": ROUTING_KEY})).await;
     let insert = |connector: Uuid, kind: &'static str, key: &'static str, due_in_seconds: i64| {
         let pool = db.pool.clone();
         async move {
@@ -374,7 +362,7 @@ async fn incidents_follow_orderly_under_least_privilege_roles() {
     let db = TestDb::new().await;
     let out = crate::cli::orderly(&db.url, &["roles", "--prefix", &roles.prefix]);
     assert!(out.status.success(), "{}", crate::cli::text(&out));
-    insert_connector(&db, "pager", "PAGERDUTY", json!({"routing_key": ROUTING_KEY})).await;
+    insert_connector(&db.pool, "pager", "PAGERDUTY", json!({"routing_key": ROUTING_KEY})).await;
     rule(&db, "tickets start within 1m", "TIME_TO_START", &[(1, "1 minute", &["pager"])]).await;
     let order = insert_order(&db.pool, "HIGH").await;
     let item = insert_item(&db.pool, order, "TICKET", "{}").await;

@@ -61,7 +61,7 @@ fn payload(kind: &str) -> Value {
     })
 }
 
-async fn insert_connector(pool: &PgPool, name: &str, kind: &str, config: Value) -> Uuid {
+pub async fn insert_connector(pool: &PgPool, name: &str, kind: &str, config: Value) -> Uuid {
     sqlx::query_scalar(
         "INSERT INTO connectors (name, type, config, tenant_id) VALUES ($1, $2::connector_type, $3, gen_random_uuid())
          RETURNING id",
