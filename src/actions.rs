@@ -17,11 +17,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use uuid::Uuid;
 
+pub mod budgets;
 pub mod schedules;
 
 /// What a human decision on a held item does to it: approved, it is COMPLETED; rejected,
 /// the same rule as the policy's own rejection (a retry after the backoff while the budget
-/// lasts, else a dead letter). Writes it all (see `db::approvals::record_human_decision`),
+/// lasts, else a dead letter). An item an exhausted spending budget holds before it ran is
+/// let run once (approved) or left waiting (rejected), see `db::budgets::decide_hold`. Writes it all (see `db::approvals::record_human_decision`),
 /// and counts it in `metrics` when it runs inside a daemon (the API and the page).
 pub async fn decide_held(
     pool: &PgPool,
@@ -33,6 +35,10 @@ pub async fn decide_held(
     reason: Option<&str>,
 ) -> Result<NextState, db::OpsError> {
     let reason = self::reason(reason)?;
+    if db::budgets::holds(pool, item_id).await? {
+        // Held before it ran by an exhausted budget: run it anyway, or let it wait.
+        return db::budgets::decide_hold(pool, item_id, decision == Decision::Approved, actor, reason).await;
+    }
     let item = db::approvals::held_item(pool, item_id).await?;
     // The budget as the runner computes it: the item's own, the template step's, the config's.
     let step = match Catalog::new(pool.clone(), settings.clone()).resolve(&item.workflow_id, &item.item_type).await {
@@ -259,7 +265,8 @@ pub struct WaitingReason {
     /// `runnable` (waiting for a free worker), `scheduled` (a future run_at it was given),
     /// `backoff` (a retry's delay), `never` (run_at is 'infinity'), `no_route` (the catalog
     /// cannot route it: it will fail when claimed), `claimed` (running), `lease_expired`
-    /// (its worker vanished; the rescuer takes it back), `held` (for approval), `finished`.
+    /// (its worker vanished; the rescuer takes it back), `held` (for approval), `budget` (an
+    /// exhausted spending budget stops it, waiting or held), `finished`.
     pub kind: &'static str,
     pub detail: String,
     pub since: Option<DateTime<Utc>>,
@@ -317,6 +324,11 @@ pub fn waiting_reason(
     let ago = |t: DateTime<Utc>| humantime::format_duration(secs(item.now - t)).to_string();
     let reason = |kind, detail: String| WaitingReason { kind, detail, since: None, until: None, worker: None };
     match item.status {
+        ItemStatus::Queued | ItemStatus::AwaitingApproval if item.budget_wait.is_some() => {
+            let detail = item.budget_wait.clone().unwrap_or_default();
+            let until = item.run_at.filter(|r| item.status == ItemStatus::Queued && *r > item.now);
+            WaitingReason { until, ..reason("budget", detail) }
+        }
         ItemStatus::Queued => {
             if item.run_at_infinite {
                 return reason(

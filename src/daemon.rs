@@ -245,6 +245,7 @@ impl Engine {
                     tasks: runners.clone(),
                     stop: stop_claiming.clone(),
                     beat: health.beat("dispatcher"),
+                    budgets: Default::default(),
                 }
                 .run(),
             ),

@@ -60,6 +60,7 @@ pub async fn run_command(
         Command::Escalations(command) => cmd::escalations::run(&settings, command).await,
         Command::Sla(command) => cmd::escalations::sla(&settings, command).await,
         Command::Schedules(command) => cmd::schedules::run(&settings, command).await,
+        Command::Budgets(command) => cmd::budgets::run(&settings, command).await,
         Command::Approvals(command) => cmd::items::approvals(&settings, command).await,
         Command::Items(command) => cmd::items::run(&settings, command).await,
         Command::Cancel(args) => cmd::cancel::run(&settings, args).await,

@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use uuid::Uuid;
 
+mod budgets;
 mod dead_letters;
 mod decisions;
 mod items;
@@ -66,6 +67,10 @@ pub fn routes() -> axum::Router<AdminState> {
         .route("/api/v1/escalations", get(decisions::escalations))
         .route("/api/v1/schedules", get(decisions::schedules))
         .route("/api/v1/costs", get(decisions::costs))
+        .route("/api/v1/budgets", get(budgets::list).post(budgets::create))
+        .route("/api/v1/budgets/{name}", get(budgets::one).delete(budgets::remove))
+        .route("/api/v1/budgets/{name}/amount", post(budgets::amount))
+        .route("/api/v1/budgets/{name}/reset", post(budgets::reset))
         .route("/api/v1/escalations/{id}", get(decisions::escalation))
         .route("/api/v1/escalations/{id}/ack", post(decisions::acknowledge))
         .route("/api/v1/escalations/{id}/resolve", post(decisions::resolve))
@@ -131,7 +136,9 @@ pub fn too_many_failures(wait: std::time::Duration) -> ApiError {
 impl From<OpsError> for ApiError {
     fn from(e: OpsError) -> ApiError {
         match e {
-            OpsError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+            OpsError::NotFound { .. } | OpsError::Missing(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
             OpsError::Conflict(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
             OpsError::Invalid { code, message } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message),
             OpsError::Unavailable(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),

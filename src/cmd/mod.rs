@@ -3,6 +3,7 @@
 //! an operator can do, shared with the admin API) or `db`.
 
 pub mod admin_token;
+pub mod budgets;
 pub mod cancel;
 pub mod check_config;
 pub mod costs;

@@ -204,7 +204,9 @@ pub async fn inbox(
 ) -> Result<Vec<Held>, sqlx::Error> {
     sqlx::query_as(
         "SELECT w.id, w.work_order_id, w.type::text AS item_type, w.priority::text AS priority, w.attempt,
-                o.tenant_id, o.workflow_id, w.created_at, p.\"timestamp\" AS held_since, p.reason AS policy_reason,
+                o.tenant_id, o.workflow_id, w.created_at, coalesce(p.\"timestamp\", bw.since) AS held_since,
+                coalesce(p.reason, 'budget ' || b.name || ' is exhausted (' || b.spent || ' of ' || b.amount || ' '
+                         || b.currency || '): approve to run it anyway, reject to let it wait') AS policy_reason,
                 w.result AS output,
                 coalesce((SELECT jsonb_agg(jsonb_build_object('evaluation_type', e.evaluation_type,
                                                               'passed', e.passed, 'score', e.score,
@@ -213,6 +215,8 @@ pub async fn inbox(
          FROM work_items w JOIN work_orders o ON o.id = w.work_order_id
          LEFT JOIN attempts a ON a.work_item_id = w.id AND a.attempt_number = w.attempt
          LEFT JOIN approval_events p ON p.work_item_id = w.id AND p.attempt_id = a.id AND p.source = 'POLICY'
+         LEFT JOIN budget_waits bw ON bw.work_item_id = w.id AND bw.held
+         LEFT JOIN budgets b ON b.id = bw.budget_id
          WHERE w.status = 'AWAITING_APPROVAL' AND ($1::timestamptz IS NULL OR (w.created_at, w.id) > ($1, $2))
          ORDER BY w.created_at, w.id LIMIT $3",
     )

@@ -125,6 +125,8 @@ pub struct ItemRow {
     pub order_status: String,
     /// When the policy last held it for a human (the newest ESCALATED decision).
     pub held_since: Option<DateTime<Utc>>,
+    /// What an exhausted spending budget does to it, if one stops it (`db::budgets`).
+    pub budget_wait: Option<String>,
     /// The database clock when this was read.
     pub now: DateTime<Utc>,
 }
@@ -161,6 +163,14 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<ItemDetail, OpsError> {
                 o.workflow_id, o.tenant_id, o.status::text AS order_status,
                 (SELECT max(a.\"timestamp\") FROM approval_events a
                  WHERE a.work_item_id = w.id AND a.decision = 'ESCALATED') AS held_since,
+                (SELECT 'budget ' || b.name || ' is exhausted (' || b.spent || ' of ' || b.amount || ' ' || b.currency
+                        || CASE b.period WHEN 'total' THEN '' ELSE ' this ' || b.period END || '): '
+                        || CASE WHEN bw.held THEN 'held until someone approves it (runs anyway) or rejects it (waits)'
+                                WHEN b.period = 'total' THEN 'waits until an operator raises, resets or removes it'
+                                ELSE 'waits for the next ' || b.period || ' or an operator raising, resetting or removing it'
+                           END
+                 FROM budget_waits bw JOIN budgets b ON b.id = bw.budget_id
+                 WHERE bw.work_item_id = w.id AND NOT bw.allowed AND (bw.held OR w.run_at > now())) AS budget_wait,
                 now() AS now
          FROM work_items w JOIN work_orders o ON o.id = w.work_order_id WHERE w.id = $1",
     )

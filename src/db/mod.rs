@@ -7,6 +7,7 @@
 pub mod activity;
 pub mod approvals;
 mod audit;
+pub mod budgets;
 pub mod catalog;
 pub mod costs;
 pub mod dead_letters;
@@ -38,6 +39,9 @@ pub use sqlx::Error as DbError;
 pub enum OpsError {
     #[error("{what} {id} not found")]
     NotFound { what: &'static str, id: uuid::Uuid },
+    /// Something named (a budget) does not exist.
+    #[error("{0}")]
+    Missing(String),
     #[error("{0}")]
     Conflict(String),
     /// The operator's input is refused (content the item's step cannot use, a missing

@@ -137,6 +137,11 @@ impl Roles {
             ("SELECT, INSERT", &[daemon], &["cost_entries"]),
             ("SELECT", &[oncall], &["cost_entries", "run_logs", "run_artifacts"]),
             ("SELECT, INSERT, DELETE", &[daemon], &["run_logs", "run_artifacts"]),
+            // Budgets: the daemon's cost entries add their spend (trigger), its claims park
+            // items; on-call makes and changes them.
+            ("SELECT, UPDATE", &[daemon], &["budgets"]),
+            ("SELECT, INSERT, UPDATE, DELETE", &[daemon, oncall], &["budget_waits"]),
+            ("SELECT, INSERT, UPDATE, DELETE", &[oncall], &["budgets"]),
             ("SELECT, UPDATE", &[daemon, oncall], &["schedules"]),
             ("SELECT, INSERT", &[producer], &["work_orders", "work_items", "work_item_dependencies"]),
             ("SELECT", &[daemon, oncall], &["work_item_dependencies"]),

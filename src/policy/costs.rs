@@ -33,7 +33,7 @@ pub struct CostRecord {
 
 /// A JSON number or a string holding a non-negative decimal, as its text; anything else is
 /// ignored (a usage report never fails an attempt).
-fn decimal(value: Option<&Value>) -> Option<String> {
+pub(crate) fn decimal(value: Option<&Value>) -> Option<String> {
     let text = match value? {
         Value::Number(n) => n.to_string(),
         Value::String(s) => s.trim().to_owned(),
@@ -46,7 +46,7 @@ fn decimal(value: Option<&Value>) -> Option<String> {
     valid.then_some(text)
 }
 
-fn currency(value: Option<&Value>) -> Option<String> {
+pub(crate) fn currency(value: Option<&Value>) -> Option<String> {
     let c = value?.as_str()?.trim().to_ascii_uppercase();
     (c.len() == 3 && c.chars().all(|ch| ch.is_ascii_uppercase())).then_some(c)
 }

@@ -5,6 +5,7 @@
 //! The hot path, the rescuer and operators' actions all read them from here, so none of them
 //! reaches into another's module.
 
+pub mod budgets;
 pub mod catalog;
 pub mod content;
 pub mod costs;

@@ -43,6 +43,8 @@ pub struct Dispatcher {
     pub stop: CancellationToken,
     /// Liveness (`super::liveness`): busy from the top of each round, idle while it waits.
     pub beat: Beat,
+    /// Parks the claimed items of exhausted budgets.
+    pub budgets: super::budgets::BudgetGate,
 }
 
 impl Dispatcher {
@@ -168,21 +170,29 @@ impl Dispatcher {
             let waited = (item.claimed_at - item.run_at).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
             self.metrics.claimed_item(&item.item_type, item.priority, waited);
         }
+        // A failure here must not strand claimed items, nor run them without their context
+        // (or past a budget): each runner then releases its item to be run again after a
+        // backoff.
+        // Parked items count as claimed: the queue had them, so the next claim comes at once.
+        let got = items.len();
+        let mut items = items;
+        let admitted = self.budgets.admit(&self.pool, &self.in_flight, &mut items).await;
         let ids: Vec<_> = items.iter().map(|i| i.id).collect();
-        // A failure here must not strand claimed items, nor run them without their context:
-        // each runner then releases its item to be run again after a backoff.
-        let mut contexts: Option<HashMap<uuid::Uuid, runner::ItemContext>> = match self.contexts(&items, &ids).await {
+        let contexts = match admitted {
+            Ok(()) => self.contexts(&items, &ids).await,
+            Err(e) => Err(e),
+        };
+        let mut contexts: Option<HashMap<uuid::Uuid, runner::ItemContext>> = match contexts {
             Ok(contexts) => Some(contexts),
             Err(e) => {
                 crate::telemetry::warn_limited(
                     "mem_docs",
-                    "cannot read mem_docs or dependencies; releasing the claimed items",
+                    "cannot read budgets, mem_docs or dependencies; releasing the claimed items",
                     &e,
                 );
                 None
             }
         };
-        let got = items.len();
         for item in items {
             let permit = self.slots.clone().try_acquire_owned().expect("claimed no more than the free slots");
             let stop = Stop::default();
@@ -204,6 +214,7 @@ impl Dispatcher {
                         Ok(Some(done)) => {
                             // The slot frees once the result is handed over; the lease stays
                             // in flight (and renewed) until the completer has written it.
+                            in_flight.handed_over(id, attempt);
                             let _ = completions.send(done).await;
                         }
                         Ok(None) => {

@@ -4,6 +4,7 @@
 //! The heartbeat renews leases of what is in flight; the listener turns NOTIFY into wake-ups.
 
 pub mod activity;
+pub mod budgets;
 pub mod completer;
 pub mod dispatcher;
 pub mod heartbeat;
@@ -35,6 +36,10 @@ pub struct Lease {
 #[derive(Debug, Default, Clone)]
 pub struct InFlight {
     inner: Arc<Mutex<HashMap<Uuid, Lease>>>,
+    /// Executions finished and handed to the completers, not yet written.
+    handed: Arc<Mutex<std::collections::HashSet<(Uuid, i32)>>>,
+    /// Told whenever an entry leaves.
+    removed: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for runner::Stop {
@@ -50,9 +55,36 @@ impl InFlight {
     /// Forgets the lease of `attempt`. A later attempt of the same item (claimed again by
     /// this process after a rescue) keeps its own entry: a stale result must not drop it.
     pub fn remove(&self, id: &Uuid, attempt: i32) {
-        let mut inner = self.inner.lock().unwrap();
-        if inner.get(id).is_some_and(|lease| lease.attempt == attempt) {
-            inner.remove(id);
+        {
+            let mut inner = self.inner.lock().unwrap();
+            if inner.get(id).is_some_and(|lease| lease.attempt == attempt) {
+                inner.remove(id);
+            }
+        }
+        self.handed.lock().unwrap().remove(&(*id, attempt));
+        self.removed.notify_waiters();
+    }
+    /// The execution has finished and its result is on its way to a completer.
+    pub fn handed_over(&self, id: Uuid, attempt: i32) {
+        self.handed.lock().unwrap().insert((id, attempt));
+    }
+    /// Waits until every result handed over before this call is written (or dropped), at
+    /// most `limit`: whether they all were. The budget gate reads spend only after this.
+    pub async fn written(&self, limit: std::time::Duration) -> bool {
+        let pending: Vec<(Uuid, i32)> = self.handed.lock().unwrap().iter().copied().collect();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let removed = self.removed.notified();
+            {
+                let handed = self.handed.lock().unwrap();
+                if !pending.iter().any(|key| handed.contains(key)) {
+                    return true;
+                }
+            }
+            tokio::select! {
+                _ = removed => {}
+                _ = tokio::time::sleep_until(deadline) => return false,
+            }
         }
     }
     pub fn len(&self) -> usize {

@@ -9,6 +9,7 @@ mod admin_port;
 mod agents;
 mod api;
 mod browser;
+mod budgets;
 mod cli;
 mod clients;
 mod command_agent;

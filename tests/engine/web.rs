@@ -80,7 +80,7 @@ fn csrf(body: &str) -> String {
 }
 
 /// Posts a form of a page, then follows the redirect: the next page, which shows the outcome.
-async fn submit(app: &axum::Router, cookie: &str, path: &str, fields: &[(&str, &str)]) -> Page {
+pub async fn submit(app: &axum::Router, cookie: &str, path: &str, fields: &[(&str, &str)]) -> Page {
     let token = csrf(&get(app, "/", cookie).await.body);
     let mut pairs = vec![("csrf", token.as_str())];
     pairs.extend_from_slice(fields);

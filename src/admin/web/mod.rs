@@ -91,6 +91,7 @@ pub fn routes() -> axum::Router<AdminState> {
         .route("/escalations", get(escalations::escalations))
         .route("/schedules", get(schedules::schedules))
         .route("/costs", get(costs::costs))
+        .route("/budgets/{name}/{action}", post(costs::budget_action))
         .route("/escalations/bulk", post(escalations::bulk))
         .route("/escalations/{id}", get(escalations::escalation))
         .route("/escalations/{id}/{action}", post(escalations::escalation_action))

@@ -42,6 +42,9 @@ pub fn render(kind: &str, payload: &Value) -> Rendered {
         (!text.trim().is_empty()).then_some(text)
     };
     let kind = field(&payload["kind"], 20).unwrap_or_else(|| kind.to_owned());
+    if kind == "BUDGET" {
+        return budget(payload, field);
+    }
     let fired = kind != "RESOLVED";
     let rule = field(&payload["rule"]["name"], 200)
         .or_else(|| field(&payload["rule"]["id"], 200))
@@ -113,6 +116,47 @@ pub fn render(kind: &str, payload: &Value) -> Rendered {
     let more_items = count.map_or(0, |c| c.saturating_sub(items.len() as u64));
     let act = field(&payload["act"], 1000);
     Rendered { fired, subject: truncate(&subject, 250), headline, details, items, more_items, tenants, act, link: None }
+}
+
+/// A spending budget crossing 80% or 100% (payload from migration 0028's trigger:
+/// `{kind: BUDGET, threshold, budget: {name, period}, scope, spent, amount, currency, act}`).
+fn budget(payload: &Value, field: impl Fn(&Value, usize) -> Option<String>) -> Rendered {
+    let name = field(&payload["budget"]["name"], 100).unwrap_or_else(|| "(unnamed budget)".to_owned());
+    let threshold = payload["threshold"].as_u64().unwrap_or(100);
+    let money = |key: &str| field(&payload[key], 60).unwrap_or_else(|| "?".to_owned());
+    let currency = field(&payload["currency"], 3).unwrap_or_default();
+    let period = field(&payload["budget"]["period"], 10).filter(|p| p != "total");
+    let scope = field(&payload["scope"], 300).unwrap_or_else(|| "?".to_owned());
+    let subject = if threshold >= 100 {
+        format!("[orderly] budget \"{name}\" exhausted: {} of {} {currency}", money("spent"), money("amount"))
+    } else {
+        format!("[orderly] budget \"{name}\" at {threshold}%: {} of {} {currency}", money("spent"), money("amount"))
+    };
+    let period_text = period.map(|p| format!(" this {p}")).unwrap_or_default();
+    let headline = if threshold >= 100 {
+        format!(
+            "Budget \"{name}\" for {scope} is exhausted{period_text}: {} of {} {currency} spent. Its items wait (or are held) until it is raised, reset or the period ends.",
+            money("spent"),
+            money("amount")
+        )
+    } else {
+        format!(
+            "Budget \"{name}\" for {scope} has passed {threshold}%{period_text}: {} of {} {currency} spent.",
+            money("spent"),
+            money("amount")
+        )
+    };
+    Rendered {
+        fired: true,
+        subject: truncate(&subject, 250),
+        headline,
+        details: Vec::new(),
+        items: Vec::new(),
+        more_items: 0,
+        tenants: Vec::new(),
+        act: field(&payload["act"], 1000),
+        link: None,
+    }
 }
 
 impl Rendered {
