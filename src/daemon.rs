@@ -93,7 +93,10 @@ impl Engine {
         })
         .context("the admin server's database pool")?;
         let catalog = Arc::new(Catalog::new(pool.clone(), settings.clone()));
+        // Progress reports of every runner and of the admin server's callback: one writer.
+        let progress = crate::worker::progress::ProgressHub::start(pool.clone());
         let admin = crate::admin::start(crate::admin::AdminState {
+            progress: progress.clone(),
             catalog: Arc::new(Catalog::new(ops.clone(), settings.clone())),
             tokens: Arc::new(crate::admin::auth::Tokens::new(&settings.admin.tokens)),
             sessions: Default::default(),
@@ -110,6 +113,16 @@ impl Engine {
             worker_id: worker_id.clone(),
         })
         .await?;
+        if let Some(server) = &admin {
+            let base = match &settings.admin.public_url {
+                Some(url) => url.to_string(),
+                None if server.local_addr().ip().is_unspecified() => {
+                    format!("http://127.0.0.1:{}", server.local_addr().port())
+                }
+                None => format!("http://{}", server.local_addr()),
+            };
+            progress.set_callback_base(&base);
+        }
         if settings.database.migrate_on_start {
             db::migrate(&pool).await.context("applying migrations")?;
         }
@@ -228,7 +241,13 @@ impl Engine {
                 ),
             ),
         ];
-        let ctx = Arc::new(RunContext { agents, catalog, settings: settings.clone(), worker_id: worker_id.clone() });
+        let ctx = Arc::new(RunContext {
+            agents,
+            catalog,
+            settings: settings.clone(),
+            worker_id: worker_id.clone(),
+            progress: Some(progress),
+        });
         let dispatcher = watched(
             "dispatcher",
             &stop_claiming,

@@ -36,6 +36,7 @@ mod budgets;
 mod dead_letters;
 mod decisions;
 mod items;
+mod progress;
 
 pub use dead_letters::letter_filter;
 pub use decisions::{cost_query, describe_next};
@@ -67,6 +68,7 @@ pub fn routes() -> axum::Router<AdminState> {
         .route("/api/v1/escalations", get(decisions::escalations))
         .route("/api/v1/schedules", get(decisions::schedules))
         .route("/api/v1/costs", get(decisions::costs))
+        .route("/api/v1/progress", post(progress::report))
         .route("/api/v1/budgets", get(budgets::list).post(budgets::create))
         .route("/api/v1/budgets/{name}", get(budgets::one).delete(budgets::remove))
         .route("/api/v1/budgets/{name}/amount", post(budgets::amount))

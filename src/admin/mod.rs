@@ -61,6 +61,8 @@ pub struct AdminState {
     pub catalog: Arc<Catalog>,
     /// `admin.tokens`, hashes decoded.
     pub tokens: Arc<auth::Tokens>,
+    /// Where HTTP agents' progress callbacks go (`POST /api/v1/progress`).
+    pub progress: crate::worker::progress::ProgressHub,
     /// The web page's sign-in sessions.
     pub sessions: Arc<auth::Sessions>,
     /// Failed authentications by client address (the API's bearer tokens, the page's sign-in).
@@ -77,6 +79,7 @@ impl AdminState {
     pub fn standalone(pool: PgPool, ops: PgPool, settings: Arc<Settings>) -> AdminState {
         let (_, leadership) = crate::leadership::Leadership::new("standalone", pool.clone());
         AdminState {
+            progress: crate::worker::progress::ProgressHub::start(pool.clone()),
             catalog: Arc::new(Catalog::new(ops.clone(), settings.clone())),
             tokens: Arc::new(auth::Tokens::new(&settings.admin.tokens)),
             sessions: Default::default(),

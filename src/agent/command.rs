@@ -7,6 +7,10 @@
 //! → permanent (`COMMAND_FAILED`). Error messages carry the last 4 KiB of stderr (`…` marks
 //! a cut), with NUL bytes replaced by U+FFFD since PostgreSQL text refuses them.
 //!
+//! While it runs, the child may write progress lines, `{"percent": N, "message": "…"}`, to
+//! the descriptor named by `ORDERLY_PROGRESS_FD`; its stderr lines are kept as the
+//! attempt's log (`child::Lines`), and its CPU time and peak memory as compute entries.
+//!
 //! End of a run: the run ends when the direct child exits, not when its pipes reach EOF. The
 //! whole process group is then killed with SIGKILL, and the pipes are read for at most
 //! 200 ms more (what the child wrote before exiting is already in them), so a background
@@ -14,14 +18,20 @@
 //! execution is dropped (timeout, shutdown) the group is killed the same way, so
 //! grandchildren do not survive it.
 
+use super::Compute;
+use super::child::{self, Lines};
 use super::{Agent, AgentError, AgentRequest, AgentSpec, BoxFuture, DEFAULT_TIMEOUT, Executor};
 use crate::model::ConfigError;
 use crate::model::ErrorCode;
+use crate::policy::progress::Progress;
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{Id, WaitPidFlag, waitid};
 use nix::unistd::Pid;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -35,6 +45,14 @@ pub const EXIT_RETRYABLE: i32 = 75;
 const STDERR_KEEP: usize = 4096;
 /// How long the pipes are still read once the child has exited.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
+/// Longest stderr or progress line kept; the rest of a longer one is dropped.
+const MAX_LINE: usize = 4096;
+/// How often the child's peak memory is sampled.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// Held while a child is spawned: the progress pipe's write end is inheritable only then,
+/// so no other child spawned by this process inherits it.
+static SPAWNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,13 +134,38 @@ impl CommandAgent {
             .process_group(0)
             .kill_on_drop(true);
         // Out of file handles, memory or processes is this host's trouble, not the item's.
-        let mut child = command.spawn().map_err(|e| {
+        let spawn_failed = |e: std::io::Error| {
             AgentError::unless_host_exhausted(
                 &e,
                 AgentError::permanent(ErrorCode::CommandSpawnFailed, format!("cannot start {}: {e}", self.program)),
             )
-        })?;
-        let mut group = GroupGuard(child.id().map(|pid| Pid::from_raw(pid as i32)));
+        };
+        let (progress_read, progress_write) = std::io::pipe().map_err(spawn_failed)?;
+        command.env("ORDERLY_PROGRESS_FD", progress_write.as_raw_fd().to_string());
+        let spawned = {
+            let _only_this_child = SPAWNING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let inheritable = fcntl(&progress_write, FcntlArg::F_SETFD(FdFlag::empty()));
+            let spawned = inheritable.map_err(std::io::Error::from).and_then(|_| command.spawn());
+            drop(progress_write); // this process's copy: EOF once the child's copies close
+            spawned
+        };
+        let mut child = spawned.map_err(spawn_failed)?;
+        let pid = child.id();
+        let mut group = GroupGuard(pid.map(|pid| Pid::from_raw(pid as i32)));
+        let progress = tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(progress_read))
+            .map_err(spawn_failed)?;
+        // Exited (not yet reaped, so its /proc entry still says what it used).
+        let exited = async move {
+            let pid = pid?;
+            let id = Id::Pid(Pid::from_raw(pid as i32));
+            tokio::task::spawn_blocking(move || waitid(id, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT))
+                .await
+                .ok()?
+                .ok()
+        };
+        let mut peak_kib = 0i64;
+        let mut sample = tokio::time::interval(SAMPLE_EVERY);
+        let report = &request.report;
 
         let mut stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -134,18 +177,43 @@ impl CommandAgent {
                 // A program that does not read its input is not an error.
                 let _ = stdin.write_all(&input).await;
             };
-            let read = async { tokio::join!(pump(stdout, &mut out), pump(stderr, &mut err)) };
-            tokio::pin!(write, read);
+            let mut err_lines = Lines::new(MAX_LINE);
+            let mut progress_lines = Lines::new(MAX_LINE);
+            let mut progress_seen = Capture::new(Keep::Head, 0);
+            let log = |line: &str| report.log(child::level_of_line(line), line);
+            let read = async {
+                tokio::join!(
+                    pump(stdout, &mut out, |_| {}),
+                    async {
+                        let read = pump(stderr, &mut err, |chunk| err_lines.feed(chunk, log)).await;
+                        err_lines.finish(log);
+                        read
+                    },
+                    pump(progress, &mut progress_seen, |chunk| progress_lines.feed(chunk, |line| {
+                        match serde_json::from_str::<Value>(line).ok().as_ref().and_then(Progress::from_json) {
+                            Some(p) => report.progress(p.percent, p.message.as_deref()),
+                            None => report
+                                .log("WARN", &format!("progress line ignored (expected {{\"percent\": N}}): {line}")),
+                        }
+                    })),
+                )
+            };
+            tokio::pin!(write, read, exited);
             let (mut written, mut read_result) = (false, None);
             // The run ends when the direct child exits, not at EOF: a background process may
             // hold the pipes open for as long as it likes.
-            let status = loop {
+            loop {
                 tokio::select! {
                     _ = &mut write, if !written => written = true,
                     r = &mut read, if read_result.is_none() => read_result = Some(r),
-                    status = child.wait() => break status,
+                    _ = sample.tick() => peak_kib = peak_kib.max(pid.and_then(child::peak_memory_kib).unwrap_or(0)),
+                    _ = &mut exited => break,
                 }
-            };
+            }
+            if let Some(cpu_seconds) = pid.and_then(child::cpu_seconds) {
+                report.compute(Compute { cpu_seconds, peak_memory_kib: peak_kib });
+            }
+            let status = child.wait().await;
             // The rest of the group goes now; what the child wrote before exiting is already
             // in the pipes. A process that escaped the group (setsid) may still hold them:
             // read for a bounded time only.
@@ -157,7 +225,7 @@ impl CommandAgent {
                         held open by a process outside its group; stopped reading");
                 }
             }
-            (status, read_result)
+            (status, read_result.map(|(out, err, _)| (out, err)))
         };
         let status =
             status.map_err(|e| AgentError::retryable(ErrorCode::CommandKilled, format!("waiting for child: {e}")))?;
@@ -251,12 +319,19 @@ impl Capture {
 
 /// Reads a pipe to its end into `capture`, reading on past the limit so the writer is never
 /// blocked on a full pipe. Cancel-safe: a dropped pump loses no byte already captured.
-async fn pump(mut reader: impl AsyncRead + Unpin, capture: &mut Capture) -> std::io::Result<()> {
+async fn pump(
+    mut reader: impl AsyncRead + Unpin,
+    capture: &mut Capture,
+    mut also: impl FnMut(&[u8]),
+) -> std::io::Result<()> {
     let mut chunk = [0u8; 8192];
     loop {
         match reader.read(&mut chunk).await? {
             0 => return Ok(()),
-            n => capture.push(&chunk[..n]),
+            n => {
+                capture.push(&chunk[..n]);
+                also(&chunk[..n]);
+            }
         }
     }
 }

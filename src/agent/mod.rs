@@ -6,8 +6,10 @@
 //! [`Registry::register`]; `[agents.NAME] kind = "..."` then selects it. Nothing else changes.
 
 mod builtin;
+mod child;
 mod command;
 mod http;
+mod report;
 
 use crate::model::ConfigError;
 use crate::model::ErrorCode;
@@ -25,6 +27,7 @@ use uuid::Uuid;
 
 pub use command::CommandAgent;
 pub use http::HttpAgent;
+pub use report::{Compute, ProgressUpdate, Reporter};
 
 /// A boxed future, so executors can live behind `dyn Executor`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -42,6 +45,21 @@ pub struct AgentRequest {
     pub work_order: WorkOrderView,
     pub attempt: AttemptView,
     pub context: ContextView,
+    /// Where an HTTP agent posts its progress while it runs (docs/agents.md); absent when
+    /// the daemon has no admin server to take it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<ProgressCallback>,
+    /// How a plug-in reports progress, log lines and compute while it runs (not sent).
+    #[serde(skip)]
+    pub report: Reporter,
+}
+
+/// An attempt's progress callback: POST `{"percent": N, "message": "…"}` to `url` with
+/// `Authorization: Bearer TOKEN`; refused once the attempt has ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProgressCallback {
+    pub url: String,
+    pub token: String,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -33,6 +33,8 @@ async fn the_daemon_config_reaches_the_latency_agent_through_the_http_kind() {
         },
         attempt: AttemptView { id: uuid::Uuid::now_v7(), number: 1, max_attempts: 5 },
         context: ContextView::default(),
+        progress: None,
+        report: Default::default(),
     };
     let (a, b) = tokio::join!(agent.executor.execute(&request), agent.executor.execute(&request));
     assert_eq!(a.unwrap(), json!({"ok": true}));

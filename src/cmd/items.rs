@@ -23,6 +23,20 @@ pub async fn run(settings: &Settings, command: ItemCommand) -> anyhow::Result<()
             println!("item {} ({}) of order {}", i.id, i.item_type, i.work_order_id);
             println!("  status {}  priority {}  attempt {}", i.status, i.priority, i.attempt);
             println!("  waiting: {} ({})", view.waiting_reason.detail, view.waiting_reason.kind);
+            if let Some(p) = &view.detail.progress {
+                let current = if p.attempt == i.attempt && i.status == crate::model::ItemStatus::Processing {
+                    ""
+                } else {
+                    ", last reported"
+                };
+                println!(
+                    "  progress: {}%{} (attempt {}, {}{current})",
+                    p.percent,
+                    p.message.as_deref().map(|m| format!(" {m}")).unwrap_or_default(),
+                    p.attempt,
+                    p.updated_at.format("%Y-%m-%d %H:%M:%S UTC")
+                );
+            }
             match (view.route.agent.as_deref(), view.route.error.as_deref()) {
                 (Some(agent), _) => println!("  route: agent {agent}"),
                 (None, Some(error)) => println!("  route: cannot route: {error}"),

@@ -146,6 +146,8 @@ pub struct ItemDetail {
     /// What its agents logged (the last 200 lines) and the artifacts they named.
     pub logs: Vec<super::runs::LogRow>,
     pub artifacts: Vec<super::runs::ArtifactRow>,
+    /// The last progress its running attempt reported (kept after it ends).
+    pub progress: Option<super::runs::ProgressRow>,
 }
 
 /// Largest content the detail view carries inline.
@@ -191,7 +193,19 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<ItemDetail, OpsError> {
     .await?;
     let dependencies = super::dependencies::of_item(pool, id, 200).await?;
     let (logs, artifacts) = super::runs::of_item(pool, id, 200).await?;
-    Ok(ItemDetail { item, attempts, eval_results, approvals, escalations, dead_letters, dependencies, logs, artifacts })
+    let progress = super::runs::progress_of(pool, id).await?;
+    Ok(ItemDetail {
+        item,
+        attempts,
+        eval_results,
+        approvals,
+        escalations,
+        dead_letters,
+        dependencies,
+        logs,
+        artifacts,
+        progress,
+    })
 }
 
 /// One item a cancellation changed.

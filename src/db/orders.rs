@@ -90,6 +90,9 @@ pub struct InFlight {
     pub lease_expires_at: Option<DateTime<Utc>>,
     pub lease_remaining_ms: Option<i64>,
     pub rescues: i32,
+    /// What the running attempt last said about its progress.
+    pub percent: Option<f64>,
+    pub progress_message: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -122,9 +125,11 @@ pub async fn queue_status(pool: &PgPool, in_flight_limit: i64) -> Result<QueueSt
     .fetch_one(pool)
     .await?;
     let in_flight: Vec<InFlight> = sqlx::query_as(
-        "SELECT id, type::text AS item_type, attempt, locked_by, lease_expires_at, rescues,
-                (extract(epoch FROM lease_expires_at - now()) * 1000)::bigint AS lease_remaining_ms
-         FROM work_items WHERE status = 'PROCESSING' ORDER BY lease_expires_at LIMIT $1",
+        "SELECT w.id, w.type::text AS item_type, w.attempt, w.locked_by, w.lease_expires_at, w.rescues,
+                (extract(epoch FROM w.lease_expires_at - now()) * 1000)::bigint AS lease_remaining_ms,
+                p.percent::float8 AS percent, p.message AS progress_message
+         FROM work_items w LEFT JOIN run_progress p ON p.work_item_id = w.id AND p.attempt = w.attempt
+         WHERE w.status = 'PROCESSING' ORDER BY w.lease_expires_at LIMIT $1",
     )
     .bind(in_flight_limit)
     .fetch_all(pool)

@@ -113,3 +113,65 @@ pub async fn of_item(pool: &PgPool, item: Uuid, limit: i64) -> Result<(Vec<LogRo
     .await?;
     Ok((logs, artifacts))
 }
+
+/// Writes the latest progress of running attempts, fenced: only an item still PROCESSING at
+/// that attempt takes it. Returns how many were written.
+pub async fn write_progress(pool: &PgPool, updates: &[crate::agent::ProgressUpdate]) -> Result<u64, sqlx::Error> {
+    let ids: Vec<Uuid> = updates.iter().map(|u| u.item).collect();
+    let attempts: Vec<i32> = updates.iter().map(|u| u.attempt).collect();
+    let percents: Vec<f64> = updates.iter().map(|u| u.progress.percent).collect();
+    let messages: Vec<Option<&str>> = updates.iter().map(|u| u.progress.message.as_deref()).collect();
+    sqlx::query(
+        "INSERT INTO run_progress (work_item_id, attempt, percent, message, updated_at)
+         SELECT u.id, u.attempt, u.percent, u.message, now()
+         FROM unnest($1::uuid[], $2::int[], $3::float8[], $4::text[]) AS u(id, attempt, percent, message)
+         JOIN work_items w ON w.id = u.id AND w.attempt = u.attempt AND w.status = 'PROCESSING'
+         ON CONFLICT (work_item_id) DO UPDATE
+         SET attempt = excluded.attempt, percent = excluded.percent, message = excluded.message, updated_at = now()
+         WHERE run_progress.attempt <= excluded.attempt",
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&percents)
+    .bind(&messages)
+    .execute(pool)
+    .await
+    .map(|r| r.rows_affected())
+}
+
+/// Whether `attempt` is the item's current attempt and still running (a progress callback
+/// for anything else is refused).
+pub async fn attempt_running(pool: &PgPool, item: Uuid, attempt: i32) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM work_items WHERE id = $1 AND attempt = $2 AND status = 'PROCESSING')",
+    )
+    .bind(item)
+    .bind(attempt)
+    .fetch_one(pool)
+    .await
+}
+
+/// The key that signs progress callbacks (migration 0029).
+pub async fn progress_key(pool: &PgPool) -> Result<Vec<u8>, sqlx::Error> {
+    let key: String =
+        sqlx::query_scalar("SELECT key FROM orderly_keys WHERE name = 'progress'").fetch_one(pool).await?;
+    Ok(key.into_bytes())
+}
+
+/// An item's last progress report.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct ProgressRow {
+    pub attempt: i32,
+    pub percent: f64,
+    pub message: Option<String>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub async fn progress_of(pool: &PgPool, item: Uuid) -> Result<Option<ProgressRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT attempt, percent::float8 AS percent, message, updated_at FROM run_progress WHERE work_item_id = $1",
+    )
+    .bind(item)
+    .fetch_optional(pool)
+    .await
+}

@@ -97,6 +97,25 @@ pub fn from_usage(usage: &Value, prices: &BTreeMap<String, Price>) -> Vec<CostRe
     out
 }
 
+/// A command's compute, as two `compute` entries without a price: CPU seconds (user plus
+/// system, to the millisecond) and peak memory in MiB.
+pub fn from_compute(compute: crate::agent::Compute) -> Vec<CostRecord> {
+    let entry = |quantity: String, unit| CostRecord {
+        cost_type: "compute",
+        model: None,
+        quantity,
+        unit,
+        unit_price: None,
+        per: 1,
+        amount: None,
+        currency: None,
+    };
+    vec![
+        entry(format!("{:.3}", compute.cpu_seconds.max(0.0)), "cpu_second"),
+        entry(format!("{:.3}", compute.peak_memory_kib.max(0) as f64 / 1024.0), "peak_memory_mib"),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,4 +10,5 @@ pub mod catalog;
 pub mod content;
 pub mod costs;
 pub mod decision;
+pub mod progress;
 pub mod report;

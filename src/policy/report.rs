@@ -44,6 +44,12 @@ pub struct Artifact {
     pub url: Option<String>,
 }
 
+/// A log level as stored: TRACE, DEBUG, INFO, WARN or ERROR (WARNING is WARN; anything
+/// else is INFO).
+pub fn level_of(text: &str) -> String {
+    level(Some(&Value::String(text.to_owned())))
+}
+
 fn level(value: Option<&Value>) -> String {
     match value.and_then(Value::as_str).map(|l| l.trim().to_ascii_uppercase()) {
         Some(l) if ["TRACE", "DEBUG", "INFO", "WARN", "WARNING", "ERROR"].contains(&l.as_str()) => {
@@ -57,44 +63,55 @@ fn level(value: Option<&Value>) -> String {
     }
 }
 
-/// The output's `logs`, bounded in lines and bytes, with a last line saying what was cut.
-pub fn logs(output: &Value) -> Vec<LogLine> {
-    let Some(lines) = output.get("logs").and_then(Value::as_array) else { return Vec::new() };
+/// The output's `logs` followed by the lines the agent reported while it ran (`reported`,
+/// with `dropped` more it could not keep: a command's stderr), bounded together in lines and
+/// bytes, with a last line saying what was cut.
+pub fn logs(output: Option<&Value>, reported: Vec<LogLine>, dropped: usize) -> Vec<LogLine> {
+    let listed = output.and_then(|o| o.get("logs")).and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let parsed = listed.iter().filter_map(|line| match line {
+        Value::String(text) => Some(LogLine { level: "INFO".to_owned(), at: None, message: text.clone() }),
+        Value::Object(o) => Some(LogLine {
+            level: level(o.get("level")),
+            at: o
+                .get("time")
+                .and_then(Value::as_str)
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc)),
+            message: match o.get("message") {
+                Some(Value::String(m)) => m.clone(),
+                Some(other) => other.to_string(),
+                None => return None,
+            },
+        }),
+        _ => None,
+    });
+    let all: Vec<LogLine> = parsed.chain(reported).collect();
+    let total = all.len() + dropped;
     let mut out = Vec::new();
     let mut bytes = 0;
-    for (i, line) in lines.iter().enumerate() {
-        let (level, at, message) = match line {
-            Value::String(text) => ("INFO".to_owned(), None, text.clone()),
-            Value::Object(o) => (
-                level(o.get("level")),
-                o.get("time")
-                    .and_then(Value::as_str)
-                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                    .map(|t| t.with_timezone(&Utc)),
-                match o.get("message") {
-                    Some(Value::String(m)) => m.clone(),
-                    Some(other) => other.to_string(),
-                    None => continue,
-                },
-            ),
-            _ => continue,
-        };
-        let message = crate::model::printable(&message, MAX_MESSAGE_CHARS);
+    for (i, line) in all.into_iter().enumerate() {
+        let message = crate::model::printable(&line.message, MAX_MESSAGE_CHARS);
         if out.len() == MAX_LOG_LINES || bytes + message.len() > MAX_LOG_BYTES {
-            out.push(LogLine {
-                level: "WARN".into(),
-                at: None,
-                message: format!(
-                    "log cut: {} more line(s) left out (at most {MAX_LOG_LINES} lines and {MAX_LOG_BYTES} bytes an attempt)",
-                    lines.len() - i
-                ),
-            });
-            break;
+            out.push(cut(total - i));
+            return out;
         }
         bytes += message.len();
-        out.push(LogLine { level, at, message });
+        out.push(LogLine { message, ..line });
+    }
+    if dropped > 0 {
+        out.push(cut(dropped));
     }
     out
+}
+
+fn cut(left_out: usize) -> LogLine {
+    LogLine {
+        level: "WARN".into(),
+        at: None,
+        message: format!(
+            "log cut: {left_out} more line(s) left out (at most {MAX_LOG_LINES} lines and {MAX_LOG_BYTES} bytes an attempt)"
+        ),
+    }
 }
 
 /// A URL as it may be stored: http(s) only, without user or password.
@@ -135,17 +152,25 @@ mod tests {
 
     #[test]
     fn logs_are_read_leniently_and_cut_with_a_marker() {
-        let out =
-            logs(&json!({"logs": ["plain", {"level": "warning", "time": "2026-12-07T10:00:00Z", "message": "slow"},
-                                         {"level": 3, "message": {"n": 1}}, 42, {"no": "message"}]}));
+        let out = logs(
+            Some(&json!({"logs": ["plain", {"level": "warning", "time": "2026-12-07T10:00:00Z", "message": "slow"},
+                                         {"level": 3, "message": {"n": 1}}, 42, {"no": "message"}]})),
+            vec![],
+            0,
+        );
         assert_eq!(out.len(), 3);
         assert_eq!((out[1].level.as_str(), out[1].message.as_str()), ("WARN", "slow"));
         assert!(out[1].at.is_some());
         assert_eq!(out[2].message, "{\"n\":1}");
         let many: Vec<Value> = (0..10_000).map(|i| json!(format!("line {i}"))).collect();
-        let cut = logs(&json!({ "logs": many }));
+        let cut = logs(Some(&json!({ "logs": many })), vec![], 0);
         assert_eq!(cut.len(), MAX_LOG_LINES + 1);
         assert!(cut.last().unwrap().message.starts_with("log cut: 9800 more line(s) left out"), "{:?}", cut.last());
+        // Lines reported while running follow the output's, under the same caps.
+        let stderr = vec![LogLine { level: "WARN".into(), at: None, message: "from stderr".into() }];
+        let both = logs(Some(&json!({"logs": ["first"]})), stderr, 7);
+        assert_eq!(both.iter().map(|l| l.message.as_str()).collect::<Vec<_>>()[..2], ["first", "from stderr"]);
+        assert!(both[2].message.starts_with("log cut: 7 more line(s)"), "{both:?}");
     }
 
     #[test]

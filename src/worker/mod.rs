@@ -10,6 +10,7 @@ pub mod dispatcher;
 pub mod heartbeat;
 pub mod listener;
 pub mod liveness;
+pub mod progress;
 pub mod review;
 pub mod runner;
 

@@ -28,6 +28,9 @@ pub struct RunContext {
     pub catalog: Arc<Catalog>,
     pub settings: Arc<Settings>,
     pub worker_id: String,
+    /// Where agents' progress goes, and what HTTP agents' callbacks need; `None` in tools
+    /// that run agents without an engine.
+    pub progress: Option<super::progress::ProgressHub>,
 }
 
 /// Why a running execution is being stopped from outside.
@@ -58,9 +61,13 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, context: Option<ItemContex
     let mut input = json!({ "agent": agent_name, "content_bytes": item.content_bytes,
                             "mem_docs": context.as_ref().map_or(0, |c| c.mem_docs.len()),
                             "dependencies": context.as_ref().map_or(0, |c| c.dependencies.len()) });
+    // Progress, log lines and compute the agent reports while it runs (docs/agents.md).
+    let reporter =
+        crate::agent::Reporter::for_attempt(item.id, item.attempt, ctx.progress.as_ref().map(|p| p.sink.clone()));
     let finish = |input, attempt_status, output, error: Option<ErrorInfo>, evals, approval, next| {
         completion(
             ctx,
+            &reporter,
             &item,
             attempt_id,
             budget,
@@ -119,7 +126,9 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, context: Option<ItemContex
     });
     match prepared {
         Err(error) => result = Err(error),
-        Ok((step, request)) => {
+        Ok((step, mut request)) => {
+            request.report = reporter.clone();
+            request.progress = progress_callback(ctx, &item).await;
             if item.content_bytes as usize <= INPUT_COPY_LIMIT {
                 input["content"] = request.work_item.content.clone();
             }
@@ -226,9 +235,27 @@ fn check_output_size(output: &Value, limit: usize) -> Result<(), AgentError> {
     crate::agent::check_output_size(count.0, limit)
 }
 
+/// The attempt's progress callback for HTTP agents, when the daemon has an admin server and
+/// the signing key could be read (without it, the agent simply has no callback).
+async fn progress_callback(ctx: &RunContext, item: &ClaimedItem) -> Option<crate::agent::ProgressCallback> {
+    let hub = ctx.progress.as_ref()?;
+    let url = hub.callback_url()?.to_owned();
+    match hub.key().await {
+        Ok(key) => Some(crate::agent::ProgressCallback {
+            url,
+            token: crate::policy::progress::token(key, item.id, item.attempt),
+        }),
+        Err(e) => {
+            crate::telemetry::warn_limited("progress_key", "cannot read the progress key; no progress callback", &e);
+            None
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn completion(
     ctx: &RunContext,
+    reporter: &crate::agent::Reporter,
     item: &ClaimedItem,
     attempt_id: Uuid,
     budget: Budget,
@@ -247,13 +274,16 @@ fn completion(
         let progress = o.get("progress").cloned();
         (usage.is_some() || progress.is_some()).then(|| json!({ "usage": usage, "progress": progress }))
     });
+    let (reported, dropped, compute) = reporter.take();
+    let mut costs: Vec<_> = usage
+        .as_ref()
+        .and_then(|u| u.get("usage"))
+        .map(|u| crate::policy::costs::from_usage(u, &ctx.settings.prices))
+        .unwrap_or_default();
+    costs.extend(compute.map(crate::policy::costs::from_compute).unwrap_or_default());
     let report = crate::policy::report::RunReport {
-        costs: usage
-            .as_ref()
-            .and_then(|u| u.get("usage"))
-            .map(|u| crate::policy::costs::from_usage(u, &ctx.settings.prices))
-            .unwrap_or_default(),
-        logs: output.as_ref().map(crate::policy::report::logs).unwrap_or_default(),
+        costs,
+        logs: crate::policy::report::logs(output.as_ref(), reported, dropped),
         artifacts: output.as_ref().map(crate::policy::report::artifacts).unwrap_or_default(),
     };
     Completion {
@@ -362,5 +392,7 @@ fn envelope(
         },
         attempt: AttemptView { id: attempt_id, number: item.attempt, max_attempts },
         context: ContextView { mem_docs, dependencies },
+        progress: None,
+        report: Default::default(),
     })
 }

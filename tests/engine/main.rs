@@ -26,6 +26,7 @@ mod input;
 mod notify;
 mod plans;
 mod poison;
+mod progress;
 mod pruner;
 mod review;
 mod roles;

@@ -95,6 +95,13 @@ pub(super) async fn item(State(state): State<AdminState>, Viewer(signed): Viewer
         dl.facts {
             dt { "state" } dd { span class=(format!("state {}", i.status.as_str())) { (i.status.as_str()) } }
             dt { "why" } dd.why { (view.waiting_reason.detail) }
+            @if let Some(p) = &view.detail.progress {
+                dt { "progress" } dd.progress {
+                    progress max="100" value=(p.percent) { (p.percent) "%" }
+                    " " (p.percent) "% " (p.message.as_deref().unwrap_or("")) " "
+                    small { "attempt " (p.attempt) ", " (ts(p.updated_at)) }
+                }
+            }
             dt { "type" } dd { (i.item_type) " · priority " (i.priority) }
             dt { "order" } dd {
                 a href=(format!("/orders/{}", i.work_order_id)) { code { (i.work_order_id) } }

@@ -134,13 +134,20 @@ pub(super) fn overview_body(state: &AdminState, o: &Overview, charts: Option<&Ch
             p { "Nothing is running." }
         } @else {
             table {
-                thead { tr { th { "item" } th { "type" } th.num { "attempt" } th { "lease" } th { "worker" } } }
+                thead { tr { th { "item" } th { "type" } th.num { "attempt" } th { "progress" } th { "lease" } th { "worker" } } }
                 tbody {
                     @for i in &o.in_flight {
                         tr {
                             td { a href=(format!("/items/{}", i.id)) { code { (short(i.id)) } } }
                             td { (i.item_type) }
                             td.num { (i.attempt) }
+                            td.progress {
+                                @if let Some(percent) = i.percent {
+                                    progress max="100" value=(percent) { (percent) "%" }
+                                    " " (format!("{percent:.0}%"))
+                                    @if let Some(m) = &i.progress_message { br; small { (m) } }
+                                } @else { "–" }
+                            }
                             td {
                                 @match i.lease_remaining_ms {
                                     Some(ms) if ms >= 0 => { "expires in " (age(ms as f64 / 1000.0)) }
