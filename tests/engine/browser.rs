@@ -363,3 +363,84 @@ async fn the_order_page_draws_its_dependency_graph_and_each_node_links_to_its_it
     drop(browser);
     stop(engine).await;
 }
+
+/// The costs page draws the spend per day as SVG bars and lets an operator raise a budget;
+/// the overview's in-flight list shows a running item's progress as a bar.
+#[tokio::test]
+async fn the_costs_chart_renders_a_budget_is_raised_and_progress_shows_in_flight_in_chromium() {
+    let Some((chromium, chromedriver)) = browser_binaries() else { return };
+    let db = TestDb::new().await;
+    // Every call costs 2.50 USD and says it is 40% done, then takes its time.
+    let agent = TestAgent::start(|envelope| {
+        let callback = envelope["progress"].clone();
+        tokio::spawn(async move {
+            let _ = reqwest::Client::new()
+                .post(callback["url"].as_str().unwrap_or_default())
+                .bearer_auth(callback["token"].as_str().unwrap_or_default())
+                .body(json!({"percent": 40, "message": "summarising chapter 4"}).to_string())
+                .send()
+                .await;
+        });
+        let slow = envelope["work_item"]["content"]["slow"].as_bool().unwrap_or(false);
+        let (answer, _) = ok_json(json!({"ok": true, "usage": {"amount": "2.50", "currency": "USD"}}));
+        (answer, if slow { Duration::from_secs(10) } else { Duration::ZERO })
+    })
+    .await;
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    let tenant: uuid::Uuid = sqlx::query_scalar("SELECT tenant_id FROM work_orders WHERE id = $1")
+        .bind(order)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        insert_item(&db.pool, order, "TICKET", "{}").await;
+    }
+    let config = format!("{}{}[routes]\nTICKET = \"paid\"\n", tokens_toml(), agent.config("paid", "60s"));
+    let engine = db.engine(&config).await;
+    wait_for_order(&db.pool, order, "COMPLETED").await;
+    let scope = format!("tenant:{tenant}");
+    let out = crate::cli::orderly(
+        &db.url,
+        &["budgets", "create", "team", "--scope", &scope, "--amount", "5", "--currency", "USD"],
+    );
+    assert!(out.status.success(), "{}", crate::cli::text(&out));
+    let running = insert_item(&db.pool, insert_order(&db.pool, "HIGH").await, "TICKET", r#"{"slow": true}"#).await;
+    let base = format!("http://{}", engine.admin_addr().unwrap());
+
+    let browser = Browser::start(&chromium, &chromedriver).await;
+    browser.goto(&format!("{base}/")).await;
+    browser.wait_for("Sign in").await;
+    browser.replace_text("#token", OPERATE).await;
+    browser.click("form.signin button").await;
+    browser.wait_for("<h1>Overview</h1>").await;
+    // The running item's progress, as a bar in the in-flight list.
+    wait_until("the progress to be written", Duration::from_secs(15), || async {
+        count(&db.pool, "SELECT count(*) FROM run_progress WHERE percent = 40").await == 1
+    })
+    .await;
+    browser.goto(&format!("{base}/")).await;
+    browser.wait_for("summarising chapter 4").await;
+    let bar = browser.find("td.progress progress").await;
+    let rect = browser.command(reqwest::Method::GET, &format!("/element/{bar}/rect"), None).await;
+    assert!(rect["width"].as_f64().unwrap_or(0.0) > 20.0, "the progress bar renders: {rect}");
+    assert!(browser.source().await.contains(&format!("/items/{running}")));
+    browser.screenshot("overview-progress.png").await;
+
+    // The spend per day as bars, and the budget: 7.50 of 5 USD, exhausted, raised here.
+    browser.goto(&format!("{base}/costs")).await;
+    browser.wait_for("Budgets").await;
+    let chart = browser.find("div.charts svg").await;
+    let rect = browser.command(reqwest::Method::GET, &format!("/element/{chart}/rect"), None).await;
+    assert!(rect["width"].as_f64().unwrap_or(0.0) > 300.0 && rect["height"].as_f64().unwrap_or(0.0) > 50.0, "{rect}");
+    let source = browser.source().await;
+    assert!(source.contains("<rect") && source.contains("USD"), "bars per currency");
+    assert!(source.contains("exhausted: wait") && source.contains("7.50"), "the exhausted budget is shown");
+    browser.screenshot("costs.png").await;
+    browser.replace_text("#budget-team input[name=amount]", "20").await;
+    browser.click("#budget-team form button").await;
+    browser.wait_for("Budget team: 7.50 of 20 USD spent").await;
+    assert!(browser.current_url().await.ends_with("/costs"));
+    assert_eq!(crate::api::audit_count(&db, "alice", "budget.amount").await, 1);
+    drop(browser);
+    stop(engine).await;
+}
