@@ -31,9 +31,10 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     let mut demo_settings = Settings::from_toml_over_defaults(&agents.config())?;
     demo_settings.database.url = url.clone();
     demo_settings.database.max_connections = settings.database.max_connections;
-    // No admin server: the demo reports through its summary, and must not fail because a
-    // daemon on this host already listens on the default admin port.
-    demo_settings.admin.listen = None;
+    // The admin server on a free port of 127.0.0.1 (never the default port a daemon on this
+    // host may hold): it takes the agents' progress callbacks; the demo reports through its
+    // summary.
+    demo_settings.admin.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     let engine = Engine::start(demo_settings, &Registry::builtin(), None).await?;
     let pool = engine.pool.clone();
     seed_catalog(&pool).await?;
@@ -109,7 +110,9 @@ impl DemoAgents {
              [routes]\nINVOICE = \"extractor\"\nTICKET = \"triage\"\nSTATUS_REPORT = \"reporter\"\n\
              [sla]\nsweep_interval = \"200ms\"\n[notifier]\npoll_interval = \"100ms\"\n\
              [schedules]\npoll_interval = \"200ms\"\n\
-             [log]\nlevel = \"warn,sqlx=error\"\n",
+             [log]\nlevel = \"warn,sqlx=error\"\n\
+             [prices.demo-small]\ninput_per_million = \"0.15\"\noutput_per_million = \"0.60\"\ncurrency = \"USD\"\n\
+             [prices.demo-large]\ninput_per_million = \"2.50\"\noutput_per_million = \"10\"\ncurrency = \"USD\"\n",
             agent("extractor", "extract", "2s"),
             agent("triage", "triage", "2s"),
             agent("reporter", "report", "300ms"),
@@ -128,15 +131,31 @@ async fn work(min_ms: u64, max_ms: u64) {
     tokio::time::sleep(Duration::from_millis(fastrand::u64(min_ms..=max_ms))).await;
 }
 
-/// Succeeds; one output in eight misses its total and fails the INVOICE schema.
+/// Reports its progress through the envelope's callback (docs/agents.md), without waiting.
+fn report_progress(envelope: &Value, percent: u32, message: &str) {
+    let callback = envelope["progress"].clone();
+    let (Some(url), Some(token)) = (callback["url"].as_str(), callback["token"].as_str()) else { return };
+    let request = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(json!({"percent": percent, "message": message}).to_string());
+    tokio::spawn(async move {
+        let _ = request.send().await;
+    });
+}
+
+/// Succeeds; one output in eight misses its total and fails the INVOICE schema. Reports its
+/// progress half-way and the tokens of the model it "used" (priced by the demo's table).
 async fn extract(axum::Json(envelope): axum::Json<Value>) -> Reply {
-    work(5, 40).await;
+    report_progress(&envelope, 50, "reading the invoice lines");
+    work(20, 120).await;
     let content = &envelope["work_item"]["content"];
     let mut output = json!({"vendor": content["vendor"], "currency": "EUR", "lines": content["lines"]});
     if fastrand::u8(0..8) != 0 {
         output["total"] = content["amount"].clone();
     }
-    output["usage"] = json!({"tokens": fastrand::u32(200..900)});
+    output["usage"] = json!({"model": "demo-small", "input_tokens": fastrand::u32(200..900), "output_tokens": fastrand::u32(50..200)});
     reply(StatusCode::OK, output)
 }
 
@@ -149,7 +168,8 @@ async fn triage(axum::Json(envelope): axum::Json<Value>) -> Reply {
         _ => {
             let subject = envelope["work_item"]["content"]["subject"].as_str().unwrap_or("").to_owned();
             let queue = if subject.contains("fire") { "facilities-urgent" } else { "helpdesk" };
-            reply(StatusCode::OK, json!({"queue": queue, "summary": subject}))
+            let usage = json!({"model": "demo-large", "input_tokens": fastrand::u32(300..1200), "output_tokens": 40});
+            reply(StatusCode::OK, json!({"queue": queue, "summary": subject, "usage": usage}))
         }
     }
 }
@@ -313,6 +333,11 @@ async fn print_summary(pool: &PgPool, elapsed: Duration) -> anyhow::Result<()> {
         "    messages received by the on-call webhook: {}",
         ONCALL_MESSAGES.load(std::sync::atomic::Ordering::Relaxed)
     );
+    println!("  spend per agent (orderly costs --by agent):");
+    for (agent, amount, currency, attempts) in sql::demo_spend(pool).await? {
+        println!("    {agent:<12} {amount:>12} {currency}  over {attempts} attempts");
+    }
+    println!("    progress reports kept: {} items", sql::demo_progress_reports(pool).await?);
     let (orders, completed) = sql::demo_schedule(pool).await?;
     println!("  schedule \"demo heartbeat\" (cron */2 * * * * *, every 2 s in UTC):");
     println!(

@@ -198,3 +198,19 @@ pub async fn demo_summary(pool: &PgPool) -> Result<DemoSummary, sqlx::Error> {
     .await?;
     Ok(summary)
 }
+
+/// The priced spend per agent: (agent, amount rounded to the cent's hundredth, currency,
+/// attempts).
+pub async fn demo_spend(pool: &PgPool) -> Result<Vec<(String, String, String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT agent_id, round(sum(amount), 4)::text, currency::text, count(DISTINCT attempt_id)
+         FROM cost_entries WHERE amount IS NOT NULL GROUP BY 1, 3 ORDER BY 1, 3",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Items whose agents reported progress while they ran.
+pub async fn demo_progress_reports(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM run_progress").fetch_one(pool).await
+}

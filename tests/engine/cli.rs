@@ -324,6 +324,13 @@ async fn the_demo_runs_and_shows_its_sla() {
     assert!(shown.contains("SLA \"status reports finish quickly\""), "{shown}");
     assert!(shown.contains("messages received by the on-call webhook"), "{shown}");
     assert!(shown.contains("schedule \"demo heartbeat\"") && shown.contains("orders made"), "{shown}");
+    assert!(shown.contains("spend per agent") && shown.contains("extractor") && shown.contains("USD"), "{shown}");
+    let kept: i64 = shown
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("progress reports kept: "))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(kept > 0, "the extractor reports progress: {shown}");
 }
 
 /// A reader that stops reading (`| head -1`) ends the command quietly, as SIGPIPE would, never
