@@ -11,6 +11,8 @@ use super::*;
 pub struct LatencyAgent {
     pub url: String,
     pub latency: Duration,
+    /// Whether answers report usage (`orderly bench --usage`).
+    pub usage: bool,
     pub stats: Arc<AgentStats>,
 }
 
@@ -25,10 +27,11 @@ pub struct AgentStats {
 
 impl LatencyAgent {
     /// Binds and starts serving; the server lives as long as the runtime.
-    pub async fn start(latency: Duration) -> anyhow::Result<LatencyAgent> {
+    pub async fn start(latency: Duration, usage: bool) -> anyhow::Result<LatencyAgent> {
         use axum::serve::ListenerExt;
         let stats = Arc::new(AgentStats::default());
-        let app = axum::Router::new().route("/", axum::routing::post(answer)).with_state((latency, stats.clone()));
+        let app =
+            axum::Router::new().route("/", axum::routing::post(answer)).with_state((latency, usage, stats.clone()));
         // A backlog above tokio's default 1,024: a claim starts up to claim_batch requests at once.
         let socket = tokio::net::TcpSocket::new_v4()?;
         socket.bind((std::net::Ipv4Addr::LOCALHOST, 0).into())?;
@@ -43,14 +46,18 @@ impl LatencyAgent {
                 eprintln!("the bench's agent server stopped: {e}");
             }
         });
-        Ok(LatencyAgent { url, latency, stats })
+        Ok(LatencyAgent { url, latency, usage, stats })
     }
 }
+
+/// The answer of `--usage`: tokens of the bench's priced model and one log line.
+const USAGE_ANSWER: &str =
+    r#"{"ok":true,"usage":{"model":"bench-model","input_tokens":1200,"output_tokens":300},"logs":["answered"]}"#;
 
 /// One request: read the envelope, wait the latency, answer. A request the client gives up
 /// on (its future dropped) leaves the count of those in flight all the same.
 async fn answer(
-    axum::extract::State((latency, stats)): axum::extract::State<(Duration, Arc<AgentStats>)>,
+    axum::extract::State((latency, usage, stats)): axum::extract::State<(Duration, bool, Arc<AgentStats>)>,
     _envelope: axum::body::Bytes,
 ) -> impl axum::response::IntoResponse {
     struct Serving<'a>(&'a AgentStats);
@@ -64,5 +71,6 @@ async fn answer(
     let _serving = Serving(&stats);
     tokio::time::sleep(latency).await;
     stats.requests.fetch_add(1, Ordering::Relaxed);
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], r#"{"ok":true}"#)
+    let body = if usage { USAGE_ANSWER } else { r#"{"ok":true}"# };
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
 }

@@ -143,7 +143,7 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
             if let Err(e) = crate::daemon::raise_open_files_limit() {
                 say(format!("cannot raise the open-file limit: {e}"));
             }
-            Some(LatencyAgent::start(latency).await?)
+            Some(LatencyAgent::start(latency, args.usage).await?)
         }
         None => None,
     };
@@ -274,7 +274,8 @@ fn daemon_config(concurrency: usize, agent: Option<&LatencyAgent>) -> String {
         // Loopback, so allow_private; the timeout leaves room for a loaded machine.
         Some(agent) => format!(
             "[agents.bench_http]\nkind = \"http\"\nurl = \"{}\"\nallow_private = true\ntimeout = \"{}\"\n\
-             [routes]\nTICKET = \"bench_http\"\n",
+             [routes]\nTICKET = \"bench_http\"\n\
+             [prices.bench-model]\ninput_per_million = \"2.50\"\noutput_per_million = \"10\"\ncurrency = \"USD\"\n",
             agent.url,
             humantime::format_duration(agent.latency + Duration::from_secs(30))
         ),

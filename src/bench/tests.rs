@@ -8,7 +8,7 @@ use serde_json::json;
 /// through the real `http` agent kind (loopback allowed), which answers `{"ok":true}`.
 #[tokio::test]
 async fn the_daemon_config_reaches_the_latency_agent_through_the_http_kind() {
-    let server = LatencyAgent::start(Duration::from_millis(5)).await.unwrap();
+    let server = LatencyAgent::start(Duration::from_millis(5), false).await.unwrap();
     let settings = Settings::from_toml_over_defaults(&daemon_config(5000, Some(&server))).unwrap();
     assert_eq!(settings.worker.concurrency, 5000);
     assert_eq!(settings.routes["TICKET"], "bench_http");
