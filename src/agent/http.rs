@@ -114,6 +114,12 @@ impl HttpAgent {
         let status = response.status();
         let retry_after = retry_after(response.headers());
         let body = self.read_body(response).await?;
+        if !status.is_success() {
+            // A failed call may still have cost something: its JSON body's `usage` counts.
+            if let Some(usage) = serde_json::from_slice::<Value>(&body).ok().and_then(|b| b.get("usage").cloned()) {
+                request.report.usage(usage);
+            }
+        }
         classify(status, retry_after, &body)
     }
 

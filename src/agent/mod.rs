@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 pub use command::CommandAgent;
 pub use http::HttpAgent;
-pub use report::{Compute, ProgressUpdate, Reporter};
+pub use report::{Compute, ProgressUpdate, Reported, Reporter};
 
 /// A boxed future, so executors can live behind `dyn Executor`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

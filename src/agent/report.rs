@@ -40,6 +40,7 @@ struct Inner {
     progress: Option<mpsc::Sender<ProgressUpdate>>,
     logs: Mutex<(Vec<LogLine>, usize)>,
     compute: Mutex<Option<Compute>>,
+    usage: Mutex<Option<serde_json::Value>>,
 }
 
 impl std::fmt::Debug for Reporter {
@@ -58,6 +59,7 @@ impl Reporter {
                 progress,
                 logs: Mutex::new((Vec::new(), 0)),
                 compute: Mutex::new(None),
+                usage: Mutex::new(None),
             })),
         }
     }
@@ -91,10 +93,34 @@ impl Reporter {
         }
     }
 
-    /// The log lines reported (and how many were left out past the cap) and the compute.
-    pub fn take(&self) -> (Vec<LogLine>, usize, Option<Compute>) {
-        let Some(inner) = &self.inner else { return (Vec::new(), 0, None) };
-        let (lines, dropped) = std::mem::take(&mut *inner.logs.lock().expect("reporter logs"));
-        (lines, dropped, inner.compute.lock().expect("reporter compute").take())
+    /// What a call that failed still used (the `usage` of an HTTP agent's error body): it
+    /// costs like a successful answer's.
+    pub fn usage(&self, usage: serde_json::Value) {
+        if let Some(inner) = &self.inner {
+            *inner.usage.lock().expect("reporter usage") = Some(usage);
+        }
     }
+
+    /// What the attempt reported beside its output.
+    pub fn take(&self) -> Reported {
+        let Some(inner) = &self.inner else { return Reported::default() };
+        let (logs, dropped) = std::mem::take(&mut *inner.logs.lock().expect("reporter logs"));
+        Reported {
+            logs,
+            dropped,
+            compute: inner.compute.lock().expect("reporter compute").take(),
+            usage: inner.usage.lock().expect("reporter usage").take(),
+        }
+    }
+}
+
+/// What a [`Reporter`] gathered during one attempt.
+#[derive(Debug, Default)]
+pub struct Reported {
+    pub logs: Vec<LogLine>,
+    /// Log lines left out past the cap.
+    pub dropped: usize,
+    pub compute: Option<Compute>,
+    /// Usage reported beside a failure (a successful output carries its own).
+    pub usage: Option<serde_json::Value>,
 }

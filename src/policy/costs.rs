@@ -53,9 +53,21 @@ pub(crate) fn currency(value: Option<&Value>) -> Option<String> {
 
 /// The cost entries of one usage report.
 pub fn from_usage(usage: &Value, prices: &BTreeMap<String, Price>) -> Vec<CostRecord> {
+    costs_and_warnings(usage, prices).0
+}
+
+/// The cost entries of one usage report, and a warning for each part of it that was
+/// ignored (the attempt's log keeps them: a usage report never fails an attempt).
+pub fn costs_and_warnings(usage: &Value, prices: &BTreeMap<String, Price>) -> (Vec<CostRecord>, Vec<String>) {
+    let mut warnings = Vec::new();
+    let short = |v: &Value| crate::model::printable(&v.to_string(), 80);
     let reports: Vec<&Value> = match usage.get("costs").and_then(Value::as_array) {
         Some(list) => list.iter().collect(),
-        None => vec![usage],
+        None if usage.is_object() => vec![usage],
+        None => {
+            warnings.push(format!("usage ignored: {} is not an object", short(usage)));
+            vec![]
+        }
     };
     let mut out = Vec::new();
     for report in reports {
@@ -65,7 +77,14 @@ pub fn from_usage(usage: &Value, prices: &BTreeMap<String, Price>) -> Vec<CostRe
             ("input_tokens", "input_token", price.map(|p| p.input_per_million.clone())),
             ("output_tokens", "output_token", price.map(|p| p.output_per_million.clone())),
         ] {
-            if let Some(quantity) = decimal(report.get(key)) {
+            let given = report.get(key);
+            if given.is_some() && decimal(given).is_none() {
+                warnings.push(format!(
+                    "usage.{key} ignored: {} is not a non-negative decimal",
+                    short(&given.cloned().unwrap_or_default())
+                ));
+            }
+            if let Some(quantity) = decimal(given) {
                 out.push(CostRecord {
                     cost_type: "api_tokens",
                     model: model.clone(),
@@ -78,8 +97,21 @@ pub fn from_usage(usage: &Value, prices: &BTreeMap<String, Price>) -> Vec<CostRe
                 });
             }
         }
-        if let Some(amount) = decimal(report.get("amount")) {
+        let stated = report.get("amount");
+        if stated.is_some() && decimal(stated).is_none() {
+            warnings.push(format!(
+                "usage.amount ignored: {} is not a non-negative decimal",
+                short(&stated.cloned().unwrap_or_default())
+            ));
+        }
+        if let Some(amount) = decimal(stated) {
             let currency = currency(report.get("currency")).or_else(|| price.map(|p| p.currency.clone()));
+            if currency.is_none() {
+                warnings.push(format!(
+                    "usage.amount {amount} ignored: currency {} is not three letters and no price names one",
+                    short(&report.get("currency").cloned().unwrap_or_default())
+                ));
+            }
             if let Some(currency) = currency {
                 out.push(CostRecord {
                     cost_type: "external_api",
@@ -94,7 +126,7 @@ pub fn from_usage(usage: &Value, prices: &BTreeMap<String, Price>) -> Vec<CostRe
             }
         }
     }
-    out
+    (out, warnings)
 }
 
 /// A command's compute, as two `compute` entries without a price: CPU seconds (user plus
@@ -159,6 +191,7 @@ mod tests {
             json!([1, 2]),
         ] {
             assert!(from_usage(&usage, &prices()).is_empty(), "{usage}");
+            assert!(!costs_and_warnings(&usage, &prices()).1.is_empty(), "a warning says why: {usage}");
         }
     }
 }

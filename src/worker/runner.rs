@@ -274,16 +274,25 @@ fn completion(
         let progress = o.get("progress").cloned();
         (usage.is_some() || progress.is_some()).then(|| json!({ "usage": usage, "progress": progress }))
     });
-    let (reported, dropped, compute) = reporter.take();
-    let mut costs: Vec<_> = usage
+    let reported = reporter.take();
+    // The output's usage, else what a failed call reported beside its error.
+    let usage = usage.or_else(|| reported.usage.clone().map(|u| json!({ "usage": u, "progress": null })));
+    let (mut costs, warnings) = usage
         .as_ref()
         .and_then(|u| u.get("usage"))
-        .map(|u| crate::policy::costs::from_usage(u, &ctx.settings.prices))
+        .filter(|u| !u.is_null())
+        .map(|u| crate::policy::costs::costs_and_warnings(u, &ctx.settings.prices))
         .unwrap_or_default();
-    costs.extend(compute.map(crate::policy::costs::from_compute).unwrap_or_default());
+    costs.extend(reported.compute.map(crate::policy::costs::from_compute).unwrap_or_default());
+    let mut lines = reported.logs;
+    lines.extend(warnings.into_iter().map(|message| crate::policy::report::LogLine {
+        level: "WARN".into(),
+        at: None,
+        message,
+    }));
     let report = crate::policy::report::RunReport {
         costs,
-        logs: crate::policy::report::logs(output.as_ref(), reported, dropped),
+        logs: crate::policy::report::logs(output.as_ref(), lines, reported.dropped),
         artifacts: output.as_ref().map(crate::policy::report::artifacts).unwrap_or_default(),
     };
     Completion {

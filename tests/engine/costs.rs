@@ -65,6 +65,17 @@ async fn reported_usage_becomes_exact_cost_entries_and_a_report() {
         .await
         .unwrap();
     assert_eq!(garbage, 0, "a usage report that makes no sense records nothing, and fails nothing");
+    let warned: Vec<String> =
+        sqlx::query_scalar("SELECT message FROM run_logs WHERE work_item_id = $1 AND level = 'WARN'")
+            .bind(items[3])
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert!(
+        warned.iter().any(|w| w.starts_with("usage.input_tokens ignored: -1"))
+            && warned.iter().any(|w| w.starts_with("usage.amount ignored: \"lots\"")),
+        "what was ignored is recorded in the attempt's log: {warned:?}"
+    );
 
     // 2 × (0.003 + 0.003) + 0.0123, exactly.
     let out = crate::cli::orderly(&db.url, &["costs", "--by", "tenant", "--since", "1h", "--json"]);
@@ -172,4 +183,30 @@ async fn an_agents_logs_and_artifacts_are_kept_bounded_and_shown() {
     let cookie = crate::web::sign_in(&app, crate::api::READ).await;
     let page = crate::web::get(&app, &format!("/items/{quiet}"), &cookie).await;
     assert!(page.body.contains("slow upstream") && page.body.contains("summary.pdf"), "{}", page.body);
+}
+
+/// A call that fails may still have cost money: the usage in a 5xx answer's JSON body counts.
+#[tokio::test]
+async fn a_failed_call_costs_what_its_error_body_reports() {
+    let db = TestDb::new().await;
+    let agent = TestAgent::start(|_| {
+        (
+            (503, vec![], json!({"error": "overloaded", "usage": {"amount": "0.25", "currency": "USD"}}).to_string()),
+            std::time::Duration::ZERO,
+        )
+    })
+    .await;
+    let config = format!("{}[routes]\nTICKET = \"paid\"\n[retry]\nmax_attempts = 2\n", agent.config("paid", "5s"));
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    let item = insert_item(&db.pool, order, "TICKET", "{}").await;
+    let engine = db.engine(&config).await;
+    wait_for_status(&db.pool, item, "FAILED").await;
+    stop(engine).await;
+    let spent: Option<String> =
+        sqlx::query_scalar("SELECT sum(amount)::text FROM cost_entries WHERE work_item_id = $1")
+            .bind(item)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(spent.as_deref(), Some("0.50"), "two failed attempts, 0.25 each");
 }
