@@ -266,7 +266,8 @@ pub struct WaitingReason {
     /// `backoff` (a retry's delay), `never` (run_at is 'infinity'), `no_route` (the catalog
     /// cannot route it: it will fail when claimed), `claimed` (running), `lease_expired`
     /// (its worker vanished; the rescuer takes it back), `held` (for approval), `budget` (an
-    /// exhausted spending budget stops it, waiting or held), `finished`.
+    /// exhausted spending budget stops it, waiting or held), `agent_limit` (its agent's
+    /// in-flight limit, rate, pause or open circuit), `finished`.
     pub kind: &'static str,
     pub detail: String,
     pub since: Option<DateTime<Utc>>,
@@ -328,6 +329,10 @@ pub fn waiting_reason(
             let detail = item.budget_wait.clone().unwrap_or_default();
             let until = item.run_at.filter(|r| item.status == ItemStatus::Queued && *r > item.now);
             WaitingReason { until, ..reason("budget", detail) }
+        }
+        ItemStatus::Queued if item.agent_wait.is_some() => {
+            let detail = item.agent_wait.clone().unwrap_or_default();
+            WaitingReason { until: item.run_at.filter(|r| *r > item.now), ..reason("agent_limit", detail) }
         }
         ItemStatus::Queued => {
             if item.run_at_infinite {

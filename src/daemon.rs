@@ -133,6 +133,8 @@ impl Engine {
         let (tx, rx) = mpsc::channel(settings.worker.concurrency.max(settings.worker.completer_batch) * 2);
 
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        // Agent limits: completers nudge the waker after a limited agent's batch.
+        let limits_nudge = Arc::new(tokio::sync::Notify::new());
         let completers = (0..settings.worker.completers)
             .map(|_| {
                 // Completers end when the dispatcher and every runner are gone (shutdown).
@@ -148,6 +150,8 @@ impl Engine {
                             wake: wake.clone(),
                             abandon: abandon.clone(),
                             beat: health.beat("completer"),
+                            agents: agents.clone(),
+                            limits_nudge: limits_nudge.clone(),
                         }
                         .run(rx.clone()),
                     ),
@@ -240,6 +244,19 @@ impl Engine {
                         .run(leadership.clone(), stop_background.clone()),
                 ),
             ),
+            // Lets items waiting for a limited agent's slot run as slots free (every replica;
+            // ends at once when no agent has a slot limit or a circuit).
+            watched(
+                "limits_waker",
+                &stop_background,
+                Box::pin(crate::worker::limits::waker(
+                    pool.clone(),
+                    agents.clone(),
+                    limits_nudge.clone(),
+                    wake.clone(),
+                    stop_background.clone(),
+                )),
+            ),
         ];
         let ctx = Arc::new(RunContext {
             agents,
@@ -265,6 +282,7 @@ impl Engine {
                     stop: stop_claiming.clone(),
                     beat: health.beat("dispatcher"),
                     budgets: Default::default(),
+                    limits: Default::default(),
                 }
                 .run(),
             ),

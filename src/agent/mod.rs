@@ -201,6 +201,21 @@ pub fn host_exhausted(error: &(dyn std::error::Error + 'static)) -> bool {
 #[derive(Clone, Serialize, Deserialize)]
 pub struct AgentSettings {
     pub kind: String,
+    /// Executions in flight at once across every replica (docs/agents.md#limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    /// Starts per time across every replica: "50/s", "600/min".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
+    /// Starts the rate allows at once after a quiet spell (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// Consecutive timeouts, 5xx and connection failures that open the circuit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_failures: Option<u32>,
+    /// How long an open circuit waits before one probe (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_cool_down: Option<String>,
     #[serde(flatten)]
     pub options: serde_json::Map<String, Value>,
 }
@@ -212,6 +227,18 @@ impl fmt::Debug for AgentSettings {
 }
 
 impl AgentSettings {
+    /// The agent's limits, checked (errors name `agents.NAME.key`).
+    pub fn limit(&self, name: &str) -> Result<crate::policy::limits::AgentLimit, ConfigError> {
+        crate::policy::limits::AgentLimit::parse(
+            name,
+            self.max_in_flight,
+            self.rate.as_deref(),
+            self.burst,
+            self.circuit_failures,
+            self.circuit_cool_down.as_deref(),
+        )
+    }
+
     /// The options with secrets replaced by `<redacted>`: every value of `headers` and `env`,
     /// every option whose name suggests a secret (password, secret, token, credential, auth,
     /// api key), and the credentials and query values of every URL (see [`redact_url`]).
@@ -328,6 +355,7 @@ impl Registry {
         limits: AgentLimits,
     ) -> Result<Agents, ConfigError> {
         let mut agents = HashMap::new();
+        let mut limited = HashMap::new();
         for (name, agent_settings) in configured {
             let factory = self.kinds.get(&agent_settings.kind).ok_or_else(|| {
                 ConfigError::invalid(
@@ -341,8 +369,12 @@ impl Registry {
             })?;
             let spec = AgentSpec { name, settings: agent_settings, limits };
             agents.insert(name.clone(), factory(&spec)?);
+            let limit = agent_settings.limit(name)?;
+            if limit.is_limited() {
+                limited.insert(name.clone(), limit);
+            }
         }
-        Ok(Agents { by_name: Arc::new(agents) })
+        Ok(Agents { by_name: Arc::new(agents), limited: Arc::new(limited) })
     }
 }
 
@@ -350,11 +382,23 @@ impl Registry {
 #[derive(Clone, Default)]
 pub struct Agents {
     by_name: Arc<HashMap<String, Agent>>,
+    /// The agents with limits the claim must check (`policy::limits`).
+    limited: Arc<HashMap<String, crate::policy::limits::AgentLimit>>,
 }
 
 impl Agents {
     pub fn get(&self, name: &str) -> Option<&Agent> {
         self.by_name.get(name)
+    }
+
+    /// The agent's limits, if it has any.
+    pub fn limit(&self, name: &str) -> Option<&crate::policy::limits::AgentLimit> {
+        self.limited.get(name)
+    }
+
+    /// Every limited agent and its limits.
+    pub fn limited(&self) -> impl Iterator<Item = (&String, &crate::policy::limits::AgentLimit)> {
+        self.limited.iter()
     }
 }
 

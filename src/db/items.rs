@@ -127,6 +127,8 @@ pub struct ItemRow {
     pub held_since: Option<DateTime<Utc>>,
     /// What an exhausted spending budget does to it, if one stops it (`db::budgets`).
     pub budget_wait: Option<String>,
+    /// Which agent limit it waits for, if one does (`db::limits`).
+    pub agent_wait: Option<String>,
     /// The database clock when this was read.
     pub now: DateTime<Utc>,
 }
@@ -173,6 +175,17 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<ItemDetail, OpsError> {
                            END
                  FROM budget_waits bw JOIN budgets b ON b.id = bw.budget_id
                  WHERE bw.work_item_id = w.id AND NOT bw.allowed AND (bw.held OR w.run_at > now())) AS budget_wait,
+                (SELECT CASE a.reason
+                          WHEN 'in_flight' THEN 'waiting for a free slot of agent ' || a.agent
+                               || ' (max_in_flight across every replica); it runs when one frees'
+                          WHEN 'rate' THEN 'waiting for its turn in agent ' || a.agent || '''s rate: it starts at '
+                               || to_char(w.run_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS') || ' UTC'
+                          WHEN 'paused' THEN 'agent ' || a.agent || ' asked to be left alone (Retry-After) until '
+                               || to_char(w.run_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC'
+                          ELSE 'agent ' || a.agent || '''s circuit is open (repeated failures) until '
+                               || to_char(w.run_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC' END
+                 FROM agent_waits a WHERE a.work_item_id = w.id AND a.woken_at IS NULL
+                   AND w.status = 'QUEUED' AND w.run_at > now()) AS agent_wait,
                 now() AS now
          FROM work_items w JOIN work_orders o ON o.id = w.work_order_id WHERE w.id = $1",
     )

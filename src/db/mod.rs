@@ -15,6 +15,7 @@ pub mod dependencies;
 pub mod gauges;
 pub mod items;
 pub mod leader;
+pub mod limits;
 pub mod maintenance;
 pub mod notifications;
 pub mod orders;

@@ -145,6 +145,8 @@ impl Roles {
             ("SELECT, INSERT, UPDATE, DELETE", &[daemon], &["run_progress"]),
             ("SELECT", &[oncall], &["run_progress"]),
             ("SELECT", &[daemon], &["orderly_keys"]),
+            ("SELECT, INSERT, UPDATE, DELETE", &[daemon], &["agent_state", "agent_slots", "agent_waits"]),
+            ("SELECT", &[oncall], &["agent_state", "agent_slots", "agent_waits"]),
             ("SELECT, UPDATE", &[daemon, oncall], &["schedules"]),
             ("SELECT, INSERT", &[producer], &["work_orders", "work_items", "work_item_dependencies"]),
             ("SELECT", &[daemon, oncall], &["work_item_dependencies"]),

@@ -10,5 +10,6 @@ pub mod catalog;
 pub mod content;
 pub mod costs;
 pub mod decision;
+pub mod limits;
 pub mod progress;
 pub mod report;

@@ -21,6 +21,9 @@ pub struct RunReport {
     pub costs: Vec<crate::policy::costs::CostRecord>,
     pub logs: Vec<LogLine>,
     pub artifacts: Vec<Artifact>,
+    /// The agent asked to be left alone this long (a 429 or 503 with Retry-After): every
+    /// replica pauses it (`db::limits::record`).
+    pub agent_pause_ms: Option<i64>,
 }
 
 impl RunReport {

@@ -36,6 +36,11 @@ pub struct Completer {
     /// what is unwritten to the rescuer (the items stay PROCESSING under a lease that
     /// expires), so a database outage cannot hold the process past its bound.
     pub abandon: CancellationToken,
+    /// The agents, for their limits: what a batch saw of a limited agent (failures for its
+    /// circuit, a Retry-After pause) is written after the batch (`db::limits::record`).
+    pub agents: crate::agent::Agents,
+    /// Told after a batch that finished executions of a limited agent (`super::limits::waker`).
+    pub limits_nudge: Arc<tokio::sync::Notify>,
     /// Liveness (`super::liveness`): busy from the start of a batch until it is written, so a
     /// completer retrying one batch for longer than `worker.stall_timeout` counts as wedged.
     pub beat: Beat,
@@ -101,6 +106,7 @@ impl Completer {
                 }
             });
         }
+        self.record_agents(batch.iter().filter(|c| is_written(c))).await;
         for done in batch.iter() {
             let key = (done.item_id, done.attempt);
             if outcome.stale.contains(&key) {
@@ -125,6 +131,43 @@ impl Completer {
             }
             self.in_flight.remove(&done.item_id, done.attempt);
         }
+    }
+
+    /// What the batch saw of each agent that has limits or asked for a pause: written so
+    /// every replica's next claim sees it. A failure to write it is logged, never retried
+    /// against the results (they are written already).
+    async fn record_agents<'a>(&self, written: impl Iterator<Item = &'a Completion>) {
+        let mut seen: std::collections::BTreeMap<&str, db::limits::Seen> = std::collections::BTreeMap::new();
+        for done in written {
+            let limit = self.agents.limit(&done.agent);
+            if limit.is_none() && done.report.agent_pause_ms.is_none() {
+                continue;
+            }
+            let s = seen.entry(done.agent.as_str()).or_default();
+            match done.error.as_ref().map(|e| e.code) {
+                None => {
+                    s.succeeded = true;
+                    s.failures = 0;
+                }
+                Some(ErrorCode::AgentTimeout | ErrorCode::AgentUnavailable | ErrorCode::AgentConnection) => {
+                    s.failures += 1
+                }
+                Some(_) => {}
+            }
+            if let Some(ms) = done.report.agent_pause_ms {
+                s.pause_ms = Some(s.pause_ms.unwrap_or(0).max(ms));
+            }
+        }
+        if seen.is_empty() {
+            return;
+        }
+        for (agent, s) in &seen {
+            let limit = self.agents.limit(agent).copied().unwrap_or_default();
+            if let Err(e) = db::limits::record(&self.pool, agent, &limit, s).await {
+                crate::telemetry::warn_limited("limits_record", "recording an agent's outcomes failed", &e);
+            }
+        }
+        self.limits_nudge.notify_one();
     }
 
     /// Stores the batch, splitting it in halves on a refusal until each refused result

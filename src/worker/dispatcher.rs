@@ -45,6 +45,8 @@ pub struct Dispatcher {
     pub beat: Beat,
     /// Parks the claimed items of exhausted budgets.
     pub budgets: super::budgets::BudgetGate,
+    /// Parks the claimed items their agents' limits or pauses hold back.
+    pub limits: super::limits::LimitGate,
 }
 
 impl Dispatcher {
@@ -176,7 +178,22 @@ impl Dispatcher {
         // Parked items count as claimed: the queue had them, so the next claim comes at once.
         let got = items.len();
         let mut items = items;
-        let admitted = self.budgets.admit(&self.pool, &self.in_flight, &mut items).await;
+        let mut admitted = self.budgets.admit(&self.pool, &self.in_flight, &mut items).await;
+        if admitted.is_ok() {
+            admitted = match self.limits.admit(&self.ctx, &self.pool, &mut items).await {
+                // Look again when the first parked item's turn comes (no NOTIFY tells).
+                Ok(Some(after)) => {
+                    let wake = self.wake.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(after).await;
+                        wake.notify_one();
+                    });
+                    Ok(())
+                }
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
         let ids: Vec<_> = items.iter().map(|i| i.id).collect();
         let contexts = match admitted {
             Ok(()) => self.contexts(&items, &ids).await,
@@ -187,7 +204,7 @@ impl Dispatcher {
             Err(e) => {
                 crate::telemetry::warn_limited(
                     "mem_docs",
-                    "cannot read budgets, mem_docs or dependencies; releasing the claimed items",
+                    "cannot read budgets, agent limits, mem_docs or dependencies; releasing the claimed items",
                     &e,
                 );
                 None

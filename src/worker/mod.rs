@@ -8,6 +8,7 @@ pub mod budgets;
 pub mod completer;
 pub mod dispatcher;
 pub mod heartbeat;
+pub mod limits;
 pub mod listener;
 pub mod liveness;
 pub mod progress;

@@ -209,7 +209,17 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, context: Option<ItemContex
     };
     let backoff = Backoff { base: settings.retry.backoff_base, max: settings.retry.backoff_max };
     let (attempt_status, next) = decision::next_state(&outcome, budget, backoff, fastrand::f64());
-    Some(finish(input, attempt_status, output, error, evals, approval, next))
+    // A 429 or 503 with Retry-After pauses the agent on every replica, not only this item.
+    let pause = match (&outcome, error.as_ref().map(|e| e.code)) {
+        (
+            Outcome::Failed { retry_after: Some(after), .. },
+            Some(ErrorCode::AgentRateLimited | ErrorCode::AgentUnavailable),
+        ) => Some(after.as_millis().min(i64::MAX as u128) as i64),
+        _ => None,
+    };
+    let mut done = finish(input, attempt_status, output, error, evals, approval, next);
+    done.report.agent_pause_ms = pause;
+    Some(done)
 }
 
 /// Most characters of an error message kept on the attempt (agents' bodies and stderr can be
@@ -293,6 +303,7 @@ fn completion(
     let report = crate::policy::report::RunReport {
         costs,
         logs: crate::policy::report::logs(output.as_ref(), lines, reported.dropped),
+        agent_pause_ms: None,
         artifacts: output.as_ref().map(crate::policy::report::artifacts).unwrap_or_default(),
     };
     Completion {

@@ -23,6 +23,7 @@ mod durability;
 mod flow;
 mod http_addresses;
 mod input;
+mod limits;
 mod notify;
 mod plans;
 mod poison;

@@ -1,0 +1,192 @@
+//! Agent limits across replicas (docs/agents.md#limits): checked by the agent's own ledger of
+//! concurrent requests and start times, never by orderly's tables. Three engines against one
+//! database; a Retry-After pause and an open circuit seen by every replica; a replica that
+//! vanished holding slots.
+
+use crate::common::*;
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// An HTTP agent on 127.0.0.1 that records when each request started and how many were open
+/// at once, and answers what `script` says for the n-th request (status, Retry-After).
+struct Ledger {
+    url: String,
+    starts: Arc<Mutex<Vec<Instant>>>,
+    open: Arc<Mutex<(usize, usize)>>,
+}
+
+impl Ledger {
+    async fn start(delay: Duration, script: impl Fn(usize) -> (u16, Option<u64>) + Send + Sync + 'static) -> Ledger {
+        let starts: Arc<Mutex<Vec<Instant>>> = Default::default();
+        let open: Arc<Mutex<(usize, usize)>> = Default::default();
+        let (s, o, script) = (starts.clone(), open.clone(), Arc::new(script));
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::post(move || {
+                let (s, o, script) = (s.clone(), o.clone(), script.clone());
+                async move {
+                    let n = {
+                        let mut starts = s.lock().unwrap();
+                        starts.push(Instant::now());
+                        starts.len() - 1
+                    };
+                    {
+                        let mut open = o.lock().unwrap();
+                        open.0 += 1;
+                        open.1 = open.1.max(open.0);
+                    }
+                    tokio::time::sleep(delay).await;
+                    o.lock().unwrap().0 -= 1;
+                    let (status, retry_after) = script(n);
+                    let mut headers = axum::http::HeaderMap::new();
+                    if let Some(seconds) = retry_after {
+                        headers.insert("retry-after", seconds.to_string().parse().unwrap());
+                    }
+                    (
+                        axum::http::StatusCode::from_u16(status).unwrap(),
+                        headers,
+                        json!({"ok": status == 200}).to_string(),
+                    )
+                }
+            }),
+        );
+        Ledger { url: format!("{}/", serve(app).await), starts, open }
+    }
+
+    fn config(&self, limits: &str, concurrency: usize) -> String {
+        format!(
+            "[agents.limited]\nkind = \"http\"\nurl = \"{}\"\nallow_private = true\ntimeout = \"10s\"\n{limits}\n\
+             [routes]\nTICKET = \"limited\"\n[worker]\nconcurrency = {concurrency}\n[retry]\nmax_attempts = 10\n",
+            self.url
+        )
+    }
+
+    fn starts(&self) -> Vec<Instant> {
+        self.starts.lock().unwrap().clone()
+    }
+}
+
+async fn items(db: &TestDb, n: usize) -> Uuid {
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    sqlx::query(
+        "INSERT INTO work_items (work_order_id, type, content) SELECT $1, 'TICKET', '{}' FROM generate_series(1, $2)",
+    )
+    .bind(order)
+    .bind(n as i32)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    order
+}
+
+#[tokio::test]
+async fn three_engines_never_have_more_than_max_in_flight_open_at_the_agent() {
+    let db = TestDb::new().await;
+    let agent = Ledger::start(Duration::from_millis(40), |_| (200, None)).await;
+    let order = items(&db, 120).await;
+    let config = agent.config("max_in_flight = 5", 64);
+    let engines = vec![db.engine(&config).await, db.engine(&config).await, db.engine(&config).await];
+    // While it runs, an item that waits says so.
+    let mut said = None;
+    let start = Instant::now();
+    while said.is_none() && start.elapsed() < Duration::from_secs(10) {
+        let waiting: Option<Uuid> =
+            sqlx::query_scalar("SELECT work_item_id FROM agent_waits WHERE woken_at IS NULL LIMIT 1")
+                .fetch_optional(&db.pool)
+                .await
+                .unwrap();
+        if let Some(id) = waiting {
+            let shown = crate::cli::text(&crate::cli::orderly(&db.url, &["items", "show", &id.to_string()]));
+            if shown.contains("(agent_limit)") {
+                said = Some(shown);
+            }
+        }
+    }
+    wait_for_order(&db.pool, order, "COMPLETED").await;
+    for engine in engines {
+        stop(engine).await;
+    }
+    let said = said.expect("an item said it waits for the agent's limit");
+    assert!(said.contains("waiting for a free slot of agent limited"), "{said}");
+    let peak = agent.open.lock().unwrap().1;
+    println!("max_in_flight = 5 over three engines at concurrency 64: at most {peak} open at the agent");
+    assert!(peak <= 5, "{peak} requests open at once");
+    assert_eq!(agent.starts().len(), 120, "each item ran once");
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM attempts").await, 120, "no attempt spent waiting");
+}
+
+#[tokio::test]
+async fn a_rate_holds_across_engines_in_every_one_second_window() {
+    let db = TestDb::new().await;
+    let agent = Ledger::start(Duration::from_millis(5), |_| (200, None)).await;
+    let order = items(&db, 90).await;
+    let config = agent.config("rate = \"30/s\"\nburst = 5", 32);
+    let engines = vec![db.engine(&config).await, db.engine(&config).await, db.engine(&config).await];
+    wait_for_order(&db.pool, order, "COMPLETED").await;
+    for engine in engines {
+        stop(engine).await;
+    }
+    let starts = agent.starts();
+    let most = starts
+        .iter()
+        .map(|t| starts.iter().filter(|u| **u >= *t && u.duration_since(*t) < Duration::from_secs(1)).count())
+        .max()
+        .unwrap();
+    let span = starts.iter().max().unwrap().duration_since(*starts.iter().min().unwrap());
+    println!("rate 30/s, burst 5, three engines: at most {most} starts in a second; 90 items in {span:?}");
+    assert!(most <= 30 + 5, "{most} starts in one second");
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM attempts").await, 90);
+}
+
+#[tokio::test]
+async fn a_retry_after_pauses_the_agent_on_every_engine() {
+    let db = TestDb::new().await;
+    // The third request is answered 429 with Retry-After: 2.
+    let agent = Ledger::start(Duration::from_millis(20), |n| if n == 2 { (429, Some(2)) } else { (200, None) }).await;
+    let order = items(&db, 40).await;
+    let config = agent.config("", 2);
+    let engines = vec![db.engine(&config).await, db.engine(&config).await];
+    wait_for_order(&db.pool, order, "COMPLETED").await;
+    for engine in engines {
+        stop(engine).await;
+    }
+    let starts = agent.starts();
+    let refused = starts[2];
+    // What was already running may land just after; nothing starts during the pause.
+    let during = starts
+        .iter()
+        .filter(|t| **t > refused + Duration::from_millis(400) && **t < refused + Duration::from_millis(1700))
+        .count();
+    assert_eq!(during, 0, "requests reached the agent while it had asked for 2 s of quiet");
+    assert!(starts.iter().any(|t| *t >= refused + Duration::from_millis(1700)), "it resumed");
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM attempts WHERE status = 'COMPLETED'").await, 40);
+}
+
+#[tokio::test]
+async fn a_circuit_opens_after_repeated_failures_then_one_probe_closes_it() {
+    let db = TestDb::new().await;
+    // Requests 0..3 fail with 503 (no Retry-After); then the agent is well again.
+    let agent = Ledger::start(Duration::from_millis(10), |n| if n < 3 { (503, None) } else { (200, None) }).await;
+    let order = items(&db, 20).await;
+    let config = agent.config("circuit_failures = 3\ncircuit_cool_down = \"1500ms\"", 1);
+    let engine = db.engine(&config).await;
+    wait_until("the circuit to open", Duration::from_secs(10), || async {
+        count(&db.pool, "SELECT count(*) FROM agent_state WHERE circuit_open_until > now()").await == 1
+    })
+    .await;
+    let shown = crate::cli::text(&crate::cli::orderly(&db.url, &["status"]));
+    wait_for_order(&db.pool, order, "COMPLETED").await;
+    stop(engine).await;
+    let starts = agent.starts();
+    let gap = starts[3].duration_since(starts[2]);
+    println!("circuit: opened after 3 failures, the probe came {gap:?} after the last; {shown}");
+    assert!(gap >= Duration::from_millis(1200), "the open circuit let a request through after {gap:?}");
+    let closed: (i32, bool) =
+        sqlx::query_as("SELECT consecutive_failures, circuit_probing FROM agent_state WHERE agent = 'limited'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(closed, (0, false), "the probe's success closed it");
+}
