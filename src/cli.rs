@@ -154,9 +154,9 @@ pub struct BenchArgs {
     /// answers every request after this long (e.g. "100ms"), instead of the `echo` agent.
     #[arg(long, value_parser = agent_latency)]
     pub agent_latency: Option<std::time::Duration>,
-    /// With --agent-latency: every answer reports token usage of a priced model and one log
-    /// line (what a paid agent's answer carries), so the run measures writing cost entries
-    /// and logs in the completions (docs/costs.md).
+    /// With --agent-latency: every answer reports token usage of a priced model (what a paid
+    /// agent's answer carries), so the run measures writing cost entries in the completions
+    /// (docs/costs.md).
     #[arg(long, requires = "agent_latency")]
     pub usage: bool,
     /// The scratch database, dropped before and after the run: another name lets two benches

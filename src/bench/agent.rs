@@ -50,9 +50,8 @@ impl LatencyAgent {
     }
 }
 
-/// The answer of `--usage`: tokens of the bench's priced model and one log line.
-const USAGE_ANSWER: &str =
-    r#"{"ok":true,"usage":{"model":"bench-model","input_tokens":1200,"output_tokens":300},"logs":["answered"]}"#;
+/// The answer of `--usage`: tokens of the bench's priced model (two cost entries an item).
+const USAGE_ANSWER: &str = r#"{"ok":true,"usage":{"model":"bench-model","input_tokens":1200,"output_tokens":300}}"#;
 
 /// One request: read the envelope, wait the latency, answer. A request the client gives up
 /// on (its future dropped) leaves the count of those in flight all the same.
