@@ -451,6 +451,8 @@ pub struct Overview {
     pub leadership: Option<db::leader::Lease>,
     /// The replicas alive: seen by the database within the last 30 seconds.
     pub replicas: Vec<db::leader::Replica>,
+    /// Agents with limits or a pause: circuit, pause, in flight, waiting (`db::limits`).
+    pub agents: Vec<db::limits::AgentView>,
 }
 
 /// Reads the overview: the counts of `orderly status` (every item, so one pass over
@@ -460,6 +462,7 @@ pub async fn overview(pool: &sqlx::PgPool) -> Result<Overview, sqlx::Error> {
     let escalations = db::sla::unresolved_counts(pool).await?;
     let leadership = db::leader::current(pool).await?;
     let replicas = db::leader::replicas(pool, std::time::Duration::from_secs(30)).await?;
+    let agents = db::limits::views(pool).await?;
     let mut by_state = BTreeMap::new();
     let mut by_type: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
     for row in &queue.counts {
@@ -480,5 +483,6 @@ pub async fn overview(pool: &sqlx::PgPool) -> Result<Overview, sqlx::Error> {
         in_flight: queue.in_flight,
         leadership,
         replicas,
+        agents,
     })
 }

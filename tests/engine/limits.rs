@@ -167,8 +167,14 @@ async fn a_retry_after_pauses_the_agent_on_every_engine() {
 #[tokio::test]
 async fn a_circuit_opens_after_repeated_failures_then_one_probe_closes_it() {
     let db = TestDb::new().await;
-    // Requests 0..3 fail with 503 (no Retry-After); then the agent is well again.
-    let agent = Ledger::start(Duration::from_millis(10), |n| if n < 3 { (503, None) } else { (200, None) }).await;
+    // For its first 400 ms the agent fails with 503 (no Retry-After), then it is well again:
+    // the failures open the circuit, and whatever was in flight fails too.
+    let first: Arc<std::sync::OnceLock<Instant>> = Default::default();
+    let agent = Ledger::start(Duration::from_millis(10), move |_| {
+        let first = *first.get_or_init(Instant::now);
+        if first.elapsed() < Duration::from_millis(400) { (503, None) } else { (200, None) }
+    })
+    .await;
     let order = items(&db, 20).await;
     let config = agent.config("circuit_failures = 3\ncircuit_cool_down = \"1500ms\"", 1);
     let engine = db.engine(&config).await;
@@ -176,13 +182,22 @@ async fn a_circuit_opens_after_repeated_failures_then_one_probe_closes_it() {
         count(&db.pool, "SELECT count(*) FROM agent_state WHERE circuit_open_until > now()").await == 1
     })
     .await;
+    // The overview shows the agent's state while the circuit is open.
+    let app = crate::api::app(&db, "");
+    let cookie = crate::web::sign_in(&app, crate::api::READ).await;
+    let page = crate::web::get(&app, "/", &cookie).await;
+    assert!(page.body.contains("Agents with limits") && page.body.contains("\">open</span>"), "{}", page.body);
     let shown = crate::cli::text(&crate::cli::orderly(&db.url, &["status"]));
     wait_for_order(&db.pool, order, "COMPLETED").await;
     stop(engine).await;
     let starts = agent.starts();
-    let gap = starts[3].duration_since(starts[2]);
-    println!("circuit: opened after 3 failures, the probe came {gap:?} after the last; {shown}");
+    // The circuit opened within the failing spell; the next request is the probe, after the
+    // cool-down.
+    let gap = starts.windows(2).map(|w| w[1].duration_since(w[0])).max().unwrap();
+    let failed = starts.iter().filter(|t| t.duration_since(starts[0]) < Duration::from_millis(400)).count();
+    println!("circuit: {failed} failures, then the probe {gap:?} after the last; {shown}");
     assert!(gap >= Duration::from_millis(1200), "the open circuit let a request through after {gap:?}");
+    assert!(failed <= 5, "{failed} requests reached a failing agent: the circuit opens at 3 (and what was in flight)");
     let closed: (i32, bool) =
         sqlx::query_as("SELECT consecutive_failures, circuit_probing FROM agent_state WHERE agent = 'limited'")
             .fetch_one(&db.pool)

@@ -129,6 +129,27 @@ pub(super) fn overview_body(state: &AdminState, o: &Overview, charts: Option<&Ch
         }
         p { (o.scheduled) " queued item(s) wait for a future run time (retries, delayed items); "
             (o.waiting_for_dependencies) " wait for their dependencies." }
+        @if !o.agents.is_empty() {
+            h2 { "Agents with limits" }
+            table #agents {
+                thead { tr { th { "agent" } th { "circuit" } th { "paused until" } th.num { "failures in a row" } th.num { "in flight" } th.num { "waiting" } } }
+                tbody {
+                    @for a in &o.agents {
+                        tr {
+                            td { code { (a.agent) } }
+                            td {
+                                @if a.circuit == "open" { span.state.FAILED { "open" } " until " (a.circuit_open_until.map(ts).unwrap_or_default()) }
+                                @else { (a.circuit) }
+                            }
+                            td { (a.paused_until.map(ts).unwrap_or_else(|| "–".to_owned())) }
+                            td.num { (a.consecutive_failures) }
+                            td.num { (a.in_flight) }
+                            td.num { (a.waiting) }
+                        }
+                    }
+                }
+            }
+        }
         h2 { "In flight (up to 20)" }
         @if o.in_flight.is_empty() {
             p { "Nothing is running." }
