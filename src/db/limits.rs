@@ -11,6 +11,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+/// How much wider than `1 / rate` starts are spaced (see [`admit`]).
+const RATE_SPACING: f64 = 1.05;
+
 /// A claimed item of a limited agent, as the gate needs it.
 #[derive(Debug, Clone, Copy)]
 pub struct Claimed {
@@ -123,8 +126,11 @@ pub async fn admit(
         } else if let (Some(rate), false) = (limit.rate, reserved.contains(&item.id)) {
             // GCRA: each start (or reservation) moves the theoretical arrival time on by one
             // interval; a start is allowed once it is within the burst's tolerance of it.
-            let interval = TimeDelta::microseconds((1e6 / rate.per_second) as i64);
-            let tolerance = TimeDelta::microseconds(((rate.burst - 1.0) * 1e6 / rate.per_second) as i64);
+            // Starts are spaced 5% wider than the rate: what happens between the admission
+            // and the request (the runner, the network) may shift a start by up to 50 ms
+            // without a one-second window at the agent seeing more than rate + burst.
+            let interval = TimeDelta::microseconds((1e6 * RATE_SPACING / rate.per_second) as i64);
+            let tolerance = TimeDelta::microseconds(((rate.burst - 1.0) * 1e6 * RATE_SPACING / rate.per_second) as i64);
             let at = tat.max(now);
             let allowed = at - tolerance;
             tat = at + interval;
