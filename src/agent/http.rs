@@ -92,6 +92,10 @@ impl Executor for HttpAgent {
     fn execute<'a>(&'a self, request: &'a AgentRequest) -> BoxFuture<'a, Result<Value, AgentError>> {
         Box::pin(self.post(request))
     }
+
+    fn takes_progress_callback(&self) -> bool {
+        true
+    }
 }
 
 impl HttpAgent {

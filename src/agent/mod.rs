@@ -36,6 +36,13 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// it on timeout, lost lease or shutdown.
 pub trait Executor: Send + Sync + 'static {
     fn execute<'a>(&'a self, request: &'a AgentRequest) -> BoxFuture<'a, Result<Value, AgentError>>;
+
+    /// Whether the envelope should carry a progress callback (`request.progress`): for agents
+    /// in another process that report over HTTP. Plug-ins and commands report through
+    /// `request.report`, so the default is no (signing a token costs every item).
+    fn takes_progress_callback(&self) -> bool {
+        false
+    }
 }
 
 /// The envelope sent to every agent: `{work_item, work_order, attempt, context}`.

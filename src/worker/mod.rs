@@ -40,8 +40,10 @@ pub struct InFlight {
     inner: Arc<Mutex<HashMap<Uuid, Lease>>>,
     /// Executions finished and handed to the completers, not yet written.
     handed: Arc<Mutex<std::collections::HashSet<(Uuid, i32)>>>,
-    /// Told whenever an entry leaves.
+    /// Told when a handed-over entry leaves while someone waits in [`InFlight::written`].
     removed: Arc<tokio::sync::Notify>,
+    /// How many wait in [`InFlight::written`].
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for runner::Stop {
@@ -63,8 +65,10 @@ impl InFlight {
                 inner.remove(id);
             }
         }
-        self.handed.lock().unwrap().remove(&(*id, attempt));
-        self.removed.notify_waiters();
+        let was_handed = self.handed.lock().unwrap().remove(&(*id, attempt));
+        if was_handed && self.waiting.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            self.removed.notify_waiters();
+        }
     }
     /// The execution has finished and its result is on its way to a completer.
     pub fn handed_over(&self, id: Uuid, attempt: i32) {
@@ -74,7 +78,18 @@ impl InFlight {
     /// most `limit`: whether they all were. The budget gate reads spend only after this.
     pub async fn written(&self, limit: std::time::Duration) -> bool {
         let pending: Vec<(Uuid, i32)> = self.handed.lock().unwrap().iter().copied().collect();
+        if pending.is_empty() {
+            return true;
+        }
         let deadline = tokio::time::Instant::now() + limit;
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        self.waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _waiting = Waiting(&self.waiting);
         loop {
             let removed = self.removed.notified();
             {

@@ -128,11 +128,13 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, context: Option<ItemContex
         Err(error) => result = Err(error),
         Ok((step, mut request)) => {
             request.report = reporter.clone();
-            request.progress = progress_callback(ctx, &item).await;
+            let agent = ctx.agents.get(&step.agent).expect("routes are validated against agents").clone();
+            if agent.executor.takes_progress_callback() {
+                request.progress = progress_callback(ctx, &item).await;
+            }
             if item.content_bytes as usize <= INPUT_COPY_LIMIT {
                 input["content"] = request.work_item.content.clone();
             }
-            let agent = ctx.agents.get(&step.agent).expect("routes are validated against agents").clone();
             let timeout = step.timeout.unwrap_or(agent.timeout);
             // A panic in the agent's code fails this attempt only.
             let execution = CatchUnwind(agent.executor.execute(&request));
