@@ -123,9 +123,17 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// index path still runs. With the plans pinned that way, each prepared statement is planned
 /// once per connection (`force_generic_plan`) instead of for every batch: planning the
 /// completion's 35 array parameters each time was about 3% of the database's CPU.
+/// JIT is off: a statement over a small table without an index path (the budgets, the
+/// paused agents) carries the disabled scan's huge estimated cost, which crossed
+/// `jit_above_cost` and had PostgreSQL compile it with LLVM on every run, about 300 ms of
+/// CPU each time (found by the agent limits' waker taking 300 ms to wake two items).
 /// Operators' commands keep the defaults.
-pub const ENGINE_PLANNER_SETTINGS: [(&str, &str); 3] =
-    [("enable_seqscan", "off"), ("enable_bitmapscan", "off"), ("plan_cache_mode", "force_generic_plan")];
+pub const ENGINE_PLANNER_SETTINGS: [(&str, &str); 4] = [
+    ("enable_seqscan", "off"),
+    ("enable_bitmapscan", "off"),
+    ("plan_cache_mode", "force_generic_plan"),
+    ("jit", "off"),
+];
 
 /// What a pool needs, in the db layer's own terms (the configuration fills it in).
 #[derive(Debug, Clone, Copy)]

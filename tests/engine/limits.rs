@@ -205,3 +205,57 @@ async fn a_circuit_opens_after_repeated_failures_then_one_probe_closes_it() {
             .unwrap();
     assert_eq!(closed, (0, false), "the probe's success closed it");
 }
+
+/// A replica that vanished (kill -9) holding every slot of the agent: its items are PROCESSING
+/// under expired leases, their slots taken. The slots die when the rescuer takes the items
+/// back, so the agent is in use again within a lease, and never over its limit.
+#[tokio::test]
+async fn the_slots_of_a_vanished_replica_free_when_its_leases_are_rescued() {
+    let db = TestDb::new().await;
+    let agent = Ledger::start(Duration::from_millis(20), |_| (200, None)).await;
+    let order = insert_order(&db.pool, "MEDIUM").await;
+    for _ in 0..3 {
+        let gone = insert_expired_lease(&db.pool, order).await;
+        sqlx::query("INSERT INTO agent_slots (work_item_id, agent, attempt) VALUES ($1, 'limited', 1)")
+            .bind(gone)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO work_items (work_order_id, type, content) SELECT $1, 'TICKET', '{}' FROM generate_series(1, 20)",
+    )
+    .bind(order)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let config = agent.config("max_in_flight = 3", 16);
+    let engine = db.engine(&format!("{config}\n")).await;
+    let started = Instant::now();
+    wait_for_order(&db.pool, order, "COMPLETED").await;
+    stop(engine).await;
+    println!("the vanished replica's slots came back in {:?}", started.elapsed());
+    assert_eq!(agent.starts().len(), 23, "every item ran, the rescued ones too");
+    assert!(agent.open.lock().unwrap().1 <= 3, "never over the limit");
+}
+
+/// Limits are configuration: a restart with another `max_in_flight` takes it.
+#[tokio::test]
+async fn a_limit_changed_in_config_holds_after_a_restart() {
+    let db = TestDb::new().await;
+    let agent = Ledger::start(Duration::from_millis(30), |_| (200, None)).await;
+    let first = items(&db, 30).await;
+    let engine = db.engine(&agent.config("max_in_flight = 2", 32)).await;
+    wait_for_order(&db.pool, first, "COMPLETED").await;
+    stop(engine).await;
+    let peak_before = agent.open.lock().unwrap().1;
+    *agent.open.lock().unwrap() = (0, 0);
+    let second = items(&db, 40).await;
+    let engine = db.engine(&agent.config("max_in_flight = 6", 32)).await;
+    wait_for_order(&db.pool, second, "COMPLETED").await;
+    stop(engine).await;
+    let peak_after = agent.open.lock().unwrap().1;
+    println!("max_in_flight 2, then 6 after a restart: peaks {peak_before} and {peak_after}");
+    assert!(peak_before <= 2 && peak_after <= 6, "{peak_before} / {peak_after}");
+    assert!(peak_after > 2, "the new limit is used: {peak_after}");
+}
