@@ -53,6 +53,8 @@ struct Refreshed {
     at: Instant,
     depth: Vec<Depth>,
     open_dead_letters: i64,
+    /// Agents with limits or a pause (`db::limits::views`).
+    agents: Vec<db::limits::AgentView>,
 }
 
 impl DbGauges {
@@ -80,9 +82,11 @@ pub async fn refresh_gauges(
     let mut election_over = false;
     loop {
         if leadership.is_leader() {
-            match tokio::time::timeout(interval, db::gauges::gauges(&pool)).await {
-                Ok(Ok((depth, open_dead_letters))) => {
-                    gauges.set(Some(Refreshed { at: Instant::now(), depth, open_dead_letters }))
+            let read =
+                async { Ok::<_, sqlx::Error>((db::gauges::gauges(&pool).await?, db::limits::views(&pool).await?)) };
+            match tokio::time::timeout(interval, read).await {
+                Ok(Ok(((depth, open_dead_letters), agents))) => {
+                    gauges.set(Some(Refreshed { at: Instant::now(), depth, open_dead_letters, agents }))
                 }
                 Ok(Err(e)) => crate::telemetry::warn_limited("gauges", "refreshing the database gauges failed", &e),
                 Err(_) => crate::telemetry::warn_limited(
@@ -271,6 +275,35 @@ fn database_gauges(out: &mut Exposition, gauges: &Refreshed) {
     let held: i64 = gauges.depth.iter().filter(|d| d.status == ItemStatus::AwaitingApproval).map(|d| d.count).sum();
     out.family("orderly_items_awaiting_approval", "gauge", "Items held for a human decision (leader only).");
     out.sample("orderly_items_awaiting_approval", &[], held);
+    out.family(
+        "orderly_agent_in_flight",
+        "gauge",
+        "Executions holding a slot of an agent with limits, across every replica (leader only).",
+    );
+    for a in &gauges.agents {
+        out.sample("orderly_agent_in_flight", &[("agent", &a.agent)], a.in_flight);
+    }
+    out.family("orderly_agent_waiting", "gauge", "Items waiting for an agent's limit, pause or circuit (leader only).");
+    for a in &gauges.agents {
+        out.sample("orderly_agent_waiting", &[("agent", &a.agent)], a.waiting);
+    }
+    out.family(
+        "orderly_agent_circuit_open",
+        "gauge",
+        "1 while an agent's circuit is open, 0.5 while it probes, 0 when closed (leader only).",
+    );
+    for a in &gauges.agents {
+        let state = match a.circuit.as_str() {
+            "open" => 1.0,
+            "probing" => 0.5,
+            _ => 0.0,
+        };
+        out.sample("orderly_agent_circuit_open", &[("agent", &a.agent)], state);
+    }
+    out.family("orderly_agent_paused", "gauge", "1 while an agent is paused by a Retry-After (leader only).");
+    for a in &gauges.agents {
+        out.sample("orderly_agent_paused", &[("agent", &a.agent)], i64::from(a.paused_until.is_some()));
+    }
 }
 
 #[derive(Default)]

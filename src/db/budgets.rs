@@ -89,16 +89,39 @@ pub async fn create(pool: &PgPool, new: &NewBudget, actor: &str) -> Result<Budge
         Scope::Order(o) => (None, None, Some(*o)),
     };
     let mut tx = pool.begin().await?;
+    // What the scope already spent this period, read first: the insert's trigger enables the
+    // cost entries' budget trigger (migration 0033), which it cannot while this session's
+    // statement still reads cost_entries.
+    // A total budget's period starts at '-infinity', which chrono cannot hold: NULL here.
+    let spent: Result<(String, Option<DateTime<Utc>>), sqlx::Error> = sqlx::query_as(
+        "SELECT coalesce(sum(c.amount), 0)::text, CASE WHEN isfinite(p.start) THEN p.start END
+         FROM (SELECT orderly_budget_period_start($4, $5, now()) AS start) p
+         LEFT JOIN cost_entries c ON c.currency = $6 AND c.created_at >= p.start
+              AND (c.tenant_id = $1 OR c.workflow_id = $2 OR c.work_order_id = $3)
+         GROUP BY p.start",
+    )
+    .bind(tenant)
+    .bind(workflow)
+    .bind(order)
+    .bind(new.period.as_str())
+    .bind(&new.time_zone)
+    .bind(&new.currency)
+    .fetch_one(&mut *tx)
+    .await;
+    let (spent, start) = match spent {
+        Ok(found) => found,
+        Err(sqlx::Error::Database(e)) if e.code().is_some_and(|c| c == "22023") => {
+            return Err(invalid(e.message().to_owned()));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let inserted: Result<Uuid, sqlx::Error> = sqlx::query_scalar(
         "INSERT INTO budgets (name, tenant_id, workflow_id, work_order_id, currency, amount, period, time_zone,
                               on_exhausted, connectors, spent, period_start, notified_percent, exhausted_at)
-         SELECT $1, $2, $3, $4, $5, $6::numeric, $7, $8, $9, $10, s.spent, s.start,
-                CASE WHEN s.spent >= $6::numeric THEN 100 WHEN s.spent >= 0.8 * $6::numeric THEN 80 ELSE 0 END,
-                CASE WHEN s.spent >= $6::numeric THEN now() END
-         FROM (SELECT orderly_budget_period_start($7, $8, now()) AS start) p,
-              LATERAL (SELECT p.start, coalesce(sum(c.amount), 0) AS spent FROM cost_entries c
-                       WHERE c.currency = $5 AND c.created_at >= p.start
-                         AND (c.tenant_id = $2 OR c.workflow_id = $3 OR c.work_order_id = $4)) s
+         VALUES ($1, $2, $3, $4, $5, $6::numeric, $7, $8, $9, $10, $11::numeric,
+                 coalesce($12::timestamptz, '-infinity'),
+                 CASE WHEN $11::numeric >= $6::numeric THEN 100 WHEN $11::numeric >= 0.8 * $6::numeric THEN 80 ELSE 0 END,
+                 CASE WHEN $11::numeric >= $6::numeric THEN now() END)
          RETURNING id",
     )
     .bind(&new.name)
@@ -111,6 +134,8 @@ pub async fn create(pool: &PgPool, new: &NewBudget, actor: &str) -> Result<Budge
     .bind(&new.time_zone)
     .bind(new.on_exhausted.as_str())
     .bind(&new.connectors)
+    .bind(&spent)
+    .bind(start)
     .fetch_one(&mut *tx)
     .await;
     let id = match inserted {
