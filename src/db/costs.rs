@@ -18,16 +18,19 @@ pub async fn record(
     let mut c = Columns::default();
     for done in batch.iter().filter(|d| written.contains(&d.attempt_id)) {
         for cost in &done.report.costs {
+            let tokens = cost.tokens.as_ref();
             c.attempt.push(done.attempt_id);
             c.item.push(done.item_id);
             c.order.push(done.order_id);
             c.agent.push(done.agent.as_str());
             c.model.push(cost.model.as_deref());
             c.cost_type.push(cost.cost_type);
-            c.quantity.push(cost.quantity.as_str());
+            c.quantity.push(cost.quantity.as_deref());
             c.unit.push(cost.unit);
-            c.unit_price.push(cost.unit_price.as_deref());
-            c.per.push(cost.per);
+            c.input.push(tokens.and_then(|t| t.input.as_deref()));
+            c.output.push(tokens.and_then(|t| t.output.as_deref()));
+            c.input_price.push(tokens.and_then(|t| t.input_per_million.as_deref()));
+            c.output_price.push(tokens.and_then(|t| t.output_per_million.as_deref()));
             c.amount.push(cost.amount.as_deref());
             c.currency.push(cost.currency.as_deref());
         }
@@ -35,16 +38,22 @@ pub async fn record(
     if c.attempt.is_empty() {
         return Ok(());
     }
+    // Tokens: the quantity is input plus output; the amount, when the table prices the model,
+    // is each count times its price per million, in numeric arithmetic.
     sqlx::query(
         "INSERT INTO cost_entries (attempt_id, work_item_id, work_order_id, tenant_id, workflow_id, agent_id, model,
-                                   cost_type, quantity, unit, amount, currency)
+                                   cost_type, quantity, unit, input_quantity, output_quantity, amount, currency)
          SELECT u.attempt, u.item, u.ord, o.tenant_id, o.workflow_id, u.agent, u.model, u.cost_type::cost_type,
-                u.quantity::numeric, u.unit,
-                coalesce(u.amount::numeric, u.quantity::numeric * u.unit_price::numeric / u.per),
-                CASE WHEN u.amount IS NOT NULL OR u.unit_price IS NOT NULL THEN u.currency END
+                coalesce(u.quantity::numeric, coalesce(u.input::numeric, 0) + coalesce(u.output::numeric, 0)), u.unit,
+                u.input::numeric, u.output::numeric,
+                coalesce(u.amount::numeric,
+                         (coalesce(u.input::numeric, 0) * u.input_price::numeric
+                          + coalesce(u.output::numeric, 0) * u.output_price::numeric) / 1000000),
+                CASE WHEN u.amount IS NOT NULL OR u.input_price IS NOT NULL THEN u.currency END
          FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-                     $9::text[], $10::bigint[], $11::text[], $12::text[])
-              AS u(attempt, item, ord, agent, model, cost_type, quantity, unit, unit_price, per, amount, currency)
+                     $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[])
+              AS u(attempt, item, ord, agent, model, cost_type, quantity, unit, input, output, input_price,
+                   output_price, amount, currency)
          JOIN work_orders o ON o.id = u.ord",
     )
     .bind(&c.attempt)
@@ -55,8 +64,10 @@ pub async fn record(
     .bind(&c.cost_type)
     .bind(&c.quantity)
     .bind(&c.unit)
-    .bind(&c.unit_price)
-    .bind(&c.per)
+    .bind(&c.input)
+    .bind(&c.output)
+    .bind(&c.input_price)
+    .bind(&c.output_price)
     .bind(&c.amount)
     .bind(&c.currency)
     .execute(&mut **tx)
@@ -72,10 +83,12 @@ struct Columns<'a> {
     agent: Vec<&'a str>,
     model: Vec<Option<&'a str>>,
     cost_type: Vec<&'static str>,
-    quantity: Vec<&'a str>,
+    quantity: Vec<Option<&'a str>>,
     unit: Vec<&'static str>,
-    unit_price: Vec<Option<&'a str>>,
-    per: Vec<i64>,
+    input: Vec<Option<&'a str>>,
+    output: Vec<Option<&'a str>>,
+    input_price: Vec<Option<&'a str>>,
+    output_price: Vec<Option<&'a str>>,
     amount: Vec<Option<&'a str>>,
     currency: Vec<Option<&'a str>>,
 }

@@ -12,23 +12,31 @@ use crate::config::Price;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-/// One cost entry of an attempt, before it is written.
+/// One cost entry of an attempt, before it is written: one per attempt and cost type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CostRecord {
     /// `api_tokens`, `compute`, `storage` or `external_api`.
     pub cost_type: &'static str,
     pub model: Option<String>,
-    /// A non-negative decimal, as text.
-    pub quantity: String,
+    /// A non-negative decimal, as text; `None` for tokens, whose quantity is input plus
+    /// output.
+    pub quantity: Option<String>,
     pub unit: &'static str,
-    /// The price of one million units (tokens) or of one unit (anything else), as text;
-    /// `None` with `amount` when the agent stated the amount.
-    pub unit_price: Option<String>,
-    /// Units the unit price is for: 1,000,000 for tokens, 1 otherwise.
-    pub per: i64,
-    /// The amount the agent stated (already the total).
+    /// Tokens: the input and output counts, and their prices per million (from the table).
+    pub tokens: Option<Tokens>,
+    /// The agent's stated amount (already the total).
     pub amount: Option<String>,
     pub currency: Option<String>,
+}
+
+/// The token counts of an `api_tokens` entry, with the price table's prices when the model
+/// is in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokens {
+    pub input: Option<String>,
+    pub output: Option<String>,
+    pub input_per_million: Option<String>,
+    pub output_per_million: Option<String>,
 }
 
 /// A JSON number or a string holding a non-negative decimal, as its text; anything else is
@@ -73,10 +81,8 @@ pub fn costs_and_warnings(usage: &Value, prices: &BTreeMap<String, Price>) -> (V
     for report in reports {
         let model = report.get("model").and_then(Value::as_str).map(|m| m.chars().take(200).collect::<String>());
         let price = model.as_deref().and_then(|m| prices.get(m));
-        for (key, unit, unit_price) in [
-            ("input_tokens", "input_token", price.map(|p| p.input_per_million.clone())),
-            ("output_tokens", "output_token", price.map(|p| p.output_per_million.clone())),
-        ] {
+        let mut counts = [None, None];
+        for (slot, key) in counts.iter_mut().zip(["input_tokens", "output_tokens"]) {
             let given = report.get(key);
             if given.is_some() && decimal(given).is_none() {
                 warnings.push(format!(
@@ -84,18 +90,25 @@ pub fn costs_and_warnings(usage: &Value, prices: &BTreeMap<String, Price>) -> (V
                     short(&given.cloned().unwrap_or_default())
                 ));
             }
-            if let Some(quantity) = decimal(given) {
-                out.push(CostRecord {
-                    cost_type: "api_tokens",
-                    model: model.clone(),
-                    quantity,
-                    unit,
-                    currency: unit_price.as_ref().and(price.map(|p| p.currency.clone())),
-                    unit_price,
-                    per: 1_000_000,
-                    amount: None,
-                });
-            }
+            *slot = decimal(given);
+        }
+        if let [input, output] = counts
+            && (input.is_some() || output.is_some())
+        {
+            out.push(CostRecord {
+                cost_type: "api_tokens",
+                model: model.clone(),
+                quantity: None,
+                unit: "token",
+                tokens: Some(Tokens {
+                    input,
+                    output,
+                    input_per_million: price.map(|p| p.input_per_million.clone()),
+                    output_per_million: price.map(|p| p.output_per_million.clone()),
+                }),
+                amount: None,
+                currency: price.map(|p| p.currency.clone()),
+            });
         }
         let stated = report.get("amount");
         if stated.is_some() && decimal(stated).is_none() {
@@ -116,10 +129,9 @@ pub fn costs_and_warnings(usage: &Value, prices: &BTreeMap<String, Price>) -> (V
                 out.push(CostRecord {
                     cost_type: "external_api",
                     model: model.clone(),
-                    quantity: "1".into(),
+                    quantity: Some("1".into()),
                     unit: "call",
-                    unit_price: None,
-                    per: 1,
+                    tokens: None,
                     amount: Some(amount),
                     currency: Some(currency),
                 });
@@ -129,16 +141,15 @@ pub fn costs_and_warnings(usage: &Value, prices: &BTreeMap<String, Price>) -> (V
     (out, warnings)
 }
 
-/// A command's compute, as two `compute` entries without a price: CPU seconds (user plus
+/// A command's compute, as two `compute` entries without a price (two units of one type): CPU seconds (user plus
 /// system, to the millisecond) and peak memory in MiB.
 pub fn from_compute(compute: crate::agent::Compute) -> Vec<CostRecord> {
     let entry = |quantity: String, unit| CostRecord {
         cost_type: "compute",
         model: None,
-        quantity,
+        quantity: Some(quantity),
         unit,
-        unit_price: None,
-        per: 1,
+        tokens: None,
         amount: None,
         currency: None,
     };
@@ -163,15 +174,17 @@ mod tests {
     #[test]
     fn tokens_are_priced_by_the_table_and_stated_amounts_kept() {
         let rows = from_usage(&json!({"model": "small", "input_tokens": 1200, "output_tokens": "300"}), &prices());
-        assert_eq!(rows.len(), 2);
-        assert_eq!((rows[0].quantity.as_str(), rows[0].unit_price.as_deref()), ("1200", Some("2.50")));
-        assert_eq!((rows[1].unit, rows[1].currency.as_deref()), ("output_token", Some("USD")));
+        assert_eq!(rows.len(), 1, "one entry per attempt and cost type");
+        let tokens = rows[0].tokens.clone().unwrap();
+        assert_eq!((tokens.input.as_deref(), tokens.output.as_deref()), (Some("1200"), Some("300")));
+        assert_eq!(tokens.input_per_million.as_deref(), Some("2.50"));
+        assert_eq!((rows[0].unit, rows[0].currency.as_deref()), ("token", Some("USD")));
         let stated = from_usage(&json!({"amount": "0.0123", "currency": "eur"}), &prices());
         assert_eq!(stated[0].amount.as_deref(), Some("0.0123"));
         assert_eq!(stated[0].currency.as_deref(), Some("EUR"));
         // An unknown model: quantities recorded, no price.
         let unknown = from_usage(&json!({"model": "big", "input_tokens": 5}), &prices());
-        assert_eq!((unknown[0].unit_price.clone(), unknown[0].currency.clone()), (None, None));
+        assert_eq!((unknown[0].tokens.clone().unwrap().input_per_million, unknown[0].currency.clone()), (None, None));
         let listed = from_usage(
             &json!({"costs": [{"model": "small", "input_tokens": 1}, {"amount": 1, "currency": "USD"}]}),
             &prices(),

@@ -383,7 +383,7 @@ async fn the_costs_chart_renders_a_budget_is_raised_and_progress_shows_in_flight
         });
         let slow = envelope["work_item"]["content"]["slow"].as_bool().unwrap_or(false);
         let (answer, _) = ok_json(json!({"ok": true, "usage": {"amount": "2.50", "currency": "USD"}}));
-        (answer, if slow { Duration::from_secs(10) } else { Duration::ZERO })
+        (answer, if slow { Duration::from_secs(120) } else { Duration::ZERO })
     })
     .await;
     let order = insert_order(&db.pool, "MEDIUM").await;
@@ -395,7 +395,7 @@ async fn the_costs_chart_renders_a_budget_is_raised_and_progress_shows_in_flight
     for _ in 0..3 {
         insert_item(&db.pool, order, "TICKET", "{}").await;
     }
-    let config = format!("{}{}[routes]\nTICKET = \"paid\"\n", tokens_toml(), agent.config("paid", "60s"));
+    let config = format!("{}{}[routes]\nTICKET = \"paid\"\n", tokens_toml(), agent.config("paid", "180s"));
     let engine = db.engine(&config).await;
     wait_for_order(&db.pool, order, "COMPLETED").await;
     let scope = format!("tenant:{tenant}");
@@ -442,5 +442,8 @@ async fn the_costs_chart_renders_a_budget_is_raised_and_progress_shows_in_flight
     assert!(browser.current_url().await.ends_with("/costs"));
     assert_eq!(crate::api::audit_count(&db, "alice", "budget.amount").await, 1);
     drop(browser);
+    // The slow item would run for two minutes: cancelled, its request is dropped.
+    let out = crate::cli::orderly(&db.url, &["cancel", &running.to_string(), "--reason", "test over"]);
+    assert!(out.status.success(), "{}", crate::cli::text(&out));
     stop(engine).await;
 }

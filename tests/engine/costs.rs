@@ -31,33 +31,28 @@ async fn reported_usage_becomes_exact_cost_entries_and_a_report() {
     wait_for_order(&db.pool, order, "COMPLETED").await;
     stop(engine).await;
 
-    type Entry = (String, String, String, Option<String>, Option<String>);
+    type Entry = (String, String, String, String, String, Option<String>, Option<String>);
     let rows: Vec<Entry> = sqlx::query_as(
-        "SELECT cost_type::text, unit, quantity::text, amount::text, currency::text FROM cost_entries
-         WHERE work_item_id = $1 ORDER BY unit",
+        "SELECT cost_type::text, unit, quantity::text, input_quantity::text, output_quantity::text,
+                trim(trailing '0' from amount::text), currency::text
+         FROM cost_entries WHERE work_item_id = $1",
     )
     .bind(items[0])
     .fetch_all(&db.pool)
     .await
     .unwrap();
+    // One entry per attempt and cost type: 1200 × 2.50 + 300 × 10 per million, exactly.
     assert_eq!(
         rows,
-        vec![
-            (
-                "api_tokens".into(),
-                "input_token".into(),
-                "1200".into(),
-                Some("0.00300000000000000000".into()),
-                Some("USD".into())
-            ),
-            (
-                "api_tokens".into(),
-                "output_token".into(),
-                "300".into(),
-                Some("0.00300000000000000000".into()),
-                Some("USD".into())
-            ),
-        ]
+        vec![(
+            "api_tokens".into(),
+            "token".into(),
+            "1500".into(),
+            "1200".into(),
+            "300".into(),
+            Some("0.006".into()),
+            Some("USD".into())
+        )]
     );
     let garbage: i64 = sqlx::query_scalar("SELECT count(*) FROM cost_entries WHERE work_item_id = $1")
         .bind(items[3])
