@@ -527,9 +527,12 @@ async fn every_documented_metric_family_gets_a_sample() {
     // A held item (made before the engine runs, so that no claim races the test's writes):
     // the rule escalates it at once, the hook hears of it, then a human approves.
     let held = crate::api::held(&db).await;
+    // Another held item, left held: the queue depth gauge always has a live item to count,
+    // however long the scrape below takes.
+    crate::api::held(&db).await;
     let engine = db
         .engine(&format!(
-            "{}[agents.failer]\nkind = \"fail\"\nmessage = \"no\"\n\
+            "{}[agents.failer]\nkind = \"fail\"\nmessage = \"no\"\ncircuit_failures = 10\n\
              [routes]\nTICKET = \"echo\"\nINVOICE = \"failer\"\n\
              [worker]\nrescue_interval = \"200ms\"\n[sla]\nsweep_interval = \"200ms\"\n\
              [notifier]\npoll_interval = \"100ms\"\n[admin]\ngauge_interval = \"1s\"\n",

@@ -165,6 +165,15 @@ impl Browser {
         self.command(reqwest::Method::GET, "/url", None).await.as_str().unwrap_or_default().to_owned()
     }
 
+    /// Signs in on the server at `base` with `token` and waits for the overview.
+    async fn sign_in(&self, base: &str, token: &str) {
+        self.goto(&format!("{base}/")).await;
+        self.wait_for("Sign in").await;
+        self.replace_text("#token", token).await;
+        self.click("form.signin button").await;
+        self.wait_for("<h1>Overview</h1>").await;
+    }
+
     /// Waits until the page holds `needle` (a page loads after a click's navigation).
     async fn wait_for(&self, needle: &str) {
         let start = Instant::now();
@@ -252,11 +261,7 @@ async fn an_operator_signs_in_replays_an_edited_dead_letter_approves_and_acknowl
     })
     .await;
     let browser = Browser::start(&chromium, &chromedriver).await;
-    browser.goto(&format!("{base}/")).await;
-    browser.wait_for("Sign in").await;
-    browser.replace_text("#token", OPERATE).await;
-    browser.click("form.signin button").await;
-    browser.wait_for("<h1>Overview</h1>").await;
+    browser.sign_in(&base, OPERATE).await;
     let overview = browser.screenshot("overview.png").await;
     if std::env::var("ORDERLY_SCREENSHOTS_TO_DOCS").is_ok_and(|v| v == "1") {
         std::fs::copy(&overview, Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/screenshot-overview.png")).unwrap();
@@ -331,11 +336,7 @@ async fn the_order_page_draws_its_dependency_graph_and_each_node_links_to_its_it
     let base = format!("http://{}", engine.admin_addr().unwrap());
 
     let browser = Browser::start(&chromium, &chromedriver).await;
-    browser.goto(&format!("{base}/")).await;
-    browser.wait_for("Sign in").await;
-    browser.replace_text("#token", READ).await;
-    browser.click("form.signin button").await;
-    browser.wait_for("<h1>Overview</h1>").await;
+    browser.sign_in(&base, READ).await;
     browser.goto(&format!("{base}/orders/{order}")).await;
     browser.wait_for("svg").await;
     let svg = browser.find("svg.graph").await;
@@ -408,11 +409,7 @@ async fn the_costs_chart_renders_a_budget_is_raised_and_progress_shows_in_flight
     let base = format!("http://{}", engine.admin_addr().unwrap());
 
     let browser = Browser::start(&chromium, &chromedriver).await;
-    browser.goto(&format!("{base}/")).await;
-    browser.wait_for("Sign in").await;
-    browser.replace_text("#token", OPERATE).await;
-    browser.click("form.signin button").await;
-    browser.wait_for("<h1>Overview</h1>").await;
+    browser.sign_in(&base, OPERATE).await;
     // The running item's progress, as a bar in the in-flight list.
     wait_until("the progress to be written", Duration::from_secs(15), || async {
         count(&db.pool, "SELECT count(*) FROM run_progress WHERE percent = 40").await == 1
