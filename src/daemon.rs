@@ -114,14 +114,7 @@ impl Engine {
         })
         .await?;
         if let Some(server) = &admin {
-            let base = match &settings.admin.public_url {
-                Some(url) => url.to_string(),
-                None if server.local_addr().ip().is_unspecified() => {
-                    format!("http://127.0.0.1:{}", server.local_addr().port())
-                }
-                None => format!("http://{}", server.local_addr()),
-            };
-            progress.set_callback_base(&base);
+            progress.set_callback_for(settings.admin.public_url.as_ref(), server.local_addr());
         }
         if settings.database.migrate_on_start {
             db::migrate(&pool).await.context("applying migrations")?;

@@ -52,6 +52,17 @@ impl ProgressHub {
         let _ = self.callback.set(format!("{}/api/v1/progress", base.trim_end_matches('/')));
     }
 
+    /// The callback's base: `admin.public_url` when set, else the address the admin server
+    /// listens on (loopback when it listens on every address).
+    pub fn set_callback_for(&self, public_url: Option<&reqwest::Url>, listening: std::net::SocketAddr) {
+        let base = match public_url {
+            Some(url) => url.to_string(),
+            None if listening.ip().is_unspecified() => format!("http://127.0.0.1:{}", listening.port()),
+            None => format!("http://{listening}"),
+        };
+        self.set_callback_base(&base);
+    }
+
     pub fn callback_url(&self) -> Option<&str> {
         self.callback.get().map(String::as_str)
     }
