@@ -321,32 +321,6 @@ pub async fn park(pool: &PgPool, parks: &[(Uuid, i32, Uuid, bool)]) -> Result<Ve
     .await
 }
 
-/// Why a budget stops an item, if one does: for the item's waiting reason and the approvals.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct Stopped {
-    pub budget: String,
-    pub held: bool,
-    pub spent: String,
-    pub amount: String,
-    pub currency: String,
-    pub since: DateTime<Utc>,
-    /// When the period ends and it may run again (`None`: when an operator acts).
-    pub until: Option<DateTime<Utc>>,
-}
-
-pub async fn stopping(pool: &PgPool, item: Uuid) -> Result<Option<Stopped>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT b.name AS budget, w.held, b.spent::text AS spent, b.amount::text AS amount, b.currency, w.since,
-                CASE WHEN b.period <> 'total' THEN orderly_budget_period_end(b.period, b.time_zone, now()) END AS until
-         FROM budget_waits w JOIN budgets b ON b.id = w.budget_id JOIN work_items i ON i.id = w.work_item_id
-         WHERE w.work_item_id = $1 AND NOT w.allowed AND i.status IN ('QUEUED', 'AWAITING_APPROVAL')
-           AND (w.held OR i.run_at > now())",
-    )
-    .bind(item)
-    .fetch_optional(pool)
-    .await
-}
-
 /// A person's decision on an item a budget holds: approved, it runs once past the budget
 /// (QUEUED now, let through at its next claim); rejected, it waits like a `wait` budget's
 /// items. Audited; a decision on an item no longer held is a conflict.

@@ -347,18 +347,3 @@ pub async fn views(pool: &PgPool) -> Result<Vec<AgentView>, sqlx::Error> {
     .fetch_all(pool)
     .await
 }
-
-/// Why an agent's limit holds an item, if one does (for the item's waiting reason).
-pub async fn waiting_on(
-    pool: &PgPool,
-    item: Uuid,
-) -> Result<Option<(String, String, Option<DateTime<Utc>>)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT a.agent, a.reason, CASE WHEN isfinite(w.run_at) THEN w.run_at END
-         FROM agent_waits a JOIN work_items w ON w.id = a.work_item_id
-         WHERE a.work_item_id = $1 AND w.status = 'QUEUED' AND w.run_at > now()",
-    )
-    .bind(item)
-    .fetch_optional(pool)
-    .await
-}
