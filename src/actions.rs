@@ -266,8 +266,9 @@ pub struct WaitingReason {
     /// `backoff` (a retry's delay), `never` (run_at is 'infinity'), `no_route` (the catalog
     /// cannot route it: it will fail when claimed), `claimed` (running), `lease_expired`
     /// (its worker vanished; the rescuer takes it back), `held` (for approval), `budget` (an
-    /// exhausted spending budget stops it, waiting or held), `agent_limit` (its agent's
-    /// in-flight limit, rate, pause or open circuit), `finished`.
+    /// exhausted spending budget stops it, waiting or held), `agent_limit` (its agent's or
+    /// template step's in-flight limit or rate, its agent's pause or open circuit),
+    /// `tenant_limit` (its tenant's `max_in_flight`), `finished`.
     pub kind: &'static str,
     pub detail: String,
     pub since: Option<DateTime<Utc>>,
@@ -332,7 +333,8 @@ pub fn waiting_reason(
         }
         ItemStatus::Queued if item.agent_wait.is_some() => {
             let detail = item.agent_wait.clone().unwrap_or_default();
-            WaitingReason { until: item.run_at.filter(|r| *r > item.now), ..reason("agent_limit", detail) }
+            let kind = if item.tenant_wait { "tenant_limit" } else { "agent_limit" };
+            WaitingReason { until: item.run_at.filter(|r| *r > item.now), ..reason(kind, detail) }
         }
         ItemStatus::Queued => {
             if item.run_at_infinite {

@@ -127,7 +127,11 @@ impl Engine {
 
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         // Agent limits: completers nudge the waker after a limited agent's batch.
-        let limits_nudge = Arc::new(tokio::sync::Notify::new());
+        let limits_nudge = Arc::new(crate::worker::limits::Nudge::default());
+        // Read once before the first claim (the waker keeps it current); unreadable: assume
+        // some step has limits, so the gate resolves and nothing slips past one.
+        let steps_limited =
+            Arc::new(std::sync::atomic::AtomicBool::new(db::catalog::any_step_limits(&pool).await.unwrap_or(true)));
         let completers = (0..settings.worker.completers)
             .map(|_| {
                 // Completers end when the dispatcher and every runner are gone (shutdown).
@@ -237,14 +241,22 @@ impl Engine {
                         .run(leadership.clone(), stop_background.clone()),
                 ),
             ),
-            // Lets items waiting for a limited agent's slot run as slots free (every replica;
-            // ends at once when no agent has a slot limit or a circuit).
+            // Lets items waiting for a slot (an agent's, a tenant's, a step's) run as slots
+            // free, on every replica.
             watched(
                 "limits_waker",
                 &stop_background,
                 Box::pin(crate::worker::limits::waker(
                     pool.clone(),
-                    agents.clone(),
+                    agents
+                        .limited()
+                        .map(|(name, limit)| (name.clone(), limit.max_in_flight))
+                        .chain(settings.tenants.iter().filter_map(|(id, tenant)| {
+                            let key = crate::worker::limits::Key::Tenant(*id).to_string();
+                            tenant.max_in_flight.map(|max| (key, Some(max)))
+                        }))
+                        .collect(),
+                    steps_limited.clone(),
                     limits_nudge.clone(),
                     wake.clone(),
                     stop_background.clone(),
@@ -275,7 +287,17 @@ impl Engine {
                     stop: stop_claiming.clone(),
                     beat: health.beat("dispatcher"),
                     budgets: Default::default(),
-                    limits: Default::default(),
+                    limits: crate::worker::limits::LimitGate::new(steps_limited),
+                    turns: db::claim::Turns {
+                        // Replicas start their rounds at different tenants.
+                        after: uuid::Uuid::new_v4(),
+                        weighted: settings
+                            .tenants
+                            .iter()
+                            .filter(|(_, tenant)| tenant.weight != 1.0)
+                            .map(|(id, tenant)| (*id, tenant.weight))
+                            .collect(),
+                    },
                 }
                 .run(),
             ),

@@ -208,7 +208,7 @@ pub fn host_exhausted(error: &(dyn std::error::Error + 'static)) -> bool {
 #[derive(Clone, Serialize, Deserialize)]
 pub struct AgentSettings {
     pub kind: String,
-    /// Executions in flight at once across every replica (docs/agents.md#limits).
+    /// Executions in flight at once across every replica (docs/limits.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<u32>,
     /// Starts per time across every replica: "50/s", "600/min".
@@ -237,7 +237,7 @@ impl AgentSettings {
     /// The agent's limits, checked (errors name `agents.NAME.key`).
     pub fn limit(&self, name: &str) -> Result<crate::policy::limits::AgentLimit, ConfigError> {
         crate::policy::limits::AgentLimit::parse(
-            name,
+            &format!("agents.{name}"),
             self.max_in_flight,
             self.rate.as_deref(),
             self.burst,

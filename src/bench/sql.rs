@@ -303,3 +303,63 @@ pub async fn first_insert_ms(url: &str, target: InsertTarget, order: Uuid) -> Re
     conn.close().await?;
     Ok(ms)
 }
+
+/// `items` items for one tenant, in orders of `per_order`, in one statement (the backlog of
+/// the fairness bench).
+pub async fn insert_tenant_backlog(
+    pool: &PgPool,
+    tenant: Uuid,
+    items: usize,
+    per_order: usize,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH o AS (INSERT INTO work_orders (workflow_id, tenant_id, created_by)
+                    SELECT 'bench', $1, gen_random_uuid() FROM generate_series(1, ceil($2::float8 / $3)::int)
+                    RETURNING id)
+         INSERT INTO work_items (work_order_id, type, content)
+         SELECT o.id, 'TICKET', '{}' FROM o, generate_series(1, $3) LIMIT $2",
+    )
+    .bind(tenant)
+    .bind(items as i64)
+    .bind(per_order as i32)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// One order of one item for `tenant`, in its own transaction; returns the item and the
+/// database time just before COMMIT was sent.
+pub async fn timed_tenant_insert(pool: &PgPool, tenant: Uuid) -> Result<(Uuid, DateTime<Utc>), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query_as(
+        "WITH o AS (INSERT INTO work_orders (workflow_id, tenant_id, created_by)
+                    VALUES ('bench', $1, gen_random_uuid()) RETURNING id)
+         INSERT INTO work_items (work_order_id, type, content) SELECT o.id, 'TICKET', '{}' FROM o
+         RETURNING id, clock_timestamp() AS t",
+    )
+    .bind(tenant)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(inserted)
+}
+
+/// Whether `tenant` has items QUEUED or PROCESSING.
+pub async fn tenant_live(pool: &PgPool, tenant: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM work_items WHERE status IN ('QUEUED', 'PROCESSING') AND tenant_id = $1)",
+    )
+    .bind(tenant)
+    .fetch_one(pool)
+    .await
+}
+
+/// When the last attempt of `tenant`'s items was recorded (database clock).
+pub async fn tenant_last_completion(pool: &PgPool, tenant: Uuid) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT max(a.completed_at) FROM attempts a JOIN work_items w ON w.id = a.work_item_id WHERE w.tenant_id = $1",
+    )
+    .bind(tenant)
+    .fetch_one(pool)
+    .await
+}

@@ -17,6 +17,16 @@ pub async fn workflow_definition(pool: &PgPool, workflow_id: &str) -> Result<Opt
     .await
 }
 
+/// Whether any active template gives a step `limits` (the limit gate resolves every claimed
+/// item's step only then, or when agents or tenants are limited).
+pub async fn any_step_limits(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM workflow_templates WHERE is_active AND workflow_definition @? '$.steps.*.limits')",
+    )
+    .fetch_one(pool)
+    .await
+}
+
 /// An active JSON Schema row for a document type.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SchemaRow {

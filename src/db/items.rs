@@ -127,8 +127,11 @@ pub struct ItemRow {
     pub held_since: Option<DateTime<Utc>>,
     /// What an exhausted spending budget does to it, if one stops it (`db::budgets`).
     pub budget_wait: Option<String>,
-    /// Which agent limit it waits for, if one does (`db::limits`).
+    /// Which limit it waits for, if one does (`db::limits`): an agent's, a template step's
+    /// or a tenant's.
     pub agent_wait: Option<String>,
+    /// That limit is its tenant's cap.
+    pub tenant_wait: bool,
     /// The database clock when this was read.
     pub now: DateTime<Utc>,
 }
@@ -176,16 +179,22 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<ItemDetail, OpsError> {
                  FROM budget_waits bw JOIN budgets b ON b.id = bw.budget_id
                  WHERE bw.work_item_id = w.id AND NOT bw.allowed AND (bw.held OR w.run_at > now())) AS budget_wait,
                 (SELECT CASE a.reason
-                          WHEN 'in_flight' THEN 'waiting for a free slot of agent ' || a.agent
+                          WHEN 'in_flight' THEN 'waiting for a free slot of ' || k.what
                                || ' (max_in_flight across every replica); it runs when one frees'
-                          WHEN 'rate' THEN 'waiting for its turn in agent ' || a.agent || '''s rate: it starts at '
+                          WHEN 'rate' THEN 'waiting for its turn in ' || k.what || '''s rate: it starts at '
                                || to_char(w.run_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS') || ' UTC'
-                          WHEN 'paused' THEN 'agent ' || a.agent || ' asked to be left alone (Retry-After) until '
+                          WHEN 'paused' THEN k.what || ' asked to be left alone (Retry-After) until '
                                || to_char(w.run_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC'
-                          ELSE 'agent ' || a.agent || '''s circuit is open (repeated failures) until '
+                          ELSE k.what || '''s circuit is open (repeated failures) until '
                                || to_char(w.run_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC' END
-                 FROM agent_waits a WHERE a.work_item_id = w.id AND a.woken_at IS NULL
+                 FROM agent_waits a,
+                      LATERAL (SELECT CASE WHEN a.agent LIKE 'tenant:%' THEN 'tenant ' || substr(a.agent, 8)
+                                           WHEN a.agent LIKE 'step:%' THEN 'template step ' || substr(a.agent, 6)
+                                           ELSE 'agent ' || a.agent END AS what) k
+                 WHERE a.work_item_id = w.id AND a.woken_at IS NULL
                    AND w.status = 'QUEUED' AND w.run_at > now()) AS agent_wait,
+                EXISTS (SELECT 1 FROM agent_waits a WHERE a.work_item_id = w.id AND a.woken_at IS NULL
+                          AND a.agent LIKE 'tenant:%') AS tenant_wait,
                 now() AS now
          FROM work_items w JOIN work_orders o ON o.id = w.work_order_id WHERE w.id = $1",
     )

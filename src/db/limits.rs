@@ -72,10 +72,16 @@ pub async fn admit(
     items: &[Claimed],
 ) -> Result<Vec<(Uuid, Option<std::time::Duration>)>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("INSERT INTO agent_state (agent) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(agent)
-        .execute(&mut *tx)
-        .await?;
+    let max_in_flight = limit.max_in_flight.map(|m| m as i32);
+    sqlx::query(
+        "INSERT INTO agent_state AS s (agent, max_in_flight) VALUES ($1, $2)
+         ON CONFLICT (agent) DO UPDATE SET max_in_flight = excluded.max_in_flight
+         WHERE s.max_in_flight IS DISTINCT FROM excluded.max_in_flight",
+    )
+    .bind(agent)
+    .bind(max_in_flight)
+    .execute(&mut *tx)
+    .await?;
     let state: State = sqlx::query_as(
         "SELECT paused_until, circuit_open_until, circuit_probing, tat, now() AS now
          FROM agent_state WHERE agent = $1 FOR UPDATE",
@@ -230,10 +236,60 @@ async fn park(
     .await
 }
 
+/// The keys with items waiting for a slot, and each one's slot limit as its last admission
+/// wrote it (none: only the circuit's probe limits it).
+pub async fn waiting_keys(pool: &PgPool) -> Result<Vec<(String, Option<i32>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT s.agent, s.max_in_flight FROM agent_state s
+         WHERE (s.max_in_flight IS NOT NULL OR s.circuit_probing)
+           AND EXISTS (SELECT 1 FROM agent_waits w
+                       WHERE w.agent = s.agent AND w.woken_at IS NULL AND w.reason = 'in_flight')",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Brings the stored slot limits of the configured keys (agents and tenants: `limited`) up
+/// to the configuration at start-up: a raised limit wakes more at once, and the items of a
+/// key whose limit is gone (an agent or tenant not in `limited`; template steps are left to
+/// their next admission) run now.
+pub async fn reconcile(pool: &PgPool, limited: &[(String, Option<u32>)]) -> Result<u64, sqlx::Error> {
+    let keys: Vec<&str> = limited.iter().map(|(k, _)| k.as_str()).collect();
+    let caps: Vec<Option<i32>> = limited.iter().map(|(_, m)| m.map(|m| m as i32)).collect();
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "UPDATE agent_state s SET max_in_flight = c.cap
+         FROM unnest($1::text[], $2::int[]) AS c(agent, cap)
+         WHERE s.agent = c.agent AND s.max_in_flight IS DISTINCT FROM c.cap",
+    )
+    .bind(&keys)
+    .bind(&caps)
+    .execute(&mut *tx)
+    .await?;
+    let released = sqlx::query(
+        "WITH gone AS (
+             UPDATE agent_state SET max_in_flight = NULL
+             WHERE agent <> ALL ($1) AND agent NOT LIKE 'step:%' AND max_in_flight IS NOT NULL
+             RETURNING agent
+         ), waits AS (
+             DELETE FROM agent_waits w USING gone
+             WHERE w.agent = gone.agent AND w.reason = 'in_flight' RETURNING w.work_item_id
+         )
+         UPDATE work_items i SET run_at = now() FROM waits
+         WHERE i.id = waits.work_item_id AND i.status = 'QUEUED' AND NOT isfinite(i.run_at)",
+    )
+    .bind(&keys)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    Ok(released)
+}
+
 /// Lets run as many items waiting for a slot of `agent` as there are free slots (`cap`:
 /// `max_in_flight`, 1 while the circuit probes; `None` wakes up to 1,000 at a time), highest
 /// priority and oldest first. Items woken in the last 10 s and not yet claimed count as taken.
-pub async fn wake(pool: &PgPool, agent: &str, max_in_flight: Option<u32>) -> Result<u64, sqlx::Error> {
+pub async fn wake(pool: &PgPool, agent: &str, max_in_flight: Option<i32>) -> Result<u64, sqlx::Error> {
     sqlx::query(
         "WITH st AS (
              SELECT coalesce(s.circuit_probing AND coalesce(s.circuit_open_until <= now(), true), false) AS probing
@@ -258,7 +314,7 @@ pub async fn wake(pool: &PgPool, agent: &str, max_in_flight: Option<u32>) -> Res
          UPDATE work_items i SET run_at = now() FROM woke WHERE i.id = woke.work_item_id AND i.status = 'QUEUED'",
     )
     .bind(agent)
-    .bind(max_in_flight.map(|m| m as i32))
+    .bind(max_in_flight)
     .execute(pool)
     .await
     .map(|r| r.rows_affected())
@@ -342,7 +398,7 @@ pub async fn views(pool: &PgPool) -> Result<Vec<AgentView>, sqlx::Error> {
                  WHERE l.agent = s.agent) AS in_flight,
                 (SELECT count(*) FROM agent_waits a JOIN work_items w ON w.id = a.work_item_id AND w.status = 'QUEUED'
                  WHERE a.agent = s.agent) AS waiting
-         FROM agent_state s ORDER BY s.agent",
+         FROM agent_state s WHERE s.agent NOT LIKE 'tenant:%' AND s.agent NOT LIKE 'step:%' ORDER BY s.agent",
     )
     .fetch_all(pool)
     .await

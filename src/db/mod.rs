@@ -9,6 +9,7 @@ pub mod approvals;
 mod audit;
 pub mod budgets;
 pub mod catalog;
+pub mod claim;
 pub mod costs;
 pub mod dead_letters;
 pub mod dependencies;

@@ -1,123 +1,12 @@
-//! The hot path's statements: claim, lease renewal and the batched, fenced completion.
+//! The hot path's statements after the claim (`super::claim`): the claimed items' context, lease
+//! renewal and the batched, fenced completion.
 
-use crate::model::{Completion, NextState, Priority};
+use crate::model::{Completion, NextState};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
 use std::time::Duration;
 use uuid::Uuid;
-
-/// The claim statement (see [`claim`]); public so the plan test can EXPLAIN it.
-/// Parameters: $1 limit, $2 lease (ms), $3 worker id, $4 content size limit.
-pub const CLAIM_SQL: &str = r#"
-WITH next AS (
-    SELECT ctid FROM work_items
-    WHERE status = 'QUEUED' AND deps_pending = 0 AND run_at <= now()
-    ORDER BY priority DESC, run_at
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-), claimed AS (
-    UPDATE work_items w
-    SET status = 'PROCESSING',
-        attempt = w.attempt + 1,
-        lease_expires_at = now() + $2 * interval '1 millisecond',
-        locked_by = $3,
-        claimed_at = now()
-    WHERE w.ctid = ANY (ARRAY (SELECT ctid FROM next))
-    RETURNING w.id, w.work_order_id, w.type, w.priority, w.attempt, w.attempt_base,
-              w.max_attempts, w.rescues, w.created_at, w.run_at, w.has_dependencies,
-              octet_length(w.content) AS content_bytes,
-              CASE WHEN octet_length(w.content) <= $4 THEN w.content END AS content
-), started AS (
-    UPDATE work_orders o SET status = 'PROCESSING', updated_at = now()
-    WHERE o.ctid = ANY (ARRAY (SELECT s.ctid FROM work_orders s
-                               WHERE s.id IN (SELECT work_order_id FROM claimed) AND s.status <> 'PROCESSING'
-                               FOR NO KEY UPDATE SKIP LOCKED))
-    RETURNING o.id, o.workflow_id, o.tenant_id, o.created_by, o.priority, o.metadata
-)
-SELECT c.id, c.work_order_id, c.type::text AS item_type, c.priority::text AS priority,
-       c.attempt, c.attempt_base, c.max_attempts, c.rescues, c.created_at, c.run_at, c.has_dependencies,
-       c.content_bytes,
-       c.content, coalesce(s.workflow_id, o.workflow_id) AS workflow_id,
-       coalesce(s.tenant_id, o.tenant_id) AS tenant_id, coalesce(s.created_by, o.created_by) AS created_by,
-       coalesce(s.priority, o.priority)::text AS order_priority,
-       coalesce(s.metadata, o.metadata)::text AS metadata, now() AS claimed_at,
-       s.id IS NULL AND o.status <> 'PROCESSING' AS order_unmarked
-FROM claimed c
-LEFT JOIN started s ON s.id = c.work_order_id
-LEFT JOIN LATERAL (SELECT o.workflow_id, o.tenant_id, o.created_by, o.priority, o.metadata, o.status
-                   FROM work_orders o WHERE o.id = c.work_order_id AND s.id IS NULL OFFSET 0) o ON true
-"#;
-
-/// A claimed item, as the claim statement returns it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct ClaimedItem {
-    pub id: Uuid,
-    pub work_order_id: Uuid,
-    pub item_type: String,
-    pub priority: Priority,
-    /// The attempt this claim started: the fencing token of every later write.
-    pub attempt: i32,
-    pub attempt_base: i32,
-    pub max_attempts: Option<i32>,
-    pub rescues: i32,
-    pub created_at: DateTime<Utc>,
-    /// When the item became runnable (its INSERT, the end of a retry delay, a delayed
-    /// item's chosen time): the claim's queue wait starts here.
-    pub run_at: DateTime<Utc>,
-    /// Edges name dependencies of this item: its envelope carries their results.
-    pub has_dependencies: bool,
-    pub content_bytes: i32,
-    /// None when the content is larger than the limit (it is then not loaded at all).
-    pub content: Option<String>,
-    pub workflow_id: String,
-    pub tenant_id: Uuid,
-    pub created_by: Uuid,
-    pub order_priority: Priority,
-    /// The order's metadata as JSON text, parsed by the runner for this item alone: a value
-    /// `jsonb` holds but serde cannot (a number past f64, nesting past its limit) fails one
-    /// item, not the claim of its whole batch.
-    #[sqlx(rename = "metadata")]
-    pub order_metadata: String,
-    /// Database time of the claim: the attempt's `started_at`.
-    pub claimed_at: DateTime<Utc>,
-    /// The order was not PROCESSING and the claim could not mark it (another transaction
-    /// held it): the dispatcher rolls it up ([`roll_up`]).
-    pub order_unmarked: bool,
-}
-
-/// Claims up to `limit` runnable items for `worker_id`, priority first then oldest run
-/// time, and marks their orders PROCESSING, in one statement.
-///
-/// Locking: `FOR UPDATE SKIP LOCKED` on the partial index `idx_work_items_ready`, so
-/// concurrent claimers never wait on each other. The update goes straight to the locked
-/// row versions by `ctid = ANY(ARRAY(...))` (a TID scan): a row this statement has locked
-/// cannot move before it updates it. Looking them up again by primary key cost a tenth of
-/// the database's CPU (a bitmap scan re-reads every dead index entry of a key). The update
-/// has no other condition: one on `status` would offer the planner the ready index again,
-/// which it takes when its statistics think the index empty (docs/guarantees.md). Orders are taken
-/// with SKIP LOCKED too (and updated by `ctid` as the items are), so a claim never waits for
-/// a writer of an order's items
-/// ([`super::rollup::lock_orders`]); an order it could not mark comes back with `order_unmarked` and the
-/// dispatcher rolls it up after the claim has committed ([`roll_up`]), which waits for that
-/// writer and then sees the claimed item. Their lock is `FOR NO KEY UPDATE`, which an
-/// upstream still adding items to the order (a key-share lock, from the foreign key) does
-/// not hold off.
-pub async fn claim(
-    pool: &PgPool,
-    worker_id: &str,
-    limit: i64,
-    lease: Duration,
-    max_content_bytes: i32,
-) -> Result<Vec<ClaimedItem>, sqlx::Error> {
-    sqlx::query_as(CLAIM_SQL)
-        .bind(limit)
-        .bind(lease.as_millis() as f64)
-        .bind(worker_id)
-        .bind(max_content_bytes)
-        .fetch_all(pool)
-        .await
-}
 
 /// A memory document attached to an item, for the envelope's context.
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -94,7 +94,7 @@ pub struct LockedOrders(Vec<String>);
 /// cycle; the order lock is held only for the recomputation and the commit.
 ///
 /// The claim needs no lock to stay exact (QUEUED to PROCESSING leaves an order's status
-/// as it was, PROCESSING); what it does to the order is described at [`super::queue::CLAIM_SQL`].
+/// as it was, PROCESSING); what it does to the order is described at [`super::claim::CLAIM_SQL`].
 pub async fn lock_orders(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     orders: &[Uuid],
@@ -119,7 +119,7 @@ pub async fn roll_up_locked(
 
 /// Locks and recomputes orders in a transaction of its own, for a change whose writer did
 /// not roll up: an upstream INSERT into a finished order, a claim that found its order
-/// locked (see [`super::queue::CLAIM_SQL`]), a writer that died or an item changed by hand
+/// locked (see [`super::claim::CLAIM_SQL`]), a writer that died or an item changed by hand
 /// ([`heal_roll_ups`]). Exact for the same reason as [`lock_orders`]: the recomputation
 /// starts after the locks are granted, and every writer that could change the orders'
 /// statuses needs those locks first. Returns the orders whose status changed.

@@ -5,6 +5,7 @@
 use crate::config::{PolicyKind, Settings};
 use crate::db;
 use crate::model::ErrorCode;
+use crate::policy::limits::AgentLimit;
 use serde::Deserialize;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -35,6 +36,17 @@ pub struct Step {
     pub evaluators: Vec<String>,
     pub approval: PolicyKind,
     pub content: ContentFormat,
+    /// The step's own limits (`"limits"` in the template): kept besides its agent's.
+    pub limit: Option<AgentLimit>,
+}
+
+/// A step's `"limits"`: the slot and rate limits of an agent (a circuit is the agent's own).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepLimits {
+    max_in_flight: Option<u32>,
+    rate: Option<String>,
+    burst: Option<u32>,
 }
 
 /// The JSON shape of one step in `workflow_definition.steps.<TYPE>`.
@@ -52,6 +64,7 @@ struct StepDefinition {
     /// database when the items are inserted: migration 0023). Read here only to be checked.
     #[serde(default)]
     needs: Vec<String>,
+    limits: Option<StepLimits>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -215,6 +228,7 @@ pub fn resolve_step(
         approval: None,
         content: None,
         needs: Vec::new(),
+        limits: None,
     });
     if step.needs.iter().any(|need| need == item_type) {
         return Err(RouteError::invalid(
@@ -258,6 +272,15 @@ pub fn resolve_step(
             ),
         ));
     }
+    let limit = match &step.limits {
+        None => None,
+        Some(l) => {
+            let at = format!("workflow template `{workflow_id}` step {item_type}: limits");
+            let limit = AgentLimit::parse(&at, l.max_in_flight, l.rate.as_deref(), l.burst, None, None)
+                .map_err(|e| RouteError::invalid(ErrorCode::WorkflowInvalid, e.to_string()))?;
+            limit.is_limited().then_some(limit)
+        }
+    };
     Ok(Step {
         agent,
         timeout: step.timeout,
@@ -265,6 +288,7 @@ pub fn resolve_step(
         evaluators: step.evaluators.unwrap_or_else(|| vec![JSON_SCHEMA.to_owned()]),
         approval: step.approval.unwrap_or(settings.approval.policy),
         content: step.content.unwrap_or_default(),
+        limit,
     })
 }
 

@@ -38,16 +38,16 @@ impl AgentLimit {
         self.max_in_flight.is_some() || self.rate.is_some() || self.circuit.is_some()
     }
 
-    /// Checks the raw settings of `agents.NAME`.
+    /// Checks the raw settings; errors name `{at}.KEY` (`agents.NAME`, or a template step).
     pub fn parse(
-        name: &str,
+        at: &str,
         max_in_flight: Option<u32>,
         rate: Option<&str>,
         burst: Option<u32>,
         circuit_failures: Option<u32>,
         circuit_cool_down: Option<&str>,
     ) -> Result<AgentLimit, ConfigError> {
-        let key = |k: &str| format!("agents.{name}.{k}");
+        let key = |k: &str| format!("{at}.{k}");
         if max_in_flight == Some(0) {
             return Err(ConfigError::invalid(key("max_in_flight"), "must be at least 1 (leave it out for no limit)"));
         }
@@ -110,15 +110,15 @@ mod tests {
         for bad in ["50", "0/s", "x/s", "5/week", "-1/s"] {
             assert!(parse_rate(bad).is_err(), "{bad}");
         }
-        let limit = AgentLimit::parse("llm", Some(5), Some("50/s"), Some(10), Some(3), None).unwrap();
+        let limit = AgentLimit::parse("agents.llm", Some(5), Some("50/s"), Some(10), Some(3), None).unwrap();
         assert_eq!(limit.max_in_flight, Some(5));
         assert_eq!(limit.rate, Some(Rate { per_second: 50.0, burst: 10.0 }));
         assert_eq!(limit.circuit.unwrap().cool_down, Duration::from_secs(30));
         assert!(limit.is_limited());
         assert!(!AgentLimit::default().is_limited());
-        assert!(AgentLimit::parse("a", Some(0), None, None, None, None).is_err());
-        assert!(AgentLimit::parse("a", None, None, Some(3), None, None).is_err());
-        let e = AgentLimit::parse("a", None, Some("fast"), None, None, None).unwrap_err();
+        assert!(AgentLimit::parse("agents.a", Some(0), None, None, None, None).is_err());
+        assert!(AgentLimit::parse("agents.a", None, None, Some(3), None, None).is_err());
+        let e = AgentLimit::parse("agents.a", None, Some("fast"), None, None, None).unwrap_err();
         assert!(e.to_string().contains("agents.a.rate"), "{e}");
     }
 }

@@ -5,7 +5,7 @@
 
 use super::InFlight;
 use crate::db;
-use crate::db::queue::ClaimedItem;
+use crate::db::claim::ClaimedItem;
 use sqlx::PgPool;
 use std::collections::HashSet;
 use std::sync::Mutex;

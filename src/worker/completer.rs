@@ -40,7 +40,7 @@ pub struct Completer {
     /// circuit, a Retry-After pause) is written after the batch (`db::limits::record`).
     pub agents: crate::agent::Agents,
     /// Told after a batch that finished executions of a limited agent (`super::limits::waker`).
-    pub limits_nudge: Arc<tokio::sync::Notify>,
+    pub limits_nudge: Arc<super::limits::Nudge>,
     /// Liveness (`super::liveness`): busy from the start of a batch until it is written, so a
     /// completer retrying one batch for longer than `worker.stall_timeout` counts as wedged.
     pub beat: Beat,
@@ -158,16 +158,13 @@ impl Completer {
                 s.pause_ms = Some(s.pause_ms.unwrap_or(0).max(ms));
             }
         }
-        if seen.is_empty() {
-            return;
-        }
+        self.limits_nudge.completed(!seen.is_empty());
         for (agent, s) in &seen {
             let limit = self.agents.limit(agent).copied().unwrap_or_default();
             if let Err(e) = db::limits::record(&self.pool, agent, &limit, s).await {
                 crate::telemetry::warn_limited("limits_record", "recording an agent's outcomes failed", &e);
             }
         }
-        self.limits_nudge.notify_one();
     }
 
     /// Stores the batch, splitting it in halves on a refusal until each refused result

@@ -47,10 +47,13 @@ pub struct Dispatcher {
     pub budgets: super::budgets::BudgetGate,
     /// Parks the claimed items their agents' limits or pauses hold back.
     pub limits: super::limits::LimitGate,
+    /// Where this dispatcher is in the round among tenants (moved on by every claim), and
+    /// the tenants' weights.
+    pub turns: db::claim::Turns,
 }
 
 impl Dispatcher {
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let settings = self.ctx.settings.clone();
         let mut error_delay = Duration::from_millis(50);
         let mut recheck = settings.worker.poll_interval;
@@ -121,7 +124,7 @@ impl Dispatcher {
     /// results: one statement each per claim batch, the second only when needed.
     async fn contexts(
         &self,
-        items: &[db::queue::ClaimedItem],
+        items: &[db::claim::ClaimedItem],
         ids: &[uuid::Uuid],
     ) -> Result<HashMap<uuid::Uuid, runner::ItemContext>, sqlx::Error> {
         let mut contexts: HashMap<uuid::Uuid, runner::ItemContext> = HashMap::new();
@@ -138,22 +141,24 @@ impl Dispatcher {
         Ok(contexts)
     }
 
-    async fn claim_and_start(&self, want: usize) -> Result<usize, sqlx::Error> {
+    async fn claim_and_start(&mut self, want: usize) -> Result<usize, sqlx::Error> {
         let settings = &self.ctx.settings;
-        let items = db::queue::claim(
+        let items = db::claim::claim(
             &self.pool,
             &self.ctx.worker_id,
             want as i64,
             settings.worker.lease,
             settings.limits.max_content_bytes as i32,
+            &self.turns,
         )
         .await?;
-        if items.is_empty() {
-            return Ok(0);
+        let Some(first) = items.first() else { return Ok(0) };
+        if let Some(walked_to) = first.walked_to {
+            self.turns.after = walked_to;
         }
         let mut unmarked: Vec<_> = items.iter().filter(|i| i.order_unmarked).map(|i| i.work_order_id).collect();
         if !unmarked.is_empty() {
-            // Orders another writer held during the claim (see db::queue::CLAIM_SQL): rolled
+            // Orders another writer held during the claim (see db::claim::CLAIM_SQL): rolled
             // up once that writer commits, without holding up this batch. A failure leaves
             // the order to the leader's healing read (db::rollup::heal_roll_ups).
             unmarked.sort_unstable();

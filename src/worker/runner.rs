@@ -7,8 +7,9 @@ use crate::agent::{
     AgentError, AgentRequest, Agents, AttemptView, ContextView, DependencyView, MemDocView, WorkItemView, WorkOrderView,
 };
 use crate::config::Settings;
+use crate::db::claim::ClaimedItem;
 use crate::db::dependencies::Input;
-use crate::db::queue::{ClaimedItem, MemDoc};
+use crate::db::queue::MemDoc;
 use crate::model::{AttemptStatus, Completion, Decision, ErrorCode, ErrorInfo, NextState};
 use crate::panic::CatchUnwind;
 use crate::policy::catalog::{Catalog, ContentFormat, JSON_SCHEMA, RouteError, SchemaState};

@@ -1,4 +1,4 @@
-//! Agent limits across replicas (docs/agents.md#limits): checked by the agent's own ledger of
+//! Agent limits across replicas (docs/limits.md): checked by the agent's own ledger of
 //! concurrent requests and start times, never by orderly's tables. Three engines against one
 //! database; a Retry-After pause and an open circuit seen by every replica; a replica that
 //! vanished holding slots.
@@ -11,14 +11,17 @@ use uuid::Uuid;
 
 /// An HTTP agent on 127.0.0.1 that records when each request started and how many were open
 /// at once, and answers what `script` says for the n-th request (status, Retry-After).
-struct Ledger {
-    url: String,
-    starts: Arc<Mutex<Vec<Instant>>>,
-    open: Arc<Mutex<(usize, usize)>>,
+pub struct Ledger {
+    pub url: String,
+    pub starts: Arc<Mutex<Vec<Instant>>>,
+    pub open: Arc<Mutex<(usize, usize)>>,
 }
 
 impl Ledger {
-    async fn start(delay: Duration, script: impl Fn(usize) -> (u16, Option<u64>) + Send + Sync + 'static) -> Ledger {
+    pub async fn start(
+        delay: Duration,
+        script: impl Fn(usize) -> (u16, Option<u64>) + Send + Sync + 'static,
+    ) -> Ledger {
         let starts: Arc<Mutex<Vec<Instant>>> = Default::default();
         let open: Arc<Mutex<(usize, usize)>> = Default::default();
         let (s, o, script) = (starts.clone(), open.clone(), Arc::new(script));
@@ -55,7 +58,7 @@ impl Ledger {
         Ledger { url: format!("{}/", serve(app).await), starts, open }
     }
 
-    fn config(&self, limits: &str, concurrency: usize) -> String {
+    pub fn config(&self, limits: &str, concurrency: usize) -> String {
         format!(
             "[agents.limited]\nkind = \"http\"\nurl = \"{}\"\nallow_private = true\ntimeout = \"10s\"\n{limits}\n\
              [routes]\nTICKET = \"limited\"\n[worker]\nconcurrency = {concurrency}\n[retry]\nmax_attempts = 10\n",
@@ -63,7 +66,7 @@ impl Ledger {
         )
     }
 
-    fn starts(&self) -> Vec<Instant> {
+    pub fn starts(&self) -> Vec<Instant> {
         self.starts.lock().unwrap().clone()
     }
 }

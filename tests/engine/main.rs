@@ -20,6 +20,7 @@ mod dependencies;
 mod deploy;
 mod docs;
 mod durability;
+mod fairness;
 mod flow;
 mod http_addresses;
 mod input;
