@@ -162,11 +162,6 @@ pub struct BenchArgs {
     /// (docs/costs.md).
     #[arg(long, requires = "agent_latency")]
     pub usage: bool,
-    /// Fairness among tenants instead: tenant A queues `--items` items, drained alone and
-    /// then beside tenant B inserting 20 items a second; reports A's rate both ways and B's
-    /// pickup beside the backlog and on an idle queue (docs/limits.md).
-    #[arg(long, conflicts_with_all = ["agent_latency", "shape", "history"])]
-    pub fairness: bool,
     /// The scratch database, dropped before and after the run: another name lets two benches
     /// share a server. It must start with `orderly_bench` (the bench never drops anything
     /// else), then lower-case letters, digits and `_`.

@@ -56,31 +56,19 @@ pub struct Settings {
     /// (`policy::costs`, docs/costs.md).
     #[serde(default)]
     pub prices: BTreeMap<String, Price>,
-    /// Tenant id → its share of the claims and its cap (`worker::dispatcher`, docs/limits.md).
+    /// Tenant id → its cap on items running at once (`worker::limits`, docs/limits.md).
     #[serde(default)]
     pub tenants: BTreeMap<uuid::Uuid, TenantSettings>,
     pub log: LogSettings,
 }
 
-/// `[tenants."UUID"]`: a tenant's weight in the claim's turns (2 takes twice the turns of a
-/// tenant with the default 1) and the most of its items running at once across every replica.
+/// `[tenants."UUID"]`: the most of a tenant's items running at once across every replica.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantSettings {
-    #[serde(default = "TenantSettings::default_weight")]
-    pub weight: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<u32>,
 }
-
-impl TenantSettings {
-    fn default_weight() -> f64 {
-        1.0
-    }
-}
-
-/// Largest `tenants.ID.weight` (and smallest: its inverse).
-pub const MAX_TENANT_WEIGHT: f64 = 1000.0;
 
 /// `[prices.MODEL]`: what a million tokens of a model cost. Decimals as text (`"2.50"`), so
 /// that no float ever touches money.

@@ -288,16 +288,6 @@ impl Engine {
                     beat: health.beat("dispatcher"),
                     budgets: Default::default(),
                     limits: crate::worker::limits::LimitGate::new(steps_limited),
-                    turns: db::claim::Turns {
-                        // Replicas start their rounds at different tenants.
-                        after: uuid::Uuid::new_v4(),
-                        weighted: settings
-                            .tenants
-                            .iter()
-                            .filter(|(_, tenant)| tenant.weight != 1.0)
-                            .map(|(id, tenant)| (*id, tenant.weight))
-                            .collect(),
-                    },
                 }
                 .run(),
             ),

@@ -10,7 +10,6 @@
 //! the measured share of it, and how many requests the agent held at once.
 
 pub mod agent;
-pub mod fairness;
 pub mod sql;
 
 use crate::cli::{BenchArgs, BenchShape};
@@ -112,23 +111,6 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
             eprintln!("{text}");
         }
     };
-
-    if args.fairness {
-        let config = std::env::temp_dir().join(format!("orderly-bench-{}.toml", std::process::id()));
-        std::fs::write(&config, daemon_config(args.concurrency, None))?;
-        let report = fairness::run(&pool, &url, &config, args.items, say).await;
-        let _ = std::fs::remove_file(&config);
-        pool.close().await;
-        if !args.keep {
-            db::drop_database(&url).await?;
-        }
-        let report = report?;
-        match args.json {
-            true => println!("{}", serde_json::to_string(&report)?),
-            false => fairness::print(&report),
-        }
-        return Ok(());
-    }
 
     let mut report = BenchReport {
         date: chrono::Utc::now().format("%Y-%m-%d").to_string(),

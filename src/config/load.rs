@@ -122,13 +122,6 @@ impl Settings {
         count_in("limits.max_dependency_bytes", self.limits.max_dependency_bytes, 0, MAX_SIZE_BYTES)?;
 
         for (tenant, settings) in &self.tenants {
-            let weight = settings.weight;
-            if !(weight.is_finite() && (1.0 / MAX_TENANT_WEIGHT..=MAX_TENANT_WEIGHT).contains(&weight)) {
-                return Err(ConfigError::invalid(
-                    format!("tenants.{tenant}.weight"),
-                    format!("{weight} is not between {} and {MAX_TENANT_WEIGHT}", 1.0 / MAX_TENANT_WEIGHT),
-                ));
-            }
             if settings.max_in_flight == Some(0) {
                 return Err(ConfigError::invalid(
                     format!("tenants.{tenant}.max_in_flight"),

@@ -237,12 +237,12 @@ async fn park(
 }
 
 /// The keys with items waiting for a slot, and each one's slot limit as its last admission
-/// wrote it (none: only the circuit's probe limits it).
+/// wrote it (none: only the circuit's probe limits it, or nothing any more: an item parked
+/// while the circuit probed is woken once the circuit has closed).
 pub async fn waiting_keys(pool: &PgPool) -> Result<Vec<(String, Option<i32>)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT s.agent, s.max_in_flight FROM agent_state s
-         WHERE (s.max_in_flight IS NOT NULL OR s.circuit_probing)
-           AND EXISTS (SELECT 1 FROM agent_waits w
+         WHERE EXISTS (SELECT 1 FROM agent_waits w
                        WHERE w.agent = s.agent AND w.woken_at IS NULL AND w.reason = 'in_flight')",
     )
     .fetch_all(pool)

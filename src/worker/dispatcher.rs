@@ -47,13 +47,10 @@ pub struct Dispatcher {
     pub budgets: super::budgets::BudgetGate,
     /// Parks the claimed items their agents' limits or pauses hold back.
     pub limits: super::limits::LimitGate,
-    /// Where this dispatcher is in the round among tenants (moved on by every claim), and
-    /// the tenants' weights.
-    pub turns: db::claim::Turns,
 }
 
 impl Dispatcher {
-    pub async fn run(mut self) {
+    pub async fn run(self) {
         let settings = self.ctx.settings.clone();
         let mut error_delay = Duration::from_millis(50);
         let mut recheck = settings.worker.poll_interval;
@@ -141,7 +138,7 @@ impl Dispatcher {
         Ok(contexts)
     }
 
-    async fn claim_and_start(&mut self, want: usize) -> Result<usize, sqlx::Error> {
+    async fn claim_and_start(&self, want: usize) -> Result<usize, sqlx::Error> {
         let settings = &self.ctx.settings;
         let items = db::claim::claim(
             &self.pool,
@@ -149,12 +146,10 @@ impl Dispatcher {
             want as i64,
             settings.worker.lease,
             settings.limits.max_content_bytes as i32,
-            &self.turns,
         )
         .await?;
-        let Some(first) = items.first() else { return Ok(0) };
-        if let Some(walked_to) = first.walked_to {
-            self.turns.after = walked_to;
+        if items.is_empty() {
+            return Ok(0);
         }
         let mut unmarked: Vec<_> = items.iter().filter(|i| i.order_unmarked).map(|i| i.work_order_id).collect();
         if !unmarked.is_empty() {

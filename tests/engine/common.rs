@@ -232,6 +232,28 @@ type Behaviour = dyn Fn(&Value) -> (Answer, Duration) + Send + Sync;
 pub struct TestAgent {
     pub url: String,
     pub received: Arc<Mutex<Vec<Received>>>,
+    /// Requests open now, and the most ever open at once (the agent's own count; read by
+    /// the fault suite's limits scenario).
+    #[allow(dead_code)]
+    pub open: Arc<Mutex<(usize, usize)>>,
+}
+
+/// Counts a request open until dropped (also when its connection goes and the handler with it).
+struct OpenGuard(Arc<Mutex<(usize, usize)>>);
+
+impl OpenGuard {
+    fn enter(open: &Arc<Mutex<(usize, usize)>>) -> OpenGuard {
+        let mut o = open.lock().unwrap();
+        o.0 += 1;
+        o.1 = o.1.max(o.0);
+        OpenGuard(open.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().0 -= 1;
+    }
 }
 
 impl TestAgent {
@@ -240,12 +262,13 @@ impl TestAgent {
         use axum::extract::State;
         use axum::http::{HeaderMap, StatusCode};
         use axum::response::IntoResponse;
-        type Shared = (Arc<Behaviour>, Arc<Mutex<Vec<Received>>>);
+        type Shared = (Arc<Behaviour>, Arc<Mutex<Vec<Received>>>, Arc<Mutex<(usize, usize)>>);
         async fn handle(
-            State((behaviour, received)): State<Shared>,
+            State((behaviour, received, open)): State<Shared>,
             headers: HeaderMap,
             body: String,
         ) -> impl IntoResponse {
+            let _open = OpenGuard::enter(&open);
             let envelope: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
             received.lock().unwrap().push(Received {
                 item_id: envelope["work_item"]["id"].as_str().and_then(|s| s.parse().ok()).unwrap_or_default(),
@@ -262,10 +285,11 @@ impl TestAgent {
             (StatusCode::from_u16(status).unwrap(), headers, body)
         }
         let received = Arc::new(Mutex::new(Vec::new()));
-        let shared: Shared = (Arc::new(behaviour), received.clone());
+        let open: Arc<Mutex<(usize, usize)>> = Default::default();
+        let shared: Shared = (Arc::new(behaviour), received.clone(), open.clone());
         let app = axum::Router::new().route("/", axum::routing::post(handle)).with_state(shared);
         let url = format!("{}/", serve(app).await);
-        TestAgent { url, received }
+        TestAgent { url, received, open }
     }
 
     /// Config for an http agent named `name` pointing here.

@@ -10,8 +10,7 @@ use uuid::Uuid;
 
 /// Claims like a worker that then vanishes, and lets its lease expire.
 async fn claim_and_vanish(db: &TestDb, worker: &str) -> db::claim::ClaimedItem {
-    let claimed =
-        db::claim::claim(&db.pool, worker, 1, Duration::from_secs(30), 1 << 20, &Default::default()).await.unwrap();
+    let claimed = db::claim::claim(&db.pool, worker, 1, Duration::from_secs(30), 1 << 20).await.unwrap();
     assert_eq!(claimed.len(), 1);
     sqlx::query("UPDATE work_items SET lease_expires_at = now() - interval '1 second' WHERE id = $1")
         .bind(claimed[0].id)
@@ -54,9 +53,7 @@ async fn expired_leases_are_rescued_with_a_lost_attempt() {
     assert_eq!((rescues, lease), (1, None));
     // A lease that has not expired is left alone.
     sqlx::query("UPDATE work_items SET run_at = now() WHERE id = $1").bind(item).execute(&db.pool).await.unwrap();
-    let live = db::claim::claim(&db.pool, "live-worker", 1, Duration::from_secs(30), 1 << 20, &Default::default())
-        .await
-        .unwrap();
+    let live = db::claim::claim(&db.pool, "live-worker", 1, Duration::from_secs(30), 1 << 20).await.unwrap();
     assert_eq!(live.len(), 1);
     let report = rescuer(&db, "").run_once().await.unwrap();
     assert_eq!(report, RescueReport::default());
@@ -89,9 +86,7 @@ async fn stale_runner_cannot_complete_after_rescue() {
     rescuer(&db, "").run_once().await.unwrap();
     // Another worker claims attempt 2 and is running it.
     sqlx::query("UPDATE work_items SET run_at = now() WHERE id = $1").bind(item).execute(&db.pool).await.unwrap();
-    let current = db::claim::claim(&db.pool, "new-worker", 1, Duration::from_secs(30), 1 << 20, &Default::default())
-        .await
-        .unwrap();
+    let current = db::claim::claim(&db.pool, "new-worker", 1, Duration::from_secs(30), 1 << 20).await.unwrap();
     assert_eq!(current[0].attempt, 2);
 
     // The paused worker wakes up and reports success for attempt 1.
@@ -188,9 +183,7 @@ async fn a_heartbeat_round_renews_skips_locked_rows_and_stops_what_was_taken() {
     for _ in 0..3 {
         insert_item(&db.pool, order, "TICKET", "{}").await;
     }
-    let claimed = db::claim::claim(&db.pool, "test-worker", 3, Duration::from_secs(30), 1 << 20, &Default::default())
-        .await
-        .unwrap();
+    let claimed = db::claim::claim(&db.pool, "test-worker", 3, Duration::from_secs(30), 1 << 20).await.unwrap();
     assert_eq!(claimed.len(), 3);
     let in_flight = InFlight::default();
     let mut stops = Vec::new();

@@ -61,7 +61,7 @@ async fn operators_add_item_types_without_recompiling() {
 }
 
 #[tokio::test]
-async fn one_tenants_claims_follow_priority_then_age() {
+async fn claims_follow_priority_then_age() {
     let db = TestDb::new().await;
     let mut expected = Vec::new();
     // Interleaved inserts; each priority gets three items, oldest first within it.
@@ -76,14 +76,6 @@ async fn one_tenants_claims_follow_priority_then_age() {
     for priority in ["URGENT", "HIGH", "MEDIUM", "LOW"] {
         expected.extend(by_priority[priority].iter().copied());
     }
-    // One tenant: among tenants the claim takes turns instead (tests/engine/fairness.rs).
-    sqlx::raw_sql(
-        "UPDATE work_orders SET tenant_id = '00000000-0000-0000-0000-00000000000a';
-                   UPDATE work_items SET tenant_id = '00000000-0000-0000-0000-00000000000a';",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
     let engine = db.engine("[worker]\nconcurrency = 1\nclaim_batch = 1\n[routes]\nTICKET = \"echo\"\n").await;
     wait_quiet(&db.pool).await;
     stop(engine).await;
@@ -400,9 +392,7 @@ async fn an_open_upstream_transaction_does_not_hold_up_the_roll_up() {
 /// Claims up to `limit` items with the engine's claim statement, as a writer named
 /// "test-writer" with a one-minute lease.
 async fn claim_up_to(pool: &sqlx::PgPool, limit: i64) -> Vec<orderly::db::claim::ClaimedItem> {
-    orderly::db::claim::claim(pool, "test-writer", limit, Duration::from_secs(60), 1 << 20, &Default::default())
-        .await
-        .unwrap()
+    orderly::db::claim::claim(pool, "test-writer", limit, Duration::from_secs(60), 1 << 20).await.unwrap()
 }
 
 /// A transaction holding the order's row lock, as a writer rolling it up does, until it ends.

@@ -73,17 +73,15 @@ async fn engine_plans_hold_on_statistics_of_an_empty_queue() {
         let claim = explain_on(
             &mut conn,
             mode,
-            format!("PREPARE claim_{mode}(bigint, float8, text, int, uuid, uuid[], float8[]) AS {CLAIM_SQL}"),
-            format!("EXECUTE claim_{mode}(256, 30000, 'plan-test', 1048576, gen_random_uuid(), '{{}}', '{{}}')"),
+            format!("PREPARE claim_{mode}(bigint, float8, text, int) AS {CLAIM_SQL}"),
+            format!("EXECUTE claim_{mode}(256, 30000, 'plan-test', 1048576)"),
         )
         .await;
         assert!(
             claim.contains("Index Scan using idx_work_items_ready"),
             "{mode}: claim walks the ready index:\n{claim}"
         );
-        // Its sorts order the walk's groups (at most 2 × 256 + 8 rows), never the backlog.
-        let backlog_sorted = claim.lines().any(|l| l.contains("Sort Key:") && l.contains("run_at"));
-        assert!(!backlog_sorted, "{mode}: claim sorts the backlog instead of reading it in order:\n{claim}");
+        assert!(!claim.contains("Sort"), "{mode}: claim sorts the backlog instead of reading it in order:\n{claim}");
         assert!(!claim.contains("Bitmap"), "{mode}: claim reads the backlog through a bitmap:\n{claim}");
         assert!(!claim.contains("Seq Scan"), "{mode}: claim scans a table:\n{claim}");
     }
@@ -146,8 +144,8 @@ async fn hot_statements_use_indexes_not_table_scans() {
 
     let claim = explain(
         &db,
-        format!("PREPARE claim(bigint, float8, text, int, uuid, uuid[], float8[]) AS {CLAIM_SQL}"),
-        "EXECUTE claim(128, 30000, 'plan-test', 1048576, gen_random_uuid(), '{}', '{}')".into(),
+        format!("PREPARE claim(bigint, float8, text, int) AS {CLAIM_SQL}"),
+        "EXECUTE claim(128, 30000, 'plan-test', 1048576)".into(),
     )
     .await;
     assert!(claim.contains("idx_work_items_ready"), "claim uses the ready index:\n{claim}");
@@ -155,10 +153,7 @@ async fn hot_statements_use_indexes_not_table_scans() {
     // statistics that think it empty, the planner walked it filtering on ctid: 74,272 rows
     // removed per 128 claimed over a million finished items).
     assert!(claim.contains("Tid Scan on work_items w"), "claim updates the rows it locked by ctid:\n{claim}");
-    assert!(
-        !claim.contains("idx_work_items_ready on work_items w "),
-        "claim updates through the ready index:\n{claim}"
-    );
+    assert_eq!(claim.matches("idx_work_items_ready").count(), 1, "claim walks the ready index twice:\n{claim}");
     assert!(!claim.contains("Seq Scan on work_items"), "claim scans work_items:\n{claim}");
 
     let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM work_items WHERE status = 'PROCESSING' LIMIT 3")
@@ -324,16 +319,9 @@ async fn a_roll_up_probe_does_not_reread_the_rows_of_items_that_already_ran() {
     .await
     .unwrap();
     // 1,200 of them run: claimed by the engine's statement, then finished, each change committed.
-    let claimed = orderly::db::claim::claim(
-        &db.pool,
-        "probe-test",
-        1200,
-        std::time::Duration::from_secs(60),
-        1 << 20,
-        &Default::default(),
-    )
-    .await
-    .unwrap();
+    let claimed = orderly::db::claim::claim(&db.pool, "probe-test", 1200, std::time::Duration::from_secs(60), 1 << 20)
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 1200);
     let ids: Vec<uuid::Uuid> = claimed.iter().map(|c| c.id).collect();
     sqlx::query("UPDATE work_items SET status = 'COMPLETED', lease_expires_at = NULL WHERE id = ANY($1)")
@@ -418,13 +406,13 @@ async fn the_claim_reads_no_waiting_item_however_many_wait() {
     let plan = explain_on(
         &mut conn,
         "force_generic_plan",
-        format!("PREPARE claim_waiting(bigint, float8, text, int, uuid, uuid[], float8[]) AS {CLAIM_SQL}"),
-        "EXECUTE claim_waiting(256, 30000, 'plan-test', 1048576, gen_random_uuid(), '{}', '{}')".into(),
+        format!("PREPARE claim_waiting(bigint, float8, text, int) AS {CLAIM_SQL}"),
+        "EXECUTE claim_waiting(256, 30000, 'plan-test', 1048576)".into(),
     )
     .await;
     assert!(plan.contains("idx_work_items_ready"), "claim walks the ready index:\n{plan}");
     let analyzed: Vec<String> = sqlx::query_scalar(
-        "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF) EXECUTE claim_waiting(256, 30000, 'plan-test', 1048576, gen_random_uuid(), '{}', '{}')",
+        "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF) EXECUTE claim_waiting(256, 30000, 'plan-test', 1048576)",
     )
     .fetch_all(&mut conn)
     .await

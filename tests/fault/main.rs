@@ -3,7 +3,7 @@
 //! SIGSTOP of the leader and of a follower past the lease, a frozen network path between
 //! the leader and PostgreSQL, SIGTERM under load, SIGHUP, engine tasks that panic
 //! (`ORDERLY_FAILPOINTS`), stubborn command agents, four replicas' first start on a missing
-//! database. After each scenario an oracle checks the
+//! database, kill -9 of the replica holding a limited agent's slots. After each scenario an oracle checks the
 //! guarantees (docs/guarantees.md).
 //!
 //! These tests restart PostgreSQL and kill processes: `scripts/test` runs this binary alone,
@@ -14,4 +14,5 @@
 mod common;
 mod harness;
 mod leadership;
+mod limits;
 mod scenarios;

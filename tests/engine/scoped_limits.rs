@@ -1,12 +1,9 @@
-//! Fairness among tenants and the limits beside it (docs/limits.md): the claim takes turns
-//! among tenants within a priority (weighted), priority still first; a tenant's cap and a
+//! Limits kept under other keys than an agent's (docs/limits.md): a tenant's cap and a
 //! template step's limits hold across engines, checked by the agent's own ledger.
 
 use crate::common::*;
 use crate::limits::Ledger;
-use orderly::db::claim::{Turns, claim};
 use serde_json::json;
-use std::collections::HashMap;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -30,76 +27,6 @@ async fn tenant_items(db: &TestDb, tenant: Uuid, priority: &str, item_type: &str
     .fetch_one(&db.pool)
     .await
     .unwrap()
-}
-
-/// Claims `limit` items and counts them by tenant.
-async fn claim_by_tenant(db: &TestDb, limit: i64, turns: &Turns) -> HashMap<Uuid, usize> {
-    let claimed = claim(&db.pool, "fairness-test", limit, Duration::from_secs(60), 1 << 20, turns).await.unwrap();
-    let mut by_tenant = HashMap::new();
-    for item in claimed {
-        *by_tenant.entry(item.tenant_id).or_default() += 1;
-    }
-    by_tenant
-}
-
-/// A tenant who queued 40 items first does not delay two others' three each: with one item
-/// per claim, the engine's first nine starts are three rounds of the three tenants.
-#[tokio::test]
-async fn tenants_take_turns_whoever_queued_first() {
-    let db = TestDb::new().await;
-    tenant_items(&db, tenant(1), "MEDIUM", "TICKET", 40).await;
-    tenant_items(&db, tenant(2), "MEDIUM", "TICKET", 3).await;
-    tenant_items(&db, tenant(3), "MEDIUM", "TICKET", 3).await;
-    let engine = db.engine("[worker]\nconcurrency = 1\nclaim_batch = 1\n[routes]\nTICKET = \"echo\"\n").await;
-    wait_quiet(&db.pool).await;
-    stop(engine).await;
-    let started: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT w.tenant_id FROM attempts a JOIN work_items w ON w.id = a.work_item_id ORDER BY a.started_at, a.id",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
-    assert_eq!(started.len(), 46);
-    for (round, three) in started[..9].chunks(3).enumerate() {
-        let mut three = three.to_vec();
-        three.sort();
-        assert_eq!(
-            three,
-            vec![tenant(1), tenant(2), tenant(3)],
-            "round {round} gives each tenant one turn: {started:?}"
-        );
-    }
-    assert!(started[9..].iter().all(|t| *t == tenant(1)), "then the first tenant's backlog alone");
-}
-
-/// Within one claim: the batch is shared by turns, a tenant short of its share leaves the rest
-/// to the others, priority comes before turns, and a weight-2 tenant takes two turns to one.
-#[tokio::test]
-async fn a_claim_shares_its_batch_by_priority_then_turns_then_weight() {
-    let db = TestDb::new().await;
-    let (a, b, c) = (tenant(1), tenant(2), tenant(3));
-    tenant_items(&db, a, "MEDIUM", "TICKET", 20).await;
-    tenant_items(&db, b, "MEDIUM", "TICKET", 20).await;
-    let even = claim_by_tenant(&db, 8, &Turns::default()).await;
-    assert_eq!((even[&a], even[&b]), (4, 4), "two tenants, eight items: four turns each");
-
-    tenant_items(&db, c, "MEDIUM", "TICKET", 2).await;
-    let short = claim_by_tenant(&db, 12, &Turns::default()).await;
-    assert_eq!(short.values().sum::<usize>(), 12, "the batch is filled: {short:?}");
-    assert_eq!(short[&c], 2, "the tenant with two items has both");
-    assert_eq!(short[&a] + short[&b], 10, "the others share the rest: {short:?}");
-
-    let urgent = tenant(4);
-    tenant_items(&db, urgent, "URGENT", "TICKET", 3).await;
-    let first = claim_by_tenant(&db, 4, &Turns::default()).await;
-    assert_eq!(first.get(&urgent), Some(&3), "every URGENT item before any MEDIUM one: {first:?}");
-    assert_eq!(first.values().sum::<usize>(), 4);
-
-    let weighted = Turns { after: Uuid::nil(), weighted: vec![(a, 2.0)] };
-    let left: i64 = count(&db.pool, "SELECT count(*) FROM work_items WHERE status = 'QUEUED'").await;
-    assert!(left >= 18, "{left} items left for the weighted claim");
-    let shares = claim_by_tenant(&db, 9, &weighted).await;
-    assert_eq!((shares[&a], shares[&b]), (6, 3), "weight 2 takes two turns to one: {shares:?}");
 }
 
 /// A tenant's `max_in_flight` holds across three engines (checked by the agent's own count of
