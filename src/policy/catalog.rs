@@ -2,9 +2,12 @@
 //! workflow template steps (per order `workflow_id` and item type) over config routes, and
 //! compiled JSON Schemas per document type. Edits in the database apply within `TTL`.
 
-use crate::config::{PolicyKind, Settings};
+use crate::config::Settings;
 use crate::db;
 use crate::model::ErrorCode;
+use crate::policy::evaluators::{
+    Evaluator, EvaluatorDefinition, Policy, PolicyDefinition, parse_evaluators, parse_policy,
+};
 use crate::policy::limits::AgentLimit;
 use serde::Deserialize;
 use serde_json::Value;
@@ -28,13 +31,13 @@ pub enum ContentFormat {
 }
 
 /// The resolved step for one item: which agent, with which overrides.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Step {
     pub agent: String,
     pub timeout: Option<Duration>,
     pub max_attempts: Option<i32>,
-    pub evaluators: Vec<String>,
-    pub approval: PolicyKind,
+    pub evaluators: Vec<Evaluator>,
+    pub approval: Policy,
     pub content: ContentFormat,
     /// The step's own limits (`"limits"` in the template): kept besides its agent's.
     pub limit: Option<AgentLimit>,
@@ -57,8 +60,8 @@ struct StepDefinition {
     #[serde(default, with = "humantime_serde")]
     timeout: Option<Duration>,
     max_attempts: Option<i32>,
-    evaluators: Option<Vec<String>>,
-    approval: Option<PolicyKind>,
+    evaluators: Option<Vec<EvaluatorDefinition>>,
+    approval: Option<PolicyDefinition>,
     content: Option<ContentFormat>,
     /// The steps (item types) this one waits for in its order (BLOCKS edges, made by the
     /// database when the items are inserted: migration 0023). Read here only to be checked.
@@ -281,12 +284,26 @@ pub fn resolve_step(
             limit.is_limited().then_some(limit)
         }
     };
+    let invalid = |why: String| {
+        RouteError::invalid(
+            ErrorCode::WorkflowInvalid,
+            format!("workflow template `{workflow_id}` step {item_type}: {why}"),
+        )
+    };
+    let evaluators = match step.evaluators {
+        None => vec![Evaluator::Named(JSON_SCHEMA.to_owned())],
+        Some(definitions) => parse_evaluators(definitions).map_err(invalid)?,
+    };
+    let approval = match step.approval {
+        None => Policy::Fixed(settings.approval.policy),
+        Some(definition) => parse_policy(definition, &evaluators).map_err(invalid)?,
+    };
     Ok(Step {
         agent,
         timeout: step.timeout,
         max_attempts: step.max_attempts,
-        evaluators: step.evaluators.unwrap_or_else(|| vec![JSON_SCHEMA.to_owned()]),
-        approval: step.approval.unwrap_or(settings.approval.policy),
+        evaluators,
+        approval,
         content: step.content.unwrap_or_default(),
         limit,
     })
@@ -295,6 +312,7 @@ pub fn resolve_step(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PolicyKind;
     use serde_json::json;
 
     fn settings() -> Settings {
@@ -305,8 +323,8 @@ mod tests {
     fn config_route_is_the_fallback() {
         let step = resolve_step(None, "default", "TICKET", &settings()).unwrap();
         assert_eq!(step.agent, "triage");
-        assert_eq!(step.evaluators, vec![JSON_SCHEMA]);
-        assert_eq!(step.approval, PolicyKind::ApproveAll);
+        assert_eq!(step.evaluators.iter().map(Evaluator::name).collect::<Vec<_>>(), vec![JSON_SCHEMA]);
+        assert_eq!(step.approval, Policy::Fixed(PolicyKind::ApproveAll));
     }
 
     #[test]
@@ -317,8 +335,23 @@ mod tests {
         assert_eq!(step.agent, "echo");
         assert_eq!(step.timeout, Some(Duration::from_secs(2)));
         assert_eq!(step.max_attempts, Some(2));
-        assert_eq!(step.approval, PolicyKind::EscalateOnFailure);
+        assert_eq!(step.approval, Policy::Fixed(PolicyKind::EscalateOnFailure));
         assert!(step.evaluators.is_empty());
+    }
+
+    #[test]
+    fn assertions_and_thresholds_are_checked_with_the_template() {
+        let good = json!({"steps": {"TICKET": {"agent": "echo",
+            "evaluators": ["json_schema", {"name": "has_total", "pointer": "/total", "exists": true}],
+            "approval": {"combine": "min", "pass_at": 0.8, "fail_below": 0.4}}}});
+        let step = resolve_step(Some(&good), "wf", "TICKET", &settings()).unwrap();
+        assert_eq!(step.evaluators.iter().map(Evaluator::name).collect::<Vec<_>>(), ["json_schema", "has_total"]);
+        assert!(matches!(step.approval, Policy::Thresholds(_)));
+        let bad = json!({"steps": {"TICKET": {"agent": "echo",
+            "approval": {"combine": "min", "pass_at": 0.4, "fail_below": 0.8}}}});
+        let err = resolve_step(Some(&bad), "wf", "TICKET", &settings()).unwrap_err();
+        assert!(matches!(err, RouteError::Invalid { code: ErrorCode::WorkflowInvalid, .. }), "{err}");
+        assert!(err.to_string().contains("step TICKET: approval: fail_below 0.8 is above pass_at 0.4"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use crate::config::PolicyKind;
 use crate::model::{ApprovalRecord, Decision, EvalRecord};
 use crate::policy::catalog::{JSON_SCHEMA, SchemaState};
+use crate::policy::evaluators::{self, Combine, Evaluator, Policy, Thresholds};
 use serde_json::{Value, json};
 
 /// Most validation errors kept in an eval's metrics.
@@ -12,9 +13,22 @@ const MAX_REPORTED_ERRORS: usize = 10;
 /// Runs each named evaluator over the output, with the schema the runner read before the
 /// agent ran (so a database failure defers the run instead of deciding it). Unknown
 /// evaluator names produce a failed eval saying so, rather than silently passing.
-pub fn evaluate(schema: &SchemaState, evaluators: &[String], output: &Value) -> Vec<EvalRecord> {
+pub fn evaluate(schema: &SchemaState, evaluators: &[Evaluator], output: &Value) -> Vec<EvalRecord> {
     let mut records = Vec::with_capacity(evaluators.len());
-    for name in evaluators {
+    for evaluator in evaluators {
+        let name = match evaluator {
+            Evaluator::Named(name) => name,
+            Evaluator::Assertion(a) => {
+                let (passed, why) = evaluators::check(a, output);
+                records.push(EvalRecord {
+                    evaluation_type: a.name.clone(),
+                    score: if passed { 1.0 } else { 0.0 },
+                    passed,
+                    metrics: json!({ "version": a.version, "pointer": a.pointer, "check": why }),
+                });
+                continue;
+            }
+        };
         let record = match name.as_str() {
             JSON_SCHEMA => match schema {
                 SchemaState::Ready(schema) => {
@@ -59,7 +73,56 @@ pub fn schema_eval(name: &str, version: &str, validator: &jsonschema::Validator,
 }
 
 /// The approval policy: a pure function of the eval results, versioned.
-pub fn approve(policy: PolicyKind, evals: &[EvalRecord]) -> ApprovalRecord {
+pub fn approve(policy: &Policy, evals: &[EvalRecord]) -> ApprovalRecord {
+    match policy {
+        Policy::Fixed(kind) => approve_fixed(*kind, evals),
+        Policy::Thresholds(t) => approve_by_thresholds(t, evals),
+    }
+}
+
+/// Thresholds: the combined score against `pass_at` and `fail_below`; the reason names the
+/// score, how it was combined from which evaluators, and the threshold that decided.
+fn approve_by_thresholds(t: &Thresholds, evals: &[EvalRecord]) -> ApprovalRecord {
+    let score = match t.combine {
+        _ if evals.is_empty() => 1.0,
+        Combine::All => {
+            if evals.iter().all(|e| e.passed) {
+                1.0
+            } else {
+                0.0
+            }
+        }
+        Combine::Min => evals.iter().map(|e| e.score).fold(1.0, f64::min),
+        Combine::Mean => {
+            let weight = |e: &EvalRecord| t.weights.get(&e.evaluation_type).copied().unwrap_or(1.0);
+            let total: f64 = evals.iter().map(weight).sum();
+            evals.iter().map(|e| weight(e) * e.score).sum::<f64>() / total
+        }
+    };
+    let parts: Vec<String> = evals
+        .iter()
+        .map(|e| format!("{} {:.2}{}", e.evaluation_type, e.score, if e.passed { "" } else { " failed" }))
+        .collect();
+    let of = if parts.is_empty() { "no evaluator".to_owned() } else { parts.join(", ") };
+    let (decision, why) = if score >= t.pass_at {
+        (Decision::Approved, format!("at or above pass_at {:.2}", t.pass_at))
+    } else if score < t.fail_below {
+        (Decision::Rejected, format!("below fail_below {:.2}", t.fail_below))
+    } else {
+        (
+            Decision::Escalated,
+            format!("below pass_at {:.2} and at or above fail_below {:.2}: a person decides", t.pass_at, t.fail_below),
+        )
+    };
+    ApprovalRecord {
+        approver_id: "policy:thresholds".into(),
+        decision,
+        reason: Some(format!("score {score:.2} ({} of {of}) is {why}", t.combine.as_str())),
+        policy_version: "thresholds/1".into(),
+    }
+}
+
+fn approve_fixed(policy: PolicyKind, evals: &[EvalRecord]) -> ApprovalRecord {
     let failed: Vec<&str> = evals.iter().filter(|e| !e.passed).map(|e| e.evaluation_type.as_str()).collect();
     let (name, decision, reason) = match policy {
         PolicyKind::ApproveAll => {
@@ -103,11 +166,50 @@ mod tests {
             (PolicyKind::EscalateOnFailure, vec![], Decision::Approved),
         ];
         for (policy, evals, expected) in table {
-            let record = approve(policy, &evals);
+            let record = approve(&Policy::Fixed(policy), &evals);
             assert_eq!(record.decision, expected, "{policy:?}");
             assert!(record.approver_id.starts_with("policy:"));
             assert!(record.policy_version.ends_with("/1"));
         }
+    }
+
+    fn scored(name: &str, score: f64) -> EvalRecord {
+        EvalRecord { evaluation_type: name.into(), score, passed: score >= 0.5, metrics: json!({}) }
+    }
+
+    #[test]
+    fn thresholds_pass_fail_and_send_the_grey_zone_to_a_person() {
+        let t = |combine, weights: &[(&str, f64)]| {
+            Policy::Thresholds(Thresholds {
+                combine,
+                weights: weights.iter().map(|(n, w)| (n.to_string(), *w)).collect(),
+                pass_at: 0.8,
+                fail_below: 0.5,
+            })
+        };
+        let evals = [scored("judge", 0.6), scored("has_total", 1.0)];
+        let table = [
+            // mean 0.8: exactly pass_at passes.
+            (t(Combine::Mean, &[]), &evals[..], Decision::Approved),
+            // weighted 3:1 toward the judge: 0.7, the grey zone.
+            (t(Combine::Mean, &[("judge", 3.0)]), &evals[..], Decision::Escalated),
+            (t(Combine::Min, &[]), &evals[..], Decision::Escalated),
+            // exactly fail_below is not below it.
+            (t(Combine::Min, &[]), &[scored("judge", 0.5)][..], Decision::Escalated),
+            (t(Combine::Min, &[]), &[scored("judge", 0.49)][..], Decision::Rejected),
+            (t(Combine::All, &[]), &[scored("judge", 0.4), scored("x", 1.0)][..], Decision::Rejected),
+            (t(Combine::All, &[]), &[scored("x", 1.0)][..], Decision::Approved),
+            (t(Combine::Mean, &[]), &[][..], Decision::Approved),
+        ];
+        for (policy, evals, expected) in table {
+            let record = approve(&policy, evals);
+            assert_eq!(record.decision, expected, "{policy:?} {evals:?}: {:?}", record.reason);
+            assert_eq!(record.policy_version, "thresholds/1");
+        }
+        let grey = approve(&t(Combine::Mean, &[("judge", 3.0)]), &evals);
+        let reason = grey.reason.unwrap();
+        assert!(reason.contains("score 0.70 (mean of judge 0.60, has_total 1.00)"), "{reason}");
+        assert!(reason.contains("a person decides"), "{reason}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::model::{AttemptStatus, Completion, Decision, ErrorCode, ErrorInfo, Ne
 use crate::panic::CatchUnwind;
 use crate::policy::catalog::{Catalog, ContentFormat, JSON_SCHEMA, RouteError, SchemaState};
 use crate::policy::decision::{self, Backoff, Budget, Outcome};
+use crate::policy::evaluators::Evaluator;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Instant;
@@ -86,7 +87,9 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, context: Option<ItemContex
 
     // Everything read from the database before the agent runs: a failed read defers the run.
     let schema = match &step {
-        Ok(step) if step.evaluators.iter().any(|e| e == JSON_SCHEMA) => ctx.catalog.schema(&item.item_type).await,
+        Ok(step) if step.evaluators.iter().any(|e| matches!(e, Evaluator::Named(n) if n == JSON_SCHEMA)) => {
+            ctx.catalog.schema(&item.item_type).await
+        }
         _ => Ok(SchemaState::Absent),
     };
     let unavailable = match (&step, &schema, &context) {
@@ -170,7 +173,7 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, context: Option<ItemContex
             }
             if let Ok(output) = &result {
                 evals = review::evaluate(&schema, &step.evaluators, output);
-                approval = Some(review::approve(step.approval, &evals));
+                approval = Some(review::approve(&step.approval, &evals));
             }
         }
     }

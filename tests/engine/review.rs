@@ -323,3 +323,97 @@ async fn approve_and_reject_on_the_command_line() {
     assert!(!out.status.success());
     assert!(text(&out).contains("not found"), "{}", text(&out));
 }
+
+/// Built-in assertions as evaluators and a thresholds policy: the mean of three checks passes
+/// at 0.9, fails below 0.5, and sends what lies between to a person, with the score and
+/// which check failed in the approval event and on the approvals inbox.
+#[tokio::test]
+async fn assertions_and_thresholds_pass_reject_and_send_the_grey_zone_to_a_person() {
+    let db = TestDb::new().await;
+    insert_template(
+        &db.pool,
+        "graded",
+        json!({"steps": {"TICKET": {"agent": "echo", "max_attempts": 2,
+            "evaluators": [
+                {"name": "has_total", "pointer": "/echo/total", "exists": true},
+                {"name": "paid", "version": "2", "pointer": "/echo/status", "equals": "paid"},
+                {"name": "short_note", "pointer": "/echo/note", "max_length": 20}
+            ],
+            "approval": {"combine": "mean", "pass_at": 0.9, "fail_below": 0.5}}}}),
+    )
+    .await;
+    let order = insert_order_with_workflow(&db.pool, "graded").await;
+    let passes = insert_item(&db.pool, order, "TICKET", r#"{"total": 12, "status": "paid", "note": "ok"}"#).await;
+    let grey = insert_item(&db.pool, order, "TICKET", r#"{"total": 12, "status": "due", "note": "ok"}"#).await;
+    let fails = insert_item(&db.pool, order, "TICKET", r#"{"status": "due"}"#).await;
+    let engine = db.engine("[routes]\nTICKET = \"echo\"\n").await;
+    wait_for_status(&db.pool, passes, "COMPLETED").await;
+    wait_for_status(&db.pool, grey, "AWAITING_APPROVAL").await;
+    wait_for_status(&db.pool, fails, "FAILED").await;
+    stop(engine).await;
+
+    let decisions = |item| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, String, String, String)>(
+                "SELECT decision::text, approver_id, policy_version, coalesce(reason, '') FROM approval_events
+                 WHERE work_item_id = $1 ORDER BY timestamp",
+            )
+            .bind(item)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let passed = decisions(passes).await;
+    assert_eq!(passed.len(), 1);
+    assert_eq!(
+        (passed[0].0.as_str(), passed[0].1.as_str(), passed[0].2.as_str()),
+        ("APPROVED", "policy:thresholds", "thresholds/1")
+    );
+    assert!(passed[0].3.contains("score 1.00") && passed[0].3.contains("at or above pass_at 0.90"), "{}", passed[0].3);
+
+    let held = decisions(grey).await;
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].0, "ESCALATED");
+    let reason = &held[0].3;
+    assert!(reason.contains("score 0.67 (mean of has_total 1.00, paid 0.00 failed, short_note 1.00)"), "{reason}");
+    assert!(reason.contains("a person decides"), "{reason}");
+
+    let rejected = decisions(fails).await;
+    assert_eq!(rejected.iter().map(|d| d.0.as_str()).collect::<Vec<_>>(), ["REJECTED", "REJECTED"], "each attempt");
+    assert!(
+        rejected[0].3.contains("score 0.00") && rejected[0].3.contains("below fail_below 0.50"),
+        "{}",
+        rejected[0].3
+    );
+    assert_eq!(dead_letter(&db.pool, fails).await.map(|d| d.0), Some("APPROVAL_REJECTED".to_owned()));
+
+    // Each assertion is its own eval row, with its version and what it checked.
+    let evals: Vec<(String, bool, serde_json::Value)> = sqlx::query_as(
+        "SELECT evaluation_type, passed, metrics FROM eval_results WHERE work_item_id = $1 ORDER BY evaluation_type",
+    )
+    .bind(grey)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        evals.iter().map(|e| (e.0.as_str(), e.1)).collect::<Vec<_>>(),
+        [("has_total", true), ("paid", false), ("short_note", true)]
+    );
+    assert_eq!(evals[1].2["version"], "2");
+    assert_eq!(evals[1].2["check"], "/echo/status equals \"paid\"");
+    let missing: serde_json::Value = sqlx::query_scalar(
+        "SELECT metrics FROM eval_results WHERE work_item_id = $1 AND evaluation_type = 'short_note' LIMIT 1",
+    )
+    .bind(fails)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(missing["check"], "/echo/note length at most 20: nothing at /echo/note");
+
+    // The person deciding sees the score and the failed check.
+    let inbox = text(&orderly(&db.url, &["approvals", "list"]));
+    println!("{inbox}");
+    assert!(inbox.contains(&grey.to_string()) && inbox.contains("score 0.67 (mean of"), "{inbox}");
+}
