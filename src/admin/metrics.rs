@@ -300,6 +300,16 @@ fn database_gauges(out: &mut Exposition, gauges: &Refreshed) {
         };
         out.sample("orderly_agent_circuit_open", &[("agent", &a.agent)], state);
     }
+    out.family(
+        "orderly_agent_rate_booked_seconds",
+        "gauge",
+        "How far ahead of now an agent's rate is booked by starts and reservations (leader only).",
+    );
+    for a in &gauges.agents {
+        let ahead =
+            a.rate_booked_until.map_or(0.0, |t| (t - chrono::Utc::now()).num_milliseconds().max(0) as f64 / 1e3);
+        out.sample("orderly_agent_rate_booked_seconds", &[("agent", &a.agent)], ahead);
+    }
     out.family("orderly_agent_paused", "gauge", "1 while an agent is paused by a Retry-After (leader only).");
     for a in &gauges.agents {
         out.sample("orderly_agent_paused", &[("agent", &a.agent)], i64::from(a.paused_until.is_some()));

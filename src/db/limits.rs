@@ -383,6 +383,9 @@ pub struct AgentView {
     pub consecutive_failures: i32,
     pub in_flight: i64,
     pub waiting: i64,
+    /// How far ahead the agent's rate is booked (each start and each reservation moves it
+    /// on by one interval): its use of the rate, as a time. None when not ahead of now.
+    pub rate_booked_until: Option<DateTime<Utc>>,
 }
 
 pub async fn views(pool: &PgPool) -> Result<Vec<AgentView>, sqlx::Error> {
@@ -397,7 +400,8 @@ pub async fn views(pool: &PgPool) -> Result<Vec<AgentView>, sqlx::Error> {
                    ON w.id = l.work_item_id AND w.attempt = l.attempt AND w.status = 'PROCESSING'
                  WHERE l.agent = s.agent) AS in_flight,
                 (SELECT count(*) FROM agent_waits a JOIN work_items w ON w.id = a.work_item_id AND w.status = 'QUEUED'
-                 WHERE a.agent = s.agent) AS waiting
+                 WHERE a.agent = s.agent) AS waiting,
+                CASE WHEN s.tat > now() THEN s.tat END AS rate_booked_until
          FROM agent_state s WHERE s.agent NOT LIKE 'tenant:%' AND s.agent NOT LIKE 'step:%' ORDER BY s.agent",
     )
     .fetch_all(pool)

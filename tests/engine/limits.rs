@@ -127,6 +127,15 @@ async fn a_rate_holds_across_engines_in_every_one_second_window() {
     let order = items(&db, 90).await;
     let config = agent.config("rate = \"30/s\"\nburst = 5", 32);
     let engines = vec![db.engine(&config).await, db.engine(&config).await, db.engine(&config).await];
+    // 90 items at 30/s: the rate is booked seconds ahead while they wait, and it says so.
+    wait_until("the rate booked ahead", Duration::from_secs(10), || async {
+        let views = orderly::db::limits::views(&db.pool).await.unwrap();
+        views.iter().any(|v| {
+            v.agent == "limited"
+                && v.rate_booked_until.is_some_and(|t| t > chrono::Utc::now() + chrono::TimeDelta::milliseconds(500))
+        })
+    })
+    .await;
     wait_for_order(&db.pool, order, "COMPLETED").await;
     for engine in engines {
         stop(engine).await;

@@ -132,7 +132,7 @@ pub(super) fn overview_body(state: &AdminState, o: &Overview, charts: Option<&Ch
         @if !o.agents.is_empty() {
             h2 { "Agents with limits" }
             table #agents {
-                thead { tr { th { "agent" } th { "circuit" } th { "paused until" } th.num { "failures in a row" } th.num { "in flight" } th.num { "waiting" } } }
+                thead { tr { th { "agent" } th { "circuit" } th { "paused until" } th.num { "failures in a row" } th.num { "in flight" } th.num { "waiting" } th { "rate booked until" } } }
                 tbody {
                     @for a in &o.agents {
                         tr {
@@ -145,6 +145,7 @@ pub(super) fn overview_body(state: &AdminState, o: &Overview, charts: Option<&Ch
                             td.num { (a.consecutive_failures) }
                             td.num { (a.in_flight) }
                             td.num { (a.waiting) }
+                            td { (a.rate_booked_until.map(ts).unwrap_or_else(|| "–".to_owned())) }
                         }
                     }
                 }
