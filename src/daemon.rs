@@ -128,10 +128,7 @@ impl Engine {
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         // Agent limits: completers nudge the waker after a limited agent's batch.
         let limits_nudge = Arc::new(crate::worker::limits::Nudge::default());
-        // Read once before the first claim (the waker keeps it current); unreadable: assume
-        // some step has limits, so the gate resolves and nothing slips past one.
-        let steps_limited =
-            Arc::new(std::sync::atomic::AtomicBool::new(db::catalog::any_step_limits(&pool).await.unwrap_or(true)));
+        let steps_limited = crate::worker::limits::steps_limited_at_start(&pool).await;
         let completers = (0..settings.worker.completers)
             .map(|_| {
                 // Completers end when the dispatcher and every runner are gone (shutdown).
@@ -248,14 +245,7 @@ impl Engine {
                 &stop_background,
                 Box::pin(crate::worker::limits::waker(
                     pool.clone(),
-                    agents
-                        .limited()
-                        .map(|(name, limit)| (name.clone(), limit.max_in_flight))
-                        .chain(settings.tenants.iter().filter_map(|(id, tenant)| {
-                            let key = crate::worker::limits::Key::Tenant(*id).to_string();
-                            tenant.max_in_flight.map(|max| (key, Some(max)))
-                        }))
-                        .collect(),
+                    crate::worker::limits::configured_keys(&agents, &settings),
                     steps_limited.clone(),
                     limits_nudge.clone(),
                     wake.clone(),

@@ -160,6 +160,27 @@ impl std::fmt::Display for Key<'_> {
     }
 }
 
+/// Whether any active template step has limits, read once before the first claim (the waker
+/// keeps it current); unreadable, it says yes, so the gate resolves and nothing slips past one.
+pub async fn steps_limited_at_start(pool: &PgPool) -> Arc<std::sync::atomic::AtomicBool> {
+    let any = db::catalog::any_step_limits(pool).await.unwrap_or(true);
+    Arc::new(std::sync::atomic::AtomicBool::new(any))
+}
+
+/// The keys the configuration limits (agents, and tenants with a cap) and each one's slot
+/// limit: what the waker stores at start-up (`db::limits::reconcile`).
+pub fn configured_keys(
+    agents: &crate::agent::Agents,
+    settings: &crate::config::Settings,
+) -> Vec<(String, Option<u32>)> {
+    let agents = agents.limited().map(|(name, limit)| (name.clone(), limit.max_in_flight));
+    let tenants = settings
+        .tenants
+        .iter()
+        .filter_map(|(id, tenant)| tenant.max_in_flight.map(|max| (Key::Tenant(*id).to_string(), Some(max))));
+    agents.chain(tenants).collect()
+}
+
 /// How the completers tell the waker that slots may have freed: always after a batch with a
 /// limited agent's results, and after any batch while something waits for a slot (a tenant's
 /// cap, a step's limit), as the waker last saw.
