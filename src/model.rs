@@ -126,6 +126,10 @@ labels!(
         AgentPanicked = "AGENT_PANICKED",
         ContextInvalid = "CONTEXT_INVALID",
         Cancelled = "CANCELLED",
+        EvaluatorFailed = "EVALUATOR_FAILED",
+        LlmRefused = "LLM_REFUSED",
+        LlmTruncated = "LLM_TRUNCATED",
+        PromptInvalid = "PROMPT_INVALID",
     }
 );
 

@@ -59,6 +59,41 @@ pub struct AgentRequest {
     /// How a plug-in reports progress, log lines and compute while it runs (not sent).
     #[serde(skip)]
     pub report: Reporter,
+    /// Set on a revision: the output a review sent back and why (docs/review.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub review: Option<ReviewView>,
+    /// Set when the agent is called as an evaluator: what it judges (docs/review.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evaluate: Option<EvaluateView>,
+    /// The template step's (or the evaluator's) options for this agent's kind, e.g. an
+    /// `llm` agent's prompts and parameters under the step's `llm` key (not sent).
+    #[serde(skip)]
+    pub step_options: Option<Arc<Value>>,
+    /// The JSON Schema the step checks the output against, when it has one (not sent).
+    #[serde(skip)]
+    pub output_schema: Option<Arc<Value>>,
+}
+
+/// What a revision run is told: which revision this is, the output that was sent back and
+/// the feedback that sent it (evaluators' reasons, or a person's comment).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReviewView {
+    /// 1 for the first revision.
+    pub revision: i32,
+    pub max_revisions: i32,
+    pub previous_output: Value,
+    pub feedback: Vec<Value>,
+}
+
+/// What an agent called as an evaluator judges: the output, and the criteria text of the
+/// template's evaluator.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvaluateView {
+    pub evaluator: String,
+    pub version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub criteria: Option<String>,
+    pub output: Value,
 }
 
 /// An attempt's progress callback: POST `{"percent": N, "message": "…"}` to `url` with

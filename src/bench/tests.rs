@@ -35,6 +35,10 @@ async fn the_daemon_config_reaches_the_latency_agent_through_the_http_kind() {
         context: ContextView::default(),
         progress: None,
         report: Default::default(),
+        review: None,
+        evaluate: None,
+        step_options: None,
+        output_schema: None,
     };
     let (a, b) = tokio::join!(agent.executor.execute(&request), agent.executor.execute(&request));
     assert_eq!(a.unwrap(), json!({"ok": true}));

@@ -41,6 +41,9 @@ pub struct Step {
     pub content: ContentFormat,
     /// The step's own limits (`"limits"` in the template): kept besides its agent's.
     pub limit: Option<AgentLimit>,
+    /// The step's options for its agent's kind (the `llm` key: prompts, parameters), handed
+    /// to the agent as `AgentRequest::step_options`.
+    pub llm: Option<Arc<Value>>,
 }
 
 /// A step's `"limits"`: the slot and rate limits of an agent (a circuit is the agent's own).
@@ -68,6 +71,7 @@ struct StepDefinition {
     #[serde(default)]
     needs: Vec<String>,
     limits: Option<StepLimits>,
+    llm: Option<Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -137,6 +141,8 @@ pub enum SchemaState {
 pub struct CompiledSchema {
     pub name: String,
     pub version: String,
+    /// The schema as written, for agents that ask their model for output of this shape.
+    pub definition: Arc<Value>,
     pub validator: jsonschema::Validator,
 }
 
@@ -193,9 +199,12 @@ impl Catalog {
             }
             Ok(None) => SchemaState::Absent,
             Ok(Some(row)) => match jsonschema::validator_for(&row.definition) {
-                Ok(validator) => {
-                    SchemaState::Ready(Arc::new(CompiledSchema { name: row.name, version: row.version, validator }))
-                }
+                Ok(validator) => SchemaState::Ready(Arc::new(CompiledSchema {
+                    name: row.name,
+                    version: row.version,
+                    validator,
+                    definition: Arc::new(row.definition),
+                })),
                 Err(e) => SchemaState::Broken(format!("schema {} {} does not compile: {e}", row.name, row.version)),
             },
         };
@@ -232,6 +241,7 @@ pub fn resolve_step(
         content: None,
         needs: Vec::new(),
         limits: None,
+        llm: None,
     });
     if step.needs.iter().any(|need| need == item_type) {
         return Err(RouteError::invalid(
@@ -306,6 +316,7 @@ pub fn resolve_step(
         approval,
         content: step.content.unwrap_or_default(),
         limit,
+        llm: step.llm.map(Arc::new),
     })
 }
 

@@ -132,6 +132,10 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, context: Option<ItemContex
         Err(error) => result = Err(error),
         Ok((step, mut request)) => {
             request.report = reporter.clone();
+            request.step_options = step.llm.clone();
+            if let SchemaState::Ready(schema) = &schema {
+                request.output_schema = Some(schema.definition.clone());
+            }
             let agent = ctx.agents.get(&step.agent).expect("routes are validated against agents").clone();
             if agent.executor.takes_progress_callback() {
                 request.progress = progress_callback(ctx, &item).await;
@@ -420,5 +424,9 @@ fn envelope(
         context: ContextView { mem_docs, dependencies },
         progress: None,
         report: Default::default(),
+        review: None,
+        evaluate: None,
+        step_options: None,
+        output_schema: None,
     })
 }
