@@ -6,58 +6,20 @@
 use crate::config::Settings;
 use crate::db;
 use crate::db::OpsError;
-use crate::model::{Budget, Decision, ItemStatus, NextState};
+use crate::model::ItemStatus;
 use crate::policy::catalog::{Catalog, ContentFormat, RouteError};
-use crate::policy::decision::{Backoff, Outcome, next_state};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
 use sqlx::PgPool;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use uuid::Uuid;
 
+mod approvals;
 pub mod budgets;
 pub mod schedules;
 
-/// What a human decision on a held item does to it: approved, it is COMPLETED; rejected,
-/// the same rule as the policy's own rejection (a retry after the backoff while the budget
-/// lasts, else a dead letter). An item an exhausted spending budget holds before it ran is
-/// let run once (approved) or left waiting (rejected), see `db::budgets::decide_hold`. Writes it all (see `db::approvals::record_human_decision`),
-/// and counts it in `metrics` when it runs inside a daemon (the API and the page).
-pub async fn decide_held(
-    pool: &PgPool,
-    settings: &Arc<Settings>,
-    metrics: Option<&crate::metrics::Metrics>,
-    item_id: Uuid,
-    decision: Decision,
-    actor: &str,
-    reason: Option<&str>,
-) -> Result<NextState, db::OpsError> {
-    let reason = self::reason(reason)?;
-    if db::budgets::holds(pool, item_id).await? {
-        // Held before it ran by an exhausted budget: run it anyway, or let it wait.
-        return db::budgets::decide_hold(pool, item_id, decision == Decision::Approved, actor, reason).await;
-    }
-    let item = db::approvals::held_item(pool, item_id).await?;
-    // The budget as the runner computes it: the item's own, the template step's, the config's.
-    let step = match Catalog::new(pool.clone(), settings.clone()).resolve(&item.workflow_id, &item.item_type).await {
-        Ok(step) => step.max_attempts,
-        // The template is read to size the budget only; without a valid step, the defaults.
-        Err(RouteError::Invalid { .. }) => None,
-        Err(e @ RouteError::Unavailable { .. }) => return Err(db::OpsError::Unavailable(e.to_string())),
-    };
-    let max = Budget::ceiling(item.max_attempts, step, settings.retry.max_attempts);
-    let budget = Budget { used: item.attempt - item.attempt_base, max };
-    let backoff = Backoff { base: settings.retry.backoff_base, max: settings.retry.backoff_max };
-    let (_, next) = next_state(&Outcome::Succeeded(decision), budget, backoff, fastrand::f64());
-    let human = db::approvals::HumanDecision { decision, next, actor, reason, attempts_used: budget.used };
-    db::approvals::record_human_decision(pool, &item, &human).await?;
-    if let Some(metrics) = metrics {
-        metrics.approval_decided(decision, crate::metrics::SOURCE_HUMAN);
-    }
-    Ok(human.next)
-}
+pub use approvals::decide_held;
 
 /// What a replay did.
 #[derive(Debug, Clone, Serialize)]

@@ -265,6 +265,10 @@ pub struct DecisionArgs {
     /// Who decides (approval event and audit log); defaults to $USER.
     #[arg(long)]
     pub actor: Option<String>,
+    /// With `reject`: send the output back to its agent with the reason as the feedback (a
+    /// revision), instead of retrying or dead-lettering it.
+    #[arg(long)]
+    pub revise: bool,
 }
 
 /// The options of every `list` subcommand.

@@ -101,6 +101,9 @@ pub struct DatabaseSettings {
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
     pub concurrency: usize,
+    /// Evaluation runs (agent evaluators judging a recorded output) at once in this process,
+    /// beside `concurrency`: a slow judge does not hold an agent's slot (docs/review.md).
+    pub evaluator_concurrency: usize,
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     pub claim_batch: usize,

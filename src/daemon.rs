@@ -7,11 +7,9 @@ use crate::config::Settings;
 use crate::db;
 use crate::maintenance::{leader, pruner::Pruner, rescuer::Rescuer};
 use crate::policy::catalog::Catalog;
-use crate::worker::completer::Completer;
-use crate::worker::dispatcher::Dispatcher;
 use crate::worker::liveness::Health;
 use crate::worker::runner::RunContext;
-use crate::worker::{InFlight, Metrics, heartbeat, listener};
+use crate::worker::{InFlight, Metrics, completer::Completer, dispatcher::Dispatcher, heartbeat, listener};
 use anyhow::Context;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -268,6 +266,7 @@ impl Engine {
                     pool: pool.clone(),
                     ctx,
                     slots: Arc::new(Semaphore::new(settings.worker.concurrency)),
+                    evaluator_slots: Arc::new(Semaphore::new(settings.worker.evaluator_concurrency)),
                     wake,
                     waiting: waiting_tx,
                     in_flight: in_flight.clone(),

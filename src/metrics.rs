@@ -53,6 +53,10 @@ pub struct Metrics {
     pub dead_lettered: AtomicU64,
     pub awaiting_approval: AtomicU64,
     pub released: AtomicU64,
+    /// Outputs handed to the step's agent evaluators (the next run evaluates them).
+    pub evaluations_queued: AtomicU64,
+    /// Outputs sent back to their agent for a revision by a review.
+    pub revisions: AtomicU64,
     /// Results rejected by the fence: the attempt was no longer the item's current one.
     pub stale_writes: AtomicU64,
     /// Executions abandoned because the lease could not be renewed.
@@ -124,6 +128,8 @@ impl Metrics {
             dead_lettered: AtomicU64::new(0),
             awaiting_approval: AtomicU64::new(0),
             released: AtomicU64::new(0),
+            evaluations_queued: AtomicU64::new(0),
+            revisions: AtomicU64::new(0),
             stale_writes: AtomicU64::new(0),
             leases_lost: AtomicU64::new(0),
             completer_batches: AtomicU64::new(0),
@@ -177,6 +183,8 @@ impl Metrics {
             + Self::get(&self.dead_lettered)
             + Self::get(&self.awaiting_approval)
             + Self::get(&self.released)
+            + Self::get(&self.evaluations_queued)
+            + Self::get(&self.revisions)
     }
 
     /// One item claimed (the dispatcher): its type, priority and how long it waited while
@@ -194,6 +202,8 @@ impl Metrics {
             NextState::Retry { .. } => &self.retried,
             NextState::Released { .. } => &self.released,
             NextState::DeadLetter { .. } => &self.dead_lettered,
+            NextState::Evaluate => &self.evaluations_queued,
+            NextState::Revise => &self.revisions,
         };
         Self::add(counter, 1);
         let agent = self.agents.get(&done.agent);
@@ -224,7 +234,7 @@ impl Metrics {
                 self.finished.add(ItemStatus::Failed, 1);
                 self.dead_letters.add(done.error.as_ref().map(|e| e.code), 1);
             }
-            NextState::Retry { .. } | NextState::Released { .. } => {}
+            NextState::Retry { .. } | NextState::Released { .. } | NextState::Evaluate | NextState::Revise => {}
         }
     }
 

@@ -217,6 +217,24 @@ pub enum NextState {
     Released { delay_ms: i64 },
     /// FAILED with a dead letter.
     DeadLetter { reason: DeadLetterReason },
+    /// Back to QUEUED at once, the attempt not counted: the output waits for the step's
+    /// agent evaluators, which the next run calls instead of the agent (docs/review.md).
+    Evaluate,
+    /// Back to QUEUED at once with a fresh attempt budget: the output was sent back to the
+    /// agent with feedback, a revision (docs/review.md).
+    Revise,
+}
+
+/// What a completion writes to the item's review (`item_reviews`), beside the item.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReviewWrite {
+    /// The completion's output waits for evaluation (stage EVALUATE).
+    Evaluate,
+    /// The completion's output goes back to the agent as revision `revision`, with this
+    /// feedback (stage REVISE).
+    Revise { revision: i32, feedback: Value },
+    /// The review decided: nothing pending (the revision count is kept).
+    Settled,
 }
 
 /// Everything the completer writes for one finished execution, in one transaction with the
@@ -246,6 +264,8 @@ pub struct Completion {
     pub evals: Vec<EvalRecord>,
     pub approval: Option<ApprovalRecord>,
     pub next: NextState,
+    /// What the item's review records, when the step reviews with agents or revisions.
+    pub review: Option<ReviewWrite>,
 }
 
 impl NextState {
@@ -254,7 +274,9 @@ impl NextState {
         match self {
             NextState::Completed => ItemStatus::Completed,
             NextState::AwaitingApproval => ItemStatus::AwaitingApproval,
-            NextState::Retry { .. } | NextState::Released { .. } => ItemStatus::Queued,
+            NextState::Retry { .. } | NextState::Released { .. } | NextState::Evaluate | NextState::Revise => {
+                ItemStatus::Queued
+            }
             NextState::DeadLetter { .. } => ItemStatus::Failed,
         }
     }

@@ -146,6 +146,12 @@ pub fn render(state: &AdminState) -> String {
         &m.released,
     );
     out.counter(
+        "orderly_evaluations_queued_total",
+        "Agent outputs handed to their step's agent evaluators (the next run evaluates them).",
+        &m.evaluations_queued,
+    );
+    out.counter("orderly_revisions_total", "Outputs a review sent back to their agent with feedback.", &m.revisions);
+    out.counter(
         "orderly_stale_writes_total",
         "Results refused by the fence: the attempt was no longer the item's current one.",
         &m.stale_writes,

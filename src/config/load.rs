@@ -74,6 +74,7 @@ impl Settings {
 
         let worker = &self.worker;
         count_in("worker.concurrency", worker.concurrency, 1, MAX_BATCH)?;
+        count_in("worker.evaluator_concurrency", worker.evaluator_concurrency, 1, MAX_BATCH)?;
         duration_in("worker.poll_interval", worker.poll_interval, None, MAX_INTERVAL)?;
         count_in("worker.claim_batch", worker.claim_batch, 1, MAX_BATCH)?;
         duration_in("worker.lease", worker.lease, Some(Duration::from_secs(1)), MAX_INTERVAL)?;

@@ -89,8 +89,15 @@ pub async fn record_human_decision(pool: &PgPool, item: &HeldItem, human: &Human
     .bind(policy_version.as_deref().unwrap_or("human"))
     .execute(&mut *tx)
     .await?;
-    let error = (human.decision == Decision::Rejected)
-        .then(|| format!("rejected by {}{}", human.actor, human.reason.map(|r| format!(": {r}")).unwrap_or_default()));
+    let revise = matches!(human.next, NextState::Revise);
+    let error = (human.decision == Decision::Rejected).then(|| {
+        format!(
+            "rejected by {}{}{}",
+            human.actor,
+            human.reason.map(|r| format!(": {r}")).unwrap_or_default(),
+            if revise { " (sent back for revision)" } else { "" }
+        )
+    });
     if let Some(message) = &error {
         sqlx::query("UPDATE attempts SET status = 'FAILED', error = $2, error_code = $3 WHERE id = $1")
             .bind(attempt_id)
@@ -107,7 +114,9 @@ pub async fn record_human_decision(pool: &PgPool, item: &HeldItem, human: &Human
         "UPDATE work_items SET status = $2::work_item_status,
                 processed_at = CASE WHEN $2 IN ('COMPLETED', 'FAILED') THEN now() END,
                 run_at = CASE WHEN $2 = 'QUEUED' THEN now() + $3 * interval '1 millisecond' ELSE run_at END,
-                last_error = $4, last_error_code = $5
+                last_error = $4, last_error_code = $5,
+                attempt_base = CASE WHEN $6 THEN attempt ELSE attempt_base END,
+                review_pending = review_pending OR $6
          WHERE id = $1",
     )
     .bind(item.id)
@@ -115,8 +124,24 @@ pub async fn record_human_decision(pool: &PgPool, item: &HeldItem, human: &Human
     .bind(delay_ms as f64)
     .bind(error.as_deref())
     .bind(error.as_ref().map(|_| ErrorCode::ApprovalRejected.as_str()))
+    .bind(revise)
     .execute(&mut *tx)
     .await?;
+    if revise {
+        // The person's comment is the feedback; the held output goes back with it.
+        sqlx::query(
+            "INSERT INTO item_reviews AS r (work_item_id, stage, output, output_attempt_id, revision, feedback)
+             SELECT w.id, 'REVISE', coalesce(w.result, 'null'), $2, 1, $3 FROM work_items w WHERE w.id = $1
+             ON CONFLICT (work_item_id) DO UPDATE SET stage = 'REVISE', output = EXCLUDED.output,
+                 output_attempt_id = EXCLUDED.output_attempt_id, revision = r.revision + 1,
+                 feedback = EXCLUDED.feedback, updated_at = now()",
+        )
+        .bind(item.id)
+        .bind(attempt_id)
+        .bind(json!([{ "person": human.actor, "comment": human.reason }]))
+        .execute(&mut *tx)
+        .await?;
+    }
     if let NextState::DeadLetter { reason } = human.next {
         sqlx::query(
             "INSERT INTO dead_letters (work_item_id, source, event_type, payload, error, error_code, reason, retry_count)
@@ -136,7 +161,11 @@ pub async fn record_human_decision(pool: &PgPool, item: &HeldItem, human: &Human
         .execute(&mut *tx)
         .await?;
     }
-    let action = if human.decision == Decision::Approved { "approval.approve" } else { "approval.reject" };
+    let action = match (human.decision, revise) {
+        (Decision::Approved, _) => "approval.approve",
+        (_, true) => "approval.reject_revise",
+        _ => "approval.reject",
+    };
     audit(
         &mut tx,
         human.actor,

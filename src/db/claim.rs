@@ -39,7 +39,7 @@ WITH next AS (
         claimed_at = now()
     WHERE w.ctid = ANY (ARRAY (SELECT ctid FROM next))
     RETURNING w.id, w.work_order_id, w.type, w.priority, w.attempt, w.attempt_base,
-              w.max_attempts, w.rescues, w.created_at, w.run_at, w.has_dependencies,
+              w.max_attempts, w.rescues, w.created_at, w.run_at, w.has_dependencies, w.review_pending,
               octet_length(w.content) AS content_bytes,
               CASE WHEN octet_length(w.content) <= $4 THEN w.content END AS content
 ), started AS (
@@ -51,6 +51,7 @@ WITH next AS (
 )
 SELECT c.id, c.work_order_id, c.type::text AS item_type, c.priority::text AS priority,
        c.attempt, c.attempt_base, c.max_attempts, c.rescues, c.created_at, c.run_at, c.has_dependencies,
+       c.review_pending,
        c.content_bytes,
        c.content, coalesce(s.workflow_id, o.workflow_id) AS workflow_id,
        coalesce(s.tenant_id, o.tenant_id) AS tenant_id, coalesce(s.created_by, o.created_by) AS created_by,
@@ -81,6 +82,8 @@ pub struct ClaimedItem {
     pub run_at: DateTime<Utc>,
     /// Edges name dependencies of this item: its envelope carries their results.
     pub has_dependencies: bool,
+    /// Its review has a pending stage (`item_reviews`): the dispatcher reads it.
+    pub review_pending: bool,
     pub content_bytes: i32,
     /// None when the content is larger than the limit (it is then not loaded at all).
     pub content: Option<String>,

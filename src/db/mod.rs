@@ -21,6 +21,7 @@ pub mod maintenance;
 pub mod notifications;
 pub mod orders;
 pub mod queue;
+pub mod reviews;
 pub mod roles;
 pub mod rollup;
 pub mod runs;

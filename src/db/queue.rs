@@ -72,7 +72,7 @@ pub async fn renew_leases(
 }
 
 /// The batched, fenced completion statement (see [`complete_batch`]); public so the plan
-/// test can EXPLAIN it. Parameters: the 36 column arrays of `Columns`, in order. Rows are
+/// test can EXPLAIN it. Parameters: the 37 column arrays of `Columns`, in order. Rows are
 /// found by primary key only: `status::text` matches no partial index, so stale statistics
 /// cannot send the planner through the leased index instead.
 pub const COMPLETE_SQL: &str = r#"
@@ -83,16 +83,17 @@ WITH done AS (
         processed_at = CASE WHEN u.status IN ('COMPLETED', 'FAILED') THEN now() ELSE NULL END,
         run_at = CASE WHEN u.status = 'QUEUED' THEN now() + u.delay_ms * interval '1 millisecond'
                       ELSE w.run_at END,
-        attempt_base = w.attempt_base + CASE WHEN u.released THEN 1 ELSE 0 END,
+        attempt_base = CASE WHEN u.base_add < 0 THEN w.attempt ELSE w.attempt_base + u.base_add END,
+        review_pending = coalesce(u.review_pending, w.review_pending),
         rescues = w.rescues + CASE WHEN u.attempt_status = 'LOST' THEN 1 ELSE 0 END,
         lease_expires_at = NULL,
         locked_by = NULL,
         last_error = u.error,
         last_error_code = u.error_code
-    FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::bigint[], $6::bool[],
-                $7::text[], $8::text[], $11::text[], $9::uuid[])
-         AS u(id, attempt, status, output, delay_ms, released, error, error_code, attempt_status,
-              attempt_id)
+    FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::bigint[], $6::int[],
+                $7::text[], $8::text[], $11::text[], $9::uuid[], $37::bool[])
+         AS u(id, attempt, status, output, delay_ms, base_add, error, error_code, attempt_status,
+              attempt_id, review_pending)
     WHERE w.id = u.id AND w.attempt = u.attempt AND w.status::text = 'PROCESSING'
     RETURNING w.id, w.work_order_id, w.attempt, u.attempt_id, w.has_dependents
 ), attempts_written AS (
@@ -202,6 +203,9 @@ pub async fn complete_in(
         .map(|(id, ..)| *id)
         .collect();
     let settled = super::dependencies::settle(tx, &with_dependents, "orderly").await?;
+    if batch.iter().any(|c| c.review.is_some()) {
+        super::reviews::record(tx, batch, &written).await?;
+    }
     // What the written attempts reported beside their results: costs, logs, artifacts.
     if batch.iter().any(|c| !c.report.is_empty()) {
         let attempts: std::collections::HashSet<Uuid> =
@@ -254,7 +258,7 @@ completion_columns! {
     status: &'static str => "text",
     output: Option<&'a Value> => "jsonb",
     delay_ms: i64 => "bigint",
-    released: bool => "bool",
+    base_add: i32 => "int",
     error: Option<&'a str> => "text",
     error_code: Option<&'static str> => "text",
     attempt_id: Uuid => "uuid",
@@ -285,6 +289,7 @@ completion_columns! {
     dl_reason: &'static str => "text",
     dl_retries: i32 => "int",
     dl_attempt: Uuid => "uuid",
+    review_pending: Option<bool> => "bool",
 }
 
 impl<'a> Columns<'a> {
@@ -300,7 +305,15 @@ impl<'a> Columns<'a> {
                 NextState::Retry { delay_ms } | NextState::Released { delay_ms } => delay_ms,
                 _ => 0,
             });
-            c.released.push(matches!(done.next, NextState::Released { .. }));
+            // How the attempt budget moves: a release and a hand-over to the evaluators are
+            // not counted (+1 to the base); a revision starts a fresh budget (-1: the base
+            // becomes this attempt).
+            c.base_add.push(match done.next {
+                NextState::Released { .. } | NextState::Evaluate => 1,
+                NextState::Revise => -1,
+                _ => 0,
+            });
+            c.review_pending.push(done.review.as_ref().map(|r| !matches!(r, crate::model::ReviewWrite::Settled)));
             c.error.push(done.error.as_ref().map(|e| e.message.as_str()));
             c.error_code.push(done.error.as_ref().map(|e| e.code.as_str()));
             c.attempt_id.push(done.attempt_id);

@@ -144,6 +144,9 @@ impl Roles {
             ("SELECT, INSERT, UPDATE, DELETE", &[oncall], &["budgets"]),
             ("SELECT, INSERT, UPDATE, DELETE", &[daemon], &["run_progress"]),
             ("SELECT", &[oncall], &["run_progress"]),
+            // Reviews: the completer writes them, a person's reject-with-revise too.
+            ("SELECT, INSERT, UPDATE, DELETE", &[daemon], &["item_reviews"]),
+            ("SELECT, INSERT, UPDATE", &[oncall], &["item_reviews"]),
             ("SELECT", &[daemon], &["orderly_keys"]),
             ("SELECT, INSERT, UPDATE, DELETE", &[daemon], &["agent_state", "agent_slots", "agent_waits"]),
             ("SELECT", &[oncall], &["agent_state", "agent_slots", "agent_waits"]),

@@ -153,6 +153,7 @@ impl Rescuer {
                     evals: vec![],
                     approval: None,
                     next,
+                    review: None,
                 }
             })
             .collect()

@@ -6,7 +6,8 @@ use crate::config::Settings;
 use crate::db;
 use crate::model::ErrorCode;
 use crate::policy::evaluators::{
-    Evaluator, EvaluatorDefinition, Policy, PolicyDefinition, parse_evaluators, parse_policy,
+    Evaluator, EvaluatorDefinition, Policy, PolicyDefinition, Revise, ReviseDefinition, parse_evaluators, parse_policy,
+    parse_revise,
 };
 use crate::policy::limits::AgentLimit;
 use serde::Deserialize;
@@ -44,6 +45,16 @@ pub struct Step {
     /// The step's options for its agent's kind (the `llm` key: prompts, parameters), handed
     /// to the agent as `AgentRequest::step_options`.
     pub llm: Option<Arc<Value>>,
+    /// How often a rejected output may go back to the agent with feedback.
+    pub revise: Option<Revise>,
+}
+
+impl Step {
+    /// Whether an agent judges this step's outputs: then the output is recorded first and
+    /// evaluated by the next run (docs/review.md).
+    pub fn has_judges(&self) -> bool {
+        self.evaluators.iter().any(|e| matches!(e, Evaluator::Agent(_)))
+    }
 }
 
 /// A step's `"limits"`: the slot and rate limits of an agent (a circuit is the agent's own).
@@ -72,6 +83,7 @@ struct StepDefinition {
     needs: Vec<String>,
     limits: Option<StepLimits>,
     llm: Option<Value>,
+    revise: Option<ReviseDefinition>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -242,6 +254,7 @@ pub fn resolve_step(
         needs: Vec::new(),
         limits: None,
         llm: None,
+        revise: None,
     });
     if step.needs.iter().any(|need| need == item_type) {
         return Err(RouteError::invalid(
@@ -302,7 +315,9 @@ pub fn resolve_step(
     };
     let evaluators = match step.evaluators {
         None => vec![Evaluator::Named(JSON_SCHEMA.to_owned())],
-        Some(definitions) => parse_evaluators(definitions).map_err(invalid)?,
+        Some(definitions) => {
+            parse_evaluators(definitions, &|name| settings.agents.contains_key(name)).map_err(invalid)?
+        }
     };
     let approval = match step.approval {
         None => Policy::Fixed(settings.approval.policy),
@@ -317,6 +332,7 @@ pub fn resolve_step(
         content: step.content.unwrap_or_default(),
         limit,
         llm: step.llm.map(Arc::new),
+        revise: step.revise.map(parse_revise).transpose().map_err(invalid)?,
     })
 }
 

@@ -98,7 +98,7 @@ mod tests {
                 NextState::Released { .. } => "released",
                 NextState::DeadLetter { reason: DeadLetterReason::RetriesExhausted } => "exhausted",
                 NextState::DeadLetter { reason: DeadLetterReason::Permanent } => "permanent",
-                NextState::DeadLetter { .. } => "other",
+                NextState::DeadLetter { .. } | NextState::Evaluate | NextState::Revise => "other",
             };
             assert_eq!(kind, expected, "{outcome:?} with {budget:?}");
         }

@@ -15,6 +15,8 @@ pub enum Evaluator {
     /// By name: `json_schema`, or a name orderly does not know (which fails, saying so).
     Named(String),
     Assertion(Assertion),
+    /// A configured agent asked to judge the output (docs/review.md).
+    Agent(AgentJudge),
 }
 
 impl Evaluator {
@@ -22,8 +24,64 @@ impl Evaluator {
         match self {
             Evaluator::Named(name) => name,
             Evaluator::Assertion(a) => &a.name,
+            Evaluator::Agent(j) => &j.name,
         }
     }
+}
+
+/// An agent as an evaluator: it receives the envelope with `evaluate` set (the output, the
+/// criteria) and answers `{"score": 0..1, "passed": bool, "reasons": [...]}`.
+#[derive(Debug, Clone)]
+pub struct AgentJudge {
+    pub name: String,
+    pub version: String,
+    /// The configured agent that judges.
+    pub agent: String,
+    pub criteria: Option<String>,
+    /// Its own time limit (else the agent's).
+    pub timeout: Option<std::time::Duration>,
+    /// Options for the judging agent's kind (an `llm` agent's prompts).
+    pub llm: Option<std::sync::Arc<Value>>,
+}
+
+/// How many times a step's output may be sent back to its agent, and what happens to one
+/// still rejected after the last revision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Revise {
+    pub max: i32,
+    pub then: AfterRevisions,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AfterRevisions {
+    /// AWAITING_APPROVAL: a person decides.
+    Human,
+    /// FAILED with a dead letter (APPROVAL_REJECTED).
+    DeadLetter,
+}
+
+/// The JSON shape of a step's `revise`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReviseDefinition {
+    max: i32,
+    #[serde(default = "dead_letter")]
+    then: AfterRevisions,
+}
+
+fn dead_letter() -> AfterRevisions {
+    AfterRevisions::DeadLetter
+}
+
+/// Most revisions a step may allow.
+pub const MAX_REVISIONS: i32 = 10;
+
+pub(crate) fn parse_revise(definition: ReviseDefinition) -> Result<Revise, String> {
+    if !(1..=MAX_REVISIONS).contains(&definition.max) {
+        return Err(format!("revise: max must be 1 to {MAX_REVISIONS}, not {}", definition.max));
+    }
+    Ok(Revise { max: definition.max, then: definition.then })
 }
 
 /// A check of one value of the output, found by a JSON pointer (RFC 6901; `""` is the
@@ -145,12 +203,25 @@ impl Combine {
 }
 
 /// The JSON shape of an evaluator in `workflow_definition.steps.<TYPE>.evaluators`: a name,
-/// or an object naming one check.
+/// or an object naming one check, or an object naming an `agent`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub(crate) enum EvaluatorDefinition {
     Named(String),
-    Assertion(AssertionDefinition),
+    Object(serde_json::Map<String, Value>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentJudgeDefinition {
+    name: String,
+    #[serde(default = "first_version")]
+    version: String,
+    agent: String,
+    criteria: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<std::time::Duration>,
+    llm: Option<Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -189,14 +260,28 @@ pub(crate) struct ThresholdsDefinition {
     fail_below: f64,
 }
 
-/// Checks a step's evaluators; errors say which one and why.
-pub(crate) fn parse_evaluators(definitions: Vec<EvaluatorDefinition>) -> Result<Vec<Evaluator>, String> {
+/// Checks a step's evaluators; errors say which one and why. `agents` says whether an
+/// agent of that name is configured.
+pub(crate) fn parse_evaluators(
+    definitions: Vec<EvaluatorDefinition>,
+    agents: &dyn Fn(&str) -> bool,
+) -> Result<Vec<Evaluator>, String> {
     let mut names = std::collections::BTreeSet::new();
     let mut evaluators = Vec::with_capacity(definitions.len());
     for definition in definitions {
         let evaluator = match definition {
             EvaluatorDefinition::Named(name) => Evaluator::Named(name),
-            EvaluatorDefinition::Assertion(a) => Evaluator::Assertion(parse_assertion(a)?),
+            EvaluatorDefinition::Object(map) => {
+                let named = map.get("name").and_then(Value::as_str).unwrap_or("?").to_owned();
+                let bad = |e: serde_json::Error| format!("evaluator `{named}`: {e}");
+                if map.contains_key("agent") {
+                    let j: AgentJudgeDefinition = serde_json::from_value(Value::Object(map)).map_err(bad)?;
+                    Evaluator::Agent(parse_judge(j, agents)?)
+                } else {
+                    let a: AssertionDefinition = serde_json::from_value(Value::Object(map)).map_err(bad)?;
+                    Evaluator::Assertion(parse_assertion(a)?)
+                }
+            }
         };
         if !names.insert(evaluator.name().to_owned()) {
             return Err(format!("evaluator `{}` is listed twice", evaluator.name()));
@@ -204,6 +289,31 @@ pub(crate) fn parse_evaluators(definitions: Vec<EvaluatorDefinition>) -> Result<
         evaluators.push(evaluator);
     }
     Ok(evaluators)
+}
+
+fn parse_judge(j: AgentJudgeDefinition, agents: &dyn Fn(&str) -> bool) -> Result<AgentJudge, String> {
+    if j.name.trim().is_empty() || j.name.len() > 64 {
+        return Err("an evaluator's name must be 1 to 64 characters".into());
+    }
+    if !agents(&j.agent) {
+        return Err(format!("evaluator `{}`: agent `{}` is not configured", j.name, j.agent));
+    }
+    if let Some(t) = j.timeout
+        && (t.is_zero() || t > crate::model::MAX_INTERVAL)
+    {
+        return Err(format!("evaluator `{}`: timeout must be greater than 0 and at most a day", j.name));
+    }
+    if j.llm.as_ref().is_some_and(|v| !v.is_object()) {
+        return Err(format!("evaluator `{}`: llm must be an object", j.name));
+    }
+    Ok(AgentJudge {
+        name: j.name,
+        version: j.version,
+        agent: j.agent,
+        criteria: j.criteria,
+        timeout: j.timeout,
+        llm: j.llm.map(std::sync::Arc::new),
+    })
 }
 
 fn parse_assertion(a: AssertionDefinition) -> Result<Assertion, String> {
@@ -275,7 +385,7 @@ mod tests {
 
     fn assertion(definition: Value) -> Result<Assertion, String> {
         let parsed: EvaluatorDefinition = serde_json::from_value(definition).unwrap();
-        match parse_evaluators(vec![parsed])?.pop() {
+        match parse_evaluators(vec![parsed], &|_| true)?.pop() {
             Some(Evaluator::Assertion(a)) => Ok(a),
             other => panic!("{other:?}"),
         }

@@ -266,6 +266,7 @@ pub fn refused(original: Completion, error: &sqlx::Error) -> Completion {
         evals: vec![],
         approval: None,
         next: NextState::DeadLetter { reason: DeadLetterReason::Permanent },
+        review: None,
         ..original
     }
 }

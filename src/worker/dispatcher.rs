@@ -27,6 +27,10 @@ pub struct Dispatcher {
     /// One permit per execution slot (`worker.concurrency`): a claim never asks for more
     /// items than there are free permits, so nothing claimed waits for a slot.
     pub slots: Arc<Semaphore>,
+    /// One permit per evaluation run (`worker.evaluator_concurrency`): an evaluation run
+    /// takes one before it lets its execution slot go, so judges never hold agents' slots
+    /// and at most `concurrency` evaluation runs wait for one.
+    pub evaluator_slots: Arc<Semaphore>,
     /// Woken by the listener (NOTIFY) and by the completer when a retry becomes runnable.
     pub wake: Arc<Notify>,
     /// Whether this dispatcher waits for work (its last claim came back short): the listener
@@ -135,6 +139,13 @@ impl Dispatcher {
                 contexts.entry(input.work_item_id).or_default().dependencies.push(input);
             }
         }
+        let reviewed: Vec<uuid::Uuid> = items.iter().filter(|i| i.review_pending).map(|i| i.id).collect();
+        if !reviewed.is_empty() {
+            for review in db::reviews::pending(&self.pool, &reviewed).await? {
+                let id = review.work_item_id;
+                contexts.entry(id).or_default().review = Some(review);
+            }
+        }
         Ok(contexts)
     }
 
@@ -220,12 +231,26 @@ impl Dispatcher {
             let in_flight = self.in_flight.clone();
             let metrics = self.metrics.clone();
             let item_context = contexts.as_mut().map(|c| c.remove(&item.id).unwrap_or_default());
+            let evaluation = item_context
+                .as_ref()
+                .and_then(|c| c.review.as_ref())
+                .is_some_and(|r| r.stage == db::reviews::Stage::Evaluate);
+            let evaluator_slots = self.evaluator_slots.clone();
             // Every line of the item's life carries these (the agent is known once routed).
             let span = tracing::info_span!("item", work_item.id = %item.id, work_order.id = %item.work_order_id,
                 attempt, agent = tracing::field::Empty);
             self.tasks.spawn(tracing::Instrument::instrument(
                 async move {
                     let id = item.id;
+                    // An evaluation run trades its execution slot for an evaluator's.
+                    let mut permit = Some(permit);
+                    let _evaluator = if evaluation {
+                        let judge = evaluator_slots.acquire_owned().await.ok();
+                        permit = None;
+                        judge
+                    } else {
+                        None
+                    };
                     let run = std::pin::pin!(runner::run(&ctx, item, item_context, stop));
                     match CatchUnwind(run).await {
                         Ok(Some(done)) => {

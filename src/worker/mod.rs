@@ -7,6 +7,8 @@ pub mod activity;
 pub mod budgets;
 pub mod completer;
 pub mod dispatcher;
+pub mod envelope;
+pub mod evaluation;
 pub mod heartbeat;
 pub mod limits;
 pub mod listener;

@@ -4,7 +4,7 @@
 use crate::config::PolicyKind;
 use crate::model::{ApprovalRecord, Decision, EvalRecord};
 use crate::policy::catalog::{JSON_SCHEMA, SchemaState};
-use crate::policy::evaluators::{self, Combine, Evaluator, Policy, Thresholds};
+use crate::policy::evaluators::{self, AfterRevisions, Combine, Evaluator, Policy, Revise, Thresholds};
 use serde_json::{Value, json};
 
 /// Most validation errors kept in an eval's metrics.
@@ -17,6 +17,8 @@ pub fn evaluate(schema: &SchemaState, evaluators: &[Evaluator], output: &Value) 
     let mut records = Vec::with_capacity(evaluators.len());
     for evaluator in evaluators {
         let name = match evaluator {
+            // Agents judge in their own run (`super::evaluation`).
+            Evaluator::Agent(_) => continue,
             Evaluator::Named(name) => name,
             Evaluator::Assertion(a) => {
                 let (passed, why) = evaluators::check(a, output);
@@ -70,6 +72,66 @@ pub fn schema_eval(name: &str, version: &str, validator: &jsonschema::Validator,
             "errors": errors.into_iter().take(MAX_REPORTED_ERRORS).collect::<Vec<_>>(),
         }),
     }
+}
+
+/// What a review does with a rejected output when its step allows revisions.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AfterReject {
+    /// Reject as a step without revisions does (a retry within the budget, else a dead letter).
+    Reject,
+    /// Send it back to the agent as revision `revision` with this feedback.
+    Revise { revision: i32, feedback: Value },
+    /// Revisions are spent: a person decides.
+    Escalate,
+    /// Revisions are spent: dead-lettered.
+    DeadLetter,
+}
+
+/// Decides what a rejection means for a step with `revise` after `revisions` revisions, and
+/// rewrites the policy's record so it says so.
+pub fn after_reject(
+    revise: Option<&Revise>,
+    revisions: i32,
+    approval: &mut ApprovalRecord,
+    evals: &[EvalRecord],
+) -> AfterReject {
+    let Some(revise) = revise else { return AfterReject::Reject };
+    let said = approval.reason.clone().unwrap_or_else(|| "rejected".into());
+    if revisions < revise.max {
+        let revision = revisions + 1;
+        approval.reason = Some(format!("{said}; sent back for revision {revision} of {}", revise.max));
+        return AfterReject::Revise { revision, feedback: feedback(evals) };
+    }
+    match revise.then {
+        AfterRevisions::Human => {
+            approval.decision = Decision::Escalated;
+            approval.reason = Some(format!("{said}; still rejected after {revisions} revisions: a person decides"));
+            AfterReject::Escalate
+        }
+        AfterRevisions::DeadLetter => {
+            approval.reason = Some(format!("{said}; still rejected after {revisions} revisions"));
+            AfterReject::DeadLetter
+        }
+    }
+}
+
+/// The evaluators' findings as the agent's revision receives them (`review.feedback`):
+/// each evaluator's name, score, whether it passed, and its reasons.
+pub fn feedback(evals: &[EvalRecord]) -> Value {
+    Value::Array(
+        evals
+            .iter()
+            .map(|e| {
+                let reasons = match (&e.metrics.get("reasons"), &e.metrics.get("check"), &e.metrics.get("errors")) {
+                    (Some(r), _, _) => (*r).clone(),
+                    (None, Some(check), _) => json!([check]),
+                    (None, None, Some(errors)) => (*errors).clone(),
+                    _ => json!([]),
+                };
+                json!({ "evaluator": e.evaluation_type, "score": e.score, "passed": e.passed, "reasons": reasons })
+            })
+            .collect(),
+    )
 }
 
 /// The approval policy: a pure function of the eval results, versioned.

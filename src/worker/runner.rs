@@ -2,17 +2,18 @@
 //! time limit, review the output, decide the next state. Produces a [`Completion`] for the
 //! completer; never writes to the database itself.
 
+pub use super::envelope::ItemContext;
+use super::envelope::{check_output_size, content_value, envelope};
+use super::evaluation::{self, Judged};
 use super::review;
-use crate::agent::{
-    AgentError, AgentRequest, Agents, AttemptView, ContextView, DependencyView, MemDocView, WorkItemView, WorkOrderView,
-};
+use super::review::AfterReject;
+use crate::agent::{AgentError, Agents, ReviewView};
 use crate::config::Settings;
 use crate::db::claim::ClaimedItem;
-use crate::db::dependencies::Input;
-use crate::db::queue::MemDoc;
-use crate::model::{AttemptStatus, Completion, Decision, ErrorCode, ErrorInfo, NextState};
+use crate::db::reviews::Stage;
+use crate::model::{AttemptStatus, Completion, Decision, ErrorCode, ErrorInfo, NextState, ReviewWrite};
 use crate::panic::CatchUnwind;
-use crate::policy::catalog::{Catalog, ContentFormat, JSON_SCHEMA, RouteError, SchemaState};
+use crate::policy::catalog::{Catalog, JSON_SCHEMA, RouteError, SchemaState};
 use crate::policy::decision::{self, Backoff, Budget, Outcome};
 use crate::policy::evaluators::Evaluator;
 use serde_json::{Value, json};
@@ -58,7 +59,22 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, context: Option<ItemContex
     let step_max = step.as_ref().ok().and_then(|s| s.max_attempts);
     let max_attempts = Budget::ceiling(item.max_attempts, step_max, settings.retry.max_attempts);
     let budget = Budget { used: item.attempt - item.attempt_base, max: max_attempts };
-    let agent_name = step.as_ref().map(|s| s.agent.clone()).unwrap_or_else(|_| crate::metrics::ROUTER_AGENT.to_owned());
+    // An evaluation run (the output recorded, its judges to call) is recorded under its first
+    // judge's agent, so the judges' costs and failures are theirs.
+    let pending = context.as_ref().and_then(|c| c.review.clone());
+    let evaluating = pending.as_ref().is_some_and(|p| p.stage == Stage::Evaluate);
+    let agent_name = match &step {
+        Ok(s) if evaluating => s
+            .evaluators
+            .iter()
+            .find_map(|e| match e {
+                Evaluator::Agent(j) => Some(j.agent.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| s.agent.clone()),
+        Ok(s) => s.agent.clone(),
+        Err(_) => crate::metrics::ROUTER_AGENT.to_owned(),
+    };
     tracing::Span::current().record("agent", agent_name.as_str());
     let mut input = json!({ "agent": agent_name, "content_bytes": item.content_bytes,
                             "mem_docs": context.as_ref().map_or(0, |c| c.mem_docs.len()),
@@ -66,10 +82,11 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, context: Option<ItemContex
     // Progress, log lines and compute the agent reports while it runs (docs/agents.md).
     let reporter =
         crate::agent::Reporter::for_attempt(item.id, item.attempt, ctx.progress.as_ref().map(|p| p.sink.clone()));
-    let finish = |input, attempt_status, output, error: Option<ErrorInfo>, evals, approval, next| {
+    let finish = |input, attempt_status, output, error: Option<ErrorInfo>, evals, approval, next, judged| {
         completion(
             ctx,
             &reporter,
+            judged,
             &item,
             attempt_id,
             budget,
@@ -114,6 +131,7 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, context: Option<ItemContex
             vec![],
             None,
             NextState::Released { delay_ms: delay.as_millis() as i64 },
+            None,
         ));
     }
     let schema = schema.unwrap_or(SchemaState::Absent);
@@ -121,7 +139,13 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, context: Option<ItemContex
     let result: Result<Value, AgentError>;
     let mut timed_out = false;
     let mut evals = Vec::new();
-    let mut approval = None;
+    let mut approval: Option<crate::model::ApprovalRecord> = None;
+    // The review's part: the output handed to the judges, or what a rejection does.
+    let mut handed_over = false;
+    let mut after = AfterReject::Reject;
+    // The judges' usage reports, on an evaluation run.
+    let mut judged: Option<Vec<Value>> = None;
+    let revisions = pending.as_ref().map_or(0, |p| p.revision);
 
     let prepared = step.map_err(|e| AgentError::permanent(e.code(), e.to_string())).and_then(|step| {
         let content = content_value(&item, step.content, settings.limits.max_content_bytes)?;
@@ -136,48 +160,116 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, context: Option<ItemContex
             if let SchemaState::Ready(schema) = &schema {
                 request.output_schema = Some(schema.definition.clone());
             }
-            let agent = ctx.agents.get(&step.agent).expect("routes are validated against agents").clone();
-            if agent.executor.takes_progress_callback() {
-                request.progress = progress_callback(ctx, &item).await;
-            }
-            if item.content_bytes as usize <= INPUT_COPY_LIMIT {
-                input["content"] = request.work_item.content.clone();
-            }
-            let timeout = step.timeout.unwrap_or(agent.timeout);
-            // A panic in the agent's code fails this attempt only.
-            let execution = CatchUnwind(agent.executor.execute(&request));
-            tokio::select! {
-                biased;
-                _ = stop.lease_lost.cancelled() => {
-                    tracing::warn!("lease lost; execution abandoned");
-                    return None;
-                }
-                _ = stop.interrupt.cancelled() => {
-                    return Some(finish(input, AttemptStatus::Interrupted, None, Some(ErrorInfo { code: ErrorCode::Interrupted,
-                            message: "interrupted by shutdown; released to the queue".into() }),
-                        vec![], None, NextState::Released { delay_ms: 0 }));
-                }
-                answer = tokio::time::timeout(timeout, execution) => match answer {
-                    Ok(Ok(answer)) => result = answer.and_then(|output| {
-                        check_output_size(&output, settings.limits.max_output_bytes)?;
-                        Ok(output)
-                    }),
-                    Ok(Err(panic)) => {
-                        tracing::error!(
-                            panic = %panic, "agent panicked; the attempt fails");
-                        result = Err(AgentError::retryable(ErrorCode::AgentPanicked,
-                            format!("agent {} panicked: {panic}", step.agent)));
+            if let Some(recorded) = pending.as_ref().filter(|p| p.stage == Stage::Evaluate) {
+                let names: Vec<&str> = step.evaluators.iter().map(|e| e.name()).collect();
+                input = json!({ "agent": agent_name, "evaluates": recorded.output_attempt_id,
+                                "evaluators": names, "revision": recorded.revision });
+                match evaluation::judge(ctx, &step, &request, &schema, &recorded.output, &stop).await {
+                    Judged::LeaseLost => {
+                        tracing::warn!("lease lost; evaluation abandoned");
+                        return None;
                     }
-                    Err(_) => {
-                        timed_out = true;
-                        result = Err(AgentError::retryable(ErrorCode::AgentTimeout,
-                            format!("agent {} did not answer within {}", step.agent, humantime::format_duration(timeout))));
+                    Judged::Interrupted => {
+                        let error = ErrorInfo {
+                            code: ErrorCode::Interrupted,
+                            message: "interrupted by shutdown; released to the queue".into(),
+                        };
+                        return Some(finish(
+                            input,
+                            AttemptStatus::Interrupted,
+                            None,
+                            Some(error),
+                            vec![],
+                            None,
+                            NextState::Released { delay_ms: 0 },
+                            Some(vec![]),
+                        ));
+                    }
+                    Judged::Done { evals: found, usage } => {
+                        evals = found;
+                        judged = Some(usage);
+                        result = Ok(recorded.output.clone());
+                    }
+                    Judged::Failed { error, usage } => {
+                        tracing::warn!(error = %error, "an evaluator failed; the recorded output is kept");
+                        judged = Some(usage);
+                        result = Err(error);
                     }
                 }
-            }
-            if let Ok(output) = &result {
-                evals = review::evaluate(&schema, &step.evaluators, output);
-                approval = Some(review::approve(&step.approval, &evals));
+                if result.is_ok() {
+                    let mut record = review::approve(&step.approval, &evals);
+                    if record.decision == Decision::Rejected {
+                        after = review::after_reject(step.revise.as_ref(), revisions, &mut record, &evals);
+                    }
+                    approval = Some(record);
+                }
+            } else {
+                if let Some(sent_back) = pending.as_ref().filter(|p| p.stage == Stage::Revise) {
+                    let review = ReviewView {
+                        revision: sent_back.revision,
+                        max_revisions: step
+                            .revise
+                            .as_ref()
+                            .map_or(sent_back.revision, |r| r.max.max(sent_back.revision)),
+                        previous_output: sent_back.output.clone(),
+                        feedback: sent_back.feedback.as_array().cloned().unwrap_or_default(),
+                    };
+                    input["review"] = json!({ "revision": review.revision, "feedback": review.feedback });
+                    request.review = Some(review);
+                }
+                let agent = ctx.agents.get(&step.agent).expect("routes are validated against agents").clone();
+                if agent.executor.takes_progress_callback() {
+                    request.progress = progress_callback(ctx, &item).await;
+                }
+                if item.content_bytes as usize <= INPUT_COPY_LIMIT {
+                    input["content"] = request.work_item.content.clone();
+                }
+                let timeout = step.timeout.unwrap_or(agent.timeout);
+                // A panic in the agent's code fails this attempt only.
+                let execution = CatchUnwind(agent.executor.execute(&request));
+                tokio::select! {
+                    biased;
+                    _ = stop.lease_lost.cancelled() => {
+                        tracing::warn!("lease lost; execution abandoned");
+                        return None;
+                    }
+                    _ = stop.interrupt.cancelled() => {
+                        return Some(finish(input, AttemptStatus::Interrupted, None, Some(ErrorInfo { code: ErrorCode::Interrupted,
+                                message: "interrupted by shutdown; released to the queue".into() }),
+                            vec![], None, NextState::Released { delay_ms: 0 }, None));
+                    }
+                    answer = tokio::time::timeout(timeout, execution) => match answer {
+                        Ok(Ok(answer)) => result = answer.and_then(|output| {
+                            check_output_size(&output, settings.limits.max_output_bytes)?;
+                            Ok(output)
+                        }),
+                        Ok(Err(panic)) => {
+                            tracing::error!(
+                                panic = %panic, "agent panicked; the attempt fails");
+                            result = Err(AgentError::retryable(ErrorCode::AgentPanicked,
+                                format!("agent {} panicked: {panic}", step.agent)));
+                        }
+                        Err(_) => {
+                            timed_out = true;
+                            result = Err(AgentError::retryable(ErrorCode::AgentTimeout,
+                                format!("agent {} did not answer within {}", step.agent, humantime::format_duration(timeout))));
+                        }
+                    }
+                }
+                if let Ok(output) = &result {
+                    if step.has_judges() {
+                        // Recorded first, judged by the next run: a crash from here on never
+                        // makes the agent run again for an output it already gave.
+                        handed_over = true;
+                    } else {
+                        evals = review::evaluate(&schema, &step.evaluators, output);
+                        let mut record = review::approve(&step.approval, &evals);
+                        if record.decision == Decision::Rejected {
+                            after = review::after_reject(step.revise.as_ref(), revisions, &mut record, &evals);
+                        }
+                        approval = Some(record);
+                    }
+                }
             }
         }
     }
@@ -194,7 +286,7 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, context: Option<ItemContex
             message: format!("{message}; released to the queue, the attempt not counted"),
         };
         let next = NextState::Released { delay_ms: delay.as_millis() as i64 };
-        return Some(finish(input, AttemptStatus::Interrupted, None, Some(error), vec![], None, next));
+        return Some(finish(input, AttemptStatus::Interrupted, None, Some(error), vec![], None, next, judged));
     }
     let (outcome, output, error) = match result {
         Ok(output) => {
@@ -218,7 +310,29 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, context: Option<ItemContex
         }
     };
     let backoff = Backoff { base: settings.retry.backoff_base, max: settings.retry.backoff_max };
-    let (attempt_status, next) = decision::next_state(&outcome, budget, backoff, fastrand::f64());
+    let (mut attempt_status, mut next) = decision::next_state(&outcome, budget, backoff, fastrand::f64());
+    // The review's own transitions (docs/review.md). A decision on an item with a pending
+    // review settles it; a failure leaves it pending (the judges, or the revision, run again).
+    let decided = matches!(outcome, Outcome::Succeeded(_));
+    let review = if handed_over {
+        (attempt_status, next) = (AttemptStatus::Completed, NextState::Evaluate);
+        Some(ReviewWrite::Evaluate)
+    } else {
+        match after {
+            AfterReject::Revise { revision, feedback } => {
+                next = NextState::Revise;
+                Some(ReviewWrite::Revise { revision, feedback })
+            }
+            AfterReject::DeadLetter => {
+                next = NextState::DeadLetter { reason: crate::model::DeadLetterReason::RetriesExhausted };
+                Some(ReviewWrite::Settled)
+            }
+            AfterReject::Escalate | AfterReject::Reject if decided && (pending.is_some() || revisions > 0) => {
+                Some(ReviewWrite::Settled)
+            }
+            AfterReject::Escalate | AfterReject::Reject => None,
+        }
+    };
     // A 429 or 503 with Retry-After pauses the agent on every replica, not only this item.
     let pause = match (&outcome, error.as_ref().map(|e| e.code)) {
         (
@@ -227,33 +341,15 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, context: Option<ItemContex
         ) => Some(after.as_millis().min(i64::MAX as u128) as i64),
         _ => None,
     };
-    let mut done = finish(input, attempt_status, output, error, evals, approval, next);
+    let mut done = finish(input, attempt_status, output, error, evals, approval, next, judged);
     done.report.agent_pause_ms = pause;
+    done.review = review;
     Some(done)
 }
 
 /// Most characters of an error message kept on the attempt (agents' bodies and stderr can be
 /// long; the head says what happened).
 const ERROR_KEEP_CHARS: usize = 8 * 1024;
-
-/// The output limit for every agent kind (http and command stop reading at it; a plug-in's
-/// answer is measured here), without building the serialized text.
-fn check_output_size(output: &Value, limit: usize) -> Result<(), AgentError> {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    serde_json::to_writer(&mut count, output)
-        .map_err(|e| AgentError::permanent(ErrorCode::AgentBadOutput, format!("output cannot be serialized: {e}")))?;
-    crate::agent::check_output_size(count.0, limit)
-}
 
 /// The attempt's progress callback for HTTP agents, when the daemon has an admin server and
 /// the signing key could be read (without it, the agent simply has no callback).
@@ -276,6 +372,7 @@ async fn progress_callback(ctx: &RunContext, item: &ClaimedItem) -> Option<crate
 fn completion(
     ctx: &RunContext,
     reporter: &crate::agent::Reporter,
+    judged: Option<Vec<Value>>,
     item: &ClaimedItem,
     attempt_id: Uuid,
     budget: Budget,
@@ -289,11 +386,18 @@ fn completion(
     approval: Option<crate::model::ApprovalRecord>,
     next: NextState,
 ) -> Completion {
-    let usage = output.as_ref().and_then(|o| {
-        let usage = o.get("usage").cloned();
-        let progress = o.get("progress").cloned();
-        (usage.is_some() || progress.is_some()).then(|| json!({ "usage": usage, "progress": progress }))
-    });
+    // An evaluation run's output is the agent's, recorded before: its usage, logs and
+    // artifacts were the agent's attempt's. This attempt's usage is the judges'.
+    let own_output = if judged.is_some() { None } else { output.as_ref() };
+    let usage = match &judged {
+        Some(reports) if !reports.is_empty() => Some(json!({ "usage": { "costs": reports }, "progress": null })),
+        Some(_) => None,
+        None => own_output.and_then(|o| {
+            let usage = o.get("usage").cloned();
+            let progress = o.get("progress").cloned();
+            (usage.is_some() || progress.is_some()).then(|| json!({ "usage": usage, "progress": progress }))
+        }),
+    };
     let reported = reporter.take();
     // The output's usage, else what a failed call reported beside its error.
     let usage = usage.or_else(|| reported.usage.clone().map(|u| json!({ "usage": u, "progress": null })));
@@ -312,9 +416,9 @@ fn completion(
     }));
     let report = crate::policy::report::RunReport {
         costs,
-        logs: crate::policy::report::logs(output.as_ref(), lines, reported.dropped),
+        logs: crate::policy::report::logs(own_output, lines, reported.dropped),
         agent_pause_ms: None,
-        artifacts: output.as_ref().map(crate::policy::report::artifacts).unwrap_or_default(),
+        artifacts: own_output.map(crate::policy::report::artifacts).unwrap_or_default(),
     };
     Completion {
         item_id: item.id,
@@ -336,97 +440,6 @@ fn completion(
         evals,
         approval,
         next,
-    }
-}
-
-/// The content as the agent receives it, or the permanent error that makes it unusable.
-pub fn content_value(item: &ClaimedItem, format: ContentFormat, limit: usize) -> Result<Value, AgentError> {
-    let refused = |e: crate::policy::content::ContentRefused| AgentError::permanent(e.code, e.message);
-    let Some(text) = item.content.as_deref() else {
-        // Not loaded: larger than the limit.
-        return Err(refused(
-            crate::policy::content::check_size(item.content_bytes.max(0) as usize, limit).err().unwrap_or_else(|| {
-                crate::policy::content::ContentRefused {
-                    code: ErrorCode::ContentTooLarge,
-                    message: format!("content is {} bytes; limits.max_content_bytes is {limit}", item.content_bytes),
-                }
-            }),
-        ));
-    };
-    crate::policy::content::parse(text, format, limit).map_err(refused)
-}
-
-/// What the dispatcher reads for a claimed item before it runs.
-#[derive(Debug, Default)]
-pub struct ItemContext {
-    pub mem_docs: Vec<MemDoc>,
-    /// Its dependencies with their results (db::dependencies::inputs).
-    pub dependencies: Vec<Input>,
-}
-
-fn envelope(
-    item: &ClaimedItem,
-    content: Value,
-    context: ItemContext,
-    attempt_id: Uuid,
-    max_attempts: i32,
-) -> Result<AgentRequest, AgentError> {
-    let context_invalid = |what: String, e: serde_json::Error| {
-        AgentError::permanent(ErrorCode::ContextInvalid, format!("{what} cannot be given to an agent as JSON: {e}"))
-    };
-    let metadata = serde_json::from_str(&item.order_metadata)
-        .map_err(|e| context_invalid(format!("work order {} metadata", item.work_order_id), e))?;
-    let ItemContext { mem_docs, dependencies } = context;
-    let dependencies = dependencies
-        .into_iter()
-        .map(|d| {
-            let result = d
-                .result
-                .map(|text| serde_json::from_str(&text))
-                .transpose()
-                .map_err(|e| context_invalid(format!("dependency {}'s result", d.depends_on_id), e))?;
-            Ok(DependencyView {
-                id: d.depends_on_id,
-                item_type: d.item_type,
-                kind: d.kind,
-                status: d.status.as_str().to_owned(),
-                result,
-                result_omitted: d.omitted.then_some(true),
-                result_bytes: d.omitted.then_some(d.result_bytes).flatten(),
-            })
-        })
-        .collect::<Result<_, AgentError>>()?;
-    let mem_docs = mem_docs
-        .into_iter()
-        .map(|d| {
-            let metadata = serde_json::from_str(&d.metadata)
-                .map_err(|e| context_invalid(format!("a {} mem_doc's metadata", d.doc_type), e))?;
-            Ok(MemDocView { doc_type: d.doc_type, content: d.content, metadata })
-        })
-        .collect::<Result<_, AgentError>>()?;
-    Ok(AgentRequest {
-        work_item: WorkItemView {
-            id: item.id,
-            item_type: item.item_type.clone(),
-            content,
-            priority: item.priority.as_str().to_owned(),
-            created_at: item.created_at,
-        },
-        work_order: WorkOrderView {
-            id: item.work_order_id,
-            workflow_id: item.workflow_id.clone(),
-            tenant_id: item.tenant_id,
-            created_by: item.created_by,
-            priority: item.order_priority.as_str().to_owned(),
-            metadata,
-        },
-        attempt: AttemptView { id: attempt_id, number: item.attempt, max_attempts },
-        context: ContextView { mem_docs, dependencies },
-        progress: None,
-        report: Default::default(),
         review: None,
-        evaluate: None,
-        step_options: None,
-        output_schema: None,
-    })
+    }
 }

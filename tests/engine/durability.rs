@@ -110,6 +110,7 @@ async fn stale_runner_cannot_complete_after_rescue() {
         evals: vec![],
         approval: None,
         next: NextState::Completed,
+        review: None,
     };
     let report = db::queue::complete_batch(&db.pool, &[late]).await.unwrap();
     assert_eq!(report.stale, vec![(item, gone.attempt)]);

@@ -429,6 +429,7 @@ fn finished(item: &orderly::db::claim::ClaimedItem) -> orderly::model::Completio
         evals: vec![],
         approval: None,
         next: NextState::Completed,
+        review: None,
     }
 }
 

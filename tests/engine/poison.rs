@@ -176,6 +176,7 @@ async fn a_stale_and_a_fresh_result_for_one_item_share_a_batch_without_mixing() 
             policy_version: "approve_all/1".into(),
         }),
         next,
+        review: None,
     };
     let stale = result(1, NextState::DeadLetter { reason: DeadLetterReason::Permanent });
     let fresh = result(2, NextState::Completed);

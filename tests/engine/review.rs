@@ -209,10 +209,18 @@ async fn a_human_approves_a_held_item_once() {
     let (order, item) = held_item(&db).await;
 
     let settings = std::sync::Arc::new(db.settings(""));
-    let next =
-        orderly::actions::decide_held(&db.pool, &settings, None, item, Decision::Approved, "dana", Some("looks right"))
-            .await
-            .unwrap();
+    let next = orderly::actions::decide_held(
+        &db.pool,
+        &settings,
+        None,
+        item,
+        Decision::Approved,
+        "dana",
+        Some("looks right"),
+        false,
+    )
+    .await
+    .unwrap();
     assert_eq!(next, NextState::Completed);
     assert_eq!(item_status(&db.pool, item).await, "COMPLETED");
     assert_eq!(order_status(&db.pool, order).await, "COMPLETED", "the order rolls up");
@@ -237,7 +245,8 @@ async fn a_human_approves_a_held_item_once() {
     assert_eq!(audited, 1);
 
     // A second decision, and a decision on something not held, are refused and change nothing.
-    let again = orderly::actions::decide_held(&db.pool, &settings, None, item, Decision::Rejected, "erin", None).await;
+    let again =
+        orderly::actions::decide_held(&db.pool, &settings, None, item, Decision::Rejected, "erin", None, false).await;
     assert!(matches!(again, Err(OpsError::Conflict(_))), "{again:?}");
     let unknown = orderly::actions::decide_held(
         &db.pool,
@@ -247,6 +256,7 @@ async fn a_human_approves_a_held_item_once() {
         Decision::Approved,
         "erin",
         None,
+        false,
     )
     .await;
     assert!(matches!(unknown, Err(OpsError::NotFound { .. })), "{unknown:?}");
@@ -272,6 +282,7 @@ async fn a_human_rejection_retries_then_dead_letters() {
         Decision::Rejected,
         "dana",
         Some("wrong customer"),
+        false,
     )
     .await;
     assert!(matches!(next, Ok(NextState::Retry { .. })), "{next:?}");
@@ -281,7 +292,8 @@ async fn a_human_rejection_retries_then_dead_letters() {
     .await;
 
     // Second rejection: the budget is spent, the item is dead-lettered.
-    let next = orderly::actions::decide_held(&db.pool, &settings, None, item, Decision::Rejected, "dana", None).await;
+    let next =
+        orderly::actions::decide_held(&db.pool, &settings, None, item, Decision::Rejected, "dana", None, false).await;
     assert!(matches!(next, Ok(NextState::DeadLetter { .. })), "{next:?}");
     stop(engine).await;
     assert_eq!(item_status(&db.pool, item).await, "FAILED");

@@ -15,6 +15,16 @@ pub(super) async fn approvals(
     Ok(Json(json!({ "approvals": rows, "next_cursor": next, "limit": limit })))
 }
 
+/// A decision's body: the reason, and for a rejection whether to send the output back to
+/// its agent with the reason as the feedback.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    reason: Option<String>,
+    #[serde(default)]
+    revise: bool,
+}
+
 /// A human decision through the API: what the item became.
 pub fn describe_next(next: NextState) -> Value {
     match next {
@@ -31,7 +41,7 @@ pub(super) async fn decide(
     bytes: &Bytes,
 ) -> ApiResult {
     let id = parse_id(id)?;
-    let request: ReasonBody = body(bytes)?;
+    let request: DecisionBody = body(bytes)?;
     let next = actions::decide_held(
         &state.ops,
         &state.settings,
@@ -39,7 +49,8 @@ pub(super) async fn decide(
         id,
         decision,
         &who.name,
-        request.reason(),
+        request.reason.as_deref(),
+        request.revise,
     )
     .await?;
     Ok(Json(json!({ "work_item_id": id, "decision": decision.as_str(), "item": describe_next(next) })))

@@ -21,7 +21,8 @@ pub(super) async fn approvals(State(state): State<AdminState>, Viewer(signed): V
                 @if let Some(reason) = &h.policy_reason { p { "Policy: " (reason) } }
                 @if !h.evals.is_empty() {
                     ul.evals { @for e in &h.evals {
-                        li { (e.evaluation_type) ": " @if e.passed { "passed" } @else { span.bad { "failed" } }
+                        li { (e.evaluation_type) " " (format!("{:.2}", e.score)) ": "
+                             @if e.passed { "passed" } @else { span.bad { "failed" } }
                              " " code { (cut(&e.metrics.to_string())) } }
                     } }
                 }
@@ -39,6 +40,11 @@ pub(super) async fn approvals(State(state): State<AdminState>, Viewer(signed): V
                             input type="text" name="reason" placeholder="reason (optional)";
                             button.danger type="submit" { "Reject" }
                         }
+                        form.inline method="post" action=(format!("/approvals/{}/revise", h.id)) {
+                            (hidden(&signed.session, "/approvals"))
+                            input type="text" name="reason" required placeholder="what to change (sent to the agent)";
+                            button type="submit" { "Reject and revise" }
+                        }
                     }
                 }
             }
@@ -52,9 +58,10 @@ pub(super) async fn decide(
     Path((id, decision)): Path<(String, String)>,
     OperatorForm { signed, form }: OperatorForm,
 ) -> Response {
-    let decision = match decision.as_str() {
-        "approve" => Decision::Approved,
-        "reject" => Decision::Rejected,
+    let (decision, revise) = match decision.as_str() {
+        "approve" => (Decision::Approved, false),
+        "reject" => (Decision::Rejected, false),
+        "revise" => (Decision::Rejected, true),
         _ => return error_page(&signed, api::ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such action")),
     };
     let Ok(id) = id.parse::<Uuid>() else { return error_page(&signed, api::ApiError::bad_request("not an item id")) };
@@ -67,10 +74,15 @@ pub(super) async fn decide(
         decision,
         &signed.session.identity.name,
         reason,
+        revise,
     )
     .await
     .map(|next| {
-        let verb = if decision == Decision::Approved { "Approved" } else { "Rejected" };
+        let verb = match (decision, revise) {
+            (Decision::Approved, _) => "Approved",
+            (_, true) => "Sent back for revision:",
+            _ => "Rejected",
+        };
         format!("{verb} item {}: it is {}.", short(id), next.item_status().as_str())
     });
     done(&state, &signed, said(result, None), &back(&form, "/approvals"))

@@ -1,0 +1,21 @@
+-- The review loop (docs/review.md): what an item's review still has to do, one row per item,
+-- kept beside the item. `stage` EVALUATE: the agent's output (`output`, from attempt
+-- `output_attempt_id`) waits for the step's agent evaluators, and the next run evaluates it
+-- instead of running the agent again. `stage` REVISE: the output was sent back with
+-- `feedback`, and the next run gives both to the agent. NULL: nothing pending; the row keeps
+-- how many revisions the item has had. Written by the completer and by a person's
+-- reject-with-revise; deleted with the item.
+CREATE TABLE item_reviews (
+    work_item_id      UUID PRIMARY KEY REFERENCES work_items(id) ON DELETE CASCADE,
+    stage             TEXT CHECK (stage IN ('EVALUATE', 'REVISE')),
+    output            JSONB NOT NULL,
+    output_attempt_id UUID,
+    revision          INTEGER NOT NULL DEFAULT 0 CHECK (revision >= 0),
+    feedback          JSONB NOT NULL DEFAULT '[]',
+    updated_at        TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+-- Set while item_reviews holds a pending stage for the item, so the claim says which claimed
+-- items need their review read (no extra read for the others). Not indexed: writing it keeps
+-- the item's updates HOT.
+ALTER TABLE work_items ADD COLUMN review_pending BOOLEAN NOT NULL DEFAULT false;
