@@ -393,9 +393,13 @@ pub async fn oracle(db: &TestDb, inserted: &[Uuid], agent: &TestAgent) -> Verdic
         )
         .await,
         open_attempts: scalar("SELECT count(*) FROM attempts WHERE status = 'STARTED'").await,
+        // An output handed to agent evaluators is an attempt COMPLETED and then evaluated by
+        // a later one (`input.evaluates`): the deciding attempt is the later one.
         completed_without_one_success: scalar(
             "SELECT count(*) FROM work_items w WHERE (w.status = 'COMPLETED') <>
-               ((SELECT count(*) FROM attempts a WHERE a.work_item_id = w.id AND a.status = 'COMPLETED') = 1)",
+               ((SELECT count(*) FROM attempts a WHERE a.work_item_id = w.id AND a.status = 'COMPLETED'
+                   AND NOT EXISTS (SELECT 1 FROM attempts e WHERE e.work_item_id = w.id
+                                   AND e.input->>'evaluates' = a.id::text)) = 1)",
         )
         .await,
         failed_without_one_letter: scalar(

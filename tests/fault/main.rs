@@ -3,7 +3,8 @@
 //! SIGSTOP of the leader and of a follower past the lease, a frozen network path between
 //! the leader and PostgreSQL, SIGTERM under load, SIGHUP, engine tasks that panic
 //! (`ORDERLY_FAILPOINTS`), stubborn command agents, four replicas' first start on a missing
-//! database, kill -9 of the replica holding a limited agent's slots. After each scenario an oracle checks the
+//! database, kill -9 of the replica holding a limited agent's slots, kill -9 while agent evaluators judge
+//! recorded outputs. After each scenario an oracle checks the
 //! guarantees (docs/guarantees.md).
 //!
 //! These tests restart PostgreSQL and kill processes: `scripts/test` runs this binary alone,
@@ -13,6 +14,7 @@
 #[allow(dead_code)]
 mod common;
 mod harness;
+mod judges;
 mod leadership;
 mod limits;
 mod scenarios;
