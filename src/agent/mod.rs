@@ -9,6 +9,7 @@ mod builtin;
 mod child;
 mod command;
 mod http;
+mod llm;
 mod report;
 
 use crate::model::ConfigError;
@@ -298,8 +299,10 @@ fn redact_option(key: &str, value: &Value) -> Value {
         Value::Object(map) if lower == "headers" || lower == "env" => {
             map.keys().map(|k| (k.clone(), Value::String(REDACTED.into()))).collect()
         }
-        // Numbers and flags such as `max_tokens = 1000` are not secrets.
-        Value::Bool(_) | Value::Number(_) | Value::Null => value.clone(),
+        // Flags and numbers such as `max_tokens = 1000` are not secrets; an API key of digits
+        // (from an environment variable) is.
+        Value::Bool(_) | Value::Null => value.clone(),
+        Value::Number(_) if !secret_name || lower.ends_with("tokens") => value.clone(),
         _ if secret_name || lower == "headers" || lower == "env" => Value::String(REDACTED.into()),
         Value::String(text) if lower == "url" => Value::String(redact_agent_url(text)),
         Value::String(text) if looks_like_url(text) => Value::String(redact_agent_url(text)),
@@ -358,7 +361,7 @@ pub struct Agent {
 /// The default timeout of agents that do not set one.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Agent kinds by name. [`Registry::builtin`] has `echo`, `fail`, `http` and `command`.
+/// Agent kinds by name. [`Registry::builtin`] has `echo`, `fail`, `http`, `command` and `llm`.
 #[derive(Clone)]
 pub struct Registry {
     kinds: BTreeMap<String, Factory>,
@@ -377,6 +380,7 @@ impl Registry {
         registry.register("fail", builtin::fail_factory);
         registry.register("http", http::factory);
         registry.register("command", command::factory);
+        registry.register("llm", llm::factory);
         registry
     }
 

@@ -1,7 +1,8 @@
 //! `orderly demo`: the product in one command. Creates a scratch database next to the
-//! configured one, starts four real HTTP agents on 127.0.0.1 (one that succeeds, a flaky one,
-//! one that is sometimes too slow, one answering garbage), enqueues realistic work orders with
-//! plain INSERTs, runs the engine, shows progress and ends with a summary.
+//! configured one, starts real HTTP agents on 127.0.0.1 (one that succeeds, a flaky one, one
+//! that is sometimes too slow, one answering garbage, a judge of the flaky one's answers),
+//! enqueues realistic work orders with plain INSERTs, runs the engine, shows progress and ends
+//! with a summary.
 
 pub mod sql;
 
@@ -87,6 +88,7 @@ impl DemoAgents {
             .route("/triage", post(triage))
             .route("/report", post(report))
             .route("/legacy", post(legacy))
+            .route("/judge", post(judge))
             .route("/oncall", post(oncall));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
@@ -104,7 +106,7 @@ impl DemoAgents {
             )
         };
         format!(
-            "{}{}{}{}\
+            "{}{}{}{}{}\
              [worker]\nconcurrency = 32\npoll_interval = \"250ms\"\n\
              [retry]\nmax_attempts = 3\nbackoff_base = \"100ms\"\nbackoff_max = \"1s\"\n\
              [routes]\nINVOICE = \"extractor\"\nTICKET = \"triage\"\nSTATUS_REPORT = \"reporter\"\n\
@@ -117,6 +119,7 @@ impl DemoAgents {
             agent("triage", "triage", "2s"),
             agent("reporter", "report", "300ms"),
             agent("legacy", "legacy", "2s"),
+            agent("judge", "judge", "2s"),
         )
     }
 }
@@ -169,7 +172,9 @@ async fn triage(axum::Json(envelope): axum::Json<Value>) -> Reply {
             let subject = envelope["work_item"]["content"]["subject"].as_str().unwrap_or("").to_owned();
             let queue = if subject.contains("fire") { "facilities-urgent" } else { "helpdesk" };
             let usage = json!({"model": "demo-large", "input_tokens": fastrand::u32(300..1200), "output_tokens": 40});
-            reply(StatusCode::OK, json!({"queue": queue, "summary": subject, "usage": usage}))
+            // A revision answers the judge's complaint (docs/review.md).
+            let revision = envelope["review"]["revision"].as_i64().unwrap_or(0);
+            reply(StatusCode::OK, json!({"queue": queue, "summary": subject, "revision": revision, "usage": usage}))
         }
     }
 }
@@ -182,6 +187,21 @@ async fn report(axum::Json(envelope): axum::Json<Value>) -> Reply {
         work(10, 60).await;
     }
     reply(StatusCode::OK, json!({"report": format!("week {} is on track", envelope["work_item"]["content"]["week"])}))
+}
+
+/// Judges a triage answer's tone: most first answers pass, one in five is too curt (sent
+/// back for a revision, which passes), one in ten is borderline (a person decides).
+async fn judge(axum::Json(envelope): axum::Json<Value>) -> Reply {
+    work(5, 20).await;
+    let usage = json!({"model": "demo-small", "input_tokens": fastrand::u32(150..400), "output_tokens": 20});
+    let revised = envelope["evaluate"]["output"]["revision"].as_i64().unwrap_or(0) > 0;
+    let (score, reason) = match fastrand::u8(0..10) {
+        _ if revised => (0.92, "the revision is polite"),
+        0 | 1 => (0.3, "too curt: greet the customer and say what happens next"),
+        2 => (0.65, "polite, but the next step is vague"),
+        _ => (0.9, "polite and clear"),
+    };
+    reply(StatusCode::OK, json!({"score": score, "reasons": [reason], "usage": usage}))
 }
 
 /// Messages the on-call sink received (the SLA's webhook connector points here).
@@ -210,6 +230,10 @@ async fn seed_catalog(pool: &PgPool) -> anyhow::Result<()> {
         invoice_schema,
         json!({"steps": {"INVOICE": {"agent": "extractor", "approval": "require_passing_evals"}}}),
         json!({"steps": {"STATUS_REPORT": {"agent": "legacy"}}}),
+        json!({"steps": {"TICKET": {"agent": "triage",
+            "evaluators": [{"name": "tone", "agent": "judge", "criteria": "Polite, and says what happens next."}],
+            "approval": {"combine": "min", "pass_at": 0.8, "fail_below": 0.5},
+            "revise": {"max": 1, "then": "human"}}}}),
     )
     .await?;
     Ok(())
@@ -338,6 +362,9 @@ async fn print_summary(pool: &PgPool, elapsed: Duration) -> anyhow::Result<()> {
         println!("    {agent:<12} {amount:>12} {currency}  over {attempts} attempts");
     }
     println!("    progress reports kept: {} items", sql::demo_progress_reports(pool).await?);
+    let (passed, revised, to_person) = sql::demo_review(pool).await?;
+    println!("  tickets judged by the \"tone\" judge (docs/review.md):");
+    println!("    passed at once {passed}, passed after a revision {revised}, sent to a person {to_person}");
     let (orders, completed) = sql::demo_schedule(pool).await?;
     println!("  schedule \"demo heartbeat\" (cron */2 * * * * *, every 2 s in UTC):");
     println!(

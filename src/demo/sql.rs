@@ -12,6 +12,7 @@ pub async fn seed_demo_catalog(
     invoice_schema: Value,
     invoice_review: Value,
     legacy_reports: Value,
+    judged_tickets: Value,
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("INSERT INTO schemas (name, version, document_type, schema_definition) VALUES ('invoice-extraction', '1', 'INVOICE', $1)")
@@ -21,10 +22,12 @@ pub async fn seed_demo_catalog(
     sqlx::query(
         "INSERT INTO workflow_templates (name, description, document_type, workflow_definition)
          VALUES ('invoice-review', 'invoices must pass their schema', 'INVOICE', $1),
-                ('legacy-reports', 'reports through the legacy agent', 'STATUS_REPORT', $2)",
+                ('legacy-reports', 'reports through the legacy agent', 'STATUS_REPORT', $2),
+                ('default', 'tickets judged by a second agent, revised once', 'TICKET', $3)",
     )
     .bind(invoice_review)
     .bind(legacy_reports)
+    .bind(judged_tickets)
     .execute(&mut *tx)
     .await?;
     tx.commit().await
@@ -207,6 +210,20 @@ pub async fn demo_spend(pool: &PgPool) -> Result<Vec<(String, String, String, i6
          FROM cost_entries WHERE amount IS NOT NULL GROUP BY 1, 3 ORDER BY 1, 3",
     )
     .fetch_all(pool)
+    .await
+}
+
+/// The judged tickets: (passed at the first judgement, passed after a revision, held for a
+/// person).
+pub async fn demo_review(pool: &PgPool) -> Result<(i64, i64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE w.status = 'COMPLETED' AND coalesce(r.revision, 0) = 0),
+                count(*) FILTER (WHERE w.status = 'COMPLETED' AND r.revision > 0),
+                count(*) FILTER (WHERE w.status = 'AWAITING_APPROVAL')
+         FROM work_items w LEFT JOIN item_reviews r ON r.work_item_id = w.id
+         WHERE EXISTS (SELECT 1 FROM eval_results e WHERE e.work_item_id = w.id AND e.evaluation_type = 'tone')",
+    )
+    .fetch_one(pool)
     .await
 }
 

@@ -331,6 +331,14 @@ async fn the_demo_runs_and_shows_its_sla() {
         .and_then(|l| l.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
     assert!(kept > 0, "the extractor reports progress: {shown}");
+    // The judged tickets: every one is accounted for as passed, revised or held.
+    let judged: Vec<i64> = shown
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("passed at once "))
+        .map(|l| l.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_default();
+    assert_eq!(judged.len(), 3, "{shown}");
+    assert!(judged.iter().sum::<i64>() > 0, "the judge judged tickets: {shown}");
 }
 
 /// A reader that stops reading (`| head -1`) ends the command quietly, as SIGPIPE would, never
