@@ -226,6 +226,7 @@ async fn an_operator_signs_in_replays_an_edited_dead_letter_approves_and_acknowl
     // What must not move while the engine runs is written first: a held item, an item
     // scheduled for later with an open escalation.
     let held_item = held(&db).await;
+    let sent_back = held(&db).await;
     let order = insert_order(&db.pool, "HIGH").await;
     let later = insert_item(&db.pool, order, "TICKET", r#"{"subject":"quarterly report"}"#).await;
     sqlx::query("UPDATE work_items SET run_at = now() + interval '2 hours' WHERE id = $1")
@@ -291,6 +292,21 @@ async fn an_operator_signs_in_replays_an_edited_dead_letter_approves_and_acknowl
     browser.click(&format!("#held-{held_item} form[action$='/approve'] button")).await;
     browser.wait_for("Approved item").await;
     assert_eq!(item_status(&db.pool, held_item).await, "COMPLETED");
+    // Reject and revise: the comment goes to the agent with the held output; the revision
+    // runs (echo) and completes.
+    browser
+        .replace_text(&format!("#held-{sent_back} form[action$='/revise'] input[name='reason']"), "Say sorry first.")
+        .await;
+    browser.click(&format!("#held-{sent_back} form[action$='/revise'] button")).await;
+    browser.wait_for("Sent back for revision").await;
+    wait_for_status(&db.pool, sent_back, "COMPLETED").await;
+    let revised: serde_json::Value =
+        sqlx::query_scalar("SELECT input FROM attempts WHERE work_item_id = $1 ORDER BY attempt_number DESC LIMIT 1")
+            .bind(sent_back)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(revised["review"]["feedback"][0]["comment"], "Say sorry first.", "{revised}");
 
     // The escalations.
     browser.click("a[href='/escalations']").await;

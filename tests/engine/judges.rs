@@ -369,3 +369,61 @@ async fn a_failing_judge_is_retried_on_the_kept_output_and_a_broken_one_dead_let
     stop(engine).await;
     assert_eq!(writer.executions_of(broken), 1, "the replay evaluated the kept output; the writer did not run again");
 }
+
+/// Reject with revise on the API and the command line: the same rules (a reason is
+/// required), the item queued with the held output and the reason as feedback.
+#[tokio::test]
+async fn reject_with_revise_on_the_api_and_the_command_line() {
+    let db = TestDb::new().await;
+    let app = crate::api::app(&db, "[routes]\nTICKET = \"echo\"\n");
+    let item = crate::api::held(&db).await;
+    let path = format!("/api/v1/approvals/{item}/reject");
+    let (status, body) = crate::api::post(&app, &path, json!({"revise": true})).await;
+    assert_eq!((status, body["error"].as_str()), (422, Some("REASON_REQUIRED")), "{body}");
+    let (status, body) = crate::api::post(&app, &path, json!({"reason": "say sorry first", "revise": true})).await;
+    assert_eq!((status, body["item"]["status"].as_str()), (200, Some("QUEUED")), "{body}");
+    let (stage, output, feedback, revision): (String, Value, Value, i32) =
+        sqlx::query_as("SELECT stage, output, feedback, revision FROM item_reviews WHERE work_item_id = $1")
+            .bind(item)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((stage.as_str(), revision), ("REVISE", 1));
+    assert_eq!(output, json!({"answer": "<b>yes</b>"}), "the held output goes back");
+    assert_eq!(feedback, json!([{"person": "alice", "comment": "say sorry first"}]));
+    let (pending, fresh): (bool, bool) =
+        sqlx::query_as("SELECT review_pending, attempt_base = attempt FROM work_items WHERE id = $1")
+            .bind(item)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(pending && fresh, "the claim will read the review, and the revision has a fresh budget");
+
+    let other = crate::api::held(&db).await;
+    let out = crate::cli::orderly(&db.url, &["reject", &other.to_string(), "--revise"]);
+    assert!(!out.status.success(), "a revise needs a reason: {}", crate::cli::text(&out));
+    assert!(crate::cli::text(&out).contains("needs a reason"), "{}", crate::cli::text(&out));
+    let out = crate::cli::orderly(
+        &db.url,
+        &["reject", &other.to_string(), "--revise", "--reason", "shorter please", "--actor", "carol"],
+    );
+    assert!(out.status.success(), "{}", crate::cli::text(&out));
+    assert!(crate::cli::text(&out).contains("its agent revises the output"), "{}", crate::cli::text(&out));
+
+    // The engine runs the revision: the agent receives the comment and the held output.
+    let agent = writer().await;
+    let engine = db.engine(&format!("{}[routes]\nTICKET = \"writer\"\n", agent.config("writer", "5s"))).await;
+    wait_for_status(&db.pool, other, "COMPLETED").await;
+    wait_for_status(&db.pool, item, "COMPLETED").await;
+    stop(engine).await;
+    let asked = of(&agent, other);
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0]["review"]["feedback"], json!([{"person": "carol", "comment": "shorter please"}]));
+    assert_eq!(asked[0]["review"]["previous_output"], json!({"answer": "<b>yes</b>"}));
+    let settled: Option<String> = sqlx::query_scalar("SELECT stage FROM item_reviews WHERE work_item_id = $1")
+        .bind(other)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(settled, None, "the revision's decision settled the review");
+}
