@@ -53,7 +53,15 @@ impl Step {
     /// Whether an agent judges this step's outputs: then the output is recorded first and
     /// evaluated by the next run (docs/review.md).
     pub fn has_judges(&self) -> bool {
-        self.evaluators.iter().any(|e| matches!(e, Evaluator::Agent(_)))
+        self.judge_agents().next().is_some()
+    }
+
+    /// The agents that judge this step's outputs, in the order of its evaluators.
+    pub fn judge_agents(&self) -> impl Iterator<Item = &str> {
+        self.evaluators.iter().filter_map(|e| match e {
+            Evaluator::Agent(j) => Some(j.agent.as_str()),
+            _ => None,
+        })
     }
 }
 

@@ -139,13 +139,6 @@ impl Dispatcher {
                 contexts.entry(input.work_item_id).or_default().dependencies.push(input);
             }
         }
-        let reviewed: Vec<uuid::Uuid> = items.iter().filter(|i| i.review_pending).map(|i| i.id).collect();
-        if !reviewed.is_empty() {
-            for review in db::reviews::pending(&self.pool, &reviewed).await? {
-                let id = review.work_item_id;
-                contexts.entry(id).or_default().review = Some(review);
-            }
-        }
         Ok(contexts)
     }
 
@@ -190,8 +183,19 @@ impl Dispatcher {
         let got = items.len();
         let mut items = items;
         let mut admitted = self.budgets.admit(&self.pool, &self.in_flight, &mut items).await;
+        // The pending reviews first: an evaluation run is held to its judges' limits.
+        let mut reviews: HashMap<uuid::Uuid, db::reviews::PendingReview> = HashMap::new();
+        let reviewed: Vec<uuid::Uuid> = items.iter().filter(|i| i.review_pending).map(|i| i.id).collect();
+        if admitted.is_ok() && !reviewed.is_empty() {
+            match db::reviews::pending(&self.pool, &reviewed).await {
+                Ok(found) => reviews.extend(found.into_iter().map(|r| (r.work_item_id, r))),
+                Err(e) => admitted = Err(e),
+            }
+        }
+        let judging: std::collections::HashSet<uuid::Uuid> =
+            reviews.values().filter(|r| r.stage == db::reviews::Stage::Evaluate).map(|r| r.work_item_id).collect();
         if admitted.is_ok() {
-            admitted = match self.limits.admit(&self.ctx, &self.pool, &mut items).await {
+            admitted = match self.limits.admit(&self.ctx, &self.pool, &mut items, &judging).await {
                 // Look again when the first parked item's turn comes (no NOTIFY tells).
                 Ok(Some(after)) => {
                     let wake = self.wake.clone();
@@ -211,7 +215,12 @@ impl Dispatcher {
             Err(e) => Err(e),
         };
         let mut contexts: Option<HashMap<uuid::Uuid, runner::ItemContext>> = match contexts {
-            Ok(contexts) => Some(contexts),
+            Ok(mut contexts) => {
+                for (id, review) in reviews {
+                    contexts.entry(id).or_default().review = Some(review);
+                }
+                Some(contexts)
+            }
             Err(e) => {
                 crate::telemetry::warn_limited(
                     "mem_docs",

@@ -21,10 +21,14 @@ pub enum Judged {
         evals: Vec<EvalRecord>,
         usage: Vec<Value>,
     },
-    /// A judge failed (`EVALUATOR_FAILED`); the usage of those that answered before it.
+    /// A judge failed (`EVALUATOR_FAILED`); the usage of those that answered before it, the
+    /// failing judge's agent, and how long that agent asked to be left alone (a 429 or 503
+    /// with Retry-After: the agent is paused on every replica, as when it runs as an agent).
     Failed {
         error: AgentError,
         usage: Vec<Value>,
+        agent: String,
+        pause: Option<std::time::Duration>,
     },
     LeaseLost,
     Interrupted,
@@ -48,7 +52,7 @@ pub async fn judge(
         };
         let Some(agent) = ctx.agents.get(&judge.agent) else {
             let error = failed(judge, AgentError::permanent(ErrorCode::UnknownAgent, "the agent is not configured"));
-            return Judged::Failed { error, usage };
+            return Judged::Failed { error, usage, agent: judge.agent.clone(), pause: None };
         };
         let mut request = base.clone();
         request.evaluate = Some(EvaluateView {
@@ -85,7 +89,17 @@ pub async fn judge(
         });
         match record {
             Ok(record) => evals.push(record),
-            Err(e) => return Judged::Failed { error: failed(judge, e), usage },
+            Err(e) => {
+                let pause = match &e {
+                    AgentError::Retryable {
+                        code: ErrorCode::AgentRateLimited | ErrorCode::AgentUnavailable,
+                        retry_after,
+                        ..
+                    } => *retry_after,
+                    _ => None,
+                };
+                return Judged::Failed { error: failed(judge, e), usage, agent: judge.agent.clone(), pause };
+            }
         }
     }
     Judged::Done { evals, usage }

@@ -76,6 +76,7 @@ impl LimitGate {
         ctx: &RunContext,
         pool: &PgPool,
         items: &mut Vec<ClaimedItem>,
+        judging: &HashSet<Uuid>,
     ) -> Result<Option<Duration>, sqlx::Error> {
         if items.is_empty() {
             return Ok(None);
@@ -106,6 +107,20 @@ impl LimitGate {
                 gates[0].entry(Key::Tenant(item.tenant_id).to_string()).or_insert((limit, Vec::new())).1.push(claimed);
             }
             let Some(Some(step)) = steps.get(&(item.workflow_id.as_str(), item.item_type.as_str())) else { continue };
+            if judging.contains(&item.id) {
+                // An evaluation run calls the step's judges, not its agent: their limits hold.
+                for agent in step.judge_agents() {
+                    let agent_limit = ctx.agents.limit(agent);
+                    if agent_limit.is_some() || paused.contains(agent) {
+                        let limit = agent_limit.copied().unwrap_or_default();
+                        let waiting = &mut gates[2].entry(agent.to_owned()).or_insert((limit, Vec::new())).1;
+                        if !waiting.iter().any(|c| c.id == claimed.id) {
+                            waiting.push(claimed);
+                        }
+                    }
+                }
+                continue;
+            }
             if let Some(limit) = step.limit {
                 let key = Key::Step(&item.workflow_id, &item.item_type).to_string();
                 gates[1].entry(key).or_insert((limit, Vec::new())).1.push(claimed);

@@ -145,6 +145,8 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, context: Option<ItemContex
     let mut after = AfterReject::Reject;
     // The judges' usage reports, on an evaluation run.
     let mut judged: Option<Vec<Value>> = None;
+    // The judge that failed, and the pause its agent asked for.
+    let mut judge_failed: Option<(String, Option<std::time::Duration>)> = None;
     let revisions = pending.as_ref().map_or(0, |p| p.revision);
 
     let prepared = step.map_err(|e| AgentError::permanent(e.code(), e.to_string())).and_then(|step| {
@@ -190,10 +192,11 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, context: Option<ItemContex
                         judged = Some(usage);
                         result = Ok(recorded.output.clone());
                     }
-                    Judged::Failed { error, usage } => {
+                    Judged::Failed { error, usage, agent, pause } => {
                         tracing::warn!(error = %error, "an evaluator failed; the recorded output is kept");
                         judged = Some(usage);
                         result = Err(error);
+                        judge_failed = Some((agent, pause));
                     }
                 }
                 if result.is_ok() {
@@ -343,6 +346,11 @@ pub async fn run(ctx: &RunContext, item: ClaimedItem, context: Option<ItemContex
     };
     let mut done = finish(input, attempt_status, output, error, evals, approval, next, judged);
     done.report.agent_pause_ms = pause;
+    if let Some((agent, pause)) = judge_failed {
+        // The failure is the failing judge's, and so is the pause it asked for.
+        done.agent = agent;
+        done.report.agent_pause_ms = pause.map(|p| p.as_millis().min(i64::MAX as u128) as i64);
+    }
     done.review = review;
     Some(done)
 }

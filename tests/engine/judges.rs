@@ -427,3 +427,55 @@ async fn reject_with_revise_on_the_api_and_the_command_line() {
         .unwrap();
     assert_eq!(settled, None, "the revision's decision settled the review");
 }
+
+/// A judge is an agent like any other: its `max_in_flight` holds for evaluation runs (the
+/// judge's own count), and its 429 with Retry-After pauses it on every replica.
+#[tokio::test]
+async fn a_judge_keeps_its_agents_limits_and_its_retry_after_pauses_it() {
+    let db = TestDb::new().await;
+    template(&db, json!({"max": 1})).await;
+    let writer = writer().await;
+    let refused_once = Arc::new(AtomicBool::new(false));
+    let judge = {
+        let refused_once = refused_once.clone();
+        TestAgent::start(move |envelope| {
+            if envelope["work_item"]["content"]["subject"] == "busy" && !refused_once.swap(true, Ordering::SeqCst) {
+                return ((429, vec![("retry-after", "1".into())], "slow down".into()), Duration::ZERO);
+            }
+            ((200, vec![], json!({"score": 0.9, "reasons": ["fine"]}).to_string()), Duration::from_millis(100))
+        })
+        .await
+    };
+    let order = insert_order_with_workflow(&db.pool, "judged").await;
+    let busy = insert_item(&db.pool, order, "TICKET", r#"{"subject":"busy"}"#).await;
+    let mut items = vec![busy];
+    for n in 0..10 {
+        items.push(insert_item(&db.pool, order, "TICKET", &json!({"subject": format!("t{n}")}).to_string()).await);
+    }
+    let toml = format!(
+        "{}{}max_in_flight = 1\n[worker]\nconcurrency = 16\nevaluator_concurrency = 8\n",
+        writer.config("writer", "5s"),
+        judge.config("judge", "5s")
+    );
+    let engine = db.engine(&toml).await;
+    for item in &items {
+        wait_for_status(&db.pool, *item, "COMPLETED").await;
+    }
+    stop(engine).await;
+    let peak = judge.open.lock().unwrap().1;
+    assert_eq!(peak, 1, "the judge never had more than its max_in_flight open");
+    let refused: (String, String) = sqlx::query_as(
+        "SELECT agent_id, error FROM attempts WHERE work_item_id = $1 AND error_code = 'EVALUATOR_FAILED'",
+    )
+    .bind(busy)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(refused.0, "judge");
+    assert!(refused.1.contains("AGENT_RATE_LIMITED"), "{}", refused.1);
+    let paused: bool = sqlx::query_scalar("SELECT paused_until IS NOT NULL FROM agent_state WHERE agent = 'judge'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(paused, "the judge's Retry-After paused the judge agent");
+}

@@ -162,7 +162,7 @@ async fn hot_statements_use_indexes_not_table_scans() {
         .unwrap();
     let id_array = uuid_array(&ids);
     let mut args = vec![id_array.clone(), "ARRAY[1,1,1]".into()];
-    args.extend(std::iter::repeat_n("'{}'".to_owned(), 34));
+    args.extend(std::iter::repeat_n("'{}'".to_owned(), COMPLETE_PARAM_TYPES.split(", ").count() - 2));
     let complete = explain(
         &db,
         format!("PREPARE complete({COMPLETE_PARAM_TYPES}) AS {COMPLETE_SQL}"),
