@@ -120,6 +120,22 @@ pub async fn run(settings: &Settings, command: ItemCommand) -> anyhow::Result<()
     Ok(())
 }
 
+/// An eval's reasons as one line: a judge's reasons, an assertion's check, a schema's errors.
+fn eval_reasons(metrics: &serde_json::Value) -> String {
+    let list = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().map(|r| r.as_str().map_or_else(|| r.to_string(), str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    let said = match (metrics.get("reasons"), metrics.get("check"), metrics.get("errors")) {
+        (Some(r), _, _) => list(r),
+        (None, Some(c), _) => vec![c.as_str().unwrap_or_default().to_owned()],
+        (None, None, Some(e)) => list(e),
+        _ => vec![],
+    };
+    if said.is_empty() { String::new() } else { format!(": {}", said.join("; ")) }
+}
+
 pub async fn approvals(settings: &Settings, command: ApprovalCommand) -> anyhow::Result<()> {
     let pool = connect(settings).await?;
     match command {
@@ -144,6 +160,15 @@ pub async fn approvals(settings: &Settings, command: ApprovalCommand) -> anyhow:
                     h.policy_reason.as_deref().unwrap_or(""),
                     if failed.is_empty() { String::new() } else { format!(" (failed: {})", failed.join(", ")) }
                 );
+                for e in &h.evals {
+                    println!(
+                        "    {} {:.2} {}{}",
+                        e.evaluation_type,
+                        e.score,
+                        if e.passed { "passed" } else { "failed" },
+                        eval_reasons(&e.metrics)
+                    );
+                }
             }
         }
     }

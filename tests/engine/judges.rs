@@ -216,6 +216,8 @@ async fn revisions_run_out_then_a_person_decides_and_may_send_it_back_with_a_com
     assert!(reason.contains("still rejected after 2 revisions: a person decides"), "{reason}");
     assert_eq!(held[0].evals[0].evaluation_type, "critic");
     assert_eq!(held[0].evals[0].metrics["reasons"], json!(["does not mention the refund"]));
+    let listed = crate::cli::text(&crate::cli::orderly(&db.url, &["approvals", "list"]));
+    assert!(listed.contains("critic 0.20 failed: does not mention the refund"), "{listed}");
 
     // Rules every surface shares: a revise needs a reason, and only a rejection revises.
     let settings = std::sync::Arc::new(db.settings(""));
