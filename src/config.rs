@@ -104,6 +104,9 @@ pub struct WorkerSettings {
     /// Evaluation runs (agent evaluators judging a recorded output) at once in this process,
     /// beside `concurrency`: a slow judge does not hold an agent's slot (docs/review.md).
     pub evaluator_concurrency: usize,
+    /// Claims take turns among tenants once one or two tenants fill a claim
+    /// (docs/limits.md, "Tenants take turns"); false: always oldest first.
+    pub tenant_turns: bool,
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     pub claim_batch: usize,

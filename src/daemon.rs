@@ -277,6 +277,7 @@ impl Engine {
                     beat: health.beat("dispatcher"),
                     budgets: Default::default(),
                     limits: crate::worker::limits::LimitGate::new(steps_limited),
+                    turns: Default::default(),
                 }
                 .run(),
             ),

@@ -64,6 +64,93 @@ LEFT JOIN LATERAL (SELECT o.workflow_id, o.tenant_id, o.created_by, o.priority, 
                    FROM work_orders o WHERE o.id = c.work_order_id AND s.id IS NULL OFFSET 0) o ON true
 "#;
 
+/// The claim that takes turns among tenants (see [`claim_turns`]); public so the plan test
+/// can EXPLAIN it. Parameters: those of [`CLAIM_SQL`], then $5 the tenant the last turn
+/// stopped at (the nil uuid to start from the first; past the last, it starts again from the
+/// first), $6 the most tenants one claim visits.
+///
+/// At the top priority with runnable items, it steps from tenant to tenant through
+/// `idx_work_items_ready_tenant` (one index descent each, never reading a tenant's backlog),
+/// takes up to an equal share of the claim from each (`limit / tenants visited`, oldest
+/// first), then locks those rows by `ctid` with SKIP LOCKED; the rest is [`CLAIM_SQL`]'s.
+/// The lock needs no second look at the status: the picked row versions were QUEUED in this
+/// statement's snapshot, and a row another claimer changed since has a new version at
+/// another `ctid`, which the lock's recheck of the TID condition refuses. The walk's and the
+/// share's conditions are written (`deps_pending <= 0`) so that only the tenant index can
+/// serve them (migration 0038).
+pub const CLAIM_TURNS_SQL: &str = r#"
+WITH RECURSIVE top AS MATERIALIZED (
+    SELECT priority FROM work_items
+    WHERE status = 'QUEUED' AND deps_pending = 0 AND run_at <= now()
+    ORDER BY priority DESC, run_at
+    LIMIT 1
+), tenants AS (
+    SELECT 1 AS n, coalesce(
+        (SELECT w.tenant_id FROM work_items w
+         WHERE w.status = 'QUEUED' AND w.deps_pending <= 0 AND w.priority = (SELECT priority FROM top)
+           AND w.tenant_id > $5 AND w.run_at <= now()
+         ORDER BY w.priority DESC, w.tenant_id LIMIT 1),
+        (SELECT w.tenant_id FROM work_items w
+         WHERE w.status = 'QUEUED' AND w.deps_pending <= 0 AND w.priority = (SELECT priority FROM top)
+           AND w.tenant_id IS NOT NULL AND w.run_at <= now()
+         ORDER BY w.priority DESC, w.tenant_id LIMIT 1)) AS tenant_id
+    UNION ALL
+    SELECT t.n + 1, (SELECT w.tenant_id FROM work_items w
+                     WHERE w.status = 'QUEUED' AND w.deps_pending <= 0 AND w.priority = (SELECT priority FROM top)
+                       AND w.tenant_id > t.tenant_id AND w.run_at <= now()
+                     ORDER BY w.priority DESC, w.tenant_id LIMIT 1)
+    FROM tenants t
+    WHERE t.tenant_id IS NOT NULL AND t.n < $6
+), visited AS MATERIALIZED (
+    SELECT tenant_id FROM tenants WHERE tenant_id IS NOT NULL
+), share AS MATERIALIZED (
+    SELECT greatest(1, ceil($1::float8 / greatest(count(*), 1)))::int AS q FROM visited
+), picked AS (
+    SELECT i.ctid FROM visited v CROSS JOIN share
+    CROSS JOIN LATERAL (SELECT w.ctid FROM work_items w
+                        WHERE w.status = 'QUEUED' AND w.deps_pending <= 0 AND w.priority = (SELECT priority FROM top)
+                          AND w.tenant_id = v.tenant_id AND w.run_at <= now()
+                        ORDER BY w.priority DESC, w.tenant_id, w.run_at
+                        LIMIT share.q) i
+    LIMIT $1
+), next AS (
+    SELECT ctid FROM work_items
+    WHERE ctid = ANY (ARRAY (SELECT ctid FROM picked))
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE work_items w
+    SET status = 'PROCESSING',
+        attempt = w.attempt + 1,
+        lease_expires_at = now() + $2 * interval '1 millisecond',
+        locked_by = $3,
+        claimed_at = now()
+    WHERE w.ctid = ANY (ARRAY (SELECT ctid FROM next))
+    RETURNING w.id, w.work_order_id, w.type, w.priority, w.attempt, w.attempt_base,
+              w.max_attempts, w.rescues, w.created_at, w.run_at, w.has_dependencies, w.review_pending,
+              octet_length(w.content) AS content_bytes,
+              CASE WHEN octet_length(w.content) <= $4 THEN w.content END AS content
+), started AS (
+    UPDATE work_orders o SET status = 'PROCESSING', updated_at = now()
+    WHERE o.ctid = ANY (ARRAY (SELECT s.ctid FROM work_orders s
+                               WHERE s.id IN (SELECT work_order_id FROM claimed) AND s.status <> 'PROCESSING'
+                               FOR NO KEY UPDATE SKIP LOCKED))
+    RETURNING o.id, o.workflow_id, o.tenant_id, o.created_by, o.priority, o.metadata
+)
+SELECT c.id, c.work_order_id, c.type::text AS item_type, c.priority::text AS priority,
+       c.attempt, c.attempt_base, c.max_attempts, c.rescues, c.created_at, c.run_at, c.has_dependencies,
+       c.review_pending,
+       c.content_bytes,
+       c.content, coalesce(s.workflow_id, o.workflow_id) AS workflow_id,
+       coalesce(s.tenant_id, o.tenant_id) AS tenant_id, coalesce(s.created_by, o.created_by) AS created_by,
+       coalesce(s.priority, o.priority)::text AS order_priority,
+       coalesce(s.metadata, o.metadata)::text AS metadata, now() AS claimed_at,
+       s.id IS NULL AND o.status <> 'PROCESSING' AS order_unmarked
+FROM claimed c
+LEFT JOIN started s ON s.id = c.work_order_id
+LEFT JOIN LATERAL (SELECT o.workflow_id, o.tenant_id, o.created_by, o.priority, o.metadata, o.status
+                   FROM work_orders o WHERE o.id = c.work_order_id AND s.id IS NULL OFFSET 0) o ON true
+"#;
+
 /// A claimed item, as the claim statement returns it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedItem {
@@ -120,6 +207,29 @@ pub async fn claim(
         .bind(lease.as_millis() as f64)
         .bind(worker_id)
         .bind(max_content_bytes)
+        .fetch_all(pool)
+        .await
+}
+
+/// Claims like [`claim`], taking turns among the tenants with runnable items at the top
+/// priority ([`CLAIM_TURNS_SQL`]): up to `max_tenants` of them, from the one after `after`
+/// (`None`: from the first), an equal share of `limit` each.
+pub async fn claim_turns(
+    pool: &PgPool,
+    worker_id: &str,
+    limit: i64,
+    lease: Duration,
+    max_content_bytes: i32,
+    after: Option<Uuid>,
+    max_tenants: i32,
+) -> Result<Vec<ClaimedItem>, sqlx::Error> {
+    sqlx::query_as(CLAIM_TURNS_SQL)
+        .bind(limit)
+        .bind(lease.as_millis() as f64)
+        .bind(worker_id)
+        .bind(max_content_bytes)
+        .bind(after.unwrap_or(Uuid::nil()))
+        .bind(max_tenants)
         .fetch_all(pool)
         .await
 }

@@ -51,6 +51,8 @@ pub struct Dispatcher {
     pub budgets: super::budgets::BudgetGate,
     /// Parks the claimed items their agents' limits or pauses hold back.
     pub limits: super::limits::LimitGate,
+    /// Whether the next claim takes turns among tenants (`super::turns`).
+    pub turns: std::sync::Mutex<super::turns::Turns>,
 }
 
 impl Dispatcher {
@@ -144,14 +146,26 @@ impl Dispatcher {
 
     async fn claim_and_start(&self, want: usize) -> Result<usize, sqlx::Error> {
         let settings = &self.ctx.settings;
-        let items = db::claim::claim(
-            &self.pool,
-            &self.ctx.worker_id,
-            want as i64,
-            settings.worker.lease,
-            settings.limits.max_content_bytes as i32,
-        )
-        .await?;
+        let now = Instant::now();
+        let kind = if settings.worker.tenant_turns {
+            self.turns.lock().unwrap().next(now)
+        } else {
+            super::turns::Claim::Oldest
+        };
+        let (worker, lease, max_content) =
+            (&self.ctx.worker_id, settings.worker.lease, settings.limits.max_content_bytes as i32);
+        let items = match kind {
+            super::turns::Claim::Oldest => {
+                db::claim::claim(&self.pool, worker, want as i64, lease, max_content).await?
+            }
+            super::turns::Claim::Turns { after } => {
+                let max = super::turns::Turns::max_tenants(want);
+                db::claim::claim_turns(&self.pool, worker, want as i64, lease, max_content, after, max).await?
+            }
+        };
+        if settings.worker.tenant_turns {
+            self.turns.lock().unwrap().claimed(kind, want, &items, now);
+        }
         if items.is_empty() {
             return Ok(0);
         }

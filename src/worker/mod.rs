@@ -16,6 +16,7 @@ pub mod liveness;
 pub mod progress;
 pub mod review;
 pub mod runner;
+pub mod turns;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

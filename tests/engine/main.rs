@@ -38,4 +38,5 @@ mod scoped_limits;
 mod secrets;
 mod sla;
 mod systemd;
+mod turns;
 mod web;

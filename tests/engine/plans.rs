@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use orderly::db::ENGINE_PLANNER_SETTINGS;
-use orderly::db::claim::CLAIM_SQL;
+use orderly::db::claim::{CLAIM_SQL, CLAIM_TURNS_SQL};
 use orderly::db::maintenance::PRUNE_CANDIDATES_SQL;
 use orderly::db::queue::{COMPLETE_PARAM_TYPES, COMPLETE_SQL, RENEW_SQL};
 use orderly::db::rollup::{LOCK_ORDERS_SQL, ROLL_UP_SQL, STRANDED_ORDERS_SQL, UNMARKED_ORDERS_SQL};
@@ -84,6 +84,19 @@ async fn engine_plans_hold_on_statistics_of_an_empty_queue() {
         assert!(!claim.contains("Sort"), "{mode}: claim sorts the backlog instead of reading it in order:\n{claim}");
         assert!(!claim.contains("Bitmap"), "{mode}: claim reads the backlog through a bitmap:\n{claim}");
         assert!(!claim.contains("Seq Scan"), "{mode}: claim scans a table:\n{claim}");
+        let turns = explain_on(
+            &mut conn,
+            mode,
+            format!("PREPARE turns_{mode}(bigint, float8, text, int, uuid, int) AS {CLAIM_TURNS_SQL}"),
+            format!("EXECUTE turns_{mode}(256, 30000, 'plan-test', 1048576, '{}', 32)", uuid::Uuid::nil()),
+        )
+        .await;
+        assert!(
+            turns.contains("idx_work_items_ready_tenant"),
+            "{mode}: the turns claim steps through the tenant index:\n{turns}"
+        );
+        assert!(!turns.contains("Bitmap"), "{mode}: the turns claim reads the backlog through a bitmap:\n{turns}");
+        assert!(!turns.contains("Seq Scan"), "{mode}: the turns claim scans a table:\n{turns}");
     }
 
     let orders: Vec<uuid::Uuid> =
@@ -155,6 +168,15 @@ async fn hot_statements_use_indexes_not_table_scans() {
     assert!(claim.contains("Tid Scan on work_items w"), "claim updates the rows it locked by ctid:\n{claim}");
     assert_eq!(claim.matches("idx_work_items_ready").count(), 1, "claim walks the ready index twice:\n{claim}");
     assert!(!claim.contains("Seq Scan on work_items"), "claim scans work_items:\n{claim}");
+    let turns = explain(
+        &db,
+        format!("PREPARE turns(bigint, float8, text, int, uuid, int) AS {CLAIM_TURNS_SQL}"),
+        format!("EXECUTE turns(128, 30000, 'plan-test', 1048576, '{}', 32)", uuid::Uuid::nil()),
+    )
+    .await;
+    assert!(turns.contains("idx_work_items_ready_tenant"), "the turns claim uses the tenant index:\n{turns}");
+    assert!(turns.contains("Tid Scan on work_items"), "the turns claim locks the rows it picked by ctid:\n{turns}");
+    assert!(!turns.contains("Seq Scan on work_items"), "the turns claim scans work_items:\n{turns}");
 
     let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM work_items WHERE status = 'PROCESSING' LIMIT 3")
         .fetch_all(&db.pool)
