@@ -119,6 +119,9 @@ pub enum BenchShape {
     /// Each order a square lattice (side √items-per-order): item (i, j) needs (i-1, j) and
     /// (i, j-1).
     Lattice,
+    /// One tenant's backlog (as `orders`, every order the same tenant) drains while another
+    /// tenant inserts `--newcomer-rate` items a second, each its own order.
+    Flood,
 }
 
 #[derive(Debug, Args)]
@@ -135,9 +138,16 @@ pub struct BenchArgs {
     /// order in one transaction, rows of different orders interleaved), `priorities` (as
     /// `orders`, each order a random priority), `delayed` (as `orders`, 10% of the items
     /// with a run_at up to 1 s ahead), and the dependency shapes `chain`, `fanout` and
-    /// `lattice` (each order one graph of `items-per-order` items, docs/dependencies.md).
+    /// `lattice` (each order one graph of `items-per-order` items, docs/dependencies.md), and
+    /// `flood` (one tenant's backlog and a newcomer tenant, docs/limits.md).
     #[arg(long, value_enum, default_value = "orders")]
     pub shape: BenchShape,
+    /// With `--shape flood`: the newcomer tenant's items per second (0: the backlog alone).
+    #[arg(long, default_value_t = 20.0)]
+    pub newcomer_rate: f64,
+    /// The daemon's worker.tenant_turns = false: claims always take the oldest.
+    #[arg(long)]
+    pub no_tenant_turns: bool,
     /// Measure processing only (skip the pickup and end-to-end latency phases).
     #[arg(long)]
     pub throughput_only: bool,

@@ -10,6 +10,8 @@
 //! the measured share of it, and how many requests the agent held at once.
 
 pub mod agent;
+mod flood;
+mod report;
 pub mod sql;
 
 use crate::cli::{BenchArgs, BenchShape};
@@ -75,6 +77,8 @@ pub struct BenchReport {
     pub db_rows_written_per_item: f64,
     /// WAL written during processing, per item (cluster-wide LSN difference).
     pub db_wal_bytes_per_item: f64,
+    /// `--shape flood`: the newcomer tenant's pickups and the backlog's rate.
+    pub flood: Option<flood::FloodReport>,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -133,7 +137,9 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
     say(format!("enqueueing {} items ({} per order) with batched INSERTs…", args.items, args.items_per_order));
     let upstream = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&url).await?;
     let started = Instant::now();
-    enqueue(&upstream, args.items, args.items_per_order, args.shape).await?;
+    let tenants = flood::Tenants::default();
+    let backlog_tenant = (args.shape == BenchShape::Flood).then_some(tenants.backlog);
+    enqueue(&upstream, args.items, args.items_per_order, args.shape, backlog_tenant).await?;
     report.enqueue_items_per_s = args.items as f64 / started.elapsed().as_secs_f64();
     upstream.close().await;
 
@@ -148,7 +154,11 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
         None => None,
     };
     let config = std::env::temp_dir().join(format!("orderly-bench-{}.toml", std::process::id()));
-    std::fs::write(&config, daemon_config(args.concurrency, agent.as_ref()))?;
+    let mut daemon_toml = daemon_config(args.concurrency, agent.as_ref());
+    if args.no_tenant_turns {
+        daemon_toml = daemon_toml.replace("[worker]\n", "[worker]\ntenant_turns = false\n");
+    }
+    std::fs::write(&config, daemon_toml)?;
     let before = settled_counters(&pool).await?;
     say(match &agent {
         Some(agent) => format!(
@@ -160,6 +170,23 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
     let started = sql::now(&pool).await?;
     let (bench_cpu_before, _) = process_usage(std::process::id());
     let daemon = spawn_daemon(&config, &url)?;
+    if args.shape == BenchShape::Flood {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let newcomers_pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&url).await?;
+        let newcomers = flood::newcomers(newcomers_pool, tenants.newcomer, args.newcomer_rate, stop.clone());
+        flood::wait_tenant_drained(&pool, tenants.backlog, Duration::from_secs(3600)).await?;
+        stop.store(true, Ordering::Relaxed);
+        let newcomer_items = newcomers.await?;
+        wait_drained(&pool, Duration::from_secs(60)).await?;
+        let (pickups, backlog_items_per_s) = flood::report(&pool, tenants, started).await?;
+        report.flood = Some(flood::FloodReport {
+            newcomer_rate_per_s: args.newcomer_rate,
+            newcomer_items,
+            newcomer_pickup_ms: Percentiles::of(pickups),
+            backlog_items_per_s,
+            tenant_turns: !args.no_tenant_turns,
+        });
+    }
     wait_drained(&pool, Duration::from_secs(3600)).await?;
     if let Some(agent) = &agent {
         let (bench_cpu, _) = process_usage(std::process::id());
@@ -261,7 +288,7 @@ async fn finish(
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        print_report(&report);
+        report::print(&report);
     }
     Ok(())
 }
@@ -370,7 +397,13 @@ pub fn graph_edges(shape: BenchShape, n: usize) -> Option<Vec<(usize, usize)>> {
     }
 }
 
-async fn enqueue(pool: &PgPool, items: usize, per_order: usize, shape: BenchShape) -> anyhow::Result<()> {
+async fn enqueue(
+    pool: &PgPool,
+    items: usize,
+    per_order: usize,
+    shape: BenchShape,
+    tenant: Option<uuid::Uuid>,
+) -> anyhow::Result<()> {
     let per_order = per_order.max(1);
     let orders = items.div_ceil(per_order);
     if shape == BenchShape::Bulk {
@@ -396,7 +429,7 @@ async fn enqueue(pool: &PgPool, items: usize, per_order: usize, shape: BenchShap
                 let n = per_order.min(items - o * per_order);
                 let priority = (shape == BenchShape::Priorities).then(|| ["LOW", "MEDIUM", "HIGH", "URGENT"][o % 4]);
                 let delayed = if shape == BenchShape::Delayed { 0.1 } else { 0.0 };
-                sql::insert_order_with_items(&pool, n, priority, delayed).await?;
+                sql::insert_order_with_items(&pool, n, priority, delayed, tenant).await?;
                 o += chunks;
             }
             Ok::<_, sqlx::Error>(())
@@ -424,63 +457,11 @@ async fn offer_load(pool: &PgPool, per_second: f64, duration: Duration) -> anyho
     let start = Instant::now();
     let mut next = start;
     while start.elapsed() < duration {
-        sql::insert_order_with_items(pool, batch, None, 0.0).await?;
+        sql::insert_order_with_items(pool, batch, None, 0.0, None).await?;
         next += interval;
         tokio::time::sleep_until(next.into()).await;
     }
     Ok(())
-}
-
-fn print_report(r: &BenchReport) {
-    println!(
-        "orderly bench {}: {} items, {} per order, concurrency {}, history {}",
-        r.date, r.items, r.items_per_order, r.concurrency, r.history
-    );
-    match r.agent_latency_ms {
-        Some(latency) => println!(
-            "  agent             http, answering after {latency:.0} ms (served by the bench on loopback; \
-             {} requests, at most {} at once)",
-            r.agent_requests.unwrap_or(0),
-            r.agent_peak_in_flight.unwrap_or(0)
-        ),
-        None => println!("  agent             {}", r.agent),
-    }
-    println!("  postgres          fsync={} synchronous_commit={}", r.fsync, r.synchronous_commit);
-    println!("  enqueue           {:>10.0} items/s (batched plain INSERTs)", r.enqueue_items_per_s);
-    println!(
-        "  processing        {:>10.0} items/s ({:.2}s from daemon start to the last item recorded)",
-        r.processing_items_per_s, r.processing_seconds
-    );
-    if let (Some(ideal), Some(ratio)) = (r.ideal_items_per_s, r.ratio_to_ideal) {
-        println!(
-            "  ideal             {ideal:>10.0} items/s (concurrency / latency): measured {ratio:.2}x; \
-             bench's own CPU {:.0} µs/item",
-            r.bench_cpu_us_per_item.unwrap_or(f64::NAN)
-        );
-    }
-    let p = |x: &Percentiles| {
-        format!("p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2} ms ({} samples)", x.p50, x.p90, x.p99, x.max, x.samples)
-    };
-    if let Some(release) = &r.release_ms {
-        println!("  release to start  {} (last dependency finished → first attempt)", p(release));
-    }
-    println!("  pickup latency    {}", p(&r.pickup_ms));
-    println!("    new connection  {}", p(&r.pickup_new_connection_ms));
-    println!("  first INSERT      {} on a new connection", p(&r.first_insert_ms));
-    println!(
-        "    plain copy      {} ({:.2}x: work_items over a copy without orderly's trigger)",
-        p(&r.first_insert_plain_ms),
-        r.first_insert_ratio
-    );
-    println!("  end-to-end        {} at {:.0} items/s offered", p(&r.end_to_end_ms), r.end_to_end_offered_per_s);
-    println!(
-        "  daemon            peak RSS {:.1} MiB, CPU {:.2}s ({:.0} µs/item)",
-        r.daemon_peak_rss_mib, r.daemon_cpu_seconds, r.daemon_cpu_us_per_item
-    );
-    println!(
-        "  database          {:.3} transactions/item, {:.2} rows written/item, {:.0} bytes of WAL/item",
-        r.db_transactions_per_item, r.db_rows_written_per_item, r.db_wal_bytes_per_item
-    );
 }
 
 #[cfg(test)]

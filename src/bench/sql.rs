@@ -17,13 +17,16 @@ pub async fn insert_order_with_items(
     n: usize,
     priority: Option<&str>,
     delayed: f64,
+    tenant: Option<Uuid>,
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     let order: Uuid = sqlx::query_scalar(
         "INSERT INTO work_orders (workflow_id, tenant_id, created_by, priority)
-         VALUES ('bench', gen_random_uuid(), gen_random_uuid(), coalesce($1::priority, 'MEDIUM')) RETURNING id",
+         VALUES ('bench', coalesce($2, gen_random_uuid()), gen_random_uuid(), coalesce($1::priority, 'MEDIUM'))
+         RETURNING id",
     )
     .bind(priority)
+    .bind(tenant)
     .fetch_one(&mut *tx)
     .await?;
     sqlx::query(
