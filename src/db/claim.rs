@@ -67,12 +67,14 @@ LEFT JOIN LATERAL (SELECT o.workflow_id, o.tenant_id, o.created_by, o.priority, 
 /// The claim that takes turns among tenants (see [`claim_turns`]); public so the plan test
 /// can EXPLAIN it. Parameters: those of [`CLAIM_SQL`], then $5 the tenant the last turn
 /// stopped at (the nil uuid to start from the first; past the last, it starts again from the
-/// first), $6 the most tenants one claim visits.
+/// first), $6 the most tenants one claim visits, $7 the tenants not to take from (the crowd,
+/// which the oldest-first claims serve), $8 the most items it takes from one tenant.
 ///
 /// At the top priority with runnable items, it steps from tenant to tenant through
 /// `idx_work_items_ready_tenant` (one index descent each, never reading a tenant's backlog),
-/// takes up to an equal share of the claim from each (`limit / tenants visited`, oldest
-/// first), then locks those rows by `ctid` with SKIP LOCKED; the rest is [`CLAIM_SQL`]'s.
+/// takes up to an equal share of the claim from each of those not in the crowd (`limit /
+/// tenants`, at most $8, oldest first), then locks those rows by `ctid` with SKIP LOCKED; the
+/// rest is [`CLAIM_SQL`]'s.
 /// The lock needs no second look at the status: the picked row versions were QUEUED in this
 /// statement's snapshot, and a row another claimer changed since has a new version at
 /// another `ctid`, which the lock's recheck of the TID condition refuses. The walk's and the
@@ -102,9 +104,9 @@ WITH RECURSIVE top AS MATERIALIZED (
     FROM tenants t
     WHERE t.tenant_id IS NOT NULL AND t.n < $6
 ), visited AS MATERIALIZED (
-    SELECT tenant_id FROM tenants WHERE tenant_id IS NOT NULL
+    SELECT tenant_id FROM tenants WHERE tenant_id IS NOT NULL AND tenant_id <> ALL ($7)
 ), share AS MATERIALIZED (
-    SELECT greatest(1, ceil($1::float8 / greatest(count(*), 1)))::int AS q FROM visited
+    SELECT least($8, greatest(1, ceil($1::float8 / greatest(count(*), 1))))::int AS q FROM visited
 ), picked AS (
     SELECT i.ctid FROM visited v CROSS JOIN share
     CROSS JOIN LATERAL (SELECT w.ctid FROM work_items w
@@ -211,25 +213,36 @@ pub async fn claim(
         .await
 }
 
+/// Where a turns claim goes: from the tenant after `after` (`None`: from the first), through
+/// at most `max_tenants` tenants, taking nothing from `crowd` and at most `share` items from
+/// each of the others.
+#[derive(Debug, Clone)]
+pub struct Turn {
+    pub after: Option<Uuid>,
+    pub max_tenants: i32,
+    pub crowd: Vec<Uuid>,
+    pub share: i32,
+}
+
 /// Claims like [`claim`], taking turns among the tenants with runnable items at the top
-/// priority ([`CLAIM_TURNS_SQL`]): up to `max_tenants` of them, from the one after `after`
-/// (`None`: from the first), an equal share of `limit` each.
+/// priority ([`CLAIM_TURNS_SQL`]).
 pub async fn claim_turns(
     pool: &PgPool,
     worker_id: &str,
     limit: i64,
     lease: Duration,
     max_content_bytes: i32,
-    after: Option<Uuid>,
-    max_tenants: i32,
+    turn: &Turn,
 ) -> Result<Vec<ClaimedItem>, sqlx::Error> {
     sqlx::query_as(CLAIM_TURNS_SQL)
         .bind(limit)
         .bind(lease.as_millis() as f64)
         .bind(worker_id)
         .bind(max_content_bytes)
-        .bind(after.unwrap_or(Uuid::nil()))
-        .bind(max_tenants)
+        .bind(turn.after.unwrap_or(Uuid::nil()))
+        .bind(turn.max_tenants)
+        .bind(&turn.crowd)
+        .bind(turn.share)
         .fetch_all(pool)
         .await
 }

@@ -154,17 +154,28 @@ impl Dispatcher {
         };
         let (worker, lease, max_content) =
             (&self.ctx.worker_id, settings.worker.lease, settings.limits.max_content_bytes as i32);
-        let items = match kind {
+        let mut items = match &kind {
             super::turns::Claim::Oldest => {
                 db::claim::claim(&self.pool, worker, want as i64, lease, max_content).await?
             }
-            super::turns::Claim::Turns { after } => {
-                let max = super::turns::Turns::max_tenants(want);
-                db::claim::claim_turns(&self.pool, worker, want as i64, lease, max_content, after, max).await?
+            super::turns::Claim::Turns { after, crowd } => {
+                let turn = db::claim::Turn {
+                    after: *after,
+                    max_tenants: super::turns::Turns::max_tenants(want),
+                    crowd: crowd.clone(),
+                    share: super::turns::SHARE,
+                };
+                db::claim::claim_turns(&self.pool, worker, want as i64, lease, max_content, &turn).await?
             }
         };
         if settings.worker.tenant_turns {
-            self.turns.lock().unwrap().claimed(kind, want, &items, now);
+            self.turns.lock().unwrap().claimed(&kind, want, &items, now);
+        }
+        // What the turn left (the crowd's part, and the shares of tenants with fewer items
+        // than their share): the oldest take it, so a turn costs the crowd nothing.
+        if matches!(kind, super::turns::Claim::Turns { .. }) && items.len() < want {
+            let rest = (want - items.len()) as i64;
+            items.extend(db::claim::claim(&self.pool, worker, rest, lease, max_content).await?);
         }
         if items.is_empty() {
             return Ok(0);

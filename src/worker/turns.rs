@@ -1,110 +1,129 @@
 //! When the dispatcher's claims take turns among tenants (docs/limits.md, "Tenants take
 //! turns"). The oldest-first claim is the fast path and stays the only one while no tenant
-//! crowds the others out. Once a full claim came from one or two tenants, every other claim
-//! is a turns claim (`db::claim::claim_turns`): the tenants with runnable work at the top
-//! priority each get a share, so a tenant with a few items behind another's backlog waits
-//! one claim, not the backlog. Pure state: the dispatcher asks, claims, and reports.
+//! crowds the others out. Once full claims come from one or two tenants (the crowd), every
+//! other claim is a turn (`db::claim::claim_turns`): the other tenants with runnable work at
+//! the top priority get a few items each, and the oldest-first claim takes the rest for the
+//! crowd. So a tenant with a few items behind another's backlog waits one claim, not the
+//! backlog, and the backlog loses nothing. Pure state: the dispatcher asks, claims, reports.
 
 use crate::db::claim::ClaimedItem;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-/// The most tenants one turns claim visits (never more than the items it asks for): its
-/// share per tenant is the claim's size over the tenants it found (8 each at a claim of 256).
+/// The most tenants one turn visits (never more than the items it asks for).
 pub const MAX_TENANTS: usize = 32;
 
-/// The claimed items whose tenants say whether the queue is crowded.
-const WINDOW: usize = 64;
+/// The most items a turn takes from one tenant: enough for a newcomer's few, little enough
+/// that a turn among several backlogs does not scatter the claim over their orders.
+pub const SHARE: i32 = 8;
+
+/// The last claimed items whose tenants say whether there is a crowd: more than one claim's
+/// worth (256 by default), so that the orders of a few tenants that happen to be next in line
+/// (orders of 100, each its own tenant) do not look like one.
+const WINDOW: usize = 512;
 
 /// Fewer claimed items than this say nothing yet.
 const MIN_SEEN: usize = 8;
 
-/// The queue is crowded when at least this share of the last claimed items came from their
-/// two largest tenants while claims came back full.
+/// There is a crowd when its one or two tenants own at least this share of the last claimed
+/// items while claims come back full.
 const CROWDED_SHARE: f64 = 0.9;
 
-/// After a turns claim found a single tenant, the next turns claim waits this long: with one
-/// tenant there is no one to take turns with, and a newcomer waits at most this.
+/// After a turn found nobody beside the crowd, the next turn waits this long: a newcomer
+/// then waits at most this, and a lone backlog pays for a turn at most this often.
 const ALONE_PAUSE: Duration = Duration::from_millis(20);
 
 /// Which claim comes next, from what the last ones found.
 #[derive(Debug, Default)]
 pub struct Turns {
-    /// The tenants of the last claimed items (oldest-first claims only), at most WINDOW.
+    /// The tenants of the last claimed items (oldest-first claims only), at most WINDOW, and
+    /// how many of them each tenant has.
     recent: VecDeque<Uuid>,
+    counts: HashMap<Uuid, usize>,
     /// The last oldest-first claim got all it asked for: more may be waiting.
     full: bool,
-    /// The next claim is a turns claim (they alternate with oldest-first ones).
+    /// The next claim is a turn (turns alternate with oldest-first claims).
     turn_next: bool,
-    /// The last turns claim took from tenants up to this one; the next starts after it.
+    /// The last turn took from tenants up to this one; the next starts after it.
     after: Option<Uuid>,
-    /// No turns claim before this (the last one found a single tenant).
+    /// No turn before this (the last one found nobody beside the crowd).
     quiet_until: Option<Instant>,
 }
 
 /// The claim to make.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     Oldest,
-    /// A turns claim starting after this tenant (`None`: from the first).
+    /// A turn: where it starts (`None`: from the first tenant), and the crowd it leaves to
+    /// the oldest-first claims.
     Turns {
         after: Option<Uuid>,
+        crowd: Vec<Uuid>,
     },
 }
 
 impl Turns {
     pub fn next(&self, now: Instant) -> Claim {
-        if self.crowded() && self.turn_next && self.quiet_until.is_none_or(|t| now >= t) {
-            Claim::Turns { after: self.after }
-        } else {
-            Claim::Oldest
+        match self.crowd() {
+            Some(crowd) if self.turn_next && self.quiet_until.is_none_or(|t| now >= t) => {
+                Claim::Turns { after: self.after, crowd }
+            }
+            _ => Claim::Oldest,
         }
     }
 
-    /// Claims come back full and one or two tenants own nearly all of what they bring.
-    fn crowded(&self) -> bool {
+    /// The one or two tenants that own nearly all of what full claims bring, if there are.
+    fn crowd(&self) -> Option<Vec<Uuid>> {
         if !self.full || self.recent.len() < MIN_SEEN {
-            return false;
+            return None;
         }
-        let mut per_tenant: HashMap<Uuid, usize> = HashMap::new();
-        for tenant in &self.recent {
-            *per_tenant.entry(*tenant).or_default() += 1;
+        let (mut first, mut second) = ((Uuid::nil(), 0), (Uuid::nil(), 0));
+        for (&tenant, &n) in &self.counts {
+            if n > first.1 {
+                (first, second) = ((tenant, n), first);
+            } else if n > second.1 {
+                second = (tenant, n);
+            }
         }
-        let mut counts: Vec<usize> = per_tenant.into_values().collect();
-        counts.sort_unstable_by(|a, b| b.cmp(a));
-        counts.iter().take(2).sum::<usize>() as f64 >= CROWDED_SHARE * self.recent.len() as f64
+        let crowded = (first.1 + second.1) as f64 >= CROWDED_SHARE * self.recent.len() as f64;
+        crowded.then(|| [first, second].iter().filter(|(_, n)| *n > 0).map(|(t, _)| *t).collect())
     }
 
-    /// What a claim of `want` items found.
-    pub fn claimed(&mut self, claim: Claim, want: usize, items: &[ClaimedItem], now: Instant) {
+    /// What a claim of `want` items found (a turn's own items, before the oldest-first claim
+    /// that takes what it left).
+    pub fn claimed(&mut self, claim: &Claim, want: usize, items: &[ClaimedItem], now: Instant) {
         match claim {
             Claim::Oldest => {
                 self.full = !items.is_empty() && items.len() == want;
                 for item in items.iter().rev().take(WINDOW).rev() {
-                    if self.recent.len() == WINDOW {
-                        self.recent.pop_front();
+                    if self.recent.len() == WINDOW
+                        && let Some(gone) = self.recent.pop_front()
+                        && let Some(n) = self.counts.get_mut(&gone)
+                    {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.counts.remove(&gone);
+                        }
                     }
                     self.recent.push_back(item.tenant_id);
+                    *self.counts.entry(item.tenant_id).or_default() += 1;
                 }
                 self.turn_next = true;
             }
             Claim::Turns { .. } => {
                 self.turn_next = false;
-                let mut tenants: Vec<Uuid> = items.iter().map(|i| i.tenant_id).collect();
-                tenants.sort_unstable();
-                tenants.dedup();
-                if items.is_empty() || (tenants.len() == 1 && want > 1 && items.len() > want / 2) {
+                if items.is_empty() {
                     self.quiet_until = Some(now + ALONE_PAUSE);
                 }
                 // The tenants were visited in order: the next turn starts after the last one
-                // taken from, or from the first when this one did not fill (it reached the end).
-                self.after = if items.len() == want { tenants.last().copied() } else { None };
+                // taken from (past the last tenant, the claim starts again from the first).
+                self.after = items.iter().map(|i| i.tenant_id).max().or(self.after);
             }
         }
     }
 
-    /// The most tenants a turns claim of `want` items visits.
+    /// The most tenants a turn of `want` items visits.
     pub fn max_tenants(want: usize) -> i32 {
         want.clamp(1, MAX_TENANTS) as i32
     }
@@ -146,46 +165,51 @@ mod tests {
             .collect()
     }
 
+    fn t(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
     #[test]
     fn turns_start_when_one_or_two_tenants_fill_the_claims_and_alternate() {
         let now = Instant::now();
         let mut turns = Turns::default();
         assert_eq!(turns.next(now), Claim::Oldest);
-        // Many tenants in full claims (orders of 100, each its own tenant): no turns.
-        turns.claimed(Claim::Oldest, 256, &items(&[(1, 100), (2, 100), (3, 56)]), now);
-        turns.claimed(Claim::Oldest, 64, &items(&[(3, 20), (4, 22), (5, 22)]), now);
+        // Many tenants in full claims (orders of 100, each its own tenant): no turns, even
+        // when the last claim came from two of them.
+        turns.claimed(&Claim::Oldest, 256, &items(&[(1, 100), (2, 100), (3, 56)]), now);
+        turns.claimed(&Claim::Oldest, 256, &items(&[(3, 44), (4, 100), (5, 100), (6, 12)]), now);
+        turns.claimed(&Claim::Oldest, 100, &items(&[(6, 88), (7, 12)]), now);
         assert_eq!(turns.next(now), Claim::Oldest);
-        // One tenant fills the claims: the next claim takes turns, then oldest-first again.
-        turns.claimed(Claim::Oldest, 64, &items(&[(1, 62), (2, 2)]), now);
-        assert_eq!(turns.next(now), Claim::Turns { after: None });
-        turns.claimed(Claim::Turns { after: None }, 256, &items(&[(1, 128), (2, 3)]), now);
+        // One tenant fills the claims: the next claim is a turn that leaves it out, then
+        // oldest-first again.
+        turns.claimed(&Claim::Oldest, 256, &items(&[(1, 250), (2, 6)]), now);
+        turns.claimed(&Claim::Oldest, 256, &items(&[(1, 256)]), now);
+        let Claim::Turns { after: None, crowd } = turns.next(now) else { panic!("{:?}", turns.next(now)) };
+        assert_eq!(crowd[0], t(1), "the crowd is the tenant that filled the claims");
+        turns.claimed(&turns.next(now), 256, &items(&[(9, 3)]), now);
         assert_eq!(turns.next(now), Claim::Oldest);
         // A claim that was not full: the queue is short, nobody waits behind anybody.
-        turns.claimed(Claim::Oldest, 256, &items(&[(1, 30)]), now);
+        turns.claimed(&Claim::Oldest, 256, &items(&[(1, 30)]), now);
         assert_eq!(turns.next(now), Claim::Oldest);
-        // Claims of one item each (a slow agent frees one slot at a time) count too.
+        // Claims of one item each (a slow agent frees one slot at a time) count too, and
+        // the next turn starts after the tenant the last one took from.
         for _ in 0..8 {
-            turns.claimed(Claim::Oldest, 1, &items(&[(1, 1)]), now);
+            turns.claimed(&Claim::Oldest, 1, &items(&[(1, 1)]), now);
         }
-        assert_eq!(turns.next(now), Claim::Turns { after: None });
-        turns.claimed(Claim::Turns { after: None }, 1, &items(&[(2, 1)]), now);
-        turns.claimed(Claim::Oldest, 1, &items(&[(1, 1)]), now);
-        assert_eq!(turns.next(now), Claim::Turns { after: Some(Uuid::from_u128(2)) }, "round robin, one at a time");
+        assert!(matches!(turns.next(now), Claim::Turns { after: Some(a), .. } if a == t(9)));
     }
 
     #[test]
-    fn a_turns_claim_that_finds_one_tenant_pauses_turns_and_many_tenants_move_the_cursor() {
+    fn a_turn_that_finds_nobody_beside_the_crowd_pauses_the_turns() {
         let now = Instant::now();
         let mut turns = Turns::default();
-        turns.claimed(Claim::Oldest, 256, &items(&[(7, 256)]), now);
-        turns.claimed(Claim::Turns { after: None }, 256, &items(&[(7, 256)]), now);
-        turns.claimed(Claim::Oldest, 256, &items(&[(7, 256)]), now);
-        assert_eq!(turns.next(now), Claim::Oldest, "alone: no turns for a moment");
-        assert_eq!(turns.next(now + ALONE_PAUSE), Claim::Turns { after: Some(Uuid::from_u128(7)) });
-        let many: Vec<(u128, usize)> = (1..=MAX_TENANTS as u128).map(|t| (t, 8)).collect();
-        turns.claimed(Claim::Turns { after: None }, 256, &items(&many), now + ALONE_PAUSE);
-        turns.claimed(Claim::Oldest, 256, &items(&[(7, 256)]), now + ALONE_PAUSE);
-        assert_eq!(turns.next(now + ALONE_PAUSE), Claim::Turns { after: Some(Uuid::from_u128(MAX_TENANTS as u128)) });
+        turns.claimed(&Claim::Oldest, 256, &items(&[(7, 256)]), now);
+        let turn = turns.next(now);
+        assert!(matches!(turn, Claim::Turns { .. }));
+        turns.claimed(&turn, 256, &[], now);
+        turns.claimed(&Claim::Oldest, 256, &items(&[(7, 256)]), now);
+        assert_eq!(turns.next(now), Claim::Oldest, "alone: no turn for a moment");
+        assert!(matches!(turns.next(now + ALONE_PAUSE), Claim::Turns { .. }));
         assert_eq!(Turns::max_tenants(1), 1);
         assert_eq!(Turns::max_tenants(256), MAX_TENANTS as i32);
     }
