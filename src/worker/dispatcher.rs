@@ -206,7 +206,6 @@ impl Dispatcher {
         // backoff.
         // Parked items count as claimed: the queue had them, so the next claim comes at once.
         let got = items.len();
-        let mut items = items;
         let mut admitted = self.budgets.admit(&self.pool, &self.in_flight, &mut items).await;
         // The pending reviews first: an evaluation run is held to its judges' limits.
         let mut reviews: HashMap<uuid::Uuid, db::reviews::PendingReview> = HashMap::new();
