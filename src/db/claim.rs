@@ -65,10 +65,9 @@ LEFT JOIN LATERAL (SELECT o.workflow_id, o.tenant_id, o.created_by, o.priority, 
 "#;
 
 /// The claim that takes turns among tenants (see [`claim_turns`]); public so the plan test
-/// can EXPLAIN it. Parameters: those of [`CLAIM_SQL`], then $5 the tenant the last turn
-/// stopped at (the nil uuid to start from the first; past the last, it starts again from the
-/// first), $6 the most tenants one claim visits, $7 the tenants not to take from (the crowd,
-/// which the oldest-first claims serve), $8 the most items it takes from one tenant.
+/// can EXPLAIN it. Parameters: those of [`CLAIM_SQL`], then $5 the most tenants one claim
+/// visits, $6 and $7 the ranges of tenant ids it walks, in order (exclusive bounds,
+/// [`Turn::ranges`]), $8 the most items it takes from one tenant.
 ///
 /// At the top priority with runnable items, it steps from tenant to tenant through
 /// `idx_work_items_ready_tenant` (one index descent each, never reading a tenant's backlog),
@@ -87,24 +86,23 @@ WITH RECURSIVE top AS MATERIALIZED (
     ORDER BY priority DESC, run_at
     LIMIT 1
 ), tenants AS (
-    SELECT 1 AS n, coalesce(
-        (SELECT w.tenant_id FROM work_items w
-         WHERE w.status = 'QUEUED' AND w.deps_pending <= 0 AND w.priority = (SELECT priority FROM top)
-           AND w.tenant_id > $5 AND w.run_at <= now()
-         ORDER BY w.priority DESC, w.tenant_id LIMIT 1),
-        (SELECT w.tenant_id FROM work_items w
-         WHERE w.status = 'QUEUED' AND w.deps_pending <= 0 AND w.priority = (SELECT priority FROM top)
-           AND w.tenant_id IS NOT NULL AND w.run_at <= now()
-         ORDER BY w.priority DESC, w.tenant_id LIMIT 1)) AS tenant_id
+    -- One step per tenant, within the ranges of tenant ids between the crowd's ($6 and $7,
+    -- in walking order, wrapping around): never into a crowd tenant's range, whose head of
+    -- claimed entries the oldest-first claims leave behind.
+    SELECT 0 AS n, 1 AS seg, ($6::uuid[])[1] AS cur, NULL::uuid AS tenant_id
     UNION ALL
-    SELECT t.n + 1, (SELECT w.tenant_id FROM work_items w
-                     WHERE w.status = 'QUEUED' AND w.deps_pending <= 0 AND w.priority = (SELECT priority FROM top)
-                       AND w.tenant_id > t.tenant_id AND w.run_at <= now()
-                     ORDER BY w.priority DESC, w.tenant_id LIMIT 1)
+    SELECT t.n + 1,
+           CASE WHEN x.tenant_id IS NULL THEN t.seg + 1 ELSE t.seg END,
+           CASE WHEN x.tenant_id IS NULL THEN ($6::uuid[])[t.seg + 1] ELSE x.tenant_id END,
+           x.tenant_id
     FROM tenants t
-    WHERE t.tenant_id IS NOT NULL AND t.n < $6
+    LEFT JOIN LATERAL (SELECT w.tenant_id FROM work_items w
+                       WHERE w.status = 'QUEUED' AND w.deps_pending <= 0 AND w.priority = (SELECT priority FROM top)
+                         AND w.tenant_id > t.cur AND w.tenant_id < ($7::uuid[])[t.seg] AND w.run_at <= now()
+                       ORDER BY w.priority DESC, w.tenant_id LIMIT 1) x ON true
+    WHERE t.seg <= cardinality($6::uuid[]) AND t.n < $5 + cardinality($6::uuid[])
 ), visited AS MATERIALIZED (
-    SELECT tenant_id FROM tenants WHERE tenant_id IS NOT NULL AND tenant_id <> ALL ($7)
+    SELECT tenant_id FROM tenants WHERE tenant_id IS NOT NULL LIMIT $5
 ), share AS MATERIALIZED (
     SELECT least($8, greatest(1, ceil($1::float8 / greatest(count(*), 1))))::int AS q FROM visited
 ), picked AS (
@@ -224,6 +222,33 @@ pub struct Turn {
     pub share: i32,
 }
 
+impl Turn {
+    /// The ranges of tenant ids a turn walks, in order, as exclusive (low, high) bounds: from
+    /// `after` to the end and round from the start back to `after`, cut at every tenant of the
+    /// crowd, so that no step enters a crowd tenant's range.
+    pub fn ranges(&self) -> (Vec<Uuid>, Vec<Uuid>) {
+        let start = self.after.unwrap_or(Uuid::nil());
+        let mut cuts: Vec<Uuid> = self.crowd.clone();
+        cuts.sort_unstable();
+        cuts.dedup();
+        let (mut lows, mut highs) = (vec![start], Vec::new());
+        for cut in cuts.iter().filter(|c| **c > start) {
+            highs.push(*cut);
+            lows.push(*cut);
+        }
+        highs.push(Uuid::max());
+        if start != Uuid::nil() {
+            lows.push(Uuid::nil());
+            for cut in cuts.iter().filter(|c| **c < start) {
+                highs.push(*cut);
+                lows.push(*cut);
+            }
+            highs.push(start);
+        }
+        (lows, highs)
+    }
+}
+
 /// Claims like [`claim`], taking turns among the tenants with runnable items at the top
 /// priority ([`CLAIM_TURNS_SQL`]).
 pub async fn claim_turns(
@@ -234,15 +259,39 @@ pub async fn claim_turns(
     max_content_bytes: i32,
     turn: &Turn,
 ) -> Result<Vec<ClaimedItem>, sqlx::Error> {
+    let (lows, highs) = turn.ranges();
     sqlx::query_as(CLAIM_TURNS_SQL)
         .bind(limit)
         .bind(lease.as_millis() as f64)
         .bind(worker_id)
         .bind(max_content_bytes)
-        .bind(turn.after.unwrap_or(Uuid::nil()))
         .bind(turn.max_tenants)
-        .bind(&turn.crowd)
+        .bind(lows)
+        .bind(highs)
         .bind(turn.share)
         .fetch_all(pool)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_turn_walks_every_tenant_range_once_around_the_crowd() {
+        let u = Uuid::from_u128;
+        let turn = |after: Option<u128>, crowd: &[u128]| Turn {
+            after: after.map(u),
+            max_tenants: 32,
+            crowd: crowd.iter().copied().map(u).collect(),
+            share: 8,
+        };
+        assert_eq!(turn(None, &[]).ranges(), (vec![Uuid::nil()], vec![Uuid::max()]));
+        assert_eq!(turn(None, &[50]).ranges(), (vec![Uuid::nil(), u(50)], vec![u(50), Uuid::max()]));
+        // From after the last turn to the end, then from the start back to it, cut at the crowd.
+        assert_eq!(
+            turn(Some(40), &[70, 10]).ranges(),
+            (vec![u(40), u(70), Uuid::nil(), u(10)], vec![u(70), Uuid::max(), u(10), u(40)])
+        );
+    }
 }

@@ -87,8 +87,12 @@ async fn engine_plans_hold_on_statistics_of_an_empty_queue() {
         let turns = explain_on(
             &mut conn,
             mode,
-            format!("PREPARE turns_{mode}(bigint, float8, text, int, uuid, int, uuid[], int) AS {CLAIM_TURNS_SQL}"),
-            format!("EXECUTE turns_{mode}(256, 30000, 'plan-test', 1048576, '{}', 32, '{{}}', 8)", uuid::Uuid::nil()),
+            format!("PREPARE turns_{mode}(bigint, float8, text, int, int, uuid[], uuid[], int) AS {CLAIM_TURNS_SQL}"),
+            format!(
+                "EXECUTE turns_{mode}(256, 30000, 'plan-test', 1048576, 32, '{{{}}}', '{{{}}}', 8)",
+                uuid::Uuid::nil(),
+                uuid::Uuid::max()
+            ),
         )
         .await;
         assert!(
@@ -170,8 +174,12 @@ async fn hot_statements_use_indexes_not_table_scans() {
     assert!(!claim.contains("Seq Scan on work_items"), "claim scans work_items:\n{claim}");
     let turns = explain(
         &db,
-        format!("PREPARE turns(bigint, float8, text, int, uuid, int, uuid[], int) AS {CLAIM_TURNS_SQL}"),
-        format!("EXECUTE turns(128, 30000, 'plan-test', 1048576, '{}', 32, '{{}}', 8)", uuid::Uuid::nil()),
+        format!("PREPARE turns(bigint, float8, text, int, int, uuid[], uuid[], int) AS {CLAIM_TURNS_SQL}"),
+        format!(
+            "EXECUTE turns(128, 30000, 'plan-test', 1048576, 32, '{{{}}}', '{{{}}}', 8)",
+            uuid::Uuid::nil(),
+            uuid::Uuid::max()
+        ),
     )
     .await;
     assert!(turns.contains("idx_work_items_ready_tenant"), "the turns claim uses the tenant index:\n{turns}");
