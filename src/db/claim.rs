@@ -224,8 +224,8 @@ pub struct Turn {
 
 impl Turn {
     /// The ranges of tenant ids a turn walks, in order, as exclusive (low, high) bounds: from
-    /// `after` to the end and round from the start back to `after`, cut at every tenant of the
-    /// crowd, so that no step enters a crowd tenant's range.
+    /// `after` to the end and round from the start back to `after` (included), cut at every
+    /// tenant of the crowd, so that no step enters a crowd tenant's range.
     pub fn ranges(&self) -> (Vec<Uuid>, Vec<Uuid>) {
         let start = self.after.unwrap_or(Uuid::nil());
         let mut cuts: Vec<Uuid> = self.crowd.clone();
@@ -243,7 +243,8 @@ impl Turn {
                 highs.push(*cut);
                 lows.push(*cut);
             }
-            highs.push(start);
+            // Up to `after` itself: a lone newcomer is the last turn's tenant every time.
+            highs.push(Uuid::from_u128(start.as_u128().saturating_add(1)));
         }
         (lows, highs)
     }
@@ -291,7 +292,7 @@ mod tests {
         // From after the last turn to the end, then from the start back to it, cut at the crowd.
         assert_eq!(
             turn(Some(40), &[70, 10]).ranges(),
-            (vec![u(40), u(70), Uuid::nil(), u(10)], vec![u(70), Uuid::max(), u(10), u(40)])
+            (vec![u(40), u(70), Uuid::nil(), u(10)], vec![u(70), Uuid::max(), u(10), u(41)])
         );
     }
 }

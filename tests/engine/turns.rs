@@ -14,12 +14,14 @@ async fn tenant_order(db: &TestDb, tenant: Uuid, items: i64) -> Uuid {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    sqlx::query("INSERT INTO work_items (work_order_id, type, content) SELECT $1, 'TICKET', '{}' FROM generate_series(1, $2)")
-        .bind(order)
-        .bind(items)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "INSERT INTO work_items (work_order_id, type, content) SELECT $1, 'TICKET', '{}' FROM generate_series(1, $2)",
+    )
+    .bind(order)
+    .bind(items)
+    .execute(&db.pool)
+    .await
+    .unwrap();
     order
 }
 
@@ -41,8 +43,11 @@ async fn backlog_left_when_the_newcomer_finished(turns: bool) -> i64 {
         count(&db.pool, "SELECT count(*) FROM work_items WHERE status = 'COMPLETED'").await >= 200
     })
     .await;
-    let order = tenant_order(&db, b, 5).await;
-    wait_for_order(&db.pool, order, "COMPLETED").await;
+    // One item at a time, as a newcomer's work arrives: each must get its turn.
+    for _ in 0..5 {
+        let order = tenant_order(&db, b, 1).await;
+        wait_for_order(&db.pool, order, "COMPLETED").await;
+    }
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM work_items WHERE tenant_id = $1 AND status = 'QUEUED'")
         .bind(a)
         .fetch_one(&db.pool)
