@@ -34,6 +34,13 @@ const CROWDED_SHARE: f64 = 0.9;
 /// then waits at most this, and a lone backlog pays for a turn at most this often.
 const ALONE_PAUSE: Duration = Duration::from_millis(20);
 
+/// While turns find only other backlogs (every tenant visited filled its share), they come
+/// less and less often, from this pause doubling up to [`MAX_BACKLOG_PAUSE`]: those tenants
+/// still move, and the crowd keeps most claims. A turn that finds a tenant with fewer items
+/// than its share (a newcomer) brings turns back to every other claim.
+const BACKLOG_PAUSE: Duration = Duration::from_millis(10);
+const MAX_BACKLOG_PAUSE: Duration = Duration::from_millis(200);
+
 /// Which claim comes next, from what the last ones found.
 #[derive(Debug, Default)]
 pub struct Turns {
@@ -47,8 +54,10 @@ pub struct Turns {
     turn_next: bool,
     /// The last turn took from tenants up to this one; the next starts after it.
     after: Option<Uuid>,
-    /// No turn before this (the last one found nobody beside the crowd).
+    /// No turn before this (the last one found nobody beside the crowd, or only backlogs).
     quiet_until: Option<Instant>,
+    /// The pause after a turn that found only backlogs (doubling, see [`BACKLOG_PAUSE`]).
+    backlog_pause: Option<Duration>,
 }
 
 /// The claim to make.
@@ -113,8 +122,18 @@ impl Turns {
             }
             Claim::Turns { .. } => {
                 self.turn_next = false;
+                let mut per_tenant: HashMap<Uuid, i32> = HashMap::new();
+                for item in items {
+                    *per_tenant.entry(item.tenant_id).or_default() += 1;
+                }
                 if items.is_empty() {
                     self.quiet_until = Some(now + ALONE_PAUSE);
+                } else if want > items.len() && per_tenant.values().all(|n| *n >= SHARE) {
+                    let pause = self.backlog_pause.map_or(BACKLOG_PAUSE, |p| (p * 2).min(MAX_BACKLOG_PAUSE));
+                    self.backlog_pause = Some(pause);
+                    self.quiet_until = Some(now + pause);
+                } else {
+                    self.backlog_pause = None;
                 }
                 // The tenants were visited in order: the next turn starts after the last one
                 // taken from (past the last tenant, the claim starts again from the first).
@@ -197,6 +216,30 @@ mod tests {
             turns.claimed(&Claim::Oldest, 1, &items(&[(1, 1)]), now);
         }
         assert!(matches!(turns.next(now), Claim::Turns { after: Some(a), .. } if a == t(9)));
+    }
+
+    #[test]
+    fn turns_that_find_only_backlogs_come_less_often_until_a_newcomer_shows() {
+        let now = Instant::now();
+        let mut turns = Turns::default();
+        turns.claimed(&Claim::Oldest, 256, &items(&[(1, 256)]), now);
+        let backlogs = items(&[(2, SHARE as usize), (3, SHARE as usize)]);
+        let turn = turns.next(now);
+        turns.claimed(&turn, 256, &backlogs, now);
+        turns.claimed(&Claim::Oldest, 256, &items(&[(1, 256)]), now);
+        assert_eq!(turns.next(now), Claim::Oldest, "only backlogs: a pause");
+        let later = now + BACKLOG_PAUSE;
+        let turn = turns.next(later);
+        assert!(matches!(turn, Claim::Turns { .. }));
+        turns.claimed(&turn, 256, &backlogs, later);
+        turns.claimed(&Claim::Oldest, 256, &items(&[(1, 256)]), later);
+        assert_eq!(turns.next(later + BACKLOG_PAUSE), Claim::Oldest, "the pause doubles");
+        let later = later + BACKLOG_PAUSE * 2;
+        let turn = turns.next(later);
+        // A newcomer with fewer items than its share: turns every other claim again.
+        turns.claimed(&turn, 256, &items(&[(2, SHARE as usize), (9, 1)]), later);
+        turns.claimed(&Claim::Oldest, 256, &items(&[(1, 256)]), later);
+        assert!(matches!(turns.next(later), Claim::Turns { .. }));
     }
 
     #[test]
