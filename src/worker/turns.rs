@@ -30,16 +30,19 @@ const MIN_SEEN: usize = 8;
 /// items while claims come back full.
 const CROWDED_SHARE: f64 = 0.9;
 
-/// After a turn found nobody beside the crowd, the next turn waits this long: a newcomer
-/// then waits at most this, and a lone backlog pays for a turn at most this often.
+/// After a turn found nobody beside the crowd, the next turn waits this long, doubling while
+/// turns keep finding nobody up to [`MAX_PAUSE`]: a lone backlog pays for a turn at most every
+/// 200 ms then, and a newcomer waits at most that for its first turn.
 const ALONE_PAUSE: Duration = Duration::from_millis(20);
 
+/// The longest pause between turns.
+const MAX_PAUSE: Duration = Duration::from_millis(200);
+
 /// While turns find only other backlogs (every tenant visited filled its share), they come
-/// less and less often, from this pause doubling up to [`MAX_BACKLOG_PAUSE`]: those tenants
+/// less and less often, from this pause doubling up to [`MAX_PAUSE`]: those tenants
 /// still move, and the crowd keeps most claims. A turn that finds a tenant with fewer items
 /// than its share (a newcomer) brings turns back to every other claim.
 const BACKLOG_PAUSE: Duration = Duration::from_millis(10);
-const MAX_BACKLOG_PAUSE: Duration = Duration::from_millis(200);
 
 /// Which claim comes next, from what the last ones found.
 #[derive(Debug, Default)]
@@ -56,8 +59,9 @@ pub struct Turns {
     after: Option<Uuid>,
     /// No turn before this (the last one found nobody beside the crowd, or only backlogs).
     quiet_until: Option<Instant>,
-    /// The pause after a turn that found only backlogs (doubling, see [`BACKLOG_PAUSE`]).
-    backlog_pause: Option<Duration>,
+    /// The pause after a turn that found nobody or only backlogs (doubling, see
+    /// [`ALONE_PAUSE`] and [`BACKLOG_PAUSE`]).
+    pause: Option<Duration>,
 }
 
 /// The claim to make.
@@ -126,15 +130,15 @@ impl Turns {
                 for item in items {
                     *per_tenant.entry(item.tenant_id).or_default() += 1;
                 }
-                if items.is_empty() {
-                    self.quiet_until = Some(now + ALONE_PAUSE);
+                let first = if items.is_empty() {
+                    Some(ALONE_PAUSE)
                 } else if want > items.len() && per_tenant.values().all(|n| *n >= SHARE) {
-                    let pause = self.backlog_pause.map_or(BACKLOG_PAUSE, |p| (p * 2).min(MAX_BACKLOG_PAUSE));
-                    self.backlog_pause = Some(pause);
-                    self.quiet_until = Some(now + pause);
+                    Some(BACKLOG_PAUSE)
                 } else {
-                    self.backlog_pause = None;
-                }
+                    None
+                };
+                self.pause = first.map(|first| self.pause.map_or(first, |p| (p * 2).clamp(first, MAX_PAUSE)));
+                self.quiet_until = self.pause.map(|p| now + p);
                 // The tenants were visited in order: the next turn starts after the last one
                 // taken from (past the last tenant, the claim starts again from the first).
                 self.after = items.iter().map(|i| i.tenant_id).max().or(self.after);
