@@ -8,29 +8,11 @@ use sqlx::PgPool;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// The claim statement (see [`claim`]); public so the plan test can EXPLAIN it.
-/// Parameters: $1 limit, $2 lease (ms), $3 worker id, $4 content size limit.
-///
-/// The update goes straight to the locked row versions by `ctid = ANY(ARRAY(...))` (a TID
-/// scan): a row this statement has locked cannot move before it updates it. Looking them up
-/// again by primary key cost a tenth of the database's CPU (a bitmap scan re-reads every dead
-/// index entry of a key). The update has no other condition: one on `status` would offer the
-/// planner the ready index again, which it takes when its statistics think the index empty
-/// (docs/guarantees.md). Orders are taken with SKIP LOCKED too (and updated by `ctid` as the
-/// items are), so a claim never waits for a writer of an order's items
-/// ([`super::rollup::lock_orders`]); an order it could not mark comes back with
-/// `order_unmarked` and the dispatcher rolls it up after the claim has committed
-/// ([`super::rollup::roll_up`]), which waits for that writer and then sees the claimed item.
-/// Their lock is `FOR NO KEY UPDATE`, which an upstream still adding items to the order (a
-/// key-share lock, from the foreign key) does not hold off.
-pub const CLAIM_SQL: &str = r#"
-WITH next AS (
-    SELECT ctid FROM work_items
-    WHERE status = 'QUEUED' AND deps_pending = 0 AND run_at <= now()
-    ORDER BY priority DESC, run_at
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-), claimed AS (
+/// What both claims do with the rows they locked (`next`): mark them PROCESSING under a
+/// lease, their orders PROCESSING, and return them with their orders' fields.
+macro_rules! claimed_and_started {
+    () => {
+        r#"), claimed AS (
     UPDATE work_items w
     SET status = 'PROCESSING',
         attempt = w.attempt + 1,
@@ -62,7 +44,36 @@ FROM claimed c
 LEFT JOIN started s ON s.id = c.work_order_id
 LEFT JOIN LATERAL (SELECT o.workflow_id, o.tenant_id, o.created_by, o.priority, o.metadata, o.status
                    FROM work_orders o WHERE o.id = c.work_order_id AND s.id IS NULL OFFSET 0) o ON true
-"#;
+"#
+    };
+}
+
+/// The claim statement (see [`claim`]); public so the plan test can EXPLAIN it.
+/// Parameters: $1 limit, $2 lease (ms), $3 worker id, $4 content size limit.
+///
+/// The update goes straight to the locked row versions by `ctid = ANY(ARRAY(...))` (a TID
+/// scan): a row this statement has locked cannot move before it updates it. Looking them up
+/// again by primary key cost a tenth of the database's CPU (a bitmap scan re-reads every dead
+/// index entry of a key). The update has no other condition: one on `status` would offer the
+/// planner the ready index again, which it takes when its statistics think the index empty
+/// (docs/guarantees.md). Orders are taken with SKIP LOCKED too (and updated by `ctid` as the
+/// items are), so a claim never waits for a writer of an order's items
+/// ([`super::rollup::lock_orders`]); an order it could not mark comes back with
+/// `order_unmarked` and the dispatcher rolls it up after the claim has committed
+/// ([`super::rollup::roll_up`]), which waits for that writer and then sees the claimed item.
+/// Their lock is `FOR NO KEY UPDATE`, which an upstream still adding items to the order (a
+/// key-share lock, from the foreign key) does not hold off.
+pub const CLAIM_SQL: &str = concat!(
+    r#"
+WITH next AS (
+    SELECT ctid FROM work_items
+    WHERE status = 'QUEUED' AND deps_pending = 0 AND run_at <= now()
+    ORDER BY priority DESC, run_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+"#,
+    claimed_and_started!()
+);
 
 /// The claim that takes turns among tenants (see [`claim_turns`]); public so the plan test
 /// can EXPLAIN it. Parameters: those of [`CLAIM_SQL`], then $5 the most tenants one claim
@@ -79,7 +90,8 @@ LEFT JOIN LATERAL (SELECT o.workflow_id, o.tenant_id, o.created_by, o.priority, 
 /// another `ctid`, which the lock's recheck of the TID condition refuses. The walk's and the
 /// share's conditions are written (`deps_pending <= 0`) so that only the tenant index can
 /// serve them (migration 0038).
-pub const CLAIM_TURNS_SQL: &str = r#"
+pub const CLAIM_TURNS_SQL: &str = concat!(
+    r#"
 WITH RECURSIVE top AS MATERIALIZED (
     SELECT priority FROM work_items
     WHERE status = 'QUEUED' AND deps_pending = 0 AND run_at <= now()
@@ -117,39 +129,9 @@ WITH RECURSIVE top AS MATERIALIZED (
     SELECT ctid FROM work_items
     WHERE ctid = ANY (ARRAY (SELECT ctid FROM picked))
     FOR UPDATE SKIP LOCKED
-), claimed AS (
-    UPDATE work_items w
-    SET status = 'PROCESSING',
-        attempt = w.attempt + 1,
-        lease_expires_at = now() + $2 * interval '1 millisecond',
-        locked_by = $3,
-        claimed_at = now()
-    WHERE w.ctid = ANY (ARRAY (SELECT ctid FROM next))
-    RETURNING w.id, w.work_order_id, w.type, w.priority, w.attempt, w.attempt_base,
-              w.max_attempts, w.rescues, w.created_at, w.run_at, w.has_dependencies, w.review_pending,
-              octet_length(w.content) AS content_bytes,
-              CASE WHEN octet_length(w.content) <= $4 THEN w.content END AS content
-), started AS (
-    UPDATE work_orders o SET status = 'PROCESSING', updated_at = now()
-    WHERE o.ctid = ANY (ARRAY (SELECT s.ctid FROM work_orders s
-                               WHERE s.id IN (SELECT work_order_id FROM claimed) AND s.status <> 'PROCESSING'
-                               FOR NO KEY UPDATE SKIP LOCKED))
-    RETURNING o.id, o.workflow_id, o.tenant_id, o.created_by, o.priority, o.metadata
-)
-SELECT c.id, c.work_order_id, c.type::text AS item_type, c.priority::text AS priority,
-       c.attempt, c.attempt_base, c.max_attempts, c.rescues, c.created_at, c.run_at, c.has_dependencies,
-       c.review_pending,
-       c.content_bytes,
-       c.content, coalesce(s.workflow_id, o.workflow_id) AS workflow_id,
-       coalesce(s.tenant_id, o.tenant_id) AS tenant_id, coalesce(s.created_by, o.created_by) AS created_by,
-       coalesce(s.priority, o.priority)::text AS order_priority,
-       coalesce(s.metadata, o.metadata)::text AS metadata, now() AS claimed_at,
-       s.id IS NULL AND o.status <> 'PROCESSING' AS order_unmarked
-FROM claimed c
-LEFT JOIN started s ON s.id = c.work_order_id
-LEFT JOIN LATERAL (SELECT o.workflow_id, o.tenant_id, o.created_by, o.priority, o.metadata, o.status
-                   FROM work_orders o WHERE o.id = c.work_order_id AND s.id IS NULL OFFSET 0) o ON true
-"#;
+"#,
+    claimed_and_started!()
+);
 
 /// A claimed item, as the claim statement returns it.
 #[derive(Debug, Clone, sqlx::FromRow)]
