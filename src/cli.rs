@@ -111,6 +111,8 @@ pub enum BenchShape {
     Bulk,
     Priorities,
     Delayed,
+    /// As `orders`, 10% of the items failing their first attempt and retried (after 10 ms).
+    Retried,
     /// Each order a chain: item k needs item k-1.
     Chain,
     /// Each order a fan-out and fan-in: one root, every middle item needs it, one last item
@@ -137,7 +139,8 @@ pub struct BenchArgs {
     /// How the upstream shapes its work: `orders` (one order per transaction), `bulk` (every
     /// order in one transaction, rows of different orders interleaved), `priorities` (as
     /// `orders`, each order a random priority), `delayed` (as `orders`, 10% of the items
-    /// with a run_at up to 1 s ahead), and the dependency shapes `chain`, `fanout` and
+    /// with a run_at up to 1 s ahead), `retried` (as `orders`, 10% of the items failing their
+    /// first attempt and retried after 10 ms), and the dependency shapes `chain`, `fanout` and
     /// `lattice` (each order one graph of `items-per-order` items, docs/dependencies.md), and
     /// `flood` (one tenant's backlog and a newcomer tenant, docs/limits.md).
     #[arg(long, value_enum, default_value = "orders")]

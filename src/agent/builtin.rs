@@ -7,12 +7,24 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-/// Answers `{"echo": <content>}` at once.
-pub struct EchoAgent;
+/// Answers `{"echo": <content>}` at once. With `fail_once_key`, an item whose content has
+/// that key set to `true` fails its first attempt (retryable): the retry path, for benchmarks.
+pub struct EchoAgent {
+    fail_once_key: Option<String>,
+}
 
 impl Executor for EchoAgent {
     fn execute<'a>(&'a self, request: &'a AgentRequest) -> BoxFuture<'a, Result<Value, AgentError>> {
-        Box::pin(async move { Ok(json!({ "echo": request.work_item.content })) })
+        Box::pin(async move {
+            let fails = self.fail_once_key.as_ref().is_some_and(|key| request.work_item.content[key] == true);
+            if fails && request.attempt.number == 1 {
+                return Err(AgentError::retryable(
+                    ErrorCode::AgentError,
+                    "the echo agent fails this item's first attempt",
+                ));
+            }
+            Ok(json!({ "echo": request.work_item.content }))
+        })
     }
 }
 
@@ -20,12 +32,13 @@ impl Executor for EchoAgent {
 #[serde(deny_unknown_fields)]
 struct EchoOptions {
     timeout: Option<String>,
+    fail_once_key: Option<String>,
 }
 
 pub fn echo_factory(spec: &AgentSpec<'_>) -> Result<Agent, ConfigError> {
     let options: EchoOptions = spec.options()?;
     Ok(Agent {
-        executor: Arc::new(EchoAgent),
+        executor: Arc::new(EchoAgent { fail_once_key: options.fail_once_key }),
         timeout: spec.duration("timeout", options.timeout.as_deref(), DEFAULT_TIMEOUT)?,
     })
 }

@@ -45,7 +45,7 @@ pub fn newcomers(pool: PgPool, tenant: Uuid, rate: f64, stop: Arc<AtomicBool>) -
         let mut next = Instant::now();
         let mut n = 0;
         while !stop.load(Ordering::Relaxed) {
-            if super::sql::insert_order_with_items(&pool, 1, None, 0.0, Some(tenant)).await.is_ok() {
+            if super::sql::insert_order_with_items(&pool, 1, None, (0.0, 0.0), Some(tenant)).await.is_ok() {
                 n += 1;
             }
             next += interval;

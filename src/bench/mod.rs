@@ -158,6 +158,9 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
     if args.no_tenant_turns {
         daemon_toml = daemon_toml.replace("[worker]\n", "[worker]\ntenant_turns = false\n");
     }
+    if args.shape == BenchShape::Retried {
+        daemon_toml.push_str(RETRIED_CONFIG);
+    }
     std::fs::write(&config, daemon_toml)?;
     let before = settled_counters(&pool).await?;
     say(match &agent {
@@ -292,6 +295,12 @@ async fn finish(
     }
     Ok(())
 }
+
+/// Added to the daemon's configuration for `--shape retried`: the echo agent fails the first
+/// attempt of the items marked `"fail_once": true`, and a retry waits 10 ms (not the default
+/// second), so the shape measures the retry's work rather than its wait.
+const RETRIED_CONFIG: &str = "[agents.echo]\nkind = \"echo\"\nfail_once_key = \"fail_once\"\n\
+                              [retry]\nbackoff_base = \"10ms\"\nbackoff_max = \"10ms\"\n";
 
 /// The daemon's configuration: the given concurrency, TICKET routed to `echo`, or to the
 /// bench's own `http` agent when there is one.
@@ -429,7 +438,8 @@ async fn enqueue(
                 let n = per_order.min(items - o * per_order);
                 let priority = (shape == BenchShape::Priorities).then(|| ["LOW", "MEDIUM", "HIGH", "URGENT"][o % 4]);
                 let delayed = if shape == BenchShape::Delayed { 0.1 } else { 0.0 };
-                sql::insert_order_with_items(&pool, n, priority, delayed, tenant).await?;
+                let failing = if shape == BenchShape::Retried { 0.1 } else { 0.0 };
+                sql::insert_order_with_items(&pool, n, priority, (delayed, failing), tenant).await?;
                 o += chunks;
             }
             Ok::<_, sqlx::Error>(())
@@ -457,7 +467,7 @@ async fn offer_load(pool: &PgPool, per_second: f64, duration: Duration) -> anyho
     let start = Instant::now();
     let mut next = start;
     while start.elapsed() < duration {
-        sql::insert_order_with_items(pool, batch, None, 0.0, None).await?;
+        sql::insert_order_with_items(pool, batch, None, (0.0, 0.0), None).await?;
         next += interval;
         tokio::time::sleep_until(next.into()).await;
     }

@@ -11,12 +11,14 @@ pub async fn durability_settings(pool: &PgPool) -> Result<(String, String), sqlx
 }
 
 /// One order with `n` TICKET items, as an upstream inserts it (one multi-row INSERT), with
-/// the given priority (NULL: the default) and this share of its items delayed by up to 1 s.
+/// the given priority (NULL: the default), `delayed` of its items delayed by up to 1 s and
+/// `failing` of them marked to fail their first attempt (`"fail_once": true`, for the bench's
+/// echo agent).
 pub async fn insert_order_with_items(
     pool: &PgPool,
     n: usize,
     priority: Option<&str>,
-    delayed: f64,
+    (delayed, failing): (f64, f64),
     tenant: Option<Uuid>,
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
@@ -31,13 +33,15 @@ pub async fn insert_order_with_items(
     .await?;
     sqlx::query(
         "INSERT INTO work_items (work_order_id, type, content, run_at)
-         SELECT $1, 'TICKET', '{\"n\":' || g || '}',
+         SELECT $1, 'TICKET',
+                CASE WHEN random() < $4 THEN '{\"fail_once\":true,\"n\":' ELSE '{\"n\":' END || g || '}',
                 CASE WHEN random() < $3 THEN now() + random() * interval '1 second' ELSE now() END
          FROM generate_series(1, $2) g",
     )
     .bind(order)
     .bind(n as i32)
     .bind(delayed)
+    .bind(failing)
     .execute(&mut *tx)
     .await?;
     tx.commit().await

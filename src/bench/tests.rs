@@ -49,6 +49,8 @@ async fn the_daemon_config_reaches_the_latency_agent_through_the_http_kind() {
 
     let echo = Settings::from_toml_over_defaults(&daemon_config(256, None)).unwrap();
     assert_eq!(echo.routes["TICKET"], "echo");
+    let retried = Settings::from_toml_over_defaults(&(daemon_config(256, None) + RETRIED_CONFIG)).unwrap();
+    assert_eq!(retried.retry.backoff_base, std::time::Duration::from_millis(10));
 }
 
 #[test]

@@ -216,6 +216,38 @@ async fn bench_runs_the_daemon_and_reports_what_it_measured() {
     assert_eq!(left, 0, "the scratch database is dropped");
 }
 
+/// `orderly bench --shape retried`: about a tenth of the items fail their first attempt (the
+/// echo agent's `fail_once_key`) and complete on their second; every item completes, and the
+/// failed attempts are recorded beside the completed ones.
+#[tokio::test]
+async fn bench_retried_shape_fails_a_tenth_once_and_completes_every_item() {
+    let name = format!("orderly_bench_test_{}", uuid::Uuid::new_v4().simple());
+    let out = orderly(
+        &base_url(),
+        &["bench", "--items", "1000", "--shape", "retried", "--throughput-only", "--keep", "--database-name", &name],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let mut url = reqwest::Url::parse(&base_url()).unwrap();
+    url.set_path(&format!("/{name}"));
+    let url = url.to_string();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let (completed, failed_once, failed_attempts, completed_attempts): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM work_items WHERE status = 'COMPLETED'),
+                (SELECT count(*) FROM work_items WHERE content::jsonb ? 'fail_once'),
+                (SELECT count(*) FROM attempts WHERE status = 'FAILED' AND attempt_number = 1),
+                (SELECT count(*) FROM attempts WHERE status = 'COMPLETED')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    orderly::db::drop_database(&url).await.unwrap();
+    assert_eq!(completed, 1000);
+    assert_eq!(completed_attempts, 1000);
+    assert!((40..=200).contains(&failed_once), "about a tenth marked to fail once: {failed_once}");
+    assert_eq!(failed_attempts, failed_once, "each marked item failed its first attempt, and only those");
+}
+
 /// `orderly bench --agent-latency`: every item goes through the bench's own `http` agent,
 /// the report says so and derives the ideal throughput from the latency, and the scratch
 /// database it was given by name is dropped.
