@@ -21,6 +21,9 @@ use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+/// How long a completer waits for more results to fill a batch (see [`Completer::gather`]).
+const LINGER: Duration = Duration::from_millis(2);
+
 pub struct Completer {
     /// The engine's pool: each batch is one transaction on one of its connections.
     pub pool: PgPool,
@@ -61,7 +64,7 @@ impl Completer {
     pub async fn run(self, rx: Arc<Mutex<mpsc::Receiver<Completion>>>) {
         let mut batch = Vec::with_capacity(self.batch_size);
         loop {
-            let got = rx.lock().await.recv_many(&mut batch, self.batch_size).await;
+            let got = self.gather(&rx, &mut batch).await;
             if got == 0 {
                 break;
             }
@@ -72,6 +75,27 @@ impl Completer {
             batch.clear();
         }
         tracing::debug!("completer drained");
+    }
+
+    /// Takes what is waiting, up to a batch. When that is less than a batch and more results
+    /// are on their way (this process holds more unwritten executions than it took), waits
+    /// up to [`LINGER`] for them: under load a batch then fills instead of going out with the
+    /// few results that had arrived, and every batch costs a transaction, a round of order
+    /// locks and a commit. Idle, nothing is on its way and nothing waits.
+    async fn gather(&self, rx: &Mutex<mpsc::Receiver<Completion>>, batch: &mut Vec<Completion>) -> usize {
+        let mut rx = rx.lock().await;
+        if rx.recv_many(batch, self.batch_size).await == 0 {
+            return 0;
+        }
+        let deadline = tokio::time::Instant::now() + LINGER;
+        while batch.len() < self.batch_size && self.in_flight.len() > batch.len() {
+            let room = self.batch_size - batch.len();
+            match tokio::time::timeout_at(deadline, rx.recv_many(batch, room)).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        batch.len()
     }
 
     /// Writes one batch, retrying transient failures until the database takes it and

@@ -19,6 +19,10 @@ use tokio_util::task::TaskTracker;
 /// each empty look after that doubles the wait, up to `worker.poll_interval`.
 const QUICK_RECHECK: Duration = Duration::from_millis(5);
 
+/// How long a saturated dispatcher waits for half a claim's worth of free slots before it
+/// claims what is free.
+const COALESCE: Duration = Duration::from_millis(2);
+
 pub struct Dispatcher {
     /// The engine's pool: one claim statement per batch.
     pub pool: PgPool,
@@ -78,6 +82,13 @@ impl Dispatcher {
                 tokio::select! {
                     _ = self.stop.cancelled() => break,
                     permit = self.slots.acquire() => drop(permit),
+                }
+                // Saturated: let more runners finish (up to COALESCE) so the next claim is a
+                // batch rather than the one slot that freed first; each claim is a statement
+                // and a commit whatever its size.
+                let enough = (settings.worker.claim_batch.min(settings.worker.concurrency) / 2).max(1) as u32;
+                if let Ok(Ok(permits)) = tokio::time::timeout(COALESCE, self.slots.acquire_many(enough)).await {
+                    drop(permits);
                 }
                 continue;
             }
