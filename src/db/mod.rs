@@ -226,6 +226,12 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
 
+/// Applies the migrations up to and including `version`, no further: a database as an
+/// earlier release left it (the upgrade test migrates in place from there).
+pub async fn migrate_to(pool: &PgPool, version: i64) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run_to(version, pool).await
+}
+
 /// The newest migration this build carries (`/readyz` compares it with the database's).
 pub fn newest_migration() -> Option<i64> {
     MIGRATOR.iter().map(|m| m.version).max()

@@ -36,14 +36,29 @@ impl TestDb {
         Self::create(&name).await
     }
 
+    /// A database migrated up to `version` only (an earlier release's schema): the fault
+    /// suite's upgrade test.
+    #[allow(dead_code)]
+    pub async fn at_migration(version: i64) -> TestDb {
+        let name = format!("orderly_test_{}", Uuid::new_v4().simple());
+        let db = Self::create_unmigrated(&name).await;
+        orderly::db::migrate_to(&db.pool, version).await.unwrap();
+        db
+    }
+
     async fn create(name: &str) -> TestDb {
+        let db = Self::create_unmigrated(name).await;
+        orderly::db::migrate(&db.pool).await.unwrap();
+        db
+    }
+
+    async fn create_unmigrated(name: &str) -> TestDb {
         let mut admin = PgConnection::connect(&base_url())
             .await
             .expect("PostgreSQL must be reachable at DATABASE_URL or postgres://postgres@127.0.0.1:5432/postgres");
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
         let url = with_database(&base_url(), name);
         let pool = PgPoolOptions::new().max_connections(8).connect(&url).await.unwrap();
-        orderly::db::migrate(&pool).await.unwrap();
         TestDb { pool, url, name: name.to_owned() }
     }
 

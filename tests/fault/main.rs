@@ -4,7 +4,7 @@
 //! the leader and PostgreSQL, SIGTERM under load, SIGHUP, engine tasks that panic
 //! (`ORDERLY_FAILPOINTS`), stubborn command agents, four replicas' first start on a missing
 //! database, kill -9 of the replica holding a limited agent's slots, kill -9 while agent evaluators judge
-//! recorded outputs. After each scenario an oracle checks the
+//! recorded outputs, an in-place migration under working daemons. After each scenario an oracle checks the
 //! guarantees (docs/guarantees.md).
 //!
 //! These tests restart PostgreSQL and kill processes: `scripts/test` runs this binary alone,
@@ -18,3 +18,4 @@ mod judges;
 mod leadership;
 mod limits;
 mod scenarios;
+mod upgrade;
