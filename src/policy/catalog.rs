@@ -171,8 +171,9 @@ type Cached<T> = (Instant, T);
 pub struct Catalog {
     pool: PgPool,
     settings: Arc<Settings>,
-    /// Shared, not copied per item: a template can be large and every item reads it.
-    workflows: Mutex<HashMap<String, Cached<Option<Arc<Value>>>>>,
+    /// Parsed once per read, shared, not copied per item: a template can be large and every
+    /// item reads it.
+    workflows: Mutex<HashMap<String, Cached<Option<Arc<Parsed>>>>>,
     schemas: Mutex<HashMap<String, Cached<SchemaState>>>,
 }
 
@@ -184,22 +185,23 @@ impl Catalog {
     /// The step for an item: the workflow template's step for its type, else the config
     /// route. No route is a permanent error naming the type.
     pub async fn resolve(&self, workflow_id: &str, item_type: &str) -> Result<Step, RouteError> {
-        let definition = self
+        let parsed = self
             .workflow(workflow_id)
             .await
             .map_err(|e| RouteError::read(format!("workflow template `{workflow_id}`"), e))?;
-        resolve_step(definition.as_deref(), workflow_id, item_type, &self.settings)
+        resolve_parsed(parsed.as_deref(), workflow_id, item_type, &self.settings)
     }
 
-    async fn workflow(&self, workflow_id: &str) -> Result<Option<Arc<Value>>, sqlx::Error> {
-        if let Some((at, value)) = self.workflows.lock().unwrap().get(workflow_id)
+    async fn workflow(&self, workflow_id: &str) -> Result<Option<Arc<Parsed>>, sqlx::Error> {
+        if let Some((at, parsed)) = self.workflows.lock().unwrap().get(workflow_id)
             && at.elapsed() < TTL
         {
-            return Ok(value.clone());
+            return Ok(parsed.clone());
         }
-        let value = db::catalog::workflow_definition(&self.pool, workflow_id).await?.map(Arc::new);
-        self.workflows.lock().unwrap().insert(workflow_id.to_owned(), (Instant::now(), value.clone()));
-        Ok(value)
+        let value = db::catalog::workflow_definition(&self.pool, workflow_id).await?;
+        let parsed = value.map(|value| Arc::new(parse(value)));
+        self.workflows.lock().unwrap().insert(workflow_id.to_owned(), (Instant::now(), parsed.clone()));
+        Ok(parsed)
     }
 
     /// The active schema for a document type, compiled. A schema that does not compile is
@@ -234,23 +236,40 @@ impl Catalog {
 }
 
 /// Pure step resolution: template step first, config route second.
+/// A workflow template as read: its steps, or why they could not be read (a template that
+/// does not parse fails each of its items, visibly, until it is fixed).
+type Parsed = Result<WorkflowDefinition, String>;
+
+fn parse(definition: Value) -> Parsed {
+    serde_json::from_value(definition).map_err(|e| e.to_string())
+}
+
+/// [`Catalog::resolve`] for a template given as JSON (`None`: no template).
 pub fn resolve_step(
     definition: Option<&Value>,
     workflow_id: &str,
     item_type: &str,
     settings: &Settings,
 ) -> Result<Step, RouteError> {
-    let step: Option<StepDefinition> = match definition {
+    let parsed = definition.map(|value| parse(value.clone()));
+    resolve_parsed(parsed.as_ref(), workflow_id, item_type, settings)
+}
+
+fn resolve_parsed(
+    parsed: Option<&Parsed>,
+    workflow_id: &str,
+    item_type: &str,
+    settings: &Settings,
+) -> Result<Step, RouteError> {
+    let step: Option<StepDefinition> = match parsed {
         None => None,
-        Some(value) => {
-            let workflow: WorkflowDefinition = serde_json::from_value(value.clone()).map_err(|e| {
-                RouteError::invalid(
-                    ErrorCode::WorkflowInvalid,
-                    format!("workflow template `{workflow_id}` is invalid: {e}"),
-                )
-            })?;
-            workflow.steps.get(item_type).cloned()
+        Some(Err(e)) => {
+            return Err(RouteError::invalid(
+                ErrorCode::WorkflowInvalid,
+                format!("workflow template `{workflow_id}` is invalid: {e}"),
+            ));
         }
+        Some(Ok(workflow)) => workflow.steps.get(item_type).cloned(),
     };
     let step = step.unwrap_or(StepDefinition {
         agent: None,
