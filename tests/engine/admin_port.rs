@@ -51,7 +51,20 @@ async fn twice_the_connection_limit_held_open_leaves_probes_api_and_engine_worki
         ))
         .await;
     let addr = engine.admin_addr().unwrap();
-    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().unwrap();
+    // No pooled connections: each request below opens its own, as a probe does (a kept-alive
+    // one is idle between requests, and the server may close it to make room).
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    // Ready first (its LISTEN connection up): what the flood must not take away.
+    wait_until("the engine to be ready", Duration::from_secs(10), || {
+        let (client, url) = (&client, format!("http://{addr}/readyz"));
+        async move { client.get(url).send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
     let mut flood = half_sent(addr, 2 * limit);
     assert_eq!(flood.len(), 2 * limit, "every flood connection was accepted by the kernel");
     // Each probe, API call and item below opens a fresh connection while the flood holds on.
@@ -62,7 +75,8 @@ async fn twice_the_connection_limit_held_open_leaves_probes_api_and_engine_worki
         assert_eq!(health.status(), 200);
         latencies.push(start.elapsed().as_secs_f64() * 1000.0);
         let ready = client.get(format!("http://{addr}/readyz")).send().await.expect("/readyz answers");
-        assert_eq!(ready.status(), 200);
+        let ready_status = ready.status();
+        assert_eq!(ready_status, 200, "/readyz under the flood: {}", ready.text().await.unwrap_or_default());
         let status =
             client.get(format!("http://{addr}/api/v1/status")).bearer_auth(READ).send().await.expect("the API answers");
         assert_eq!(status.status(), 200);
