@@ -199,7 +199,7 @@ impl Catalog {
             return Ok(parsed.clone());
         }
         let value = db::catalog::workflow_definition(&self.pool, workflow_id).await?;
-        let parsed = value.map(|value| Arc::new(parse(value)));
+        let parsed = value.map(|value| Arc::new(parse(&value)));
         self.workflows.lock().unwrap().insert(workflow_id.to_owned(), (Instant::now(), parsed.clone()));
         Ok(parsed)
     }
@@ -235,23 +235,23 @@ impl Catalog {
     }
 }
 
-/// Pure step resolution: template step first, config route second.
 /// A workflow template as read: its steps, or why they could not be read (a template that
 /// does not parse fails each of its items, visibly, until it is fixed).
 type Parsed = Result<WorkflowDefinition, String>;
 
-fn parse(definition: Value) -> Parsed {
-    serde_json::from_value(definition).map_err(|e| e.to_string())
+fn parse(definition: &Value) -> Parsed {
+    WorkflowDefinition::deserialize(definition).map_err(|e| e.to_string())
 }
 
-/// [`Catalog::resolve`] for a template given as JSON (`None`: no template).
+/// Pure step resolution, template step first, config route second: [`Catalog::resolve`] for
+/// a template given as JSON (`None`: no template).
 pub fn resolve_step(
     definition: Option<&Value>,
     workflow_id: &str,
     item_type: &str,
     settings: &Settings,
 ) -> Result<Step, RouteError> {
-    let parsed = definition.map(|value| parse(value.clone()));
+    let parsed = definition.map(parse);
     resolve_parsed(parsed.as_ref(), workflow_id, item_type, settings)
 }
 
