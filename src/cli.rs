@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create the database if missing and apply pending migrations (idempotent).
-    Migrate,
+    Migrate(MigrateArgs),
     /// Run the engine until SIGTERM/SIGINT.
     Run,
     /// Run a self-contained demonstration against a scratch database.
@@ -209,6 +209,14 @@ fn scratch_database_name(name: &str) -> Result<String, BadValue> {
                 .into(),
         ))
     }
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Then distribute the tables by tenant over a Citus cluster (docs/distributed.md): run
+    /// once, on the coordinator, with the workers added.
+    #[arg(long)]
+    pub distributed: bool,
 }
 
 #[derive(Debug, Args)]

@@ -117,6 +117,7 @@ impl Engine {
         if settings.database.migrate_on_start {
             db::migrate(&pool).await.context("applying migrations")?;
         }
+        db::distributed::engine_runs_here(&pool).await?;
         let health = Health::new(settings.worker.stall_timeout, failed.clone());
         let watched = |name: &'static str, until: &CancellationToken, task| {
             tokio::spawn(watch_task(name, until.clone(), failed.clone(), task))
@@ -303,8 +304,7 @@ impl Engine {
         })
     }
 
-    /// Where the admin server listens (`None` when `admin.listen` is off): the port it was
-    /// given, or the one the system chose for port 0.
+    /// Where the admin server listens (`None` when `admin.listen` is off; port 0: the chosen one).
     pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
         self.admin.as_ref().map(|admin| admin.local_addr())
     }

@@ -41,7 +41,7 @@ pub async fn run_command(
 ) -> anyhow::Result<()> {
     use cli::Command;
     match command {
-        Command::Migrate => cmd::migrate::run(&settings).await,
+        Command::Migrate(args) => cmd::migrate::run(&settings, &args).await,
         Command::Run => {
             if settings.database.migrate_on_start {
                 db::ensure_database(&settings.database.url)

@@ -10,24 +10,36 @@ use uuid::Uuid;
 
 /// What both claims do with the rows they locked (`next`): mark them PROCESSING under a
 /// lease, their orders PROCESSING, and return them with their orders' fields.
+/// With three filters (`w.`, `o.` and `s.` conditions, each ending in `AND`), every table it
+/// reads names one tenant: the distributed claim (`super::distributed::CLAIM_TENANT_SQL`).
 macro_rules! claimed_and_started {
     () => {
-        r#"), claimed AS (
+        claimed_and_started!("", "", "")
+    };
+    ($w:literal, $o:literal, $s:literal) => {
+        concat!(
+            r#"), claimed AS (
     UPDATE work_items w
     SET status = 'PROCESSING',
         attempt = w.attempt + 1,
         lease_expires_at = now() + $2 * interval '1 millisecond',
         locked_by = $3,
         claimed_at = now()
-    WHERE w.ctid = ANY (ARRAY (SELECT ctid FROM next))
+    WHERE "#,
+            $w,
+            r#" w.ctid = ANY (ARRAY (SELECT ctid FROM next))
     RETURNING w.id, w.work_order_id, w.type, w.priority, w.attempt, w.attempt_base,
               w.max_attempts, w.rescues, w.created_at, w.run_at, w.has_dependencies, w.review_pending,
               octet_length(w.content) AS content_bytes,
               CASE WHEN octet_length(w.content) <= $4 THEN w.content END AS content
 ), started AS (
     UPDATE work_orders o SET status = 'PROCESSING', updated_at = now()
-    WHERE o.ctid = ANY (ARRAY (SELECT s.ctid FROM work_orders s
-                               WHERE s.id IN (SELECT work_order_id FROM claimed) AND s.status <> 'PROCESSING'
+    WHERE "#,
+            $o,
+            r#" o.ctid = ANY (ARRAY (SELECT s.ctid FROM work_orders s
+                               WHERE "#,
+            $s,
+            r#" s.id IN (SELECT work_order_id FROM claimed) AND s.status <> 'PROCESSING'
                                FOR NO KEY UPDATE SKIP LOCKED))
     RETURNING o.id, o.workflow_id, o.tenant_id, o.created_by, o.priority, o.metadata
 )
@@ -43,10 +55,14 @@ SELECT c.id, c.work_order_id, c.type::text AS item_type, c.priority::text AS pri
 FROM claimed c
 LEFT JOIN started s ON s.id = c.work_order_id
 LEFT JOIN LATERAL (SELECT o.workflow_id, o.tenant_id, o.created_by, o.priority, o.metadata, o.status
-                   FROM work_orders o WHERE o.id = c.work_order_id AND s.id IS NULL OFFSET 0) o ON true
+                   FROM work_orders o WHERE "#,
+            $o,
+            r#" o.id = c.work_order_id AND s.id IS NULL OFFSET 0) o ON true
 "#
+        )
     };
 }
+pub(crate) use claimed_and_started;
 
 /// The claim statement (see [`claim`]); public so the plan test can EXPLAIN it.
 /// Parameters: $1 limit, $2 lease (ms), $3 worker id, $4 content size limit.

@@ -13,6 +13,7 @@ pub mod claim;
 pub mod costs;
 pub mod dead_letters;
 pub mod dependencies;
+pub mod distributed;
 pub mod gauges;
 pub mod items;
 pub mod leader;

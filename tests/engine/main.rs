@@ -18,6 +18,7 @@ mod costs;
 mod dead_letters;
 mod dependencies;
 mod deploy;
+mod distributed;
 mod docs;
 mod durability;
 mod flow;

@@ -1,0 +1,238 @@
+//! Distributed mode (docs/distributed.md): orderly's tables on a Citus cluster, distributed
+//! by tenant. `orderly migrate --distributed` ([`distribute`]) turns a migrated coordinator
+//! database into the distributed schema (`distribute.sql`); the statements here are the
+//! ones only distributed mode runs: the list of tenants with queued work that a claim
+//! chooses from, and the claim that names one tenant, routed to the node holding its shards.
+
+use super::claim::{ClaimedItem, claimed_and_started};
+use sqlx::PgPool;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// The distributed schema, applied after the migrations (see the file's own comments).
+const DISTRIBUTE_SQL: &str = include_str!("distribute.sql");
+
+/// How a database is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// One PostgreSQL (the default).
+    Single,
+    /// A Citus coordinator with orderly's tables distributed by tenant.
+    Distributed,
+}
+
+/// Whether `work_orders` is a Citus distributed table here. A database without Citus is
+/// [`Topology::Single`].
+pub async fn topology(pool: &PgPool) -> Result<Topology, sqlx::Error> {
+    let distributed: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')
+            AND to_regclass('pg_dist_partition') IS NOT NULL
+            AND EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                        WHERE n.nspname = 'public' AND c.relname = 'work_orders')",
+    )
+    .fetch_one(pool)
+    .await?;
+    if !distributed {
+        return Ok(Topology::Single);
+    }
+    // pg_dist_partition exists only with Citus: read it in a second statement.
+    let partitioned: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_dist_partition
+                        WHERE logicalrelid = 'work_orders'::regclass AND partmethod = 'h')",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(if partitioned { Topology::Distributed } else { Topology::Single })
+}
+
+/// Why [`distribute`] refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DistributeError {
+    #[error("the database has no Citus extension (CREATE EXTENSION citus on the coordinator and every worker first)")]
+    NoCitus,
+    #[error("the Citus cluster has no worker nodes (SELECT citus_add_node(...) on the coordinator first)")]
+    NoWorkers,
+    #[error("orderly's tables are already distributed")]
+    AlreadyDistributed,
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Distributes orderly's tables over the Citus cluster, in one transaction (see
+/// `distribute.sql`). Rows already present are given their tenant and moved to the shards.
+pub async fn distribute(pool: &PgPool) -> Result<(), DistributeError> {
+    let citus: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
+        .fetch_one(pool)
+        .await?;
+    if !citus {
+        return Err(DistributeError::NoCitus);
+    }
+    if topology(pool).await? == Topology::Distributed {
+        return Err(DistributeError::AlreadyDistributed);
+    }
+    let workers: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_dist_node WHERE noderole = 'primary' AND groupid <> 0")
+            .fetch_one(pool)
+            .await?;
+    if workers == 0 {
+        return Err(DistributeError::NoWorkers);
+    }
+    let mut tx = pool.begin().await?;
+    // One statement at a time: Citus propagates some DDL (CREATE FUNCTION) with the text of
+    // the query it came in, which must then be that statement alone.
+    for statement in statements(DISTRIBUTE_SQL) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement)).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The statements of a SQL script: split at each `;` that ends a line outside a
+/// dollar-quoted body and outside a quoted string. Comments are dropped with the blank text.
+fn statements(script: &str) -> Vec<String> {
+    let (mut out, mut current) = (Vec::new(), String::new());
+    let mut dollar: Option<String> = None;
+    let mut quoted = false;
+    for line in script.lines() {
+        if dollar.is_none() && !quoted && line.trim_start().starts_with("--") {
+            continue;
+        }
+        let mut rest = line;
+        while !rest.is_empty() {
+            match &dollar {
+                Some(tag) => match rest.find(tag.as_str()) {
+                    Some(at) => {
+                        rest = &rest[at + tag.len()..];
+                        dollar = None;
+                    }
+                    None => rest = "",
+                },
+                None => {
+                    let quote = rest.find('\'');
+                    let open = rest.find('$').and_then(|at| {
+                        let tail = &rest[at + 1..];
+                        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))?;
+                        (tail.as_bytes()[end] == b'$').then(|| (at, rest[at..at + end + 2].to_string()))
+                    });
+                    match (quote, open) {
+                        (Some(q), Some((d, _))) if q < d || quoted => {
+                            quoted = !quoted;
+                            rest = &rest[q + 1..];
+                        }
+                        (Some(q), None) => {
+                            quoted = !quoted;
+                            rest = &rest[q + 1..];
+                        }
+                        (_, Some((d, tag))) if !quoted => {
+                            rest = &rest[d + tag.len()..];
+                            dollar = Some(tag);
+                        }
+                        _ => rest = "",
+                    }
+                }
+            }
+        }
+        current.push_str(line);
+        current.push('\n');
+        if dollar.is_none() && !quoted && line.trim_end().ends_with(';') {
+            out.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.trim().is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_script_splits_at_line_ends_outside_bodies_and_strings() {
+        let script = "-- a comment;\nSET x = 1;\nCREATE FUNCTION f() RETURNS int AS $f$\nBEGIN\n  RETURN 1;\nEND\n$f$;\n\
+                      INSERT INTO t VALUES ('a;\nb;');\nDO $$ BEGIN PERFORM 1; END $$;\n";
+        let got = super::statements(script);
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert!(got[1].starts_with("CREATE FUNCTION") && got[1].trim_end().ends_with("$f$;"));
+        assert!(got[2].contains("'a;\nb;'"));
+        assert!(got[3].starts_with("DO $$"));
+        // Every top-level statement of the script starts a line of its own.
+        let starts = super::DISTRIBUTE_SQL
+            .lines()
+            .filter(|l| ["SET ", "CREATE ", "DROP ", "SELECT ", "DO ", "INSERT "].iter().any(|s| l.starts_with(s)))
+            .count();
+        assert_eq!(super::statements(super::DISTRIBUTE_SQL).len(), starts);
+    }
+}
+
+/// Up to `limit` tenants listed as having queued items (`orderly_tenants`), longest listed
+/// first. One statement over every shard: a claimer reads it once per round, not per claim.
+pub async fn listed_tenants(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT tenant_id FROM orderly_tenants ORDER BY since, tenant_id LIMIT $1")
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+}
+
+/// Removes `tenant` from the list if it has no queued item left, unless an upstream or a
+/// retry is making one queued right now (it then stays). Runs on the node that holds the
+/// tenant's shards (a Citus distributed function). Whether it was removed.
+pub async fn forget_tenant(pool: &PgPool, tenant: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT orderly_forget_tenant($1)").bind(tenant).fetch_one(pool).await
+}
+
+/// The claim in distributed mode: [`super::claim::CLAIM_SQL`] for one tenant, every table
+/// filtered by it so that Citus routes the whole statement to one shard group.
+/// Parameters: those of the single-node claim, then $5 the tenant.
+pub const CLAIM_TENANT_SQL: &str = concat!(
+    r#"
+WITH next AS (
+    SELECT ctid FROM work_items
+    WHERE tenant_id = $5 AND status = 'QUEUED' AND deps_pending = 0 AND run_at <= now()
+    ORDER BY priority DESC, run_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+"#,
+    claimed_and_started!("w.tenant_id = $5 AND", "o.tenant_id = $5 AND", "s.tenant_id = $5 AND")
+);
+
+/// Claims up to `limit` runnable items of one tenant ([`CLAIM_TENANT_SQL`]).
+pub async fn claim_tenant(
+    pool: &PgPool,
+    worker_id: &str,
+    limit: i64,
+    lease: Duration,
+    max_content_bytes: i32,
+    tenant: Uuid,
+) -> Result<Vec<ClaimedItem>, sqlx::Error> {
+    sqlx::query_as(CLAIM_TENANT_SQL)
+        .bind(limit)
+        .bind(lease.as_millis() as f64)
+        .bind(worker_id)
+        .bind(max_content_bytes)
+        .bind(tenant)
+        .fetch_all(pool)
+        .await
+}
+
+/// Why the engine does not start on a database.
+#[derive(Debug, thiserror::Error)]
+pub enum NotHere {
+    #[error(
+        "the database is distributed (orderly migrate --distributed): this release's engine does not run on \
+         it yet; its schema, upstream INSERTs and claims are ready (docs/distributed.md, \"Status\")"
+    )]
+    Distributed,
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Refuses to start the engine on a distributed database: of the engine's statements only
+/// the claim names its tenant so far, and the others (completion, lease renewal, rescue)
+/// would be refused by Citus or cross shards. Said at once rather than at the first item.
+pub async fn engine_runs_here(pool: &PgPool) -> Result<(), NotHere> {
+    match topology(pool).await? {
+        Topology::Single => Ok(()),
+        Topology::Distributed => Err(NotHere::Distributed),
+    }
+}

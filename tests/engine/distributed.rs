@@ -1,0 +1,367 @@
+//! Distributed mode on a real Citus cluster (docs/distributed.md). `ORDERLY_CITUS_URL` names
+//! a database on the coordinator in which the workers are added (`citus_add_node`); each
+//! test makes a database of its own on the coordinator and on every worker. Without the
+//! variable every test here prints a SKIPPED line and returns: Citus is built by hand, it is
+//! not in the registries CI reaches.
+
+use crate::cli::{orderly, text};
+use sqlx::{Connection, PgConnection, PgPool, Row};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// A database of its own on the Citus coordinator and every worker, the workers added.
+pub struct CitusDb {
+    pub url: String,
+    pub pool: PgPool,
+    /// The maintenance database of every node, to drop this test's database from.
+    nodes: Vec<String>,
+    name: String,
+}
+
+impl Drop for CitusDb {
+    fn drop(&mut self) {
+        let (nodes, name) = (self.nodes.clone(), self.name.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                for node in nodes.iter().rev() {
+                    if let Ok(mut admin) = PgConnection::connect(node).await {
+                        let _ =
+                            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                                .execute(&mut admin)
+                                .await;
+                    }
+                }
+            });
+        })
+        .join()
+        .ok();
+    }
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let mut parsed = reqwest::Url::parse(url).expect("ORDERLY_CITUS_URL is a URL");
+    parsed.set_path(&format!("/{name}"));
+    parsed.to_string()
+}
+
+fn node_url(coordinator: &str, host: &str, port: i32, name: &str) -> String {
+    let mut parsed = reqwest::Url::parse(coordinator).expect("ORDERLY_CITUS_URL is a URL");
+    parsed.set_host(Some(host)).unwrap();
+    parsed.set_port(Some(port as u16)).unwrap();
+    parsed.set_path(&format!("/{name}"));
+    parsed.to_string()
+}
+
+async fn exec(url: &str, sql: String) {
+    let mut conn = PgConnection::connect(url).await.unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.unwrap_or_else(|e| panic!("{url}: {e}"));
+}
+
+impl CitusDb {
+    /// None (and a SKIPPED line) without `ORDERLY_CITUS_URL`.
+    pub async fn new(test: &str) -> Option<CitusDb> {
+        let Ok(base) = std::env::var("ORDERLY_CITUS_URL") else {
+            eprintln!(
+                "SKIPPED {test}: ORDERLY_CITUS_URL is not set, so this distributed-mode test did not run \
+                 (docs/distributed.md, \"Testing\")"
+            );
+            return None;
+        };
+        let mut admin = PgConnection::connect(&base).await.expect("the Citus coordinator at ORDERLY_CITUS_URL");
+        let coordinator: (String, i32) = sqlx::query_as(
+            "SELECT nodename, nodeport FROM pg_dist_node WHERE groupid = 0 UNION ALL
+             SELECT host(inet_server_addr()), inet_server_port() LIMIT 1",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        let workers: Vec<(String, i32)> = sqlx::query_as(
+            "SELECT nodename, nodeport FROM pg_dist_node WHERE groupid <> 0 AND noderole = 'primary' ORDER BY nodeport",
+        )
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+        assert!(!workers.is_empty(), "the database at ORDERLY_CITUS_URL has no workers (citus_add_node)");
+        // One setup at a time across the test processes: Citus updates shared catalogs when
+        // it adds nodes, and two at once fail with "tuple concurrently updated".
+        sqlx::query("SELECT pg_advisory_lock(31369498, 1)").execute(&mut admin).await.unwrap();
+        let name = format!("orderly_citus_{}", Uuid::new_v4().simple());
+        let mut nodes = Vec::new();
+        for (host, port) in std::iter::once(&coordinator).chain(&workers) {
+            let maintenance = node_url(&base, host, *port, "postgres");
+            exec(&maintenance, format!("CREATE DATABASE {name}")).await;
+            nodes.push(maintenance);
+            exec(&node_url(&base, host, *port, &name), "CREATE EXTENSION citus".into()).await;
+        }
+        let url = with_database(&base, &name);
+        let mut setup = format!("SELECT citus_set_coordinator_host('{}', {});", coordinator.0, coordinator.1);
+        for (host, port) in &workers {
+            setup.push_str(&format!("SELECT citus_add_node('{host}', {port});"));
+        }
+        exec(&url, setup).await;
+        sqlx::query("SELECT pg_advisory_unlock(31369498, 1)").execute(&mut admin).await.unwrap();
+        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(8).connect(&url).await.unwrap();
+        Some(CitusDb { url, pool, nodes, name })
+    }
+
+    /// Migrated and distributed as an operator does it: `orderly migrate --distributed`.
+    pub async fn distributed(test: &str) -> Option<CitusDb> {
+        let db = CitusDb::new(test).await?;
+        let out = orderly(&db.url, &["migrate", "--distributed"]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains("tables distributed by tenant"), "{}", text(&out));
+        Some(db)
+    }
+}
+
+/// The work tables (co-located, by tenant), the catalogs (reference tables) and the
+/// coordinator's own state, as docs/distributed.md lists them.
+const DISTRIBUTED: &[&str] = &[
+    "work_orders",
+    "work_items",
+    "attempts",
+    "eval_results",
+    "approval_events",
+    "dead_letters",
+    "escalations",
+    "notifications",
+    "cost_entries",
+    "work_item_dependencies",
+    "mem_docs",
+    "item_reviews",
+    "run_logs",
+    "run_artifacts",
+    "run_progress",
+    "agent_slots",
+    "agent_waits",
+    "budget_waits",
+    "orderly_tenants",
+];
+const REFERENCE: &[&str] = &[
+    "workflow_templates",
+    "workflow_step_needs",
+    "schemas",
+    "connectors",
+    "tools",
+    "capabilities",
+    "tool_capabilities",
+    "sla_rules",
+    "sla_levels",
+    "schedules",
+    "budgets",
+    "agent_state",
+];
+const LOCAL: &[&str] = &["orderly_leader", "orderly_replicas", "orderly_activity", "audit_logs", "orderly_keys"];
+
+#[tokio::test]
+async fn migrate_distributed_keys_every_work_table_by_tenant_on_one_colocation() {
+    let Some(db) = CitusDb::distributed("migrate_distributed_keys_every_work_table_by_tenant").await else {
+        return;
+    };
+    let rows = sqlx::query(
+        "SELECT logicalrelid::text AS t, partmethod::text AS m, colocationid AS c,
+                CASE WHEN partmethod = 'h' THEN column_to_column_name(logicalrelid, partkey) END AS col
+         FROM pg_dist_partition",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let find = |t: &str| rows.iter().find(|r| r.get::<String, _>("t") == t);
+    let colocation: i32 = find("work_orders").expect("work_orders is distributed").get("c");
+    for t in DISTRIBUTED {
+        let row = find(t).unwrap_or_else(|| panic!("{t} is not distributed"));
+        assert_eq!(row.get::<String, _>("m"), "h", "{t} is hash-distributed");
+        assert_eq!(row.get::<Option<String>, _>("col").as_deref(), Some("tenant_id"), "{t} by tenant_id");
+        assert_eq!(row.get::<i32, _>("c"), colocation, "{t} is co-located with work_orders");
+    }
+    for t in REFERENCE {
+        let row = find(t).unwrap_or_else(|| panic!("{t} is not a reference table"));
+        assert_eq!(row.get::<String, _>("m"), "n", "{t} is a reference table");
+    }
+    for t in LOCAL {
+        assert!(find(t).is_none(), "{t} stays on the coordinator");
+    }
+    // No table of orderly's is left out of the three lists.
+    let all: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname NOT LIKE '\\_sqlx%'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    for t in &all {
+        assert!(
+            DISTRIBUTED.contains(&t.as_str()) || REFERENCE.contains(&t.as_str()) || LOCAL.contains(&t.as_str()),
+            "{t} is in no list of docs/distributed.md"
+        );
+    }
+    // tenant_id leads every primary key, unique index and foreign key of the work tables.
+    let keys: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT c.relname::text, i.indexrelid::regclass::text, a.attname::text
+         FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+         WHERE i.indisunique AND c.relname = ANY($1)
+         UNION ALL
+         SELECT con.conrelid::regclass::text, con.conname::text, a.attname::text
+         FROM pg_constraint con JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1]
+         WHERE con.contype = 'f' AND con.conrelid::regclass::text = ANY($1)
+           AND con.confrelid::regclass::text = ANY($1)",
+    )
+    .bind(DISTRIBUTED)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(keys.len() >= DISTRIBUTED.len() + 8, "every table's keys were read: {keys:?}");
+    for (table, key, first) in &keys {
+        assert_eq!(first, "tenant_id", "{key} on {table} leads with tenant_id");
+    }
+    // Run again: refused, nothing changed.
+    let again = orderly(&db.url, &["migrate", "--distributed"]);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("already distributed"), "{}", text(&again));
+}
+
+#[tokio::test]
+async fn migrate_distributed_refuses_a_database_without_citus() {
+    let db = crate::common::TestDb::new().await;
+    let out = orderly(&db.url, &["migrate", "--distributed"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("no Citus extension"), "{}", text(&out));
+    assert_eq!(orderly::db::distributed::topology(&db.pool).await.unwrap(), orderly::db::distributed::Topology::Single);
+}
+
+async fn order(pool: &PgPool, tenant: Uuid) -> Uuid {
+    sqlx::query_scalar(
+        "INSERT INTO work_orders (workflow_id, tenant_id, created_by, priority)
+         VALUES ('default', $1, gen_random_uuid(), 'MEDIUM') RETURNING id",
+    )
+    .bind(tenant)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+async fn items(pool: &PgPool, tenant: Uuid, order: Uuid, n: i32) {
+    sqlx::query(
+        "INSERT INTO work_items (work_order_id, tenant_id, type, content)
+         SELECT $2, $1, 'INVOICE', '{\"n\": 1}' FROM generate_series(1, $3)",
+    )
+    .bind(tenant)
+    .bind(order)
+    .bind(n)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn an_upstream_insert_names_its_tenant_and_lists_it_for_the_claim() {
+    let Some(db) = CitusDb::distributed("an_upstream_insert_names_its_tenant").await else { return };
+    assert_eq!(
+        orderly::db::distributed::topology(&db.pool).await.unwrap(),
+        orderly::db::distributed::Topology::Distributed
+    );
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let order_a = order(&db.pool, a).await;
+    items(&db.pool, a, order_a, 3).await;
+    // The item takes its order's priority, read on the order's shard in the same transaction.
+    let priorities: Vec<String> = sqlx::query_scalar("SELECT priority::text FROM work_items WHERE tenant_id = $1")
+        .bind(a)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(priorities, vec!["MEDIUM"; 3]);
+    // An item that names another tenant than its order's is refused by the foreign key.
+    let wrong = sqlx::query(
+        "INSERT INTO work_items (work_order_id, tenant_id, type, content) VALUES ($1, $2, 'INVOICE', '{}')",
+    )
+    .bind(order_a)
+    .bind(b)
+    .execute(&db.pool)
+    .await;
+    assert!(wrong.is_err(), "an item under another tenant's order was accepted");
+    // An item without a tenant cannot be routed at all.
+    let none = sqlx::query("INSERT INTO work_items (work_order_id, type, content) VALUES ($1, 'INVOICE', '{}')")
+        .bind(order_a)
+        .execute(&db.pool)
+        .await;
+    assert!(none.is_err(), "an item without a tenant was accepted");
+    assert_eq!(orderly::db::distributed::listed_tenants(&db.pool, 10).await.unwrap(), vec![a]);
+    // Features whose triggers span shards are refused with a clear error.
+    let edge = sqlx::query(
+        "INSERT INTO work_item_dependencies (tenant_id, work_item_id, depends_on_id)
+         SELECT $1, w.id, w.id FROM work_items w WHERE w.tenant_id = $1 LIMIT 1",
+    )
+    .bind(a)
+    .execute(&db.pool)
+    .await
+    .unwrap_err();
+    assert!(edge.to_string().contains("not supported in distributed mode"), "{edge}");
+}
+
+#[tokio::test]
+async fn a_claim_names_one_tenant_and_runs_on_one_shard() {
+    let Some(db) = CitusDb::distributed("a_claim_names_one_tenant_and_runs_on_one_shard").await else { return };
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let (order_a, order_b) = (order(&db.pool, a).await, order(&db.pool, b).await);
+    items(&db.pool, a, order_a, 5).await;
+    items(&db.pool, b, order_b, 2).await;
+    let lease = Duration::from_secs(30);
+    let claimed = orderly::db::distributed::claim_tenant(&db.pool, "w1", 4, lease, 1 << 20, a).await.unwrap();
+    assert_eq!(claimed.len(), 4);
+    assert!(claimed.iter().all(|i| i.tenant_id == a && i.work_order_id == order_a && i.attempt == 1));
+    let status: String = sqlx::query_scalar("SELECT status::text FROM work_orders WHERE tenant_id = $1 AND id = $2")
+        .bind(a)
+        .bind(order_a)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "PROCESSING", "the claim marked the order");
+    // Routed: Citus plans the whole statement as one task on one node.
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN {}",
+        orderly::db::distributed::CLAIM_TENANT_SQL
+            .replace("$1", "4")
+            .replace("$2", "30000")
+            .replace("$3", "'w1'")
+            .replace("$4", "1000")
+            .replace("$5", &format!("'{b}'::uuid"))
+    )))
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(plan.iter().any(|l| l.trim() == "Task Count: 1"), "{}", plan.join("\n"));
+    // A tenant with queued items stays listed; once it has none it can be forgotten.
+    assert!(!orderly::db::distributed::forget_tenant(&db.pool, a).await.unwrap());
+    let rest = orderly::db::distributed::claim_tenant(&db.pool, "w1", 4, lease, 1 << 20, a).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert!(orderly::db::distributed::forget_tenant(&db.pool, a).await.unwrap());
+    assert_eq!(orderly::db::distributed::listed_tenants(&db.pool, 10).await.unwrap(), vec![b]);
+}
+
+#[tokio::test]
+async fn a_tenant_is_not_forgotten_while_an_upstream_transaction_adds_its_items() {
+    let Some(db) = CitusDb::distributed("a_tenant_is_not_forgotten_while_an_upstream_transaction").await else {
+        return;
+    };
+    let a = Uuid::new_v4();
+    let order_a = order(&db.pool, a).await;
+    items(&db.pool, a, order_a, 1).await;
+    let lease = Duration::from_secs(30);
+    assert_eq!(orderly::db::distributed::claim_tenant(&db.pool, "w1", 8, lease, 1 << 20, a).await.unwrap().len(), 1);
+    // An upstream transaction adds an item and has not committed: the claim cannot see it,
+    // and the tenant must not be forgotten, or the item would wait for nobody.
+    let mut upstream = db.pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO work_items (work_order_id, tenant_id, type, content) VALUES ($1, $2, 'INVOICE', '{}')")
+        .bind(order_a)
+        .bind(a)
+        .execute(&mut *upstream)
+        .await
+        .unwrap();
+    assert!(orderly::db::distributed::claim_tenant(&db.pool, "w1", 8, lease, 1 << 20, a).await.unwrap().is_empty());
+    assert!(!orderly::db::distributed::forget_tenant(&db.pool, a).await.unwrap(), "forgotten under an open insert");
+    upstream.commit().await.unwrap();
+    assert_eq!(orderly::db::distributed::listed_tenants(&db.pool, 10).await.unwrap(), vec![a]);
+    assert_eq!(orderly::db::distributed::claim_tenant(&db.pool, "w1", 8, lease, 1 << 20, a).await.unwrap().len(), 1);
+}
