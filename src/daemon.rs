@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 /// results and the completers write them. Past it, what is unwritten is left to the rescuer
 /// (the items stay PROCESSING under leases that expire) and the process exits anyway.
 mod process;
+pub use process::raise_open_files_limit;
 use process::{Signals, SystemdNotify};
 
 pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
@@ -117,9 +118,18 @@ impl Engine {
         if settings.database.migrate_on_start {
             db::migrate(&pool).await.context("applying migrations")?;
         }
-        db::distributed::engine_runs_here(&pool).await?;
+        let topology = db::distributed::topology(&pool).await.context("reading the database's topology")?;
         let health = Health::new(settings.worker.stall_timeout, failed.clone());
-        let watched = |name: &'static str, until: &CancellationToken, task| {
+        // On a Citus cluster the loops whose statements are not routed by tenant yet do not
+        // start (docs/distributed.md, "Status"): their tasks wait for the shutdown instead.
+        let off = db::distributed::loops_off(topology);
+        if !off.is_empty() {
+            tracing::warn!(loops = ?off, "distributed mode: these loops do not run on a Citus cluster yet");
+        }
+        let watched = |name: &'static str, until: &CancellationToken, task: Task| {
+            let (until_off, task) = (until.clone(), task);
+            let task: Task =
+                if off.contains(&name) { Box::pin(async move { until_off.cancelled().await }) } else { task };
             tokio::spawn(watch_task(name, until.clone(), failed.clone(), task))
         };
         let (tx, rx) = mpsc::channel(settings.worker.concurrency.max(settings.worker.completer_batch) * 2);
@@ -145,6 +155,7 @@ impl Engine {
                             beat: health.beat("completer"),
                             agents: agents.clone(),
                             limits_nudge: limits_nudge.clone(),
+                            topology,
                         }
                         .run(rx.clone()),
                     ),
@@ -158,6 +169,7 @@ impl Engine {
             worker_id: worker_id.clone(),
             metrics: metrics.clone(),
             sweeps_since_heal: Default::default(),
+            topology,
         };
         // Delivers the SLA notifications outbox; on every replica (claims with SKIP LOCKED).
         let notifier = crate::sla::notifier::Notifier::new(pool.clone(), settings.notifier.clone())
@@ -178,6 +190,7 @@ impl Engine {
                     pool.clone(),
                     in_flight.clone(),
                     settings.worker.lease,
+                    topology,
                     stop_background.clone(),
                 )),
             ),
@@ -258,6 +271,7 @@ impl Engine {
             settings: settings.clone(),
             worker_id: worker_id.clone(),
             progress: Some(progress),
+            topology,
         });
         let dispatcher = watched(
             "dispatcher",
@@ -279,6 +293,7 @@ impl Engine {
                     budgets: Default::default(),
                     limits: crate::worker::limits::LimitGate::new(steps_limited),
                     turns: Default::default(),
+                    ring: Default::default(),
                 }
                 .run(),
             ),
@@ -393,7 +408,7 @@ impl Engine {
 pub async fn run(settings: Settings, registry: &Registry) -> anyhow::Result<()> {
     // Handlers first: a signal that arrives while the engine starts is handled gracefully.
     let mut signals = Signals::install();
-    open_files_for(&settings);
+    process::open_files_for(&settings);
     let systemd = SystemdNotify::from_env();
     let engine = Engine::start(settings, registry, None).await?;
     // Migrations are applied and every loop runs (the listener connects on its own).
@@ -431,51 +446,12 @@ pub async fn run(settings: Settings, registry: &Registry) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Raises this process's soft limit of open files (`RLIMIT_NOFILE`) to its hard limit, and
-/// returns the soft limit before and after. Every `http` agent execution in flight holds a
-/// socket (a `command` agent's, three pipes), so `worker.concurrency` in the thousands needs
-/// more than the soft limit of 1,024 that systemd and most shells give; the hard limit is
-/// what the administrator allows (systemd's default is 524,288, `LimitNOFILE=` sets it).
-pub fn raise_open_files_limit() -> nix::Result<(u64, u64)> {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
-    }
-    Ok((soft, getrlimit(Resource::RLIMIT_NOFILE)?.0))
-}
-
-/// `orderly run`'s start: the open-file limit raised ([`raise_open_files_limit`]), and a
-/// warning when it is still below what the configured concurrency may hold at once.
-fn open_files_for(settings: &Settings) {
-    match raise_open_files_limit() {
-        Ok((before, now)) => {
-            if now > before {
-                tracing::info!(from = before, to = now, "raised the open-file limit (RLIMIT_NOFILE) to its hard limit");
-            }
-            // One descriptor per execution in flight, the pools' connections, and a margin.
-            let wanted = (settings.worker.concurrency + settings.database.max_connections as usize + 128) as u64;
-            if now < wanted {
-                tracing::warn!(
-                    limit = now,
-                    wanted,
-                    "the open-file limit is below worker.concurrency plus the pools; \
-                    agents may fail with \"too many open files\": raise the hard limit (systemd: LimitNOFILE=)"
-                );
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit (RLIMIT_NOFILE)"),
-    }
-}
-
 /// Runs one of the engine's long-lived tasks. A panic, or an end before `until` was
 /// cancelled, is logged with the task's name and fires `failed`.
-async fn watch_task(
-    name: &'static str,
-    until: CancellationToken,
-    failed: CancellationToken,
-    task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
-) {
+/// One of the engine's long-lived tasks, as [`watch_task`] runs it.
+type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+async fn watch_task(name: &'static str, until: CancellationToken, failed: CancellationToken, task: Task) {
     match crate::panic::CatchUnwind(task).await {
         Err(panic) => {
             tracing::error!(task = name, panic = %panic, "engine task panicked");

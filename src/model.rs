@@ -244,6 +244,8 @@ pub enum ReviewWrite {
 pub struct Completion {
     pub item_id: Uuid,
     pub order_id: Uuid,
+    /// The order's tenant: in distributed mode every write of the result names it.
+    pub tenant_id: Uuid,
     pub item_type: String,
     pub attempt: i32,
     pub attempt_id: Uuid,

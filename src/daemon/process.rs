@@ -1,5 +1,5 @@
 //! The process around the engine: systemd's notify protocol (READY, WATCHDOG, STOPPING) and
-//! the signals that start and hurry the drain.
+//! the signals that start and hurry the drain; the open-file limit.
 
 use super::*;
 
@@ -90,5 +90,42 @@ impl Signals {
                 }
             }
         }
+    }
+}
+
+/// Raises this process's soft limit of open files (`RLIMIT_NOFILE`) to its hard limit, and
+/// returns the soft limit before and after. Every `http` agent execution in flight holds a
+/// socket (a `command` agent's, three pipes), so `worker.concurrency` in the thousands needs
+/// more than the soft limit of 1,024 that systemd and most shells give; the hard limit is
+/// what the administrator allows (systemd's default is 524,288, `LimitNOFILE=` sets it).
+pub fn raise_open_files_limit() -> nix::Result<(u64, u64)> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok((soft, getrlimit(Resource::RLIMIT_NOFILE)?.0))
+}
+
+/// `orderly run`'s start: the open-file limit raised ([`raise_open_files_limit`]), and a
+/// warning when it is still below what the configured concurrency may hold at once.
+pub(super) fn open_files_for(settings: &Settings) {
+    match raise_open_files_limit() {
+        Ok((before, now)) => {
+            if now > before {
+                tracing::info!(from = before, to = now, "raised the open-file limit (RLIMIT_NOFILE) to its hard limit");
+            }
+            // One descriptor per execution in flight, the pools' connections, and a margin.
+            let wanted = (settings.worker.concurrency + settings.database.max_connections as usize + 128) as u64;
+            if now < wanted {
+                tracing::warn!(
+                    limit = now,
+                    wanted,
+                    "the open-file limit is below worker.concurrency plus the pools; \
+                    agents may fail with \"too many open files\": raise the hard limit (systemd: LimitNOFILE=)"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit (RLIMIT_NOFILE)"),
     }
 }

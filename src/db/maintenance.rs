@@ -12,6 +12,7 @@ use uuid::Uuid;
 pub struct ExpiredItem {
     pub id: Uuid,
     pub work_order_id: Uuid,
+    pub tenant_id: Uuid,
     /// The order's workflow: its template's step may set the item's attempt budget.
     pub workflow_id: String,
     pub item_type: String,
@@ -41,7 +42,7 @@ where
 {
     let mut tx = pool.begin().await?;
     let expired: Vec<ExpiredItem> = sqlx::query_as(
-        "SELECT w.id, w.work_order_id, o.workflow_id, w.type::text AS item_type, w.attempt, w.attempt_base,
+        "SELECT w.id, w.work_order_id, o.tenant_id, o.workflow_id, w.type::text AS item_type, w.attempt, w.attempt_base,
                 w.max_attempts, w.rescues, w.locked_by, w.claimed_at, w.lease_expires_at, now() AS now
          FROM work_items w JOIN work_orders o ON o.id = w.work_order_id
          WHERE w.status = 'PROCESSING' AND w.lease_expires_at < now()

@@ -157,9 +157,16 @@ pub async fn connect(settings: &PoolOptions<'_>) -> Result<PgPool, DbError> {
     open(settings, options).await
 }
 
-/// Opens the engine's pool: [`connect`] with [`ENGINE_PLANNER_SETTINGS`].
+/// Opens the engine's pool: [`connect`] with [`ENGINE_PLANNER_SETTINGS`], or on a Citus
+/// cluster ([`distributed::Topology`]) with [`distributed::ENGINE_PLANNER_SETTINGS`].
 pub async fn connect_engine(settings: &PoolOptions<'_>) -> Result<PgPool, DbError> {
-    open(settings, PgConnectOptions::from_str(settings.url)?.options(ENGINE_PLANNER_SETTINGS)).await
+    let pool = open(settings, PgConnectOptions::from_str(settings.url)?.options(ENGINE_PLANNER_SETTINGS)).await?;
+    if distributed::topology(&pool).await? == distributed::Topology::Distributed {
+        pool.close().await;
+        let options = PgConnectOptions::from_str(settings.url)?.options(distributed::ENGINE_PLANNER_SETTINGS);
+        return open(settings, options).await;
+    }
+    Ok(pool)
 }
 
 /// The admin server's pool for operators' reads and actions (`admin::AdminState::ops`):

@@ -22,20 +22,38 @@ use uuid::Uuid;
 /// hashed subplan that reads every unfinished (or failed) item of the whole table once per
 /// statement, which it prefers while its statistics say the table is small (seen on a fresh
 /// database; the plan test checks it).
+/// With a filter (`"i.tenant_id = $1 AND"`), every probe names one tenant: the distributed
+/// roll-up (`super::distributed::engine`).
 macro_rules! order_status_from_items {
     () => {
-        "CASE WHEN EXISTS (SELECT 1 FROM work_items i WHERE i.work_order_id = o.id
+        order_status_from_items!("")
+    };
+    ($i:literal) => {
+        concat!(
+            "CASE WHEN EXISTS (SELECT 1 FROM work_items i WHERE ",
+            $i,
+            " i.work_order_id = o.id
                            AND i.status <= 'PROCESSING' OFFSET 0)
-                OR EXISTS (SELECT 1 FROM work_items i WHERE i.work_order_id = o.id
+                OR EXISTS (SELECT 1 FROM work_items i WHERE ",
+            $i,
+            " i.work_order_id = o.id
                            AND i.status = 'AWAITING_APPROVAL' OFFSET 0) THEN 'PROCESSING'
-              WHEN EXISTS (SELECT 1 FROM work_items i WHERE i.work_order_id = o.id AND i.status = 'FAILED' OFFSET 0)
+              WHEN EXISTS (SELECT 1 FROM work_items i WHERE ",
+            $i,
+            " i.work_order_id = o.id AND i.status = 'FAILED' OFFSET 0)
                    THEN 'FAILED'
-              WHEN NOT EXISTS (SELECT 1 FROM work_items i WHERE i.work_order_id = o.id AND i.status = 'COMPLETED' OFFSET 0)
-                   AND EXISTS (SELECT 1 FROM work_items i WHERE i.work_order_id = o.id AND i.status = 'CANCELLED' OFFSET 0)
+              WHEN NOT EXISTS (SELECT 1 FROM work_items i WHERE ",
+            $i,
+            " i.work_order_id = o.id AND i.status = 'COMPLETED' OFFSET 0)
+                   AND EXISTS (SELECT 1 FROM work_items i WHERE ",
+            $i,
+            " i.work_order_id = o.id AND i.status = 'CANCELLED' OFFSET 0)
                    THEN 'CANCELLED'
               ELSE 'COMPLETED' END::work_order_status"
+        )
     };
 }
+pub(crate) use order_status_from_items;
 
 /// The order roll-up (see [`roll_up_locked`]); public so the plan test can EXPLAIN it.
 /// `$1`: the row versions [`LOCK_ORDERS_SQL`] locked, as text. Orders are read through those

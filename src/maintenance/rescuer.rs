@@ -41,6 +41,8 @@ pub struct Rescuer {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Sweeps since the last healing read (see [`HEAL_EVERY_SWEEPS`]); 0 heals at once.
     pub sweeps_since_heal: std::sync::atomic::AtomicU32,
+    /// One PostgreSQL or a Citus cluster (`db::distributed`): which statements rescue.
+    pub topology: db::distributed::Topology,
 }
 
 impl Rescuer {
@@ -71,8 +73,25 @@ impl Rescuer {
     pub async fn run_once(&self) -> Result<RescueReport, sqlx::Error> {
         let mut report = RescueReport::default();
         loop {
-            let (done, written) =
-                db::maintenance::rescue_expired(&self.pool, BATCH, async |expired| self.decide(expired).await).await?;
+            let (done, written) = match self.topology {
+                db::distributed::Topology::Single => {
+                    db::maintenance::rescue_expired(&self.pool, BATCH, async |expired| self.decide(expired).await)
+                        .await?
+                }
+                db::distributed::Topology::Distributed => {
+                    let (mut done, mut written) = (Vec::new(), db::queue::CompleteReport::default());
+                    for tenant in db::distributed::engine::expired_tenants(&self.pool, BATCH).await? {
+                        let (d, w) =
+                            db::distributed::engine::rescue_tenant(&self.pool, tenant, BATCH, async |expired| {
+                                self.decide(expired).await
+                            })
+                            .await?;
+                        done.extend(d);
+                        written.stale.extend(w.stale);
+                    }
+                    (done, written)
+                }
+            };
             for c in done.iter().filter(|c| !written.stale.contains(&(c.item_id, c.attempt))) {
                 self.metrics.rescue_written(c);
                 match c.next {
@@ -86,7 +105,9 @@ impl Rescuer {
                 // by hand (or by an older release that rolled up after its commit).
                 use std::sync::atomic::Ordering::Relaxed;
                 let rescued = report.requeued + report.dead_lettered > 0;
-                if rescued || self.sweeps_since_heal.load(Relaxed).is_multiple_of(HEAL_EVERY_SWEEPS) {
+                // Its reads join items to orders across shards: single-node only (docs/distributed.md).
+                let single = self.topology == db::distributed::Topology::Single;
+                if single && (rescued || self.sweeps_since_heal.load(Relaxed).is_multiple_of(HEAL_EVERY_SWEEPS)) {
                     report.orders_healed = db::rollup::heal_roll_ups(&self.pool, BATCH).await?.len();
                     self.sweeps_since_heal.store(0, Relaxed);
                 }
@@ -127,6 +148,7 @@ impl Rescuer {
                 Completion {
                     item_id: item.id,
                     order_id: item.work_order_id,
+                    tenant_id: item.tenant_id,
                     item_type: item.item_type.clone(),
                     attempt: item.attempt,
                     attempt_id: Uuid::now_v7(),

@@ -47,6 +47,8 @@ pub struct Completer {
     /// Liveness (`super::liveness`): busy from the start of a batch until it is written, so a
     /// completer retrying one batch for longer than `worker.stall_timeout` counts as wedged.
     pub beat: Beat,
+    /// One PostgreSQL or a Citus cluster (`db::distributed`): which statements write.
+    pub topology: db::distributed::Topology,
 }
 
 /// Why a batch was not written.
@@ -233,7 +235,13 @@ impl Completer {
             .without_max_times()
             .build();
         loop {
-            match db::queue::complete_batch(&self.pool, batch).await {
+            let written = match self.topology {
+                db::distributed::Topology::Single => db::queue::complete_batch(&self.pool, batch).await,
+                db::distributed::Topology::Distributed => {
+                    db::distributed::engine::complete_batch(&self.pool, batch).await
+                }
+            };
+            match written {
                 Ok(report) => {
                     // Dependents this batch released are runnable now: this process claims
                     // them without waiting for its NOTIFY to come back (other replicas get it).

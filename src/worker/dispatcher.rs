@@ -57,6 +57,8 @@ pub struct Dispatcher {
     pub limits: super::limits::LimitGate,
     /// Whether the next claim takes turns among tenants (`super::turns`).
     pub turns: std::sync::Mutex<super::turns::Turns>,
+    /// The tenants a claim walks in distributed mode (`super::tenant_ring`).
+    pub ring: super::tenant_ring::TenantRing,
 }
 
 impl Dispatcher {
@@ -158,7 +160,8 @@ impl Dispatcher {
     async fn claim_and_start(&self, want: usize) -> Result<usize, sqlx::Error> {
         let settings = &self.ctx.settings;
         let now = Instant::now();
-        let kind = if settings.worker.tenant_turns {
+        let distributed = self.ctx.topology == db::distributed::Topology::Distributed;
+        let kind = if settings.worker.tenant_turns && !distributed {
             self.turns.lock().unwrap().next(now)
         } else {
             super::turns::Claim::Oldest
@@ -166,6 +169,10 @@ impl Dispatcher {
         let (worker, lease, max_content) =
             (&self.ctx.worker_id, settings.worker.lease, settings.limits.max_content_bytes as i32);
         let mut items = match &kind {
+            _ if distributed => {
+                let ask = super::tenant_ring::Ask { worker, want, lease, max_content };
+                self.ring.claim(&self.pool, ask).await?
+            }
             super::turns::Claim::Oldest => {
                 db::claim::claim(&self.pool, worker, want as i64, lease, max_content).await?
             }
@@ -179,7 +186,7 @@ impl Dispatcher {
                 db::claim::claim_turns(&self.pool, worker, want as i64, lease, max_content, &turn).await?
             }
         };
-        if settings.worker.tenant_turns {
+        if settings.worker.tenant_turns && !distributed {
             self.turns.lock().unwrap().claimed(&kind, want, &items, now);
         }
         // What the turn left (the crowd's part, and the shares of tenants with fewer items
@@ -191,7 +198,8 @@ impl Dispatcher {
         if items.is_empty() {
             return Ok(0);
         }
-        let mut unmarked: Vec<_> = items.iter().filter(|i| i.order_unmarked).map(|i| i.work_order_id).collect();
+        let mut unmarked: Vec<_> =
+            items.iter().filter(|i| i.order_unmarked).map(|i| (i.tenant_id, i.work_order_id)).collect();
         if !unmarked.is_empty() {
             // Orders another writer held during the claim (see db::claim::CLAIM_SQL): rolled
             // up once that writer commits, without holding up this batch. A failure leaves
@@ -200,7 +208,12 @@ impl Dispatcher {
             unmarked.dedup();
             let pool = self.pool.clone();
             tokio::spawn(async move {
-                if let Err(e) = db::rollup::roll_up(&pool, &unmarked).await {
+                let rolled = if distributed {
+                    db::distributed::engine::roll_up(&pool, &unmarked).await
+                } else {
+                    db::rollup::roll_up(&pool, &unmarked.iter().map(|(_, order)| *order).collect::<Vec<_>>()).await
+                };
+                if let Err(e) = rolled {
                     crate::telemetry::warn_limited("roll_up", "rolling up claimed orders failed", &e);
                 }
             });
@@ -269,7 +282,10 @@ impl Dispatcher {
             let permit = self.slots.clone().try_acquire_owned().expect("claimed no more than the free slots");
             let stop = Stop::default();
             let attempt = item.attempt;
-            self.in_flight.insert(item.id, Lease { attempt, confirmed_at: Instant::now(), stop: stop.clone() });
+            self.in_flight.insert(
+                item.id,
+                Lease { attempt, tenant: item.tenant_id, confirmed_at: Instant::now(), stop: stop.clone() },
+            );
             let ctx = self.ctx.clone();
             let completions = self.completions.clone();
             let in_flight = self.in_flight.clone();

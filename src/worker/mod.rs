@@ -16,6 +16,7 @@ pub mod liveness;
 pub mod progress;
 pub mod review;
 pub mod runner;
+pub mod tenant_ring;
 pub mod turns;
 
 use std::collections::HashMap;
@@ -30,6 +31,8 @@ pub use crate::metrics::Metrics;
 #[derive(Debug, Clone)]
 pub struct Lease {
     pub attempt: i32,
+    /// The item's tenant: in distributed mode the renewal names it.
+    pub tenant: Uuid,
     /// When the lease was last confirmed by the database (local monotonic clock: only used
     /// to decide that *we* can no longer vouch for it).
     pub confirmed_at: Instant,

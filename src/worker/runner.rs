@@ -34,6 +34,8 @@ pub struct RunContext {
     /// Where agents' progress goes, and what HTTP agents' callbacks need; `None` in tools
     /// that run agents without an engine.
     pub progress: Option<super::progress::ProgressHub>,
+    /// One PostgreSQL or a Citus cluster (`db::distributed`): which statements the engine runs.
+    pub topology: crate::db::distributed::Topology,
 }
 
 /// Why a running execution is being stopped from outside.
@@ -431,6 +433,7 @@ fn completion(
     Completion {
         item_id: item.id,
         order_id: item.work_order_id,
+        tenant_id: item.tenant_id,
         item_type: item.item_type.clone(),
         attempt: item.attempt,
         attempt_id,

@@ -105,6 +105,18 @@ impl CitusDb {
         Some(CitusDb { url, pool, nodes, name })
     }
 
+    /// An engine on this cluster, with the engine tests' defaults under `toml`.
+    pub async fn engine(&self, toml: &str) -> orderly::daemon::Engine {
+        let defaults = "[worker]\npoll_interval = \"200ms\"\nrescue_interval = \"500ms\"\n\
+                        [retry]\nbackoff_base = \"50ms\"\nbackoff_max = \"200ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+        let mut settings = orderly::config::Settings::from_toml_layers(&[defaults, toml]).unwrap();
+        settings.database.url = self.url.clone();
+        settings.database.migrate_on_start = false;
+        orderly::daemon::Engine::start(settings, &orderly::agent::Registry::builtin(), None)
+            .await
+            .expect("engine starts")
+    }
+
     /// Migrated and distributed as an operator does it: `orderly migrate --distributed`.
     pub async fn distributed(test: &str) -> Option<CitusDb> {
         let db = CitusDb::new(test).await?;
@@ -364,4 +376,131 @@ async fn a_tenant_is_not_forgotten_while_an_upstream_transaction_adds_its_items(
     upstream.commit().await.unwrap();
     assert_eq!(orderly::db::distributed::listed_tenants(&db.pool, 10).await.unwrap(), vec![a]);
     assert_eq!(orderly::db::distributed::claim_tenant(&db.pool, "w1", 8, lease, 1 << 20, a).await.unwrap().len(), 1);
+}
+
+async fn count(pool: &PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_engine_runs_every_tenants_items_on_the_cluster_retries_and_rescues() {
+    let Some(db) = CitusDb::distributed("the_engine_runs_every_tenants_items_on_the_cluster").await else { return };
+    // Five tenants, two orders each, 20 items an order; every fifth item fails once and is
+    // retried (the retry makes it QUEUED again, which lists its tenant again).
+    let tenants: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+    for tenant in &tenants {
+        for _ in 0..2 {
+            let order = order(&db.pool, *tenant).await;
+            sqlx::query(
+                "INSERT INTO work_items (work_order_id, tenant_id, type, content)
+                 SELECT $2, $1, 'INVOICE', jsonb_build_object('n', n, 'fail_once', n % 5 = 0)
+                 FROM generate_series(1, 20) n",
+            )
+            .bind(tenant)
+            .bind(order)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        }
+    }
+    // And one item a dead worker left PROCESSING under an expired lease: the rescuer's.
+    let lost_order = order(&db.pool, tenants[0]).await;
+    let lost: Uuid = sqlx::query_scalar(
+        "INSERT INTO work_items (work_order_id, tenant_id, type, content) VALUES ($1, $2, 'INVOICE', '{}') RETURNING id",
+    )
+    .bind(lost_order)
+    .bind(tenants[0])
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE work_items SET status = 'PROCESSING', attempt = 1, locked_by = 'gone',
+                lease_expires_at = now() - interval '1 minute' WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenants[0])
+    .bind(lost)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let engine = db
+        .engine(
+            "[agents.echo]\nkind = \"echo\"\nfail_once_key = \"fail_once\"\n\
+             [retry]\nbackoff_base = \"10ms\"\nbackoff_max = \"10ms\"\n[routes]\nINVOICE = \"echo\"\n",
+        )
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = count(&db.pool, "SELECT count(*) FROM work_items WHERE status <> 'COMPLETED'").await;
+        if left == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{left} items unfinished after 120 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    engine.shutdown(tokio_util::sync::CancellationToken::new()).await;
+
+    // Every item once, plus one failed attempt for each marked item, plus the rescue's LOST.
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM work_items").await, 201);
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM attempts WHERE status = 'COMPLETED'").await, 201);
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM attempts WHERE status = 'FAILED'").await, 40);
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM attempts WHERE status = 'LOST'").await, 1);
+    // Each attempt sits with its item (same tenant), and no execution ran twice.
+    assert_eq!(
+        count(
+            &db.pool,
+            "SELECT count(*) FROM attempts a JOIN work_items w ON w.tenant_id = a.tenant_id AND w.id = a.work_item_id"
+        )
+        .await,
+        242
+    );
+    assert_eq!(
+        count(
+            &db.pool,
+            "SELECT count(*) FROM (SELECT tenant_id, work_item_id, attempt_number FROM attempts
+                                  GROUP BY 1, 2, 3 HAVING count(*) > 1) d"
+        )
+        .await,
+        0
+    );
+    // Every order rolled up exactly, on its own shard.
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM work_orders WHERE status <> 'COMPLETED'").await, 0);
+    // Every tenant took part, and none is left listed once its items are done.
+    assert_eq!(count(&db.pool, "SELECT count(DISTINCT tenant_id) FROM attempts").await, 5);
+    let listed = orderly::db::distributed::listed_tenants(&db.pool, 10).await.unwrap();
+    assert!(listed.len() <= 1, "tenants still listed with no queued item: {listed:?}");
+}
+
+#[tokio::test]
+async fn the_sql_examples_of_docs_distributed_md_run_on_the_cluster() {
+    let Some(db) = CitusDb::distributed("the_sql_examples_of_docs_distributed_md").await else { return };
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/distributed.md")).unwrap();
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        match &mut current {
+            None if line.trim_start() == "```sql" => current = Some(String::new()),
+            Some(_) if line.trim_start() == "```" => blocks.push(current.take().unwrap_or_default()),
+            Some(body) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            None => {}
+        }
+    }
+    assert!(blocks.len() >= 2, "the page's SQL examples were found");
+    for sql in &blocks {
+        let mut psql = std::process::Command::new("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &db.url])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("psql runs");
+        std::io::Write::write_all(&mut psql.stdin.take().unwrap(), sql.as_bytes()).unwrap();
+        let out = psql.wait_with_output().unwrap();
+        assert!(out.status.success(), "{sql}\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM work_items").await, 2);
+    assert_eq!(orderly::db::distributed::listed_tenants(&db.pool, 10).await.unwrap().len(), 1);
 }

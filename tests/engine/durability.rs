@@ -2,6 +2,7 @@
 
 use crate::common::*;
 use orderly::db;
+use orderly::db::distributed::Topology;
 use orderly::maintenance::rescuer::{RescueReport, Rescuer};
 use orderly::model::{AttemptStatus, Completion, NextState};
 use std::sync::Arc;
@@ -30,6 +31,7 @@ fn rescuer(db: &TestDb, toml: &str) -> Rescuer {
         worker_id: "test-leader".into(),
         metrics: Default::default(),
         sweeps_since_heal: Default::default(),
+        topology: Topology::Single,
     }
 }
 
@@ -93,6 +95,7 @@ async fn stale_runner_cannot_complete_after_rescue() {
     let late = Completion {
         item_id: item,
         order_id: order,
+        tenant_id: gone.tenant_id,
         item_type: "TICKET".into(),
         attempt: gone.attempt,
         attempt_id: Uuid::new_v4(),
@@ -192,7 +195,12 @@ async fn a_heartbeat_round_renews_skips_locked_rows_and_stops_what_was_taken() {
         let stop = Stop::default();
         in_flight.insert(
             item.id,
-            Lease { attempt: item.attempt, confirmed_at: std::time::Instant::now(), stop: stop.clone() },
+            Lease {
+                attempt: item.attempt,
+                tenant: item.tenant_id,
+                confirmed_at: std::time::Instant::now(),
+                stop: stop.clone(),
+            },
         );
         stops.push(stop);
     }
@@ -222,7 +230,7 @@ async fn a_heartbeat_round_renews_skips_locked_rows_and_stops_what_was_taken() {
             .unwrap()
         }
     };
-    let stopped = heartbeat::run_once(&db.pool, &in_flight, Duration::from_secs(30)).await;
+    let stopped = heartbeat::run_once(&db.pool, &in_flight, Duration::from_secs(30), Topology::Single).await;
     assert_eq!(stopped, 1, "only the execution whose attempt was taken over stops");
     assert!(stops[2].lease_lost.is_cancelled());
     assert!(!stops[0].lease_lost.is_cancelled() && !stops[1].lease_lost.is_cancelled());
@@ -230,7 +238,7 @@ async fn a_heartbeat_round_renews_skips_locked_rows_and_stops_what_was_taken() {
     holder.rollback().await.unwrap();
     assert!(lease_left(locked).await < 2.0, "a row locked elsewhere is skipped, not waited for");
 
-    let stopped = heartbeat::run_once(&db.pool, &in_flight, Duration::from_secs(30)).await;
+    let stopped = heartbeat::run_once(&db.pool, &in_flight, Duration::from_secs(30), Topology::Single).await;
     assert_eq!(stopped, 0, "the taken execution is already stopped");
     assert!(lease_left(locked).await > 20.0, "renewed once its lock is released");
 }

@@ -412,6 +412,7 @@ fn finished(item: &orderly::db::claim::ClaimedItem) -> orderly::model::Completio
     Completion {
         item_id: item.id,
         order_id: item.work_order_id,
+        tenant_id: item.tenant_id,
         item_type: item.item_type.clone(),
         attempt: item.attempt,
         attempt_id: Uuid::new_v4(),

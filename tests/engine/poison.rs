@@ -153,6 +153,7 @@ async fn a_stale_and_a_fresh_result_for_one_item_share_a_batch_without_mixing() 
     let result = |attempt: i32, next: NextState| Completion {
         item_id: item,
         order_id: order,
+        tenant_id: Uuid::nil(),
         item_type: "TICKET".into(),
         attempt,
         attempt_id: Uuid::now_v7(),

@@ -10,7 +10,16 @@ use std::time::Duration;
 use uuid::Uuid;
 
 /// The distributed schema, applied after the migrations (see the file's own comments).
-const DISTRIBUTE_SQL: &str = include_str!("distribute.sql");
+pub mod engine;
+
+const DISTRIBUTE_SQL: &str = include_str!("../distribute.sql");
+
+/// The engine's session settings on a Citus coordinator: those of one PostgreSQL
+/// ([`super::ENGINE_PLANNER_SETTINGS`]) but with a plan made for each execution. Citus routes
+/// a statement by the tenant's value, which a generic plan does not have: every routed
+/// statement then fails with "could not create distributed plan".
+pub const ENGINE_PLANNER_SETTINGS: [(&str, &str); 4] =
+    [("enable_seqscan", "off"), ("enable_bitmapscan", "off"), ("plan_cache_mode", "force_custom_plan"), ("jit", "off")];
 
 /// How a database is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,33 +154,12 @@ fn statements(script: &str) -> Vec<String> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_script_splits_at_line_ends_outside_bodies_and_strings() {
-        let script = "-- a comment;\nSET x = 1;\nCREATE FUNCTION f() RETURNS int AS $f$\nBEGIN\n  RETURN 1;\nEND\n$f$;\n\
-                      INSERT INTO t VALUES ('a;\nb;');\nDO $$ BEGIN PERFORM 1; END $$;\n";
-        let got = super::statements(script);
-        assert_eq!(got.len(), 4, "{got:?}");
-        assert!(got[1].starts_with("CREATE FUNCTION") && got[1].trim_end().ends_with("$f$;"));
-        assert!(got[2].contains("'a;\nb;'"));
-        assert!(got[3].starts_with("DO $$"));
-        // Every top-level statement of the script starts a line of its own.
-        let starts = super::DISTRIBUTE_SQL
-            .lines()
-            .filter(|l| ["SET ", "CREATE ", "DROP ", "SELECT ", "DO ", "INSERT "].iter().any(|s| l.starts_with(s)))
-            .count();
-        assert_eq!(super::statements(super::DISTRIBUTE_SQL).len(), starts);
-    }
-}
-
 /// Up to `limit` tenants listed as having queued items (`orderly_tenants`), longest listed
 /// first. One statement over every shard: a claimer reads it once per round, not per claim.
+/// The limit is written into the statement: Citus cannot plan a multi-shard `LIMIT $1`.
 pub async fn listed_tenants(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar("SELECT tenant_id FROM orderly_tenants ORDER BY since, tenant_id LIMIT $1")
-        .bind(limit)
-        .fetch_all(pool)
-        .await
+    let sql = format!("SELECT tenant_id FROM orderly_tenants ORDER BY since, tenant_id LIMIT {limit}");
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await
 }
 
 /// Removes `tenant` from the list if it has no queued item left, unless an upstream or a
@@ -215,24 +203,32 @@ pub async fn claim_tenant(
         .await
 }
 
-/// Why the engine does not start on a database.
-#[derive(Debug, thiserror::Error)]
-pub enum NotHere {
-    #[error(
-        "the database is distributed (orderly migrate --distributed): this release's engine does not run on \
-         it yet; its schema, upstream INSERTs and claims are ready (docs/distributed.md, \"Status\")"
-    )]
-    Distributed,
-    #[error(transparent)]
-    Db(#[from] sqlx::Error),
+/// The engine's loops that do not run on a Citus cluster yet, by task name: their statements
+/// read or lock across tenants (the SLA sweeper and its notifier, the scheduler, the pruner,
+/// the agent-limits waker). Empty on one PostgreSQL.
+pub fn loops_off(topology: Topology) -> &'static [&'static str] {
+    match topology {
+        Topology::Single => &[],
+        Topology::Distributed => &["sla-sweeper", "notifier", "scheduler", "pruner", "limits_waker"],
+    }
 }
 
-/// Refuses to start the engine on a distributed database: of the engine's statements only
-/// the claim names its tenant so far, and the others (completion, lease renewal, rescue)
-/// would be refused by Citus or cross shards. Said at once rather than at the first item.
-pub async fn engine_runs_here(pool: &PgPool) -> Result<(), NotHere> {
-    match topology(pool).await? {
-        Topology::Single => Ok(()),
-        Topology::Distributed => Err(NotHere::Distributed),
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_script_splits_at_line_ends_outside_bodies_and_strings() {
+        let script = "-- a comment;\nSET x = 1;\nCREATE FUNCTION f() RETURNS int AS $f$\nBEGIN\n  RETURN 1;\nEND\n$f$;\n\
+                      INSERT INTO t VALUES ('a;\nb;');\nDO $$ BEGIN PERFORM 1; END $$;\n";
+        let got = super::statements(script);
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert!(got[1].starts_with("CREATE FUNCTION") && got[1].trim_end().ends_with("$f$;"));
+        assert!(got[2].contains("'a;\nb;'"));
+        assert!(got[3].starts_with("DO $$"));
+        // Every top-level statement of the script starts a line of its own.
+        let starts = super::DISTRIBUTE_SQL
+            .lines()
+            .filter(|l| ["SET ", "CREATE ", "DROP ", "SELECT ", "DO ", "INSERT "].iter().any(|s| l.starts_with(s)))
+            .count();
+        assert_eq!(super::statements(super::DISTRIBUTE_SQL).len(), starts);
     }
 }
