@@ -23,6 +23,10 @@ pub async fn run(pool: PgPool, in_flight: InFlight, lease: Duration, topology: T
 }
 
 /// One renewal round (tests call it directly). Returns how many executions were stopped.
+/// An execution is stopped when the database says its lease is no longer ours, or when the
+/// lease could not be confirmed for a whole lease period (the database, or on a Citus
+/// cluster the node holding its tenant, unreachable): finishing it against a lease we do not
+/// hold would be a duplicate.
 pub async fn run_once(pool: &PgPool, in_flight: &InFlight, lease: Duration, topology: Topology) -> usize {
     let held = in_flight.snapshot();
     if held.is_empty() {
@@ -32,46 +36,57 @@ pub async fn run_once(pool: &PgPool, in_flight: &InFlight, lease: Duration, topo
     let attempts: Vec<_> = held.iter().map(|(_, l)| l.attempt).collect();
     let by_tenant: Vec<(Uuid, Uuid, i32)> = held.iter().map(|(id, l)| (l.tenant, *id, l.attempt)).collect();
     let asked_at = Instant::now();
-    let mut stopped = 0;
-    let renewed = match topology {
-        Topology::Single => db::queue::renew_leases(pool, &ids, &attempts, lease).await,
+    let renewal = match topology {
+        Topology::Single => match db::queue::renew_leases(pool, &ids, &attempts, lease).await {
+            Ok(renewed) => distributed::Answered { known: renewed, unknown: vec![], error: None },
+            Err(e) => distributed::Answered { known: vec![], unknown: ids.clone(), error: Some(e) },
+        },
         Topology::Distributed => distributed::renew_leases(pool, &by_tenant, lease).await,
     };
-    match renewed {
-        Ok(renewed) => {
-            in_flight.confirm(&renewed, asked_at);
-            let missing: Vec<(Uuid, i32)> =
-                held.iter().filter(|(id, _)| !renewed.contains(id)).map(|(id, l)| (*id, l.attempt)).collect();
-            if !missing.is_empty() {
-                // Not renewed: either locked right now (being completed or rescued) or no
-                // longer ours. Only the latter stops the work.
-                let (ids, attempts): (Vec<Uuid>, Vec<i32>) = missing.iter().copied().unzip();
-                let current = match topology {
-                    Topology::Single => db::queue::still_current(pool, &ids, &attempts).await,
-                    Topology::Distributed => {
-                        let missing: Vec<_> = by_tenant.iter().filter(|(_, id, _)| ids.contains(id)).copied().collect();
-                        distributed::still_current(pool, &missing).await
-                    }
-                };
-                if let Ok(current) = current {
-                    for (id, held_lease) in &held {
-                        if ids.contains(id) && !current.contains(id) && !held_lease.stop.lease_lost.is_cancelled() {
-                            held_lease.stop.lease_lost.cancel();
-                            stopped += 1;
-                        }
-                    }
+    if let Some(e) = &renewal.error {
+        crate::telemetry::warn_limited("heartbeat", "cannot renew leases", e);
+    }
+    in_flight.confirm(&renewal.known, asked_at);
+    // Not renewed and not unreachable: either locked right now (being completed or rescued)
+    // or no longer ours. Only the latter stops the work.
+    let missing: Vec<(Uuid, Uuid, i32)> = by_tenant
+        .iter()
+        .filter(|(_, id, _)| !renewal.known.contains(id) && !renewal.unknown.contains(id))
+        .copied()
+        .collect();
+    let mut unknown = renewal.unknown;
+    let mut gone = Vec::new();
+    if !missing.is_empty() {
+        let current = match topology {
+            Topology::Single => {
+                let (ids, attempts): (Vec<Uuid>, Vec<i32>) = missing.iter().map(|(_, id, n)| (*id, *n)).unzip();
+                match db::queue::still_current(pool, &ids, &attempts).await {
+                    Ok(current) => distributed::Answered { known: current, unknown: vec![], error: None },
+                    Err(e) => distributed::Answered { known: vec![], unknown: ids, error: Some(e) },
                 }
             }
+            Topology::Distributed => distributed::still_current(pool, &missing).await,
+        };
+        gone.extend(
+            missing
+                .iter()
+                .map(|(_, id, _)| *id)
+                .filter(|id| !current.known.contains(id) && !current.unknown.contains(id)),
+        );
+        unknown.extend(current.unknown);
+    }
+    let mut stopped = 0;
+    for (id, held_lease) in &held {
+        if held_lease.stop.lease_lost.is_cancelled() {
+            continue;
         }
-        Err(e) => {
-            crate::telemetry::warn_limited("heartbeat", "cannot renew leases", &e);
-            for (id, held_lease) in &held {
-                if held_lease.confirmed_at.elapsed() >= lease && !held_lease.stop.lease_lost.is_cancelled() {
-                    tracing::warn!(work_item.id = %id, "lease expired while the database was unreachable; stopping");
-                    held_lease.stop.lease_lost.cancel();
-                    stopped += 1;
-                }
-            }
+        if gone.contains(id) {
+            held_lease.stop.lease_lost.cancel();
+            stopped += 1;
+        } else if unknown.contains(id) && held_lease.confirmed_at.elapsed() >= lease {
+            tracing::warn!(work_item.id = %id, "lease expired while the database was unreachable; stopping");
+            held_lease.stop.lease_lost.cancel();
+            stopped += 1;
         }
     }
     stopped

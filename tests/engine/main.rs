@@ -2,6 +2,7 @@
 //! database, so they run in parallel. Fault-injection tests (restarting PostgreSQL, killing
 //! processes) live in their own binary and run serially.
 
+mod citus;
 mod common;
 
 mod admin;

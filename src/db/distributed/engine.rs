@@ -316,45 +316,62 @@ const RENEW_SQL: &str = "WITH locked AS MATERIALIZED (
     WHERE w.tenant_id = $1 AND w.id = l.id AND w.attempt = l.attempt
     RETURNING w.id";
 
-/// Extends the leases this worker holds, given as (tenant, item, attempt): one routed
-/// statement per tenant. Returns the ids renewed.
-pub async fn renew_leases(
-    pool: &PgPool,
-    held: &[(Uuid, Uuid, i32)],
-    lease: Duration,
-) -> Result<Vec<Uuid>, sqlx::Error> {
-    let mut renewed = Vec::new();
-    for (tenant, (ids, attempts)) in by_tenant(held) {
-        renewed.extend(
-            sqlx::query_scalar::<_, Uuid>(RENEW_SQL)
-                .bind(tenant)
-                .bind(ids)
-                .bind(attempts)
-                .bind(lease.as_millis() as f64)
-                .fetch_all(pool)
-                .await?,
-        );
-    }
-    Ok(renewed)
+/// What a question asked of every tenant's node found: the items it answered for, the items
+/// of the tenants whose node could not answer, and the first error met.
+#[derive(Debug, Default)]
+pub struct Answered {
+    pub known: Vec<Uuid>,
+    pub unknown: Vec<Uuid>,
+    pub error: Option<sqlx::Error>,
 }
 
-/// Of the given (tenant, item, attempt), the items still current and PROCESSING.
-pub async fn still_current(pool: &PgPool, held: &[(Uuid, Uuid, i32)]) -> Result<Vec<Uuid>, sqlx::Error> {
-    let mut current = Vec::new();
-    for (tenant, (ids, attempts)) in by_tenant(held) {
-        current.extend(
-            sqlx::query_scalar::<_, Uuid>(
-                "SELECT w.id FROM work_items w JOIN unnest($2::uuid[], $3::int[]) AS u(id, attempt) ON u.id = w.id
-                 WHERE w.tenant_id = $1 AND w.attempt = u.attempt AND w.status = 'PROCESSING'",
-            )
-            .bind(tenant)
-            .bind(ids)
-            .bind(attempts)
-            .fetch_all(pool)
-            .await?,
-        );
+impl Answered {
+    fn add(&mut self, ids: Vec<Uuid>, answer: Result<Vec<Uuid>, sqlx::Error>) {
+        match answer {
+            Ok(found) => self.known.extend(found),
+            Err(e) => {
+                self.unknown.extend(ids);
+                self.error.get_or_insert(e);
+            }
+        }
     }
-    Ok(current)
+}
+
+/// Extends the leases this worker holds, given as (tenant, item, attempt): one routed
+/// statement per tenant, so that a node that does not answer costs only its own tenants'
+/// renewals. `known`: the ids renewed.
+pub async fn renew_leases(pool: &PgPool, held: &[(Uuid, Uuid, i32)], lease: Duration) -> Answered {
+    let mut answered = Answered::default();
+    for (tenant, (ids, attempts)) in by_tenant(held) {
+        let renewed = sqlx::query_scalar::<_, Uuid>(RENEW_SQL)
+            .bind(tenant)
+            .bind(&ids)
+            .bind(attempts)
+            .bind(lease.as_millis() as f64)
+            .fetch_all(pool)
+            .await;
+        answered.add(ids, renewed);
+    }
+    answered
+}
+
+/// Of the given (tenant, item, attempt), the items still current and PROCESSING (`known`),
+/// tenant by tenant.
+pub async fn still_current(pool: &PgPool, held: &[(Uuid, Uuid, i32)]) -> Answered {
+    let mut answered = Answered::default();
+    for (tenant, (ids, attempts)) in by_tenant(held) {
+        let current = sqlx::query_scalar::<_, Uuid>(
+            "SELECT w.id FROM work_items w JOIN unnest($2::uuid[], $3::int[]) AS u(id, attempt) ON u.id = w.id
+             WHERE w.tenant_id = $1 AND w.attempt = u.attempt AND w.status = 'PROCESSING'",
+        )
+        .bind(tenant)
+        .bind(&ids)
+        .bind(attempts)
+        .fetch_all(pool)
+        .await;
+        answered.add(ids, current);
+    }
+    answered
 }
 
 fn by_tenant(held: &[(Uuid, Uuid, i32)]) -> BTreeMap<Uuid, (Vec<Uuid>, Vec<i32>)> {

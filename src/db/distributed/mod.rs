@@ -12,6 +12,8 @@ use uuid::Uuid;
 /// The distributed schema, applied after the migrations (see the file's own comments).
 pub mod engine;
 
+pub use engine::Answered;
+
 const DISTRIBUTE_SQL: &str = include_str!("../distribute.sql");
 
 /// The engine's session settings on a Citus coordinator: those of one PostgreSQL
