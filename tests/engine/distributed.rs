@@ -387,3 +387,37 @@ async fn the_sql_examples_of_docs_distributed_md_run_on_the_cluster() {
     assert_eq!(count(&db.pool, "SELECT count(*) FROM work_items").await, 2);
     assert_eq!(orderly::db::distributed::listed_tenants(&db.pool, 10).await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_tenant_with_a_backlog_does_not_hold_back_the_others() {
+    let Some(db) = CitusDb::distributed("a_tenant_with_a_backlog_does_not_hold_back_the_others").await else { return };
+    // One tenant's 400 items inserted first, then three tenants' 5 items each.
+    let crowd = Uuid::new_v4();
+    let crowd_order = order(&db.pool, crowd).await;
+    items(&db.pool, crowd, crowd_order, 400).await;
+    let few: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+    for tenant in &few {
+        let order = order(&db.pool, *tenant).await;
+        items(&db.pool, *tenant, order, 5).await;
+    }
+    let engine = db.engine("[worker]\nconcurrency = 8\n[routes]\nINVOICE = \"echo\"\n").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while count(&db.pool, "SELECT count(*) FROM work_items WHERE status <> 'COMPLETED'").await > 0 {
+        assert!(std::time::Instant::now() < deadline, "items unfinished after 120 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    engine.shutdown(tokio_util::sync::CancellationToken::new()).await;
+    // Claims take turns: the small tenants' 15 items are done while the crowd's backlog has
+    // barely started, not after it.
+    let crowd_before: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM work_items WHERE tenant_id = $1
+           AND processed_at < (SELECT max(processed_at) FROM work_items WHERE tenant_id = ANY($2))",
+    )
+    .bind(crowd)
+    .bind(&few)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    println!("crowd items done before the last of the small tenants': {crowd_before} of 400");
+    assert!(crowd_before < 100, "the small tenants waited behind {crowd_before} of the crowd's 400 items");
+}
