@@ -244,3 +244,34 @@ BEGIN
 END
 $$;
 SELECT create_distributed_function('orderly_forget_tenant(uuid)', 'tenant', colocate_with => 'work_orders');
+
+-- 8. A schedule's slot (migration 0021), its items naming the schedule's tenant: the order and
+--    its items go to the tenant's node; the unique slot key leads with the tenant too.
+CREATE OR REPLACE FUNCTION orderly_schedule_slot(schedule UUID, slot TIMESTAMPTZ) RETURNS UUID
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    s schedules;
+    made UUID;
+    slot_text TEXT := to_char(slot AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"');
+BEGIN
+    SELECT * INTO s FROM schedules WHERE id = schedule;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO work_orders (workflow_id, tenant_id, created_by, priority, metadata, schedule_id, slot_at)
+    VALUES (s.workflow_id, s.tenant_id, s.created_by, s.priority,
+            s.metadata || jsonb_build_object('schedule', s.name, 'slot', slot_text), s.id, slot)
+    ON CONFLICT (tenant_id, schedule_id, slot_at) WHERE schedule_id IS NOT NULL DO NOTHING
+    RETURNING id INTO made;
+    IF made IS NULL THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO work_items (work_order_id, tenant_id, type, content)
+    SELECT made, s.tenant_id, (i->>'type')::work_item_type,
+           replace(replace(CASE jsonb_typeof(i->'content') WHEN 'string' THEN i->>'content' ELSE (i->'content')::text END,
+                           '{{slot}}', slot_text),
+                   '{{schedule}}', s.name)
+    FROM jsonb_array_elements(s.items) AS i;
+    RETURN made;
+END
+$$;

@@ -421,3 +421,58 @@ async fn a_tenant_with_a_backlog_does_not_hold_back_the_others() {
     println!("crowd items done before the last of the small tenants': {crowd_before} of 400");
     assert!(crowd_before < 100, "the small tenants waited behind {crowd_before} of the crowd's 400 items");
 }
+
+#[tokio::test]
+async fn a_schedule_makes_each_missed_slot_once_on_its_tenants_node() {
+    let Some(db) = CitusDb::distributed("a_schedule_makes_each_missed_slot_once").await else { return };
+    let tenant = Uuid::new_v4();
+    let schedule: Uuid = sqlx::query_scalar(
+        "INSERT INTO schedules (name, cron, timezone, tenant_id, created_by, items, catch_up, catch_up_limit)
+         VALUES ('every minute', '* * * * *', 'UTC', $1, gen_random_uuid(),
+                 '[{\"type\": \"INVOICE\", \"content\": {\"slot\": \"{{slot}}\"}}]', 'ALL', 10)
+         RETURNING id",
+    )
+    .bind(tenant)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    // As if the daemons had been down for three slots: four are due.
+    sqlx::query(
+        "UPDATE schedules SET next_run = date_trunc('minute', now() - interval '3 minutes'),
+                              last_run = date_trunc('minute', now() - interval '4 minutes') WHERE id = $1",
+    )
+    .bind(schedule)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // Two replicas: either may lead; each slot's order is made once.
+    let engines =
+        vec![db.engine("[routes]\nINVOICE = \"echo\"\n").await, db.engine("[routes]\nINVOICE = \"echo\"\n").await];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = count(&db.pool, "SELECT count(*) FROM work_items WHERE status = 'COMPLETED'").await;
+        if done >= 4 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{done} of the 4 slots' items done after 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for engine in engines {
+        engine.shutdown(tokio_util::sync::CancellationToken::new()).await;
+    }
+    let slots: Vec<(Uuid, i64)> =
+        sqlx::query_as("SELECT o.tenant_id, count(*) FROM work_orders o WHERE o.schedule_id = $1 GROUP BY 1")
+            .bind(schedule)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(slots, vec![(tenant, 4)], "one order per slot, on the schedule's tenant");
+    assert_eq!(
+        count(&db.pool, "SELECT count(DISTINCT slot_at) FROM work_orders WHERE schedule_id IS NOT NULL").await,
+        4
+    );
+    let items: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT tenant_id, content FROM work_items ORDER BY content").fetch_all(&db.pool).await.unwrap();
+    assert_eq!(items.len(), 4);
+    assert!(items.iter().all(|(t, c)| *t == tenant && c.contains("\"slot\"") && !c.contains("{{slot}}")), "{items:?}");
+}
