@@ -105,10 +105,14 @@ impl Rescuer {
                 // by hand (or by an older release that rolled up after its commit).
                 use std::sync::atomic::Ordering::Relaxed;
                 let rescued = report.requeued + report.dead_lettered > 0;
-                // Its reads join items to orders across shards: single-node only (docs/distributed.md).
-                let single = self.topology == db::distributed::Topology::Single;
-                if single && (rescued || self.sweeps_since_heal.load(Relaxed).is_multiple_of(HEAL_EVERY_SWEEPS)) {
-                    report.orders_healed = db::rollup::heal_roll_ups(&self.pool, BATCH).await?.len();
+                if rescued || self.sweeps_since_heal.load(Relaxed).is_multiple_of(HEAL_EVERY_SWEEPS) {
+                    report.orders_healed = match self.topology {
+                        db::distributed::Topology::Single => db::rollup::heal_roll_ups(&self.pool, BATCH).await?,
+                        db::distributed::Topology::Distributed => {
+                            db::distributed::engine::heal_roll_ups(&self.pool, BATCH).await?
+                        }
+                    }
+                    .len();
                     self.sweeps_since_heal.store(0, Relaxed);
                 }
                 self.sweeps_since_heal.fetch_add(1, Relaxed);

@@ -476,3 +476,36 @@ async fn a_schedule_makes_each_missed_slot_once_on_its_tenants_node() {
     assert_eq!(items.len(), 4);
     assert!(items.iter().all(|(t, c)| *t == tenant && c.contains("\"slot\"") && !c.contains("{{slot}}")), "{items:?}");
 }
+
+#[tokio::test]
+async fn the_leaders_healing_read_rolls_up_orders_a_dead_writer_left_on_any_node() {
+    let Some(db) = CitusDb::distributed("the_leaders_healing_read_rolls_up_orders").await else { return };
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let (finished, running) = (order(&db.pool, a).await, order(&db.pool, b).await);
+    items(&db.pool, a, finished, 2).await;
+    items(&db.pool, b, running, 1).await;
+    // Changed by hand, as a writer that died before its roll-up would leave them: every item
+    // of one order finished under a PROCESSING order, and an item running under a finished one.
+    for sql in [
+        "UPDATE work_items SET status = 'COMPLETED', processed_at = now() WHERE tenant_id = $1",
+        "UPDATE work_orders SET status = 'PROCESSING' WHERE tenant_id = $1",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(a).execute(&db.pool).await.unwrap();
+    }
+    for sql in [
+        "UPDATE work_items SET status = 'PROCESSING', attempt = 1, lease_expires_at = now() + interval '1 hour'
+         WHERE tenant_id = $1",
+        "UPDATE work_orders SET status = 'COMPLETED' WHERE tenant_id = $1",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(b).execute(&db.pool).await.unwrap();
+    }
+    let mut healed = orderly::db::distributed::engine::heal_roll_ups(&db.pool, 100).await.unwrap();
+    healed.sort();
+    let mut expected = vec![finished, running];
+    expected.sort();
+    assert_eq!(healed, expected);
+    let statuses: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT id, status::text FROM work_orders ORDER BY status").fetch_all(&db.pool).await.unwrap();
+    assert_eq!(statuses, vec![(finished, "COMPLETED".to_owned()), (running, "PROCESSING".to_owned())]);
+    assert!(orderly::db::distributed::engine::heal_roll_ups(&db.pool, 100).await.unwrap().is_empty());
+}

@@ -424,3 +424,41 @@ where
     tx.commit().await?;
     Ok((completions, report))
 }
+
+/// The distributed [`crate::db::rollup::heal_roll_ups`]: PROCESSING orders whose items are
+/// all finished, and orders not PROCESSING while one of their items runs, found across the
+/// shards (each probe joined on the tenant, so Citus runs it on every shard at once), then
+/// rolled up tenant by tenant ([`roll_up`]). The limit is written into the statements: Citus
+/// cannot plan a multi-shard `LIMIT $1`.
+pub async fn heal_roll_ups(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
+    let stranded_sql = format!(
+        "{}{limit}",
+        concat!(
+            "SELECT o.tenant_id, o.id FROM work_orders o WHERE o.status = 'PROCESSING' AND 'PROCESSING' <> ",
+            order_status_from_items!("i.tenant_id = o.tenant_id AND"),
+            " LIMIT "
+        )
+    );
+    let unmarked_sql = format!(
+        "SELECT DISTINCT o.tenant_id, o.id FROM work_items i
+         JOIN work_orders o ON o.tenant_id = i.tenant_id AND o.id = i.work_order_id
+         WHERE i.status = 'PROCESSING' AND i.lease_expires_at IS NOT NULL AND o.status <> 'PROCESSING'
+         LIMIT {limit}"
+    );
+    let mut healed = Vec::new();
+    loop {
+        let mut found: Vec<(Uuid, Uuid)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(stranded_sql.clone())).fetch_all(pool).await?;
+        let unmarked: Vec<(Uuid, Uuid)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(unmarked_sql.clone())).fetch_all(pool).await?;
+        let full = found.len() as i64 == limit || unmarked.len() as i64 == limit;
+        found.extend(unmarked);
+        let rolled = if found.is_empty() { vec![] } else { roll_up(pool, &found).await? };
+        // Fewer than a round's worth, or none of them changed (their items moved meanwhile).
+        let done = !full || rolled.is_empty();
+        healed.extend(rolled);
+        if done {
+            return Ok(healed);
+        }
+    }
+}
