@@ -246,7 +246,7 @@ impl Engine {
                 "pruner",
                 &stop_background,
                 Box::pin(
-                    Pruner { pool: pool.clone(), settings: settings.clone() }
+                    Pruner { pool: pool.clone(), settings: settings.clone(), topology }
                         .run(leadership.clone(), stop_background.clone()),
                 ),
             ),

@@ -76,18 +76,34 @@ pub struct PruneBatch {
 /// retention (`$1`, milliseconds), with an open dead letter (waiting for replay or
 /// discard), or with an unfinished dependent (in any order: its envelope will carry this
 /// item's result). An order may be pruned when this finds nothing.
+/// With four filters (`i.`, `d.`, `e.` and `c.` conditions, each ending in `AND`), every
+/// table it reads names one tenant: the distributed pruner (`super::distributed::prune`).
 macro_rules! items_keeping_order {
     () => {
-        "SELECT 1 FROM work_items i
-         WHERE i.work_order_id = o.id
+        items_keeping_order!("", "", "", "")
+    };
+    ($i:literal, $d:literal, $e:literal, $c:literal) => {
+        concat!(
+            "SELECT 1 FROM work_items i
+         WHERE ",
+            $i,
+            " i.work_order_id = o.id
            AND (i.status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')
                 OR coalesce(i.processed_at, i.created_at) >= now() - $1 * interval '1 millisecond'
-                OR EXISTS (SELECT 1 FROM dead_letters d WHERE d.work_item_id = i.id AND d.processed_at IS NULL)
+                OR EXISTS (SELECT 1 FROM dead_letters d WHERE ",
+            $d,
+            " d.work_item_id = i.id AND d.processed_at IS NULL)
                 OR (i.has_dependents AND EXISTS (
-                        SELECT 1 FROM work_item_dependencies e JOIN work_items c ON c.id = e.work_item_id
-                        WHERE e.depends_on_id = i.id AND c.status IN ('QUEUED', 'PROCESSING', 'AWAITING_APPROVAL'))))"
+                        SELECT 1 FROM work_item_dependencies e JOIN work_items c ON ",
+            $c,
+            " c.id = e.work_item_id
+                        WHERE ",
+            $e,
+            " e.depends_on_id = i.id AND c.status IN ('QUEUED', 'PROCESSING', 'AWAITING_APPROVAL'))))"
+        )
     };
 }
+pub(crate) use items_keeping_order;
 
 /// The pruner's candidates (see [`prune_finished`]); public so the plan test can EXPLAIN it.
 /// Parameters: $1 retention (ms), $2 limit.

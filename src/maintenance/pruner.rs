@@ -16,6 +16,8 @@ pub struct PruneReport {
 pub struct Pruner {
     pub pool: PgPool,
     pub settings: Arc<Settings>,
+    /// One PostgreSQL or a Citus cluster (`db::distributed`): a cluster is pruned tenant by tenant.
+    pub topology: db::distributed::Topology,
 }
 
 impl Pruner {
@@ -43,8 +45,24 @@ impl Pruner {
         let Some(retention) = self.settings.pruner.retention else {
             return Ok(report);
         };
+        let limit = self.settings.pruner.batch;
+        if self.topology == db::distributed::Topology::Distributed {
+            let retention_ms = retention.as_millis() as f64;
+            // Every tenant with an order past retention, each until a short batch (as below).
+            for tenant in db::distributed::prune::tenants(&self.pool, retention_ms).await? {
+                loop {
+                    let batch = db::distributed::prune::prune_tenant(&self.pool, tenant, retention_ms, limit).await?;
+                    report.orders += batch.orders.len();
+                    report.items += batch.items;
+                    if (batch.candidates as i64) < limit || batch.orders.is_empty() {
+                        break;
+                    }
+                }
+            }
+            return Ok(report);
+        }
         loop {
-            let batch = db::maintenance::prune_finished(&self.pool, retention, self.settings.pruner.batch).await?;
+            let batch = db::maintenance::prune_finished(&self.pool, retention, limit).await?;
             report.orders += batch.orders.len();
             report.items += batch.items;
             // A short batch was the last; a batch that deleted nothing (every candidate

@@ -509,3 +509,74 @@ async fn the_leaders_healing_read_rolls_up_orders_a_dead_writer_left_on_any_node
     assert_eq!(statuses, vec![(finished, "COMPLETED".to_owned()), (running, "PROCESSING".to_owned())]);
     assert!(orderly::db::distributed::engine::heal_roll_ups(&db.pool, 100).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn the_pruner_deletes_each_tenants_old_finished_orders_with_their_records() {
+    let Some(db) = CitusDb::distributed("the_pruner_deletes_each_tenants_old_finished_orders").await else { return };
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let (old_a, recent_a, old_b) = (order(&db.pool, a).await, order(&db.pool, a).await, order(&db.pool, b).await);
+    for (tenant, order_id) in [(a, old_a), (a, recent_a), (b, old_b)] {
+        items(&db.pool, tenant, order_id, 3).await;
+    }
+    // Every item ran once and completed; two orders finished ten days ago, one just now.
+    for tenant in [a, b] {
+        sqlx::query(
+            "UPDATE work_items SET status = 'COMPLETED', attempt = 1, processed_at = now() WHERE tenant_id = $1",
+        )
+        .bind(tenant)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO attempts (tenant_id, work_item_id, attempt_number, agent_id, status, input, completed_at)
+             SELECT tenant_id, id, 1, 'echo', 'COMPLETED', '{}', now() FROM work_items WHERE tenant_id = $1",
+        )
+        .bind(tenant)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        sqlx::query("UPDATE work_orders SET status = 'COMPLETED' WHERE tenant_id = $1")
+            .bind(tenant)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    for (tenant, order_id) in [(a, old_a), (b, old_b)] {
+        for sql in [
+            "UPDATE work_orders SET created_at = now() - interval '10 days', updated_at = now() - interval '10 days'
+             WHERE tenant_id = $1 AND id = $2",
+            "UPDATE work_items SET created_at = now() - interval '10 days', processed_at = now() - interval '10 days'
+             WHERE tenant_id = $1 AND work_order_id = $2",
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(order_id).execute(&db.pool).await.unwrap();
+        }
+    }
+    // Tenant b's old order has an item with an open dead letter: it waits for an operator.
+    sqlx::query(
+        "INSERT INTO dead_letters (tenant_id, work_item_id, source, event_type, payload, error, reason, retry_count)
+         SELECT tenant_id, id, 'echo', 'TICKET', '{}', 'boom', 'PERMANENT', 1 FROM work_items
+         WHERE tenant_id = $1 AND work_order_id = $2 LIMIT 1",
+    )
+    .bind(b)
+    .bind(old_b)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let settings = orderly::config::Settings::from_toml_layers(&["[pruner]\nretention = \"1d\"\nbatch = 1\n"]).unwrap();
+    let pruner = orderly::maintenance::pruner::Pruner {
+        pool: db.pool.clone(),
+        settings: std::sync::Arc::new(settings),
+        topology: orderly::db::distributed::Topology::Distributed,
+    };
+    let report = pruner.run_once().await.unwrap();
+    assert_eq!((report.orders, report.items), (1, 3));
+    let orders: Vec<Uuid> =
+        sqlx::query_scalar("SELECT id FROM work_orders ORDER BY id").fetch_all(&db.pool).await.unwrap();
+    let mut kept = vec![recent_a, old_b];
+    kept.sort();
+    assert_eq!(orders, kept);
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM work_items").await, 6);
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM attempts").await, 6, "the pruned items' attempts went with them");
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM audit_logs WHERE action = 'pruner.delete'").await, 1);
+    assert_eq!(pruner.run_once().await.unwrap(), orderly::maintenance::pruner::PruneReport::default());
+}

@@ -3,6 +3,7 @@
 
 use crate::common::*;
 use orderly::db;
+use orderly::db::distributed::Topology;
 use orderly::maintenance::pruner::{PruneReport, Pruner};
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -105,13 +106,16 @@ async fn the_pruner_deletes_finished_orders_past_retention_and_nothing_else() {
     assert_eq!(order_status(&db.pool, old_reused).await, "COMPLETED", "an INSERT alone does not roll the order up");
 
     // Off by default: nothing happens.
-    let off = Pruner { pool: db.pool.clone(), settings: Arc::new(db.settings("")) };
+    let off = Pruner { pool: db.pool.clone(), settings: Arc::new(db.settings("")), topology: Topology::Single };
     assert_eq!(off.run_once().await.unwrap(), PruneReport::default());
     assert_eq!(rows_of(&db.pool, old_done).await, 1 + 2 + 2 + 2 + 1);
 
     // Batches of one: the sweep goes on until a short batch.
-    let pruner =
-        Pruner { pool: db.pool.clone(), settings: Arc::new(db.settings("[pruner]\nretention = \"1d\"\nbatch = 1\n")) };
+    let pruner = Pruner {
+        pool: db.pool.clone(),
+        settings: Arc::new(db.settings("[pruner]\nretention = \"1d\"\nbatch = 1\n")),
+        topology: Topology::Single,
+    };
     assert_eq!(pruner.run_once().await.unwrap(), PruneReport { orders: 2, items: 3 });
     assert_eq!(rows_of(&db.pool, old_done).await, 0);
     assert_eq!(rows_of(&db.pool, old_discarded).await, 0);

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 /// The distributed schema, applied after the migrations (see the file's own comments).
 pub mod engine;
+pub mod prune;
 
 pub use engine::Answered;
 
@@ -206,12 +207,12 @@ pub async fn claim_tenant(
 }
 
 /// The engine's loops that do not run on a Citus cluster yet, by task name: their statements
-/// read or lock across tenants (the SLA sweeper and its notifier, the pruner, the
-/// agent-limits waker). Empty on one PostgreSQL.
+/// read or lock across tenants (the SLA sweeper and its notifier, the agent-limits waker).
+/// Empty on one PostgreSQL.
 pub fn loops_off(topology: Topology) -> &'static [&'static str] {
     match topology {
         Topology::Single => &[],
-        Topology::Distributed => &["sla-sweeper", "notifier", "pruner", "limits_waker"],
+        Topology::Distributed => &["sla-sweeper", "notifier", "limits_waker"],
     }
 }
 
