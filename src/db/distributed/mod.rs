@@ -3,6 +3,8 @@
 //! database into the distributed schema (`distribute.sql`); the statements here are the
 //! ones only distributed mode runs: the list of tenants with queued work that a claim
 //! chooses from, and the claim that names one tenant, routed to the node holding its shards.
+//! [`engine`] holds the writes after the claim (completion, renewal, rescue, roll-ups),
+//! [`prune`] the pruner, each one tenant per statement.
 
 use super::claim::{ClaimedItem, claimed_and_started};
 use sqlx::PgPool;
