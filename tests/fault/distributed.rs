@@ -9,7 +9,6 @@ use crate::common::TestAgent;
 use crate::harness::*;
 use serde_json::json;
 use sqlx::PgPool;
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -130,25 +129,7 @@ async fn oracle(pool: &PgPool, inserted: &[Uuid], agent: &TestAgent) -> Verdict 
         .await,
         ..Verdict::default()
     };
-    let recorded: HashMap<Uuid, i64> = sqlx::query_as::<_, (Uuid, i64)>(
-        "SELECT work_item_id, count(*) FROM attempts
-         WHERE status IN ('COMPLETED', 'FAILED', 'TIMEOUT', 'INTERRUPTED') AND agent_id = 'ledger'
-         GROUP BY 1",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap()
-    .into_iter()
-    .collect();
-    let received = agent.received.lock().unwrap().clone();
-    let mut executed: HashMap<Uuid, i64> = HashMap::new();
-    let mut per_attempt: HashMap<(Uuid, i64), usize> = HashMap::new();
-    for r in &received {
-        *executed.entry(r.item_id).or_default() += 1;
-        *per_attempt.entry((r.item_id, r.attempt)).or_default() += 1;
-    }
-    v.duplicates = executed.iter().map(|(id, n)| (n - recorded.get(id).copied().unwrap_or(0)).max(0)).sum();
-    v.concurrent_duplicates = per_attempt.values().filter(|n| **n > 1).count();
+    (v.duplicates, v.concurrent_duplicates) = ledger_duplicates(pool, agent).await;
     v
 }
 

@@ -427,6 +427,13 @@ pub async fn oracle(db: &TestDb, inserted: &[Uuid], agent: &TestAgent) -> Verdic
         .await,
         ..Verdict::default()
     };
+    (v.duplicates, v.concurrent_duplicates) = ledger_duplicates(pool, agent).await;
+    v
+}
+
+/// The ledger's side of the oracle (single-node and distributed): executions without a
+/// recorded result, and attempts executed more than once.
+pub async fn ledger_duplicates(pool: &sqlx::PgPool, agent: &TestAgent) -> (i64, usize) {
     // Executions whose result was recorded: every attempt that ran the agent to an end.
     let recorded: HashMap<Uuid, i64> = sqlx::query_as::<_, (Uuid, i64)>(
         "SELECT work_item_id, count(*) FROM attempts
@@ -445,10 +452,9 @@ pub async fn oracle(db: &TestDb, inserted: &[Uuid], agent: &TestAgent) -> Verdic
         *executed.entry(r.item_id).or_default() += 1;
         *per_attempt.entry((r.item_id, r.attempt)).or_default() += 1;
     }
-    v.duplicates = executed.iter().map(|(id, n)| (n - recorded.get(id).copied().unwrap_or(0)).max(0)).sum();
+    let duplicates = executed.iter().map(|(id, n)| (n - recorded.get(id).copied().unwrap_or(0)).max(0)).sum();
     // The same attempt executed twice would mean two workers held one claim.
-    v.concurrent_duplicates = per_attempt.values().filter(|n| **n > 1).count();
-    v
+    (duplicates, per_attempt.values().filter(|n| **n > 1).count())
 }
 
 impl Verdict {
