@@ -174,6 +174,7 @@ impl Engine {
         // Delivers the SLA notifications outbox; on every replica (claims with SKIP LOCKED).
         let notifier = crate::sla::notifier::Notifier::new(pool.clone(), settings.notifier.clone())
             .context("building the notifier's HTTP client")?
+            .on(topology)
             .with_metrics(metrics.clone());
         // The dispatcher says when it waits for work; the listener then holds the wake lock.
         let (waiting_tx, waiting_rx) = tokio::sync::watch::channel(false);
@@ -214,6 +215,7 @@ impl Engine {
                         pool: pool.clone(),
                         settings: settings.clone(),
                         metrics: metrics.clone(),
+                        topology,
                     }
                     .run(leadership.clone(), stop_background.clone()),
                 ),

@@ -132,6 +132,7 @@ pub async fn sla(settings: &Settings, command: SlaCommand) -> anyhow::Result<()>
                 pool: pool.clone(),
                 settings: std::sync::Arc::new(settings.clone()),
                 metrics: Default::default(),
+                topology: crate::db::distributed::topology(&pool).await?,
             };
             let started = std::time::Instant::now();
             let report = sweeper.run_once().await?;

@@ -275,3 +275,45 @@ BEGIN
     RETURN made;
 END
 $$;
+
+-- 9. An incident's acknowledge and resolve (migration 0024's orderly_incident_events), for one
+--    tenant: an incident's escalations and notifications are all of one tenant on a cluster
+--    (the SLA sweeper groups them per tenant), so this runs on that tenant's node.
+CREATE FUNCTION orderly_incident_events_of(tenant uuid, changed uuid[]) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp SET enable_bitmapscan = on AS $$
+DECLARE
+    incidents uuid[];
+    queued integer;
+BEGIN
+    SELECT array_agg(locked.id) INTO incidents
+      FROM (SELECT n.id FROM notifications n
+             WHERE n.tenant_id = tenant AND n.dedup_key IS NOT NULL AND n.kind = 'FIRED'
+               AND n.escalation_ids && changed
+             ORDER BY n.id
+             FOR NO KEY UPDATE) locked;
+    IF incidents IS NULL THEN
+        RETURN 0;
+    END IF;
+    WITH state AS (
+        SELECT n.id, n.connector_id, n.rule_id, n.level, n.dedup_key, n.escalation_ids, n.payload->'rule' AS rule,
+               count(e.id) FILTER (WHERE e.status = 'OPEN') AS open,
+               count(e.id) FILTER (WHERE e.status = 'ACKNOWLEDGED') AS acknowledged
+          FROM notifications n
+          LEFT JOIN escalations e ON e.tenant_id = tenant AND e.id = ANY (n.escalation_ids)
+         WHERE n.tenant_id = tenant AND n.id = ANY (incidents)
+         GROUP BY n.tenant_id, n.id
+    )
+    INSERT INTO notifications (tenant_id, connector_id, rule_id, level, kind, escalation_ids, payload, dedup_key)
+    SELECT tenant, s.connector_id, s.rule_id, s.level, k.kind, s.escalation_ids,
+           jsonb_build_object('kind', k.kind, 'rule', s.rule, 'level', s.level,
+                              'count', cardinality(s.escalation_ids), 'dedup_key', s.dedup_key),
+           s.dedup_key
+      FROM state s
+     CROSS JOIN LATERAL (SELECT CASE WHEN s.acknowledged = 0 THEN 'RESOLVED' ELSE 'ACKNOWLEDGED' END AS kind) k
+     WHERE s.open = 0
+    ON CONFLICT (tenant_id, connector_id, dedup_key, kind) WHERE dedup_key IS NOT NULL DO NOTHING;
+    GET DIAGNOSTICS queued = ROW_COUNT;
+    RETURN queued;
+END
+$$;
+SELECT create_distributed_function('orderly_incident_events_of(uuid,uuid[])', 'tenant', colocate_with => 'work_orders');

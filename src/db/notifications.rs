@@ -14,6 +14,10 @@
 //! trigger, then its acknowledge, then its resolve; migration 0024) go out in that order: an
 //! acknowledge is not claimed while its trigger is PENDING, a resolve while its trigger or its
 //! acknowledge is, whatever their retries.
+//!
+//! On a Citus cluster the claim is `db::distributed::notifications::claim` (tenant by
+//! tenant); a claimed notification then carries its tenant, and every outcome statement here
+//! names it, so that it runs on the tenant's node.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -25,6 +29,8 @@ use uuid::Uuid;
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub id: Uuid,
+    /// Its tenant on a Citus cluster (db::distributed::notifications); None on one PostgreSQL.
+    pub tenant: Option<Uuid>,
     pub kind: String,
     pub payload: Value,
     pub rule_id: Option<Uuid>,
@@ -126,42 +132,62 @@ pub async fn claim(
         .bind(&paced_seconds)
         .fetch_all(pool)
         .await?;
-    let mut claimed = rows
-        .iter()
-        .map(|r| {
-            Ok(Claimed {
-                id: r.try_get("id")?,
-                kind: r.try_get("kind")?,
-                payload: r.try_get("payload")?,
-                rule_id: r.try_get("rule_id")?,
-                level: r.try_get("level")?,
-                escalation_ids: r.try_get("escalation_ids")?,
-                dedup_key: r.try_get("dedup_key")?,
-                attempts: r.try_get("attempts")?,
-                created_at: r.try_get("created_at")?,
-                connector_id: r.try_get("connector_id")?,
-                connector_name: r.try_get("connector_name")?,
-                connector_type: r.try_get("connector_type")?,
-                config: r.try_get("config")?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let mut claimed = rows.iter().map(|r| decode(r, false)).collect::<Result<Vec<_>, sqlx::Error>>()?;
     // Oldest first (ids are time-ordered), whichever group they came from.
     claimed.sort_by_key(|c| c.id);
     Ok(claimed)
 }
 
+/// A claimed row (the claim's RETURNING list; `tenant`: a cluster's, with the tenant's
+/// column and without the connector's type, which the caller fills in: an enum's text is not
+/// an immutable function, and Citus refuses those in RETURNING).
+pub(crate) fn decode(r: &sqlx::postgres::PgRow, tenant: bool) -> Result<Claimed, sqlx::Error> {
+    Ok(Claimed {
+        id: r.try_get("id")?,
+        tenant: if tenant { Some(r.try_get("tenant_id")?) } else { None },
+        kind: r.try_get("kind")?,
+        payload: r.try_get("payload")?,
+        rule_id: r.try_get("rule_id")?,
+        level: r.try_get("level")?,
+        escalation_ids: r.try_get("escalation_ids")?,
+        dedup_key: r.try_get("dedup_key")?,
+        attempts: r.try_get("attempts")?,
+        created_at: r.try_get("created_at")?,
+        connector_id: r.try_get("connector_id")?,
+        connector_name: r.try_get("connector_name")?,
+        connector_type: if tenant { String::new() } else { r.try_get("connector_type")? },
+        config: r.try_get("config")?,
+    })
+}
+
+/// An outcome statement for notification `$1`: on a cluster also by its tenant, the
+/// statement's last parameter (`$n`), so that it runs on the tenant's node only.
+fn keyed(sql: &'static str, tenant: Option<Uuid>, n: usize) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(match tenant {
+        None => sql.to_string(),
+        Some(_) => format!("{sql} AND tenant_id = ${n}"),
+    })
+}
+
+type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds the tenant last, when there is one ([`keyed`]).
+fn with_tenant(query: Query<'_>, tenant: Option<Uuid>) -> Query<'_> {
+    match tenant {
+        Some(tenant) => query.bind(tenant),
+        None => query,
+    }
+}
+
 /// Marks a notification delivered. Not fenced by the attempt: a delivery that succeeded
 /// after its lease was taken over still happened (the newer one is then a duplicate with
 /// the same id). False when it was no longer PENDING.
-pub async fn mark_delivered(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
+pub async fn mark_delivered(pool: &PgPool, id: Uuid, tenant: Option<Uuid>) -> Result<bool, sqlx::Error> {
+    let sql =
         "UPDATE notifications SET status = 'DELIVERED', delivered_at = now(), locked_until = NULL, last_error = NULL
-         WHERE id = $1 AND status = 'PENDING'",
-    )
-    .bind(id)
-    .execute(pool)
-    .await?;
+         WHERE id = $1 AND status = 'PENDING'";
+    let query = sqlx::query(keyed(sql, tenant, 2)).bind(id);
+    let done = with_tenant(query, tenant).execute(pool).await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -169,51 +195,41 @@ pub async fn mark_delivered(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error
 /// this one. False when the claim of `attempts` is no longer the current one.
 pub async fn schedule_retry(
     pool: &PgPool,
-    id: Uuid,
+    (id, tenant): (Uuid, Option<Uuid>),
     attempts: i32,
     delay: Duration,
     error: &str,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE notifications
+    let sql = "UPDATE notifications
          SET next_attempt_at = now() + make_interval(secs => $3), last_error = $4, locked_until = NULL
-         WHERE id = $1 AND attempts = $2 AND status = 'PENDING'",
-    )
-    .bind(id)
-    .bind(attempts)
-    .bind(delay.as_secs_f64())
-    .bind(error)
-    .execute(pool)
-    .await?;
+         WHERE id = $1 AND attempts = $2 AND status = 'PENDING'";
+    let query = sqlx::query(keyed(sql, tenant, 5)).bind(id).bind(attempts).bind(delay.as_secs_f64()).bind(error);
+    let done = with_tenant(query, tenant).execute(pool).await?;
     Ok(done.rows_affected() == 1)
 }
 
 /// Gives a notification up: FAILED, with the error that decided it. Fenced like
 /// [`schedule_retry`].
-pub async fn mark_failed(pool: &PgPool, id: Uuid, attempts: i32, error: &str) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE notifications SET status = 'FAILED', last_error = $3, locked_until = NULL
-         WHERE id = $1 AND attempts = $2 AND status = 'PENDING'",
-    )
-    .bind(id)
-    .bind(attempts)
-    .bind(error)
-    .execute(pool)
-    .await?;
+pub async fn mark_failed(
+    pool: &PgPool,
+    (id, tenant): (Uuid, Option<Uuid>),
+    attempts: i32,
+    error: &str,
+) -> Result<bool, sqlx::Error> {
+    let sql = "UPDATE notifications SET status = 'FAILED', last_error = $3, locked_until = NULL
+         WHERE id = $1 AND attempts = $2 AND status = 'PENDING'";
+    let query = sqlx::query(keyed(sql, tenant, 4)).bind(id).bind(attempts).bind(error);
+    let done = with_tenant(query, tenant).execute(pool).await?;
     Ok(done.rows_affected() == 1)
 }
 
 /// Hands back a claim that was never delivered (its lease ran out before its turn): the
 /// attempt is not counted and the notification is due again at once.
-pub async fn release(pool: &PgPool, id: Uuid, attempts: i32) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE notifications SET locked_until = NULL, attempts = attempts - 1
-         WHERE id = $1 AND attempts = $2 AND status = 'PENDING'",
-    )
-    .bind(id)
-    .bind(attempts)
-    .execute(pool)
-    .await?;
+pub async fn release(pool: &PgPool, (id, tenant): (Uuid, Option<Uuid>), attempts: i32) -> Result<bool, sqlx::Error> {
+    let sql = "UPDATE notifications SET locked_until = NULL, attempts = attempts - 1
+         WHERE id = $1 AND attempts = $2 AND status = 'PENDING'";
+    let query = sqlx::query(keyed(sql, tenant, 3)).bind(id).bind(attempts);
+    let done = with_tenant(query, tenant).execute(pool).await?;
     Ok(done.rows_affected() == 1)
 }
 

@@ -46,6 +46,8 @@ pub struct Notifier {
     channels: Arc<Channels>,
     /// This process's counters (`orderly_notifications_total`), when it runs in a daemon.
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// On a Citus cluster the claim goes tenant by tenant (db::distributed::notifications).
+    topology: crate::db::distributed::Topology,
 }
 
 /// What one round did.
@@ -87,12 +89,18 @@ impl Notifier {
     /// A notifier on `pool`. Fails only if the HTTP clients cannot be built (no TLS roots).
     pub fn new(pool: PgPool, settings: NotifierSettings) -> Result<Notifier, reqwest::Error> {
         let channels = Channels::new(settings.public_url.clone())?;
-        Ok(Notifier { pool, settings, channels: Arc::new(channels), metrics: None })
+        let topology = crate::db::distributed::Topology::Single;
+        Ok(Notifier { pool, settings, channels: Arc::new(channels), metrics: None, topology })
     }
 
     /// Counts every recorded outcome in `metrics` (by connector type and outcome).
     pub fn with_metrics(self, metrics: Arc<crate::metrics::Metrics>) -> Notifier {
         Notifier { metrics: Some(metrics), ..self }
+    }
+
+    /// Claims as `topology` needs (tenant by tenant on a Citus cluster).
+    pub fn on(self, topology: crate::db::distributed::Topology) -> Notifier {
+        Notifier { topology, ..self }
     }
 
     /// Rounds until `stop`: at once again after a round that claimed something, else after
@@ -128,7 +136,14 @@ impl Notifier {
         let lease = self.settings.lease;
         // Measured from before the claim, so never later than the lease in the database.
         let deadline = Instant::now() + lease - lease / 10;
-        let claimed = notifications::claim(&self.pool, self.settings.batch, lease, &PACING).await?;
+        let claimed = match self.topology {
+            crate::db::distributed::Topology::Single => {
+                notifications::claim(&self.pool, self.settings.batch, lease, &PACING).await?
+            }
+            crate::db::distributed::Topology::Distributed => {
+                crate::db::distributed::notifications::claim(&self.pool, self.settings.batch, lease, &PACING).await?
+            }
+        };
         let mut report = DeliveryReport { claimed: claimed.len(), ..DeliveryReport::default() };
         if claimed.is_empty() {
             return Ok(report);
@@ -158,7 +173,13 @@ impl Notifier {
     async fn deliver(&self, notification: Claimed, deadline: Instant) -> Recorded {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining < (self.settings.lease / 4).min(Duration::from_secs(1)) {
-            return match notifications::release(&self.pool, notification.id, notification.attempts).await {
+            return match notifications::release(
+                &self.pool,
+                (notification.id, notification.tenant),
+                notification.attempts,
+            )
+            .await
+            {
                 Ok(_) => Recorded::Released,
                 Err(e) => {
                     tracing::warn!(notification = %notification.id, error = %e, "notifier: cannot hand back a claim");
@@ -199,14 +220,14 @@ impl Notifier {
         };
         match delivery {
             Delivery::Delivered => {
-                notifications::mark_delivered(&self.pool, n.id).await?;
+                notifications::mark_delivered(&self.pool, n.id, n.tenant).await?;
                 tracing::info!(notification = %n.id, connector = %n.connector_name, kind = %n.kind,
                     attempts = n.attempts, "notification delivered");
                 Ok(Recorded::Delivered)
             }
             Delivery::Retryable { error, .. } if n.attempts >= settings.max_attempts => {
                 let error = describe(&format!("gave up after {} attempts: {error}", n.attempts));
-                notifications::mark_failed(&self.pool, n.id, n.attempts, &error).await?;
+                notifications::mark_failed(&self.pool, (n.id, n.tenant), n.attempts, &error).await?;
                 tracing::warn!(notification = %n.id, connector = %n.connector_name, error = %error, "notification failed");
                 Ok(Recorded::Failed)
             }
@@ -214,7 +235,7 @@ impl Notifier {
                 let backoff = Backoff { base: settings.backoff_base, max: settings.backoff_max };
                 let delay = backoff.honour(n.attempts, retry_after, fastrand::f64());
                 let error = describe(&error);
-                notifications::schedule_retry(&self.pool, n.id, n.attempts, delay, &error).await?;
+                notifications::schedule_retry(&self.pool, (n.id, n.tenant), n.attempts, delay, &error).await?;
                 if retry_after.is_some() && PACING.iter().any(|(kind, _)| *kind == n.connector_type) {
                     notifications::defer_connector(&self.pool, n.connector_id, delay).await?;
                 }
@@ -224,7 +245,7 @@ impl Notifier {
             }
             Delivery::Permanent { error } => {
                 let error = describe(&error);
-                notifications::mark_failed(&self.pool, n.id, n.attempts, &error).await?;
+                notifications::mark_failed(&self.pool, (n.id, n.tenant), n.attempts, &error).await?;
                 tracing::warn!(notification = %n.id, connector = %n.connector_name, error = %error, "notification failed");
                 Ok(Recorded::Failed)
             }

@@ -23,7 +23,7 @@ pub fn check(rule: &Rule, active_connectors: &BTreeSet<String>) -> Vec<Problem> 
     if rule.levels.is_empty() {
         problem(true, "has no levels: add rows to sla_levels (rule_id, level, after, connectors)".into());
     }
-    if crate::db::sla::fire_sql(&rule.clock).is_none() {
+    if crate::db::sla::fire_sql(&rule.clock, None).is_none() {
         problem(true, format!("has an unknown clock `{}`", rule.clock));
     }
     let mut previous: Option<&Level> = None;

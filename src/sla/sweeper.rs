@@ -6,6 +6,11 @@
 //! Resolving comes first so that the transaction locks escalations before incidents, as an
 //! operator's acknowledge does. A rule with a problem is reported (at a bounded rate) and
 //! skipped, never fatal.
+//!
+//! On a Citus cluster (docs/distributed.md) a rule is swept tenant by tenant: the tenants
+//! with something for its clock are read across the shards, then each tenant's resolving,
+//! firing and notifications run on that tenant's node, in transactions of their own. A
+//! tenant's escalations are grouped into messages of that tenant.
 
 use super::rules::{self, Problem};
 use crate::config::Settings;
@@ -34,6 +39,7 @@ pub struct Sweeper {
     pub settings: Arc<Settings>,
     /// Escalations fired and resolved by this replica's sweeps are counted here.
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub topology: db::distributed::Topology,
 }
 
 impl Sweeper {
@@ -75,7 +81,7 @@ impl Sweeper {
             .await?
             .into_iter()
             .map(|(connector, name, kind)| {
-                (name, Recipient { connector, incident: INCIDENT_TYPES.contains(&kind.as_str()) })
+                (name, Recipient { connector, incident: INCIDENT_TYPES.contains(&kind.as_str()), tenant: None })
             })
             .collect();
         let active: BTreeSet<String> = connectors.keys().cloned().collect();
@@ -83,8 +89,16 @@ impl Sweeper {
             let problems = rules::check(rule, &active);
             let blocked = problems.iter().any(|p| p.blocking);
             report.problems.extend(problems);
-            if !blocked {
-                self.sweep_rule(rule, &connectors, &mut report).await?;
+            if blocked {
+                continue;
+            }
+            match self.topology {
+                db::distributed::Topology::Single => self.sweep_rule(rule, &connectors, &mut report, None).await?,
+                db::distributed::Topology::Distributed => {
+                    for tenant in db::sla::tenants_to_sweep(&self.pool, rule).await? {
+                        self.sweep_rule(rule, &connectors, &mut report, Some(tenant)).await?;
+                    }
+                }
             }
         }
         Ok(report)
@@ -95,6 +109,7 @@ impl Sweeper {
         rule: &Rule,
         connectors: &HashMap<String, Recipient>,
         report: &mut SweepReport,
+        tenant: Option<Uuid>,
     ) -> Result<(), sqlx::Error> {
         let mut first = true;
         loop {
@@ -102,7 +117,7 @@ impl Sweeper {
             if first {
                 // The resolved notice goes to every connector of a level that fired for them;
                 // an incident (PagerDuty) hears once all of its escalations are resolved.
-                let resolved = db::sla::resolve_stopped(&mut tx, rule).await?;
+                let resolved = db::sla::resolve_stopped(&mut tx, rule, tenant).await?;
                 let mut by_connector: BTreeMap<Uuid, ResolvedGroup> = BTreeMap::new();
                 for r in &resolved {
                     let Some(level) = rule.levels.iter().find(|l| l.level == r.level) else { continue };
@@ -118,16 +133,16 @@ impl Sweeper {
                 }
                 for (connector, (ids, items)) in &by_connector {
                     let payload = rules::resolved_payload(rule, items);
-                    let recipient = Recipient { connector: *connector, incident: false };
+                    let recipient = Recipient { connector: *connector, incident: false, tenant };
                     db::sla::enqueue_notification(&mut tx, recipient, rule.id, None, "RESOLVED", ids, &payload).await?;
                     report.notifications += 1;
                 }
                 let ids: Vec<Uuid> = resolved.iter().map(|r| r.id).collect();
-                report.notifications += db::sla::incident_events(&mut tx, &ids).await? as usize;
+                report.notifications += db::sla::incident_events(&mut tx, &ids, tenant).await? as usize;
                 report.resolved += resolved.len();
                 first = false;
             }
-            let fired = db::sla::fire(&mut tx, rule, self.settings.sla.batch).await?;
+            let fired = db::sla::fire(&mut tx, rule, self.settings.sla.batch, tenant).await?;
             // Per level: its escalations, to each of its connectors, as one message.
             let mut by_level: BTreeMap<i32, Vec<&db::sla::Fired>> = BTreeMap::new();
             for f in &fired {
@@ -146,7 +161,7 @@ impl Sweeper {
                     if let Some(recipient) = connectors.get(name) {
                         db::sla::enqueue_notification(
                             &mut tx,
-                            *recipient,
+                            Recipient { tenant, ..*recipient },
                             rule.id,
                             Some(*level_no),
                             "FIRED",

@@ -177,7 +177,12 @@ async fn pagerduty_follows_orderly_and_telegram_hears_the_breach() {
         "[admin]\npublic_url = \"{PUBLIC_URL}/\"\n\
          [notifier]\npoll_interval = \"50ms\"\nbackoff_base = \"50ms\"\nbackoff_max = \"5s\"\n"
     ));
-    let sweeper = Sweeper { pool: db.pool.clone(), settings: Arc::new(settings.clone()), metrics: Default::default() };
+    let sweeper = Sweeper {
+        pool: db.pool.clone(),
+        settings: Arc::new(settings.clone()),
+        metrics: Default::default(),
+        topology: orderly::db::distributed::Topology::Single,
+    };
     let notifier = Notifier::new(db.pool.clone(), settings.notifier.clone()).unwrap();
     let stop = CancellationToken::new();
     let running = tokio::spawn(notifier.run(stop.clone()));
@@ -323,7 +328,7 @@ async fn an_incidents_acknowledge_and_resolve_wait_for_its_trigger() {
     let claim = || async {
         let claimed = notifications::claim(&db.pool, 32, Duration::from_secs(60), &PACING).await.unwrap();
         for c in &claimed {
-            notifications::release(&db.pool, c.id, c.attempts).await.unwrap();
+            notifications::release(&db.pool, (c.id, None), c.attempts).await.unwrap();
         }
         let mut ids: Vec<Uuid> = claimed.iter().map(|c| c.id).collect();
         ids.sort();
@@ -341,9 +346,9 @@ async fn an_incidents_acknowledge_and_resolve_wait_for_its_trigger() {
         .await
         .unwrap();
     assert_eq!(claim().await, both(trigger), "the trigger first");
-    notifications::mark_delivered(&db.pool, trigger).await.unwrap();
+    notifications::mark_delivered(&db.pool, trigger, None).await.unwrap();
     assert_eq!(claim().await, both(acknowledge), "then the acknowledge");
-    notifications::mark_delivered(&db.pool, acknowledge).await.unwrap();
+    notifications::mark_delivered(&db.pool, acknowledge, None).await.unwrap();
     assert_eq!(claim().await, both(resolve), "then the resolve");
     // The unique key keeps one event of each kind per incident.
     let twice = sqlx::query("INSERT INTO notifications (connector_id, level, kind, payload, dedup_key) VALUES ($1, 1, 'RESOLVED', '{}', 'k')")
@@ -369,7 +374,12 @@ async fn incidents_follow_orderly_under_least_privilege_roles() {
     sqlx::query("UPDATE work_items SET run_at = now() - interval '90 seconds'").execute(&db.pool).await.unwrap();
     let daemon = sqlx::PgPool::connect(&roles.url(&db, "daemon")).await.unwrap();
     let oncall = sqlx::PgPool::connect(&roles.url(&db, "oncall")).await.unwrap();
-    let sweeper = Sweeper { pool: daemon.clone(), settings: Arc::new(db.settings("")), metrics: Default::default() };
+    let sweeper = Sweeper {
+        pool: daemon.clone(),
+        settings: Arc::new(db.settings("")),
+        metrics: Default::default(),
+        topology: orderly::db::distributed::Topology::Single,
+    };
     assert_eq!(sweeper.run_once().await.unwrap().fired, 1);
     let escalation: Uuid = sqlx::query_scalar("SELECT id FROM escalations").fetch_one(&db.pool).await.unwrap();
     db::sla::act(&oncall, escalation, db::sla::Action::Acknowledge, "oncall", None).await.unwrap();

@@ -20,6 +20,7 @@ mod dead_letters;
 mod dependencies;
 mod deploy;
 mod distributed;
+mod distributed_sla;
 mod docs;
 mod durability;
 mod flow;

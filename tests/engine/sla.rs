@@ -12,7 +12,12 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 fn sweeper(db: &TestDb) -> Sweeper {
-    Sweeper { pool: db.pool.clone(), settings: Arc::new(db.settings("")), metrics: Default::default() }
+    Sweeper {
+        pool: db.pool.clone(),
+        settings: Arc::new(db.settings("")),
+        metrics: Default::default(),
+        topology: orderly::db::distributed::Topology::Single,
+    }
 }
 
 async fn connector(db: &TestDb, name: &str) -> Uuid {

@@ -4,7 +4,8 @@
 //! ones only distributed mode runs: the list of tenants with queued work that a claim
 //! chooses from, and the claim that names one tenant, routed to the node holding its shards.
 //! [`engine`] holds the writes after the claim (completion, renewal, rescue, roll-ups),
-//! [`prune`] the pruner, each one tenant per statement.
+//! [`prune`] the pruner, [`notifications`] the outbox's claim, each one tenant per
+//! statement.
 
 use super::claim::{ClaimedItem, claimed_and_started};
 use sqlx::PgPool;
@@ -13,6 +14,7 @@ use uuid::Uuid;
 
 /// The distributed schema, applied after the migrations (see the file's own comments).
 pub mod engine;
+pub mod notifications;
 pub mod prune;
 
 pub use engine::Answered;
@@ -209,12 +211,12 @@ pub async fn claim_tenant(
 }
 
 /// The engine's loops that do not run on a Citus cluster yet, by task name: their statements
-/// read or lock across tenants (the SLA sweeper and its notifier, the agent-limits waker).
+/// read or lock across tenants (the agent-limits waker).
 /// Empty on one PostgreSQL.
 pub fn loops_off(topology: Topology) -> &'static [&'static str] {
     match topology {
         Topology::Single => &[],
-        Topology::Distributed => &["sla-sweeper", "notifier", "limits_waker"],
+        Topology::Distributed => &["limits_waker"],
     }
 }
 

@@ -198,6 +198,7 @@ mod tests {
 
     fn claimed(kind: &str, dedup_key: Option<&str>, config: Value) -> Claimed {
         Claimed {
+            tenant: None,
             id: Uuid::nil(),
             kind: kind.to_owned(),
             payload: json!({"kind": kind, "rule": {"id": "r-1", "name": "tickets start", "clock": "TIME_TO_START"},

@@ -266,6 +266,7 @@ mod tests {
 
     fn claimed(config: Value) -> Claimed {
         Claimed {
+            tenant: None,
             id: Uuid::nil(),
             kind: "FIRED".into(),
             payload: json!({"kind": "FIRED", "rule": {"name": "tickets start"}, "level": 1, "count": 1}),
