@@ -1,6 +1,7 @@
 //! Cost entries (migration 0026): written by the completer with the attempts they belong to,
 //! read by `orderly costs`.
 
+use super::distributed::BindTenant;
 use crate::model::Completion;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -9,14 +10,16 @@ use uuid::Uuid;
 
 /// Writes the cost entries of the written attempts of a batch (`written`: their attempt
 /// ids), inside the completer's transaction. The order's tenant and workflow are read here;
-/// amounts are computed by numeric arithmetic from the decimal texts.
-pub async fn record(
+/// amounts are computed by numeric arithmetic from the decimal texts. On a Citus cluster
+/// `tenant` names the batch's one tenant, whose order is read on its node.
+pub async fn record<'a>(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    batch: &[Completion],
+    batch: impl IntoIterator<Item = &'a Completion>,
     written: &std::collections::HashSet<Uuid>,
+    tenant: Option<Uuid>,
 ) -> Result<(), sqlx::Error> {
     let mut c = Columns::default();
-    for done in batch.iter().filter(|d| written.contains(&d.attempt_id)) {
+    for done in batch.into_iter().filter(|d| written.contains(&d.attempt_id)) {
         for cost in &done.report.costs {
             let tokens = cost.tokens.as_ref();
             c.attempt.push(done.attempt_id);
@@ -38,42 +41,48 @@ pub async fn record(
     if c.attempt.is_empty() {
         return Ok(());
     }
-    // Tokens: the quantity is input plus output; the amount, when the table prices the model,
-    // is each count times its price per million, in numeric arithmetic.
-    sqlx::query(
-        "INSERT INTO cost_entries (attempt_id, work_item_id, work_order_id, tenant_id, workflow_id, agent_id, model,
-                                   cost_type, quantity, unit, input_quantity, output_quantity, amount, currency)
-         SELECT u.attempt, u.item, u.ord, o.tenant_id, o.workflow_id, u.agent, u.model, u.cost_type::cost_type,
-                coalesce(u.quantity::numeric, coalesce(u.input::numeric, 0) + coalesce(u.output::numeric, 0)), u.unit,
-                u.input::numeric, u.output::numeric,
-                coalesce(u.amount::numeric,
-                         (coalesce(u.input::numeric, 0) * u.input_price::numeric
-                          + coalesce(u.output::numeric, 0) * u.output_price::numeric) / 1000000),
-                CASE WHEN u.amount IS NOT NULL OR u.input_price IS NOT NULL THEN u.currency END
-         FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-                     $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[])
-              AS u(attempt, item, ord, agent, model, cost_type, quantity, unit, input, output, input_price,
-                   output_price, amount, currency)
-         JOIN work_orders o ON o.id = u.ord",
-    )
-    .bind(&c.attempt)
-    .bind(&c.item)
-    .bind(&c.order)
-    .bind(&c.agent)
-    .bind(&c.model)
-    .bind(&c.cost_type)
-    .bind(&c.quantity)
-    .bind(&c.unit)
-    .bind(&c.input)
-    .bind(&c.output)
-    .bind(&c.input_price)
-    .bind(&c.output_price)
-    .bind(&c.amount)
-    .bind(&c.currency)
-    .execute(&mut **tx)
-    .await
-    .map(|_| ())
+    let sql = match tenant {
+        None => RECORD_SQL.to_string(),
+        Some(_) => format!("{RECORD_SQL} AND o.tenant_id = $15"),
+    };
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&c.attempt)
+        .bind(&c.item)
+        .bind(&c.order)
+        .bind(&c.agent)
+        .bind(&c.model)
+        .bind(&c.cost_type)
+        .bind(&c.quantity)
+        .bind(&c.unit)
+        .bind(&c.input)
+        .bind(&c.output)
+        .bind(&c.input_price)
+        .bind(&c.output_price)
+        .bind(&c.amount)
+        .bind(&c.currency)
+        .bind_tenant(tenant)
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
 }
+
+/// Tokens: the quantity is input plus output; the amount, when the table prices the model,
+/// is each count times its price per million, in numeric arithmetic.
+const RECORD_SQL: &str =
+    "INSERT INTO cost_entries (attempt_id, work_item_id, work_order_id, tenant_id, workflow_id, agent_id, model,
+                               cost_type, quantity, unit, input_quantity, output_quantity, amount, currency)
+     SELECT u.attempt, u.item, u.ord, o.tenant_id, o.workflow_id, u.agent, u.model, u.cost_type::cost_type,
+            coalesce(u.quantity::numeric, coalesce(u.input::numeric, 0) + coalesce(u.output::numeric, 0)), u.unit,
+            u.input::numeric, u.output::numeric,
+            coalesce(u.amount::numeric,
+                     (coalesce(u.input::numeric, 0) * u.input_price::numeric
+                      + coalesce(u.output::numeric, 0) * u.output_price::numeric) / 1000000),
+            CASE WHEN u.amount IS NOT NULL OR u.input_price IS NOT NULL THEN u.currency END
+     FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                 $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[])
+          AS u(attempt, item, ord, agent, model, cost_type, quantity, unit, input, output, input_price,
+               output_price, amount, currency)
+     JOIN work_orders o ON o.id = u.ord";
 
 #[derive(Default)]
 struct Columns<'a> {

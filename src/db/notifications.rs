@@ -19,6 +19,7 @@
 //! tenant); a claimed notification then carries its tenant, and every outcome statement here
 //! names it, so that it runs on the tenant's node.
 
+use super::distributed::BindTenant;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgPool, Row};
@@ -169,16 +170,6 @@ fn keyed(sql: &'static str, tenant: Option<Uuid>, n: usize) -> sqlx::AssertSqlSa
     })
 }
 
-type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
-
-/// Binds the tenant last, when there is one ([`keyed`]).
-fn with_tenant(query: Query<'_>, tenant: Option<Uuid>) -> Query<'_> {
-    match tenant {
-        Some(tenant) => query.bind(tenant),
-        None => query,
-    }
-}
-
 /// Marks a notification delivered. Not fenced by the attempt: a delivery that succeeded
 /// after its lease was taken over still happened (the newer one is then a duplicate with
 /// the same id). False when it was no longer PENDING.
@@ -187,7 +178,7 @@ pub async fn mark_delivered(pool: &PgPool, id: Uuid, tenant: Option<Uuid>) -> Re
         "UPDATE notifications SET status = 'DELIVERED', delivered_at = now(), locked_until = NULL, last_error = NULL
          WHERE id = $1 AND status = 'PENDING'";
     let query = sqlx::query(keyed(sql, tenant, 2)).bind(id);
-    let done = with_tenant(query, tenant).execute(pool).await?;
+    let done = query.bind_tenant(tenant).execute(pool).await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -204,7 +195,7 @@ pub async fn schedule_retry(
          SET next_attempt_at = now() + make_interval(secs => $3), last_error = $4, locked_until = NULL
          WHERE id = $1 AND attempts = $2 AND status = 'PENDING'";
     let query = sqlx::query(keyed(sql, tenant, 5)).bind(id).bind(attempts).bind(delay.as_secs_f64()).bind(error);
-    let done = with_tenant(query, tenant).execute(pool).await?;
+    let done = query.bind_tenant(tenant).execute(pool).await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -219,7 +210,7 @@ pub async fn mark_failed(
     let sql = "UPDATE notifications SET status = 'FAILED', last_error = $3, locked_until = NULL
          WHERE id = $1 AND attempts = $2 AND status = 'PENDING'";
     let query = sqlx::query(keyed(sql, tenant, 4)).bind(id).bind(attempts).bind(error);
-    let done = with_tenant(query, tenant).execute(pool).await?;
+    let done = query.bind_tenant(tenant).execute(pool).await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -229,7 +220,7 @@ pub async fn release(pool: &PgPool, (id, tenant): (Uuid, Option<Uuid>), attempts
     let sql = "UPDATE notifications SET locked_until = NULL, attempts = attempts - 1
          WHERE id = $1 AND attempts = $2 AND status = 'PENDING'";
     let query = sqlx::query(keyed(sql, tenant, 3)).bind(id).bind(attempts);
-    let done = with_tenant(query, tenant).execute(pool).await?;
+    let done = query.bind_tenant(tenant).execute(pool).await?;
     Ok(done.rows_affected() == 1)
 }
 

@@ -210,8 +210,8 @@ pub async fn complete_in(
     if batch.iter().any(|c| !c.report.is_empty()) {
         let attempts: std::collections::HashSet<Uuid> =
             batch.iter().filter(|c| written.contains(&(c.item_id, c.attempt))).map(|c| c.attempt_id).collect();
-        super::costs::record(tx, batch, &attempts).await?;
-        super::runs::record(tx, batch, &attempts).await?;
+        super::costs::record(tx, batch, &attempts, None).await?;
+        super::runs::record(tx, batch, &attempts, None).await?;
     }
     let mut to_roll: Vec<Uuid> = finishing_orders(batch).into_iter().filter(|order| touched.contains(order)).collect();
     to_roll.extend(

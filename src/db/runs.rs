@@ -1,6 +1,7 @@
 //! Run logs and artifacts (migration 0027): written by the completer with the attempts they
 //! belong to, read by the item page and `orderly items logs`.
 
+use super::distributed::BindTenant;
 use crate::model::Completion;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -8,17 +9,19 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 /// Writes the logs and artifacts of the written attempts of a batch, in the completer's
-/// transaction: one statement each, for the whole batch.
-pub async fn record(
+/// transaction: one statement each, for the whole batch. On a Citus cluster `tenant` names
+/// the batch's one tenant, which every row carries.
+pub async fn record<'a>(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    batch: &[Completion],
+    batch: impl IntoIterator<Item = &'a Completion>,
     written: &std::collections::HashSet<Uuid>,
+    tenant: Option<Uuid>,
 ) -> Result<(), sqlx::Error> {
     let (mut attempt, mut item, mut line, mut level, mut at, mut message) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut a_attempt, mut a_item, mut position, mut name, mut kind, mut size, mut url) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for done in batch.iter().filter(|d| written.contains(&d.attempt_id)) {
+    for done in batch.into_iter().filter(|d| written.contains(&d.attempt_id)) {
         for (n, l) in done.report.logs.iter().enumerate() {
             attempt.push(done.attempt_id);
             item.push(done.item_id);
@@ -38,33 +41,47 @@ pub async fn record(
         }
     }
     if !attempt.is_empty() {
-        sqlx::query(
-            "INSERT INTO run_logs (attempt_id, work_item_id, line, level, logged_at, message)
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::timestamptz[], $6::text[])",
-        )
-        .bind(&attempt)
-        .bind(&item)
-        .bind(&line)
-        .bind(&level)
-        .bind(&at)
-        .bind(&message)
-        .execute(&mut **tx)
-        .await?;
+        let sql = match tenant {
+            None => {
+                "INSERT INTO run_logs (attempt_id, work_item_id, line, level, logged_at, message)
+                     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::timestamptz[], $6::text[])"
+            }
+            Some(_) => {
+                "INSERT INTO run_logs (tenant_id, attempt_id, work_item_id, line, level, logged_at, message)
+                 SELECT $7, * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::timestamptz[], $6::text[])"
+            }
+        };
+        sqlx::query(sql)
+            .bind(&attempt)
+            .bind(&item)
+            .bind(&line)
+            .bind(&level)
+            .bind(&at)
+            .bind(&message)
+            .bind_tenant(tenant)
+            .execute(&mut **tx)
+            .await?;
     }
     if !a_attempt.is_empty() {
-        sqlx::query(
-            "INSERT INTO run_artifacts (attempt_id, work_item_id, position, name, type, size_bytes, url)
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[], $6::bigint[], $7::text[])",
-        )
-        .bind(&a_attempt)
-        .bind(&a_item)
-        .bind(&position)
-        .bind(&name)
-        .bind(&kind)
-        .bind(&size)
-        .bind(&url)
-        .execute(&mut **tx)
-        .await?;
+        let sql = match tenant {
+            None => "INSERT INTO run_artifacts (attempt_id, work_item_id, position, name, type, size_bytes, url)
+                     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[], $6::bigint[], $7::text[])",
+            Some(_) => {
+                "INSERT INTO run_artifacts (tenant_id, attempt_id, work_item_id, position, name, type, size_bytes, url)
+                 SELECT $8, * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[], $6::bigint[], $7::text[])"
+            }
+        };
+        sqlx::query(sql)
+            .bind(&a_attempt)
+            .bind(&a_item)
+            .bind(&position)
+            .bind(&name)
+            .bind(&kind)
+            .bind(&size)
+            .bind(&url)
+            .bind_tenant(tenant)
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(())
 }

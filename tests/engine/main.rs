@@ -20,7 +20,7 @@ mod dead_letters;
 mod dependencies;
 mod deploy;
 mod distributed;
-mod distributed_sla;
+mod distributed_records;
 mod docs;
 mod durability;
 mod flow;

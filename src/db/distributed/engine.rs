@@ -127,6 +127,12 @@ pub async fn complete_in(
         let keys: HashSet<(Uuid, i32)> = written.iter().map(|(id, _, n)| (*id, *n)).collect();
         let kept: Vec<&Completion> = group.iter().copied().filter(|c| keys.contains(&(c.item_id, c.attempt))).collect();
         insert_records(tx, tenant, &kept, &clock).await?;
+        // What the written attempts reported beside their results: costs, logs, artifacts.
+        if kept.iter().any(|c| !c.report.is_empty()) {
+            let attempts: HashSet<Uuid> = kept.iter().map(|c| c.attempt_id).collect();
+            crate::db::costs::record(tx, kept.iter().copied(), &attempts, Some(tenant)).await?;
+            crate::db::runs::record(tx, kept.iter().copied(), &attempts, Some(tenant)).await?;
+        }
         let mut finishing: Vec<Uuid> = kept
             .iter()
             .filter(|c| matches!(c.next, NextState::Completed | NextState::DeadLetter { .. }))

@@ -28,6 +28,22 @@ const DISTRIBUTE_SQL: &str = include_str!("../distribute.sql");
 pub const ENGINE_PLANNER_SETTINGS: [(&str, &str); 4] =
     [("enable_seqscan", "off"), ("enable_bitmapscan", "off"), ("plan_cache_mode", "force_custom_plan"), ("jit", "off")];
 
+/// Binds the tenant as a statement's last parameter when there is one: the statements whose
+/// cluster form names a tenant (`AND tenant_id = $n`), and whose single-node form has no such
+/// parameter.
+pub(crate) trait BindTenant {
+    fn bind_tenant(self, tenant: Option<Uuid>) -> Self;
+}
+
+impl<'q> BindTenant for sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    fn bind_tenant(self, tenant: Option<Uuid>) -> Self {
+        match tenant {
+            Some(tenant) => self.bind(tenant),
+            None => self,
+        }
+    }
+}
+
 /// How a database is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Topology {

@@ -1,8 +1,10 @@
-//! The SLA sweeper and the notifier on a real Citus cluster (docs/distributed.md): a rule is
-//! swept tenant by tenant, each tenant's escalations and notifications on its own node,
-//! grouped per tenant; two sweepers at once fire each level once; two notifiers at once
-//! deliver every notification once, a paced connector a second apart; an incident's resolve
-//! is queued on its tenant's node. Skipped, with a SKIPPED line, without `ORDERLY_CITUS_URL`.
+//! What the engine records beside the items, on a real Citus cluster (docs/distributed.md).
+//! SLA rules: a rule is swept tenant by tenant, each tenant's escalations and notifications
+//! on its own node, grouped per tenant; two sweepers at once fire each level once; two
+//! notifiers at once deliver every notification once, a paced connector a second apart; an
+//! incident's resolve and acknowledge are queued on its tenant's node. And what agents report
+//! beside their results (costs, logs, artifacts), recorded on each item's tenant. Skipped,
+//! with a SKIPPED line, without `ORDERLY_CITUS_URL`.
 
 use crate::citus::CitusDb;
 use axum::extract::State;
@@ -233,4 +235,73 @@ async fn sla_levels_fire_and_resolve_per_tenant_and_every_notification_is_delive
             .unwrap(),
         4
     );
+}
+
+/// What agents report beside their results on a cluster: cost entries, log lines and
+/// artifacts, each written with its attempt on the item's tenant's node.
+#[tokio::test]
+async fn costs_logs_and_artifacts_are_recorded_on_each_items_tenant() {
+    let Some(db) = CitusDb::distributed("costs_logs_and_artifacts_are_recorded").await else { return };
+    let agent = crate::common::TestAgent::start(|_| {
+        crate::common::ok_json(json!({
+            "answer": 1,
+            "usage": {"model": "small", "input_tokens": 1000, "output_tokens": 100},
+            "logs": ["fetched", {"level": "warn", "message": "slow upstream"}],
+            "artifacts": [{"name": "summary.pdf", "type": "application/pdf", "size": 1200}]
+        }))
+    })
+    .await;
+    let tenants: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+    for tenant in &tenants {
+        let order: Uuid = sqlx::query_scalar(
+            "INSERT INTO work_orders (workflow_id, tenant_id, created_by) VALUES ('wf', $1, gen_random_uuid()) RETURNING id",
+        )
+        .bind(tenant)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO work_items (work_order_id, tenant_id, type, content)
+             SELECT $1, $2, 'TICKET', '{}' FROM generate_series(1, 5)",
+        )
+        .bind(order)
+        .bind(tenant)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let config = format!(
+        "{}[routes]\nTICKET = \"paid\"\n[prices.small]\ninput_per_million = \"2\"\noutput_per_million = \"10\"\ncurrency = \"USD\"\n",
+        agent.config("paid", "5s")
+    );
+    let engine = db.engine(&config).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while crate::common::count(&db.pool, "SELECT count(*) FROM work_orders WHERE status = 'COMPLETED'").await < 3 {
+        assert!(Instant::now() < deadline, "the three orders did not complete in 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    engine.shutdown(tokio_util::sync::CancellationToken::new()).await;
+    // Per table: rows whose attempt is on the same tenant, and rows in all.
+    for (table, per_item) in [("cost_entries", 1), ("run_logs", 2), ("run_artifacts", 1)] {
+        let (joined, all): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT count(a.id), count(*) FROM {table} r
+             LEFT JOIN attempts a ON a.tenant_id = r.tenant_id AND a.id = r.attempt_id"
+        )))
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!((joined, all), (15 * per_item, 15 * per_item), "{table}");
+    }
+    // 1,000 input tokens at 2 per million and 100 output at 10: 0.003 each, 0.015 per tenant.
+    let amounts: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT tenant_id, trim(trailing '0' from sum(amount)::text) FROM cost_entries GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let mut expected: Vec<(Uuid, String)> = tenants.iter().map(|t| (*t, "0.015".to_string())).collect();
+    expected.sort();
+    assert_eq!(amounts, expected);
+    let warned: i64 = crate::common::count(&db.pool, "SELECT count(*) FROM run_logs WHERE level = 'WARN'").await;
+    assert_eq!(warned, 15);
 }
