@@ -388,7 +388,32 @@ pub struct AgentView {
     pub rate_booked_until: Option<DateTime<Utc>>,
 }
 
+/// [`views`] on a Citus cluster: the counts are read across the shards, joined on the tenant,
+/// grouped by agent, then matched to the agents' state (a reference table); Citus runs no
+/// correlated subquery over distributed tables.
+const VIEWS_DISTRIBUTED_SQL: &str = "SELECT s.agent,
+        CASE WHEN s.circuit_open_until > now() THEN 'open' WHEN s.circuit_probing THEN 'probing'
+             ELSE 'closed' END AS circuit,
+        CASE WHEN s.circuit_open_until > now() THEN s.circuit_open_until END AS circuit_open_until,
+        CASE WHEN s.paused_until > now() THEN s.paused_until END AS paused_until,
+        s.consecutive_failures,
+        coalesce(f.n, 0) AS in_flight,
+        coalesce(q.n, 0) AS waiting,
+        CASE WHEN s.tat > now() THEN s.tat END AS rate_booked_until
+    FROM agent_state s
+    LEFT JOIN (SELECT l.agent, count(*) AS n FROM agent_slots l JOIN work_items w
+                 ON w.tenant_id = l.tenant_id AND w.id = l.work_item_id AND w.attempt = l.attempt
+                    AND w.status = 'PROCESSING'
+               GROUP BY l.agent) f ON f.agent = s.agent
+    LEFT JOIN (SELECT a.agent, count(*) AS n FROM agent_waits a JOIN work_items w
+                 ON w.tenant_id = a.tenant_id AND w.id = a.work_item_id AND w.status = 'QUEUED'
+               GROUP BY a.agent) q ON q.agent = s.agent
+    WHERE s.agent NOT LIKE 'tenant:%' AND s.agent NOT LIKE 'step:%' ORDER BY s.agent";
+
 pub async fn views(pool: &PgPool) -> Result<Vec<AgentView>, sqlx::Error> {
+    if super::distributed::topology(pool).await? == super::distributed::Topology::Distributed {
+        return sqlx::query_as(VIEWS_DISTRIBUTED_SQL).fetch_all(pool).await;
+    }
     sqlx::query_as(
         "SELECT s.agent,
                 CASE WHEN s.circuit_open_until > now() THEN 'open' WHEN s.circuit_probing THEN 'probing'

@@ -124,16 +124,24 @@ pub async fn queue_status(pool: &PgPool, in_flight_limit: i64) -> Result<QueueSt
     )
     .fetch_one(pool)
     .await?;
-    let in_flight: Vec<InFlight> = sqlx::query_as(
+    // On a Citus cluster the progress is joined on the tenant too (a join of two distributed
+    // tables must be on the tenant), and the limit is written in (a multi-shard statement
+    // cannot take it as a parameter).
+    let distributed = super::distributed::topology(pool).await? == super::distributed::Topology::Distributed;
+    let (tenant_join, limit) = match distributed {
+        false => ("", "$1".to_string()),
+        true => (" AND p.tenant_id = w.tenant_id", in_flight_limit.max(0).to_string()),
+    };
+    let sql = format!(
         "SELECT w.id, w.type::text AS item_type, w.attempt, w.locked_by, w.lease_expires_at, w.rescues,
                 (extract(epoch FROM w.lease_expires_at - now()) * 1000)::bigint AS lease_remaining_ms,
                 p.percent::float8 AS percent, p.message AS progress_message
-         FROM work_items w LEFT JOIN run_progress p ON p.work_item_id = w.id AND p.attempt = w.attempt
-         WHERE w.status = 'PROCESSING' ORDER BY w.lease_expires_at LIMIT $1",
-    )
-    .bind(in_flight_limit)
-    .fetch_all(pool)
-    .await?;
+         FROM work_items w LEFT JOIN run_progress p ON p.work_item_id = w.id AND p.attempt = w.attempt{tenant_join}
+         WHERE w.status = 'PROCESSING' ORDER BY w.lease_expires_at LIMIT {limit}"
+    );
+    let query = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+    let in_flight: Vec<InFlight> =
+        if distributed { query } else { query.bind(in_flight_limit) }.fetch_all(pool).await?;
     Ok(QueueStatus { counts, oldest_queued_seconds, scheduled, waiting, in_flight, open_dead_letters })
 }
 
