@@ -2,6 +2,7 @@
 
 use super::OpsError;
 use super::audit::audit;
+use super::distributed::{BindTenant, Row, joined, placement, scoped, topology};
 use crate::model::{Decision, ErrorCode, ItemStatus, NextState};
 use serde_json::json;
 use sqlx::PgPool;
@@ -18,6 +19,10 @@ pub struct HeldItem {
     pub attempt: i32,
     pub attempt_base: i32,
     pub max_attempts: Option<i32>,
+    /// Its tenant on a Citus cluster, whose node the decision is written on; None on one
+    /// PostgreSQL.
+    #[sqlx(default)]
+    pub tenant: Option<Uuid>,
 }
 
 /// [`HeldItem`] with the status it must have.
@@ -30,19 +35,23 @@ struct HeldRow {
 
 /// The item, if it is waiting for a human decision.
 pub async fn held_item(pool: &PgPool, id: Uuid) -> Result<HeldItem, OpsError> {
-    let row: HeldRow = sqlx::query_as(
+    let tenant = placement(pool, Row::Item, id).await?.tenant(|| OpsError::NotFound { what: "work item", id })?;
+    let row: HeldRow = sqlx::query_as(scoped(
         "SELECT i.id, i.work_order_id, o.workflow_id, i.type::text AS item_type, i.status::text AS status,
                 i.attempt, i.attempt_base, i.max_attempts
-         FROM work_items i JOIN work_orders o ON o.id = i.work_order_id WHERE i.id = $1",
-    )
+         FROM work_items i JOIN work_orders o ON o.id = i.work_order_id{t:o} WHERE i.id = $1{t:i}",
+        tenant,
+        2,
+    ))
     .bind(id)
+    .bind_tenant(tenant)
     .fetch_optional(pool)
     .await?
     .ok_or_else(|| OpsError::NotFound { what: "work item", id })?;
     if row.status != ItemStatus::AwaitingApproval {
         return Err(OpsError::Conflict(format!("work item {id} is {}, not AWAITING_APPROVAL", row.status)));
     }
-    Ok(row.item)
+    Ok(HeldItem { tenant, ..row.item })
 }
 
 /// A human's decision on a held item, and what it does to the item.
@@ -63,30 +72,39 @@ pub struct HumanDecision<'a> {
 /// is locked and must still be held at the same attempt, so two operators deciding at once
 /// get one decision and one conflict.
 pub async fn record_human_decision(pool: &PgPool, item: &HeldItem, human: &HumanDecision<'_>) -> Result<(), OpsError> {
+    let tenant = item.tenant;
     let mut tx = pool.begin().await?;
-    let (attempt_id, agent, policy_version): (Uuid, String, Option<String>) = sqlx::query_as(
+    let (attempt_id, agent, policy_version): (Uuid, String, Option<String>) = sqlx::query_as(scoped(
         "SELECT a.id AS attempt_id, a.agent_id,
                 (SELECT p.policy_version FROM approval_events p
-                 WHERE p.work_item_id = i.id AND p.attempt_id = a.id AND p.source = 'POLICY') AS policy_version
-         FROM work_items i JOIN attempts a ON a.work_item_id = i.id AND a.attempt_number = i.attempt
-         WHERE i.id = $1 AND i.attempt = $2 AND i.status = 'AWAITING_APPROVAL'
+                 WHERE p.work_item_id = i.id{t:p} AND p.attempt_id = a.id AND p.source = 'POLICY') AS policy_version
+         FROM work_items i JOIN attempts a ON a.work_item_id = i.id{t:a} AND a.attempt_number = i.attempt
+         WHERE i.id = $1{t:i} AND i.attempt = $2 AND i.status = 'AWAITING_APPROVAL'
          FOR UPDATE OF i",
-    )
+        tenant,
+        3,
+    ))
     .bind(item.id)
     .bind(item.attempt)
+    .bind_tenant(tenant)
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| OpsError::Conflict(format!("work item {} is no longer awaiting approval", item.id)))?;
-    sqlx::query(
-        "INSERT INTO approval_events (work_item_id, attempt_id, approver_id, decision, reason, policy_version, source)
-         VALUES ($1, $2, $3, $4::approval_decision, $5, $6, 'HUMAN')",
-    )
+    // The decision's time, read once: Citus refuses a non-immutable function inside a CASE.
+    let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut *tx).await?;
+    sqlx::query(scoped(
+        "INSERT INTO approval_events ({tc}work_item_id, attempt_id, approver_id, decision, reason, policy_version, source)
+         VALUES ({tv}$1, $2, $3, $4::approval_decision, $5, $6, 'HUMAN')",
+        tenant,
+        7,
+    ))
     .bind(item.id)
     .bind(attempt_id)
     .bind(human.actor)
     .bind(human.decision.as_str())
     .bind(human.reason)
     .bind(policy_version.as_deref().unwrap_or("human"))
+    .bind_tenant(tenant)
     .execute(&mut *tx)
     .await?;
     let revise = matches!(human.next, NextState::Revise);
@@ -99,56 +117,73 @@ pub async fn record_human_decision(pool: &PgPool, item: &HeldItem, human: &Human
         )
     });
     if let Some(message) = &error {
-        sqlx::query("UPDATE attempts SET status = 'FAILED', error = $2, error_code = $3 WHERE id = $1")
-            .bind(attempt_id)
-            .bind(message)
-            .bind(ErrorCode::ApprovalRejected.as_str())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(scoped(
+            "UPDATE attempts a SET status = 'FAILED', error = $2, error_code = $3 WHERE a.id = $1{t:a}",
+            tenant,
+            4,
+        ))
+        .bind(attempt_id)
+        .bind(message)
+        .bind(ErrorCode::ApprovalRejected.as_str())
+        .bind_tenant(tenant)
+        .execute(&mut *tx)
+        .await?;
     }
     let delay_ms = match human.next {
         NextState::Retry { delay_ms } => delay_ms,
         _ => 0,
     };
-    sqlx::query(
-        "UPDATE work_items SET status = $2::work_item_status,
-                processed_at = CASE WHEN $2 IN ('COMPLETED', 'FAILED') THEN now() END,
-                run_at = CASE WHEN $2 = 'QUEUED' THEN now() + $3 * interval '1 millisecond' ELSE run_at END,
-                last_error = $4, last_error_code = $5,
-                attempt_base = CASE WHEN $6 THEN attempt ELSE attempt_base END,
-                review_pending = review_pending OR $6
-         WHERE id = $1",
-    )
+    let status = human.next.item_status();
+    let processed_at = matches!(status, ItemStatus::Completed | ItemStatus::Failed).then_some(now);
+    let run_at = (status == ItemStatus::Queued).then(|| now + chrono::Duration::milliseconds(delay_ms));
+    sqlx::query(scoped(
+        "UPDATE work_items w SET status = $2::work_item_status, processed_at = $3, run_at = coalesce($4, run_at),
+                last_error = $5, last_error_code = $6,
+                attempt_base = CASE WHEN $7 THEN attempt ELSE attempt_base END,
+                review_pending = review_pending OR $7
+         WHERE w.id = $1{t:w}",
+        tenant,
+        8,
+    ))
     .bind(item.id)
-    .bind(human.next.item_status().as_str())
-    .bind(delay_ms as f64)
+    .bind(status.as_str())
+    .bind(processed_at)
+    .bind(run_at)
     .bind(error.as_deref())
     .bind(error.as_ref().map(|_| ErrorCode::ApprovalRejected.as_str()))
     .bind(revise)
+    .bind_tenant(tenant)
     .execute(&mut *tx)
     .await?;
     if revise {
         // The person's comment is the feedback; the held output goes back with it.
-        sqlx::query(
-            "INSERT INTO item_reviews AS r (work_item_id, stage, output, output_attempt_id, revision, feedback)
-             SELECT w.id, 'REVISE', coalesce(w.result, 'null'), $2, 1, $3 FROM work_items w WHERE w.id = $1
-             ON CONFLICT (work_item_id) DO UPDATE SET stage = 'REVISE', output = EXCLUDED.output,
+        sqlx::query(scoped(
+            "INSERT INTO item_reviews AS r ({tc}work_item_id, stage, output, output_attempt_id, revision, feedback,
+                                            updated_at)
+             SELECT {tv}w.id, 'REVISE', coalesce(w.result, 'null'), $2, 1, $3, $4 FROM work_items w WHERE w.id = $1{t:w}
+             ON CONFLICT ({tc}work_item_id) DO UPDATE SET stage = 'REVISE', output = EXCLUDED.output,
                  output_attempt_id = EXCLUDED.output_attempt_id, revision = r.revision + 1,
-                 feedback = EXCLUDED.feedback, updated_at = now()",
-        )
+                 feedback = EXCLUDED.feedback, updated_at = EXCLUDED.updated_at",
+            tenant,
+            5,
+        ))
         .bind(item.id)
         .bind(attempt_id)
         .bind(json!([{ "person": human.actor, "comment": human.reason }]))
+        .bind(now)
+        .bind_tenant(tenant)
         .execute(&mut *tx)
         .await?;
     }
     if let NextState::DeadLetter { reason } = human.next {
-        sqlx::query(
-            "INSERT INTO dead_letters (work_item_id, source, event_type, payload, error, error_code, reason, retry_count)
-             VALUES ($1, $2, $3, jsonb_build_object('work_item_id', $1, 'work_order_id', $4::uuid, 'type', $3,
+        sqlx::query(scoped(
+            "INSERT INTO dead_letters ({tc}work_item_id, source, event_type, payload, error, error_code, reason, retry_count)
+             VALUES ({tv}$1, $2, $3, jsonb_build_object('work_item_id', $1, 'work_order_id', $4::uuid, 'type', $3,
                                                     'attempt', $5::int, 'error_code', $6, 'agent', $2),
                      $7, $6, $8::dead_letter_reason, $9)",
-        )
+            tenant,
+            10,
+        ))
         .bind(item.id)
         .bind(&agent)
         .bind(&item.item_type)
@@ -158,6 +193,7 @@ pub async fn record_human_decision(pool: &PgPool, item: &HeldItem, human: &Human
         .bind(error.as_deref().unwrap_or_default())
         .bind(reason.as_str())
         .bind(human.attempts_used)
+        .bind_tenant(tenant)
         .execute(&mut *tx)
         .await?;
     }
@@ -177,7 +213,8 @@ pub async fn record_human_decision(pool: &PgPool, item: &HeldItem, human: &Human
     // Approved (or dead-lettered): what waits on the item is settled, then the orders last,
     // kept to the commit (see db::rollup::lock_orders).
     let mut orders = vec![item.work_order_id];
-    if matches!(human.next, NextState::Completed | NextState::DeadLetter { .. }) {
+    // A cluster has no dependency edges (refused there): nothing waits on the item.
+    if tenant.is_none() && matches!(human.next, NextState::Completed | NextState::DeadLetter { .. }) {
         for settled in super::dependencies::settle(&mut tx, &[item.id], human.actor).await? {
             if settled.became == super::dependencies::Settled::Cancelled {
                 orders.push(settled.work_order_id);
@@ -186,8 +223,7 @@ pub async fn record_human_decision(pool: &PgPool, item: &HeldItem, human: &Human
         orders.sort_unstable();
         orders.dedup();
     }
-    let locked = super::rollup::lock_orders(&mut tx, &orders).await?;
-    super::rollup::roll_up_locked(&mut tx, &locked).await?;
+    super::dead_letters::roll_up_orders(&mut tx, &orders, tenant).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -231,8 +267,16 @@ pub async fn inbox(
     cursor: Option<(chrono::DateTime<chrono::Utc>, Uuid)>,
     limit: i64,
 ) -> Result<Vec<Held>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT w.id, w.work_order_id, w.type::text AS item_type, w.priority::text AS priority, w.attempt,
+    // On a Citus cluster every join is on the tenant too, and the limit is written in (a
+    // multi-shard statement cannot take it as a parameter).
+    let layout = topology(pool).await?;
+    let sql = INBOX_SQL.replace("{limit}", &limit.max(0).to_string());
+    sqlx::query_as(joined(&sql, layout)).bind(cursor.map(|c| c.0)).bind(cursor.map(|c| c.1)).fetch_all(pool).await
+}
+
+/// [`inbox`]'s read: `$1`, `$2` the cursor.
+const INBOX_SQL: &str =
+    "SELECT w.id, w.work_order_id, w.type::text AS item_type, w.priority::text AS priority, w.attempt,
                 o.tenant_id, o.workflow_id, w.created_at, coalesce(p.\"timestamp\", bw.since) AS held_since,
                 coalesce(p.reason, 'budget ' || b.name || ' is exhausted (' || b.spent || ' of ' || b.amount || ' '
                          || b.currency || '): approve to run it anyway, reject to let it wait') AS policy_reason,
@@ -240,18 +284,11 @@ pub async fn inbox(
                 coalesce((SELECT jsonb_agg(jsonb_build_object('evaluation_type', e.evaluation_type,
                                                               'passed', e.passed, 'score', e.score,
                                                               'metrics', e.metrics) ORDER BY e.evaluation_type)
-                          FROM eval_results e WHERE e.attempt_id = a.id), '[]'::jsonb) AS evals
-         FROM work_items w JOIN work_orders o ON o.id = w.work_order_id
-         LEFT JOIN attempts a ON a.work_item_id = w.id AND a.attempt_number = w.attempt
-         LEFT JOIN approval_events p ON p.work_item_id = w.id AND p.attempt_id = a.id AND p.source = 'POLICY'
-         LEFT JOIN budget_waits bw ON bw.work_item_id = w.id AND bw.held
+                          FROM eval_results e WHERE e.attempt_id = a.id{j:e.a}), '[]'::jsonb) AS evals
+         FROM work_items w JOIN work_orders o ON o.id = w.work_order_id{j:o.w}
+         LEFT JOIN attempts a ON a.work_item_id = w.id{j:a.w} AND a.attempt_number = w.attempt
+         LEFT JOIN approval_events p ON p.work_item_id = w.id{j:p.w} AND p.attempt_id = a.id AND p.source = 'POLICY'
+         LEFT JOIN budget_waits bw ON bw.work_item_id = w.id{j:bw.w} AND bw.held
          LEFT JOIN budgets b ON b.id = bw.budget_id
          WHERE w.status = 'AWAITING_APPROVAL' AND ($1::timestamptz IS NULL OR (w.created_at, w.id) > ($1, $2))
-         ORDER BY w.created_at, w.id LIMIT $3",
-    )
-    .bind(cursor.map(|c| c.0))
-    .bind(cursor.map(|c| c.1))
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-}
+         ORDER BY w.created_at, w.id LIMIT {limit}";

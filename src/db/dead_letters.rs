@@ -3,6 +3,7 @@
 
 use super::OpsError;
 use super::audit::audit;
+use super::distributed::{BindTenant, Row, placement, scoped};
 use crate::model::DeadLetterReason;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -121,26 +122,30 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<DeadLetterDetail, OpsError> 
 /// marks the dead letter REPLAYED, reopens the order and writes the audit log; wakes the
 /// workers. All in one transaction.
 pub async fn replay(pool: &PgPool, id: Uuid, content: Option<&str>, actor: &str) -> Result<Uuid, OpsError> {
+    let tenant =
+        placement(pool, Row::DeadLetter, id).await?.tenant(|| OpsError::NotFound { what: "dead letter", id })?;
     let mut tx = pool.begin().await?;
-    let item_id: Uuid = open_dead_letter(&mut tx, id).await?;
-    let order: Option<Uuid> = sqlx::query_scalar(
-        "UPDATE work_items SET status = 'QUEUED', run_at = now(), attempt_base = attempt,
+    let item_id: Uuid = open_dead_letter(&mut tx, id, tenant).await?;
+    let order: Option<Uuid> = sqlx::query_scalar(scoped(
+        "UPDATE work_items w SET status = 'QUEUED', run_at = now(), attempt_base = attempt,
                 content = COALESCE($2, content), last_error = NULL, last_error_code = NULL,
                 processed_at = NULL, rescues = 0
-         WHERE id = $1 AND status = 'FAILED'
-         RETURNING work_order_id",
-    )
+         WHERE w.id = $1{t:w} AND w.status = 'FAILED'
+         RETURNING w.work_order_id",
+        tenant,
+        3,
+    ))
     .bind(item_id)
     .bind(content)
+    .bind_tenant(tenant)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(order) = order else {
         return Err(OpsError::Conflict(format!("work item {item_id} is not FAILED; nothing to replay")));
     };
-    resolve(&mut tx, id, "REPLAYED").await?;
+    resolve(&mut tx, id, "REPLAYED", tenant).await?;
     // Reopened: PROCESSING again. The order last, kept to the commit (db::rollup::lock_orders).
-    let locked = super::rollup::lock_orders(&mut tx, &[order]).await?;
-    super::rollup::roll_up_locked(&mut tx, &locked).await?;
+    roll_up_orders(&mut tx, &[order], tenant).await?;
     audit(
         &mut tx,
         actor,
@@ -154,22 +159,46 @@ pub async fn replay(pool: &PgPool, id: Uuid, content: Option<&str>, actor: &str)
     Ok(item_id)
 }
 
+/// Locks and recomputes `orders` inside the caller's transaction, on one PostgreSQL or on
+/// the tenant's node of a cluster.
+pub(crate) async fn roll_up_orders(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    orders: &[Uuid],
+    tenant: Option<Uuid>,
+) -> Result<(), sqlx::Error> {
+    match tenant {
+        None => {
+            let locked = super::rollup::lock_orders(tx, orders).await?;
+            super::rollup::roll_up_locked(tx, &locked).await?;
+        }
+        Some(tenant) => {
+            super::distributed::engine::roll_up_tenant(tx, tenant, orders).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Marks a dead letter DISCARDED (the item stays FAILED) and writes the audit log.
 pub async fn discard(pool: &PgPool, id: Uuid, actor: &str, reason: Option<&str>) -> Result<Uuid, OpsError> {
+    let tenant =
+        placement(pool, Row::DeadLetter, id).await?.tenant(|| OpsError::NotFound { what: "dead letter", id })?;
     let mut tx = pool.begin().await?;
-    let item_id = open_dead_letter(&mut tx, id).await?;
-    resolve(&mut tx, id, "DISCARDED").await?;
+    let item_id = open_dead_letter(&mut tx, id, tenant).await?;
+    resolve(&mut tx, id, "DISCARDED", tenant).await?;
     // The item will never complete: what BLOCKS on it is cancelled (transitively, audited).
-    let mut orders: Vec<Uuid> = super::dependencies::settle(&mut tx, &[item_id], actor)
-        .await?
-        .into_iter()
-        .filter(|s| s.became == super::dependencies::Settled::Cancelled)
-        .map(|s| s.work_order_id)
-        .collect();
+    // A cluster has no dependency edges (refused there).
+    let mut orders: Vec<Uuid> = match tenant {
+        None => super::dependencies::settle(&mut tx, &[item_id], actor)
+            .await?
+            .into_iter()
+            .filter(|s| s.became == super::dependencies::Settled::Cancelled)
+            .map(|s| s.work_order_id)
+            .collect(),
+        Some(_) => Vec::new(),
+    };
     orders.sort_unstable();
     orders.dedup();
-    let locked = super::rollup::lock_orders(&mut tx, &orders).await?;
-    super::rollup::roll_up_locked(&mut tx, &locked).await?;
+    roll_up_orders(&mut tx, &orders, tenant).await?;
     audit(
         &mut tx,
         actor,
@@ -182,13 +211,21 @@ pub async fn discard(pool: &PgPool, id: Uuid, actor: &str, reason: Option<&str>)
     Ok(item_id)
 }
 
-async fn open_dead_letter(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, id: Uuid) -> Result<Uuid, OpsError> {
-    let (item, processed, resolution): (Option<Uuid>, Option<DateTime<Utc>>, Option<String>) =
-        sqlx::query_as("SELECT work_item_id, processed_at, resolution FROM dead_letters WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_optional(&mut **tx)
-            .await?
-            .ok_or_else(|| OpsError::NotFound { what: "dead letter", id })?;
+async fn open_dead_letter(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    id: Uuid,
+    tenant: Option<Uuid>,
+) -> Result<Uuid, OpsError> {
+    let (item, processed, resolution): (Option<Uuid>, Option<DateTime<Utc>>, Option<String>) = sqlx::query_as(scoped(
+        "SELECT d.work_item_id, d.processed_at, d.resolution FROM dead_letters d WHERE d.id = $1{t:d} FOR UPDATE",
+        tenant,
+        2,
+    ))
+    .bind(id)
+    .bind_tenant(tenant)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| OpsError::NotFound { what: "dead letter", id })?;
     if let Some(at) = processed {
         // Who closed it, from the audit log of the action that did.
         let by: Option<String> = sqlx::query_scalar(
@@ -215,12 +252,18 @@ async fn resolve(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     id: Uuid,
     resolution: &str,
+    tenant: Option<Uuid>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE dead_letters SET processed_at = now(), resolution = $2 WHERE id = $1")
-        .bind(id)
-        .bind(resolution)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(scoped(
+        "UPDATE dead_letters d SET processed_at = now(), resolution = $2 WHERE d.id = $1{t:d}",
+        tenant,
+        3,
+    ))
+    .bind(id)
+    .bind(resolution)
+    .bind_tenant(tenant)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -319,13 +362,18 @@ pub struct ReplayTarget {
 
 /// The item a dead letter would replay, if the letter exists and names one.
 pub async fn replay_target(pool: &PgPool, id: Uuid) -> Result<ReplayTarget, OpsError> {
-    let row: Option<(Option<Uuid>, Option<String>, Option<String>)> = sqlx::query_as(
+    let tenant =
+        placement(pool, Row::DeadLetter, id).await?.tenant(|| OpsError::NotFound { what: "dead letter", id })?;
+    let row: Option<(Option<Uuid>, Option<String>, Option<String>)> = sqlx::query_as(scoped(
         "SELECT w.id, w.type::text, o.workflow_id
-         FROM dead_letters d LEFT JOIN work_items w ON w.id = d.work_item_id
-              LEFT JOIN work_orders o ON o.id = w.work_order_id
-         WHERE d.id = $1",
-    )
+         FROM dead_letters d LEFT JOIN work_items w ON w.id = d.work_item_id{t:w}
+              LEFT JOIN work_orders o ON o.id = w.work_order_id{t:o}
+         WHERE d.id = $1{t:d}",
+        tenant,
+        2,
+    ))
     .bind(id)
+    .bind_tenant(tenant)
     .fetch_optional(pool)
     .await?;
     match row {

@@ -109,23 +109,35 @@ pub struct ArtifactRow {
 }
 
 /// An item's log lines and artifacts, attempt by attempt (the last `limit` lines).
+/// On a Citus cluster the item's tenant is read first, and the attempts are joined on it.
 pub async fn of_item(pool: &PgPool, item: Uuid, limit: i64) -> Result<(Vec<LogRow>, Vec<ArtifactRow>), sqlx::Error> {
-    let logs = sqlx::query_as(
+    let tenant = match super::distributed::placement(pool, super::distributed::Row::Item, item).await? {
+        super::distributed::Placement::Single => None,
+        super::distributed::Placement::Tenant(tenant) => Some(tenant),
+        super::distributed::Placement::Missing => return Ok((Vec::new(), Vec::new())),
+    };
+    let logs = sqlx::query_as(super::distributed::scoped(
         "SELECT * FROM (SELECT a.attempt_number, l.line, l.level, l.logged_at, l.message
-                        FROM run_logs l LEFT JOIN attempts a ON a.id = l.attempt_id
-                        WHERE l.work_item_id = $1 ORDER BY a.attempt_number DESC NULLS LAST, l.line DESC LIMIT $2) t
+                        FROM run_logs l LEFT JOIN attempts a ON a.id = l.attempt_id{t:a}
+                        WHERE l.work_item_id = $1{t:l} ORDER BY a.attempt_number DESC NULLS LAST, l.line DESC LIMIT $2) t
          ORDER BY attempt_number NULLS FIRST, line",
-    )
+        tenant,
+        3,
+    ))
     .bind(item)
     .bind(limit)
+    .bind_tenant(tenant)
     .fetch_all(pool)
     .await?;
-    let artifacts = sqlx::query_as(
+    let artifacts = sqlx::query_as(super::distributed::scoped(
         "SELECT a.attempt_number, r.name, r.type, r.size_bytes, r.url
-         FROM run_artifacts r LEFT JOIN attempts a ON a.id = r.attempt_id
-         WHERE r.work_item_id = $1 ORDER BY a.attempt_number, r.position",
-    )
+         FROM run_artifacts r LEFT JOIN attempts a ON a.id = r.attempt_id{t:a}
+         WHERE r.work_item_id = $1{t:r} ORDER BY a.attempt_number, r.position",
+        tenant,
+        2,
+    ))
     .bind(item)
+    .bind_tenant(tenant)
     .fetch_all(pool)
     .await?;
     Ok((logs, artifacts))

@@ -290,6 +290,20 @@ async fn roll_up_in(
     sqlx::query_scalar(ROLL_UP_SQL).bind(tenant).bind(&locked).bind(clock.0).fetch_all(&mut **tx).await
 }
 
+/// Locks and recomputes one tenant's orders inside the caller's transaction, on the
+/// database clock (on-call's actions on a cluster: db::dead_letters::roll_up_orders).
+pub(crate) async fn roll_up_tenant(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: Uuid,
+    orders: &[Uuid],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    if orders.is_empty() {
+        return Ok(vec![]);
+    }
+    let clock = Clock::read(tx).await?;
+    roll_up_in(tx, tenant, orders, &clock).await
+}
+
 /// Locks and recomputes orders in a transaction of its own (the distributed
 /// [`crate::db::rollup::roll_up`]: orders a claim could not mark), given as (tenant, order).
 pub async fn roll_up(pool: &PgPool, orders: &[(Uuid, Uuid)]) -> Result<Vec<Uuid>, sqlx::Error> {

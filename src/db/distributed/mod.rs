@@ -44,6 +44,111 @@ impl<'q> BindTenant for sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::P
     }
 }
 
+impl<'q, O> BindTenant for sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    fn bind_tenant(self, tenant: Option<Uuid>) -> Self {
+        match tenant {
+            Some(tenant) => self.bind(tenant),
+            None => self,
+        }
+    }
+}
+
+impl<'q, O> BindTenant for sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    fn bind_tenant(self, tenant: Option<Uuid>) -> Self {
+        match tenant {
+            Some(tenant) => self.bind(tenant),
+            None => self,
+        }
+    }
+}
+
+/// A statement written once for both layouts (the on-call actions in db::dead_letters,
+/// db::approvals and db::items). In `sql`, `{t:ALIAS}` stands for ` AND ALIAS.tenant_id =
+/// $n`, `{tc}` for `tenant_id, ` (an INSERT's column list or conflict target), `{tv}` for
+/// `$n, ` (its values) and `{j:A.B}` for ` AND A.tenant_id = B.tenant_id` (a join), where
+/// `$n` is the tenant's parameter, bound last ([`BindTenant`]); on one PostgreSQL (`tenant`
+/// None) each is empty.
+pub(crate) fn scoped(sql: &str, tenant: Option<Uuid>, n: usize) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(expand(sql, tenant.is_some(), Some(n)))
+}
+
+/// A read across every tenant written once for both layouts: `{j:A.B}` joins on the tenant
+/// on a cluster (Citus joins distributed tables only on it), as in [`scoped`].
+pub(crate) fn joined(sql: &str, topology: Topology) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(expand(sql, topology == Topology::Distributed, None))
+}
+
+fn expand(sql: &str, cluster: bool, n: Option<usize>) -> String {
+    let mut out = String::with_capacity(sql.len() + 64);
+    let mut rest = sql;
+    // Only these markers are read; any other brace (a JSON path, an empty array) stays.
+    while let Some(at) = ["{t:", "{tc}", "{tv}", "{j:"].iter().filter_map(|m| rest.find(m)).min() {
+        out.push_str(&rest[..at]);
+        let end = at + rest[at..].find('}').expect("a marker ends with }");
+        let marker = &rest[at + 1..end];
+        if cluster {
+            let n = || n.expect("a tenant's marker in a statement that names no tenant");
+            match marker {
+                "tc" => out.push_str("tenant_id, "),
+                "tv" => out.push_str(&format!("${}, ", n())),
+                join if join.starts_with("j:") => {
+                    let (a, b) = join[2..].split_once('.').expect("a join marker is {j:A.B}");
+                    out.push_str(&format!(" AND {a}.tenant_id = {b}.tenant_id"));
+                }
+                alias => out.push_str(&format!(" AND {}.tenant_id = ${}", &alias[2..], n())),
+            }
+        }
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Where an on-call action on one row runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// One PostgreSQL: the statements as written.
+    Single,
+    /// A Citus cluster: the row's tenant, whose node every statement names.
+    Tenant(Uuid),
+    /// A Citus cluster without that row.
+    Missing,
+}
+
+impl Placement {
+    /// The tenant to name, or None on one PostgreSQL; `missing` when the row is not there.
+    pub(crate) fn tenant<E>(self, missing: impl FnOnce() -> E) -> Result<Option<Uuid>, E> {
+        match self {
+            Placement::Single => Ok(None),
+            Placement::Tenant(tenant) => Ok(Some(tenant)),
+            Placement::Missing => Err(missing()),
+        }
+    }
+}
+
+/// The rows an on-call action starts from, by id.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Row {
+    Item,
+    Order,
+    DeadLetter,
+}
+
+/// Where the row `id` lives: on a cluster, its tenant, read across the shards (the action's
+/// statements then run on that tenant's node only).
+pub(crate) async fn placement(pool: &PgPool, row: Row, id: Uuid) -> Result<Placement, sqlx::Error> {
+    if topology(pool).await? == Topology::Single {
+        return Ok(Placement::Single);
+    }
+    let sql = match row {
+        Row::Item => "SELECT tenant_id FROM work_items WHERE id = $1",
+        Row::Order => "SELECT tenant_id FROM work_orders WHERE id = $1",
+        Row::DeadLetter => "SELECT tenant_id FROM dead_letters WHERE id = $1",
+    };
+    let tenant: Option<Uuid> = sqlx::query_scalar(sql).bind(id).fetch_optional(pool).await?;
+    Ok(tenant.map_or(Placement::Missing, Placement::Tenant))
+}
+
 /// How a database is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Topology {
@@ -238,6 +343,28 @@ pub fn loops_off(topology: Topology) -> &'static [&'static str] {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_scoped_statement_names_the_tenant_only_on_a_cluster() {
+        let sql = "INSERT INTO t ({tc}a) SELECT {tv}x.a FROM x JOIN y ON y.id = x.id{t:y}{j:y.x} WHERE x.id = $1{t:x} AND x.p = '{}'";
+        assert_eq!(
+            super::scoped(sql, None, 2).0,
+            "INSERT INTO t (a) SELECT x.a FROM x JOIN y ON y.id = x.id WHERE x.id = $1 AND x.p = '{}'"
+        );
+        assert_eq!(
+            super::scoped(sql, Some(uuid::Uuid::nil()), 2).0,
+            "INSERT INTO t (tenant_id, a) SELECT $2, x.a FROM x JOIN y ON y.id = x.id AND y.tenant_id = $2 \
+             AND y.tenant_id = x.tenant_id WHERE x.id = $1 AND x.tenant_id = $2 AND x.p = '{}'"
+        );
+        assert_eq!(
+            super::joined("SELECT 1 FROM x JOIN y ON y.id = x.id{j:y.x}", super::Topology::Single).0,
+            "SELECT 1 FROM x JOIN y ON y.id = x.id"
+        );
+        assert_eq!(
+            super::joined("SELECT 1 FROM x JOIN y ON y.id = x.id{j:y.x}", super::Topology::Distributed).0,
+            "SELECT 1 FROM x JOIN y ON y.id = x.id AND y.tenant_id = x.tenant_id"
+        );
+    }
+
     #[test]
     fn a_script_splits_at_line_ends_outside_bodies_and_strings() {
         let script = "-- a comment;\nSET x = 1;\nCREATE FUNCTION f() RETURNS int AS $f$\nBEGIN\n  RETURN 1;\nEND\n$f$;\n\

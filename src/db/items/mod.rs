@@ -1,20 +1,15 @@
 //! Work items as operators look them up (a filtered, paged listing and one item with
-//! everything recorded about it) and cancel them.
-//!
-//! Cancelling writes in one transaction, with the items locked: QUEUED and AWAITING_APPROVAL
-//! items become CANCELLED; a PROCESSING item becomes CANCELLED too, and its running attempt
-//! is recorded at once as INTERRUPTED with the error code CANCELLED. Every later write of
-//! that execution is fenced out: the completer writes only items still PROCESSING at the
-//! same attempt, so the agent's result, when it comes, is rejected as stale (counted in
-//! `orderly_stale_writes_total`), and the heartbeat, finding the item no longer PROCESSING,
-//! stops the execution within a third of the lease. The orders roll up as after any write.
+//! everything recorded about it) and cancel them ([`cancel`]).
 
 use super::OpsError;
-use super::audit::audit;
-use crate::model::{ErrorCode, ItemStatus};
+
+mod cancel;
+use super::distributed::{BindTenant, Row, placement, scoped};
+use crate::model::ItemStatus;
+pub use cancel::{Cancelled, Target, cancel};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -159,7 +154,9 @@ pub struct ItemDetail {
 pub const CONTENT_SHOWN_BYTES: i32 = 65_536;
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<ItemDetail, OpsError> {
-    let item: ItemRow = sqlx::query_as(
+    // On a Citus cluster the item's tenant is read first: its joins then run on its node.
+    let tenant = placement(pool, Row::Item, id).await?.tenant(|| OpsError::NotFound { what: "work item", id })?;
+    let item: ItemRow = sqlx::query_as(scoped(
         "SELECT w.id, w.work_order_id, w.type::text AS item_type, w.status::text AS status,
                 w.priority::text AS priority, w.attempt, w.attempt_base, w.max_attempts, w.rescues,
                 CASE WHEN isfinite(w.run_at) THEN w.run_at END AS run_at,
@@ -169,7 +166,7 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<ItemDetail, OpsError> {
                 CASE WHEN octet_length(w.content) <= $2 THEN w.content END AS content, w.result,
                 o.workflow_id, o.tenant_id, o.status::text AS order_status,
                 (SELECT max(a.\"timestamp\") FROM approval_events a
-                 WHERE a.work_item_id = w.id AND a.decision = 'ESCALATED') AS held_since,
+                 WHERE a.work_item_id = w.id{t:a} AND a.decision = 'ESCALATED') AS held_since,
                 (SELECT 'budget ' || b.name || ' is exhausted (' || b.spent || ' of ' || b.amount || ' ' || b.currency
                         || CASE b.period WHEN 'total' THEN '' ELSE ' this ' || b.period END || '): '
                         || CASE WHEN bw.held THEN 'held until someone approves it (runs anyway) or rejects it (waits)'
@@ -177,7 +174,7 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<ItemDetail, OpsError> {
                                 ELSE 'waits for the next ' || b.period || ' or an operator raising, resetting or removing it'
                            END
                  FROM budget_waits bw JOIN budgets b ON b.id = bw.budget_id
-                 WHERE bw.work_item_id = w.id AND NOT bw.allowed AND (bw.held OR w.run_at > now())) AS budget_wait,
+                 WHERE bw.work_item_id = w.id{t:bw} AND NOT bw.allowed AND (bw.held OR w.run_at > now())) AS budget_wait,
                 (SELECT CASE a.reason
                           WHEN 'in_flight' THEN 'waiting for a free slot of ' || k.what
                                || ' (max_in_flight across every replica); it runs when one frees'
@@ -191,15 +188,18 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<ItemDetail, OpsError> {
                       LATERAL (SELECT CASE WHEN a.agent LIKE 'tenant:%' THEN 'tenant ' || substr(a.agent, 8)
                                            WHEN a.agent LIKE 'step:%' THEN 'template step ' || substr(a.agent, 6)
                                            ELSE 'agent ' || a.agent END AS what) k
-                 WHERE a.work_item_id = w.id AND a.woken_at IS NULL
+                 WHERE a.work_item_id = w.id{t:a} AND a.woken_at IS NULL
                    AND w.status = 'QUEUED' AND w.run_at > now()) AS agent_wait,
-                EXISTS (SELECT 1 FROM agent_waits a WHERE a.work_item_id = w.id AND a.woken_at IS NULL
+                EXISTS (SELECT 1 FROM agent_waits a WHERE a.work_item_id = w.id{t:a} AND a.woken_at IS NULL
                           AND a.agent LIKE 'tenant:%') AS tenant_wait,
                 now() AS now
-         FROM work_items w JOIN work_orders o ON o.id = w.work_order_id WHERE w.id = $1",
-    )
+         FROM work_items w JOIN work_orders o ON o.id = w.work_order_id{t:o} WHERE w.id = $1{t:w}",
+        tenant,
+        3,
+    ))
     .bind(id)
     .bind(CONTENT_SHOWN_BYTES)
+    .bind_tenant(tenant)
     .fetch_optional(pool)
     .await?
     .ok_or(OpsError::NotFound { what: "work item", id })?;
@@ -213,7 +213,11 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<ItemDetail, OpsError> {
     .bind(id)
     .fetch_all(pool)
     .await?;
-    let dependencies = super::dependencies::of_item(pool, id, 200).await?;
+    // A cluster has no dependency edges (refused there).
+    let dependencies = match tenant {
+        None => super::dependencies::of_item(pool, id, 200).await?,
+        Some(_) => Default::default(),
+    };
     let (logs, artifacts) = super::runs::of_item(pool, id, 200).await?;
     let progress = super::runs::progress_of(pool, id).await?;
     Ok(ItemDetail {
@@ -228,180 +232,6 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<ItemDetail, OpsError> {
         artifacts,
         progress,
     })
-}
-
-/// One item a cancellation changed.
-#[derive(Debug, Clone, Serialize)]
-pub struct Cancelled {
-    pub work_item_id: Uuid,
-    pub work_order_id: Uuid,
-    /// The status it had.
-    pub was: ItemStatus,
-    /// The attempt that was running and is now recorded as INTERRUPTED (CANCELLED).
-    pub interrupted_attempt: Option<i32>,
-}
-
-/// What to cancel: one item, or every live item of an order.
-#[derive(Debug, Clone, Copy)]
-pub enum Target {
-    Item(Uuid),
-    Order(Uuid),
-}
-
-#[derive(sqlx::FromRow)]
-struct LiveRow {
-    id: Uuid,
-    work_order_id: Uuid,
-    status: ItemStatus,
-    attempt: i32,
-    locked_by: Option<String>,
-    claimed_at: Option<DateTime<Utc>>,
-}
-
-/// Cancels an item (it must be QUEUED, PROCESSING or AWAITING_APPROVAL) or every such item of
-/// an order (at least one must be), in one transaction: see the module note. Audited per
-/// item (`work_item.cancel`) and, for an order, once more (`work_order.cancel`).
-pub async fn cancel(
-    pool: &PgPool,
-    target: Target,
-    actor: &str,
-    reason: Option<&str>,
-) -> Result<Vec<Cancelled>, OpsError> {
-    let mut tx = pool.begin().await?;
-    // Lock the items first, in id order, then decide; the orders are locked last, for the
-    // roll-up (as every writer that finishes items does, see db::rollup::lock_orders).
-    let rows: Vec<LiveRow> = match target {
-        Target::Item(id) => {
-            sqlx::query_as(
-                "SELECT id, work_order_id, status::text AS status, attempt, locked_by, claimed_at
-                 FROM work_items WHERE id = $1 FOR UPDATE",
-            )
-            .bind(id)
-            .fetch_all(&mut *tx)
-            .await?
-        }
-        Target::Order(order) => {
-            let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM work_orders WHERE id = $1")
-                .bind(order)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if exists.is_none() {
-                return Err(OpsError::NotFound { what: "work order", id: order });
-            }
-            sqlx::query_as(
-                "SELECT id, work_order_id, status::text AS status, attempt, locked_by, claimed_at
-                 FROM work_items WHERE work_order_id = $1
-                   AND status IN ('QUEUED', 'PROCESSING', 'AWAITING_APPROVAL')
-                 ORDER BY id FOR UPDATE",
-            )
-            .bind(order)
-            .fetch_all(&mut *tx)
-            .await?
-        }
-    };
-    let live: Vec<&LiveRow> = rows
-        .iter()
-        .filter(|r| matches!(r.status, ItemStatus::Queued | ItemStatus::Processing | ItemStatus::AwaitingApproval))
-        .collect();
-    match (target, rows.first()) {
-        (Target::Item(id), None) => return Err(OpsError::NotFound { what: "work item", id }),
-        (Target::Item(id), Some(row)) if live.is_empty() => {
-            return Err(OpsError::Conflict(format!(
-                "work item {id} is {}; only QUEUED, PROCESSING and AWAITING_APPROVAL items can be cancelled",
-                row.status
-            )));
-        }
-        (Target::Order(id), _) if live.is_empty() => {
-            return Err(OpsError::Conflict(format!(
-                "work order {id} has no QUEUED, PROCESSING or AWAITING_APPROVAL item"
-            )));
-        }
-        _ => {}
-    }
-    let message = format!("cancelled by {actor}{}", reason.map(|r| format!(": {r}")).unwrap_or_default());
-    let mut done = Vec::with_capacity(live.len());
-    for row in &live {
-        let interrupted = if row.status == ItemStatus::Processing {
-            // The running attempt's row, written now: its own result will be stale.
-            sqlx::query(
-                "INSERT INTO attempts (work_item_id, attempt_number, agent_id, status, input, error, error_code,
-                                       worker_id, started_at, completed_at, duration_ms)
-                 VALUES ($1, $2, 'operator', 'INTERRUPTED', jsonb_build_object('cancelled_by', $3::text), $4, $5,
-                         $6, coalesce($7, now()), now(),
-                         least(extract(epoch FROM now() - coalesce($7, now())) * 1000, 2147483647)::int)
-                 ON CONFLICT (work_item_id, attempt_number) DO NOTHING",
-            )
-            .bind(row.id)
-            .bind(row.attempt)
-            .bind(actor)
-            .bind(&message)
-            .bind(ErrorCode::Cancelled.as_str())
-            .bind(&row.locked_by)
-            .bind(row.claimed_at)
-            .execute(&mut *tx)
-            .await?;
-            Some(row.attempt)
-        } else {
-            None
-        };
-        // Fenced on the attempt read under the lock.
-        sqlx::query(
-            "UPDATE work_items SET status = 'CANCELLED', processed_at = now(), lease_expires_at = NULL,
-                    locked_by = NULL, last_error = $3, last_error_code = $4
-             WHERE id = $1 AND attempt = $2",
-        )
-        .bind(row.id)
-        .bind(row.attempt)
-        .bind(&message)
-        .bind(ErrorCode::Cancelled.as_str())
-        .execute(&mut *tx)
-        .await?;
-        audit(
-            &mut tx,
-            actor,
-            "work_item.cancel",
-            ("work_item", row.id),
-            json!({ "was": row.status.as_str(), "interrupted_attempt": interrupted, "reason": reason }),
-        )
-        .await?;
-        done.push(Cancelled {
-            work_item_id: row.id,
-            work_order_id: row.work_order_id,
-            was: row.status,
-            interrupted_attempt: interrupted,
-        });
-    }
-    // What waited on the cancelled items: SOFT dependents released, BLOCKS ones cancelled in
-    // turn (transitively, audited by the function), before the orders are locked.
-    let ids: Vec<Uuid> = done.iter().map(|c| c.work_item_id).collect();
-    for item in super::dependencies::settle(&mut tx, &ids, actor).await? {
-        if item.became == super::dependencies::Settled::Cancelled {
-            done.push(Cancelled {
-                work_item_id: item.work_item_id,
-                work_order_id: item.work_order_id,
-                was: ItemStatus::Queued,
-                interrupted_attempt: None,
-            });
-        }
-    }
-    let mut orders: Vec<Uuid> = done.iter().map(|c| c.work_order_id).collect();
-    orders.sort_unstable();
-    orders.dedup();
-    if let Target::Order(order) = target {
-        audit(
-            &mut tx,
-            actor,
-            "work_order.cancel",
-            ("work_order", order),
-            json!({ "items": done.iter().map(|c| c.work_item_id).collect::<Vec<_>>(), "reason": reason }),
-        )
-        .await?;
-    }
-    // Locked last and kept to the commit (see db::rollup::lock_orders).
-    let locked = super::rollup::lock_orders(&mut tx, &orders).await?;
-    super::rollup::roll_up_locked(&mut tx, &locked).await?;
-    tx.commit().await?;
-    Ok(done)
 }
 
 /// The order's status now (after a cancellation rolled it up).
