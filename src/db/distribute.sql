@@ -195,6 +195,25 @@ DROP TRIGGER work_item_dependencies_inserted ON work_item_dependencies;
 DROP TRIGGER work_item_dependencies_check ON work_item_dependencies;
 CREATE TRIGGER work_item_dependencies_check BEFORE INSERT ON work_item_dependencies
     FOR EACH ROW EXECUTE FUNCTION orderly_distributed_refused('dependencies between items');
+-- A template's `needs` (migration 0023) are derived into workflow_step_needs by a trigger that
+-- would run on every node's copy of the templates and write the other reference table from
+-- each (a distributed deadlock): on a cluster a template with needs is refused instead, and
+-- every other template is taken as it is.
+DROP TRIGGER workflow_templates_needs ON workflow_templates;
+CREATE FUNCTION orderly_template_needs_refused() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF jsonb_typeof(NEW.workflow_definition->'steps') = 'object' AND EXISTS (
+        SELECT 1 FROM jsonb_each(NEW.workflow_definition->'steps') s
+         WHERE jsonb_typeof(s.value) = 'object' AND jsonb_typeof(s.value->'needs') = 'array'
+           AND jsonb_array_length(s.value->'needs') > 0) THEN
+        RAISE EXCEPTION 'workflow steps that wait for each other are not supported in distributed mode'
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER workflow_templates_needs_refused BEFORE INSERT OR UPDATE ON workflow_templates
+    FOR EACH ROW EXECUTE FUNCTION orderly_template_needs_refused();
 DROP TRIGGER cost_entries_budget_spend ON cost_entries;
 DROP TRIGGER budgets_follow ON budgets;
 CREATE TRIGGER budgets_refused BEFORE INSERT ON budgets

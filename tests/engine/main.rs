@@ -20,6 +20,7 @@ mod dead_letters;
 mod dependencies;
 mod deploy;
 mod distributed;
+mod distributed_oncall;
 mod distributed_records;
 mod docs;
 mod durability;
