@@ -162,16 +162,27 @@ pub struct OrderRow {
     pub items_by_status: std::collections::BTreeMap<String, i64>,
 }
 
+/// On a Citus cluster the order's tenant is read first, and its items counted on its node.
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
-    sqlx::query_as(
+    use super::distributed::{BindTenant, Placement, Row, placement, scoped};
+    let tenant = match placement(pool, Row::Order, id).await? {
+        Placement::Single => None,
+        Placement::Tenant(tenant) => Some(tenant),
+        Placement::Missing => return Ok(None),
+    };
+    sqlx::query_as(scoped(
         "SELECT o.id, o.status::text AS status, o.workflow_id, o.tenant_id, o.created_by, o.priority::text AS priority,
                 o.metadata, o.created_at, o.updated_at,
                 (SELECT coalesce(jsonb_object_agg(s.status, s.n), '{}') FROM
-                   (SELECT status::text AS status, count(*) AS n FROM work_items WHERE work_order_id = o.id GROUP BY status) s)
+                   (SELECT i.status::text AS status, count(*) AS n FROM work_items i
+                     WHERE i.work_order_id = o.id{t:i} GROUP BY i.status) s)
                   AS items_by_status
-         FROM work_orders o WHERE o.id = $1",
-    )
+         FROM work_orders o WHERE o.id = $1{t:o}",
+        tenant,
+        2,
+    ))
     .bind(id)
+    .bind_tenant(tenant)
     .fetch_optional(pool)
     .await
 }

@@ -1,7 +1,8 @@
 //! On-call's actions on a real Citus cluster (docs/distributed.md), through the CLI as an
 //! operator types them: the approvals inbox, approve and reject (the rejected item
 //! dead-lettered), dead letters replayed (run again) and discarded, an order cancelled, an
-//! item's page; each on the row's tenant's node, each order rolled up as its items say.
+//! item's page; each on the row's tenant's node, each order rolled up as its items say. Then
+//! the admin API's reads of the same rows.
 //! Skipped, with a SKIPPED line, without `ORDERLY_CITUS_URL`.
 
 use crate::citus::CitusDb;
@@ -95,9 +96,12 @@ async fn on_call_approves_rejects_replays_discards_and_cancels_on_each_tenants_n
         .execute(&db.pool)
         .await
         .unwrap();
-    let toml =
-        "[agents.bad]\nkind = \"fail\"\nmessage = \"boom\"\n[routes]\nINVOICE = \"bad\"\n[retry]\nmax_attempts = 1\n";
-    let engine = db.engine(toml).await;
+    let toml = format!(
+        "{}[agents.bad]\nkind = \"fail\"\nmessage = \"boom\"\n[routes]\nINVOICE = \"bad\"\n[retry]\nmax_attempts = 1\n",
+        crate::api::tokens_toml()
+    );
+    let engine = db.engine(&toml).await;
+    let api = format!("http://{}/api/v1", engine.admin_addr().expect("the admin server listens"));
     let deadline = Instant::now() + Duration::from_secs(60);
     while crate::common::count(
         &db.pool,
@@ -163,6 +167,29 @@ async fn on_call_approves_rejects_replays_discards_and_cancels_on_each_tenants_n
         }
         assert!(Instant::now() < deadline, "the replayed item did not run again within 60 s ({attempts} attempts)");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The admin API reads the same rows on the cluster: listings across the tenants, an order
+    // with its items, an item, the held items, budgets (none on a cluster), the status.
+    let http = reqwest::Client::new();
+    for path in [
+        "/status".to_string(),
+        "/items?limit=3".to_string(),
+        "/items?state=FAILED".to_string(),
+        format!("/items/{}", tickets[1]),
+        format!("/orders/{order_a}"),
+        "/dead-letters".to_string(),
+        "/approvals".to_string(),
+        "/escalations".to_string(),
+        "/budgets".to_string(),
+    ] {
+        let response = http.get(format!("{api}{path}")).bearer_auth(crate::api::READ).send().await.unwrap();
+        let code = response.status();
+        let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        assert_eq!(code, 200, "GET {path}: {body}");
+        if path == format!("/orders/{order_a}") {
+            assert_eq!(body["order"]["status"], "FAILED", "{body}");
+            assert_eq!(body["graph"]["nodes"].as_array().map(Vec::len), Some(2), "{body}");
+        }
     }
     engine.shutdown(tokio_util::sync::CancellationToken::new()).await;
     let letters: Vec<(Option<String>, bool)> = sqlx::query_as(

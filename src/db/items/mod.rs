@@ -64,8 +64,11 @@ pub async fn list(
     cursor: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<Vec<ItemSummary>, sqlx::Error> {
+    // On a Citus cluster the join is on the tenant too, and the limit is written in (a
+    // multi-shard statement cannot take it as a parameter).
+    let layout = super::distributed::topology(pool).await?;
     let sql = format!(
-        "SELECT {SUMMARY_COLUMNS} FROM work_items w JOIN work_orders o ON o.id = w.work_order_id
+        "SELECT {SUMMARY_COLUMNS} FROM work_items w JOIN work_orders o ON o.id = w.work_order_id{{j:o.w}}
          WHERE ($1::text IS NULL OR w.status = $1::work_item_status)
            AND ($2::text IS NULL OR lower(w.type::text) = lower($2))
            AND ($3::uuid IS NULL OR w.work_order_id = $3)
@@ -73,9 +76,10 @@ pub async fn list(
            AND ($5::timestamptz IS NULL OR w.created_at >= $5)
            AND ($6::timestamptz IS NULL OR w.created_at < $6)
            AND ($7::timestamptz IS NULL OR (w.created_at, w.id) < ($7, $8))
-         ORDER BY w.created_at DESC, w.id DESC LIMIT $9"
+         ORDER BY w.created_at DESC, w.id DESC LIMIT {}",
+        limit.max(0)
     );
-    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    sqlx::query_as(super::distributed::joined(&sql, layout))
         .bind(filter.status.map(|s| s.as_str()))
         .bind(filter.item_type.as_deref())
         .bind(filter.work_order_id)
@@ -84,7 +88,6 @@ pub async fn list(
         .bind(filter.created_until)
         .bind(cursor.map(|c| c.0))
         .bind(cursor.map(|c| c.1))
-        .bind(limit)
         .fetch_all(pool)
         .await
 }
