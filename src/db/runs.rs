@@ -146,23 +146,55 @@ pub async fn of_item(pool: &PgPool, item: Uuid, limit: i64) -> Result<(Vec<LogRo
 /// Writes the latest progress of running attempts, fenced: only an item still PROCESSING at
 /// that attempt takes it. Returns how many were written.
 pub async fn write_progress(pool: &PgPool, updates: &[crate::agent::ProgressUpdate]) -> Result<u64, sqlx::Error> {
+    use super::distributed::{Topology, topology};
+    let ids: Vec<Uuid> = updates.iter().map(|u| u.item).collect();
+    if topology(pool).await? == Topology::Single {
+        return write_progress_of(pool, updates, None).await;
+    }
+    // On a Citus cluster: the items' tenants first (one read across the shards), then each
+    // tenant's updates on its node.
+    let tenants: Vec<(Uuid, Uuid)> =
+        sqlx::query_as("SELECT id, tenant_id FROM work_items WHERE id = ANY($1)").bind(&ids).fetch_all(pool).await?;
+    let mut by_tenant: std::collections::BTreeMap<Uuid, Vec<crate::agent::ProgressUpdate>> = Default::default();
+    for update in updates {
+        if let Some((_, tenant)) = tenants.iter().find(|(id, _)| *id == update.item) {
+            by_tenant.entry(*tenant).or_default().push(update.clone());
+        }
+    }
+    let mut written = 0;
+    for (tenant, group) in by_tenant {
+        written += write_progress_of(pool, &group, Some(tenant)).await?;
+    }
+    Ok(written)
+}
+
+/// [`write_progress`] on one PostgreSQL, or for one tenant's items on a cluster.
+async fn write_progress_of(
+    pool: &PgPool,
+    updates: &[crate::agent::ProgressUpdate],
+    tenant: Option<Uuid>,
+) -> Result<u64, sqlx::Error> {
     let ids: Vec<Uuid> = updates.iter().map(|u| u.item).collect();
     let attempts: Vec<i32> = updates.iter().map(|u| u.attempt).collect();
     let percents: Vec<f64> = updates.iter().map(|u| u.progress.percent).collect();
     let messages: Vec<Option<&str>> = updates.iter().map(|u| u.progress.message.as_deref()).collect();
-    sqlx::query(
-        "INSERT INTO run_progress (work_item_id, attempt, percent, message, updated_at)
-         SELECT u.id, u.attempt, u.percent, u.message, now()
+    sqlx::query(super::distributed::scoped(
+        "INSERT INTO run_progress ({tc}work_item_id, attempt, percent, message, updated_at)
+         SELECT {tv}u.id, u.attempt, u.percent, u.message, now()
          FROM unnest($1::uuid[], $2::int[], $3::float8[], $4::text[]) AS u(id, attempt, percent, message)
-         JOIN work_items w ON w.id = u.id AND w.attempt = u.attempt AND w.status = 'PROCESSING'
-         ON CONFLICT (work_item_id) DO UPDATE
-         SET attempt = excluded.attempt, percent = excluded.percent, message = excluded.message, updated_at = now()
+         JOIN work_items w ON w.id = u.id{t:w} AND w.attempt = u.attempt AND w.status = 'PROCESSING'
+         ON CONFLICT ({tc}work_item_id) DO UPDATE
+         SET attempt = excluded.attempt, percent = excluded.percent, message = excluded.message,
+             updated_at = excluded.updated_at
          WHERE run_progress.attempt <= excluded.attempt",
-    )
+        tenant,
+        5,
+    ))
     .bind(&ids)
     .bind(&attempts)
     .bind(&percents)
     .bind(&messages)
+    .bind_tenant(tenant)
     .execute(pool)
     .await
     .map(|r| r.rows_affected())

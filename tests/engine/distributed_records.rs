@@ -305,3 +305,59 @@ async fn costs_logs_and_artifacts_are_recorded_on_each_items_tenant() {
     let warned: i64 = crate::common::count(&db.pool, "SELECT count(*) FROM run_logs WHERE level = 'WARN'").await;
     assert_eq!(warned, 15);
 }
+
+/// A running item's progress on a cluster: a command reports it on its descriptor, the
+/// heartbeat writes it on the item's tenant's node, and it is kept after the run.
+#[tokio::test]
+async fn a_running_items_progress_is_written_on_its_tenant() {
+    let Some(db) = CitusDb::distributed("a_running_items_progress_is_written").await else { return };
+    let dir = std::env::temp_dir().join(format!("orderly-citus-progress-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("agent.sh");
+    std::fs::write(
+        &script,
+        "echo '{\"percent\": 40, \"message\": \"reading\"}' > /proc/self/fd/$ORDERLY_PROGRESS_FD\nsleep 1.5\necho '{\"ok\": true}'\n",
+    )
+    .unwrap();
+    let tenants: Vec<Uuid> = (0..2).map(|_| Uuid::new_v4()).collect();
+    for tenant in &tenants {
+        let order: Uuid = sqlx::query_scalar(
+            "INSERT INTO work_orders (workflow_id, tenant_id, created_by) VALUES ('wf', $1, gen_random_uuid()) RETURNING id",
+        )
+        .bind(tenant)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO work_items (work_order_id, tenant_id, type, content) SELECT $1, $2, 'TICKET', '{}' FROM generate_series(1, 2)",
+        )
+        .bind(order)
+        .bind(tenant)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let config = format!(
+        "[agents.script]\nkind = \"command\"\nprogram = \"/bin/sh\"\nargs = [{:?}]\ntimeout = \"30s\"\n[routes]\nTICKET = \"script\"\n",
+        script.display().to_string()
+    );
+    let engine = db.engine(&config).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while crate::common::count(&db.pool, "SELECT count(*) FROM work_items WHERE status = 'COMPLETED'").await < 4 {
+        assert!(Instant::now() < deadline, "the four items did not complete in 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    engine.shutdown(tokio_util::sync::CancellationToken::new()).await;
+    std::fs::remove_dir_all(&dir).ok();
+    let rows: Vec<(Uuid, f64, Option<String>)> = sqlx::query_as(
+        "SELECT p.tenant_id, p.percent::float8, p.message FROM run_progress p
+         JOIN work_items w ON w.tenant_id = p.tenant_id AND w.id = p.work_item_id ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let mut expected: Vec<(Uuid, f64, Option<String>)> =
+        tenants.iter().flat_map(|t| std::iter::repeat_n((*t, 40.0, Some("reading".to_string())), 2)).collect();
+    expected.sort_by_key(|r| r.0);
+    assert_eq!(rows, expected, "one progress row per item, on its tenant");
+}
