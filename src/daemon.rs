@@ -123,6 +123,15 @@ impl Engine {
         // On a Citus cluster the loops whose statements are not routed by tenant yet do not
         // start (docs/distributed.md, "Status"): their tasks wait for the shutdown instead.
         let off = db::distributed::loops_off(topology);
+        if topology == db::distributed::Topology::Distributed {
+            let limited = crate::worker::limits::configured_keys(&agents, &settings);
+            if let Some((key, _)) = limited.first() {
+                anyhow::bail!(
+                    "agent limits are not supported in distributed mode yet (docs/distributed.md): `{key}` has one; \
+                     remove max_in_flight, rate and circuit settings of agents and tenants to run on a Citus cluster"
+                );
+            }
+        }
         if !off.is_empty() {
             tracing::warn!(loops = ?off, "distributed mode: these loops do not run on a Citus cluster yet");
         }

@@ -197,8 +197,9 @@ CREATE TRIGGER work_item_dependencies_check BEFORE INSERT ON work_item_dependenc
     FOR EACH ROW EXECUTE FUNCTION orderly_distributed_refused('dependencies between items');
 -- A template's `needs` (migration 0023) are derived into workflow_step_needs by a trigger that
 -- would run on every node's copy of the templates and write the other reference table from
--- each (a distributed deadlock): on a cluster a template with needs is refused instead, and
--- every other template is taken as it is.
+-- each (a distributed deadlock): on a cluster a template with needs is refused instead, and so
+-- is one whose steps have limits (agent limits do not run on a cluster yet); every other
+-- template is taken as it is.
 DROP TRIGGER workflow_templates_needs ON workflow_templates;
 CREATE FUNCTION orderly_template_needs_refused() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -207,6 +208,10 @@ BEGIN
          WHERE jsonb_typeof(s.value) = 'object' AND jsonb_typeof(s.value->'needs') = 'array'
            AND jsonb_array_length(s.value->'needs') > 0) THEN
         RAISE EXCEPTION 'workflow steps that wait for each other are not supported in distributed mode'
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    IF NEW.workflow_definition @? '$.steps.*.limits' THEN
+        RAISE EXCEPTION 'workflow step limits are not supported in distributed mode'
             USING ERRCODE = 'feature_not_supported';
     END IF;
     RETURN NEW;

@@ -84,6 +84,28 @@ async fn on_call_approves_rejects_replays_discards_and_cancels_on_each_tenants_n
     .unwrap_err()
     .to_string();
     assert!(needs.contains("not supported in distributed mode"), "{needs}");
+    // So are step limits, and a daemon configured with agent limits does not start there:
+    // they are not enforced on a cluster yet, and would otherwise hold items back forever.
+    let limits = sqlx::query(
+        "INSERT INTO workflow_templates (name, document_type, workflow_definition) VALUES ('capped', 'TICKET', $1)",
+    )
+    .bind(json!({"steps": {"TICKET": {"agent": "echo", "limits": {"max_in_flight": 2}}}}))
+    .execute(&db.pool)
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(limits.contains("step limits are not supported in distributed mode"), "{limits}");
+    let mut limited =
+        orderly::config::Settings::from_toml_layers(&["[agents.echo]\nkind = \"echo\"\nmax_in_flight = 2\n"]).unwrap();
+    limited.database.url = db.url.clone();
+    limited.database.migrate_on_start = false;
+    limited.admin.listen = None;
+    let refused = orderly::daemon::Engine::start(limited, &orderly::agent::Registry::builtin(), None)
+        .await
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+    assert!(refused.contains("agent limits are not supported in distributed mode"), "{refused}");
     let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let held = r#"{"subject": 42}"#;
     let (order_a, tickets) = order(&db.pool, a, "strict", &[("TICKET", held), ("TICKET", held)]).await;
