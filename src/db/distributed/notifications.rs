@@ -86,9 +86,17 @@ pub async fn claim(
             claimed.push(decode(row, true)?);
         }
     }
-    // The connectors' types, as the read of who has notifications due gave them.
-    for c in claimed.iter_mut() {
-        c.connector_type = due.iter().find(|d| d.1 == c.connector_id).map(|d| d.2.clone()).unwrap_or_default();
+    // The connectors' types (a tenant's claim may take connectors the read of who has
+    // notifications due did not list: it is cut at 256 pairs).
+    if !claimed.is_empty() {
+        let ids: Vec<Uuid> = claimed.iter().map(|c| c.connector_id).collect();
+        let types: Vec<(Uuid, String)> = sqlx::query_as("SELECT id, type::text FROM connectors WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(pool)
+            .await?;
+        for c in claimed.iter_mut() {
+            c.connector_type = types.iter().find(|t| t.0 == c.connector_id).map(|t| t.1.clone()).unwrap_or_default();
+        }
     }
     let mut turns: Vec<Uuid> = Vec::new();
     for (tenant, connector, kind) in &due {
