@@ -60,15 +60,24 @@ pub async fn enqueue(pool: &PgPool, order: &NewOrder) -> Result<(Uuid, Vec<Uuid>
             other => other.to_string(),
         })
         .collect();
-    let item_ids: Vec<Uuid> = sqlx::query_scalar(
-        "INSERT INTO work_items (work_order_id, type, content)
-         SELECT $1, t::work_item_type, c FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS x(t, c, n)
-         ORDER BY n RETURNING id",
+    // The items' ids are made first, so that they come back in the items' order on a Citus
+    // cluster too (where the rows are inserted on the tenant's node), and the items name
+    // their tenant (which a cluster needs to place them; one PostgreSQL takes it from the
+    // order anyway).
+    let item_ids: Vec<Uuid> = sqlx::query_scalar("SELECT orderly_uuid_v7() FROM generate_series(1, $1)")
+        .bind(order.items.len() as i32)
+        .fetch_all(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO work_items (id, work_order_id, tenant_id, type, content)
+         SELECT i, $2, $3, t::work_item_type, c FROM unnest($1::uuid[], $4::text[], $5::text[]) AS x(i, t, c)",
     )
+    .bind(&item_ids)
     .bind(order_id)
+    .bind(order.tenant_id)
     .bind(&types)
     .bind(&contents)
-    .fetch_all(&mut *tx)
+    .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok((order_id, item_ids))

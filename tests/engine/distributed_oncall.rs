@@ -244,4 +244,15 @@ async fn on_call_approves_rejects_replays_discards_and_cancels_on_each_tenants_n
     {
         assert!(audited.iter().any(|a| a == action), "{action} not audited: {audited:?}");
     }
+
+    // `orderly enqueue` on a cluster: the items name the order's tenant and land on its node.
+    let d = Uuid::new_v4();
+    run(&db, &["enqueue", "--tenant", &d.to_string(), "--item", r#"INVOICE={"n":1}"#, "--item", r#"TICKET={"n":2}"#]);
+    let placed: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT w.tenant_id, w.type::text FROM work_items w WHERE w.tenant_id = $1 ORDER BY 2")
+            .bind(d)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(placed, vec![(d, "INVOICE".to_string()), (d, "TICKET".to_string())]);
 }
