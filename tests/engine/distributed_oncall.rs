@@ -255,4 +255,9 @@ async fn on_call_approves_rejects_replays_discards_and_cancels_on_each_tenants_n
             .await
             .unwrap();
     assert_eq!(placed, vec![(d, "INVOICE".to_string()), (d, "TICKET".to_string())]);
+
+    // `orderly roles` says plainly that it does not run on a cluster yet.
+    let roles = orderly(&db.url, &["roles"]);
+    assert!(!roles.status.success(), "{}", text(&roles));
+    assert!(text(&roles).contains("not supported in distributed mode yet"), "{}", text(&roles));
 }
