@@ -145,12 +145,16 @@ pub async fn of_item(pool: &PgPool, item: Uuid, limit: i64) -> Result<(Vec<LogRo
 
 /// Writes the latest progress of running attempts, fenced: only an item still PROCESSING at
 /// that attempt takes it. Returns how many were written.
-pub async fn write_progress(pool: &PgPool, updates: &[crate::agent::ProgressUpdate]) -> Result<u64, sqlx::Error> {
-    use super::distributed::{Topology, topology};
-    let ids: Vec<Uuid> = updates.iter().map(|u| u.item).collect();
-    if topology(pool).await? == Topology::Single {
+/// `topology` is the database's layout, read once by the caller.
+pub async fn write_progress(
+    pool: &PgPool,
+    topology: super::distributed::Topology,
+    updates: &[crate::agent::ProgressUpdate],
+) -> Result<u64, sqlx::Error> {
+    if topology == super::distributed::Topology::Single {
         return write_progress_of(pool, updates, None).await;
     }
+    let ids: Vec<Uuid> = updates.iter().map(|u| u.item).collect();
     // On a Citus cluster: the items' tenants first (one read across the shards), then each
     // tenant's updates on its node.
     let tenants: Vec<(Uuid, Uuid)> =

@@ -71,6 +71,7 @@ impl ProgressHub {
 async fn write(pool: PgPool, mut rx: mpsc::Receiver<ProgressUpdate>) {
     let mut pending: HashMap<Uuid, ProgressUpdate> = HashMap::new();
     let mut written: HashMap<Uuid, Instant> = HashMap::new();
+    let mut topology: Option<db::distributed::Topology> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -94,7 +95,19 @@ async fn write(pool: PgPool, mut rx: mpsc::Receiver<ProgressUpdate>) {
                 if due.is_empty() {
                     continue;
                 }
-                match db::runs::write_progress(&pool, &due).await {
+                // The layout, read once (before the first write, the database may not be up).
+                let layout = match topology {
+                    Some(layout) => Ok(layout),
+                    None => db::distributed::topology(&pool).await,
+                };
+                let written_now = match layout {
+                    Ok(layout) => {
+                        topology = Some(layout);
+                        db::runs::write_progress(&pool, layout, &due).await
+                    }
+                    Err(e) => Err(e),
+                };
+                match written_now {
                     Ok(_) => {
                         for u in &due {
                             pending.remove(&u.item);

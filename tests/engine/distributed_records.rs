@@ -43,6 +43,27 @@ async fn connector(pool: &PgPool, name: &str, kind: &str, config: Value) {
     .unwrap();
 }
 
+/// An order of `n` TICKET items of `tenant`.
+async fn tickets(pool: &PgPool, tenant: Uuid, n: i32) {
+    let order: Uuid = sqlx::query_scalar(
+        "INSERT INTO work_orders (workflow_id, tenant_id, created_by) VALUES ('wf', $1, gen_random_uuid()) RETURNING id",
+    )
+    .bind(tenant)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO work_items (work_order_id, tenant_id, type, content)
+         SELECT $1, $2, 'TICKET', '{}' FROM generate_series(1, $3)",
+    )
+    .bind(order)
+    .bind(tenant)
+    .bind(n)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
 async fn rows(pool: &PgPool, sql: &'static str) -> Vec<(Uuid, String, i64)> {
     sqlx::query_as(sql).fetch_all(pool).await.unwrap()
 }
@@ -77,22 +98,7 @@ async fn sla_levels_fire_and_resolve_per_tenant_and_every_notification_is_delive
     .unwrap();
     let tenants: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
     for tenant in &tenants {
-        let order: Uuid = sqlx::query_scalar(
-            "INSERT INTO work_orders (workflow_id, tenant_id, created_by) VALUES ('wf', $1, gen_random_uuid()) RETURNING id",
-        )
-        .bind(tenant)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-        sqlx::query(
-            "INSERT INTO work_items (work_order_id, tenant_id, type, content)
-             SELECT $1, $2, 'TICKET', '{}' FROM generate_series(1, 4)",
-        )
-        .bind(order)
-        .bind(tenant)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+        tickets(&db.pool, *tenant, 4).await;
     }
     // Runnable for 90 s and never started (no engine runs here): level 1 is due for all 12.
     sqlx::query("UPDATE work_items SET run_at = now() - interval '90 seconds'").execute(&db.pool).await.unwrap();
@@ -253,22 +259,7 @@ async fn costs_logs_and_artifacts_are_recorded_on_each_items_tenant() {
     .await;
     let tenants: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
     for tenant in &tenants {
-        let order: Uuid = sqlx::query_scalar(
-            "INSERT INTO work_orders (workflow_id, tenant_id, created_by) VALUES ('wf', $1, gen_random_uuid()) RETURNING id",
-        )
-        .bind(tenant)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-        sqlx::query(
-            "INSERT INTO work_items (work_order_id, tenant_id, type, content)
-             SELECT $1, $2, 'TICKET', '{}' FROM generate_series(1, 5)",
-        )
-        .bind(order)
-        .bind(tenant)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+        tickets(&db.pool, *tenant, 5).await;
     }
     let config = format!(
         "{}[routes]\nTICKET = \"paid\"\n[prices.small]\ninput_per_million = \"2\"\noutput_per_million = \"10\"\ncurrency = \"USD\"\n",
@@ -321,21 +312,7 @@ async fn a_running_items_progress_is_written_on_its_tenant() {
     .unwrap();
     let tenants: Vec<Uuid> = (0..2).map(|_| Uuid::new_v4()).collect();
     for tenant in &tenants {
-        let order: Uuid = sqlx::query_scalar(
-            "INSERT INTO work_orders (workflow_id, tenant_id, created_by) VALUES ('wf', $1, gen_random_uuid()) RETURNING id",
-        )
-        .bind(tenant)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-        sqlx::query(
-            "INSERT INTO work_items (work_order_id, tenant_id, type, content) SELECT $1, $2, 'TICKET', '{}' FROM generate_series(1, 2)",
-        )
-        .bind(order)
-        .bind(tenant)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+        tickets(&db.pool, *tenant, 2).await;
     }
     let config = format!(
         "[agents.script]\nkind = \"command\"\nprogram = \"/bin/sh\"\nargs = [{:?}]\ntimeout = \"30s\"\n[routes]\nTICKET = \"script\"\n",
